@@ -1,0 +1,35 @@
+//! The C ABI: the only `extern "C"` code in the crate.
+//!
+//! Rules (as in rustls-ffi): every function returns an [`rdt_status`] (or a plain
+//! value that cannot fail); failures leave a message for [`rdt_last_error`]; no
+//! panic crosses the boundary; handles are opaque with create/destroy pairs; every
+//! pointer argument is NULL-checked; tensors cross as DLPack.
+#![allow(non_camel_case_types)]
+
+mod boundary;
+pub mod metadata;
+pub mod stats;
+pub mod status;
+pub mod store;
+
+pub use status::rdt_status;
+use std::ffi::c_char;
+
+/// Major version of the C ABI; a loader refuses a library with another major.
+pub const RDT_ABI_VERSION_MAJOR: u32 = 1;
+/// Minor version of the C ABI; grows when functions are added.
+pub const RDT_ABI_VERSION_MINOR: u32 = 0;
+
+/// The C ABI version of this library: `(major << 16) | minor`.
+#[no_mangle]
+pub extern "C" fn rdt_abi_version() -> u32 {
+    (RDT_ABI_VERSION_MAJOR << 16) | RDT_ABI_VERSION_MINOR
+}
+
+/// The message of the last failed call on the calling thread, NUL-terminated
+/// (empty if none). The pointer stays valid until the next failing call on this
+/// thread; copy it to keep it.
+#[no_mangle]
+pub extern "C" fn rdt_last_error() -> *const c_char {
+    boundary::last_error_ptr()
+}

@@ -1,0 +1,419 @@
+//! Owned DLPack tensors and their descriptors.
+//!
+//! [`Tensor`] owns one `DLManagedTensor` (either form) and calls its deleter exactly
+//! once, on drop. [`TensorMeta`] is the validated description of a tensor (dtype,
+//! shape, strides, byte size) that travels in metadata records. [`export`] hands a
+//! tensor view out through the C ABI with a deleter of our own that keeps the
+//! memory's owner alive.
+
+use crate::dlpack::*;
+use crate::error::{Error, Result};
+use std::any::Any;
+use std::os::raw::c_void;
+use std::ptr::NonNull;
+
+/// Most dimensions a tensor may have.
+pub const MAX_NDIM: usize = 64;
+/// Largest tensor we accept, in bytes (256 TiB): rejects nonsense sizes early.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 48;
+
+/// Validated description of a tensor: what a receiver needs to allocate it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    /// Element type.
+    pub dtype: DLDataType,
+    /// Shape; empty for a 0-d tensor.
+    pub shape: Vec<i64>,
+    /// Strides in elements, one per dimension (compact row-major when produced here).
+    pub strides: Vec<i64>,
+    /// Packed size in bytes: number of elements times element size.
+    pub nbytes: u64,
+}
+
+/// Bytes per element of `dtype`, or an error for types that are not byte sized.
+pub fn element_size(dtype: DLDataType) -> Result<u64> {
+    let bits = u64::from(dtype.bits) * u64::from(dtype.lanes);
+    if dtype.bits == 0 || dtype.lanes == 0 || bits % 8 != 0 {
+        return Err(Error::invalid(format!(
+            "unsupported dtype (code {}, {} bits, {} lanes): elements must be whole bytes",
+            dtype.code, dtype.bits, dtype.lanes
+        )));
+    }
+    if dtype.code == kDLOpaqueHandle || dtype.code > kDLFloat4_e2m1fn {
+        return Err(Error::invalid(format!("unsupported dtype code {}", dtype.code)));
+    }
+    Ok(bits / 8)
+}
+
+/// Row-major strides (in elements) for `shape`.
+pub fn compact_strides(shape: &[i64]) -> Vec<i64> {
+    let mut strides = vec![0i64; shape.len()];
+    let mut acc = 1i64;
+    for (s, &d) in strides.iter_mut().zip(shape).rev() {
+        *s = acc;
+        acc = acc.saturating_mul(d.max(1));
+    }
+    strides
+}
+
+impl TensorMeta {
+    /// Validates and builds a descriptor; `nbytes` is derived from dtype and shape.
+    pub fn new(dtype: DLDataType, shape: Vec<i64>, strides: Vec<i64>) -> Result<Self> {
+        if shape.len() > MAX_NDIM {
+            return Err(Error::invalid(format!("tensor has {} dimensions, at most {MAX_NDIM} are supported", shape.len())));
+        }
+        if strides.len() != shape.len() {
+            return Err(Error::invalid(format!("{} strides given for {} dimensions", strides.len(), shape.len())));
+        }
+        let item = element_size(dtype)?;
+        let mut numel: u64 = 1;
+        for &d in &shape {
+            let d = u64::try_from(d).map_err(|_| Error::invalid(format!("negative dimension {d} in shape {shape:?}")))?;
+            numel = numel.checked_mul(d).ok_or_else(|| Error::invalid(format!("shape {shape:?} overflows")))?;
+        }
+        let nbytes = numel
+            .checked_mul(item)
+            .filter(|&n| n <= MAX_TENSOR_BYTES)
+            .ok_or_else(|| Error::invalid(format!("shape {shape:?} is larger than {MAX_TENSOR_BYTES} bytes")))?;
+        Ok(TensorMeta { dtype, shape, strides, nbytes })
+    }
+
+    /// A compact row-major descriptor for `shape`.
+    pub fn compact(dtype: DLDataType, shape: Vec<i64>) -> Result<Self> {
+        let strides = compact_strides(&shape);
+        Self::new(dtype, shape, strides)
+    }
+
+    /// Reads and validates the descriptor of a DLPack tensor.
+    ///
+    /// # Safety
+    /// `t.shape` (and `t.strides` unless NULL) must point to `t.ndim` readable values.
+    pub unsafe fn from_dl(t: &DLTensor) -> Result<Self> {
+        let ndim = usize::try_from(t.ndim)
+            .ok()
+            .filter(|&n| n <= MAX_NDIM)
+            .ok_or_else(|| Error::invalid(format!("invalid ndim {}", t.ndim)))?;
+        if ndim > 0 && t.shape.is_null() {
+            return Err(Error::new(crate::ErrorKind::NullArgument, "DLTensor.shape is NULL"));
+        }
+        let shape = if ndim == 0 { Vec::new() } else { std::slice::from_raw_parts(t.shape, ndim).to_vec() };
+        let strides = if t.strides.is_null() || ndim == 0 {
+            compact_strides(&shape)
+        } else {
+            std::slice::from_raw_parts(t.strides, ndim).to_vec()
+        };
+        Self::new(t.dtype, shape, strides)
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+
+    /// Whether the strides describe a compact row-major layout (size-1 and empty
+    /// dimensions may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        if self.numel() == 0 {
+            return true;
+        }
+        let mut expected = 1i64;
+        for (&d, &s) in self.shape.iter().zip(&self.strides).rev() {
+            if d != 1 && s != expected {
+                return false;
+            }
+            expected *= d;
+        }
+        true
+    }
+
+    /// This descriptor with compact strides (what a receiver allocates).
+    pub fn to_compact(&self) -> TensorMeta {
+        TensorMeta { strides: compact_strides(&self.shape), ..self.clone() }
+    }
+}
+
+/// The two DLPack ownership forms a [`Tensor`] may hold.
+#[derive(Debug)]
+enum Managed {
+    Unversioned(NonNull<DLManagedTensor>),
+    Versioned(NonNull<DLManagedTensorVersioned>),
+}
+
+/// An owned DLPack tensor: the plugin calls its deleter exactly once, when dropped.
+#[derive(Debug)]
+pub struct Tensor {
+    managed: Managed,
+    meta: TensorMeta,
+}
+
+// SAFETY: DLPack producers (torch, numpy, our own exports) allow the deleter to run
+// on any thread, and the plugin never mutates through the pointer concurrently.
+unsafe impl Send for Tensor {}
+// SAFETY: shared access only reads the immutable DLTensor header.
+unsafe impl Sync for Tensor {}
+
+impl Tensor {
+    /// Takes ownership of an unversioned DLPack tensor after validating it. On error
+    /// ownership stays with the caller (the deleter is not called).
+    ///
+    /// # Safety
+    /// `ptr` must be a valid `DLManagedTensor` not owned by anyone else after success.
+    pub unsafe fn from_managed(ptr: *mut DLManagedTensor) -> Result<Self> {
+        let nn = NonNull::new(ptr).ok_or_else(|| Error::new(crate::ErrorKind::NullArgument, "DLManagedTensor is NULL"))?;
+        let meta = TensorMeta::from_dl(&nn.as_ref().dl_tensor)?;
+        Ok(Tensor { managed: Managed::Unversioned(nn), meta })
+    }
+
+    /// Takes ownership of a versioned DLPack tensor after validating it (major
+    /// version must match). On error ownership stays with the caller.
+    ///
+    /// # Safety
+    /// As [`Tensor::from_managed`].
+    pub unsafe fn from_versioned(ptr: *mut DLManagedTensorVersioned) -> Result<Self> {
+        let nn = NonNull::new(ptr)
+            .ok_or_else(|| Error::new(crate::ErrorKind::NullArgument, "DLManagedTensorVersioned is NULL"))?;
+        let v = nn.as_ref().version;
+        if v.major != DLPACK_MAJOR_VERSION {
+            return Err(Error::invalid(format!(
+                "DLPack major version {} is not supported (this plugin implements {DLPACK_MAJOR_VERSION})",
+                v.major
+            )));
+        }
+        let meta = TensorMeta::from_dl(&nn.as_ref().dl_tensor)?;
+        Ok(Tensor { managed: Managed::Versioned(nn), meta })
+    }
+
+    /// Wraps memory owned by `owner` (dropped when the tensor is) as a tensor.
+    /// `data` must stay valid for `meta` as long as `owner` lives.
+    pub fn from_owner(meta: TensorMeta, device: DLDevice, data: *mut c_void, owner: Box<dyn Any + Send>) -> Tensor {
+        let ptr = export(&meta, device, data, 0, owner);
+        // SAFETY: `export` returns a valid, uniquely owned DLManagedTensor.
+        Tensor { managed: Managed::Unversioned(unsafe { NonNull::new_unchecked(ptr) }), meta }
+    }
+
+    /// A new CPU tensor of `meta`'s shape in freshly allocated, zero-filled
+    /// host memory, with compact strides.
+    pub fn alloc_host(meta: &TensorMeta) -> Result<Tensor> {
+        let meta = meta.to_compact();
+        let buf = HostBuffer::new(meta.nbytes as usize)?;
+        let data = buf.ptr.as_ptr() as *mut c_void;
+        Ok(Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, data, Box::new(buf)))
+    }
+
+    /// The DLPack view.
+    pub fn dl(&self) -> &DLTensor {
+        // SAFETY: the managed tensor stays valid until we call its deleter in Drop.
+        unsafe {
+            match &self.managed {
+                Managed::Unversioned(p) => &p.as_ref().dl_tensor,
+                Managed::Versioned(p) => &p.as_ref().dl_tensor,
+            }
+        }
+    }
+
+    /// The validated descriptor.
+    pub fn meta(&self) -> &TensorMeta {
+        &self.meta
+    }
+
+    /// The device holding the data.
+    pub fn device(&self) -> DLDevice {
+        self.dl().device
+    }
+
+    /// Address of the first element (`data + byte_offset`): the identity that
+    /// `wait_tensor_freed` matches on.
+    pub fn data_ptr(&self) -> usize {
+        let t = self.dl();
+        (t.data as usize).wrapping_add(t.byte_offset as usize)
+    }
+
+    /// The bytes of a contiguous CPU tensor, or `None` when it is strided or not on
+    /// the host.
+    pub fn host_bytes(&self) -> Option<&[u8]> {
+        if !is_host(self.device()) || !self.meta.is_contiguous() {
+            return None;
+        }
+        if self.meta.nbytes == 0 {
+            return Some(&[]);
+        }
+        // SAFETY: a contiguous host tensor spans nbytes readable bytes from data_ptr.
+        Some(unsafe { std::slice::from_raw_parts(self.data_ptr() as *const u8, self.meta.nbytes as usize) })
+    }
+
+    /// Mutable bytes of a contiguous CPU tensor (for receiving into it).
+    pub fn host_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        let n = self.meta.nbytes as usize;
+        let ptr = self.data_ptr() as *mut u8;
+        self.host_bytes()?;
+        if n == 0 {
+            return Some(&mut []);
+        }
+        // SAFETY: as host_bytes; &mut self gives exclusive access through this handle.
+        Some(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
+    }
+
+    /// Copies a CPU tensor's elements, in row-major order, into `dst`
+    /// (`dst.len()` must equal `nbytes`). Works for strided tensors.
+    pub fn pack_into(&self, dst: &mut [u8]) -> Result<()> {
+        if dst.len() as u64 != self.meta.nbytes {
+            return Err(Error::invalid(format!("pack buffer is {} bytes, tensor is {}", dst.len(), self.meta.nbytes)));
+        }
+        if let Some(src) = self.host_bytes() {
+            dst.copy_from_slice(src);
+            return Ok(());
+        }
+        if !is_host(self.device()) {
+            return Err(Error::new(crate::ErrorKind::Unsupported, "packing a non-CPU tensor on the host"));
+        }
+        let item = element_size(self.meta.dtype)? as usize;
+        let base = self.data_ptr() as *const u8;
+        let shape = &self.meta.shape;
+        let strides = &self.meta.strides;
+        let mut index = vec![0i64; shape.len()];
+        for chunk in dst.chunks_exact_mut(item) {
+            let offset: i64 = index.iter().zip(strides).map(|(i, s)| i * s).sum();
+            // SAFETY: every index is within shape, so the element lies inside the
+            // producer's allocation as its strides describe it.
+            unsafe { std::ptr::copy_nonoverlapping(base.offset(offset as isize * item as isize), chunk.as_mut_ptr(), item) };
+            for d in (0..shape.len()).rev() {
+                index[d] += 1;
+                if index[d] < shape[d] {
+                    break;
+                }
+                index[d] = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        // SAFETY: we own the managed tensor and call its deleter exactly once.
+        unsafe {
+            match self.managed {
+                Managed::Unversioned(p) => {
+                    if let Some(d) = (*p.as_ptr()).deleter {
+                        d(p.as_ptr())
+                    }
+                }
+                Managed::Versioned(p) => {
+                    if let Some(d) = (*p.as_ptr()).deleter {
+                        d(p.as_ptr())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `device` is memory the CPU can read directly.
+pub fn is_host(device: DLDevice) -> bool {
+    device.device_type == kDLCPU || device.device_type == kDLCUDAHost
+}
+
+/// Keeps what an exported DLManagedTensor points at alive.
+struct ExportCtx {
+    shape: Vec<i64>,
+    strides: Vec<i64>,
+    _owner: Box<dyn Any + Send>,
+}
+
+unsafe extern "C" fn export_deleter(ptr: *mut DLManagedTensor) {
+    if ptr.is_null() {
+        return;
+    }
+    let managed = Box::from_raw(ptr);
+    drop(Box::from_raw(managed.manager_ctx as *mut ExportCtx));
+}
+
+/// Hands out a new `DLManagedTensor` describing `data` with `meta`; its deleter
+/// drops `owner`. The caller (usually C) must call the deleter exactly once.
+pub fn export(meta: &TensorMeta, device: DLDevice, data: *mut c_void, byte_offset: u64, owner: Box<dyn Any + Send>) -> *mut DLManagedTensor {
+    let mut ctx = Box::new(ExportCtx { shape: meta.shape.clone(), strides: meta.strides.clone(), _owner: owner });
+    let dl_tensor = DLTensor {
+        data,
+        device,
+        ndim: meta.shape.len() as i32,
+        dtype: meta.dtype,
+        shape: ctx.shape.as_mut_ptr(),
+        strides: ctx.strides.as_mut_ptr(),
+        byte_offset,
+    };
+    Box::into_raw(Box::new(DLManagedTensor {
+        dl_tensor,
+        manager_ctx: Box::into_raw(ctx) as *mut c_void,
+        deleter: Some(export_deleter),
+    }))
+}
+
+/// Buffers at least this large are mapped directly (lazily zeroed pages) and
+/// advised to use transparent huge pages.
+const MMAP_THRESHOLD: usize = 2 << 20;
+
+/// Zero-initialised host memory owned by the plugin: 64-byte aligned heap memory
+/// for small buffers, an anonymous mapping for large ones.
+#[derive(Debug)]
+pub struct HostBuffer {
+    ptr: NonNull<u8>,
+    len: usize,
+    layout: Option<std::alloc::Layout>,
+}
+
+// SAFETY: a plain allocation with a unique owner.
+unsafe impl Send for HostBuffer {}
+
+impl HostBuffer {
+    /// Allocates `len` zeroed bytes.
+    pub fn new(len: usize) -> Result<Self> {
+        if len >= MMAP_THRESHOLD {
+            // SAFETY: a fresh private anonymous mapping; checked for MAP_FAILED.
+            let raw = unsafe {
+                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            };
+            if raw == libc::MAP_FAILED {
+                return Err(Error::io(&format!("mmap of {len} bytes"), std::io::Error::last_os_error()));
+            }
+            // SAFETY: advising our own mapping; failure is harmless.
+            unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
+            // SAFETY: mmap succeeded, so raw is non-null.
+            return Ok(HostBuffer { ptr: unsafe { NonNull::new_unchecked(raw as *mut u8) }, len, layout: None });
+        }
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 64)
+            .map_err(|e| Error::invalid(format!("cannot allocate {len} bytes: {e}")))?;
+        // SAFETY: layout has non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw)
+            .ok_or_else(|| Error::new(crate::ErrorKind::Io, format!("out of memory allocating {len} bytes")))?;
+        Ok(HostBuffer { ptr, len, layout: Some(layout) })
+    }
+
+    /// Start of the buffer.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for HostBuffer {
+    fn drop(&mut self) {
+        match self.layout {
+            // SAFETY: allocated in `new` with this layout.
+            Some(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) },
+            // SAFETY: mapped in `new` with this length.
+            None => unsafe {
+                libc::munmap(self.ptr.as_ptr() as *mut c_void, self.len);
+            },
+        }
+    }
+}
