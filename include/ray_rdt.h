@@ -30,6 +30,21 @@
 #define DLPACK_FLAG_BITMASK_IS_COPIED 2
 
 /**
+ * Largest control message accepted (requests and replies are small).
+ */
+#define MAX_MESSAGE (1 << 20)
+
+/**
+ * A reply's status byte: success.
+ */
+#define REPLY_OK 0
+
+/**
+ * A reply's status byte: failure, followed by the error kind code and message.
+ */
+#define REPLY_ERR 1
+
+/**
  * Major version of the C ABI; a loader refuses a library with another major.
  */
 #define RDT_ABI_VERSION_MAJOR 1
@@ -114,6 +129,11 @@ typedef uint32_t rdt_status;
 #endif // __cplusplus
 
 /**
+ * One process's plugin: object store, endpoint, transports (opaque).
+ */
+typedef struct rdt_context rdt_context;
+
+/**
  * A decoded metadata record (opaque).
  */
 typedef struct rdt_metadata rdt_metadata;
@@ -122,6 +142,20 @@ typedef struct rdt_metadata rdt_metadata;
  * A per-process RDT object store (opaque).
  */
 typedef struct rdt_store rdt_store;
+
+/**
+ * Bytes owned by the plugin; release with `rdt_buffer_free`.
+ */
+typedef struct rdt_buffer {
+  /**
+   * Start of the bytes (NULL when empty).
+   */
+  uint8_t *data;
+  /**
+   * Number of bytes.
+   */
+  uintptr_t len;
+} rdt_buffer;
 
 /**
  * A transport identifier (`RDT_TRANSPORT_*`).
@@ -164,55 +198,6 @@ typedef struct DLDataType {
    */
   uint16_t lanes;
 } DLDataType;
-
-/**
- * One tensor's description inside a metadata record. The pointers stay valid
- * while the record handle lives.
- */
-typedef struct rdt_tensor_desc {
-  /**
-   * Element type.
-   */
-  struct DLDataType dtype;
-  /**
-   * Number of dimensions.
-   */
-  int32_t ndim;
-  /**
-   * Shape, `ndim` entries.
-   */
-  const int64_t *shape;
-  /**
-   * Strides in elements, `ndim` entries.
-   */
-  const int64_t *strides;
-  /**
-   * Packed size in bytes.
-   */
-  uint64_t nbytes;
-} rdt_tensor_desc;
-
-/**
- * Counters of one transport in this process.
- */
-typedef struct rdt_transport_stats {
-  /**
-   * Tensor bytes sent (or served to one-sided readers).
-   */
-  uint64_t bytes_sent;
-  /**
-   * Tensor bytes received.
-   */
-  uint64_t bytes_received;
-  /**
-   * Completed transfers.
-   */
-  uint64_t transfers;
-  /**
-   * Failed transfers.
-   */
-  uint64_t errors;
-} rdt_transport_stats;
 
 /**
  * A view of a tensor in memory (`DLTensor`). Not owning.
@@ -265,6 +250,55 @@ typedef struct DLManagedTensor {
    */
   void (*deleter)(struct DLManagedTensor*);
 } DLManagedTensor;
+
+/**
+ * One tensor's description inside a metadata record. The pointers stay valid
+ * while the record handle lives.
+ */
+typedef struct rdt_tensor_desc {
+  /**
+   * Element type.
+   */
+  struct DLDataType dtype;
+  /**
+   * Number of dimensions.
+   */
+  int32_t ndim;
+  /**
+   * Shape, `ndim` entries.
+   */
+  const int64_t *shape;
+  /**
+   * Strides in elements, `ndim` entries.
+   */
+  const int64_t *strides;
+  /**
+   * Packed size in bytes.
+   */
+  uint64_t nbytes;
+} rdt_tensor_desc;
+
+/**
+ * Counters of one transport in this process.
+ */
+typedef struct rdt_transport_stats {
+  /**
+   * Tensor bytes sent (or served to one-sided readers).
+   */
+  uint64_t bytes_sent;
+  /**
+   * Tensor bytes received.
+   */
+  uint64_t bytes_received;
+  /**
+   * Completed transfers.
+   */
+  uint64_t transfers;
+  /**
+   * Failed transfers.
+   */
+  uint64_t errors;
+} rdt_transport_stats;
 
 /**
  * How a put copy is classified.
@@ -428,6 +462,118 @@ uint32_t rdt_abi_version(void);
  * thread; copy it to keep it.
  */
 const char *rdt_last_error(void);
+
+/**
+ * Releases a buffer's bytes and resets it to empty. NULL is ignored.
+ *
+ * # Safety
+ * `buf` must be NULL or hold bytes handed out by this library (or be empty).
+ */
+void rdt_buffer_free(struct rdt_buffer *buf);
+
+/**
+ * Creates the plugin context of this process and starts its endpoint.
+ * `node_id` and `actor_id` are Ray's binary IDs (either may be empty).
+ *
+ * # Safety
+ * `node_id`/`actor_id` point to the given number of bytes (or are NULL when 0);
+ * `out_ctx` valid for writes.
+ */
+rdt_status rdt_context_new(const uint8_t *node_id,
+                           uintptr_t node_id_len,
+                           const uint8_t *actor_id,
+                           uintptr_t actor_id_len,
+                           struct rdt_context **out_ctx);
+
+/**
+ * Destroys a context: stops its endpoint and frees every object it holds. NULL
+ * is ignored.
+ *
+ * # Safety
+ * `ctx` must come from `rdt_context_new` and not be used afterwards.
+ */
+void rdt_context_destroy(struct rdt_context *ctx);
+
+/**
+ * Writes the context's endpoint address (NUL-free bytes) to `*out_address`.
+ *
+ * # Safety
+ * `ctx` valid; `out_address` valid for writes.
+ */
+rdt_status rdt_context_endpoint(const struct rdt_context *ctx, struct rdt_buffer *out_address);
+
+/**
+ * Task return: stores the tensors as the primary copy of `object_id` (28 bytes)
+ * and writes the metadata record for Ray's object store to `*out_metadata`.
+ * `group` names the collective group for two-sided transports (NULL for
+ * one-sided ones). On success the plugin owns the tensors (each deleter runs once
+ * after the object is freed); on error the caller keeps them.
+ *
+ * # Safety
+ * `ctx` valid; `object_id` 28 bytes; `group` NULL or a C string; `tensors` an
+ * array of `num_tensors` valid pointers; `out_metadata` valid for writes.
+ */
+rdt_status rdt_context_put(const struct rdt_context *ctx,
+                           const uint8_t *object_id,
+                           rdt_transport transport,
+                           const char *group,
+                           struct DLManagedTensor *const *tensors,
+                           uintptr_t num_tensors,
+                           struct rdt_buffer *out_metadata);
+
+/**
+ * Argument resolution: fetches the tensors the metadata record describes and
+ * writes them to `out_tensors[0..*out_count]`. When this process produced the
+ * object they are views of the stored tensors (same memory); otherwise the bytes
+ * move directly from the producer's plugin over the record's transport. Each
+ * returned tensor's deleter must be called once. Waits at most `timeout_ms`
+ * (`UINT64_MAX`: no limit). A too-small `capacity` gives
+ * `RDT_ERR_BUFFER_TOO_SMALL` with the needed count, checked before any transfer.
+ *
+ * # Safety
+ * `ctx` valid; `object_id` 28 bytes; `metadata` `metadata_len` bytes;
+ * `out_tensors` room for `capacity` pointers; `out_count` valid for writes.
+ */
+rdt_status rdt_context_fetch(const struct rdt_context *ctx,
+                             const uint8_t *object_id,
+                             const uint8_t *metadata,
+                             uintptr_t metadata_len,
+                             uint64_t timeout_ms,
+                             struct DLManagedTensor **out_tensors,
+                             uintptr_t capacity,
+                             uintptr_t *out_count);
+
+/**
+ * Frees the primary copy of `object_id` (out of scope in Ray) and writes whether
+ * it was held to `*out_found`.
+ *
+ * # Safety
+ * `ctx` valid; `object_id` 28 bytes; `out_found` valid for writes.
+ */
+rdt_status rdt_context_free(const struct rdt_context *ctx,
+                            const uint8_t *object_id,
+                            bool *out_found);
+
+/**
+ * Waits up to `timeout_ms` until no object in this context holds memory at
+ * `data_ptr` (a tensor's first element): the guide's `wait_tensor_freed`.
+ *
+ * # Safety
+ * `ctx` valid.
+ */
+rdt_status rdt_context_wait_tensor_freed(const struct rdt_context *ctx,
+                                         const void *data_ptr,
+                                         uint64_t timeout_ms);
+
+/**
+ * Writes the number of objects and tensor bytes the context holds.
+ *
+ * # Safety
+ * `ctx` valid; outputs valid for writes.
+ */
+rdt_status rdt_context_counts(const struct rdt_context *ctx,
+                              uintptr_t *out_objects,
+                              uint64_t *out_bytes);
 
 /**
  * Decodes and validates `len` bytes at `data`; on success writes a new handle to

@@ -9,6 +9,8 @@
 //! [`stats`]) over the transports.
 
 pub mod dlpack;
+pub mod endpoint;
+pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod metadata;
@@ -16,6 +18,7 @@ pub mod object_id;
 pub mod stats;
 pub mod store;
 pub mod tensor;
+pub mod transport;
 pub mod transport_kind;
 
 pub use error::{Error, ErrorKind, Result};

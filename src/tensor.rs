@@ -200,6 +200,19 @@ impl Tensor {
         Ok(Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, data, Box::new(buf)))
     }
 
+    /// Hands the tensor out as an unversioned `DLManagedTensor` that the receiver
+    /// must release with its deleter (versioned tensors are wrapped in a view that
+    /// keeps them alive).
+    pub fn into_managed(self) -> *mut DLManagedTensor {
+        if let Managed::Unversioned(p) = self.managed {
+            std::mem::forget(self);
+            return p.as_ptr();
+        }
+        let (meta, dl) = (self.meta.clone(), self.dl());
+        let (device, data, offset) = (dl.device, dl.data, dl.byte_offset);
+        export(&meta, device, data, offset, Box::new(self))
+    }
+
     /// The DLPack view.
     pub fn dl(&self) -> &DLTensor {
         // SAFETY: the managed tensor stays valid until we call its deleter in Drop.

@@ -7,6 +7,7 @@
 #![allow(non_camel_case_types)]
 
 mod boundary;
+pub mod context;
 pub mod metadata;
 pub mod stats;
 pub mod status;

@@ -1,0 +1,253 @@
+//! The plugin context through the C ABI: what a Ray worker calls at task return
+//! (`rdt_context_put`), at argument resolution (`rdt_context_fetch`), when an
+//! object goes out of scope (`rdt_context_free`) and for `wait_tensor_freed`.
+
+use super::boundary::{arg, guard, object_id, out, slice, timeout};
+use super::stats::rdt_transport;
+use super::status::rdt_status;
+use crate::dlpack::DLManagedTensor;
+use crate::engine::{Context, Fetched};
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::{export, Tensor};
+use crate::transport_kind::TransportKind;
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Arc;
+
+/// One process's plugin: object store, endpoint, transports (opaque).
+pub struct rdt_context {
+    pub(crate) inner: Context,
+}
+
+/// Bytes owned by the plugin; release with `rdt_buffer_free`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct rdt_buffer {
+    /// Start of the bytes (NULL when empty).
+    pub data: *mut u8,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+impl rdt_buffer {
+    pub(crate) fn from_vec(bytes: Vec<u8>) -> rdt_buffer {
+        let len = bytes.len();
+        let data = Box::into_raw(bytes.into_boxed_slice()) as *mut u8;
+        rdt_buffer { data, len }
+    }
+}
+
+/// Releases a buffer's bytes and resets it to empty. NULL is ignored.
+///
+/// # Safety
+/// `buf` must be NULL or hold bytes handed out by this library (or be empty).
+#[no_mangle]
+pub unsafe extern "C" fn rdt_buffer_free(buf: *mut rdt_buffer) {
+    if let Some(b) = buf.as_mut() {
+        if !b.data.is_null() {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(b.data, b.len)));
+        }
+        b.data = std::ptr::null_mut();
+        b.len = 0;
+    }
+}
+
+/// Reads an optional NUL-terminated UTF-8 string.
+unsafe fn opt_str<'a>(p: *const c_char, name: &str) -> Result<Option<&'a str>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    CStr::from_ptr(p).to_str().map(Some).map_err(|_| Error::invalid(format!("`{name}` is not UTF-8")))
+}
+
+/// Reads a required NUL-terminated UTF-8 string.
+pub(crate) unsafe fn req_str<'a>(p: *const c_char, name: &str) -> Result<&'a str> {
+    opt_str(arg(p, name)?, name).map(|s| s.unwrap_or_default())
+}
+
+/// Creates the plugin context of this process and starts its endpoint.
+/// `node_id` and `actor_id` are Ray's binary IDs (either may be empty).
+///
+/// # Safety
+/// `node_id`/`actor_id` point to the given number of bytes (or are NULL when 0);
+/// `out_ctx` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_new(
+    node_id: *const u8,
+    node_id_len: usize,
+    actor_id: *const u8,
+    actor_id_len: usize,
+    out_ctx: *mut *mut rdt_context,
+) -> rdt_status {
+    guard(|| {
+        let out = out(out_ctx, "out_ctx")?;
+        let inner = Context::new(slice(node_id, node_id_len, "node_id")?, slice(actor_id, actor_id_len, "actor_id")?)?;
+        *out = Box::into_raw(Box::new(rdt_context { inner }));
+        Ok(())
+    })
+}
+
+/// Destroys a context: stops its endpoint and frees every object it holds. NULL
+/// is ignored.
+///
+/// # Safety
+/// `ctx` must come from `rdt_context_new` and not be used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_destroy(ctx: *mut rdt_context) {
+    if !ctx.is_null() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(ctx))));
+    }
+}
+
+/// Writes the context's endpoint address (NUL-free bytes) to `*out_address`.
+///
+/// # Safety
+/// `ctx` valid; `out_address` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_endpoint(ctx: *const rdt_context, out_address: *mut rdt_buffer) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        *out(out_address, "out_address")? = rdt_buffer::from_vec(ctx.inner.endpoint().as_bytes().to_vec());
+        Ok(())
+    })
+}
+
+/// Task return: stores the tensors as the primary copy of `object_id` (28 bytes)
+/// and writes the metadata record for Ray's object store to `*out_metadata`.
+/// `group` names the collective group for two-sided transports (NULL for
+/// one-sided ones). On success the plugin owns the tensors (each deleter runs once
+/// after the object is freed); on error the caller keeps them.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `group` NULL or a C string; `tensors` an
+/// array of `num_tensors` valid pointers; `out_metadata` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_put(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    transport: rdt_transport,
+    group: *const c_char,
+    tensors: *const *mut DLManagedTensor,
+    num_tensors: usize,
+    out_metadata: *mut rdt_buffer,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        let kind = TransportKind::from_code(transport)?;
+        let group = opt_str(group, "group")?;
+        let out = out(out_metadata, "out_metadata")?;
+        let ptrs = slice(tensors, num_tensors, "tensors")?;
+        let mut owned = Vec::with_capacity(ptrs.len());
+        for (i, &p) in ptrs.iter().enumerate() {
+            match Tensor::from_managed(p) {
+                Ok(t) => owned.push(t),
+                Err(e) => {
+                    owned.into_iter().for_each(std::mem::forget);
+                    return Err(Error::new(e.kind(), format!("tensor {i}: {}", e.message())));
+                }
+            }
+        }
+        let record = ctx.inner.put(id, kind, group, owned).map_err(|rejected| {
+            rejected.tensors.into_iter().for_each(std::mem::forget);
+            rejected.error
+        })?;
+        *out = rdt_buffer::from_vec(record);
+        Ok(())
+    })
+}
+
+/// Argument resolution: fetches the tensors the metadata record describes and
+/// writes them to `out_tensors[0..*out_count]`. When this process produced the
+/// object they are views of the stored tensors (same memory); otherwise the bytes
+/// move directly from the producer's plugin over the record's transport. Each
+/// returned tensor's deleter must be called once. Waits at most `timeout_ms`
+/// (`UINT64_MAX`: no limit). A too-small `capacity` gives
+/// `RDT_ERR_BUFFER_TOO_SMALL` with the needed count, checked before any transfer.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `metadata` `metadata_len` bytes;
+/// `out_tensors` room for `capacity` pointers; `out_count` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_fetch(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    metadata: *const u8,
+    metadata_len: usize,
+    timeout_ms: u64,
+    out_tensors: *mut *mut DLManagedTensor,
+    capacity: usize,
+    out_count: *mut usize,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        let record = slice(metadata, metadata_len, "metadata")?;
+        let count = out(out_count, "out_count")?;
+        let needed = crate::metadata::Metadata::decode(record)?.tensors.len();
+        *count = needed;
+        if capacity < needed {
+            return Err(Error::new(ErrorKind::BufferTooSmall, format!("object has {needed} tensors, the output array holds {capacity}")));
+        }
+        if needed > 0 && out_tensors.is_null() {
+            return Err(Error::new(ErrorKind::NullArgument, "argument `out_tensors` is NULL"));
+        }
+        let handed: Vec<*mut DLManagedTensor> = match ctx.inner.fetch(&id, record, timeout(timeout_ms))? {
+            Fetched::Local(object) => object
+                .tensors
+                .iter()
+                .map(|t| {
+                    let dl = t.dl();
+                    export(t.meta(), dl.device, dl.data, dl.byte_offset, Box::new(Arc::clone(&object)))
+                })
+                .collect(),
+            Fetched::Received(tensors) => tensors.into_iter().map(Tensor::into_managed).collect(),
+        };
+        *count = handed.len();
+        for (i, p) in handed.into_iter().enumerate().take(capacity) {
+            *out_tensors.add(i) = p;
+        }
+        Ok(())
+    })
+}
+
+/// Frees the primary copy of `object_id` (out of scope in Ray) and writes whether
+/// it was held to `*out_found`.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `out_found` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_free(ctx: *const rdt_context, object_id: *const u8, out_found: *mut bool) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        *out(out_found, "out_found")? = ctx.inner.free(&id);
+        Ok(())
+    })
+}
+
+/// Waits up to `timeout_ms` until no object in this context holds memory at
+/// `data_ptr` (a tensor's first element): the guide's `wait_tensor_freed`.
+///
+/// # Safety
+/// `ctx` valid.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_wait_tensor_freed(ctx: *const rdt_context, data_ptr: *const c_void, timeout_ms: u64) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        ctx.inner.store().wait_tensor_freed(data_ptr as usize, timeout(timeout_ms))
+    })
+}
+
+/// Writes the number of objects and tensor bytes the context holds.
+///
+/// # Safety
+/// `ctx` valid; outputs valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_counts(ctx: *const rdt_context, out_objects: *mut usize, out_bytes: *mut u64) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        *out(out_objects, "out_objects")? = ctx.inner.store().num_objects();
+        *out(out_bytes, "out_bytes")? = ctx.inner.store().num_bytes();
+        Ok(())
+    })
+}

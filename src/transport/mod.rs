@@ -1,0 +1,79 @@
+//! The transport interface and its backends.
+//!
+//! A transfer is always pulled by the consumer: it calls [`Transport::fetch`] with
+//! the metadata record, which talks to the producer's endpoint directly (through
+//! the [`Peer`] it is given). On the producer, the endpoint hands the request to
+//! the same transport's [`Transport::serve`]. Two-sided transports (gloo) move the
+//! bytes over their collective group while the control channel synchronises;
+//! one-sided ones (shm, nixl) need the producer only to hand out access.
+
+pub mod shm;
+
+use crate::dlpack::DLDevice;
+use crate::endpoint::ClientPool;
+use crate::error::Result;
+use crate::metadata::Metadata;
+use crate::object_id::ObjectId;
+use crate::store::{ObjectStore, StoredObject};
+use crate::tensor::Tensor;
+use crate::transport_kind::TransportKind;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// What a transport sees of the process it runs in.
+pub struct Local<'a> {
+    /// This process's object store.
+    pub store: &'a ObjectStore,
+    /// Ray node ID of this process (may be empty when unknown).
+    pub node_id: &'a [u8],
+}
+
+/// The consumer's way to the producer's endpoint.
+pub struct Peer<'a> {
+    /// Connections to other processes' endpoints.
+    pub pool: &'a ClientPool,
+    /// The producer's endpoint address (from the metadata record).
+    pub address: &'a str,
+}
+
+/// One tensor transport backend.
+pub trait Transport: Send + Sync {
+    /// Which transport this is.
+    fn kind(&self) -> TransportKind;
+
+    /// Whether tensors on `device` can be moved by this transport.
+    fn serves(&self, device: DLDevice) -> bool;
+
+    /// Producer side, at put: the transport-specific bytes for the object's
+    /// metadata record (group and rank, registration descriptors, ...).
+    fn export(&self, id: &ObjectId, object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>>;
+
+    /// Producer side: releases what `export` set up, when the object is freed.
+    fn release(&self, _id: &ObjectId) {}
+
+    /// Producer side: serves a fetch request for `object` that arrived on the
+    /// endpoint; `request` is the transport-specific part. Writes its replies.
+    fn serve(&self, local: &Local<'_>, id: &ObjectId, object: &StoredObject, request: &[u8], stream: &mut UnixStream) -> Result<()>;
+
+    /// Consumer side: fetches the tensors `meta` describes from the producer.
+    fn fetch(&self, local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>>;
+}
+
+/// Encodes a fetch request: transport code, object ID, transport-specific part.
+pub fn fetch_request(kind: TransportKind, id: &ObjectId, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + id.0.len() + body.len());
+    out.push(kind.code());
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits a fetch request into transport, object ID and transport-specific part.
+pub fn parse_fetch_request(request: &[u8]) -> Result<(TransportKind, ObjectId, &[u8])> {
+    let (&code, rest) = request.split_first().ok_or_else(|| crate::Error::transport("empty request"))?;
+    if rest.len() < crate::object_id::OBJECT_ID_LEN {
+        return Err(crate::Error::transport("request too short for an object ID"));
+    }
+    let (id, body) = rest.split_at(crate::object_id::OBJECT_ID_LEN);
+    Ok((TransportKind::from_code(code.into())?, ObjectId::from_slice(id)?, body))
+}

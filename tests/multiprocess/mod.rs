@@ -1,0 +1,49 @@
+//! Helpers for tests that run real processes: the test binary re-executes itself
+//! with a role in the environment, and tensors are built from plain byte vectors.
+
+use ray_rdt::dlpack::{kDLCPU, DLDataType, DLDevice};
+use ray_rdt::{Tensor, TensorMeta};
+use std::process::{Child, Command, Stdio};
+
+/// Environment variable that selects a child role.
+pub const ROLE: &str = "RAY_RDT_TEST_ROLE";
+
+/// The role this process was started with, if it is a child.
+pub fn role() -> Option<String> {
+    std::env::var(ROLE).ok()
+}
+
+/// Starts this test binary again as a child running `test_name` with `role` and
+/// extra environment variables; its stdout is piped.
+pub fn spawn_child(test_name: &str, role: &str, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"]).env(ROLE, role).stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn child test process")
+}
+
+/// A CPU tensor holding `data` with `dtype` and `shape` (data length must match).
+pub fn tensor_from_bytes(dtype: DLDataType, shape: Vec<i64>, data: Vec<u8>) -> Tensor {
+    let meta = TensorMeta::compact(dtype, shape).expect("valid shape");
+    assert_eq!(meta.nbytes as usize, data.len());
+    let mut data = data.into_boxed_slice();
+    let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
+    Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, ptr, Box::new(data))
+}
+
+/// Deterministic test bytes: `len` bytes derived from `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// Hex encoding, to pass binary records to a child through its environment.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Inverse of [`hex`].
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}

@@ -1,0 +1,109 @@
+//! The shm transport between real processes: a producer context stores tensors,
+//! child processes fetch them through the producer's endpoint.
+
+mod multiprocess;
+
+use multiprocess::*;
+use ray_rdt::dlpack::{kDLFloat, kDLInt, kDLUInt, DLDataType};
+use ray_rdt::engine::{Context, Fetched};
+use ray_rdt::{stats, ErrorKind, ObjectId, TransportKind};
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+const F32: DLDataType = DLDataType { code: kDLFloat, bits: 32, lanes: 1 };
+const I64: DLDataType = DLDataType { code: kDLInt, bits: 64, lanes: 1 };
+const U8: DLDataType = DLDataType { code: kDLUInt, bits: 8, lanes: 1 };
+
+/// The tensors every test object holds: several dtypes, a 0-d and an empty tensor.
+fn sample_tensors(seed: u8) -> Vec<ray_rdt::Tensor> {
+    vec![
+        tensor_from_bytes(F32, vec![3, 5], pattern(60, seed)),
+        tensor_from_bytes(I64, vec![], pattern(8, seed + 1)),
+        tensor_from_bytes(U8, vec![0, 4], Vec::new()),
+        tensor_from_bytes(U8, vec![1 << 20], pattern(1 << 20, seed + 2)),
+    ]
+}
+
+fn expected_bytes(seed: u8) -> Vec<Vec<u8>> {
+    vec![pattern(60, seed), pattern(8, seed + 1), Vec::new(), pattern(1 << 20, seed + 2)]
+}
+
+/// Child role: fetch the object in RECORD and check every byte.
+fn consumer() {
+    let ctx = Context::new(b"node-a", b"consumer").unwrap();
+    let id = ObjectId::from_slice(&unhex(&std::env::var("OBJECT").unwrap())).unwrap();
+    let record = unhex(&std::env::var("RECORD").unwrap());
+    let seed: u8 = std::env::var("SEED").unwrap().parse().unwrap();
+    match ctx.fetch(&id, &record, Duration::from_secs(10)) {
+        Ok(Fetched::Received(tensors)) => {
+            let got: Vec<Vec<u8>> = tensors.iter().map(|t| t.host_bytes().unwrap().to_vec()).collect();
+            assert_eq!(got, expected_bytes(seed));
+            assert_eq!(stats::snapshot(TransportKind::Shm).bytes_received, expected_bytes(seed).iter().map(Vec::len).sum::<usize>() as u64);
+            println!("RESULT ok");
+        }
+        Ok(Fetched::Local(_)) => println!("RESULT local"),
+        Err(e) => println!("RESULT err {:?} {}", e.kind(), e.message()),
+    }
+}
+
+fn run_consumer(id: &ObjectId, record: &[u8], seed: u8) -> String {
+    let child = spawn_child(
+        "shm_between_processes",
+        "consumer",
+        &[("OBJECT", hex(id.as_bytes())), ("RECORD", hex(record)), ("SEED", seed.to_string())],
+    );
+    let out = child.wait_with_output().unwrap();
+    let line = BufReader::new(&out.stdout[..]).lines().map_while(Result::ok).find_map(|l| l.find("RESULT").map(|i| l[i..].to_string())).unwrap_or_default();
+    assert!(out.status.success(), "consumer failed: {line}");
+    line
+}
+
+#[test]
+fn shm_between_processes() {
+    if role().as_deref() == Some("consumer") {
+        return consumer();
+    }
+    let ctx = Context::new(b"node-a", b"producer").unwrap();
+    // Several objects, fetched by concurrent consumer processes.
+    let objects: Vec<(ObjectId, Vec<u8>, u8)> = (0..3u8)
+        .map(|i| {
+            let id = ObjectId([i + 1; 28]);
+            let record = ctx.put(id, TransportKind::Shm, None, sample_tensors(i * 10)).unwrap();
+            (id, record, i * 10)
+        })
+        .collect();
+    let results: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = objects.iter().map(|(id, rec, seed)| s.spawn(move || run_consumer(id, rec, *seed))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(results.iter().all(|r| r == "RESULT ok"), "{results:?}");
+    assert!(stats::snapshot(TransportKind::Shm).bytes_sent >= 3 * (1 << 20));
+
+    // A record for an object the producer no longer holds gives a clear error.
+    let (id, record, seed) = &objects[0];
+    assert!(ctx.free(id));
+    let line = run_consumer(id, record, *seed);
+    assert!(line.starts_with("RESULT err NotFound") && line.contains("not held by the producer"), "{line}");
+
+    // The same process gets its own tensors back, not a copy.
+    let (id, record, _) = &objects[1];
+    match ctx.fetch(id, record, Duration::from_secs(1)).unwrap() {
+        Fetched::Local(obj) => assert_eq!(obj.tensors[0].data_ptr(), ctx.store().get(id, Duration::ZERO).unwrap().tensors[0].data_ptr()),
+        Fetched::Received(_) => panic!("expected the producer's own tensors"),
+    }
+}
+
+#[test]
+fn shm_refuses_other_hosts_and_dead_producers() {
+    let producer = Context::new(b"node-a", b"p").unwrap();
+    let id = ObjectId([9; 28]);
+    let record = producer.put(id, TransportKind::Shm, None, sample_tensors(1)).unwrap();
+    let elsewhere = Context::new(b"node-b", b"c").unwrap();
+    let err = elsewhere.fetch(&id, &record, Duration::from_secs(1)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.message().contains("same host"));
+    drop(producer);
+    let consumer = Context::new(b"node-a", b"c").unwrap();
+    let err = consumer.fetch(&id, &record, Duration::from_secs(1)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+}
