@@ -21,11 +21,13 @@ fn sample_tensors(seed: u8) -> Vec<ray_rdt::Tensor> {
         tensor_from_bytes(I64, vec![], pattern(8, seed + 1)),
         tensor_from_bytes(U8, vec![0, 4], Vec::new()),
         tensor_from_bytes(U8, vec![1 << 20], pattern(1 << 20, seed + 2)),
+        // The transpose of a 2x3 u8 matrix [[0,1,2],[3,4,5]]: packs as 0,3,1,4,2,5.
+        strided_tensor(U8, vec![3, 2], vec![1, 3], vec![0, 1, 2, 3, 4, 5]),
     ]
 }
 
 fn expected_bytes(seed: u8) -> Vec<Vec<u8>> {
-    vec![pattern(60, seed), pattern(8, seed + 1), Vec::new(), pattern(1 << 20, seed + 2)]
+    vec![pattern(60, seed), pattern(8, seed + 1), Vec::new(), pattern(1 << 20, seed + 2), vec![0, 3, 1, 4, 2, 5]]
 }
 
 /// Child role: fetch the object in RECORD and check every byte.

@@ -14,7 +14,8 @@ use crate::object_id::ObjectId;
 use crate::store::StoredObject;
 use crate::tensor::{is_host, Tensor, TensorMeta};
 use crate::transport_kind::TransportKind;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +51,7 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd` read-write and shared, pre-faulting the pages.
-    fn map(fd: &OwnedFd, len: usize) -> Result<Mapping> {
+    fn map(fd: BorrowedFd<'_>, len: usize) -> Result<Mapping> {
         // SAFETY: mapping a file we hold open; the result is checked.
         let ptr = unsafe {
             libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), 0)
@@ -69,7 +70,7 @@ impl Drop for Mapping {
     }
 }
 
-/// Creates a sealed-size anonymous memory file of `len` bytes.
+/// Creates an anonymous memory file of `len` bytes.
 fn memfd(len: u64) -> Result<OwnedFd> {
     // SAFETY: the name is a valid C string; the result is checked.
     let raw = unsafe { libc::memfd_create(c"ray-rdt-shm".as_ptr(), libc::MFD_CLOEXEC) };
@@ -104,14 +105,25 @@ impl Transport for Shm {
             return wire::send(stream, &[wire::REPLY_OK]);
         }
         let fd = memfd(total)?;
-        let mapping = Mapping::map(&fd, total as usize)?;
+        let file = std::fs::File::from(fd);
+        // Contiguous tensors are written with pwrite (faster than faulting in a
+        // mapping page by page); strided ones are packed through a mapping.
+        let mut mapping: Option<Mapping> = None;
         for (t, &off) in object.tensors.iter().zip(&offsets) {
-            let n = t.meta().nbytes as usize;
-            // SAFETY: [off, off + n) lies inside the mapping by construction of `layout`.
-            let dst = unsafe { std::slice::from_raw_parts_mut(mapping.ptr.add(off as usize), n) };
+            if let Some(bytes) = t.host_bytes() {
+                file.write_all_at(bytes, off).map_err(|e| Error::io("writing the shm segment", e))?;
+                continue;
+            }
+            if mapping.is_none() {
+                mapping = Some(Mapping::map(file.as_fd(), total as usize)?);
+            }
+            let m = mapping.as_ref().expect("mapped above");
+            // SAFETY: [off, off + nbytes) lies inside the mapping by construction of `layout`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(m.ptr.add(off as usize), t.meta().nbytes as usize) };
             t.pack_into(dst)?;
         }
         drop(mapping);
+        let fd = OwnedFd::from(file);
         wire::send_with_fd(stream, &[wire::REPLY_OK], Some(&fd))?;
         crate::stats::record_sent(TransportKind::Shm, object.nbytes());
         Ok(())
@@ -146,7 +158,7 @@ impl Transport for Shm {
         if size != Some(total) {
             return Err(Error::transport(format!("shm segment is {size:?} bytes, the metadata record describes {total}")));
         }
-        let mapping = Arc::new(Mapping::map(&fd, total as usize)?);
+        let mapping = Arc::new(Mapping::map(fd.as_fd(), total as usize)?);
         let tensors = metas
             .into_iter()
             .zip(offsets)

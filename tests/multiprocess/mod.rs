@@ -33,6 +33,14 @@ pub fn tensor_from_bytes(dtype: DLDataType, shape: Vec<i64>, data: Vec<u8>) -> T
     Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, ptr, Box::new(data))
 }
 
+/// A CPU view of `data` with explicit element `strides` (e.g. a transpose).
+pub fn strided_tensor(dtype: DLDataType, shape: Vec<i64>, strides: Vec<i64>, data: Vec<u8>) -> Tensor {
+    let meta = TensorMeta::new(dtype, shape, strides).expect("valid layout");
+    let mut data = data.into_boxed_slice();
+    let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
+    Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, ptr, Box::new(data))
+}
+
 /// Deterministic test bytes: `len` bytes derived from `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
