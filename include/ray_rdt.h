@@ -576,6 +576,44 @@ rdt_status rdt_context_counts(const struct rdt_context *ctx,
                               uint64_t *out_bytes);
 
 /**
+ * Starts a rendezvous store for a new group in this process (the process of
+ * rank 0), bound to `bind_host` (e.g. "127.0.0.1" or the node's IP), and writes
+ * its "host:port" to `*out_address`. Every rank then calls `rdt_group_create`
+ * with it. The store lives until the group is destroyed.
+ *
+ * # Safety
+ * `ctx` valid; `bind_host` a C string; `out_address` valid for writes.
+ */
+rdt_status rdt_rendezvous_serve(const struct rdt_context *ctx,
+                                const char *bind_host,
+                                struct rdt_buffer *out_address);
+
+/**
+ * Joins collective group `name` of `backend` as `rank` of `world_size`, through
+ * the rendezvous store at `rendezvous_address`; blocks until every rank joined
+ * or `timeout_ms` passed. A process is in at most one group of a given name.
+ *
+ * # Safety
+ * `ctx` valid; `name` and `rendezvous_address` C strings.
+ */
+rdt_status rdt_group_create(const struct rdt_context *ctx,
+                            const char *name,
+                            rdt_transport backend,
+                            int32_t rank,
+                            int32_t world_size,
+                            const char *rendezvous_address,
+                            uint64_t timeout_ms);
+
+/**
+ * Leaves collective group `name`: pending transfers fail, connections close.
+ * The group can then be created again on the same processes.
+ *
+ * # Safety
+ * `ctx` valid; `name` a C string.
+ */
+rdt_status rdt_group_destroy(const struct rdt_context *ctx, const char *name);
+
+/**
  * Decodes and validates `len` bytes at `data`; on success writes a new handle to
  * `*out_metadata` (free it with `rdt_metadata_destroy`). Malformed, truncated or
  * oversized input gives `RDT_ERR_MALFORMED_METADATA`.

@@ -10,7 +10,7 @@ use crate::metadata::{Metadata, Producer};
 use crate::object_id::ObjectId;
 use crate::store::{CopyKind, ObjectStore, PutRejected, StoredObject};
 use crate::tensor::Tensor;
-use crate::transport::{parse_fetch_request, shm::Shm, Local, Peer, Transport};
+use crate::transport::{gloo::Gloo, parse_fetch_request, shm::Shm, Local, Peer, Transport};
 use crate::transport_kind::TransportKind;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
@@ -31,6 +31,7 @@ struct Shared {
     actor_id: Vec<u8>,
     pool: ClientPool,
     shm: Shm,
+    gloo: Gloo,
     /// The endpoint's address, known once it is bound.
     address: OnceLock<String>,
 }
@@ -39,6 +40,7 @@ impl Shared {
     fn transport(&self, kind: TransportKind) -> Result<&dyn Transport> {
         match kind {
             TransportKind::Shm => Ok(&self.shm),
+            TransportKind::Gloo => Ok(&self.gloo),
             other => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!("the {} transport is not available in this build of the plugin", other.name()),
@@ -79,6 +81,7 @@ impl Context {
             actor_id: actor_id.to_vec(),
             pool: ClientPool::default(),
             shm: Shm,
+            gloo: Gloo::default(),
             address: OnceLock::new(),
         });
         let endpoint = Endpoint::start(shared.clone())?;
@@ -159,6 +162,11 @@ impl Context {
     pub fn free(&self, id: &ObjectId) -> bool {
         TransportKind::ALL.iter().filter_map(|&k| self.shared.transport(k).ok()).for_each(|t| t.release(id));
         self.shared.store.free(id)
+    }
+
+    /// The gloo transport, for managing collective groups.
+    pub fn gloo(&self) -> &Gloo {
+        &self.shared.gloo
     }
 
     fn producer(&self) -> Producer {

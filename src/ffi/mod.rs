@@ -8,6 +8,7 @@
 
 mod boundary;
 pub mod context;
+pub mod group;
 pub mod metadata;
 pub mod stats;
 pub mod status;

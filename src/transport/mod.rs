@@ -7,6 +7,7 @@
 //! bytes over their collective group while the control channel synchronises;
 //! one-sided ones (shm, nixl) need the producer only to hand out access.
 
+pub mod gloo;
 pub mod shm;
 
 use crate::dlpack::DLDevice;

@@ -14,10 +14,10 @@ pub fn role() -> Option<String> {
 }
 
 /// Starts this test binary again as a child running `test_name` with `role` and
-/// extra environment variables; its stdout is piped.
+/// extra environment variables; its stdin and stdout are piped.
 pub fn spawn_child(test_name: &str, role: &str, env: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
-    cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"]).env(ROLE, role).stdout(Stdio::piped());
+    cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"]).env(ROLE, role).stdin(Stdio::piped()).stdout(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }

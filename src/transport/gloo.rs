@@ -1,0 +1,240 @@
+//! `gloo`: two-sided transport over a Gloo collective group (CPU tensors).
+//!
+//! Groups are created per process with a name, rank and size; rank 0's process
+//! serves the rendezvous store ([`Gloo::serve_rendezvous`]) and every rank joins
+//! with its address. A fetch is pulled by the consumer: it asks the producer's
+//! endpoint to send object X on a fresh slot, the producer acknowledges (or
+//! refuses: unknown object, unknown group), sends each tensor over Gloo, and
+//! confirms; the consumer receives straight into the new tensors' memory.
+//!
+//! Any Gloo failure (timeout, dead peer) breaks the group: later transfers fail
+//! with a clear error until the group is destroyed and created again.
+
+use super::{fetch_request, Local, Peer, Transport};
+use crate::dlpack::DLDevice;
+use crate::endpoint::wire;
+use crate::error::{Error, ErrorKind, Result};
+use crate::metadata::Metadata;
+use crate::object_id::ObjectId;
+use crate::store::StoredObject;
+use crate::tensor::{is_host, Tensor};
+use crate::transport_kind::TransportKind;
+use gloo_sys::{ContextOptions, TcpStoreClient, TcpStoreServer};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One joined collective group.
+struct Group {
+    ctx: gloo_sys::Context,
+    rendezvous: SocketAddr,
+}
+
+/// The gloo transport: this process's groups and the rendezvous stores it serves.
+#[derive(Default)]
+pub struct Gloo {
+    groups: RwLock<HashMap<String, Arc<Group>>>,
+    servers: Mutex<Vec<TcpStoreServer>>,
+    next_slot: AtomicU64,
+}
+
+fn gloo_error(group: &str, e: gloo_sys::GlooError) -> Error {
+    let kind = match e.kind() {
+        gloo_sys::ErrorKind::Timeout => ErrorKind::Timeout,
+        _ => ErrorKind::Transport,
+    };
+    Error::new(kind, format!("gloo group {group:?}: {e}"))
+}
+
+/// The local address this host uses to reach `target` (what peers can reach us on).
+fn local_ip_towards(target: SocketAddr) -> String {
+    UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|s| s.connect(target).and_then(|_| s.local_addr()))
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+/// Encodes the transport data of a gloo record: producer rank and group name.
+fn encode_location(rank: usize, group: &str) -> Vec<u8> {
+    let mut out = (rank as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(group.as_bytes());
+    out
+}
+
+fn decode_location(data: &[u8]) -> Result<(usize, &str)> {
+    if data.len() < 4 {
+        return Err(Error::malformed("gloo transport data is truncated"));
+    }
+    let (rank, name) = data.split_at(4);
+    let name = std::str::from_utf8(name).map_err(|_| Error::malformed("gloo group name is not UTF-8"))?;
+    Ok((u32::from_le_bytes(rank.try_into().expect("4 bytes")) as usize, name))
+}
+
+/// A fetch request's transport-specific part.
+struct SendRequest<'a> {
+    slot: u64,
+    consumer_rank: usize,
+    timeout: Duration,
+    group: &'a str,
+}
+
+impl<'a> SendRequest<'a> {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + self.group.len());
+        out.extend_from_slice(&self.slot.to_le_bytes());
+        out.extend_from_slice(&(self.consumer_rank as u32).to_le_bytes());
+        out.extend_from_slice(&(self.timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes());
+        out.extend_from_slice(self.group.as_bytes());
+        out
+    }
+
+    fn decode(body: &'a [u8]) -> Result<Self> {
+        if body.len() < 20 {
+            return Err(Error::transport("gloo send request is truncated"));
+        }
+        let slot = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+        let consumer_rank = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
+        let timeout = Duration::from_millis(u64::from_le_bytes(body[12..20].try_into().expect("8 bytes")));
+        let group = std::str::from_utf8(&body[20..]).map_err(|_| Error::transport("group name is not UTF-8"))?;
+        Ok(SendRequest { slot, consumer_rank, timeout, group })
+    }
+}
+
+impl Gloo {
+    /// Starts a rendezvous store on `bind_host` (port chosen by the OS) for a
+    /// group whose rank 0 runs in this process; returns its `host:port`.
+    pub fn serve_rendezvous(&self, bind_host: &str) -> Result<String> {
+        let server = TcpStoreServer::bind((bind_host, 0)).map_err(|e| gloo_error("(rendezvous)", e))?;
+        let addr = server.local_addr().to_string();
+        self.servers.lock().push(server);
+        Ok(addr)
+    }
+
+    /// Joins group `name` as `rank` of `world_size` through the rendezvous store
+    /// at `address`; blocks until every rank joined or `timeout` passed.
+    pub fn create_group(&self, name: &str, rank: usize, world_size: usize, address: &str, timeout: Duration) -> Result<()> {
+        if self.groups.read().contains_key(name) {
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("this process is already in collective group {name:?}")));
+        }
+        if rank >= world_size {
+            return Err(Error::invalid(format!("rank {rank} is out of range for a group of {world_size}")));
+        }
+        let rendezvous = address
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| Error::invalid(format!("bad rendezvous address {address:?}")))?;
+        let opts = ContextOptions { hostname: Some(local_ip_towards(rendezvous)), iface: None, timeout };
+        let ctx = match self.servers.lock().iter().find(|s| s.local_addr() == rendezvous) {
+            Some(server) => gloo_sys::Context::connect(rank, world_size, server, name, &opts),
+            None => TcpStoreClient::connect(rendezvous, timeout)
+                .and_then(|store| gloo_sys::Context::connect(rank, world_size, &store, name, &opts)),
+        }
+        .map_err(|e| gloo_error(name, e))?;
+        let mut groups = self.groups.write();
+        if groups.contains_key(name) {
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("this process is already in collective group {name:?}")));
+        }
+        groups.insert(name.to_owned(), Arc::new(Group { ctx, rendezvous }));
+        Ok(())
+    }
+
+    /// Leaves group `name`: aborts its pending transfers and closes its
+    /// connections (and the rendezvous store, if this process served it).
+    pub fn destroy_group(&self, name: &str) -> Result<()> {
+        let group = self
+            .groups
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("this process is not in collective group {name:?}")))?;
+        group.ctx.abort();
+        self.servers.lock().retain(|s| s.local_addr() != group.rendezvous);
+        Ok(())
+    }
+
+    /// Names of the groups this process is in.
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups.read().keys().cloned().collect()
+    }
+
+    fn group(&self, name: &str) -> Result<Arc<Group>> {
+        let group = self.groups.read().get(name).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("this process is not in collective group {name:?}: create the group on both actors before passing gloo objects"),
+            )
+        })?;
+        if let Some(reason) = group.ctx.broken_reason() {
+            return Err(Error::transport(format!(
+                "collective group {name:?} was destroyed by a system error ({reason}); destroy it and create it again"
+            )));
+        }
+        Ok(group)
+    }
+}
+
+impl Transport for Gloo {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Gloo
+    }
+
+    fn serves(&self, device: DLDevice) -> bool {
+        is_host(device)
+    }
+
+    fn export(&self, _id: &ObjectId, _object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>> {
+        let name = group.ok_or_else(|| Error::invalid("the gloo transport needs a collective group name"))?;
+        Ok(encode_location(self.group(name)?.ctx.rank(), name))
+    }
+
+    fn serve(&self, _local: &Local<'_>, _id: &ObjectId, object: &StoredObject, body: &[u8], stream: &mut UnixStream) -> Result<()> {
+        let req = SendRequest::decode(body)?;
+        let group = self.group(req.group)?;
+        if req.consumer_rank >= group.ctx.size() || req.consumer_rank == group.ctx.rank() {
+            return Err(Error::invalid(format!("rank {} cannot receive from rank {} in group {:?}", req.consumer_rank, group.ctx.rank(), req.group)));
+        }
+        wire::send(stream, &[wire::REPLY_OK])?;
+        let mut staging = Vec::new();
+        for t in object.tensors.iter().filter(|t| t.meta().nbytes > 0) {
+            let bytes = match t.host_bytes() {
+                Some(b) => b,
+                None => {
+                    staging.resize(t.meta().nbytes as usize, 0);
+                    t.pack_into(&mut staging)?;
+                    &staging[..]
+                }
+            };
+            group.ctx.send(req.consumer_rank, req.slot, bytes, req.timeout).map_err(|e| gloo_error(req.group, e))?;
+        }
+        wire::send(stream, &[wire::REPLY_OK])?;
+        crate::stats::record_sent(TransportKind::Gloo, object.nbytes());
+        Ok(())
+    }
+
+    fn fetch(&self, _local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>> {
+        let (producer_rank, name) = decode_location(&meta.transport_data)?;
+        let group = self.group(name)?;
+        let mut tensors = meta.tensors.iter().map(Tensor::alloc_host).collect::<Result<Vec<_>>>()?;
+        let request = SendRequest {
+            slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
+            consumer_rank: group.ctx.rank(),
+            timeout,
+            group: name,
+        };
+        peer.pool.with_connection(peer.address, timeout, |stream| {
+            wire::send(stream, &fetch_request(TransportKind::Gloo, id, &request.encode()))?;
+            wire::parse_reply(&wire::recv(stream)?.0)?;
+            for t in tensors.iter_mut().filter(|t| t.meta().nbytes > 0) {
+                let buf = t.host_bytes_mut().expect("freshly allocated host tensors are contiguous");
+                group.ctx.recv(producer_rank, request.slot, buf, timeout).map_err(|e| gloo_error(name, e))?;
+            }
+            wire::parse_reply(&wire::recv(stream)?.0).map(|_| ())
+        })?;
+        crate::stats::record_received(TransportKind::Gloo, meta.total_bytes());
+        Ok(tensors)
+    }
+}

@@ -1,0 +1,257 @@
+//! The gloo transport between real processes: rank 0 (this test process) and
+//! child processes driven line by line over their stdin/stdout.
+
+mod multiprocess;
+
+use multiprocess::*;
+use ray_rdt::dlpack::{kDLBfloat, kDLBool, kDLComplex, kDLFloat, kDLInt, DLDataType};
+use ray_rdt::engine::{Context, Fetched};
+use ray_rdt::{stats, ObjectId, Tensor, TransportKind};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn dt(code: u8, bits: u8) -> DLDataType {
+    DLDataType { code, bits, lanes: 1 }
+}
+
+/// An object of several dtypes and shapes (0-d, empty, strided, 1 MiB), all
+/// derived from `seed`; returns the tensors and their expected packed bytes.
+fn sample(seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
+    let specs: Vec<(DLDataType, Vec<i64>)> = vec![
+        (dt(kDLFloat, 32), vec![7, 9]),
+        (dt(kDLInt, 64), vec![]),
+        (dt(kDLBfloat, 16), vec![0, 3]),
+        (dt(kDLBool, 8), vec![5]),
+        (dt(kDLComplex, 64), vec![2, 2, 2]),
+        (dt(kDLFloat, 16), vec![512, 1024]),
+    ];
+    let mut tensors = Vec::new();
+    let mut expected = Vec::new();
+    for (i, (dtype, shape)) in specs.into_iter().enumerate() {
+        let n = shape.iter().product::<i64>() as usize * (dtype.bits as usize / 8);
+        let bytes = pattern(n, seed.wrapping_add(i as u8));
+        expected.push(bytes.clone());
+        tensors.push(tensor_from_bytes(dtype, shape, bytes));
+    }
+    tensors.push(strided_tensor(dt(kDLInt, 8), vec![3, 2], vec![1, 3], vec![0, 1, 2, 3, 4, 5]));
+    expected.push(vec![0, 3, 1, 4, 2, 5]);
+    (tensors, expected)
+}
+
+fn object_id(rank: usize, seed: u8) -> ObjectId {
+    let mut id = [0u8; 28];
+    id[0] = rank as u8;
+    id[1] = seed;
+    ObjectId(id)
+}
+
+/// One process's side of the test protocol (children run it on their stdin).
+struct Node {
+    ctx: Context,
+    rank: usize,
+}
+
+impl Node {
+    fn new(rank: usize) -> Node {
+        Node { ctx: Context::new(b"node", format!("rank{rank}").as_bytes()).unwrap(), rank }
+    }
+
+    fn join(&self, name: &str, world: usize, addr: &str) -> String {
+        match self.ctx.gloo().create_group(name, self.rank, world, addr, TIMEOUT) {
+            Ok(()) => "JOINED".into(),
+            Err(e) => format!("ERR {:?} {e}", e.kind()),
+        }
+    }
+
+    fn put(&self, seed: u8, bytes: Option<usize>, group: &str) -> String {
+        let id = object_id(self.rank, seed);
+        let tensors = match bytes {
+            Some(n) => vec![tensor_from_bytes(dt(kDLInt, 8), vec![n as i64], vec![1; n])],
+            None => sample(seed).0,
+        };
+        let record = self.ctx.put(id, TransportKind::Gloo, Some(group), tensors).map_err(|r| r.error).unwrap();
+        format!("RECORD {} {}", hex(id.as_bytes()), hex(&record))
+    }
+
+    fn fetch(&self, id: &str, record: &str, seed: u8) -> String {
+        let id = ObjectId::from_slice(&unhex(id)).unwrap();
+        match self.ctx.fetch(&id, &unhex(record), TIMEOUT) {
+            Ok(Fetched::Received(tensors)) => {
+                let got: Vec<Vec<u8>> = tensors.iter().map(|t| t.host_bytes().unwrap().to_vec()).collect();
+                if got == sample(seed).1 {
+                    "OK".into()
+                } else {
+                    "ERR mismatch".into()
+                }
+            }
+            Ok(Fetched::Local(_)) => "ERR local".into(),
+            Err(e) => format!("ERR {:?} {e}", e.kind()),
+        }
+    }
+
+    /// Handles one protocol line.
+    fn handle(&self, line: &str) -> String {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["JOIN", name, world, addr] => self.join(name, world.parse().unwrap(), addr),
+            ["PUT", seed, group] => self.put(seed.parse().unwrap(), None, group),
+            ["PUTBIG", seed, bytes, group] => self.put(seed.parse().unwrap(), Some(bytes.parse().unwrap()), group),
+            ["FETCH", id, record, seed] => self.fetch(id, record, seed.parse().unwrap()),
+            ["FREE", id] => format!("FREED {}", self.ctx.free(&ObjectId::from_slice(&unhex(id)).unwrap())),
+            ["DESTROY", name] => self.ctx.gloo().destroy_group(name).map(|_| "DESTROYED".to_string()).unwrap_or_else(|e| format!("ERR {e}")),
+            other => panic!("unknown command {other:?}"),
+        }
+    }
+}
+
+/// A child rank driven over pipes.
+struct ChildRank {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ChildRank {
+    fn spawn(test: &str, rank: usize) -> ChildRank {
+        let mut child = spawn_child(test, &rank.to_string(), &[]);
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        ChildRank { child, stdin, stdout }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+    }
+
+    /// The next protocol reply (lines tagged `>>`), skipping libtest's output.
+    fn reply(&mut self) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "child exited");
+            if let Some(i) = line.find(">> ") {
+                return line[i + 3..].trim().to_string();
+            }
+        }
+    }
+
+    fn call(&mut self, line: &str) -> String {
+        self.send(line);
+        self.reply()
+    }
+}
+
+/// Child entry: serve protocol lines from stdin until it closes.
+fn child_main(rank: usize) {
+    let node = Node::new(rank);
+    for line in std::io::stdin().lock().lines() {
+        println!(">> {}", node.handle(&line.unwrap()));
+    }
+    // The driver is gone: leave without libtest writing to a closed pipe.
+    std::process::exit(0);
+}
+
+/// Joins `world` ranks into group `name`: rank 0 here, the rest in `children`.
+fn join_all(node: &Node, children: &mut [ChildRank], name: &str) {
+    let addr = node.ctx.gloo().serve_rendezvous("127.0.0.1").unwrap();
+    let world = children.len() + 1;
+    children.iter_mut().for_each(|c| c.send(&format!("JOIN {name} {world} {addr}")));
+    assert_eq!(node.join(name, world, &addr), "JOINED");
+    children.iter_mut().for_each(|c| assert_eq!(c.reply(), "JOINED"));
+}
+
+fn exchange(world: usize, test: &str) {
+    if let Some(rank) = role() {
+        return child_main(rank.parse().unwrap());
+    }
+    let node = Node::new(0);
+    let mut children: Vec<ChildRank> = (1..world).map(|r| ChildRank::spawn(test, r)).collect();
+    join_all(&node, &mut children, "g");
+
+    // Every child fetches two objects from rank 0 at once (concurrent transfers).
+    let records: Vec<String> = (0..2).map(|s| node.put(s, None, "g")).collect();
+    for c in children.iter_mut() {
+        for (s, r) in records.iter().enumerate() {
+            let parts: Vec<&str> = r.split_whitespace().collect();
+            c.send(&format!("FETCH {} {} {s}", parts[1], parts[2]));
+        }
+    }
+    for c in children.iter_mut() {
+        assert_eq!([c.reply(), c.reply()], ["OK", "OK"]);
+    }
+    // Rank 0 fetches from every child, and the last child from the first.
+    for (i, c) in children.iter_mut().enumerate() {
+        let seed = 10 + i as u8;
+        let rec = c.call(&format!("PUT {seed} g"));
+        let parts: Vec<&str> = rec.split_whitespace().collect();
+        assert_eq!(node.fetch(parts[1], parts[2], seed), "OK");
+    }
+    if world > 2 {
+        let rec = children[0].call("PUT 30 g");
+        let parts: Vec<&str> = rec.split_whitespace().collect();
+        assert_eq!(children[world - 2].call(&format!("FETCH {} {} 30", parts[1], parts[2])), "OK");
+    }
+    assert!(stats::snapshot(TransportKind::Gloo).bytes_received > 0);
+    assert!(stats::snapshot(TransportKind::Gloo).bytes_sent > 0);
+}
+
+#[test]
+fn gloo_two_ranks() {
+    exchange(2, "gloo_two_ranks");
+}
+
+#[test]
+fn gloo_four_ranks() {
+    exchange(4, "gloo_four_ranks");
+}
+
+#[test]
+fn gloo_faults_and_recreate() {
+    if let Some(rank) = role() {
+        return child_main(rank.parse().unwrap());
+    }
+    let node = Node::new(0);
+    let mut children = vec![ChildRank::spawn("gloo_faults_and_recreate", 1)];
+    join_all(&node, &mut children, "f");
+    let c = &mut children[0];
+
+    // An application error (object already freed) leaves the group usable.
+    let rec = c.call("PUT 1 f");
+    let parts: Vec<&str> = rec.split_whitespace().collect();
+    assert_eq!(c.call(&format!("FREE {}", parts[1])), "FREED true");
+    let err = node.fetch(parts[1], parts[2], 1);
+    assert!(err.starts_with("ERR NotFound") && err.contains("not held by the producer"), "{err}");
+    let rec = c.call("PUT 2 f");
+    let parts: Vec<&str> = rec.split_whitespace().collect();
+    assert_eq!(node.fetch(parts[1], parts[2], 2), "OK");
+
+    // Destroy, then create again on the same processes.
+    assert_eq!(c.call("DESTROY f"), "DESTROYED");
+    node.ctx.gloo().destroy_group("f").unwrap();
+    assert!(node.fetch(parts[1], parts[2], 2).contains("not in collective group"));
+    join_all(&node, &mut children, "f");
+    let c = &mut children[0];
+    let rec = c.call("PUT 3 f");
+    let parts: Vec<&str> = rec.split_whitespace().collect();
+    assert_eq!(node.fetch(parts[1], parts[2], 3), "OK");
+
+    // The producer is killed mid-transfer: the consumer errors within its timeout.
+    let rec = c.call(&format!("PUTBIG 4 {} f", 1usize << 30));
+    let parts: Vec<String> = rec.split_whitespace().map(String::from).collect();
+    let start = Instant::now();
+    let result = std::thread::scope(|s| {
+        let fetch = s.spawn(|| node.fetch(&parts[1], &parts[2], 4));
+        std::thread::sleep(Duration::from_millis(100));
+        c.child.kill().unwrap();
+        fetch.join().unwrap()
+    });
+    assert!(result.starts_with("ERR"), "{result}");
+    assert!(start.elapsed() < TIMEOUT + Duration::from_secs(5));
+    // The group is now broken, with a clear error.
+    let again = node.fetch(&parts[1], &parts[2], 4);
+    assert!(again.contains("destroyed by a system error") || again.contains("cannot reach"), "{again}");
+    let _ = c.child.wait();
+}
