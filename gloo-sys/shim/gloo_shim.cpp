@@ -24,6 +24,11 @@
 //   one. The shim therefore derives the Gloo slot from (slot, nbytes): sides
 //   that disagree on the size never match, and the receiver times out instead.
 //   User slots map to Gloo slots below 2^63; the sentinel slot is 2^64-1.
+//
+// * A message is posted as ceil(nbytes / GLOO_SHIM_CHUNK_BYTES) pieces on one
+//   unbound buffer (offset sends/recvs, as Gloo's own collectives do); both
+//   sides derive the same pieces from nbytes, and the pieces of one message
+//   match in order because they share (peer, Gloo slot).
 
 #include "gloo_shim.h"
 
@@ -145,6 +150,17 @@ gloo_shim_status guard(char* err, size_t errCap, const char* what, F&& body) noe
   }
 }
 
+// Text of the exception being handled (call only inside a catch block).
+std::string currentExceptionText() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown C++ exception";
+  }
+}
+
 // Validates a timeout and converts it.
 milliseconds checkTimeout(int64_t timeoutMs) {
   if (timeoutMs < 1 || timeoutMs > GLOO_SHIM_MAX_TIMEOUT_MS) {
@@ -249,7 +265,7 @@ class CallbackStore : public gloo::rendezvous::Store {
                            &CallbackStore::sinkFn, err, sizeof(err));
     if (rc == GLOO_SHIM_STORE_TIMEOUT) {
       throw ShimError(GLOO_SHIM_TIMEOUT,
-                      "rendezvous timed out after " + std::to_string(timeout.count()) +
+                      "rendezvous timed out after " + std::to_string(timeout_.count()) +
                           " ms waiting for store key '" + key +
                           "' (do all ranks connect with the same store, prefix and "
                           "size?)");
@@ -320,7 +336,12 @@ struct gloo_shim_op {
 
   gloo_shim_op(gloo_shim_context* ctx, bool isSend, int peer, uint64_t slot,
                size_t nbytes)
-      : ctx(ctx), isSend(isSend), peer(peer), slot(slot), nbytes(nbytes) {}
+      : ctx(ctx),
+        isSend(isSend),
+        peer(peer),
+        slot(slot),
+        nbytes(nbytes),
+        pieces(nbytes == 0 ? 1 : (nbytes - 1) / GLOO_SHIM_CHUNK_BYTES + 1) {}
 
   // "send to peer 1 (slot 7, 4096 bytes)"
   std::string describe() const {
@@ -334,8 +355,12 @@ struct gloo_shim_op {
   const int peer;
   const uint64_t slot;
   const size_t nbytes;
+  // Number of pieces the message travels in (see the file comment).
+  const size_t pieces;
   std::unique_ptr<gloo::transport::UnboundBuffer> buf;
   State state = State::Posted;
+  // Pieces whose completion has been waited for.
+  size_t piecesDone = 0;
 };
 
 void gloo_shim_context::breakContext(const std::string& why, bool byAbort) noexcept {
@@ -440,17 +465,21 @@ gloo_shim_status postOp(gloo_shim_context* ctx, bool isSend, int peer, uint64_t 
   }
   try {
     const uint64_t gslot = glooSlot(slot, nbytes);
-    if (isSend) {
-      op->buf->send(peer, gslot, 0, nbytes);
-    } else {
-      op->buf->recv(peer, gslot, 0, nbytes);
+    for (size_t i = 0; i < op->pieces; i++) {
+      const size_t offset = i * GLOO_SHIM_CHUNK_BYTES;
+      const size_t len = std::min(GLOO_SHIM_CHUNK_BYTES, nbytes - offset);
+      if (isSend) {
+        op->buf->send(peer, gslot, offset, len);
+      } else {
+        op->buf->recv(peer, gslot, offset, len);
+      }
     }
-  } catch (const std::exception& e) {
+  } catch (...) {
     {
       std::lock_guard<std::mutex> lock(ctx->mu);
       ctx->inflight.erase(op.get());
     }
-    const std::string msg = op->describe() + " failed to post: " + e.what();
+    const std::string msg = op->describe() + " failed to post: " + currentExceptionText();
     ctx->breakContext(msg, false);
     throw ShimError(GLOO_SHIM_IO, msg);
   }
@@ -469,13 +498,23 @@ gloo_shim_status waitOp(gloo_shim_op* op, int64_t timeoutMs) {
                     op->describe() + ": the op was already waited on");
   }
   gloo_shim_context* ctx = op->ctx;
-  bool completed = false;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool completed = true;
   try {
-    completed = op->isSend ? op->buf->waitSend(nullptr, timeout)
-                           : op->buf->waitRecv(nullptr, timeout);
-  } catch (const std::exception& e) {
+    while (completed && op->piecesDone < op->pieces) {
+      // Never 0 ms: Gloo would treat it as already expired.
+      const auto left = std::max(milliseconds(1),
+                                 std::chrono::ceil<milliseconds>(
+                                     deadline - std::chrono::steady_clock::now()));
+      completed = op->isSend ? op->buf->waitSend(nullptr, left)
+                             : op->buf->waitRecv(nullptr, left);
+      if (completed) {
+        op->piecesDone++;
+      }
+    }
+  } catch (...) {
     op->state = gloo_shim_op::State::Failed;
-    const std::string what = e.what();
+    const std::string what = currentExceptionText();
     const bool timedOut = what.find(kGlooWaitTimedOut) != std::string::npos;
     std::string msg;
     if (timedOut) {

@@ -28,7 +28,11 @@ pub struct ContextOptions {
 impl Default for ContextOptions {
     /// No bind address (Gloo's default: this host's name) and a 30 s timeout.
     fn default() -> ContextOptions {
-        ContextOptions { hostname: None, iface: None, timeout: Duration::from_secs(30) }
+        ContextOptions {
+            hostname: None,
+            iface: None,
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -81,14 +85,20 @@ impl std::fmt::Debug for Context {
 /// `value` as a C `int`, or an invalid-argument error naming `what`.
 fn to_c_int(value: usize, what: &str) -> Result<c_int, GlooError> {
     c_int::try_from(value).map_err(|_| {
-        GlooError::new(ErrorKind::InvalidArgument, format!("{what} {value} is out of range"))
+        GlooError::new(
+            ErrorKind::InvalidArgument,
+            format!("{what} {value} is out of range"),
+        )
     })
 }
 
 /// `s` as a C string, or an invalid-argument error naming `what`.
 fn to_cstring(s: &str, what: &str) -> Result<CString, GlooError> {
     CString::new(s).map_err(|_| {
-        GlooError::new(ErrorKind::InvalidArgument, format!("{what} contains a NUL byte"))
+        GlooError::new(
+            ErrorKind::InvalidArgument,
+            format!("{what} contains a NUL byte"),
+        )
     })
 }
 
@@ -111,8 +121,16 @@ impl Context {
         let c_rank = to_c_int(rank, "rank")?;
         let c_size = to_c_int(size, "group size")?;
         let prefix_c = to_cstring(prefix, "prefix")?;
-        let hostname = opts.hostname.as_deref().map(|h| to_cstring(h, "hostname")).transpose()?;
-        let iface = opts.iface.as_deref().map(|i| to_cstring(i, "iface")).transpose()?;
+        let hostname = opts
+            .hostname
+            .as_deref()
+            .map(|h| to_cstring(h, "hostname"))
+            .transpose()?;
+        let iface = opts
+            .iface
+            .as_deref()
+            .map(|i| to_cstring(i, "iface"))
+            .transpose()?;
         let c_opts = ffi::gloo_shim_options {
             hostname: hostname.as_ref().map_or(ptr::null(), |h| h.as_ptr()),
             iface: iface.as_ref().map_or(ptr::null(), |i| i.as_ptr()),
@@ -138,7 +156,10 @@ impl Context {
         };
         err.check(status)?;
         let raw = NonNull::new(raw).ok_or_else(|| {
-            GlooError::new(ErrorKind::Internal, "the shim returned success without a context")
+            GlooError::new(
+                ErrorKind::Internal,
+                "the shim returned success without a context",
+            )
         })?;
         Ok(Context { raw, rank, size })
     }
@@ -158,7 +179,13 @@ impl Context {
     /// [`recv`](Self::recv) of `data.len()` bytes within that time).
     /// Timeouts are rounded up to whole milliseconds, and capped at about
     /// 24.8 days.
-    pub fn send(&self, peer: usize, slot: u64, data: &[u8], timeout: Duration) -> Result<(), GlooError> {
+    pub fn send(
+        &self,
+        peer: usize,
+        slot: u64,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<(), GlooError> {
         let peer = to_c_int(peer, "peer rank")?;
         let mut err = ErrBuf::new();
         // SAFETY: `data` is valid for reads for the whole blocking call.
@@ -180,7 +207,13 @@ impl Context {
     /// Receives exactly `buf.len()` bytes from `peer` on `slot`, waiting up
     /// to `timeout`. A sender that sends another length never matches: both
     /// sides time out. On error the contents of `buf` are unspecified.
-    pub fn recv(&self, peer: usize, slot: u64, buf: &mut [u8], timeout: Duration) -> Result<(), GlooError> {
+    pub fn recv(
+        &self,
+        peer: usize,
+        slot: u64,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(), GlooError> {
         let peer = to_c_int(peer, "peer rank")?;
         let mut err = ErrBuf::new();
         // SAFETY: `buf` is valid for writes for the whole blocking call.
@@ -330,9 +363,15 @@ impl std::fmt::Debug for PendingOp<'_> {
 impl<'ctx> PendingOp<'ctx> {
     fn new(raw: *mut ffi::gloo_shim_op) -> Result<PendingOp<'ctx>, GlooError> {
         let raw = NonNull::new(raw).ok_or_else(|| {
-            GlooError::new(ErrorKind::Internal, "the shim returned success without an op")
+            GlooError::new(
+                ErrorKind::Internal,
+                "the shim returned success without an op",
+            )
         })?;
-        Ok(PendingOp { raw, _ctx: PhantomData })
+        Ok(PendingOp {
+            raw,
+            _ctx: PhantomData,
+        })
     }
 
     /// Waits up to `timeout` for the transfer to complete; on success the

@@ -48,7 +48,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Aborted => "aborted",
             ErrorKind::Broken => "broken",
-            ErrorKind::Io => "connection error",
+            ErrorKind::Io => "I/O error",
             ErrorKind::Store => "store error",
             ErrorKind::Internal => "internal error",
         }
@@ -75,7 +75,10 @@ impl GlooError {
     /// Creates an error; [`Store`](crate::Store) implementations use this to
     /// report failures (a missing key after the timeout is [`ErrorKind::Timeout`]).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> GlooError {
-        GlooError { kind, message: message.into() }
+        GlooError {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// The kind of failure.

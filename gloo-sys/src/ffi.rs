@@ -36,6 +36,9 @@ pub const GLOO_SHIM_STORE_TIMEOUT: c_int = 1;
 /// Store callback result: any other failure (details in `err`).
 pub const GLOO_SHIM_STORE_ERROR: c_int = 2;
 
+/// Size of the pieces a large message travels in (`GLOO_SHIM_CHUNK_BYTES`).
+pub const GLOO_SHIM_CHUNK_BYTES: usize = 4 << 20;
+
 /// Largest timeout the shim accepts, in milliseconds (2^31 - 1).
 pub const GLOO_SHIM_MAX_TIMEOUT_MS: i64 = 2_147_483_647;
 

@@ -37,6 +37,8 @@
 //! starts a network thread per context: do not `fork` (without `exec`) while
 //! a context exists.
 
+#![warn(missing_docs)]
+
 mod context;
 mod error;
 pub mod ffi;

@@ -169,35 +169,42 @@ impl CallbackStore {
     /// lives.
     pub unsafe fn new(raw: ffi::gloo_shim_store) -> Result<CallbackStore, GlooError> {
         match (raw.set, raw.get) {
-            (Some(set), Some(get)) => Ok(CallbackStore { user: raw.user, set, get }),
+            (Some(set), Some(get)) => Ok(CallbackStore {
+                user: raw.user,
+                set,
+                get,
+            }),
             _ => Err(GlooError::new(
                 ErrorKind::InvalidArgument,
                 "callback store: set and get callbacks are required",
             )),
         }
     }
+}
 
-    /// Turns a callback status into a result.
-    fn check(&self, what: &str, key: &str, rc: c_int, err: &ErrBuf) -> Result<(), GlooError> {
-        let detail = || {
-            let text = err.text();
-            if text.is_empty() {
-                "no details given".to_string()
-            } else {
-                text
-            }
-        };
-        match rc {
-            ffi::GLOO_SHIM_STORE_OK => Ok(()),
-            ffi::GLOO_SHIM_STORE_TIMEOUT => Err(GlooError::new(
-                ErrorKind::Timeout,
-                format!("callback store: {what} of key '{key}' timed out: {}", detail()),
-            )),
-            _ => Err(GlooError::new(
-                ErrorKind::Store,
-                format!("callback store: {what} of key '{key}' failed: {}", detail()),
-            )),
+/// Turns a callback status into a result.
+fn callback_result(what: &str, key: &str, rc: c_int, err: &ErrBuf) -> Result<(), GlooError> {
+    let detail = || {
+        let text = err.text();
+        if text.is_empty() {
+            "no details given".to_string()
+        } else {
+            text
         }
+    };
+    match rc {
+        ffi::GLOO_SHIM_STORE_OK => Ok(()),
+        ffi::GLOO_SHIM_STORE_TIMEOUT => Err(GlooError::new(
+            ErrorKind::Timeout,
+            format!(
+                "callback store: {what} of key '{key}' timed out: {}",
+                detail()
+            ),
+        )),
+        _ => Err(GlooError::new(
+            ErrorKind::Store,
+            format!("callback store: {what} of key '{key}' failed: {}", detail()),
+        )),
     }
 }
 
@@ -225,7 +232,7 @@ impl Store for CallbackStore {
                 err.cap(),
             )
         };
-        self.check("set", key, rc, &err)
+        callback_result("set", key, rc, &err)
     }
 
     fn get(&self, key: &str, timeout: Duration) -> Result<Vec<u8>, GlooError> {
@@ -245,7 +252,7 @@ impl Store for CallbackStore {
                 err.cap(),
             )
         };
-        self.check("get", key, rc, &err)?;
+        callback_result("get", key, rc, &err)?;
         value.ok_or_else(|| {
             GlooError::new(
                 ErrorKind::Store,

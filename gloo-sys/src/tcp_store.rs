@@ -77,7 +77,10 @@ impl Shared {
                 return Ok(v.clone());
             }
             if self.stopping.load(Ordering::SeqCst) {
-                return Err(GlooError::new(ErrorKind::Store, "the store server is shutting down"));
+                return Err(GlooError::new(
+                    ErrorKind::Store,
+                    "the store server is shutting down",
+                ));
             }
             let left = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
@@ -86,10 +89,17 @@ impl Shared {
             if left.is_zero() {
                 return Err(GlooError::new(
                     ErrorKind::Timeout,
-                    format!("store key '{key}' was not set within {} ms", timeout.as_millis()),
+                    format!(
+                        "store key '{key}' was not set within {} ms",
+                        timeout.as_millis()
+                    ),
                 ));
             }
-            map = self.changed.wait_timeout(map, left).unwrap_or_else(|e| e.into_inner()).0;
+            map = self
+                .changed
+                .wait_timeout(map, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -112,7 +122,10 @@ impl TcpStoreServer {
         let listener = TcpListener::bind(addr)
             .map_err(|e| GlooError::new(ErrorKind::Store, format!("store server: bind: {e}")))?;
         let addr = listener.local_addr().map_err(|e| {
-            GlooError::new(ErrorKind::Store, format!("store server: local address: {e}"))
+            GlooError::new(
+                ErrorKind::Store,
+                format!("store server: local address: {e}"),
+            )
         })?;
         let shared = Arc::new(Shared {
             map: Mutex::new(HashMap::new()),
@@ -128,7 +141,11 @@ impl TcpStoreServer {
             .map_err(|e| {
                 GlooError::new(ErrorKind::Store, format!("store server: spawn thread: {e}"))
             })?;
-        Ok(TcpStoreServer { shared, addr, accept: Some(accept) })
+        Ok(TcpStoreServer {
+            shared,
+            addr,
+            accept: Some(accept),
+        })
     }
 
     /// The address the server listens on (with the actual port).
@@ -208,10 +225,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let _ = stream.shutdown(Shutdown::Both);
         }
         let conn_shared = Arc::clone(&shared);
-        let spawned = thread::Builder::new().name("gloo-store-conn".into()).spawn(move || {
-            serve_connection(stream, &conn_shared);
-            lock(&conn_shared.conns).remove(&id);
-        });
+        let spawned = thread::Builder::new()
+            .name("gloo-store-conn".into())
+            .spawn(move || {
+                serve_connection(stream, &conn_shared);
+                lock(&conn_shared.conns).remove(&id);
+            });
         match spawned {
             Ok(handle) => workers.push(handle),
             Err(_) => {
@@ -279,7 +298,10 @@ fn handle_request(op: u8, stream: &mut TcpStream, shared: &Shared) -> io::Result
                 Err(e) => frame(STATUS_ERROR, e.message().as_bytes()),
             })
         }
-        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "unknown store op")),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unknown store op",
+        )),
     }
 }
 
@@ -289,7 +311,10 @@ fn read_blob(stream: &mut impl Read, max: usize) -> io::Result<Vec<u8>> {
     stream.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
     if len > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "store frame too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "store frame too large",
+        ));
     }
     let mut buf = vec![0u8; len];
     stream.read_exact(&mut buf)?;
@@ -340,17 +365,27 @@ pub struct TcpStoreClient {
 impl TcpStoreClient {
     /// Connects to the server at `addr`, retrying for up to `timeout` while
     /// the server is not up yet (connection refused or unreachable).
-    pub fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStoreClient, GlooError> {
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        timeout: Duration,
+    ) -> Result<TcpStoreClient, GlooError> {
         let addr = addr
             .to_socket_addrs()
             .map_err(|e| store_err(format!("store client: resolve address: {e}")))?
             .next()
             .ok_or_else(|| store_err("store client: the address resolved to nothing".into()))?;
-        let deadline = Instant::now() + timeout;
+        // A timeout too large for Instant means "a year", i.e. practically forever.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         loop {
             match open(addr, deadline.saturating_duration_since(Instant::now())) {
                 Ok(stream) => {
-                    return Ok(TcpStoreClient { addr, pool: Mutex::new(vec![stream]) });
+                    return Ok(TcpStoreClient {
+                        addr,
+                        pool: Mutex::new(vec![stream]),
+                    });
                 }
                 Err(e) if Instant::now() >= deadline => {
                     return Err(GlooError::new(
@@ -504,13 +539,19 @@ mod tests {
     fn oversized_keys_are_rejected() {
         let server = server();
         let key = "k".repeat(MAX_KEY_LEN + 1);
-        assert_eq!(server.set(&key, b"").unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            server.set(&key, b"").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
 
     #[test]
     fn client_waits_for_a_late_server_then_gives_up() {
         // Reserve a port, free it, and start the server there a bit later.
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let starter = thread::spawn(move || {
             thread::sleep(Duration::from_millis(200));
             TcpStoreServer::bind(addr).unwrap()
@@ -521,7 +562,9 @@ mod tests {
         drop(server);
 
         let start = Instant::now();
-        let err = TcpStoreClient::connect(addr, Duration::from_millis(300)).err().unwrap();
+        let err = TcpStoreClient::connect(addr, Duration::from_millis(300))
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
         assert!(start.elapsed() < Duration::from_secs(5));
     }
@@ -546,7 +589,10 @@ mod tests {
         let mut buf = [0u8; 1];
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         // Closed (EOF, or a reset because our extra bytes were never read).
-        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "server should close the connection");
+        assert!(
+            matches!(s.read(&mut buf), Ok(0) | Err(_)),
+            "server should close the connection"
+        );
         // The server still works for real clients.
         let client = TcpStoreClient::connect(server.local_addr(), Duration::from_secs(5)).unwrap();
         client.set("ok", b"1").unwrap();

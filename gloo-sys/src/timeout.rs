@@ -9,7 +9,9 @@ use crate::ffi::GLOO_SHIM_MAX_TIMEOUT_MS;
 /// (about 24.8 days, which stands in for "no timeout").
 pub(crate) fn timeout_ms(timeout: Duration) -> i64 {
     let ms = timeout.as_nanos().div_ceil(1_000_000);
-    i64::try_from(ms).unwrap_or(i64::MAX).clamp(1, GLOO_SHIM_MAX_TIMEOUT_MS)
+    i64::try_from(ms)
+        .unwrap_or(i64::MAX)
+        .clamp(1, GLOO_SHIM_MAX_TIMEOUT_MS)
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! (the test binary re-executes itself), byte patterns, and a directory-backed
 //! key-value store exposed through C callbacks.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::collections::HashMap;
 use std::env;
 use std::ffi::c_void;
@@ -36,7 +34,9 @@ pub fn env_var(name: &str) -> String {
 
 /// Reads a required numeric environment variable of a child.
 pub fn env_usize(name: &str) -> usize {
-    env_var(name).parse().unwrap_or_else(|_| panic!("child: {name} is not a number"))
+    env_var(name)
+        .parse()
+        .unwrap_or_else(|_| panic!("child: {name} is not a number"))
 }
 
 /// A line a child printed, with its rank.
@@ -64,13 +64,19 @@ impl Ranks {
         let mut readers = Vec::new();
         for rank in 0..size {
             let mut cmd = Command::new(&exe);
-            cmd.args(["--exact", child_test, "--nocapture", "--test-threads=1", "-q"])
-                .env(ROLE_ENV, role)
-                .env(RANK_ENV, rank.to_string())
-                .env(SIZE_ENV, size.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.args([
+                "--exact",
+                child_test,
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
+            .env(ROLE_ENV, role)
+            .env(RANK_ENV, rank.to_string())
+            .env(SIZE_ENV, size.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
             for (k, v) in env {
                 cmd.env(k, v);
             }
@@ -88,7 +94,12 @@ impl Ranks {
             }
             children.push(Some(child));
         }
-        Ranks { children, lines, readers, output: HashMap::new() }
+        Ranks {
+            children,
+            lines,
+            readers,
+            output: HashMap::new(),
+        }
     }
 
     fn record(&mut self, line: Line) {
@@ -112,7 +123,10 @@ impl Ranks {
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
                     self.kill_all();
-                    panic!("rank {rank} did not print '{prefix}' in time\n{}", self.dump());
+                    panic!(
+                        "rank {rank} did not print '{prefix}' in time\n{}",
+                        self.dump()
+                    );
                 }
             }
         }
@@ -147,7 +161,10 @@ impl Ranks {
             if Instant::now() > deadline {
                 self.kill_all();
                 self.drain();
-                panic!("children still running after {timeout:?} (hang)\n{}", self.dump());
+                panic!(
+                    "children still running after {timeout:?} (hang)\n{}",
+                    self.dump()
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -169,7 +186,11 @@ impl Ranks {
     pub fn expect_success(&mut self, timeout: Duration) {
         let statuses = self.wait(timeout);
         for (rank, status) in statuses.iter().enumerate() {
-            assert!(status.success(), "rank {rank} failed: {status}\n{}", self.dump());
+            assert!(
+                status.success(),
+                "rank {rank} failed: {status}\n{}",
+                self.dump()
+            );
         }
     }
 
@@ -190,7 +211,12 @@ impl Ranks {
     pub fn lines_of(&self, rank: usize, prefix: &str) -> Vec<String> {
         self.output
             .get(&rank)
-            .map(|v| v.iter().filter(|l| l.starts_with(prefix)).cloned().collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.starts_with(prefix))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -233,7 +259,9 @@ impl DirStore {
     /// A store in `dir` (created if needed).
     pub fn new(dir: &Path) -> DirStore {
         fs::create_dir_all(dir).expect("create store dir");
-        DirStore { dir: Box::new(dir.to_path_buf()) }
+        DirStore {
+            dir: Box::new(dir.to_path_buf()),
+        }
     }
 
     /// The C callbacks; valid while `self` lives.
@@ -271,7 +299,11 @@ unsafe extern "C" fn dir_set(
 ) -> c_int {
     let dir = &*user.cast::<PathBuf>();
     let key = std::slice::from_raw_parts(key.cast::<u8>(), key_len);
-    let value = if value_len == 0 { &[][..] } else { std::slice::from_raw_parts(value, value_len) };
+    let value = if value_len == 0 {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(value, value_len)
+    };
     let path = key_file(dir, key);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     match fs::write(&tmp, value).and_then(|()| fs::rename(&tmp, &path)) {
@@ -321,7 +353,10 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let dir = env::temp_dir().join(format!("gloo-sys-test-{name}-{}-{nanos}", std::process::id()));
+    let dir = env::temp_dir().join(format!(
+        "gloo-sys-test-{name}-{}-{nanos}",
+        std::process::id()
+    ));
     let _ = fs::remove_dir_all(&dir);
     dir
 }
