@@ -10,7 +10,7 @@ mod multiprocess;
 
 use multiprocess::*;
 use ray_rdt::dlpack::{kDLFloat, DLDataType};
-use ray_rdt::engine::Context;
+use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::{ObjectId, TransportKind};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -81,6 +81,12 @@ fn time_fetches(ctx: &Context, id: &ObjectId, record: &[u8], iters: usize) -> (V
             let start = Instant::now();
             let fetched = ctx.fetch(id, record, TIMEOUT).unwrap();
             let t = start.elapsed().as_secs_f64();
+            // Touch every page (untimed) so the peak RSS counts the received data.
+            if let Fetched::Received(tensors) = &fetched {
+                tensors.iter().filter_map(|t| t.host_bytes()).for_each(|b| {
+                    std::hint::black_box(b.iter().step_by(4096).fold(0u8, |a, &x| a ^ x));
+                });
+            }
             drop(fetched);
             t
         })
@@ -89,14 +95,17 @@ fn time_fetches(ctx: &Context, id: &ObjectId, record: &[u8], iters: usize) -> (V
     (times, status_kib("VmHWM:").saturating_sub(base) * 1024)
 }
 
+/// Single-thread memcpy of `size` bytes into an already-faulted destination: the
+/// physical limit of any copy on this host.
 fn memcpy_times(size: usize, iters: usize) -> Vec<f64> {
     let src = pattern(size, 7);
+    let mut dst = vec![0u8; size];
     (0..iters + 1)
         .map(|_| {
             let start = Instant::now();
-            let dst = src.clone();
+            dst.copy_from_slice(std::hint::black_box(&src));
             let t = start.elapsed().as_secs_f64();
-            std::hint::black_box(dst);
+            std::hint::black_box(&dst);
             t
         })
         .skip(1)

@@ -55,6 +55,31 @@
 #define RDT_ABI_VERSION_MINOR 0
 
 /**
+ * Longest agent name.
+ */
+#define MAX_NAME 256
+
+/**
+ * Largest connection-info blob.
+ */
+#define MAX_CONN_MD (1 << 20)
+
+/**
+ * Largest sections blob.
+ */
+#define MAX_SECTIONS_MD (8 << 20)
+
+/**
+ * Most producers kept loaded; the least recently used idle one goes first.
+ */
+#define MAX_PEERS 256
+
+/**
+ * Most registrations remembered per producer before it is reloaded from scratch.
+ */
+#define MAX_LOADED_PER_PEER 4096
+
+/**
  * Result of a C ABI call. `RDT_OK` is success; for any other value
  * `rdt_last_error()` describes the failure on the calling thread.
  */

@@ -10,8 +10,9 @@ use crate::metadata::{Metadata, Producer};
 use crate::object_id::ObjectId;
 use crate::store::{CopyKind, ObjectStore, PutRejected, StoredObject};
 use crate::tensor::Tensor;
-use crate::transport::{gloo::Gloo, parse_fetch_request, shm::Shm, Local, Peer, Transport};
+use crate::transport::{gloo::Gloo, nixl::Nixl, parse_fetch_request, shm::Shm, Local, Peer, Transport};
 use crate::transport_kind::TransportKind;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -32,6 +33,7 @@ struct Shared {
     pool: ClientPool,
     shm: Shm,
     gloo: Gloo,
+    nixl: Nixl,
     /// The endpoint's address, known once it is bound.
     address: OnceLock<String>,
 }
@@ -41,6 +43,7 @@ impl Shared {
         match kind {
             TransportKind::Shm => Ok(&self.shm),
             TransportKind::Gloo => Ok(&self.gloo),
+            TransportKind::Nixl => Ok(&self.nixl),
             other => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!("the {} transport is not available in this build of the plugin", other.name()),
@@ -54,14 +57,14 @@ impl Shared {
 }
 
 impl Handler for Shared {
-    fn handle(&self, request: &[u8], stream: &mut UnixStream) -> Result<()> {
+    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()> {
         let (kind, id, body) = parse_fetch_request(request)?;
         let transport = self.transport(kind)?;
         let object = self.store.get(&id, Duration::ZERO).map_err(|e| match e.kind() {
             ErrorKind::Timeout => Error::new(ErrorKind::NotFound, format!("object {id} is not held by the producer (freed, or never stored)")),
             _ => e,
         })?;
-        transport.serve(&self.local(), &id, &object, body, stream).inspect_err(|_| crate::stats::record_error(kind))
+        transport.serve(&self.local(), &id, &object, body, fd, stream).inspect_err(|_| crate::stats::record_error(kind))
     }
 }
 
@@ -80,8 +83,9 @@ impl Context {
             node_id: node_id.to_vec(),
             actor_id: actor_id.to_vec(),
             pool: ClientPool::default(),
-            shm: Shm,
+            shm: Shm::default(),
             gloo: Gloo::default(),
+            nixl: Nixl::default(),
             address: OnceLock::new(),
         });
         let endpoint = Endpoint::start(shared.clone())?;

@@ -12,6 +12,7 @@ pub mod dlpack;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
+pub mod host_buffer;
 pub mod ffi;
 pub mod metadata;
 pub mod object_id;

@@ -8,6 +8,7 @@
 
 use crate::dlpack::*;
 use crate::error::{Error, Result};
+pub use crate::host_buffer::HostBuffer;
 use std::any::Any;
 use std::os::raw::c_void;
 use std::ptr::NonNull;
@@ -191,12 +192,12 @@ impl Tensor {
         Tensor { managed: Managed::Unversioned(unsafe { NonNull::new_unchecked(ptr) }), meta }
     }
 
-    /// A new CPU tensor of `meta`'s shape in freshly allocated, zero-filled
-    /// host memory, with compact strides.
+    /// A new CPU tensor of `meta`'s shape in plugin-owned host memory (see
+    /// [`HostBuffer`]: contents unspecified), with compact strides.
     pub fn alloc_host(meta: &TensorMeta) -> Result<Tensor> {
         let meta = meta.to_compact();
         let buf = HostBuffer::new(meta.nbytes as usize)?;
-        let data = buf.ptr.as_ptr() as *mut c_void;
+        let data = buf.as_ptr() as *mut c_void;
         Ok(Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, data, Box::new(buf)))
     }
 
@@ -359,74 +360,4 @@ pub fn export(meta: &TensorMeta, device: DLDevice, data: *mut c_void, byte_offse
         manager_ctx: Box::into_raw(ctx) as *mut c_void,
         deleter: Some(export_deleter),
     }))
-}
-
-/// Buffers at least this large are mapped directly (lazily zeroed pages) and
-/// advised to use transparent huge pages.
-const MMAP_THRESHOLD: usize = 2 << 20;
-
-/// Zero-initialised host memory owned by the plugin: 64-byte aligned heap memory
-/// for small buffers, an anonymous mapping for large ones.
-#[derive(Debug)]
-pub struct HostBuffer {
-    ptr: NonNull<u8>,
-    len: usize,
-    layout: Option<std::alloc::Layout>,
-}
-
-// SAFETY: a plain allocation with a unique owner.
-unsafe impl Send for HostBuffer {}
-
-impl HostBuffer {
-    /// Allocates `len` zeroed bytes.
-    pub fn new(len: usize) -> Result<Self> {
-        if len >= MMAP_THRESHOLD {
-            // SAFETY: a fresh private anonymous mapping; checked for MAP_FAILED.
-            let raw = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-            };
-            if raw == libc::MAP_FAILED {
-                return Err(Error::io(&format!("mmap of {len} bytes"), std::io::Error::last_os_error()));
-            }
-            // SAFETY: advising our own mapping; failure is harmless.
-            unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
-            // SAFETY: mmap succeeded, so raw is non-null.
-            return Ok(HostBuffer { ptr: unsafe { NonNull::new_unchecked(raw as *mut u8) }, len, layout: None });
-        }
-        let layout = std::alloc::Layout::from_size_align(len.max(1), 64)
-            .map_err(|e| Error::invalid(format!("cannot allocate {len} bytes: {e}")))?;
-        // SAFETY: layout has non-zero size.
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw)
-            .ok_or_else(|| Error::new(crate::ErrorKind::Io, format!("out of memory allocating {len} bytes")))?;
-        Ok(HostBuffer { ptr, len, layout: Some(layout) })
-    }
-
-    /// Start of the buffer.
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the buffer is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for HostBuffer {
-    fn drop(&mut self) {
-        match self.layout {
-            // SAFETY: allocated in `new` with this layout.
-            Some(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) },
-            // SAFETY: mapped in `new` with this length.
-            None => unsafe {
-                libc::munmap(self.ptr.as_ptr() as *mut c_void, self.len);
-            },
-        }
-    }
 }

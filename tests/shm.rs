@@ -14,20 +14,28 @@ const F32: DLDataType = DLDataType { code: kDLFloat, bits: 32, lanes: 1 };
 const I64: DLDataType = DLDataType { code: kDLInt, bits: 64, lanes: 1 };
 const U8: DLDataType = DLDataType { code: kDLUInt, bits: 8, lanes: 1 };
 
-/// The tensors every test object holds: several dtypes, a 0-d and an empty tensor.
+/// The tensors of a test object: several dtypes, a 0-d and an empty tensor, and
+/// for odd seeds a strided view (which takes the segment path).
 fn sample_tensors(seed: u8) -> Vec<ray_rdt::Tensor> {
-    vec![
+    let mut tensors = vec![
         tensor_from_bytes(F32, vec![3, 5], pattern(60, seed)),
         tensor_from_bytes(I64, vec![], pattern(8, seed + 1)),
         tensor_from_bytes(U8, vec![0, 4], Vec::new()),
         tensor_from_bytes(U8, vec![1 << 20], pattern(1 << 20, seed + 2)),
+    ];
+    if seed % 2 == 1 {
         // The transpose of a 2x3 u8 matrix [[0,1,2],[3,4,5]]: packs as 0,3,1,4,2,5.
-        strided_tensor(U8, vec![3, 2], vec![1, 3], vec![0, 1, 2, 3, 4, 5]),
-    ]
+        tensors.push(strided_tensor(U8, vec![3, 2], vec![1, 3], vec![0, 1, 2, 3, 4, 5]));
+    }
+    tensors
 }
 
 fn expected_bytes(seed: u8) -> Vec<Vec<u8>> {
-    vec![pattern(60, seed), pattern(8, seed + 1), Vec::new(), pattern(1 << 20, seed + 2), vec![0, 3, 1, 4, 2, 5]]
+    let mut bytes = vec![pattern(60, seed), pattern(8, seed + 1), Vec::new(), pattern(1 << 20, seed + 2)];
+    if seed % 2 == 1 {
+        bytes.push(vec![0, 3, 1, 4, 2, 5]);
+    }
+    bytes
 }
 
 /// Child role: fetch the object in RECORD and check every byte.
@@ -36,24 +44,36 @@ fn consumer() {
     let id = ObjectId::from_slice(&unhex(&std::env::var("OBJECT").unwrap())).unwrap();
     let record = unhex(&std::env::var("RECORD").unwrap());
     let seed: u8 = std::env::var("SEED").unwrap().parse().unwrap();
-    match ctx.fetch(&id, &record, Duration::from_secs(10)) {
-        Ok(Fetched::Received(tensors)) => {
-            let got: Vec<Vec<u8>> = tensors.iter().map(|t| t.host_bytes().unwrap().to_vec()).collect();
-            assert_eq!(got, expected_bytes(seed));
-            assert_eq!(stats::snapshot(TransportKind::Shm).bytes_received, expected_bytes(seed).iter().map(Vec::len).sum::<usize>() as u64);
+    let fetch = || match ctx.fetch(&id, &record, Duration::from_secs(10)) {
+        Ok(Fetched::Received(tensors)) => Ok(tensors),
+        Ok(Fetched::Local(_)) => Err("local".to_string()),
+        Err(e) => Err(format!("err {:?} {}", e.kind(), e.message())),
+    };
+    let bytes = |tensors: &[ray_rdt::Tensor]| tensors.iter().map(|t| t.host_bytes().unwrap().to_vec()).collect::<Vec<_>>();
+    // Fetch twice while the first result is alive (two segments), then again
+    // after both are released (a pooled segment comes back): all stay intact.
+    let result = fetch().and_then(|first| {
+        let second = fetch()?;
+        assert_eq!(bytes(&first), expected_bytes(seed));
+        assert_eq!(bytes(&second), expected_bytes(seed));
+        drop((first, second));
+        let third = fetch()?;
+        assert_eq!(bytes(&third), expected_bytes(seed));
+        Ok(())
+    });
+    match result {
+        Ok(()) => {
+            let total: usize = expected_bytes(seed).iter().map(Vec::len).sum();
+            assert_eq!(stats::snapshot(TransportKind::Shm).bytes_received, 3 * total as u64);
             println!("RESULT ok");
         }
-        Ok(Fetched::Local(_)) => println!("RESULT local"),
-        Err(e) => println!("RESULT err {:?} {}", e.kind(), e.message()),
+        Err(e) => println!("RESULT {e}"),
     }
 }
 
 fn run_consumer(id: &ObjectId, record: &[u8], seed: u8) -> String {
-    let child = spawn_child(
-        "shm_between_processes",
-        "consumer",
-        &[("OBJECT", hex(id.as_bytes())), ("RECORD", hex(record)), ("SEED", seed.to_string())],
-    );
+    let env = [("OBJECT", hex(id.as_bytes())), ("RECORD", hex(record)), ("SEED", seed.to_string())];
+    let child = spawn_child("shm_between_processes", "consumer", &env);
     let out = child.wait_with_output().unwrap();
     let line = BufReader::new(&out.stdout[..]).lines().map_while(Result::ok).find_map(|l| l.find("RESULT").map(|i| l[i..].to_string())).unwrap_or_default();
     assert!(out.status.success(), "consumer failed: {line}");
@@ -67,28 +87,31 @@ fn shm_between_processes() {
     }
     let ctx = Context::new(b"node-a", b"producer").unwrap();
     // Several objects, fetched by concurrent consumer processes.
-    let objects: Vec<(ObjectId, Vec<u8>, u8)> = (0..3u8)
-        .map(|i| {
-            let id = ObjectId([i + 1; 28]);
-            let record = ctx.put(id, TransportKind::Shm, None, sample_tensors(i * 10)).unwrap();
-            (id, record, i * 10)
+    let objects: Vec<(ObjectId, Vec<u8>, u8)> = [10u8, 20, 31, 41]
+        .into_iter()
+        .map(|seed| {
+            let id = ObjectId([seed; 28]);
+            let record = ctx.put(id, TransportKind::Shm, None, sample_tensors(seed)).unwrap();
+            (id, record, seed)
         })
         .collect();
     let results: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = objects.iter().map(|(id, rec, seed)| s.spawn(move || run_consumer(id, rec, *seed))).collect();
+        let handles: Vec<_> =
+            objects.iter().map(|(id, rec, seed)| s.spawn(move || run_consumer(id, rec, *seed))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(results.iter().all(|r| r == "RESULT ok"), "{results:?}");
-    assert!(stats::snapshot(TransportKind::Shm).bytes_sent >= 3 * (1 << 20));
+    assert!(stats::snapshot(TransportKind::Shm).bytes_sent >= 4 * (1 << 20));
 
     // A record for an object the producer no longer holds gives a clear error.
-    let (id, record, seed) = &objects[0];
-    assert!(ctx.free(id));
-    let line = run_consumer(id, record, *seed);
-    assert!(line.starts_with("RESULT err NotFound") && line.contains("not held by the producer"), "{line}");
+    for (id, record, seed) in objects.iter().take(2) {
+        assert!(ctx.free(id));
+        let line = run_consumer(id, record, *seed);
+        assert!(line.starts_with("RESULT err NotFound") && line.contains("not held by the producer"), "{line}");
+    }
 
     // The same process gets its own tensors back, not a copy.
-    let (id, record, _) = &objects[1];
+    let (id, record, _) = &objects[2];
     match ctx.fetch(id, record, Duration::from_secs(1)).unwrap() {
         Fetched::Local(obj) => assert_eq!(obj.tensors[0].data_ptr(), ctx.store().get(id, Duration::ZERO).unwrap().tensors[0].data_ptr()),
         Fetched::Received(_) => panic!("expected the producer's own tensors"),

@@ -11,6 +11,7 @@ pub mod wire;
 use crate::error::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +22,8 @@ use std::time::Duration;
 /// `stream` (some requests get several, or a file descriptor); an error it returns
 /// is sent to the peer as an error reply.
 pub trait Handler: Send + Sync + 'static {
-    /// Handles one request.
-    fn handle(&self, request: &[u8], stream: &mut UnixStream) -> Result<()>;
+    /// Handles one request and the file descriptor sent with it, if any.
+    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()>;
 }
 
 /// A running endpoint server; stops accepting when dropped.
@@ -93,8 +94,8 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn Handler>, stopping: Arc<
 
 fn serve(mut stream: UnixStream, handler: Arc<dyn Handler>) {
     // Requests arrive until the peer closes the connection.
-    while let Ok((request, _)) = wire::recv(&mut stream) {
-        if let Err(e) = handler.handle(&request, &mut stream) {
+    while let Ok((request, fd)) = wire::recv(&mut stream) {
+        if let Err(e) = handler.handle(&request, fd, &mut stream) {
             if wire::send(&mut stream, &wire::error_reply(&e)).is_err() {
                 return;
             }

@@ -23,6 +23,7 @@ use gloo_sys::{ContextOptions, TcpStoreClient, TcpStoreServer};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -191,7 +192,7 @@ impl Transport for Gloo {
         Ok(encode_location(self.group(name)?.ctx.rank(), name))
     }
 
-    fn serve(&self, _local: &Local<'_>, _id: &ObjectId, object: &StoredObject, body: &[u8], stream: &mut UnixStream) -> Result<()> {
+    fn serve(&self, _local: &Local<'_>, _id: &ObjectId, object: &StoredObject, body: &[u8], _fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()> {
         let req = SendRequest::decode(body)?;
         let group = self.group(req.group)?;
         if req.consumer_rank >= group.ctx.size() || req.consumer_rank == group.ctx.rank() {

@@ -8,6 +8,7 @@
 //! one-sided ones (shm, nixl) need the producer only to hand out access.
 
 pub mod gloo;
+pub mod nixl;
 pub mod shm;
 
 use crate::dlpack::DLDevice;
@@ -18,6 +19,7 @@ use crate::object_id::ObjectId;
 use crate::store::{ObjectStore, StoredObject};
 use crate::tensor::Tensor;
 use crate::transport_kind::TransportKind;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -53,8 +55,9 @@ pub trait Transport: Send + Sync {
     fn release(&self, _id: &ObjectId) {}
 
     /// Producer side: serves a fetch request for `object` that arrived on the
-    /// endpoint; `request` is the transport-specific part. Writes its replies.
-    fn serve(&self, local: &Local<'_>, id: &ObjectId, object: &StoredObject, request: &[u8], stream: &mut UnixStream) -> Result<()>;
+    /// endpoint; `request` is the transport-specific part and `fd` a descriptor
+    /// sent with it, if any. Writes its replies.
+    fn serve(&self, local: &Local<'_>, id: &ObjectId, object: &StoredObject, request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()>;
 
     /// Consumer side: fetches the tensors `meta` describes from the producer.
     fn fetch(&self, local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>>;

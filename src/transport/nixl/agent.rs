@@ -1,0 +1,240 @@
+//! This process's NIXL agent: created once, lazily, on first use (agent plus UCX
+//! backend creation costs about 0.5 s), and shared by every context in the process.
+//!
+//! Threading: the agent is created with `ThreadSync::Strict`, so NIXL serialises
+//! calls into it, and `nixl-sys` takes its own lock around most calls as well.
+//! Whether NIXL's progress thread runs is [`progress_thread_enabled`] (see
+//! docs/nixl.md for the measurements behind the default).
+
+use super::library;
+use crate::error::{Error, ErrorKind, Result};
+use nixl_sys::{Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, RegDescList, RegistrationHandle, ThreadSync, XferDescList, XferOp, XferStatus};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Environment variable: `1` runs NIXL's progress thread in this process, `0` does not.
+pub const PROGRESS_THREAD_ENV: &str = "RAY_RDT_NIXL_PROGRESS_THREAD";
+
+/// Default for [`PROGRESS_THREAD_ENV`]: see docs/nixl.md ("Progress").
+const PROGRESS_THREAD_DEFAULT: bool = true;
+
+/// Whether this process runs NIXL's progress thread.
+pub fn progress_thread_enabled() -> bool {
+    match std::env::var(PROGRESS_THREAD_ENV).ok().as_deref().map(str::trim) {
+        Some("0") | Some("false") | Some("off") => false,
+        Some("1") | Some("true") | Some("on") => true,
+        _ => PROGRESS_THREAD_DEFAULT,
+    }
+}
+
+/// Wraps a NIXL failure with what was being done.
+pub(crate) fn nixl_error(what: &str, e: NixlError) -> Error {
+    Error::transport(format!("NIXL {what} failed: {e}"))
+}
+
+/// A memory range in NIXL's terms: what gets registered or transferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Region {
+    /// Start address.
+    pub addr: usize,
+    /// Length in bytes.
+    pub len: usize,
+    /// Device ID (0 for host memory, the CUDA ordinal for device memory).
+    pub dev: u64,
+    /// Host (DRAM_SEG) or CUDA (VRAM_SEG) memory.
+    pub cuda: bool,
+}
+
+impl Region {
+    /// NIXL's memory segment type for this region.
+    pub fn mem_type(&self) -> MemType {
+        if self.cuda {
+            MemType::Vram
+        } else {
+            MemType::Dram
+        }
+    }
+}
+
+impl MemoryRegion for Region {
+    unsafe fn as_ptr(&self) -> *const u8 {
+        self.addr as *const u8
+    }
+
+    fn size(&self) -> usize {
+        self.len
+    }
+}
+
+impl NixlDescriptor for Region {
+    fn mem_type(&self) -> MemType {
+        Region::mem_type(self)
+    }
+
+    fn device_id(&self) -> u64 {
+        self.dev
+    }
+}
+
+/// The process's agent and what is known about it.
+pub struct Runtime {
+    agent: Agent,
+    name: String,
+    /// This agent's connection info: partial metadata without memory sections.
+    conn_md: Vec<u8>,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, Error>> = OnceLock::new();
+
+/// The process's NIXL runtime, created on first call (loading the library first).
+/// Fails with [`ErrorKind::Unavailable`] when NIXL is not installed.
+pub fn runtime() -> Result<&'static Runtime> {
+    RUNTIME.get_or_init(|| library::load().and_then(|_| Runtime::create())).as_ref().map_err(Clone::clone)
+}
+
+/// The runtime if it already exists (never creates it, never probes).
+pub fn existing() -> Option<&'static Runtime> {
+    RUNTIME.get().and_then(|r| r.as_ref().ok())
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    unsafe { libc::getrandom(b.as_mut_ptr() as *mut _, b.len(), 0) };
+    u64::from_le_bytes(b)
+}
+
+impl Runtime {
+    fn create() -> Result<Runtime> {
+        let name = format!("ray-rdt-{}-{:016x}", std::process::id(), random_u64());
+        let config = AgentConfig {
+            enable_prog_thread: progress_thread_enabled(),
+            enable_listen_thread: false,
+            listen_port: 0,
+            thread_sync: ThreadSync::Strict,
+            num_workers: 1,
+            pthr_delay_us: 0,
+            lthr_delay_us: 100_000,
+            capture_telemetry: false,
+        };
+        let agent = Agent::new_configured(&name, &config).map_err(|e| nixl_error("agent creation", e))?;
+        let (_mems, params) = agent.get_plugin_params("UCX").map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("NIXL's UCX plugin is not available ({e}): the nixl wheels' plugins/libplugin_UCX.so is missing or cannot load"),
+            )
+        })?;
+        agent.create_backend("UCX", &params).map_err(|e| nixl_error("UCX backend creation", e))?;
+        let empty = RegDescList::new(MemType::Dram).map_err(|e| nixl_error("descriptor list creation", e))?;
+        let conn_md = agent.get_local_partial_md(&empty, None).map_err(|e| nixl_error("reading the agent's connection info", e))?;
+        log::info!("ray-rdt: NIXL agent {name} ready (UCX backend, progress thread {})", config.enable_prog_thread);
+        Ok(Runtime { agent, name, conn_md })
+    }
+
+    /// The agent's name (unique per process).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The agent's connection info, for peers' `load_remote_md`.
+    pub fn conn_md(&self) -> &[u8] {
+        &self.conn_md
+    }
+
+    /// Registers `region` with the UCX backend; deregistered when the handle drops.
+    pub fn register(&self, region: Region) -> Result<RegistrationHandle> {
+        self.agent
+            .register_memory(&region, None)
+            .map_err(|e| nixl_error(&format!("registration of {} bytes at {:#x} (device {})", region.len, region.addr, region.dev), e))
+    }
+
+    /// Partial metadata (memory sections only, no connection info) for registered `regions`.
+    pub fn sections_md(&self, regions: &[Region]) -> Result<Vec<u8>> {
+        let Some(first) = regions.first() else { return Ok(Vec::new()) };
+        let mut list = RegDescList::new(first.mem_type()).map_err(|e| nixl_error("descriptor list creation", e))?;
+        for r in regions {
+            list.add_desc(r.addr, r.len, r.dev);
+        }
+        self.agent.get_local_partial_md(&list, None).map_err(|e| nixl_error("reading registration metadata", e))
+    }
+
+    /// Loads a peer's metadata blob; returns the peer agent's name.
+    pub fn load_remote_md(&self, md: &[u8]) -> Result<String, NixlError> {
+        self.agent.load_remote_md(md)
+    }
+
+    /// Forgets what is loaded about `remote` and disconnects from it.
+    pub fn invalidate_remote(&self, remote: &str) {
+        if let Err(e) = self.agent.invalidate_remote_md(remote) {
+            log::debug!("ray-rdt: invalidating NIXL peer {remote}: {e}");
+        }
+    }
+
+    /// Reads `remote_regions` of agent `remote` into `local_regions` (same count
+    /// and lengths), waiting until `deadline`. Returns `Ok(())` when the transfer
+    /// completed. On timeout the request is released; a request that could still
+    /// be in flight is reported by `Err` with `in_flight = true` so the caller
+    /// keeps the destination memory alive.
+    pub fn read(&self, local_regions: &[Region], remote_regions: &[Region], remote: &str, deadline: Instant) -> Result<(), ReadError> {
+        let mk = |regions: &[Region]| -> Result<XferDescList<'static>, ReadError> {
+            let mut list = XferDescList::new(regions[0].mem_type()).map_err(|e| ReadError::failed(nixl_error("descriptor list creation", e)))?;
+            for r in regions {
+                list.add_desc(r.addr, r.len, r.dev);
+            }
+            Ok(list)
+        };
+        let local = mk(local_regions)?;
+        let remote_list = mk(remote_regions)?;
+        let req = self
+            .agent
+            .create_xfer_req(XferOp::Read, &local, &remote_list, remote, None)
+            .map_err(|e| ReadError::failed(nixl_error(&format!("creating a READ from {remote}"), e)))?;
+        let in_progress = self.agent.post_xfer_req(&req, None).map_err(|e| ReadError::failed(nixl_error(&format!("posting a READ from {remote}"), e)))?;
+        if !in_progress {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(1);
+        loop {
+            match self.agent.get_xfer_status(&req) {
+                Ok(XferStatus::Success) => return Ok(()),
+                Ok(XferStatus::InProgress) => {}
+                Err(e) => return Err(ReadError::failed(nixl_error(&format!("a READ from {remote}"), e))),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // Dropping `req` releases it; the transfer may still touch our memory.
+                return Err(ReadError {
+                    error: Error::timeout(format!(
+                        "NIXL READ from {remote} did not complete within {:.3} s",
+                        now.duration_since(start).as_secs_f64()
+                    )),
+                    in_flight: true,
+                });
+            }
+            // Spin for the first 100 us (most transfers finish in the post), then
+            // back off to at most 100 us between progress calls.
+            if now.duration_since(start) > Duration::from_micros(100) {
+                std::thread::sleep(pause.min(deadline.saturating_duration_since(now)));
+                pause = (pause * 2).min(Duration::from_micros(100));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// A failed read: the error, and whether the transfer might still be writing.
+#[derive(Debug)]
+pub struct ReadError {
+    /// What went wrong.
+    pub error: Error,
+    /// The request may still be in flight: keep the destination alive.
+    pub in_flight: bool,
+}
+
+impl ReadError {
+    fn failed(error: Error) -> Self {
+        ReadError { error, in_flight: false }
+    }
+}

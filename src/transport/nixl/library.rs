@@ -1,0 +1,212 @@
+//! Finding and loading NIXL's C API (`libnixl_capi.so`) at run time.
+//!
+//! The plugin links `nixl-sys` with its `stub-api` feature: every `nixl_capi_*`
+//! call goes through a stub that `dlopen`s `"libnixl_capi.so"` by name on first
+//! use and **aborts the process** when it cannot. So nothing may call `nixl-sys`
+//! before [`load`] has succeeded. [`load`] finds the library (see [`candidates`]),
+//! loads it by full path with `RTLD_NOW | RTLD_GLOBAL` (its dependencies resolve
+//! through its own RPATH), and only then asks the stub whether it resolves: the
+//! stub's later `dlopen` by soname finds the copy that is already loaded.
+//!
+//! The probe runs once per process, on first use; its result (the path, or the
+//! error text) is kept for the life of the process.
+
+use crate::error::{Error, ErrorKind, Result};
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Full path of `libnixl_capi.so` to use; searched first.
+pub const LIB_ENV: &str = "RAY_RDT_NIXL_LIB";
+/// When set (to anything but `0` or empty), only [`LIB_ENV`] is tried: no search.
+pub const NO_SEARCH_ENV: &str = "RAY_RDT_NIXL_NO_SEARCH";
+/// The library's file name (and soname).
+pub const LIB_NAME: &str = "libnixl_capi.so";
+/// Where NIXL's wheels put their libraries inside `site-packages`, in order of preference.
+pub const WHEEL_LIB_DIRS: [&str; 3] = [".nixl_cu13.mesonpy.libs", ".nixl_cu12.mesonpy.libs", ".nixl.mesonpy.libs"];
+/// What to do when the library is missing.
+pub const INSTALL_HINT: &str = "install NIXL's Python wheels into this Python environment (`pip install nixl==1.5.1`, \
+     which brings the nixl-cu13 wheels) or set RAY_RDT_NIXL_LIB to the full path of libnixl_capi.so";
+
+static LOADED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// Loads NIXL's C API once per process. Returns the path it was loaded from, or
+/// an [`ErrorKind::Unavailable`] error naming what to install. After `Ok`, calling
+/// `nixl-sys` is safe.
+pub fn load() -> Result<&'static Path> {
+    match LOADED.get_or_init(probe) {
+        Ok(path) => Ok(path),
+        Err(message) => Err(Error::new(ErrorKind::Unavailable, message.clone())),
+    }
+}
+
+/// Whether [`load`] already ran and succeeded (does not probe).
+pub fn is_loaded() -> bool {
+    matches!(LOADED.get(), Some(Ok(_)))
+}
+
+fn probe() -> Result<PathBuf, String> {
+    let candidates = candidates();
+    // A copy already in the process (Python's `nixl` module was imported first)
+    // wins: two different libnixl builds in one process would clash.
+    let mut chosen = candidates.iter().find(|c| already_loaded(c)).cloned();
+    let mut tried = Vec::new();
+    if chosen.is_none() {
+        for candidate in &candidates {
+            preload_bundled(candidate);
+            match dlopen_global(candidate) {
+                Ok(()) => {
+                    chosen = Some(candidate.clone());
+                    break;
+                }
+                Err(e) => tried.push(e),
+            }
+        }
+    } else if let Some(c) = &chosen {
+        preload_bundled(c);
+        // Promote the existing copy to global scope so the stub's dlopen by soname finds it.
+        dlopen_global(c)?;
+    }
+    let Some(path) = chosen else {
+        let looked = if tried.is_empty() {
+            "no candidate found: no site-packages with NIXL's wheels (looked for .nixl_cu13.mesonpy.libs, \
+             .nixl_cu12.mesonpy.libs and .nixl.mesonpy.libs next to the running Python, in VIRTUAL_ENV and in \
+             the plugin's source tree .venv)"
+                .to_owned()
+        } else {
+            format!("tried {}", tried.join("; "))
+        };
+        return Err(format!("the nixl transport is unavailable: NIXL's C API ({LIB_NAME}) could not be loaded ({looked}); {INSTALL_HINT}"));
+    };
+    // Safe only now: the stub resolves `libnixl_capi.so` once, and finds the copy we loaded.
+    if nixl_sys::is_stub() {
+        return Err(format!(
+            "the nixl transport is unavailable: {} was loaded but NIXL's stub cannot resolve {LIB_NAME}; {INSTALL_HINT}",
+            path.display()
+        ));
+    }
+    log::info!("ray-rdt: nixl transport uses {}", path.display());
+    Ok(path)
+}
+
+/// Where to look for `libnixl_capi.so`, in order: [`LIB_ENV`]; unless
+/// [`NO_SEARCH_ENV`] is set, the wheels' library folders ([`WHEEL_LIB_DIRS`]) in
+/// each `site-packages` of: the running Python (folders of files mapped into this
+/// process, then the prefix of the executable), `VIRTUAL_ENV`, and the `.venv` of
+/// the source tree the plugin was built from.
+pub fn candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os(LIB_ENV).filter(|v| !v.is_empty()) {
+        out.push(PathBuf::from(p));
+    }
+    if std::env::var_os(NO_SEARCH_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        return out;
+    }
+    let mut site_dirs: Vec<PathBuf> = mapped_site_packages();
+    if let Some(prefix) = std::fs::read_link("/proc/self/exe").ok().and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf)) {
+        site_dirs.extend(site_packages_under(&prefix));
+    }
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
+        site_dirs.extend(site_packages_under(Path::new(&venv)));
+    }
+    site_dirs.extend(site_packages_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")));
+    for dir in site_dirs {
+        for wheel in WHEEL_LIB_DIRS {
+            let lib = dir.join(wheel).join(LIB_NAME);
+            if lib.is_file() && !out.contains(&lib) {
+                out.push(lib);
+            }
+        }
+    }
+    out
+}
+
+/// `site-packages` folders of files mapped into this process (the running
+/// Python's own packages, e.g. Ray's `_raylet.so`), in first-seen order.
+fn mapped_site_packages() -> Vec<PathBuf> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return Vec::new() };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        let Some(path) = line.split_whitespace().nth(5) else { continue };
+        if let Some(i) = path.find("/site-packages/") {
+            let dir = PathBuf::from(&path[..i + "/site-packages".len()]);
+            if !out.contains(&dir) {
+                out.push(dir);
+            }
+        }
+    }
+    out
+}
+
+/// `<prefix>/lib/python3*/site-packages` folders.
+fn site_packages_under(prefix: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().as_bytes().starts_with(b"python3"))
+        .map(|e| e.path().join("site-packages"))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// NIXL's wheels bundle their own libnl-3 and libnl-route-3 (for UCX's IB module,
+/// in `<site-packages>/nixl_cuXX.libs/`). When the system's copies are already in
+/// the process's global scope (an executable linking Gloo, which needs
+/// libibverbs), the bundled copies' calls bind to the system's and the two corrupt
+/// each other at exit (SIGSEGV in `rtnl_tc_unregister` during `_dl_fini`). Loading
+/// the bundled copies first with `RTLD_DEEPBIND` keeps each copy bound to itself.
+fn preload_bundled(lib: &Path) {
+    let system_libnl = std::fs::read_to_string("/proc/self/maps")
+        .map(|m| m.contains("/libnl-route-3.so") || m.contains("/libnl-3.so"))
+        .unwrap_or(false);
+    if !system_libnl {
+        return;
+    }
+    let Some(dir) = lib.parent() else { return };
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else { return };
+    let stem = name.trim_start_matches('.').trim_end_matches(".mesonpy.libs");
+    let bundled = dir.with_file_name(format!("{stem}.libs"));
+    let Ok(entries) = std::fs::read_dir(&bundled) else { return };
+    let files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    for prefix in ["libnl-3-", "libnl-route-3-"] {
+        let Some(file) = files.iter().find(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.contains(".so"))) else {
+            continue;
+        };
+        let Ok(c) = c_path(file) else { continue };
+        // SAFETY: loading a shared library by path; it stays loaded.
+        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND) };
+        if handle.is_null() {
+            log::debug!("ray-rdt: could not preload {}", file.display());
+        }
+    }
+}
+
+fn c_path(path: &Path) -> Result<CString, String> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{}: path contains a NUL byte", path.display()))
+}
+
+fn already_loaded(path: &Path) -> bool {
+    let Ok(c) = c_path(path) else { return false };
+    // SAFETY: RTLD_NOLOAD never loads anything; it only looks the object up.
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    !handle.is_null()
+}
+
+/// Loads `path` for good (never closed) with its symbols in global scope.
+fn dlopen_global(path: &Path) -> Result<(), String> {
+    let c = c_path(path)?;
+    // SAFETY: loading a shared library by path; failure is reported by dlerror.
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns NULL or a valid C string owned by libc.
+        let why = unsafe {
+            let e = libc::dlerror();
+            if e.is_null() { "unknown dlopen error".to_owned() } else { CStr::from_ptr(e).to_string_lossy().into_owned() }
+        };
+        return Err(format!("{}: {why}", path.display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! `nixl`: one-sided transport over NIXL (UCX backend), CPU and CUDA tensors, no
+//! collective group. See docs/nixl.md for the design and measurements.
+//!
+//! - **Producer** ([`Transport::export`], when the actor method returns): the
+//!   tensors' memory is registered with the process's NIXL agent through a
+//!   reference-counted registration cache ([`registry`]); the record's transport
+//!   data ([`record`]) carries the agent's name and connection info, the
+//!   registrations' metadata and one descriptor per tensor. Nothing else happens
+//!   on the producer: consumers read its memory directly. [`Transport::release`]
+//!   (object freed) drops the object's registration references.
+//! - **Consumer** ([`Transport::fetch`]): loads the producer's metadata once per
+//!   producer agent ([`remote`]), allocates one destination buffer for the object
+//!   (host memory from [`HostBuffer`], 2 MiB-aligned and huge-page advised for
+//!   large objects; CUDA memory from [`cuda`] for `kDLCUDA` objects), registers
+//!   it, posts one READ for all tensors and waits with the timeout. The
+//!   destination's registration lives as long as the received tensors.
+//!
+//! NIXL is loaded lazily on first use ([`library`]); where it is missing, the
+//! transport reports [`ErrorKind::Unavailable`] naming what to install, and the
+//! process lives on. Objects whose tensors are all empty never touch NIXL.
+//!
+//! Counters: the consumer counts `bytes_received`. One-sided reads do not involve
+//! the producer, so the producer's `bytes_sent` stays 0 for nixl (documented).
+
+pub mod agent;
+pub mod cuda;
+pub mod library;
+pub mod record;
+pub mod registry;
+pub mod remote;
+
+use super::{Local, Peer, Transport};
+use crate::dlpack::{kDLCPU, kDLCUDA, DLDevice};
+use crate::error::{Error, ErrorKind, Result};
+use crate::metadata::Metadata;
+use crate::object_id::ObjectId;
+use crate::store::StoredObject;
+use crate::tensor::{is_host, HostBuffer, Tensor, TensorMeta};
+use crate::transport_kind::TransportKind;
+use agent::{ReadError, Region};
+use nixl_sys::RegistrationHandle;
+use parking_lot::Mutex;
+use record::{Desc, Record};
+use registry::Registry;
+use remote::Peers;
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+/// Tensors start at multiples of this inside a received object's buffer.
+const ALIGN: u64 = 64;
+
+/// The process's registrations (one NIXL agent per process).
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
+/// The producers this process has loaded.
+static PEERS: LazyLock<Peers> = LazyLock::new(Peers::default);
+
+/// Loads NIXL (once per process) and creates the process's agent, or says why not.
+pub fn available() -> Result<()> {
+    agent::runtime().map(|_| ())
+}
+
+/// (registered ranges, references on them) in this process, for tests and debugging.
+pub fn registration_stats() -> (usize, usize) {
+    REGISTRY.stats()
+}
+
+/// What the producer keeps for one exported object.
+struct Export {
+    regions: Vec<Region>,
+    /// Packed copies of non-contiguous host tensors (registered instead of them).
+    _staging: Vec<HostBuffer>,
+}
+
+/// The nixl transport of one context.
+#[derive(Default)]
+pub struct Nixl {
+    exports: Mutex<HashMap<ObjectId, Export>>,
+}
+
+impl Nixl {
+    /// A transport with nothing exported.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// NIXL's view of a device: (CUDA?, device ID).
+fn memory_of(device: DLDevice) -> Result<(bool, u64)> {
+    if is_host(device) {
+        Ok((false, 0))
+    } else if device.device_type == kDLCUDA {
+        Ok((true, u64::try_from(device.device_id).map_err(|_| Error::invalid(format!("negative CUDA device id {}", device.device_id)))?))
+    } else {
+        Err(Error::new(ErrorKind::Unsupported, format!("the nixl transport moves CPU and CUDA tensors, not device type {}", device.device_type)))
+    }
+}
+
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
+}
+
+/// Offset of each tensor inside one buffer, and the buffer's size.
+fn layout(sizes: impl Iterator<Item = u64>) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::new();
+    let mut end = 0u64;
+    for n in sizes {
+        offsets.push(end);
+        end = (end + n).div_ceil(ALIGN) * ALIGN;
+    }
+    (offsets, end)
+}
+
+/// Received memory: host or CUDA.
+enum Buffer {
+    Host(HostBuffer),
+    Cuda(cuda::DeviceBuffer),
+}
+
+impl Buffer {
+    fn addr(&self) -> usize {
+        match self {
+            Buffer::Host(b) => b.as_ptr() as usize,
+            Buffer::Cuda(b) => b.as_ptr() as usize,
+        }
+    }
+}
+
+/// Owner of a received object's tensors: deregisters, then frees, when the last
+/// tensor goes (field order is drop order).
+struct Received {
+    _registration: Option<RegistrationHandle>,
+    _buffer: Buffer,
+}
+
+// SAFETY: the buffer is only reached through the tensors' raw pointers; this
+// value is just kept alive and dropped once.
+unsafe impl Sync for Received {}
+
+impl Transport for Nixl {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Nixl
+    }
+
+    fn serves(&self, device: DLDevice) -> bool {
+        memory_of(device).is_ok()
+    }
+
+    fn export(&self, id: &ObjectId, object: &StoredObject, _group: Option<&str>) -> Result<Vec<u8>> {
+        let device = object.tensors.first().map(Tensor::device).unwrap_or(DLDevice { device_type: kDLCPU, device_id: 0 });
+        let (cuda, dev) = memory_of(device)?;
+        if object.tensors.iter().all(|t| t.meta().nbytes == 0) {
+            let descs = object.tensors.iter().map(|_| Desc { addr: 0, len: 0, dev: 0, reg_id: 0 }).collect();
+            return Record { agent: String::new(), conn_md: Vec::new(), sections_md: Vec::new(), descs }.encode();
+        }
+        let rt = agent::runtime()?;
+        // Where each tensor's bytes are: the tensor itself, or a packed copy.
+        let mut staging = Vec::new();
+        let mut per_tensor: Vec<Option<Region>> = Vec::with_capacity(object.tensors.len());
+        for (i, t) in object.tensors.iter().enumerate() {
+            let n = t.meta().nbytes;
+            if n == 0 {
+                per_tensor.push(None);
+            } else if t.meta().is_contiguous() {
+                per_tensor.push(Some(Region { addr: t.data_ptr(), len: n as usize, dev, cuda }));
+            } else if !cuda {
+                let buf = HostBuffer::new(n as usize)?;
+                // SAFETY: the buffer is n bytes long and owned here.
+                t.pack_into(unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), n as usize) })?;
+                per_tensor.push(Some(Region { addr: buf.as_ptr() as usize, len: n as usize, dev: 0, cuda: false }));
+                staging.push(buf);
+            } else {
+                return Err(Error::new(ErrorKind::Unsupported, format!("tensor {i} is a non-contiguous CUDA tensor: the nixl transport needs contiguous CUDA tensors")));
+            }
+        }
+        let mut distinct: Vec<Region> = Vec::new();
+        for r in per_tensor.iter().flatten() {
+            if !distinct.contains(r) {
+                distinct.push(*r);
+            }
+        }
+        let ids = REGISTRY.acquire(rt, &distinct)?;
+        let encoded = rt.sections_md(&distinct).and_then(|sections_md| {
+            let descs = per_tensor
+                .iter()
+                .map(|r| match r {
+                    None => Desc { addr: 0, len: 0, dev: 0, reg_id: 0 },
+                    Some(r) => Desc {
+                        addr: r.addr as u64,
+                        len: r.len as u64,
+                        dev: r.dev as u32,
+                        reg_id: ids[distinct.iter().position(|d| d == r).unwrap_or_default()],
+                    },
+                })
+                .collect();
+            Record { agent: rt.name().to_owned(), conn_md: rt.conn_md().to_vec(), sections_md, descs }.encode()
+        });
+        match encoded {
+            Ok(bytes) => {
+                let previous = self.exports.lock().insert(*id, Export { regions: distinct, _staging: staging });
+                if let Some(old) = previous {
+                    REGISTRY.release(&old.regions);
+                }
+                Ok(bytes)
+            }
+            Err(e) => {
+                REGISTRY.release(&distinct);
+                Err(e)
+            }
+        }
+    }
+
+    fn release(&self, id: &ObjectId) {
+        let export = self.exports.lock().remove(id);
+        if let Some(export) = export {
+            REGISTRY.release(&export.regions);
+        }
+    }
+
+    fn serve(&self, _local: &Local<'_>, _id: &ObjectId, _object: &StoredObject, _request: &[u8], _fd: Option<std::os::fd::OwnedFd>, _stream: &mut UnixStream) -> Result<()> {
+        Err(Error::new(ErrorKind::Unsupported, "nixl transfers are one-sided reads: the producer's endpoint serves no nixl requests"))
+    }
+
+    fn fetch(&self, _local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>> {
+        let deadline = deadline_after(timeout);
+        let record = Record::decode(&meta.transport_data)?;
+        if record.descs.len() != meta.tensors.len() {
+            return Err(Error::malformed(format!("nixl transport data describes {} tensors, the record {}", record.descs.len(), meta.tensors.len())));
+        }
+        if let Some((i, (d, t))) = record.descs.iter().zip(&meta.tensors).enumerate().find(|(_, (d, t))| d.len != t.nbytes) {
+            return Err(Error::malformed(format!("nixl descriptor {i} is {} bytes, the tensor {}", d.len, t.nbytes)));
+        }
+        let (cuda, _) = memory_of(meta.device)?;
+        let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
+        let (offsets, total) = layout(metas.iter().map(|m| m.nbytes));
+        if meta.total_bytes() > 0 && record.agent.is_empty() {
+            return Err(Error::malformed("nixl transport data names no producer agent for a non-empty object"));
+        }
+        let buffer = if cuda { Buffer::Cuda(cuda::DeviceBuffer::new(total as usize)?) } else { Buffer::Host(HostBuffer::new(total as usize)?) };
+        let local_dev = match &buffer {
+            Buffer::Cuda(b) => DLDevice { device_type: kDLCUDA, device_id: b.device },
+            Buffer::Host(_) => DLDevice { device_type: kDLCPU, device_id: 0 },
+        };
+        let base = buffer.addr();
+        let mut owner = Received { _registration: None, _buffer: buffer };
+        // Objects whose tensors are all empty never touch NIXL.
+        if meta.total_bytes() > 0 {
+            let rt = agent::runtime()?;
+            owner._registration = Some(rt.register(Region { addr: base, len: total as usize, dev: local_dev.device_id as u64, cuda })?);
+            let mut local_regions = Vec::new();
+            let mut remote_regions = Vec::new();
+            for (d, &off) in record.descs.iter().zip(&offsets).filter(|(d, _)| d.len > 0) {
+                local_regions.push(Region { addr: base + off as usize, len: d.len as usize, dev: local_dev.device_id as u64, cuda });
+                remote_regions.push(Region { addr: d.addr as usize, len: d.len as usize, dev: d.dev as u64, cuda });
+            }
+            let result = PEERS
+                .with_loaded(rt, &record, |_| rt.read(&local_regions, &remote_regions, &record.agent, deadline))
+                .map_err(|error| ReadError { error, in_flight: false })
+                .and_then(|r| r);
+            if let Err(ReadError { error, in_flight }) = result {
+                if in_flight {
+                    log::warn!("ray-rdt: a timed-out NIXL read of {id} may still be writing: keeping its {total}-byte buffer");
+                    std::mem::forget(owner);
+                }
+                PEERS.forget(rt, &record.agent);
+                return Err(explain(error, peer, meta));
+            }
+        }
+        let owner = Arc::new(owner);
+        let tensors = metas
+            .into_iter()
+            .zip(offsets)
+            .map(|(m, off)| Tensor::from_owner(m, local_dev, (base + off as usize) as *mut _, Box::new(owner.clone())))
+            .collect();
+        crate::stats::record_received(TransportKind::Nixl, meta.total_bytes());
+        Ok(tensors)
+    }
+}
+
+/// Adds what is known about the producer to a failed read's error: a producer
+/// whose endpoint no longer answers is gone.
+fn explain(error: Error, peer: &Peer<'_>, meta: &Metadata) -> Error {
+    let probe = peer.pool.with_connection(peer.address, Duration::from_millis(200), |_| Ok(()));
+    let pid = meta.producer.pid;
+    match probe {
+        Err(_) => Error::transport(format!("the producer (pid {pid}) is gone: its plugin endpoint {} does not answer; the nixl read failed with: {error}", peer.address)),
+        Ok(()) => Error::new(error.kind(), format!("{error} (producer pid {pid}, still running)")),
+    }
+}

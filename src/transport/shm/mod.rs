@@ -1,0 +1,111 @@
+//! `shm`: same-host, one-sided transport for CPU tensors; no collective group.
+//!
+//! The consumer asks the producer's endpoint for the object; the producer copies
+//! its tensors into a shared-memory segment and passes the descriptor back over
+//! the Unix socket; the consumer's tensors are views of its mapping, released by
+//! their DLPack deleters. One memory copy in total. When the consumer has an idle
+//! segment from an earlier transfer ([`pool`]) it sends that one along with the
+//! request and the producer writes into it, so repeated transfers skip the kernel's
+//! page zeroing and faulting. Across hosts it is a clear error.
+
+mod pool;
+mod segment;
+
+use super::{fetch_request, Local, Peer, Transport};
+use crate::dlpack::{kDLCPU, DLDevice};
+use crate::endpoint::wire;
+use crate::error::{Error, ErrorKind, Result};
+use crate::metadata::Metadata;
+use crate::object_id::ObjectId;
+use crate::store::StoredObject;
+use crate::tensor::{is_host, Tensor, TensorMeta};
+use crate::transport_kind::TransportKind;
+use pool::{Segment, SegmentPool};
+use segment::Mapping;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// The shm transport; holds the consumer's pool of idle segments.
+#[derive(Debug, Default)]
+pub struct Shm {
+    pool: SegmentPool,
+}
+
+impl Transport for Shm {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Shm
+    }
+
+    fn serves(&self, device: DLDevice) -> bool {
+        is_host(device)
+    }
+
+    fn export(&self, _id: &ObjectId, _object: &StoredObject, _group: Option<&str>) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    fn serve(&self, _local: &Local<'_>, _id: &ObjectId, object: &StoredObject, _request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()> {
+        let (_, total) = segment::layout(object.tensors.iter().map(|t| t.meta().nbytes));
+        // Write into the consumer's segment if it sent one, else into a new one
+        // whose descriptor goes back with the reply.
+        let reply_fd = match fd {
+            Some(fd) => {
+                segment::fill(fd, object)?;
+                None
+            }
+            None if total == 0 => None,
+            None => Some(segment::fill(segment::create(total)?, object)?),
+        };
+        wire::send_with_fd(stream, &[wire::REPLY_OK], reply_fd.as_ref())?;
+        crate::stats::record_sent(TransportKind::Shm, object.nbytes());
+        Ok(())
+    }
+
+    fn fetch(&self, local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>> {
+        let producer_node = &meta.producer.node_id;
+        if !local.node_id.is_empty() && !producer_node.is_empty() && producer_node.as_slice() != local.node_id {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "the shm transport only works between processes on the same host: the producer is on another node; use gloo or nixl",
+            ));
+        }
+        let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
+        let (offsets, total) = segment::layout(metas.iter().map(|m| m.nbytes));
+        if total == 0 {
+            return metas.iter().map(Tensor::alloc_host).collect();
+        }
+        let reused = self.pool.take(total as usize);
+        let request = fetch_request(TransportKind::Shm, id, &[]);
+        let segment = peer.pool.with_connection(peer.address, timeout, |stream| {
+            wire::send_with_fd(stream, &request, reused.as_ref().map(|s| &s.fd))?;
+            let (reply, fd) = wire::recv(stream)?;
+            wire::parse_reply(&reply)?;
+            match (reused, fd) {
+                (Some(segment), _) => Ok(segment),
+                (None, Some(fd)) => {
+                    let size = segment::size_of(&fd)?;
+                    if size != total {
+                        return Err(Error::transport(format!("shm segment is {size} bytes, the metadata record describes {total}")));
+                    }
+                    let mapping = Mapping::new(&fd, total as usize)?;
+                    Ok(Segment { fd, mapping })
+                }
+                (None, None) => Err(Error::transport("the producer sent no shared-memory segment")),
+            }
+        })?;
+        let lease = self.pool.lease(segment);
+        let cpu = DLDevice { device_type: kDLCPU, device_id: 0 };
+        let tensors = metas
+            .into_iter()
+            .zip(offsets)
+            .map(|(m, off)| {
+                // SAFETY: the offset lies inside the segment (its size was checked).
+                let data = unsafe { lease.as_ptr().add(off as usize) } as *mut _;
+                Tensor::from_owner(m, cpu, data, Box::new(lease.clone()))
+            })
+            .collect();
+        crate::stats::record_received(TransportKind::Shm, meta.total_bytes());
+        Ok(tensors)
+    }
+}

@@ -1,0 +1,268 @@
+//! Property and fuzz tests of the metadata codec, on stable Rust.
+//!
+//! The bulk (at least 1,000,000 cases in a release build) comes from a seeded
+//! splitmix64 generator: random records round-trip exactly, and random bytes and
+//! mutations of valid records (bit flips, truncation, insertion, deletion,
+//! length-field corruption, splices) never panic. Any input `decode` accepts must
+//! be canonical: re-encoding it gives the same bytes. proptest adds shrinking
+//! round trips of structured records.
+//!
+//! `RDT_FUZZ_CASES` overrides the number of bulk cases (a debug build runs a tenth
+//! of them by default, to keep `cargo test` short).
+
+use proptest::prelude::*;
+use ray_rdt::dlpack::{DLDataType, DLDevice};
+use ray_rdt::metadata::{MAX_ENDPOINT_LEN, MAX_ID_LEN, MAX_TENSORS, VERSION};
+use ray_rdt::tensor::MAX_NDIM;
+use ray_rdt::{ErrorKind, Metadata, Producer, TensorMeta, TransportKind};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// splitmix64: a small, fast, seedable generator (Steele, Lea, Flood 2014).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0; the tiny modulo bias does not matter here).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Bulk cases per test function: a quarter of the total.
+fn cases_per_test() -> usize {
+    let total: usize = std::env::var("RDT_FUZZ_CASES")
+        .ok()
+        .map(|v| v.parse().expect("RDT_FUZZ_CASES is a number"))
+        .unwrap_or(if cfg!(debug_assertions) { 100_000 } else { 1_000_000 });
+    total.div_ceil(4)
+}
+
+/// Decodes `input`, failing the test with the input in hex if decode panics or
+/// accepts a non-canonical record. Returns whether it was accepted.
+fn check(input: &[u8], seed: u64) -> bool {
+    let hex = || input.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let decoded = catch_unwind(AssertUnwindSafe(|| Metadata::decode(input)))
+        .unwrap_or_else(|_| panic!("decode panicked (seed {seed}) on {}", hex()));
+    match decoded {
+        Ok(m) => {
+            assert_eq!(m.encode().unwrap(), input, "accepted a non-canonical record (seed {seed}): {}", hex());
+            true
+        }
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::MalformedMetadata, "{e} (seed {seed}): {}", hex());
+            false
+        }
+    }
+}
+
+/// A random valid tensor descriptor, mostly small, sometimes at the limits.
+fn random_tensor(rng: &mut Rng) -> TensorMeta {
+    const CODES: [u8; 6] = [0, 1, 2, 4, 5, 6];
+    let dtype = DLDataType { code: CODES[rng.below(CODES.len())], bits: 8 << rng.below(4), lanes: 1 + rng.below(2) as u16 };
+    let ndim = if rng.chance(50) { MAX_NDIM } else { rng.below(5) };
+    let shape: Vec<i64> = (0..ndim).map(|_| if ndim > 8 { rng.below(2) as i64 } else { rng.below(300) as i64 }).collect();
+    let strides = (0..ndim).map(|_| rng.next() as i64).collect();
+    TensorMeta::new(dtype, shape, strides).expect("generated shapes are valid")
+}
+
+/// A random valid record.
+fn random_metadata(rng: &mut Rng) -> Metadata {
+    let len = |rng: &mut Rng, max: usize| if rng.chance(20) { max } else { rng.below(40) };
+    let (node_len, actor_len, endpoint_len) = (len(rng, MAX_ID_LEN), len(rng, MAX_ID_LEN), len(rng, MAX_ENDPOINT_LEN));
+    let data_len = rng.below(64);
+    Metadata {
+        transport: TransportKind::ALL[rng.below(TransportKind::ALL.len())],
+        device: DLDevice { device_type: rng.next() as i32, device_id: rng.next() as i32 },
+        tensors: (0..rng.below(9)).map(|_| random_tensor(rng)).collect(),
+        producer: Producer {
+            node_id: rng.bytes(node_len),
+            pid: rng.next() as u32,
+            actor_id: rng.bytes(actor_len),
+            endpoint: (0..endpoint_len).map(|_| char::from(b' ' + rng.below(95) as u8)).collect(),
+        },
+        transport_data: rng.bytes(data_len),
+    }
+}
+
+/// Offsets and widths of every length or size field in a valid record, found by
+/// walking the wire format (see `src/metadata.rs`).
+fn length_fields(record: &[u8]) -> Vec<(usize, usize)> {
+    let u16_at = |at: usize| u16::from_le_bytes([record[at], record[at + 1]]) as usize;
+    let mut fields = Vec::new();
+    let mut at = 15; // magic, version, transport, device
+    for skip_after in [4, 0, 0] {
+        // node_id (then pid), actor_id, endpoint
+        fields.push((at, 2));
+        at += 2 + u16_at(at) + skip_after;
+    }
+    fields.push((at, 4));
+    let count = u32::from_le_bytes(record[at..at + 4].try_into().unwrap());
+    at += 4;
+    for _ in 0..count {
+        at += 4; // dtype
+        fields.push((at, 1));
+        at += 1 + 16 * record[at] as usize;
+        fields.push((at, 8));
+        at += 8;
+    }
+    fields.push((at, 4));
+    fields
+}
+
+/// One random corruption of a valid record.
+fn mutate(rng: &mut Rng, record: &[u8], other: &[u8]) -> Vec<u8> {
+    let mut m = record.to_vec();
+    let at = rng.below(m.len());
+    match rng.below(7) {
+        0 => (0..1 + rng.below(8)).for_each(|_| {
+            let i = rng.below(m.len());
+            m[i] ^= 1 << rng.below(8);
+        }),
+        1 => m.truncate(at),
+        2 => {
+            let n = 1 + rng.below(16);
+            drop(m.splice(at..at, rng.bytes(n)));
+        }
+        3 => drop(m.drain(at..(at + 1 + rng.below(16)).min(m.len()))),
+        4 => {
+            let fields = length_fields(record);
+            let (pos, width) = fields[rng.below(fields.len())];
+            let mut current = [0u8; 8];
+            current[..width].copy_from_slice(&m[pos..pos + width]);
+            let value = match rng.below(4) {
+                0 => rng.next(),
+                1 => u64::MAX,
+                2 => 0,
+                _ if rng.chance(2) => u64::from_le_bytes(current).wrapping_add(1),
+                _ => u64::from_le_bytes(current).wrapping_sub(1),
+            };
+            m[pos..pos + width].copy_from_slice(&value.to_le_bytes()[..width]);
+        }
+        5 => m[at] = [0x00, 0x7f, 0x80, 0xff][rng.below(4)],
+        _ => {
+            m.truncate(at);
+            m.extend_from_slice(&other[rng.below(other.len())..]);
+        }
+    }
+    m
+}
+
+#[test]
+fn random_records_round_trip_exactly() {
+    let seed = 1;
+    let mut rng = Rng(seed);
+    for _ in 0..cases_per_test() {
+        let m = random_metadata(&mut rng);
+        let bytes = m.encode().unwrap();
+        assert_eq!(Metadata::decode(&bytes).unwrap(), m);
+        assert!(check(&bytes, seed));
+    }
+}
+
+#[test]
+fn mutated_records_are_refused_or_canonical() {
+    let seed = 2;
+    let mut rng = Rng(seed);
+    let mut records: Vec<Vec<u8>> = (0..64).map(|_| random_metadata(&mut rng).encode().unwrap()).collect();
+    let mut accepted = 0;
+    for i in 0..2 * cases_per_test() {
+        if i % 1024 == 0 {
+            records[rng.below(64)] = random_metadata(&mut rng).encode().unwrap();
+        }
+        let (a, b) = (rng.below(records.len()), rng.below(records.len()));
+        accepted += check(&mutate(&mut rng, &records[a], &records[b]), seed) as usize;
+    }
+    // Some mutations (a flipped device or pid bit) keep the record valid.
+    assert!(accepted > 0);
+}
+
+#[test]
+fn random_bytes_are_refused() {
+    let seed = 3;
+    let mut rng = Rng(seed);
+    for _ in 0..cases_per_test() {
+        let mut input = if rng.chance(2) { Vec::new() } else { [b"RDTM".as_slice(), &VERSION.to_le_bytes()].concat() };
+        let n = rng.below(128);
+        input.extend(rng.bytes(n));
+        check(&input, seed);
+    }
+}
+
+#[test]
+fn fields_past_their_limits_are_refused() {
+    let mut rng = Rng(4);
+    let mut m = random_metadata(&mut rng);
+    m.producer.node_id = vec![1; MAX_ID_LEN + 1];
+    assert_eq!(m.encode().unwrap_err().kind(), ErrorKind::InvalidArgument);
+
+    m.producer.node_id.clear();
+    m.tensors = vec![TensorMeta::compact(DLDataType { code: 2, bits: 32, lanes: 1 }, vec![]).unwrap(); MAX_TENSORS];
+    let mut record = m.encode().unwrap();
+    assert_eq!(Metadata::decode(&record).unwrap(), m);
+    let count_at = length_fields(&record)[3].0;
+    record[count_at..count_at + 4].copy_from_slice(&(MAX_TENSORS as u32 + 1).to_le_bytes());
+    let e = Metadata::decode(&record).unwrap_err();
+    assert!(e.message().contains("limit"), "{e}");
+}
+
+prop_compose! {
+    fn tensor_meta()(
+        code in prop::sample::select(vec![0u8, 1, 2, 4, 5, 6]),
+        bits in prop::sample::select(vec![8u8, 16, 32, 64]),
+        lanes in 1u16..3,
+        dims in prop::collection::vec((0i64..100, any::<i64>()), 0..6),
+    ) -> TensorMeta {
+        let (shape, strides) = dims.into_iter().unzip();
+        TensorMeta::new(DLDataType { code, bits, lanes }, shape, strides).unwrap()
+    }
+}
+
+prop_compose! {
+    fn metadata()(
+        transport in prop::sample::select(TransportKind::ALL.to_vec()),
+        device in any::<(i32, i32)>(),
+        tensors in prop::collection::vec(tensor_meta(), 0..10),
+        node_id in prop::collection::vec(any::<u8>(), 0..=MAX_ID_LEN),
+        pid in any::<u32>(),
+        actor_id in prop::collection::vec(any::<u8>(), 0..=MAX_ID_LEN),
+        endpoint in "\\PC{0,64}",
+        transport_data in prop::collection::vec(any::<u8>(), 0..256),
+    ) -> Metadata {
+        let device = DLDevice { device_type: device.0, device_id: device.1 };
+        Metadata { transport, device, tensors, producer: Producer { node_id, pid, actor_id, endpoint }, transport_data }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn structured_records_round_trip(m in metadata()) {
+        let bytes = m.encode().unwrap();
+        let decoded = Metadata::decode(&bytes).unwrap();
+        prop_assert_eq!(&decoded, &m);
+        prop_assert_eq!(decoded.encode().unwrap(), bytes);
+    }
+
+    #[test]
+    fn truncated_structured_records_are_refused(m in metadata(), cut in any::<prop::sample::Index>()) {
+        let bytes = m.encode().unwrap();
+        let cut = cut.index(bytes.len());
+        prop_assert_eq!(Metadata::decode(&bytes[..cut]).unwrap_err().kind(), ErrorKind::MalformedMetadata);
+    }
+}
