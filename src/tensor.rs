@@ -273,28 +273,46 @@ impl Tensor {
         if dst.len() as u64 != self.meta.nbytes {
             return Err(Error::invalid(format!("pack buffer is {} bytes, tensor is {}", dst.len(), self.meta.nbytes)));
         }
+        self.pack_range(0, dst)
+    }
+
+    /// Copies `dst.len()` bytes of the tensor's row-major packed form, starting
+    /// at packed byte `first`, into `dst`: lets a strided tensor be sent in
+    /// bounded chunks. `first` and `dst.len()` must be whole elements.
+    pub fn pack_range(&self, first: u64, dst: &mut [u8]) -> Result<()> {
+        let item = element_size(self.meta.dtype)? as usize;
+        if first % item as u64 != 0 || dst.len() % item != 0 || first + dst.len() as u64 > self.meta.nbytes {
+            return Err(Error::invalid(format!("byte range {first}+{} is not whole elements of the tensor", dst.len())));
+        }
         if let Some(src) = self.host_bytes() {
-            dst.copy_from_slice(src);
+            dst.copy_from_slice(&src[first as usize..first as usize + dst.len()]);
             return Ok(());
         }
         if !is_host(self.device()) {
             return Err(Error::new(crate::ErrorKind::Unsupported, "packing a non-CPU tensor on the host"));
         }
-        let item = element_size(self.meta.dtype)? as usize;
         let base = self.data_ptr() as *const u8;
         let shape = &self.meta.shape;
         let strides = &self.meta.strides;
+        // Multi-index of the first element.
         let mut index = vec![0i64; shape.len()];
+        let mut rest = (first / item as u64) as i64;
+        for d in (0..shape.len()).rev() {
+            index[d] = rest % shape[d];
+            rest /= shape[d];
+        }
+        let mut offset: i64 = index.iter().zip(strides).map(|(i, s)| i * s).sum();
         for chunk in dst.chunks_exact_mut(item) {
-            let offset: i64 = index.iter().zip(strides).map(|(i, s)| i * s).sum();
             // SAFETY: every index is within shape, so the element lies inside the
             // producer's allocation as its strides describe it.
             unsafe { std::ptr::copy_nonoverlapping(base.offset(offset as isize * item as isize), chunk.as_mut_ptr(), item) };
             for d in (0..shape.len()).rev() {
                 index[d] += 1;
+                offset += strides[d];
                 if index[d] < shape[d] {
                     break;
                 }
+                offset -= strides[d] * shape[d];
                 index[d] = 0;
             }
         }

@@ -38,6 +38,12 @@ fn sample(seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
     }
     tensors.push(strided_tensor(dt(kDLInt, 8), vec![3, 2], vec![1, 3], vec![0, 1, 2, 3, 4, 5]));
     expected.push(vec![0, 3, 1, 4, 2, 5]);
+    // The transpose of a 1200x1024 float32 matrix (4.7 MiB): sent in two chunks.
+    let (rows, cols) = (1200usize, 1024usize);
+    let data = pattern(rows * cols * 4, seed);
+    let packed: Vec<u8> = (0..cols).flat_map(|i| (0..rows).flat_map(move |j| (0..4).map(move |b| (j * cols + i) * 4 + b))).map(|k| data[k]).collect();
+    tensors.push(strided_tensor(dt(kDLFloat, 32), vec![cols as i64, rows as i64], vec![1, cols as i64], data));
+    expected.push(packed);
     (tensors, expected)
 }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
 use crate::store::StoredObject;
-use crate::tensor::{is_host, Tensor};
+use crate::tensor::{element_size, is_host, Tensor, TensorMeta};
 use crate::transport_kind::TransportKind;
 use gloo_sys::{ContextOptions, TcpStoreClient, TcpStoreServer};
 use parking_lot::{Mutex, RwLock};
@@ -73,6 +73,15 @@ fn decode_location(data: &[u8]) -> Result<(usize, &str)> {
     let (rank, name) = data.split_at(4);
     let name = std::str::from_utf8(name).map_err(|_| Error::malformed("gloo group name is not UTF-8"))?;
     Ok((u32::from_le_bytes(rank.try_into().expect("4 bytes")) as usize, name))
+}
+
+/// Largest message a tensor is split into (rounded down to whole elements).
+const CHUNK: u64 = 4 << 20;
+
+/// The (first byte, length) of each message `meta`'s tensor travels as.
+fn chunks(meta: &TensorMeta) -> Result<Vec<(u64, u64)>> {
+    let step = CHUNK / element_size(meta.dtype)? * element_size(meta.dtype)?;
+    Ok((0..meta.nbytes).step_by(step as usize).map(|first| (first, step.min(meta.nbytes - first))).collect())
 }
 
 /// A fetch request's transport-specific part.
@@ -199,17 +208,21 @@ impl Transport for Gloo {
             return Err(Error::invalid(format!("rank {} cannot receive from rank {} in group {:?}", req.consumer_rank, group.ctx.rank(), req.group)));
         }
         wire::send(stream, &[wire::REPLY_OK])?;
+        // Every tensor travels as messages of at most CHUNK bytes (both sides
+        // split alike), so a strided tensor needs only a chunk of staging.
         let mut staging = Vec::new();
-        for t in object.tensors.iter().filter(|t| t.meta().nbytes > 0) {
-            let bytes = match t.host_bytes() {
-                Some(b) => b,
-                None => {
-                    staging.resize(t.meta().nbytes as usize, 0);
-                    t.pack_into(&mut staging)?;
-                    &staging[..]
-                }
-            };
-            group.ctx.send(req.consumer_rank, req.slot, bytes, req.timeout).map_err(|e| gloo_error(req.group, e))?;
+        for t in object.tensors.iter() {
+            for (first, len) in chunks(t.meta())? {
+                let bytes = match t.host_bytes() {
+                    Some(b) => &b[first as usize..(first + len) as usize],
+                    None => {
+                        staging.resize(len as usize, 0);
+                        t.pack_range(first, &mut staging)?;
+                        &staging[..]
+                    }
+                };
+                group.ctx.send(req.consumer_rank, req.slot, bytes, req.timeout).map_err(|e| gloo_error(req.group, e))?;
+            }
         }
         wire::send(stream, &[wire::REPLY_OK])?;
         crate::stats::record_sent(TransportKind::Gloo, object.nbytes());
@@ -229,9 +242,13 @@ impl Transport for Gloo {
         peer.pool.with_connection(peer.address, timeout, |stream| {
             wire::send(stream, &fetch_request(TransportKind::Gloo, id, &request.encode()))?;
             wire::parse_reply(&wire::recv(stream)?.0)?;
-            for t in tensors.iter_mut().filter(|t| t.meta().nbytes > 0) {
+            for t in tensors.iter_mut() {
+                let ranges = chunks(t.meta())?;
                 let buf = t.host_bytes_mut().expect("freshly allocated host tensors are contiguous");
-                group.ctx.recv(producer_rank, request.slot, buf, timeout).map_err(|e| gloo_error(name, e))?;
+                for (first, len) in ranges {
+                    let part = &mut buf[first as usize..(first + len) as usize];
+                    group.ctx.recv(producer_rank, request.slot, part, timeout).map_err(|e| gloo_error(name, e))?;
+                }
             }
             wire::parse_reply(&wire::recv(stream)?.0).map(|_| ())
         })?;
