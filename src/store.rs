@@ -137,12 +137,19 @@ impl ObjectStore {
 
     /// Waits up to `timeout` for `id` and returns its tensors without copying.
     pub fn get(&self, id: &ObjectId, timeout: Duration) -> Result<Arc<StoredObject>> {
-        self.take(id, timeout, false)
+        self.take(id, timeout, false, |_| Ok(()))
     }
 
     /// Waits up to `timeout` for `id`, removes it and returns its tensors.
     pub fn pop(&self, id: &ObjectId, timeout: Duration) -> Result<Arc<StoredObject>> {
-        self.take(id, timeout, true)
+        self.take(id, timeout, true, |_| Ok(()))
+    }
+
+    /// As [`ObjectStore::pop`], but removes the object only if `accept` approves
+    /// it; checked and removed under one lock, so concurrent pops of one ID
+    /// cannot both succeed.
+    pub fn pop_if(&self, id: &ObjectId, timeout: Duration, accept: impl FnOnce(&StoredObject) -> Result<()>) -> Result<Arc<StoredObject>> {
+        self.take(id, timeout, true, accept)
     }
 
     /// Waits up to `timeout` until `id` is present (tensors or error).
@@ -185,16 +192,22 @@ impl ObjectStore {
         self.state.lock().bytes
     }
 
-    fn take(&self, id: &ObjectId, timeout: Duration, remove: bool) -> Result<Arc<StoredObject>> {
+    fn take(
+        &self,
+        id: &ObjectId,
+        timeout: Duration,
+        remove: bool,
+        accept: impl FnOnce(&StoredObject) -> Result<()>,
+    ) -> Result<Arc<StoredObject>> {
         let mut s = self.state.lock();
         self.wait_while(&mut s, timeout, |s| !s.objects.contains_key(id))
             .map_err(|_| Error::timeout(format!("object {id} did not arrive within {timeout:?}")))?;
         let result = match s.objects.get(id) {
-            Some(Slot::Ready(obj)) => Ok(obj.clone()),
+            Some(Slot::Ready(obj)) => accept(obj).map(|_| obj.clone()),
             Some(Slot::Failed(msg)) => Err(Error::new(ErrorKind::ObjectFailed, msg.clone())),
             None => unreachable!("waited for presence under the lock"),
         };
-        if remove {
+        if remove && result.is_ok() {
             let old = s.remove(id);
             drop(s);
             self.changed.notify_all();

@@ -206,12 +206,21 @@ impl Tensor {
     /// keeps them alive).
     pub fn into_managed(self) -> *mut DLManagedTensor {
         if let Managed::Unversioned(p) = self.managed {
-            std::mem::forget(self);
+            self.disown();
             return p.as_ptr();
         }
         let (meta, dl) = (self.meta.clone(), self.dl());
         let (device, data, offset) = (dl.device, dl.data, dl.byte_offset);
         export(&meta, device, data, offset, Box::new(self))
+    }
+
+    /// Gives up ownership without calling the deleter (for example a refused
+    /// put: the caller still owns the DLPack tensor). Frees only the plugin's own
+    /// descriptor.
+    pub fn disown(self) {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used again and its Drop never runs.
+        unsafe { std::ptr::drop_in_place(&mut this.meta) };
     }
 
     /// The DLPack view.

@@ -142,13 +142,13 @@ pub unsafe extern "C" fn rdt_context_put(
             match Tensor::from_managed(p) {
                 Ok(t) => owned.push(t),
                 Err(e) => {
-                    owned.into_iter().for_each(std::mem::forget);
+                    owned.into_iter().for_each(Tensor::disown);
                     return Err(Error::new(e.kind(), format!("tensor {i}: {}", e.message())));
                 }
             }
         }
         let record = ctx.inner.put(id, kind, group, owned).map_err(|rejected| {
-            rejected.tensors.into_iter().for_each(std::mem::forget);
+            rejected.tensors.into_iter().for_each(Tensor::disown);
             rejected.error
         })?;
         *out = rdt_buffer::from_vec(record);

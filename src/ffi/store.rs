@@ -75,14 +75,14 @@ fn put_tensors<P: Copy>(
         match unsafe { wrap(p) } {
             Ok(t) => tensors.push(t),
             Err(e) => {
-                tensors.into_iter().for_each(std::mem::forget);
+                tensors.into_iter().for_each(Tensor::disown);
                 return Err(Error::new(e.kind(), format!("tensor {i}: {}", e.message())));
             }
         }
     }
     store.inner.put(id, tensors, kind).map_err(|rejected| {
         // Ownership stays with the caller: do not run the deleters.
-        rejected.tensors.into_iter().for_each(std::mem::forget);
+        rejected.tensors.into_iter().for_each(Tensor::disown);
         rejected.error
     })
 }
@@ -165,20 +165,22 @@ unsafe fn get_or_pop(
     let store = arg(store, "store")?;
     let id = self::object_id(object_id)?;
     let count = out(out_count, "out_count")?;
-    let obj = store.inner.get(&id, timeout(timeout_ms))?;
-    *count = obj.tensors.len();
-    if capacity < obj.tensors.len() {
-        return Err(Error::new(
-            ErrorKind::BufferTooSmall,
-            format!("object {id} has {} tensors, the output array holds {capacity}", obj.tensors.len()),
-        ));
-    }
-    if !obj.tensors.is_empty() && out_tensors.is_null() {
+    if out_tensors.is_null() && capacity > 0 {
         return Err(Error::new(ErrorKind::NullArgument, "argument `out_tensors` is NULL"));
     }
-    if remove {
-        store.inner.free(&id);
-    }
+    // Capacity is checked under the store's lock, before a pop removes anything.
+    let mut fits = |obj: &StoredObject| {
+        *count = obj.tensors.len();
+        if capacity < obj.tensors.len() {
+            return Err(Error::new(
+                ErrorKind::BufferTooSmall,
+                format!("object {id} has {} tensors, the output array holds {capacity}", obj.tensors.len()),
+            ));
+        }
+        Ok(())
+    };
+    let obj = if remove { store.inner.pop_if(&id, timeout(timeout_ms), &mut fits)? } else { store.inner.get(&id, timeout(timeout_ms))? };
+    fits(&obj)?;
     export_views(&obj, out_tensors);
     Ok(())
 }

@@ -1,0 +1,159 @@
+// Fixtures shared by the tests.
+#include "fixtures.hpp"
+
+#include <cstring>
+#include <numeric>
+
+#include "harness.hpp"
+
+namespace rdt_test {
+namespace {
+
+std::atomic<int> g_live{0};
+
+// What a test tensor's manager_ctx owns.
+struct Owned {
+  std::vector<float> data;
+  std::vector<int64_t> shape;
+  Deletions* deletions;
+};
+
+Owned* own(Deletions& deletions, const std::vector<int64_t>& shape) {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  auto* o = new Owned{std::vector<float>(static_cast<size_t>(numel)), shape, &deletions};
+  std::iota(o->data.begin(), o->data.end(), 0.0f);
+  g_live++;
+  return o;
+}
+
+// Appends `v` little-endian (the test machines are little-endian).
+template <typename T>
+void put(std::vector<uint8_t>& out, T v) {
+  uint8_t b[sizeof(T)];
+  std::memcpy(b, &v, sizeof(T));
+  out.insert(out.end(), b, b + sizeof(T));
+}
+
+void put_short_bytes(std::vector<uint8_t>& out, const char* s) {
+  put<uint16_t>(out, static_cast<uint16_t>(std::strlen(s)));
+  out.insert(out.end(), s, s + std::strlen(s));
+}
+
+DLTensor view_of(Owned* o) {
+  DLTensor t{};
+  t.data = o->data.data();
+  t.device = DLDevice{kDLCPU, 0};
+  t.ndim = static_cast<int32_t>(o->shape.size());
+  t.dtype = DLDataType{kDLFloat, 32, 1};
+  t.shape = o->shape.data();
+  t.strides = nullptr;
+  t.byte_offset = 0;
+  return t;
+}
+
+void disown(void* ctx) {
+  auto* o = static_cast<Owned*>(ctx);
+  o->deletions->count++;
+  g_live--;
+  delete o;
+}
+
+}  // namespace
+
+DLManagedTensor* make_tensor(Deletions& deletions, const std::vector<int64_t>& shape) {
+  Owned* o = own(deletions, shape);
+  return new DLManagedTensor{view_of(o), o, [](DLManagedTensor* self) {
+                               disown(self->manager_ctx);
+                               delete self;
+                             }};
+}
+
+DLManagedTensorVersioned* make_versioned(Deletions& deletions, const std::vector<int64_t>& shape,
+                                         uint32_t major) {
+  Owned* o = own(deletions, shape);
+  auto deleter = [](DLManagedTensorVersioned* self) {
+    disown(self->manager_ctx);
+    delete self;
+  };
+  return new DLManagedTensorVersioned{DLPackVersion{major, DLPACK_MINOR_VERSION}, o, deleter, 0,
+                                      view_of(o)};
+}
+
+void release(DLManagedTensor* t) { t->deleter(t); }
+void release(DLManagedTensorVersioned* t) { t->deleter(t); }
+void release(const std::vector<DLManagedTensor*>& ts) {
+  for (DLManagedTensor* t : ts) release(t);
+}
+
+int live_tensors() { return g_live.load(); }
+
+float* data_of(const DLManagedTensor* t) {
+  return reinterpret_cast<float*>(static_cast<char*>(t->dl_tensor.data) + t->dl_tensor.byte_offset);
+}
+
+ObjectId::ObjectId(uint64_t n) {
+  std::memset(bytes, 0x5a, sizeof(bytes));
+  std::memcpy(bytes, &n, sizeof(n));
+}
+
+Store::Store() {
+  if (rdt_store_new(&store_) != RDT_OK) fail(__FILE__, __LINE__, "rdt_store_new: " + last_error());
+}
+
+Store::~Store() { rdt_store_destroy(store_); }
+
+rdt_status Store::put(uint64_t id, const std::vector<DLManagedTensor*>& tensors,
+                      rdt_copy_kind kind) const {
+  return rdt_store_put(store_, ObjectId(id).get(), tensors.data(), tensors.size(), kind);
+}
+
+rdt_status Store::get(uint64_t id, uint64_t timeout_ms, std::vector<DLManagedTensor*>& views,
+                      bool pop, size_t capacity, size_t* count) const {
+  auto fn = pop ? rdt_store_pop : rdt_store_get;
+  views.assign(capacity, nullptr);
+  size_t n = 0;
+  rdt_status s = fn(store_, ObjectId(id).get(), timeout_ms, views.data(), capacity, &n);
+  views.resize(s == RDT_OK ? n : 0);
+  if (count) *count = n;
+  return s;
+}
+
+bool Store::free(uint64_t id) const {
+  bool found = false;
+  if (rdt_store_free_object(store_, ObjectId(id).get(), &found) != RDT_OK) {
+    fail(__FILE__, __LINE__, "rdt_store_free_object: " + last_error());
+  }
+  return found;
+}
+
+bool Store::contains(uint64_t id) const {
+  bool present = false;
+  if (rdt_store_contains(store_, ObjectId(id).get(), &present) != RDT_OK) {
+    fail(__FILE__, __LINE__, "rdt_store_contains: " + last_error());
+  }
+  return present;
+}
+
+std::vector<uint8_t> shm_record() {
+  std::vector<uint8_t> r = {'R', 'D', 'T', 'M'};
+  put<uint16_t>(r, 1);
+  put<uint8_t>(r, RDT_TRANSPORT_SHM);
+  put<int32_t>(r, kDLCPU);
+  put<int32_t>(r, 0);
+  put_short_bytes(r, "node-0001");
+  put<uint32_t>(r, 4242);
+  put_short_bytes(r, "actor-7");
+  put_short_bytes(r, "/dev/shm/rdt-4242");
+  put<uint32_t>(r, 1);
+  r.insert(r.end(), {kDLFloat, 32});
+  put<uint16_t>(r, 1);
+  put<uint8_t>(r, 2);
+  for (int64_t v : {2, 3, 3, 1}) put<int64_t>(r, v);  // shape, then strides
+  put<uint64_t>(r, 24);
+  put<uint32_t>(r, 0);  // no transport data
+  return r;
+}
+
+
+}  // namespace rdt_test
