@@ -51,6 +51,15 @@ impl Shared {
         }
     }
 
+    /// The object `id` as this process holds it now (no waiting: the producer
+    /// stored it before any record naming it existed).
+    fn held(&self, id: &ObjectId) -> Result<Arc<StoredObject>> {
+        self.store.get(id, Duration::ZERO).map_err(|e| match e.kind() {
+            ErrorKind::Timeout => Error::new(ErrorKind::NotFound, format!("object {id} is not held by the producer (freed, or never stored)")),
+            _ => e,
+        })
+    }
+
     fn local(&self) -> Local<'_> {
         Local { store: &self.store, node_id: &self.node_id }
     }
@@ -60,10 +69,7 @@ impl Handler for Shared {
     fn handle(&self, request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()> {
         let (kind, id, body) = parse_fetch_request(request)?;
         let transport = self.transport(kind)?;
-        let object = self.store.get(&id, Duration::ZERO).map_err(|e| match e.kind() {
-            ErrorKind::Timeout => Error::new(ErrorKind::NotFound, format!("object {id} is not held by the producer (freed, or never stored)")),
-            _ => e,
-        })?;
+        let object = self.held(&id)?;
         transport.serve(&self.local(), &id, &object, body, fd, stream).inspect_err(|_| crate::stats::record_error(kind))
     }
 }
@@ -152,7 +158,7 @@ impl Context {
     pub fn fetch(&self, id: &ObjectId, record: &[u8], timeout: Duration) -> Result<Fetched> {
         let meta = Metadata::decode(record)?;
         if meta.producer.endpoint == self.endpoint() {
-            return self.shared.store.get(id, timeout).map(Fetched::Local);
+            return self.shared.held(id).map(Fetched::Local);
         }
         let transport = self.shared.transport(meta.transport)?;
         let peer = Peer { pool: &self.shared.pool, address: &meta.producer.endpoint };

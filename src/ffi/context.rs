@@ -106,7 +106,8 @@ pub unsafe extern "C" fn rdt_context_destroy(ctx: *mut rdt_context) {
 pub unsafe extern "C" fn rdt_context_endpoint(ctx: *const rdt_context, out_address: *mut rdt_buffer) -> rdt_status {
     guard(|| {
         let ctx = arg(ctx, "ctx")?;
-        *out(out_address, "out_address")? = rdt_buffer::from_vec(ctx.inner.endpoint().as_bytes().to_vec());
+        let out = out(out_address, "out_address")?;
+        *out = rdt_buffer::from_vec(ctx.inner.endpoint().as_bytes().to_vec());
         Ok(())
     })
 }

@@ -72,28 +72,31 @@ impl Transport for Shm {
         }
         let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
         let (offsets, total) = segment::layout(metas.iter().map(|m| m.nbytes));
-        if total == 0 {
-            return metas.iter().map(Tensor::alloc_host).collect();
-        }
-        let reused = self.pool.take(total as usize);
+        // An object of no bytes still asks the producer: it must still hold it.
+        let reused = if total == 0 { None } else { self.pool.take(total as usize) };
         let request = fetch_request(TransportKind::Shm, id, &[]);
         let segment = peer.pool.with_connection(peer.address, timeout, |stream| {
             wire::send_with_fd(stream, &request, reused.as_ref().map(|s| &s.fd))?;
             let (reply, fd) = wire::recv(stream)?;
             wire::parse_reply(&reply)?;
             match (reused, fd) {
-                (Some(segment), _) => Ok(segment),
+                _ if total == 0 => Ok(None),
+                (Some(segment), _) => Ok(Some(segment)),
                 (None, Some(fd)) => {
                     let size = segment::size_of(&fd)?;
                     if size != total {
                         return Err(Error::transport(format!("shm segment is {size} bytes, the metadata record describes {total}")));
                     }
                     let mapping = Mapping::new(&fd, total as usize)?;
-                    Ok(Segment { fd, mapping })
+                    Ok(Some(Segment { fd, mapping }))
                 }
                 (None, None) => Err(Error::transport("the producer sent no shared-memory segment")),
             }
         })?;
+        let Some(segment) = segment else {
+            crate::stats::record_received(TransportKind::Shm, 0);
+            return metas.iter().map(Tensor::alloc_host).collect();
+        };
         let lease = self.pool.lease(segment);
         let cpu = DLDevice { device_type: kDLCPU, device_id: 0 };
         let tensors = metas
