@@ -5,6 +5,7 @@
 use super::boundary::{arg, guard, object_id, out, slice, timeout};
 use super::stats::rdt_transport;
 use super::status::rdt_status;
+use super::store::{adopt, refused};
 use crate::dlpack::DLManagedTensor;
 use crate::engine::{Context, Fetched};
 use crate::error::{Error, ErrorKind, Result};
@@ -138,20 +139,7 @@ pub unsafe extern "C" fn rdt_context_put(
         let group = opt_str(group, "group")?;
         let out = out(out_metadata, "out_metadata")?;
         let ptrs = slice(tensors, num_tensors, "tensors")?;
-        let mut owned = Vec::with_capacity(ptrs.len());
-        for (i, &p) in ptrs.iter().enumerate() {
-            match Tensor::from_managed(p) {
-                Ok(t) => owned.push(t),
-                Err(e) => {
-                    owned.into_iter().for_each(Tensor::disown);
-                    return Err(Error::new(e.kind(), format!("tensor {i}: {}", e.message())));
-                }
-            }
-        }
-        let record = ctx.inner.put(id, kind, group, owned).map_err(|rejected| {
-            rejected.tensors.into_iter().for_each(Tensor::disown);
-            rejected.error
-        })?;
+        let record = ctx.inner.put(id, kind, group, adopt(ptrs, Tensor::from_managed)?).map_err(refused)?;
         *out = rdt_buffer::from_vec(record);
         Ok(())
     })

@@ -10,7 +10,7 @@ use super::boundary::{arg, guard, object_id, out, slice, timeout};
 use super::status::rdt_status;
 use crate::dlpack::{DLManagedTensor, DLManagedTensorVersioned};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{CopyKind, ObjectStore, StoredObject};
+use crate::store::{CopyKind, ObjectStore, PutRejected, StoredObject};
 use crate::tensor::{export, Tensor};
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Arc;
@@ -60,15 +60,9 @@ pub unsafe extern "C" fn rdt_store_destroy(store: *mut rdt_store) {
     }
 }
 
-/// Validates every tensor, then stores them all; on any failure the caller keeps
-/// ownership of every tensor.
-fn put_tensors<P: Copy>(
-    store: &rdt_store,
-    id: crate::object_id::ObjectId,
-    ptrs: &[P],
-    kind: CopyKind,
-    wrap: unsafe fn(P) -> Result<Tensor>,
-) -> Result<()> {
+/// Adopts the caller's DLPack tensors, all or none: if any is invalid, none is
+/// kept (no deleter runs) and the error names its index.
+pub(crate) fn adopt<P: Copy>(ptrs: &[P], wrap: unsafe fn(P) -> Result<Tensor>) -> Result<Vec<Tensor>> {
     let mut tensors = Vec::with_capacity(ptrs.len());
     for (i, &p) in ptrs.iter().enumerate() {
         // SAFETY: the caller guarantees each pointer is a valid DLPack tensor.
@@ -80,11 +74,25 @@ fn put_tensors<P: Copy>(
             }
         }
     }
-    store.inner.put(id, tensors, kind).map_err(|rejected| {
-        // Ownership stays with the caller: do not run the deleters.
-        rejected.tensors.into_iter().for_each(Tensor::disown);
-        rejected.error
-    })
+    Ok(tensors)
+}
+
+/// Hands the tensors of a refused put back to the caller (no deleter runs).
+pub(crate) fn refused(rejected: PutRejected) -> Error {
+    rejected.tensors.into_iter().for_each(Tensor::disown);
+    rejected.error
+}
+
+/// Validates every tensor, then stores them all; on any failure the caller keeps
+/// ownership of every tensor.
+fn put_tensors<P: Copy>(
+    store: &rdt_store,
+    id: crate::object_id::ObjectId,
+    ptrs: &[P],
+    kind: CopyKind,
+    wrap: unsafe fn(P) -> Result<Tensor>,
+) -> Result<()> {
+    store.inner.put(id, adopt(ptrs, wrap)?, kind).map_err(refused)
 }
 
 /// Stores `num_tensors` DLPack tensors under the 28-byte `object_id`.
