@@ -1,0 +1,322 @@
+"""ctypes bindings for the plugin's C ABI (``include/ray_rdt.h``).
+
+Only declarations and error translation live here: every function returns an
+``rdt_status``; a non-zero status becomes an :class:`RdtError` carrying the
+plugin's ``rdt_last_error()`` text. Functions are loaded with ``ctypes.CDLL`` so
+blocking calls release the GIL.
+"""
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+ABI_MAJOR = 1
+
+# rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
+TRANSPORT_GLOO = 0
+TRANSPORT_NCCL = 1
+TRANSPORT_NIXL = 2
+TRANSPORT_CUDA_IPC = 3
+TRANSPORT_SHM = 4
+
+TRANSPORT_CODES = {
+    "gloo": TRANSPORT_GLOO,
+    "nccl": TRANSPORT_NCCL,
+    "nixl": TRANSPORT_NIXL,
+    "cuda_ipc": TRANSPORT_CUDA_IPC,
+    "shm": TRANSPORT_SHM,
+}
+
+# rdt_status codes.
+STATUS_NAMES = {
+    0: "RDT_OK",
+    1: "RDT_ERR_NULL_ARGUMENT",
+    2: "RDT_ERR_INVALID_ARGUMENT",
+    3: "RDT_ERR_NOT_FOUND",
+    4: "RDT_ERR_ALREADY_EXISTS",
+    5: "RDT_ERR_TIMEOUT",
+    6: "RDT_ERR_MALFORMED_METADATA",
+    7: "RDT_ERR_UNSUPPORTED",
+    8: "RDT_ERR_TRANSPORT",
+    9: "RDT_ERR_OBJECT_FAILED",
+    10: "RDT_ERR_UNAVAILABLE",
+    11: "RDT_ERR_BUFFER_TOO_SMALL",
+    12: "RDT_ERR_IO",
+    13: "RDT_ERR_INTERNAL",
+}
+OK = 0
+ERR_NOT_FOUND = 3
+ERR_ALREADY_EXISTS = 4
+ERR_TIMEOUT = 5
+ERR_TRANSPORT = 8
+ERR_BUFFER_TOO_SMALL = 11
+ERR_IO = 12
+
+# "No limit" for timeout_ms arguments.
+NO_TIMEOUT_MS = 2**64 - 1
+
+
+class RdtError(RuntimeError):
+    """A C ABI call of the plugin failed."""
+
+    def __init__(self, status: int, message: str, call: str = ""):
+        self.status = status
+        self.status_name = STATUS_NAMES.get(status, f"status {status}")
+        self.call = call
+        text = f"{message} ({self.status_name}"
+        text += f" from {call})" if call else ")"
+        super().__init__(text)
+
+
+class RdtTimeoutError(RdtError, TimeoutError):
+    """A blocking plugin call ran past its timeout."""
+
+
+class RdtNotFoundError(RdtError, KeyError):
+    """The object, group or peer is not known to the plugin."""
+
+    __str__ = RuntimeError.__str__
+
+
+class RdtTransportError(RdtError):
+    """The transport failed: a peer died, a connection broke, a library erred."""
+
+
+class PluginUnavailableError(ImportError):
+    """libray_rdt.so could not be found or loaded."""
+
+
+class DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class DLTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", DLDevice),
+        ("ndim", ctypes.c_int32),
+        ("dtype", DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+class DLManagedTensor(ctypes.Structure):
+    pass
+
+
+DLManagedTensor._fields_ = [
+    ("dl_tensor", DLTensor),
+    ("manager_ctx", ctypes.c_void_p),
+    ("deleter", ctypes.CFUNCTYPE(None, ctypes.POINTER(DLManagedTensor))),
+]
+
+
+class TransportStats(ctypes.Structure):
+    _fields_ = [
+        ("bytes_sent", ctypes.c_uint64),
+        ("bytes_received", ctypes.c_uint64),
+        ("transfers", ctypes.c_uint64),
+        ("errors", ctypes.c_uint64),
+    ]
+
+
+class Buffer(ctypes.Structure):
+    _fields_ = [("data", ctypes.POINTER(ctypes.c_uint8)), ("len", ctypes.c_size_t)]
+
+
+_c_void_p = ctypes.c_void_p
+_c_u8p = ctypes.c_char_p  # const uint8_t* taking Python bytes
+_status = ctypes.c_uint32
+
+# name: (restype, argtypes)
+_SIGNATURES = {
+    "rdt_abi_version": (ctypes.c_uint32, []),
+    "rdt_last_error": (ctypes.c_char_p, []),
+    "rdt_stats_get": (_status, [ctypes.c_uint32, ctypes.POINTER(TransportStats)]),
+    "rdt_buffer_free": (None, [ctypes.POINTER(Buffer)]),
+    "rdt_context_new": (
+        _status,
+        [_c_u8p, ctypes.c_size_t, _c_u8p, ctypes.c_size_t, ctypes.POINTER(_c_void_p)],
+    ),
+    "rdt_context_destroy": (None, [_c_void_p]),
+    "rdt_context_endpoint": (_status, [_c_void_p, ctypes.POINTER(Buffer)]),
+    "rdt_context_put": (
+        _status,
+        [
+            _c_void_p,
+            _c_u8p,
+            ctypes.c_uint32,
+            ctypes.c_char_p,
+            ctypes.POINTER(_c_void_p),
+            ctypes.c_size_t,
+            ctypes.POINTER(Buffer),
+        ],
+    ),
+    "rdt_context_fetch": (
+        _status,
+        [
+            _c_void_p,
+            _c_u8p,
+            _c_u8p,
+            ctypes.c_size_t,
+            ctypes.c_uint64,
+            ctypes.POINTER(_c_void_p),
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t),
+        ],
+    ),
+    "rdt_context_free": (_status, [_c_void_p, _c_u8p, ctypes.POINTER(ctypes.c_bool)]),
+    "rdt_context_wait_tensor_freed": (_status, [_c_void_p, _c_void_p, ctypes.c_uint64]),
+    "rdt_context_counts": (
+        _status,
+        [_c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_uint64)],
+    ),
+    "rdt_rendezvous_serve": (_status, [_c_void_p, ctypes.c_char_p, ctypes.POINTER(Buffer)]),
+    "rdt_group_create": (
+        _status,
+        [
+            _c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_uint32,
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.c_char_p,
+            ctypes.c_uint64,
+        ],
+    ),
+    "rdt_group_destroy": (_status, [_c_void_p, ctypes.c_char_p]),
+    "rdt_metadata_decode": (_status, [_c_u8p, ctypes.c_size_t, ctypes.POINTER(_c_void_p)]),
+    "rdt_metadata_destroy": (None, [_c_void_p]),
+    "rdt_metadata_summary": (
+        _status,
+        [
+            _c_void_p,
+            ctypes.POINTER(ctypes.c_uint32),
+            ctypes.POINTER(DLDevice),
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.POINTER(ctypes.c_uint64),
+        ],
+    ),
+}
+
+_lib = None
+_lib_path: Optional[str] = None
+_lib_lock = threading.Lock()
+
+
+def candidate_paths():
+    """Where the library is looked for, in order."""
+    env = os.environ.get("RAY_RDT_LIB")
+    if env:
+        return [Path(env)]
+    here = Path(__file__).resolve().parent
+    return [
+        here.parent.parent / "target" / "release" / "libray_rdt.so",
+        here / "libray_rdt.so",
+    ]
+
+
+def find_library() -> Path:
+    for path in candidate_paths():
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p) for p in candidate_paths())
+    raise PluginUnavailableError(
+        f"libray_rdt.so not found (tried: {tried}). Build it with `cargo build --release`, "
+        "point RAY_RDT_LIB at it, or set RAY_RDT_PLUGIN=0 for stock Ray behaviour."
+    )
+
+
+def lib():
+    """The loaded plugin library (loaded and version-checked once per process)."""
+    global _lib, _lib_path
+    if _lib is not None:
+        return _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        path = find_library()
+        try:
+            handle = ctypes.CDLL(str(path))
+        except OSError as e:
+            raise PluginUnavailableError(f"cannot load {path}: {e}") from e
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(handle, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        version = handle.rdt_abi_version()
+        if version >> 16 != ABI_MAJOR:
+            raise PluginUnavailableError(
+                f"{path} implements C ABI {version >> 16}.{version & 0xFFFF}; "
+                f"this ray_rdt binding needs major version {ABI_MAJOR}"
+            )
+        _lib_path = str(path)
+        _lib = handle
+        return _lib
+
+
+def library_path() -> Optional[str]:
+    return _lib_path
+
+
+def last_error() -> str:
+    msg = lib().rdt_last_error()
+    return msg.decode("utf-8", "replace") if msg else ""
+
+
+def check(status: int, call: str = ""):
+    """Raises the error a non-zero ``rdt_status`` stands for."""
+    if status == OK:
+        return
+    message = last_error() or "unknown error"
+    cls = {
+        ERR_TIMEOUT: RdtTimeoutError,
+        ERR_NOT_FOUND: RdtNotFoundError,
+        ERR_TRANSPORT: RdtTransportError,
+    }.get(status, RdtError)
+    raise cls(status, message, call)
+
+
+def take_buffer(buf: Buffer) -> bytes:
+    """Copies a plugin-owned buffer into bytes and frees it."""
+    try:
+        if not buf.data or buf.len == 0:
+            return b""
+        return ctypes.string_at(buf.data, buf.len)
+    finally:
+        lib().rdt_buffer_free(ctypes.byref(buf))
+
+
+def timeout_ms(timeout_s: Optional[float]) -> int:
+    """Seconds (None or negative: no limit) to the ABI's milliseconds."""
+    if timeout_s is None or timeout_s < 0:
+        return NO_TIMEOUT_MS
+    return max(0, int(timeout_s * 1000))
+
+
+def record_summary(record: bytes):
+    """(transport code, number of tensors, total bytes) of a metadata record."""
+    handle = ctypes.c_void_p()
+    check(lib().rdt_metadata_decode(record, len(record), ctypes.byref(handle)), "rdt_metadata_decode")
+    try:
+        transport = ctypes.c_uint32()
+        device = DLDevice()
+        count = ctypes.c_size_t()
+        total = ctypes.c_uint64()
+        check(
+            lib().rdt_metadata_summary(
+                handle, ctypes.byref(transport), ctypes.byref(device), ctypes.byref(count), ctypes.byref(total)
+            ),
+            "rdt_metadata_summary",
+        )
+        return transport.value, count.value, total.value
+    finally:
+        lib().rdt_metadata_destroy(handle)

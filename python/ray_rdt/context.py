@@ -1,0 +1,186 @@
+"""The per-process plugin context (``rdt_context``): one per driver or actor.
+
+It owns the plugin's object store, its endpoint (the Unix socket peers fetch
+from) and its transports. This module only converts arguments; bookkeeping and
+bytes live in the plugin.
+"""
+
+import ctypes
+import os
+import threading
+from typing import TYPE_CHECKING, List, Optional, Sequence
+
+from ray_rdt import _ffi, dlpack
+
+if TYPE_CHECKING:
+    import torch
+
+OBJECT_ID_SIZE = 28
+
+
+def _object_id_bytes(object_id) -> bytes:
+    """A 28-byte binary ObjectID from bytes, a hex string or an ObjectRef."""
+    if isinstance(object_id, (bytes, bytearray)):
+        raw = bytes(object_id)
+    elif isinstance(object_id, str):
+        raw = bytes.fromhex(object_id)
+    else:
+        raw = object_id.binary()
+    if len(raw) != OBJECT_ID_SIZE:
+        raise ValueError(f"an ObjectID has {OBJECT_ID_SIZE} bytes, got {len(raw)}")
+    return raw
+
+
+def _cstr(s: Optional[str]) -> Optional[bytes]:
+    return None if s is None else s.encode("utf-8")
+
+
+class Context:
+    """A plugin context. Prefer :func:`get_context` (one per process)."""
+
+    def __init__(self, node_id: bytes = b"", actor_id: bytes = b""):
+        lib = _ffi.lib()
+        handle = ctypes.c_void_p()
+        _ffi.check(
+            lib.rdt_context_new(node_id, len(node_id), actor_id, len(actor_id), ctypes.byref(handle)),
+            "rdt_context_new",
+        )
+        self._lib = lib
+        self._handle = handle
+        self._pid = os.getpid()
+        self.node_id = node_id
+        self.actor_id = actor_id
+        buf = _ffi.Buffer()
+        _ffi.check(lib.rdt_context_endpoint(handle, ctypes.byref(buf)), "rdt_context_endpoint")
+        self.endpoint = _ffi.take_buffer(buf).decode("utf-8")
+
+    def close(self):
+        if self._handle:
+            self._lib.rdt_context_destroy(self._handle)
+            self._handle = ctypes.c_void_p()
+
+    # -- objects --------------------------------------------------------------
+
+    def put(self, object_id, transport: int, tensors: Sequence["torch.Tensor"], group: Optional[str] = None) -> bytes:
+        """Stores ``tensors`` as the primary copy of ``object_id``; returns the metadata record."""
+        oid = _object_id_bytes(object_id)
+        exported = dlpack.Exported(tensors)
+        buf = _ffi.Buffer()
+        status = self._lib.rdt_context_put(
+            self._handle, oid, transport, _cstr(group), exported.array, exported.count, ctypes.byref(buf)
+        )
+        _ffi.check(status, "rdt_context_put")
+        exported.commit()
+        return _ffi.take_buffer(buf)
+
+    def fetch(self, object_id, record: bytes, timeout_s: Optional[float] = None) -> List["torch.Tensor"]:
+        """The tensors a metadata record describes: views when this process produced
+        them, else received directly from the producer's plugin."""
+        oid = _object_id_bytes(object_id)
+        capacity = 8
+        while True:
+            out = (ctypes.c_void_p * capacity)()
+            count = ctypes.c_size_t(0)
+            status = self._lib.rdt_context_fetch(
+                self._handle, oid, record, len(record), _ffi.timeout_ms(timeout_s), out, capacity, ctypes.byref(count)
+            )
+            if status == _ffi.ERR_BUFFER_TOO_SMALL and count.value > capacity:
+                capacity = count.value
+                continue
+            _ffi.check(status, "rdt_context_fetch")
+            return dlpack.adopt_all([out[i] for i in range(count.value)])
+
+    def free(self, object_id) -> bool:
+        """Frees the primary copy of ``object_id``; returns whether it was held."""
+        found = ctypes.c_bool(False)
+        _ffi.check(
+            self._lib.rdt_context_free(self._handle, _object_id_bytes(object_id), ctypes.byref(found)),
+            "rdt_context_free",
+        )
+        return bool(found.value)
+
+    def wait_tensor_freed(self, tensor, timeout_s: Optional[float] = None):
+        """Waits until no stored object holds the memory of ``tensor`` (its first element)."""
+        _ffi.check(
+            self._lib.rdt_context_wait_tensor_freed(
+                self._handle, ctypes.c_void_p(tensor.data_ptr()), _ffi.timeout_ms(timeout_s)
+            ),
+            "rdt_context_wait_tensor_freed",
+        )
+
+    def counts(self):
+        """(number of objects, tensor bytes) held."""
+        objects = ctypes.c_size_t(0)
+        nbytes = ctypes.c_uint64(0)
+        _ffi.check(
+            self._lib.rdt_context_counts(self._handle, ctypes.byref(objects), ctypes.byref(nbytes)),
+            "rdt_context_counts",
+        )
+        return objects.value, nbytes.value
+
+    # -- collective groups ----------------------------------------------------
+
+    def rendezvous_serve(self, bind_host: str) -> str:
+        buf = _ffi.Buffer()
+        _ffi.check(
+            self._lib.rdt_rendezvous_serve(self._handle, _cstr(bind_host), ctypes.byref(buf)),
+            "rdt_rendezvous_serve",
+        )
+        return _ffi.take_buffer(buf).decode("utf-8")
+
+    def group_create(self, name: str, backend: int, rank: int, world_size: int, address: str, timeout_s: Optional[float]):
+        _ffi.check(
+            self._lib.rdt_group_create(
+                self._handle, _cstr(name), backend, rank, world_size, _cstr(address), _ffi.timeout_ms(timeout_s)
+            ),
+            "rdt_group_create",
+        )
+
+    def group_destroy(self, name: str):
+        _ffi.check(self._lib.rdt_group_destroy(self._handle, _cstr(name)), "rdt_group_destroy")
+
+
+_context: Optional[Context] = None
+_context_lock = threading.Lock()
+
+
+def _ray_ids():
+    """(node_id, actor_id) of this process in Ray, as binary; empty when unknown."""
+    try:
+        import ray._private.worker as ray_worker
+
+        worker = ray_worker.global_worker
+        if not worker.connected:
+            return b"", b""
+        node = worker.current_node_id
+        actor = worker.actor_id
+        return node.binary(), (b"" if actor.is_nil() else actor.binary())
+    except Exception:
+        return b"", b""
+
+
+def get_context() -> Context:
+    """This process's plugin context, created on first use.
+
+    A driver can leave one Ray cluster and join another (``ray.shutdown()`` then
+    ``ray.init()``): the context is recreated when the Ray node changes, so the
+    identity it gives to its records stays true.
+    """
+    global _context
+    ctx = _context
+    node_id, actor_id = _ray_ids()
+    if ctx is not None and ctx._pid == os.getpid() and ctx.node_id == node_id:
+        return ctx
+    with _context_lock:
+        ctx = _context
+        if ctx is None or ctx._pid != os.getpid() or ctx.node_id != node_id:
+            if ctx is not None and ctx._pid == os.getpid():
+                ctx.close()
+            _context = Context(node_id, actor_id)
+        return _context
+
+
+def peek_context() -> Optional[Context]:
+    """The context if this process created one, else None (never creates)."""
+    ctx = _context
+    return ctx if ctx is not None and ctx._pid == os.getpid() else None

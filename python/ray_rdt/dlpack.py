@@ -1,0 +1,103 @@
+"""DLPack plumbing between torch tensors and the plugin's ``DLManagedTensor*``.
+
+Into the plugin: ``torch.utils.dlpack.to_dlpack`` gives a PyCapsule named
+"dltensor" that owns a ``DLManagedTensor``. Its pointer is handed to the plugin;
+once the plugin has accepted it, the capsule is renamed "used_dltensor" so its
+destructor no longer calls the deleter (the plugin calls it, exactly once).
+
+Out of the plugin: a returned ``DLManagedTensor*`` is wrapped in a new "dltensor"
+capsule and given to ``torch.from_dlpack``, which takes ownership and calls the
+deleter when the tensor dies.
+"""
+
+import ctypes
+from typing import TYPE_CHECKING, List, Sequence, Tuple
+
+from ray_rdt import _ffi
+
+if TYPE_CHECKING:
+    import torch
+
+_api = ctypes.pythonapi
+_api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+_api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_api.PyCapsule_SetName.restype = ctypes.c_int
+_api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_api.PyCapsule_New.restype = ctypes.py_object
+_api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+_api.PyCapsule_IsValid.restype = ctypes.c_int
+_api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+_DLTENSOR = b"dltensor"
+# PyCapsule_SetName keeps the pointer: the name must outlive the capsule.
+_USED_DLTENSOR = ctypes.create_string_buffer(b"used_dltensor")
+
+
+class Exported:
+    """DLPack capsules for a list of tensors, and the C array of their pointers.
+
+    Call :meth:`commit` once the plugin owns the tensors (the capsules then no
+    longer free them); otherwise dropping this object frees them.
+    """
+
+    def __init__(self, tensors: Sequence["torch.Tensor"]):
+        from torch.utils.dlpack import to_dlpack
+
+        self.capsules = []
+        for t in tensors:
+            if t.requires_grad:
+                t = t.detach()  # same memory; DLPack refuses tensors needing grad
+            self.capsules.append(to_dlpack(t))
+        n = len(self.capsules)
+        self.array = (ctypes.c_void_p * max(n, 1))()
+        for i, cap in enumerate(self.capsules):
+            self.array[i] = _api.PyCapsule_GetPointer(cap, _DLTENSOR)
+        self.count = n
+
+    def commit(self):
+        for cap in self.capsules:
+            _api.PyCapsule_SetName(cap, ctypes.cast(_USED_DLTENSOR, ctypes.c_char_p))
+        self.capsules = []
+
+
+def to_torch(ptr: int) -> "torch.Tensor":
+    """Wraps a ``DLManagedTensor*`` the plugin handed out into a torch tensor.
+
+    Ownership moves to torch (the deleter runs when the tensor is released). If
+    torch refuses the tensor, its deleter is called here and the error re-raised.
+    """
+    import torch
+
+    capsule = _api.PyCapsule_New(ptr, _DLTENSOR, None)
+    try:
+        return torch.utils.dlpack.from_dlpack(capsule)
+    except BaseException:
+        if _api.PyCapsule_IsValid(capsule, _DLTENSOR):
+            release(ptr)
+        raise
+
+
+def release(ptr: int):
+    """Calls a ``DLManagedTensor``'s deleter (for tensors nobody will adopt)."""
+    if not ptr:
+        return
+    managed = _ffi.DLManagedTensor.from_address(ptr)
+    if managed.deleter:
+        managed.deleter(ctypes.cast(ptr, ctypes.POINTER(_ffi.DLManagedTensor)))
+
+
+def adopt_all(ptrs: Sequence[int]) -> List["torch.Tensor"]:
+    """:func:`to_torch` for each pointer; releases the rest if one fails."""
+    out = []
+    try:
+        for i, p in enumerate(ptrs):
+            out.append(to_torch(p))
+    except BaseException:
+        for p in ptrs[len(out) + 1 :]:
+            release(p)
+        raise
+    return out
+
+
+def describe(tensors: Sequence["torch.Tensor"]) -> List[Tuple["torch.Size", "torch.dtype"]]:
+    return [(t.shape, t.dtype) for t in tensors]

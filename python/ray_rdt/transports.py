@@ -1,0 +1,190 @@
+"""Plugin transports as Ray 2.60 ``TensorTransportManager``s.
+
+Registering them under Ray's transport names (GLOO, and the new SHM) reuses
+2.60's machinery: ``@ray.method(tensor_transport=...)`` validation, the owner's
+``RDTMeta`` bookkeeping, ``ray.get``/``ray.put`` for one-sided transports, and
+``__ray_free__`` when a ref goes out of scope. What differs from stock is where
+the bytes move: no ``__ray_send__``/``__ray_recv__`` tasks; a consumer calls the
+plugin (``rdt_context_fetch``) with the metadata record, and the plugin moves the
+bytes straight from the producer's plugin.
+"""
+
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from ray.experimental.rdt.tensor_transport_manager import (
+    CommunicatorMetadata,
+    TensorTransportManager,
+    TensorTransportMetadata,
+)
+
+from ray_rdt import _ffi
+
+
+@dataclass
+class PluginTransportMetadata(TensorTransportMetadata):
+    """What the owner learns about a plugin-held RDT object.
+
+    Args:
+        record: The plugin's metadata record (from ``rdt_context_put``); empty for
+            objects that live in Ray's Python RDT store (direct
+            ``RDTStore.add_object_primary`` calls).
+        key: Hex ID under which the producer's plugin holds the tensors: the
+            ObjectRef's own ID for task returns, a fresh ID for ``ray.put``.
+    """
+
+    record: bytes = b""
+    key: str = ""
+
+
+class PluginTensorTransport(TensorTransportManager):
+    """Base of the transports whose bytes move inside libray_rdt."""
+
+    NAME = ""
+    CODE = -1
+    ONE_SIDED = True
+    DEVICES = ["cpu"]
+
+    def tensor_transport_backend(self) -> str:
+        return self.NAME
+
+    @classmethod
+    def is_one_sided(cls) -> bool:
+        return cls.ONE_SIDED
+
+    @staticmethod
+    def can_abort_transport() -> bool:
+        # Transfers are bounded by timeouts inside the plugin; Ray never has to
+        # kill actors to unblock them.
+        return True
+
+    def actor_has_tensor_transport(self, actor) -> bool:
+        return True
+
+    def extract_tensor_transport_metadata(self, obj_id: str, rdt_object: List[Any]) -> PluginTransportMetadata:
+        # Only reached for objects stored in Ray's Python RDTStore directly.
+        device = None
+        tensor_meta = []
+        for t in rdt_object:
+            if device is None:
+                device = t.device
+            elif t.device.type != device.type:
+                raise ValueError("All tensors in an RDT object must have the same device type.")
+            tensor_meta.append((t.shape, t.dtype))
+        return PluginTransportMetadata(tensor_meta=tensor_meta, tensor_device=device.type if device else None)
+
+    def get_communicator_metadata(self, src_actor, dst_actor, backend: Optional[str] = None) -> CommunicatorMetadata:
+        return CommunicatorMetadata()
+
+    def recv_multiple_tensors(
+        self,
+        obj_id: str,
+        tensor_transport_metadata: TensorTransportMetadata,
+        communicator_metadata: CommunicatorMetadata,
+        target_buffers: Optional[List[Any]] = None,
+    ) -> List[Any]:
+        from ray_rdt import ray_hooks
+
+        meta = tensor_transport_metadata
+        if not isinstance(meta, PluginTransportMetadata) or not meta.record:
+            raise ValueError(f"RDT object {obj_id} has no plugin metadata record; it cannot be fetched over {self.NAME}")
+        tensors = ray_hooks.fetch(meta.key, meta.record, self.NAME)
+        if target_buffers is None:
+            return tensors
+        if len(target_buffers) != len(tensors):
+            raise ValueError(f"got {len(target_buffers)} target buffers for {len(tensors)} tensors")
+        for buf, t in zip(target_buffers, tensors):
+            buf.copy_(t)
+        return list(target_buffers)
+
+    def send_multiple_tensors(self, tensors, tensor_transport_metadata, communicator_metadata):
+        raise NotImplementedError(f"{self.NAME} moves bytes inside libray_rdt; Ray never sends them")
+
+    def garbage_collect(self, obj_id: str, tensor_transport_meta: TensorTransportMetadata, tensors: List[Any]):
+        # RDTStore.pop_object (called right after) frees the plugin's copy.
+        pass
+
+    def abort_transport(self, obj_id: str, communicator_metadata: CommunicatorMetadata):
+        pass
+
+
+class PluginGlooTransport(PluginTensorTransport):
+    """``gloo`` through the plugin: two-sided, needs a collective group."""
+
+    NAME = "GLOO"
+    CODE = _ffi.TRANSPORT_GLOO
+    ONE_SIDED = False
+
+    @staticmethod
+    def can_abort_transport() -> bool:
+        return False
+
+    def actor_has_tensor_transport(self, actor) -> bool:
+        from ray.experimental.collective import get_collective_groups
+
+        return len(get_collective_groups([actor], backend=self.NAME)) > 0
+
+    def get_communicator_metadata(self, src_actor, dst_actor, backend: Optional[str] = None):
+        # 2.60's check that both actors share one group (raises ValueError).
+        from ray.experimental.rdt.collective_tensor_transport import CollectiveTensorTransport
+
+        return CollectiveTensorTransport.get_communicator_metadata(self, src_actor, dst_actor, backend)
+
+
+class PluginShmTransport(PluginTensorTransport):
+    """``shm``: same-host CPU tensors through shared memory, no collective group."""
+
+    NAME = "SHM"
+    CODE = _ffi.TRANSPORT_SHM
+    ONE_SIDED = True
+
+
+class PluginNixlTransport(PluginTensorTransport):
+    """``nixl`` through the plugin: one-sided reads, CPU and CUDA (opt-in, see
+    ``RAY_RDT_PLUGIN_TRANSPORTS``)."""
+
+    NAME = "NIXL"
+    CODE = _ffi.TRANSPORT_NIXL
+    ONE_SIDED = True
+    DEVICES = ["cuda", "cpu"]
+
+    # 2.60's NIXL-specific helpers (ray.experimental.register_nixl_memory, ...).
+    # The plugin registers memory when an object is stored and caches
+    # registrations itself, so these optimizations have nothing left to do.
+    def register_nixl_memory(self, tensor):
+        pass
+
+    def deregister_nixl_memory(self, tensor):
+        pass
+
+    def register_nixl_memory_pool(self, size, device):
+        pass
+
+    def set_cuda_stream(self, stream):
+        pass
+
+
+PLUGIN_TRANSPORTS = {
+    cls.NAME: cls for cls in (PluginGlooTransport, PluginShmTransport, PluginNixlTransport)
+}
+
+# Routed through the plugin unless RAY_RDT_PLUGIN_TRANSPORTS says otherwise.
+DEFAULT_PLUGIN_TRANSPORTS = ("GLOO", "SHM")
+
+
+def enabled_transports():
+    """The transports this process routes through the plugin
+    (``RAY_RDT_PLUGIN_TRANSPORTS``, comma-separated, default "gloo,shm";
+    "nixl" is opt-in)."""
+    import os
+
+    names = os.environ.get("RAY_RDT_PLUGIN_TRANSPORTS")
+    if names is None:
+        return {n: PLUGIN_TRANSPORTS[n] for n in DEFAULT_PLUGIN_TRANSPORTS}
+    wanted = [n.strip().upper() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in PLUGIN_TRANSPORTS]
+    if unknown:
+        raise ValueError(
+            f"RAY_RDT_PLUGIN_TRANSPORTS names {unknown}; the plugin serves {sorted(PLUGIN_TRANSPORTS)}"
+        )
+    return {n: PLUGIN_TRANSPORTS[n] for n in wanted}

@@ -1,0 +1,64 @@
+"""Shared fixtures: one local Ray cluster per test module (``ray.init(num_cpus=8)``)."""
+
+import os
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "python"))
+# Ray workers (children of the raylet this process starts) must import the test
+# modules, whose actor classes they run, and the examples.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [HERE, os.path.join(REPO, "examples")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+def actor_stats(actor, transport=None):
+    """``ray_rdt.stats()`` read inside an actor's process."""
+    import ray
+
+    def _stats(self):
+        import ray_rdt
+
+        return ray_rdt.stats()
+
+    stats = ray.get(actor.__ray_call__.remote(_stats))
+    return stats if transport is None else stats[transport]
+
+
+def num_rdt_objects(actor):
+    import ray
+
+    def _count(self):
+        import ray
+
+        return ray._private.worker.global_worker.rdt_manager.rdt_store.get_num_objects()
+
+    return ray.get(actor.__ray_call__.remote(_count))
+
+
+def wait_for(predicate, timeout=20.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def delta(after, before, field="bytes_received"):
+    return after[field] - before[field]

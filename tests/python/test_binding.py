@@ -1,0 +1,174 @@
+"""The ctypes binding over the C ABI, without Ray: DLPack in and out, errors,
+counters, library discovery."""
+
+import gc
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+import ray_rdt
+from ray_rdt import _ffi
+from ray_rdt.context import Context
+
+from conftest import REPO, wait_for
+
+
+@pytest.fixture(scope="module")
+def producer():
+    ctx = Context(b"\x01" * 28, b"\x02" * 16)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def consumer():
+    ctx = Context()
+    yield ctx
+    ctx.close()
+
+
+def oid():
+    return os.urandom(28)
+
+
+def test_library_and_version():
+    path = ray_rdt.library_path()
+    assert path.endswith("libray_rdt.so") and os.path.exists(path)
+    assert _ffi.lib().rdt_abi_version() >> 16 == _ffi.ABI_MAJOR
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.randn(3, 4),
+        torch.arange(10, dtype=torch.int64),
+        torch.ones(5, dtype=torch.bool),
+        torch.randn(6).to(torch.float16),
+        torch.randn(6).to(torch.bfloat16),
+        torch.tensor(3.5),
+        torch.empty(0, 4),
+        torch.randn(2, 3, dtype=torch.complex64),
+    ],
+    ids=["f32", "i64", "bool", "f16", "bf16", "scalar", "empty", "c64"],
+)
+def test_put_fetch_roundtrip(producer, consumer, tensor):
+    key = oid()
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [tensor])
+    local = producer.fetch(key, record)
+    assert local[0].data_ptr() == tensor.data_ptr() or tensor.numel() == 0
+    remote = consumer.fetch(key, record)
+    assert remote[0].dtype == tensor.dtype and remote[0].shape == tensor.shape
+    assert torch.equal(remote[0], tensor)
+    if tensor.numel():
+        assert remote[0].data_ptr() != tensor.data_ptr()
+    assert producer.free(key)
+    assert not producer.free(key)
+
+
+def test_strided_and_grad_tensors(producer, consumer):
+    base = torch.arange(24.0).reshape(4, 6)
+    view = base[:, 1::2]  # not contiguous
+    grad = torch.randn(5, requires_grad=True)
+    key = oid()
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [view, grad])
+    got = consumer.fetch(key, record)
+    assert torch.equal(got[0], view) and torch.equal(got[1], grad.detach())
+    producer.free(key)
+
+
+def test_many_tensors_grow_output_array(producer, consumer):
+    tensors = [torch.full((3,), float(i)) for i in range(20)]
+    key = oid()
+    record = producer.put(key, _ffi.TRANSPORT_SHM, tensors)
+    assert _ffi.record_summary(record) == (_ffi.TRANSPORT_SHM, 20, 20 * 12)
+    got = consumer.fetch(key, record)
+    assert all(torch.equal(a, b) for a, b in zip(got, tensors))
+    producer.free(key)
+
+
+def test_received_tensors_outlive_the_producer_copy(producer, consumer):
+    key = oid()
+    t = torch.randn(1000)
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [t])
+    got = consumer.fetch(key, record)
+    producer.free(key)
+    gc.collect()
+    assert torch.equal(got[0], t)
+    got[0] += 1  # writable
+    assert torch.equal(got[0], t + 1)
+
+
+def test_errors(producer, consumer):
+    key = oid()
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [torch.ones(2)])
+    producer.free(key)
+    with pytest.raises(ray_rdt.RdtNotFoundError, match="not held by the producer"):
+        consumer.fetch(key, record)
+    with pytest.raises(ray_rdt.RdtError, match="RDT_ERR_MALFORMED_METADATA"):
+        consumer.fetch(key, b"garbage")
+    with pytest.raises(ValueError, match="28 bytes"):
+        consumer.fetch(b"short", record)
+    # A refused put leaves the tensors with the caller.
+    t = torch.ones(3)
+    with pytest.raises(ray_rdt.RdtError):
+        producer.put(oid(), _ffi.TRANSPORT_GLOO, [t], group="no-such-group")
+    assert torch.equal(t, torch.ones(3))
+
+
+def test_wait_tensor_freed(producer):
+    t = torch.randn(8)
+    key = oid()
+    producer.put(key, _ffi.TRANSPORT_SHM, [t])
+    with pytest.raises(ray_rdt.RdtTimeoutError):
+        producer.wait_tensor_freed(t, 0.05)
+    timer = threading.Timer(0.1, producer.free, args=(key,))
+    timer.start()
+    producer.wait_tensor_freed(t, 10)
+    timer.join()
+
+
+def test_counts_and_stats(producer, consumer):
+    before = ray_rdt.stats()
+    assert set(before) == {"gloo", "nccl", "nixl", "cuda_ipc", "shm"}
+    assert set(before["shm"]) == {"bytes_sent", "bytes_received", "transfers", "errors"}
+    objects0, bytes0 = producer.counts()
+    key = oid()
+    t = torch.randn(100)
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [t])
+    assert producer.counts() == (objects0 + 1, bytes0 + 400)
+    consumer.fetch(key, record)
+    # Both sides live in this process: each counts its half of the transfer (the
+    # producer's endpoint thread may finish counting just after the fetch returns).
+    assert wait_for(lambda: ray_rdt.stats()["shm"]["transfers"] - before["shm"]["transfers"] == 2, timeout=5)
+    after = ray_rdt.stats()
+    assert after["shm"]["bytes_received"] - before["shm"]["bytes_received"] == 400
+    assert after["shm"]["bytes_sent"] - before["shm"]["bytes_sent"] == 400
+    producer.free(key)
+
+
+def _run(code, **env):
+    full = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"), **env)
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_library_discovery_env_and_clear_error():
+    lib = os.path.join(REPO, "target", "release", "libray_rdt.so")
+    ok = _run("import ray_rdt; print(ray_rdt.library_path())", RAY_RDT_LIB=lib)
+    assert ok.returncode == 0 and ok.stdout.strip() == lib
+    bad = _run("import ray_rdt; ray_rdt.library_path()", RAY_RDT_LIB="/nonexistent/libray_rdt.so")
+    assert bad.returncode != 0
+    assert "libray_rdt.so not found" in bad.stderr and "RAY_RDT_PLUGIN=0" in bad.stderr
+    # With the plugin off and no library, stats() reads zeros.
+    off = _run("import ray_rdt; print(sum(v for c in ray_rdt.stats().values() for v in c.values()))",
+               RAY_RDT_LIB="/nonexistent/libray_rdt.so", RAY_RDT_PLUGIN="0")
+    assert off.returncode == 0 and off.stdout.strip() == "0"
+
+
+def test_enabled_switch():
+    assert _run("import ray_rdt; assert ray_rdt.enabled()").returncode == 0
+    for value in ("0", "false", "off"):
+        assert _run("import ray_rdt; assert not ray_rdt.enabled()", RAY_RDT_PLUGIN=value).returncode == 0
