@@ -10,6 +10,7 @@
 
 mod pool;
 mod segment;
+mod written;
 
 use super::{fetch_request, Local, Peer, Transport};
 use crate::dlpack::{kDLCPU, DLDevice};
@@ -22,14 +23,17 @@ use crate::tensor::{is_host, Tensor, TensorMeta};
 use crate::transport_kind::TransportKind;
 use pool::{Segment, SegmentPool};
 use segment::Mapping;
+use written::WrittenMappings;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-/// The shm transport; holds the consumer's pool of idle segments.
+/// The shm transport: the consumer's pool of idle segments and the producer's
+/// mappings of segments it wrote.
 #[derive(Debug, Default)]
 pub struct Shm {
     pool: SegmentPool,
+    written: WrittenMappings,
 }
 
 impl Transport for Shm {
@@ -49,14 +53,16 @@ impl Transport for Shm {
         let (_, total) = segment::layout(object.tensors.iter().map(|t| t.meta().nbytes));
         // Write into the consumer's segment if it sent one, else into a new one
         // whose descriptor goes back with the reply.
-        let reply_fd = match fd {
-            Some(fd) => {
-                segment::fill(fd, object)?;
-                None
-            }
-            None if total == 0 => None,
-            None => Some(segment::fill(segment::create(total)?, object)?),
+        let (fd, fresh) = match fd {
+            Some(fd) => (Some(fd), false),
+            None if total == 0 => (None, false),
+            None => (Some(segment::create(total)?), true),
         };
+        if let Some(fd) = &fd {
+            let (id, size) = segment::identity(fd)?;
+            segment::fill(&*self.written.get(id, fd, size as usize)?, object)?;
+        }
+        let reply_fd = if fresh { fd } else { None };
         wire::send_with_fd(stream, &[wire::REPLY_OK], reply_fd.as_ref())?;
         crate::stats::record_sent(TransportKind::Shm, object.nbytes());
         Ok(())
@@ -83,11 +89,11 @@ impl Transport for Shm {
                 _ if total == 0 => Ok(None),
                 (Some(segment), _) => Ok(Some(segment)),
                 (None, Some(fd)) => {
-                    let size = segment::size_of(&fd)?;
+                    let (_, size) = segment::identity(&fd)?;
                     if size != total {
                         return Err(Error::transport(format!("shm segment is {size} bytes, the metadata record describes {total}")));
                     }
-                    let mapping = Mapping::new(&fd, total as usize)?;
+                    let mapping = Mapping::new(&fd, total as usize, false)?;
                     Ok(Some(Segment { fd, mapping }))
                 }
                 (None, None) => Err(Error::transport("the producer sent no shared-memory segment")),

@@ -3,9 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::store::StoredObject;
-use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 
 /// Tensors start at multiples of this inside a segment.
 const ALIGN: u64 = 64;
@@ -37,41 +35,48 @@ pub fn create(len: u64) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Size in bytes of the file behind `fd`.
-pub fn size_of(fd: &OwnedFd) -> Result<u64> {
+/// Producer: writes `object`'s tensors into `mapping` at their layout offsets.
+pub fn fill(mapping: &Mapping, object: &StoredObject) -> Result<()> {
+    let (offsets, total) = layout(object.tensors.iter().map(|t| t.meta().nbytes));
+    if (mapping.len() as u64) < total {
+        return Err(Error::transport(format!("shm segment of {} bytes cannot hold {total}", mapping.len())));
+    }
+    for (t, &off) in object.tensors.iter().zip(&offsets) {
+        // SAFETY: [off, off + nbytes) lies inside the mapping (checked above).
+        let dst = unsafe { std::slice::from_raw_parts_mut(mapping.as_ptr().add(off as usize), t.meta().nbytes as usize) };
+        match t.host_bytes() {
+            Some(src) => copy(dst, src),
+            None => t.pack_into(dst)?,
+        }
+    }
+    Ok(())
+}
+
+/// Copies `src` into `dst` (equal lengths), splitting large copies over two
+/// threads: one core rarely saturates memory bandwidth.
+fn copy(dst: &mut [u8], src: &[u8]) {
+    const PARALLEL_FROM: usize = 8 << 20;
+    if src.len() < PARALLEL_FROM {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let half = src.len() / 2;
+    let (d0, d1) = dst.split_at_mut(half);
+    let (s0, s1) = src.split_at(half);
+    std::thread::scope(|scope| {
+        scope.spawn(|| d1.copy_from_slice(s1));
+        d0.copy_from_slice(s0);
+    });
+}
+
+/// Identity of the memory file behind `fd` (device and inode) and its size.
+pub fn identity(fd: &OwnedFd) -> Result<((u64, u64), u64)> {
     // SAFETY: fstat on a descriptor we own, into a zeroed struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
         return Err(Error::io("fstat of an shm segment", std::io::Error::last_os_error()));
     }
-    Ok(st.st_size as u64)
-}
-
-/// Producer: writes `object`'s tensors into the file behind `fd` at their
-/// layout offsets. Contiguous tensors go in with pwrite (no page faults in this
-/// process); strided ones are packed through a temporary mapping.
-pub fn fill(fd: OwnedFd, object: &StoredObject) -> Result<OwnedFd> {
-    let (offsets, total) = layout(object.tensors.iter().map(|t| t.meta().nbytes));
-    let size = size_of(&fd)?;
-    if size < total {
-        return Err(Error::transport(format!("shm segment of {size} bytes cannot hold {total}")));
-    }
-    let file = File::from(fd);
-    let mut mapping: Option<Mapping> = None;
-    for (t, &off) in object.tensors.iter().zip(&offsets) {
-        if let Some(bytes) = t.host_bytes() {
-            file.write_all_at(bytes, off).map_err(|e| Error::io("writing the shm segment", e))?;
-            continue;
-        }
-        if mapping.is_none() {
-            mapping = Some(Mapping::new(&file, total as usize)?);
-        }
-        let m = mapping.as_ref().expect("mapped above");
-        // SAFETY: [off, off + nbytes) lies inside the mapping by construction of `layout`.
-        let dst = unsafe { std::slice::from_raw_parts_mut(m.ptr.add(off as usize), t.meta().nbytes as usize) };
-        t.pack_into(dst)?;
-    }
-    Ok(OwnedFd::from(file))
+    Ok(((st.st_dev, st.st_ino), st.st_size as u64))
 }
 
 /// A shared read-write mapping of a whole segment; unmapped on drop.
@@ -87,10 +92,12 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps the first `len` bytes of `fd` (pages fault in on first touch).
-    pub fn new(fd: &impl AsRawFd, len: usize) -> Result<Mapping> {
+    /// Maps the first `len` bytes of `fd`; `populate` maps every page now
+    /// (cheaper in one call than a fault per page), else pages fault in on touch.
+    pub fn new(fd: &impl AsRawFd, len: usize, populate: bool) -> Result<Mapping> {
+        let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: mapping a file we hold open; the result is checked.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(Error::io(&format!("mapping a {len}-byte shm segment"), std::io::Error::last_os_error()));
         }
