@@ -78,8 +78,13 @@ fn decode_location(data: &[u8]) -> Result<(usize, &str)> {
 /// Largest message a tensor is split into (rounded down to whole elements).
 const CHUNK: u64 = 4 << 20;
 
-/// The (first byte, length) of each message `meta`'s tensor travels as.
+/// The (first byte, length) of each message the producer's tensor `meta` travels
+/// as: one message when it is contiguous (Gloo pipelines it), else chunks of at
+/// most [`CHUNK`] bytes. Both sides derive the same split from the record.
 fn chunks(meta: &TensorMeta) -> Result<Vec<(u64, u64)>> {
+    if meta.is_contiguous() {
+        return Ok(if meta.nbytes == 0 { Vec::new() } else { vec![(0, meta.nbytes)] });
+    }
     let step = CHUNK / element_size(meta.dtype)? * element_size(meta.dtype)?;
     Ok((0..meta.nbytes).step_by(step as usize).map(|first| (first, step.min(meta.nbytes - first))).collect())
 }
@@ -208,22 +213,26 @@ impl Transport for Gloo {
             return Err(Error::invalid(format!("rank {} cannot receive from rank {} in group {:?}", req.consumer_rank, group.ctx.rank(), req.group)));
         }
         wire::send(stream, &[wire::REPLY_OK])?;
-        // Every tensor travels as messages of at most CHUNK bytes (both sides
-        // split alike), so a strided tensor needs only a chunk of staging.
+        // Contiguous tensors are posted at once and overlap; a strided one goes as
+        // chunks packed into one bounded staging buffer. Messages on a slot arrive
+        // in the order they were posted.
+        let send_err = |e| gloo_error(req.group, e);
+        let mut pending = Vec::new();
         let mut staging = Vec::new();
         for t in object.tensors.iter() {
             for (first, len) in chunks(t.meta())? {
-                let bytes = match t.host_bytes() {
-                    Some(b) => &b[first as usize..(first + len) as usize],
+                match t.host_bytes() {
+                    // SAFETY: the object (and so its memory) outlives the wait below.
+                    Some(b) => pending.push(unsafe { group.ctx.post_send(req.consumer_rank, req.slot, b.as_ptr().add(first as usize), len as usize) }.map_err(send_err)?),
                     None => {
                         staging.resize(len as usize, 0);
                         t.pack_range(first, &mut staging)?;
-                        &staging[..]
+                        group.ctx.send(req.consumer_rank, req.slot, &staging, req.timeout).map_err(send_err)?;
                     }
-                };
-                group.ctx.send(req.consumer_rank, req.slot, bytes, req.timeout).map_err(|e| gloo_error(req.group, e))?;
+                }
             }
         }
+        pending.into_iter().try_for_each(|op| op.wait(req.timeout)).map_err(send_err)?;
         wire::send(stream, &[wire::REPLY_OK])?;
         crate::stats::record_sent(TransportKind::Gloo, object.nbytes());
         Ok(())
@@ -242,14 +251,17 @@ impl Transport for Gloo {
         peer.pool.with_connection(peer.address, timeout, |stream| {
             wire::send(stream, &fetch_request(TransportKind::Gloo, id, &request.encode()))?;
             wire::parse_reply(&wire::recv(stream)?.0)?;
-            for t in tensors.iter_mut() {
-                let ranges = chunks(t.meta())?;
-                let buf = t.host_bytes_mut().expect("freshly allocated host tensors are contiguous");
-                for (first, len) in ranges {
-                    let part = &mut buf[first as usize..(first + len) as usize];
-                    group.ctx.recv(producer_rank, request.slot, part, timeout).map_err(|e| gloo_error(name, e))?;
+            let recv_err = |e| gloo_error(name, e);
+            let mut pending = Vec::new();
+            for (t, producer_meta) in tensors.iter_mut().zip(&meta.tensors) {
+                let buf = t.host_bytes_mut().expect("freshly allocated host tensors are contiguous").as_mut_ptr();
+                for (first, len) in chunks(producer_meta)? {
+                    // SAFETY: the tensors outlive the waits below; ranges are disjoint.
+                    let op = unsafe { group.ctx.post_recv(producer_rank, request.slot, buf.add(first as usize), len as usize) };
+                    pending.push(op.map_err(recv_err)?);
                 }
             }
+            pending.into_iter().try_for_each(|op| op.wait(timeout)).map_err(recv_err)?;
             wire::parse_reply(&wire::recv(stream)?.0).map(|_| ())
         })?;
         crate::stats::record_received(TransportKind::Gloo, meta.total_bytes());
