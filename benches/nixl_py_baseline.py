@@ -12,7 +12,10 @@ Two modes per size, both timed per iteration and reported as medians:
   bound; no allocation or registration in the loop).
 
 Run: ``.venv/bin/python benches/nixl_py_baseline.py --sizes 4096,4194304 --iters 50,20
-[--progress-thread 0|1]``. Prints one JSON object on the last line of stdout:
+[--progress-thread 0|1] [--target-progress-thread 0|1]``: NIXL's progress thread
+in the initiator (reading) and target process; Python's and Ray's default is on
+in both. The target needs it (or a thread driving it): without it the reader's
+connection handshake is never answered and the first transfer hangs. Prints one JSON object on the last line of stdout:
 ``{"fresh": {size: median_seconds}, "prereg": {...}}``. The script starts its own
 target process (``--role target``) and reads the remote metadata from its stdout.
 """
@@ -35,7 +38,7 @@ def make_agent(name, progress_thread):
 def target(args):
     import torch
 
-    agent = make_agent(f"py-target-{os.getpid()}", args.progress_thread)
+    agent = make_agent(f"py-target-{os.getpid()}", args.target_progress_thread)
     sizes = [int(s) for s in args.sizes.split(",")]
     tensors = []
     for i, size in enumerate(sizes):
@@ -55,7 +58,7 @@ def initiator(args):
     iters = [int(s) for s in args.iters.split(",")]
     env = dict(os.environ)
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--role", "target", "--sizes", args.sizes, "--progress-thread", str(int(args.progress_thread))],
+        [sys.executable, __file__, "--role", "target", "--sizes", args.sizes, "--target-progress-thread", str(int(args.target_progress_thread))],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
@@ -125,8 +128,10 @@ def main():
     p.add_argument("--sizes", default="4096,4194304,67108864,268435456")
     p.add_argument("--iters", default="200,50,20,10")
     p.add_argument("--progress-thread", type=int, default=1)
+    p.add_argument("--target-progress-thread", type=int, default=1)
     args = p.parse_args()
     args.progress_thread = bool(args.progress_thread)
+    args.target_progress_thread = bool(args.target_progress_thread)
     if args.role == "target":
         target(args)
     else:

@@ -269,10 +269,59 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
     assert!(line.starts_with("RESULT err") && line.contains("producer"), "{line}");
 }
 
+#[test]
+fn nixl_unresponsive_producer_times_out_not_hangs() {
+    if role().as_deref() == Some("producer") {
+        return short_lived_producer();
+    }
+    if !nixl_or_skip("nixl_unresponsive_producer_times_out_not_hangs") {
+        return;
+    }
+    let mut producer = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "nixl_unresponsive_producer_times_out_not_hangs", "--nocapture", "--test-threads=1"])
+        .env(ROLE, "producer")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep reading its stdout open until the end: the producer must stay alive.
+    let mut out = BufReader::new(producer.stdout.take().unwrap()).lines();
+    let lines: Vec<String> = out.by_ref().map_while(Result::ok).filter_map(|l| l.find("OBJECT ").map(|i| l[i + 7..].to_string())).take(2).collect();
+    let line = lines.first().expect("the producer did not print its records");
+    let mut parts = line.split(':');
+    let id = ObjectId::from_slice(&unhex(parts.next().unwrap())).unwrap();
+    let record = unhex(parts.next().unwrap());
+    // Stopped, not dead: its endpoint still exists, its NIXL agent answers nothing.
+    let pid = producer.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let ctx = Context::new(b"node-a", b"consumer").unwrap();
+    let timeout = Duration::from_secs(2);
+    let start = Instant::now();
+    let result = ctx.fetch(&id, &record, timeout);
+    let took = start.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(producer.try_wait().unwrap().is_none(), "the producer must have been alive (stopped) during the fetch");
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+    drop(out);
+    match result {
+        Err(e) => {
+            println!("stopped producer: {:?} after {took:?}: {}", e.kind(), e.message());
+            assert!(took < timeout + Duration::from_secs(3), "took {took:?}");
+            assert!(matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Transport), "{e:?}");
+        }
+        // UCX may read a stopped process's memory without its help (CMA): fine too.
+        Ok(Fetched::Received(t)) => check(&t, 0).unwrap(),
+        Ok(Fetched::Local(_)) => panic!("expected a copy"),
+    }
+}
+
 /// Child role: NIXL cannot be found; the transport must say so and the process live on.
 fn without_nixl() {
     let ctx = Context::new(b"node-a", b"nixl-less").unwrap();
-    let err = ctx.put(ObjectId([7; 28]), TransportKind::Nixl, None, sample_tensors(1)).err().expect("put must fail without NIXL");
+    let err = ctx.put(ObjectId([7; 28]), TransportKind::Nixl, None, sample_tensors(1)).expect_err("put must fail without NIXL");
     assert_eq!(err.tensors.len(), 5, "the tensors are handed back");
     let unavailable = |e: &ray_rdt::Error| e.kind() == ErrorKind::Unavailable && e.message().contains("pip install nixl==1.5.1") && e.message().contains("RAY_RDT_NIXL_LIB");
     assert!(unavailable(&err.error), "{:?}", err.error);

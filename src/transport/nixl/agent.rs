@@ -1,10 +1,22 @@
-//! This process's NIXL agent: created once, lazily, on first use (agent plus UCX
-//! backend creation costs about 0.5 s), and shared by every context in the process.
+//! This process's NIXL agents, each created once, lazily, on first use (agent
+//! plus UCX backend creation costs about 0.5 s) and shared by every context in
+//! the process:
 //!
-//! Threading: the agent is created with `ThreadSync::Strict`, so NIXL serialises
-//! calls into it, and `nixl-sys` takes its own lock around most calls as well.
-//! Whether NIXL's progress thread runs is [`progress_thread_enabled`] (see
-//! docs/nixl.md for the measurements behind the default).
+//! - the **serving** agent ([`serving`]) registers the memory of exported
+//!   objects and is what consumers read from. It runs NIXL's progress thread:
+//!   UCX needs the target to answer a consumer's connection handshake (wireup),
+//!   and without a thread driving it a first read hangs (measured: with the
+//!   thread off in both processes, a fetch never completes). The thread sleeps
+//!   in `poll` on the worker's event fd, so an idle producer costs nothing.
+//! - the **fetching** agent ([`fetching`]) reads into this process. It runs no
+//!   progress thread: the fetching thread drives it while it waits, which
+//!   measured up to 2x faster for large CMA reads on 2 cores than sharing the
+//!   worker with a progress thread (docs/nixl.md). [`PROGRESS_THREAD_ENV`]`=1`
+//!   turns its thread on.
+//!
+//! A process that only produces or only consumes creates only one of them.
+//! Both use `ThreadSync::Strict` (NIXL serialises calls into each agent), and
+//! `nixl-sys` takes its own lock around most calls as well.
 
 use super::library;
 use crate::error::{Error, ErrorKind, Result};
@@ -12,13 +24,14 @@ use nixl_sys::{Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlEr
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Environment variable: `1` runs NIXL's progress thread in this process, `0` does not.
+/// Environment variable: `1` runs NIXL's progress thread in the fetching agent
+/// too (the serving agent always runs one).
 pub const PROGRESS_THREAD_ENV: &str = "RAY_RDT_NIXL_PROGRESS_THREAD";
 
 /// Default for [`PROGRESS_THREAD_ENV`]: see docs/nixl.md ("Progress").
-const PROGRESS_THREAD_DEFAULT: bool = true;
+const PROGRESS_THREAD_DEFAULT: bool = false;
 
-/// Whether this process runs NIXL's progress thread.
+/// Whether this process's fetching agent runs NIXL's progress thread.
 pub fn progress_thread_enabled() -> bool {
     match std::env::var(PROGRESS_THREAD_ENV).ok().as_deref().map(str::trim) {
         Some("0") | Some("false") | Some("off") => false,
@@ -39,7 +52,8 @@ pub struct Region {
     pub addr: usize,
     /// Length in bytes.
     pub len: usize,
-    /// Device ID (0 for host memory, the CUDA ordinal for device memory).
+    /// NIXL device ID: the CUDA ordinal for device memory; for host memory 0, or
+    /// the registration's unique tag on a producer ([`super::registry`]).
     pub dev: u64,
     /// Host (DRAM_SEG) or CUDA (VRAM_SEG) memory.
     pub cuda: bool,
@@ -76,7 +90,7 @@ impl NixlDescriptor for Region {
     }
 }
 
-/// The process's agent and what is known about it.
+/// One NIXL agent of this process and what is known about it.
 pub struct Runtime {
     agent: Agent,
     name: String,
@@ -84,17 +98,23 @@ pub struct Runtime {
     conn_md: Vec<u8>,
 }
 
-static RUNTIME: OnceLock<Result<Runtime, Error>> = OnceLock::new();
+static SERVING: OnceLock<Result<Runtime, Error>> = OnceLock::new();
+static FETCHING: OnceLock<Result<Runtime, Error>> = OnceLock::new();
+static NONCE: OnceLock<u64> = OnceLock::new();
 
-/// The process's NIXL runtime, created on first call (loading the library first).
-/// Fails with [`ErrorKind::Unavailable`] when NIXL is not installed.
-pub fn runtime() -> Result<&'static Runtime> {
-    RUNTIME.get_or_init(|| library::load().and_then(|_| Runtime::create())).as_ref().map_err(Clone::clone)
+/// The agent exported objects are registered with and read from, created on
+/// first call (loading the library first). Fails with [`ErrorKind::Unavailable`]
+/// when NIXL is not installed.
+pub fn serving() -> Result<&'static Runtime> {
+    SERVING.get_or_init(|| library::load().and_then(|_| Runtime::create("serve", true))).as_ref().map_err(Clone::clone)
 }
 
-/// The runtime if it already exists (never creates it, never probes).
-pub fn existing() -> Option<&'static Runtime> {
-    RUNTIME.get().and_then(|r| r.as_ref().ok())
+/// The agent this process reads with, created on first call.
+pub fn fetching() -> Result<&'static Runtime> {
+    FETCHING
+        .get_or_init(|| library::load().and_then(|_| Runtime::create("fetch", progress_thread_enabled())))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn random_u64() -> u64 {
@@ -105,10 +125,11 @@ fn random_u64() -> u64 {
 }
 
 impl Runtime {
-    fn create() -> Result<Runtime> {
-        let name = format!("ray-rdt-{}-{:016x}", std::process::id(), random_u64());
+    fn create(role: &str, progress_thread: bool) -> Result<Runtime> {
+        let nonce = *NONCE.get_or_init(random_u64);
+        let name = format!("ray-rdt-{}-{nonce:016x}-{role}", std::process::id());
         let config = AgentConfig {
-            enable_prog_thread: progress_thread_enabled(),
+            enable_prog_thread: progress_thread,
             enable_listen_thread: false,
             listen_port: 0,
             thread_sync: ThreadSync::Strict,
@@ -131,7 +152,7 @@ impl Runtime {
         Ok(Runtime { agent, name, conn_md })
     }
 
-    /// The agent's name (unique per process).
+    /// The agent's name: `ray-rdt-<pid>-<random>-serve` or `-fetch`.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -212,13 +233,16 @@ impl Runtime {
                     in_flight: true,
                 });
             }
-            // Spin for the first 100 us (most transfers finish in the post), then
-            // back off to at most 100 us between progress calls.
-            if now.duration_since(start) > Duration::from_micros(100) {
+            // The polls drive the transfer (no progress thread in the fetching
+            // agent): yield between them for the first millisecond, then back
+            // off to at most 100 us. CMA reads complete inside the post and never
+            // get here; a first read to a new producer (connection handshake)
+            // and network transports do.
+            if now.duration_since(start) > Duration::from_millis(1) {
                 std::thread::sleep(pause.min(deadline.saturating_duration_since(now)));
                 pause = (pause * 2).min(Duration::from_micros(100));
             } else {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
         }
     }

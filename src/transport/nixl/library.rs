@@ -4,9 +4,13 @@
 //! call goes through a stub that `dlopen`s `"libnixl_capi.so"` by name on first
 //! use and **aborts the process** when it cannot. So nothing may call `nixl-sys`
 //! before [`load`] has succeeded. [`load`] finds the library (see [`candidates`]),
-//! loads it by full path with `RTLD_NOW | RTLD_GLOBAL` (its dependencies resolve
+//! loads it by full path with `RTLD_NOW | RTLD_LOCAL` (its dependencies resolve
 //! through its own RPATH), and only then asks the stub whether it resolves: the
-//! stub's later `dlopen` by soname finds the copy that is already loaded.
+//! stub's later `dlopen` by soname finds the copy that is already loaded (glibc
+//! matches loaded objects by soname whatever their scope). `RTLD_LOCAL` keeps the
+//! wheels' bundled grpc/absl/protobuf/UCX symbols out of the process's global
+//! scope, where they could capture other libraries' references; Python's `nixl`
+//! module loads the same libraries locally too.
 //!
 //! The probe runs once per process, on first use; its result (the path, or the
 //! error text) is kept for the life of the process.
@@ -48,14 +52,15 @@ pub fn is_loaded() -> bool {
 
 fn probe() -> Result<PathBuf, String> {
     let candidates = candidates();
-    // A copy already in the process (Python's `nixl` module was imported first)
-    // wins: two different libnixl builds in one process would clash.
-    let mut chosen = candidates.iter().find(|c| already_loaded(c)).cloned();
+    // A copy already in the process (Python's `nixl` module was imported first:
+    // it loads the libnixl.so next to libnixl_capi.so) wins: two different
+    // libnixl builds in one process would clash.
+    let mut chosen = candidates.iter().find(|c| already_loaded(c) || already_loaded(&c.with_file_name("libnixl.so"))).cloned();
     let mut tried = Vec::new();
     if chosen.is_none() {
         for candidate in &candidates {
             preload_bundled(candidate);
-            match dlopen_global(candidate) {
+            match dlopen_local(candidate) {
                 Ok(()) => {
                     chosen = Some(candidate.clone());
                     break;
@@ -65,11 +70,14 @@ fn probe() -> Result<PathBuf, String> {
         }
     } else if let Some(c) = &chosen {
         preload_bundled(c);
-        // Promote the existing copy to global scope so the stub's dlopen by soname finds it.
-        dlopen_global(c)?;
+        // Take our own reference on the copy that is there.
+        dlopen_local(c)?;
     }
     let Some(path) = chosen else {
-        let looked = if tried.is_empty() {
+        let no_search = std::env::var_os(NO_SEARCH_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+        let looked = if tried.is_empty() && no_search {
+            "RAY_RDT_NIXL_NO_SEARCH is set and RAY_RDT_NIXL_LIB is not".to_owned()
+        } else if tried.is_empty() {
             "no candidate found: no site-packages with NIXL's wheels (looked for .nixl_cu13.mesonpy.libs, \
              .nixl_cu12.mesonpy.libs and .nixl.mesonpy.libs next to the running Python, in VIRTUAL_ENV and in \
              the plugin's source tree .venv)"
@@ -195,11 +203,11 @@ fn already_loaded(path: &Path) -> bool {
     !handle.is_null()
 }
 
-/// Loads `path` for good (never closed) with its symbols in global scope.
-fn dlopen_global(path: &Path) -> Result<(), String> {
+/// Loads `path` for good (never closed), its symbols kept local.
+fn dlopen_local(path: &Path) -> Result<(), String> {
     let c = c_path(path)?;
     // SAFETY: loading a shared library by path; failure is reported by dlerror.
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if handle.is_null() {
         // SAFETY: dlerror returns NULL or a valid C string owned by libc.
         let why = unsafe {

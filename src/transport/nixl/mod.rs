@@ -2,18 +2,21 @@
 //! collective group. See docs/nixl.md for the design and measurements.
 //!
 //! - **Producer** ([`Transport::export`], when the actor method returns): the
-//!   tensors' memory is registered with the process's NIXL agent through a
-//!   reference-counted registration cache ([`registry`]); the record's transport
-//!   data ([`record`]) carries the agent's name and connection info, the
-//!   registrations' metadata and one descriptor per tensor. Nothing else happens
-//!   on the producer: consumers read its memory directly. [`Transport::release`]
-//!   (object freed) drops the object's registration references.
-//! - **Consumer** ([`Transport::fetch`]): loads the producer's metadata once per
-//!   producer agent ([`remote`]), allocates one destination buffer for the object
-//!   (host memory from [`HostBuffer`], 2 MiB-aligned and huge-page advised for
-//!   large objects; CUDA memory from [`cuda`] for `kDLCUDA` objects), registers
-//!   it, posts one READ for all tensors and waits with the timeout. The
-//!   destination's registration lives as long as the received tensors.
+//!   tensors' memory is registered with the process's serving agent
+//!   ([`agent::serving`], progress thread on) through a refcounted registration
+//!   cache ([`registry`]); the record's transport data ([`record`]) carries the
+//!   agent's name and connection info, the metadata of this object's
+//!   registrations and one descriptor per tensor. Nothing else happens on the
+//!   producer: consumers read its memory directly. [`Transport::release`] (object
+//!   freed) drops the object's registration references.
+//! - **Consumer** ([`Transport::fetch`]): the process's fetching agent
+//!   ([`agent::fetching`], no progress thread: the waiting thread drives it) loads
+//!   the producer's metadata once per producer agent ([`remote`]), allocates one
+//!   destination buffer for the object (host memory from [`HostBuffer`], 2 MiB
+//!   aligned and huge-page advised for large objects; CUDA memory from [`cuda`] for
+//!   `kDLCUDA` objects), registers it, posts one READ for all tensors and waits
+//!   until the timeout. The destination's registration lives as long as the
+//!   received tensors.
 //!
 //! NIXL is loaded lazily on first use ([`library`]); where it is missing, the
 //! transport reports [`ErrorKind::Unavailable`] naming what to install, and the
@@ -51,14 +54,15 @@ use std::time::{Duration, Instant};
 /// Tensors start at multiples of this inside a received object's buffer.
 const ALIGN: u64 = 64;
 
-/// The process's registrations (one NIXL agent per process).
+/// The process's registrations (one serving agent per process).
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
 /// The producers this process has loaded.
 static PEERS: LazyLock<Peers> = LazyLock::new(Peers::default);
 
-/// Loads NIXL (once per process) and creates the process's agent, or says why not.
+/// Loads NIXL (once per process) and creates the process's fetching agent, or
+/// says why not.
 pub fn available() -> Result<()> {
-    agent::runtime().map(|_| ())
+    agent::fetching().map(|_| ())
 }
 
 /// (registered ranges, references on them) in this process, for tests and debugging.
@@ -155,7 +159,7 @@ impl Transport for Nixl {
             let descs = object.tensors.iter().map(|_| Desc { addr: 0, len: 0, dev: 0, reg_id: 0 }).collect();
             return Record { agent: String::new(), conn_md: Vec::new(), sections_md: Vec::new(), descs }.encode();
         }
-        let rt = agent::runtime()?;
+        let rt = agent::serving()?;
         // Where each tensor's bytes are: the tensor itself, or a packed copy.
         let mut staging = Vec::new();
         let mut per_tensor: Vec<Option<Region>> = Vec::with_capacity(object.tensors.len());
@@ -176,23 +180,24 @@ impl Transport for Nixl {
             }
         }
         let mut distinct: Vec<Region> = Vec::new();
+        let mut index: HashMap<Region, usize> = HashMap::new();
         for r in per_tensor.iter().flatten() {
-            if !distinct.contains(r) {
+            index.entry(*r).or_insert_with(|| {
                 distinct.push(*r);
-            }
+                distinct.len() - 1
+            });
         }
-        let ids = REGISTRY.acquire(rt, &distinct)?;
-        let encoded = rt.sections_md(&distinct).and_then(|sections_md| {
+        let registered = REGISTRY.acquire(rt, &distinct)?;
+        let regions: Vec<Region> = registered.iter().map(|r| r.region).collect();
+        let encoded = rt.sections_md(&regions).and_then(|sections_md| {
             let descs = per_tensor
                 .iter()
-                .map(|r| match r {
+                .map(|r| match r.and_then(|r| index.get(&r).copied()) {
                     None => Desc { addr: 0, len: 0, dev: 0, reg_id: 0 },
-                    Some(r) => Desc {
-                        addr: r.addr as u64,
-                        len: r.len as u64,
-                        dev: r.dev as u32,
-                        reg_id: ids[distinct.iter().position(|d| d == r).unwrap_or_default()],
-                    },
+                    Some(i) => {
+                        let reg = registered[i];
+                        Desc { addr: reg.region.addr as u64, len: reg.region.len as u64, dev: reg.region.dev, reg_id: reg.id }
+                    }
                 })
                 .collect();
             Record { agent: rt.name().to_owned(), conn_md: rt.conn_md().to_vec(), sections_md, descs }.encode()
@@ -247,13 +252,13 @@ impl Transport for Nixl {
         let mut owner = Received { _registration: None, _buffer: buffer };
         // Objects whose tensors are all empty never touch NIXL.
         if meta.total_bytes() > 0 {
-            let rt = agent::runtime()?;
+            let rt = agent::fetching()?;
             owner._registration = Some(rt.register(Region { addr: base, len: total as usize, dev: local_dev.device_id as u64, cuda })?);
             let mut local_regions = Vec::new();
             let mut remote_regions = Vec::new();
             for (d, &off) in record.descs.iter().zip(&offsets).filter(|(d, _)| d.len > 0) {
                 local_regions.push(Region { addr: base + off as usize, len: d.len as usize, dev: local_dev.device_id as u64, cuda });
-                remote_regions.push(Region { addr: d.addr as usize, len: d.len as usize, dev: d.dev as u64, cuda });
+                remote_regions.push(Region { addr: d.addr as usize, len: d.len as usize, dev: d.dev, cuda });
             }
             let result = PEERS
                 .with_loaded(rt, &record, |_| rt.read(&local_regions, &remote_regions, &record.agent, deadline))

@@ -8,7 +8,7 @@
 //! conn md        u32 len + bytes        its connection info (for load_remote_md, once per peer)
 //! sections md    u32 len + bytes        the registrations of this object's tensors (rkeys)
 //! tensor count   u32                    equals the record's tensor count
-//! per tensor:    addr u64 | len u64 | dev u32 | registration id u64
+//! per tensor:    addr u64 | len u64 | dev u64 | registration id u64
 //! ```
 //!
 //! An empty tensor has `len = 0` (its address and registration are ignored).
@@ -34,8 +34,9 @@ pub struct Desc {
     pub addr: u64,
     /// Length in bytes (the tensor's `nbytes`).
     pub len: u64,
-    /// Device ID in the producer (0 for host memory).
-    pub dev: u32,
+    /// NIXL device ID of the registration (host memory: the registration ID; CUDA:
+    /// the device ordinal).
+    pub dev: u64,
     /// The producer's ID of the registration covering it.
     pub reg_id: u64,
 }
@@ -60,7 +61,7 @@ impl Record {
         check("connection info", self.conn_md.len(), MAX_CONN_MD)?;
         check("sections metadata", self.sections_md.len(), MAX_SECTIONS_MD)?;
         check("descriptor list", self.descs.len(), MAX_TENSORS)?;
-        let mut out = Vec::with_capacity(16 + self.agent.len() + self.conn_md.len() + self.sections_md.len() + 28 * self.descs.len());
+        let mut out = Vec::with_capacity(16 + self.agent.len() + self.conn_md.len() + self.sections_md.len() + 32 * self.descs.len());
         out.push(VERSION);
         out.extend_from_slice(&(self.agent.len() as u16).to_le_bytes());
         out.extend_from_slice(self.agent.as_bytes());
@@ -93,7 +94,7 @@ impl Record {
         let conn_md = r.blob("connection info", MAX_CONN_MD)?.to_vec();
         let sections_md = r.blob("sections metadata", MAX_SECTIONS_MD)?.to_vec();
         let count = u32::from_le_bytes(r.array()?) as usize;
-        if count > MAX_TENSORS || count.saturating_mul(28) != r.0.len() {
+        if count > MAX_TENSORS || count.saturating_mul(32) != r.0.len() {
             return Err(Error::malformed(format!("nixl descriptor count {count} does not match the {} bytes left", r.0.len())));
         }
         let descs = (0..count)
@@ -101,7 +102,7 @@ impl Record {
                 Ok(Desc {
                     addr: u64::from_le_bytes(r.array()?),
                     len: u64::from_le_bytes(r.array()?),
-                    dev: u32::from_le_bytes(r.array()?),
+                    dev: u64::from_le_bytes(r.array()?),
                     reg_id: u64::from_le_bytes(r.array()?),
                 })
             })

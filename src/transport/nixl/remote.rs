@@ -3,10 +3,13 @@
 //! The first fetch from a producer loads its connection info (`load_remote_md`,
 //! which makes the UCX endpoint); each fetch then loads the registrations its
 //! tensors live in, unless they are already loaded under the same registration
-//! ID. A range loaded under another ID, or overlapping a loaded one, means the
-//! producer deregistered and registered again: NIXL keeps no way to replace one
-//! remote descriptor, so the peer is invalidated and loaded afresh (as Ray's own
-//! NIXL transport does on a metadata-version change). Transfers hold a read lock
+//! ID. Host registrations carry unique device IDs ([`super::registry`]), so
+//! stale ones never match. A CUDA range loaded under another ID, or overlapping
+//! a loaded one, means the producer deregistered and registered again: NIXL
+//! keeps no way to replace one remote descriptor, so the peer is invalidated and
+//! loaded afresh (as Ray's own NIXL transport does on a metadata-version
+//! change). Past [`MAX_LOADED_PER_PEER`] remembered ranges the same happens, which
+//! bounds what stale registrations cost. Transfers hold a read lock
 //! on their peer's entry; reloading takes the write lock, so it never pulls the
 //! endpoint from under a running transfer.
 
@@ -23,32 +26,47 @@ pub const MAX_PEERS: usize = 256;
 /// Most registrations remembered per producer before it is reloaded from scratch.
 pub const MAX_LOADED_PER_PEER: usize = 4096;
 
-/// (addr, len, dev) of a remote registration.
-type Key = (u64, u64, u32);
-
 /// What this process loaded about one producer agent.
 #[derive(Default)]
 pub struct Loaded {
     connected: bool,
-    ranges: HashMap<Key, u64>,
+    /// Loaded registrations by NIXL device ID: (addr, len, registration id).
+    ranges: HashMap<u64, Vec<(u64, u64, u64)>>,
+    count: usize,
 }
 
 impl Loaded {
     fn covers(&self, descs: &[Desc]) -> bool {
-        self.connected && descs.iter().filter(|d| d.len > 0).all(|d| self.ranges.get(&(d.addr, d.len, d.dev)) == Some(&d.reg_id))
+        self.connected
+            && descs
+                .iter()
+                .filter(|d| d.len > 0)
+                .all(|d| self.ranges.get(&d.dev).is_some_and(|v| v.contains(&(d.addr, d.len, d.reg_id))))
     }
 
-    /// Whether loading `descs` could leave a stale descriptor NIXL might pick.
+    /// Whether loading `descs` could leave a stale descriptor NIXL might pick:
+    /// one overlapping a new one on the same device ID (NIXL only matches
+    /// descriptors of equal device IDs, and host registrations have unique ones).
     fn conflicts(&self, descs: &[Desc]) -> bool {
-        if self.ranges.len() + descs.len() > MAX_LOADED_PER_PEER {
+        if self.count + descs.len() > MAX_LOADED_PER_PEER {
             return true;
         }
         descs.iter().filter(|d| d.len > 0).any(|d| {
-            self.ranges.iter().any(|(&(addr, len, dev), &id)| {
-                let overlaps = dev == d.dev && addr < d.addr.saturating_add(d.len) && d.addr < addr.saturating_add(len);
-                overlaps && (id != d.reg_id || (addr, len) != (d.addr, d.len))
+            self.ranges.get(&d.dev).is_some_and(|v| {
+                v.iter().any(|&(addr, len, id)| {
+                    let overlaps = addr < d.addr.saturating_add(d.len) && d.addr < addr.saturating_add(len);
+                    overlaps && (id, addr, len) != (d.reg_id, d.addr, d.len)
+                })
             })
         })
+    }
+
+    fn insert(&mut self, d: &Desc) {
+        let v = self.ranges.entry(d.dev).or_default();
+        if !v.contains(&(d.addr, d.len, d.reg_id)) {
+            v.push((d.addr, d.len, d.reg_id));
+            self.count += 1;
+        }
     }
 }
 
@@ -67,18 +85,13 @@ pub struct Peers {
 /// A producer whose registrations for one fetch are loaded; transfers from it
 /// may run while this is held.
 pub struct Ready<'a> {
-    _guard: Option<RwLockReadGuard<'a, Loaded>>,
+    _guard: RwLockReadGuard<'a, Loaded>,
 }
 
 impl Peers {
     /// Makes sure `record`'s producer and registrations are loaded, then runs `f`
     /// while holding the peer's read lock.
     pub fn with_loaded<T>(&self, rt: &Runtime, record: &Record, f: impl FnOnce(&Ready<'_>) -> T) -> Result<T> {
-        if record.agent == rt.name() {
-            // Another context of this process produced it: the agent reads its own
-            // registrations, nothing to load.
-            return Ok(f(&Ready { _guard: None }));
-        }
         let peer = self.peer(rt, &record.agent);
         let guard = {
             let read = peer.state.read();
@@ -91,13 +104,14 @@ impl Peers {
                 RwLockWriteGuard::downgrade(write)
             }
         };
-        let ready = Ready { _guard: Some(guard) };
+        let ready = Ready { _guard: guard };
         Ok(f(&ready))
     }
 
     /// Forgets `agent` after a failed transfer, so the next fetch reconnects.
     pub fn forget(&self, rt: &Runtime, agent: &str) {
-        let Some(peer) = self.map.lock().remove(agent) else { return };
+        // The entry stays: whoever loads this peer next serialises on its lock.
+        let Some(peer) = self.map.lock().get(agent).cloned() else { return };
         let mut state = peer.state.write();
         if state.connected {
             rt.invalidate_remote(agent);
@@ -151,9 +165,7 @@ impl Peers {
             }
             match Self::load_md(rt, &record.agent, &record.sections_md, "registration metadata") {
                 Ok(()) => {
-                    for d in record.descs.iter().filter(|d| d.len > 0) {
-                        state.ranges.insert((d.addr, d.len, d.dev), d.reg_id);
-                    }
+                    record.descs.iter().filter(|d| d.len > 0).for_each(|d| state.insert(d));
                     return Ok(());
                 }
                 // NIXL drops the whole peer when a section fails to load: start over once.
