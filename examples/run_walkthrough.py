@@ -1,5 +1,6 @@
-"""Runs the guide's walkthrough scripts (this directory, verbatim) on one local
-Ray cluster and shows, from each script's actors, that the plugin moved the bytes.
+"""Runs the guide's walkthrough scripts (this directory: gloo verbatim, NIXL in CPU
+form, plus the shm variant) on one local Ray cluster and shows, from each
+script's actors and from the driver, that the plugin moved the bytes.
 
     python examples/run_walkthrough.py [SCRIPT ...]
 
@@ -17,14 +18,24 @@ import time
 import ray
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_SCRIPTS = sorted(glob.glob(os.path.join(HERE, "gloo_*.py"))) + sorted(
-    glob.glob(os.path.join(HERE, "shm_*.py"))
-)
+DEFAULT_SCRIPTS = [
+    path
+    for pattern in ("gloo_*.py", "nixl_*.py", "shm_*.py")
+    for path in sorted(glob.glob(os.path.join(HERE, pattern)))
+]
+DRIVER = "(driver)"
 FIELDS = ("bytes_sent", "bytes_received", "transfers", "errors")
 
 
+def _driver_stats():
+    import ray_rdt
+
+    return ray_rdt.stats()
+
+
 def run_example(path):
-    """Runs one script; returns {actor name in the script: (pid, stats)}."""
+    """Runs one script; returns {actor name in the script: (pid, stats)}, plus
+    ``DRIVER``: (pid, what the driver's counters grew by while the script ran)."""
 
     def _actor_stats(self):  # runs in the actor (a local function: pickled by value)
         import os
@@ -33,7 +44,10 @@ def run_example(path):
 
         return os.getpid(), ray_rdt.stats()
 
+    before = _driver_stats()
     namespace = runpy.run_path(path, run_name="__main__")
+    after = _driver_stats()
+    driver = {t: {f: after[t][f] - before[t][f] for f in FIELDS} for t in after}
     actors = {
         name: value
         for name, value in namespace.items()
@@ -41,6 +55,7 @@ def run_example(path):
     }
     stats = {name: ray.get(a.__ray_call__.remote(_actor_stats)) for name, a in actors.items()}
     namespace.clear()
+    stats[DRIVER] = (os.getpid(), driver)
     return stats
 
 
@@ -63,19 +78,19 @@ def main(argv):
         print(f"=== {os.path.basename(path)}", flush=True)
         start = time.monotonic()
         stats = run_example(path)
-        print(f"--- ray_rdt.stats() from the script's actors ({time.monotonic() - start:.1f}s):")
+        print(f"--- ray_rdt.stats() from the script's actors and the driver ({time.monotonic() - start:.1f}s):")
         print("\n".join(format_stats(stats)) or "    (no plugin traffic)", flush=True)
         for _, per_transport in stats.values():
             for transport, counters in per_transport.items():
                 t = totals.setdefault(transport, dict.fromkeys(FIELDS, 0))
                 for f in FIELDS:
                     t[f] += counters[f]
-    print("=== ray_rdt.stats() summed over all actors of the walkthrough:")
+    print("=== ray_rdt.stats() summed over all actors and the driver:")
     for transport, counters in totals.items():
         if any(counters.values()):
             print(f"    {transport:<5} " + " ".join(f"{f}={counters[f]}" for f in FIELDS))
     moved = sum(c["bytes_received"] for c in totals.values())
-    print(f"=== the plugin moved {moved} bytes between actors ({moved / 2**20:.1f} MiB)")
+    print(f"=== the plugin moved {moved} bytes between processes ({moved / 2**20:.1f} MiB)")
     return totals
 
 

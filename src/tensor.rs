@@ -290,7 +290,7 @@ impl Tensor {
     /// bounded chunks. `first` and `dst.len()` must be whole elements.
     pub fn pack_range(&self, first: u64, dst: &mut [u8]) -> Result<()> {
         let item = element_size(self.meta.dtype)? as usize;
-        if first % item as u64 != 0 || dst.len() % item != 0 || first + dst.len() as u64 > self.meta.nbytes {
+        if !first.is_multiple_of(item as u64) || !dst.len().is_multiple_of(item) || first + dst.len() as u64 > self.meta.nbytes {
             return Err(Error::invalid(format!("byte range {first}+{} is not whole elements of the tensor", dst.len())));
         }
         if let Some(src) = self.host_bytes() {

@@ -64,10 +64,16 @@ class RdtError(RuntimeError):
     def __init__(self, status: int, message: str, call: str = ""):
         self.status = status
         self.status_name = STATUS_NAMES.get(status, f"status {status}")
+        self.message = message
         self.call = call
         text = f"{message} ({self.status_name}"
         text += f" from {call})" if call else ")"
         super().__init__(text)
+
+    def __reduce__(self):
+        # Picklable, so that Ray can ship it inside a RayTaskError to the caller
+        # (the default reduction would call __init__ with the formatted text only).
+        return (self.__class__, (self.status, self.message, self.call))
 
 
 class RdtTimeoutError(RdtError, TimeoutError):

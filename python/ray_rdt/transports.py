@@ -140,8 +140,9 @@ class PluginShmTransport(PluginTensorTransport):
 
 
 class PluginNixlTransport(PluginTensorTransport):
-    """``nixl`` through the plugin: one-sided reads, CPU and CUDA (opt-in, see
-    ``RAY_RDT_PLUGIN_TRANSPORTS``)."""
+    """``nixl`` through the plugin: one-sided reads, CPU and CUDA, no collective
+    group (on by default; ``RAY_RDT_PLUGIN_TRANSPORTS=gloo,shm`` leaves NIXL to
+    stock 2.60)."""
 
     NAME = "NIXL"
     CODE = _ffi.TRANSPORT_NIXL
@@ -169,13 +170,13 @@ PLUGIN_TRANSPORTS = {
 }
 
 # Routed through the plugin unless RAY_RDT_PLUGIN_TRANSPORTS says otherwise.
-DEFAULT_PLUGIN_TRANSPORTS = ("GLOO", "SHM")
+DEFAULT_PLUGIN_TRANSPORTS = ("GLOO", "SHM", "NIXL")
 
 
 def enabled_transports():
     """The transports this process routes through the plugin
-    (``RAY_RDT_PLUGIN_TRANSPORTS``, comma-separated, default "gloo,shm";
-    "nixl" is opt-in)."""
+    (``RAY_RDT_PLUGIN_TRANSPORTS``, comma-separated, default "gloo,shm,nixl";
+    a transport left out of the list is stock 2.60's, SHM then does not exist)."""
     import os
 
     names = os.environ.get("RAY_RDT_PLUGIN_TRANSPORTS")
