@@ -2,6 +2,7 @@
 plugin's counters (``ray_rdt.stats()`` read inside the actors)."""
 
 import gc
+import os
 import re
 import warnings
 
@@ -331,8 +332,11 @@ def test_system_error_destroys_group(ray_cluster):
     group = create_collective_group([sender, receiver], backend="torch_gloo")
     ref = sender.random_tensor.remote(100)
     ray.wait([ref])
+    pid = ray.get(sender.__ray_call__.remote(lambda self: os.getpid()))
     ray.kill(sender)
-    wait_for(lambda: not _alive(sender), timeout=10)
+    # Ray marks the actor dead before its process has exited, and until then the
+    # process's plugin still serves fetches: wait for the process itself.
+    wait_for(lambda: not _alive(sender) and not _process_exists(pid), timeout=10)
     with pytest.raises(ray.exceptions.RayError) as e:
         ray.get(receiver.sum.remote(ref))
     message = str(e.value)
@@ -345,6 +349,14 @@ def test_system_error_destroys_group(ray_cluster):
     assert group.name not in [g.name for g in get_collective_groups([receiver])]
     t = torch.randn(16)
     assert torch.allclose(ray.get(other.sum.remote(receiver.echo.remote(t))), t.sum())
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def _alive(actor):
