@@ -74,10 +74,21 @@ impl Handler for Shared {
     }
 }
 
-/// One process's plugin: store, endpoint, transports.
+/// One process's plugin: store, endpoint, transports. Dropping it closes the
+/// endpoint and frees every object at once (connection threads that are still
+/// finishing a reply hold only what they serve).
 pub struct Context {
     shared: Arc<Shared>,
     _endpoint: Endpoint,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        self.shared.store.clear();
+        self.shared.gloo.group_names().iter().for_each(|name| {
+            let _ = self.shared.gloo.destroy_group(name);
+        });
+    }
 }
 
 impl Context {
@@ -140,7 +151,8 @@ impl Context {
                 Metadata { transport: kind, device, tensors: tensor_metas, producer: self.producer(), transport_data }.encode()
             });
         exported.map_err(|error| {
-            // Hand the tensors back: take the object out again.
+            // Undo the export and hand the tensors back: take the object out again.
+            transport.release(&id);
             let tensors = self
                 .shared
                 .store

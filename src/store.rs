@@ -169,6 +169,15 @@ impl ObjectStore {
         old.is_some()
     }
 
+    /// Frees every object (the process's plugin is shutting down).
+    pub fn clear(&self) {
+        let mut s = self.state.lock();
+        let old = std::mem::take(&mut *s);
+        drop(s);
+        self.changed.notify_all();
+        drop(old);
+    }
+
     /// Waits up to `timeout` until no stored object holds memory at `data_ptr`.
     pub fn wait_tensor_freed(&self, data_ptr: usize, timeout: Duration) -> Result<()> {
         let mut s = self.state.lock();

@@ -132,3 +132,33 @@ fn shm_refuses_other_hosts_and_dead_producers() {
     let err = consumer.fetch(&id, &record, Duration::from_secs(1)).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
 }
+
+/// Sets a flag when dropped: shows when the plugin released a tensor's memory.
+struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn destroying_a_context_frees_its_objects_while_peers_stay_connected() {
+    use ray_rdt::dlpack::{kDLCPU, DLDevice};
+    let producer = Context::new(b"node-a", b"p").unwrap();
+    let consumer = Context::new(b"node-a", b"c").unwrap();
+    let freed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut data = vec![7u8; 64].into_boxed_slice();
+    let meta = ray_rdt::TensorMeta::compact(U8, vec![64]).unwrap();
+    let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
+    let tensor = ray_rdt::Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, ptr, Box::new((data, DropFlag(freed.clone()))));
+    let id = ObjectId([42; 28]);
+    let record = producer.put(id, TransportKind::Shm, None, vec![tensor]).unwrap();
+    // The consumer's pooled connection keeps a producer connection thread alive.
+    assert!(matches!(consumer.fetch(&id, &record, Duration::from_secs(5)).unwrap(), Fetched::Received(_)));
+    assert!(!freed.load(std::sync::atomic::Ordering::SeqCst));
+    drop(producer);
+    assert!(freed.load(std::sync::atomic::Ordering::SeqCst), "the object outlived its context");
+    let err = consumer.fetch(&id, &record, Duration::from_secs(1)).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+}

@@ -26,10 +26,19 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()>;
 }
 
-/// A running endpoint server; stops accepting when dropped.
+/// A running endpoint server. Dropping it stops accepting and closes every
+/// connection it serves, so its connection threads end and release the handler.
 pub struct Endpoint {
     address: String,
     stopping: Arc<AtomicBool>,
+    connections: Arc<Connections>,
+}
+
+/// The connections being served, by number, so that they can be closed.
+#[derive(Default)]
+struct Connections {
+    live: Mutex<HashMap<u64, UnixStream>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 const PREFIX: &str = "unix:@";
@@ -54,12 +63,13 @@ impl Endpoint {
         let address = format!("{PREFIX}ray-rdt-{}-{nonce:016x}", std::process::id());
         let listener = UnixListener::bind_addr(&socket_addr(&address)?).map_err(|e| Error::io("binding the plugin endpoint", e))?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let stop = stopping.clone();
+        let connections = Arc::new(Connections::default());
+        let (stop, conns) = (stopping.clone(), connections.clone());
         std::thread::Builder::new()
             .name("rdt-endpoint".into())
-            .spawn(move || accept_loop(listener, handler, stop))
+            .spawn(move || accept_loop(listener, handler, stop, conns))
             .map_err(|e| Error::io("starting the endpoint thread", e))?;
-        Ok(Endpoint { address, stopping })
+        Ok(Endpoint { address, stopping, connections })
     }
 
     /// The address peers connect to.
@@ -75,18 +85,29 @@ impl Drop for Endpoint {
         if let Ok(addr) = socket_addr(&self.address) {
             let _ = UnixStream::connect_addr(&addr);
         }
+        for (_, conn) in self.connections.live.lock().drain() {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
-fn accept_loop(listener: UnixListener, handler: Arc<dyn Handler>, stopping: Arc<AtomicBool>) {
+fn accept_loop(listener: UnixListener, handler: Arc<dyn Handler>, stopping: Arc<AtomicBool>, connections: Arc<Connections>) {
     for conn in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             break;
         }
         let Ok(stream) = conn else { continue };
-        let handler = handler.clone();
-        let spawned = std::thread::Builder::new().name("rdt-endpoint-conn".into()).spawn(move || serve(stream, handler));
+        let id = connections.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = stream.try_clone() {
+            connections.live.lock().insert(id, clone);
+        }
+        let (handler, conns) = (handler.clone(), connections.clone());
+        let spawned = std::thread::Builder::new().name("rdt-endpoint-conn".into()).spawn(move || {
+            serve(stream, handler);
+            conns.live.lock().remove(&id);
+        });
         if let Err(e) = spawned {
+            connections.live.lock().remove(&id);
             log::error!("ray-rdt: cannot start a connection thread: {e}");
         }
     }
