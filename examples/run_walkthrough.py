@@ -2,7 +2,10 @@
 form, plus the shm variant) on one local Ray cluster and shows, from each
 script's actors and from the driver, that the plugin moved the bytes.
 
-    python examples/run_walkthrough.py [SCRIPT ...]
+    python examples/run_walkthrough.py [--num-gpus N] [SCRIPT ...]
+
+``--num-gpus N`` starts the cluster with N GPUs (ci/gpu-nightly, for the CUDA
+examples in gpu/; default: none declared, so ``num_gpus=1`` actors cannot start).
 
 Each script runs as ``__main__`` in this process (``runpy``), so the actors it
 creates are still alive afterwards: their ``ray_rdt.stats()`` is read through
@@ -70,9 +73,12 @@ def format_stats(stats):
 
 
 def main(argv):
+    num_gpus = None
+    if argv[:1] == ["--num-gpus"]:
+        num_gpus, argv = int(argv[1]), argv[2:]
     scripts = [os.path.abspath(p) for p in argv] or DEFAULT_SCRIPTS
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False)
+        ray.init(num_cpus=8, num_gpus=num_gpus, include_dashboard=False)
     totals = {}
     for path in scripts:
         print(f"=== {os.path.basename(path)}", flush=True)

@@ -5,7 +5,7 @@ which returns it only when the plugin is on (``RAY_RDT_PLUGIN``, default on), so
 every patched site reads ``plugin = rdt_plugin(); if plugin is not None: ...``
 and otherwise runs stock 2.60 code unchanged.
 
-Data path of a plugin transport (GLOO, SHM):
+Data path of a plugin transport (GLOO, SHM, NIXL):
 
 * task return (producer): ``serialize_rdt_objects`` pulls the tensors out of the
   return value as in stock Ray; :func:`serialize_with_record` then stores them in
@@ -68,8 +68,8 @@ class RDTTransferError(RuntimeError):
 
 
 def register_transports(transport_manager_info: dict, info_cls) -> None:
-    """Routes GLOO (and NIXL when opted in) through the plugin and adds SHM
-    (called by Ray's registry)."""
+    """Routes GLOO and NIXL through the plugin and adds SHM (as listed by
+    ``RAY_RDT_PLUGIN_TRANSPORTS``; called by Ray's registry)."""
     import torch
 
     from ray_rdt.transports import enabled_transports
@@ -205,7 +205,9 @@ def serialize_with_record(serialization_context, value: Any, tensors: List[Any],
     tl = serialization_context._thread_local
     tl.use_external_transport = True
     tl.rdt_tensors = []
-    tl.rdt_plugin_record = (key, record)
+    # A put's placeholders say so: its ObjectRef ID is only assigned after the
+    # value is stored, so errors name the object by its put (see fetch()).
+    tl.rdt_plugin_record = (key, record, "put") if for_put else (key, record)
     try:
         serialized = serialization_context._serialize_to_msgpack(value)
         again = tl.rdt_tensors
@@ -277,15 +279,25 @@ def fetch_timeout_s() -> float:
     return ray_constants.RDT_FETCH_FAIL_TIMEOUT_SECONDS
 
 
-def fetch(key, record: bytes, transport: str = "") -> List[Any]:
-    """Fetches an object's tensors through the plugin; raises RDTTransferError."""
+def fetch(key, record: bytes, transport: str = "", object_ref: Optional[str] = None, put: bool = False) -> List[Any]:
+    """Fetches an object's tensors through the plugin; raises RDTTransferError.
+
+    ``object_ref`` (hex), when known, names the object in errors; otherwise the
+    plugin key does, which is the ObjectRef's ID for task returns and a key of
+    its own for ``ray.put`` objects (``put``)."""
     ctx = _context.get_context()
     try:
         return ctx.fetch(key, record, fetch_timeout_s())
     except _ffi.RdtError as e:
         key_hex = key.hex() if isinstance(key, bytes) else key
         _on_fetch_error(e, transport)
-        raise RDTTransferError(f"RDT transfer of ObjectRef({key_hex}) failed: {e}") from None
+        if object_ref is not None:
+            what = f"ObjectRef({object_ref})"
+        elif put:
+            what = f"a ray.put object (plugin key {key_hex})"
+        else:
+            what = f"ObjectRef({key_hex})"
+        raise RDTTransferError(f"RDT transfer of {what} failed: {e}") from None
 
 
 # Statuses of a failed transfer itself (peer died, connection broke, timeout).
@@ -329,8 +341,8 @@ def _teardown_torch_group(name: str):
 
 
 def resolve_placeholder(serialization_context, placeholder: tuple):
-    """Unpickling a plugin placeholder ``(index, key, record)`` of a tensor."""
-    index, key, record = placeholder
+    """Unpickling a plugin placeholder ``(index, key, record[, "put"])`` of a tensor."""
+    index, key, record = placeholder[:3]
     tl = serialization_context._thread_local
     provided = getattr(tl, "rdt_tensors", None)
     if provided:
@@ -338,7 +350,7 @@ def resolve_placeholder(serialization_context, placeholder: tuple):
         return provided[index]
     cached = getattr(tl, "rdt_plugin_fetched", None)
     if cached is None or cached[0] != key:
-        tensors = fetch(key, record, _record_transport(record))
+        tensors = fetch(key, record, _record_transport(record), put=len(placeholder) > 3)
         cached = (key, tensors)
         tl.rdt_plugin_fetched = cached
     return cached[1][index]

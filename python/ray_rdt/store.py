@@ -1,8 +1,8 @@
 """``PluginRDTStore``: Ray 2.60's ``RDTStore`` API over two stores.
 
-Objects of stock transports (NIXL, CUDA_IPC, custom ones) and direct calls of
+Objects of stock transports (NCCL, CUDA_IPC, custom ones) and direct calls of
 ``add_object_primary`` keep living in the inherited Python store, exactly as in
-stock 2.60. Objects of plugin transports (GLOO, SHM) live in the plugin; the
+stock 2.60. Objects of plugin transports (GLOO, SHM, NIXL) live in the plugin; the
 public methods (``has_object``, ``get_object``, ``wait_and_get_object``,
 ``pop_object``, ``wait_tensor_freed``, ``get_num_objects``, ...) see both, so
 programs and Ray internals written against 2.60 (``__ray_free__``,

@@ -1,6 +1,6 @@
 """Plugin transports as Ray 2.60 ``TensorTransportManager``s.
 
-Registering them under Ray's transport names (GLOO, and the new SHM) reuses
+Registering them under Ray's transport names (GLOO, NIXL, and the new SHM) reuses
 2.60's machinery: ``@ray.method(tensor_transport=...)`` validation, the owner's
 ``RDTMeta`` bookkeeping, ``ray.get``/``ray.put`` for one-sided transports, and
 ``__ray_free__`` when a ref goes out of scope. What differs from stock is where
@@ -88,7 +88,7 @@ class PluginTensorTransport(TensorTransportManager):
         meta = tensor_transport_metadata
         if not isinstance(meta, PluginTransportMetadata) or not meta.record:
             raise ValueError(f"RDT object {obj_id} has no plugin metadata record; it cannot be fetched over {self.NAME}")
-        tensors = ray_hooks.fetch(meta.key, meta.record, self.NAME)
+        tensors = ray_hooks.fetch(meta.key, meta.record, self.NAME, object_ref=obj_id)
         if target_buffers is None:
             return tensors
         if len(target_buffers) != len(tensors):

@@ -16,6 +16,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "gpu: needs a CUDA GPU (skipped with the reason when torch.cuda.is_available() is False; "
+        "ci/gpu-nightly runs `pytest -m gpu`)",
+    )
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray

@@ -100,13 +100,14 @@ def pair(ray_cluster):
 def test_transport_is_the_plugin(ray_cluster):
     from ray.experimental.rdt import util
 
-    from ray_rdt.transports import PluginGlooTransport, PluginShmTransport
+    from ray_rdt.transports import PluginGlooTransport, PluginNixlTransport, PluginShmTransport
 
     util._ensure_default_transports_registered()
     assert util.transport_manager_info["GLOO"].transport_manager_class is PluginGlooTransport
     assert util.transport_manager_info["SHM"].transport_manager_class is PluginShmTransport
+    assert util.transport_manager_info["NIXL"].transport_manager_class is PluginNixlTransport
     # Stock transports stay stock.
-    assert util.transport_manager_info["NIXL"].transport_manager_class.__module__.startswith("ray.")
+    assert util.transport_manager_info["NCCL"].transport_manager_class.__module__.startswith("ray.")
     assert util.transport_manager_info["CUDA_IPC"].transport_manager_class.__module__.startswith("ray.")
 
 

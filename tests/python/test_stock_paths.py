@@ -1,6 +1,8 @@
-"""With the plugin on, Ray 2.60's own RDT paths keep working: custom transports
-(``register_tensor_transport``), NIXL, ``set_target_for_ref``, and the public
-methods of the RDT store object."""
+"""With the plugin on, Ray 2.60's own RDT paths keep working next to the plugin's
+transports: custom transports (``register_tensor_transport``),
+``set_target_for_ref`` (on the plugin's NIXL and shm), and the public methods of
+the RDT store object. (Stock 2.60 NIXL, with the plugin off, is checked by
+stock_mode_check.py.)"""
 
 import sys
 import threading
@@ -130,14 +132,14 @@ def test_custom_transport_next_to_plugin_transports(mixed):
     assert delta(r2["gloo"], r1["gloo"]) == t.nbytes and delta(r2["shm"], r1["shm"]) == t.nbytes
 
 
-def test_nixl_stays_stock(mixed):
+def test_nixl_next_to_custom_transport(mixed):
     a, b = mixed
     t = torch.randn(64, 64)
     r0 = actor_stats(b, "nixl")
     ref = a.via_nixl.remote(t)
     assert torch.allclose(ray.get(b.sum.remote(ref)), t.sum())
     assert torch.equal(ray.get(ref), t)
-    assert actor_stats(b, "nixl") == r0  # NIXL moved it, not the plugin
+    assert delta(actor_stats(b, "nixl"), r0) == t.nbytes  # the plugin moved it
 
 
 @pytest.mark.parametrize("method", ["via_nixl", "via_shm"])

@@ -1,0 +1,122 @@
+"""NIXL through the plugin with CUDA tensors: the guide's NIXL walkthrough
+verbatim (examples/gpu/nixl_01_walkthrough_cuda.py) and the CPU suite's main
+paths on the GPU. Marked ``gpu``; skipped, with the reason, where
+``torch.cuda.is_available()`` is False. ``ci/gpu-nightly`` runs them.
+
+The guide's actors ask for ``num_gpus=1`` each. On a one-GPU machine the module's
+cluster declares two GPUs and sets ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES=1``
+so that both actors (and the driver) use device 0; NIXL then moves the bytes
+between two processes on one device (UCX cuda_ipc)."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+import ray
+import ray_rdt
+
+from conftest import REPO, actor_stats, delta
+
+CUDA = torch.cuda.is_available()
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not CUDA, reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine (ci/gpu-nightly runs these)"
+    ),
+]
+
+sys.path.insert(0, os.path.join(REPO, "examples"))
+
+import run_walkthrough  # noqa: E402
+
+TENSOR_BYTES = 1000 * 1000 * 4
+NOSET = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    if ray.is_initialized():
+        ray.shutdown()
+    devices = torch.cuda.device_count()
+    shared = devices < 2
+    if shared:
+        os.environ[NOSET] = "1"
+    ray.init(num_cpus=8, num_gpus=max(2, devices), include_dashboard=False)
+    yield ray
+    ray.shutdown()
+    if shared:
+        os.environ.pop(NOSET, None)
+
+
+@ray.remote(num_gpus=1)
+class CudaActor:
+    @ray.method(tensor_transport="nixl")
+    def make(self, n, seed):
+        torch.manual_seed(seed)
+        return torch.randn(n, device="cuda")
+
+    @ray.method(tensor_transport="nixl")
+    def echo(self, data):
+        return data
+
+    def checksum(self, tensor):
+        assert tensor.device.type == "cuda", tensor.device
+        return tensor.double().sum().item(), tensor.dtype, tuple(tensor.shape)
+
+    def produce(self, tensors):
+        return [ray.put(t.cuda(), _tensor_transport="nixl") for t in tensors]
+
+    def consume_with_nixl(self, refs):
+        out = []
+        for ref in refs:
+            t = ray.get(ref)
+            assert t.device.type == "cuda", t.device
+            out.append(t.double().sum().item())
+        return out
+
+
+@pytest.fixture(scope="module")
+def actors(gpu_cluster):
+    return CudaActor.remote(), CudaActor.remote()
+
+
+def test_guide_walkthrough_cuda(gpu_cluster, capsys):
+    stats = run_walkthrough.run_example(os.path.join(REPO, "examples", "gpu", "nixl_01_walkthrough_cuda.py"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tensor([[") and "device='cuda:" in lines[-2]
+    float(lines[-1])
+    received = {name: s["nixl"]["bytes_received"] for name, (_, s) in stats.items()}
+    assert received == {"receiver": 3 * TENSOR_BYTES, "sender": 0, run_walkthrough.DRIVER: TENSOR_BYTES}
+
+
+def test_cuda_tensor_between_actors(actors):
+    sender, receiver = actors
+    r0 = actor_stats(receiver, "nixl")
+    ref = sender.make.remote(1 << 20, 7)
+    total, dtype, shape = ray.get(receiver.checksum.remote(ref))
+    local = ray.get(ref)  # the driver reads over NIXL into its own GPU memory
+    assert local.device.type == "cuda" and shape == (1 << 20,) and dtype == torch.float32
+    assert total == pytest.approx(local.double().sum().item())
+    assert delta(actor_stats(receiver, "nixl"), r0) == (1 << 20) * 4
+
+
+def test_cuda_put_and_consume_with_nixl(actors):
+    sender, receiver = actors
+    a, b = torch.randn(1000, 1000), torch.randn(1000, 1000)
+    r0 = actor_stats(receiver, "nixl")
+    sums = ray.get(receiver.consume_with_nixl.remote(sender.produce.remote([a, b])))
+    assert sums == pytest.approx([a.double().sum().item(), b.double().sum().item()], rel=1e-6)
+    assert delta(actor_stats(receiver, "nixl"), r0) == 2 * TENSOR_BYTES
+
+
+def test_cuda_driver_get_and_stats(actors):
+    sender, _ = actors
+    d0 = ray_rdt.stats()["nixl"]
+    data = {"x": torch.arange(4096, dtype=torch.int64), "y": [torch.ones(3, 3)]}
+    ref = sender.echo.remote({k: v.cuda() if torch.is_tensor(v) else [t.cuda() for t in v] for k, v in data.items()})
+    got = ray.get(ref)
+    assert got["x"].device.type == "cuda" and torch.equal(got["x"].cpu(), data["x"])
+    assert torch.equal(got["y"][0].cpu(), data["y"][0])
+    assert delta(ray_rdt.stats()["nixl"], d0) == data["x"].nbytes + data["y"][0].nbytes
