@@ -134,7 +134,8 @@ impl Runtime {
             listen_port: 0,
             thread_sync: ThreadSync::Strict,
             num_workers: 1,
-            pthr_delay_us: 0,
+            // The progress thread polls with this timeout; 0 would spin a core forever.
+            pthr_delay_us: 1000,
             lthr_delay_us: 100_000,
             capture_telemetry: false,
         };
