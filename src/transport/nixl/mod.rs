@@ -261,7 +261,7 @@ impl Transport for Nixl {
                 remote_regions.push(Region { addr: d.addr as usize, len: d.len as usize, dev: d.dev, cuda });
             }
             let result = PEERS
-                .with_loaded(rt, &record, |_| rt.read(&local_regions, &remote_regions, &record.agent, deadline))
+                .with_loaded(rt, &record, |_| read_in_parallel(rt, &local_regions, &remote_regions, &record.agent, deadline))
                 .map_err(|error| ReadError { error, in_flight: false })
                 .and_then(|r| r);
             if let Err(ReadError { error, in_flight }) = result {
@@ -282,6 +282,47 @@ impl Transport for Nixl {
         crate::stats::record_received(TransportKind::Nixl, meta.total_bytes());
         Ok(tensors)
     }
+}
+
+/// Objects at least this large are read as two halves from two threads: one
+/// thread's cross-memory read does not saturate memory bandwidth.
+const PARALLEL_READ_FROM: usize = 16 << 20;
+
+/// Reads the regions, large objects as two concurrent READs of half the bytes each.
+fn read_in_parallel(rt: &agent::Runtime, local: &[Region], remote: &[Region], agent: &str, deadline: Instant) -> Result<(), agent::ReadError> {
+    let total: usize = local.iter().map(|r| r.len).sum();
+    if total < PARALLEL_READ_FROM || local.iter().any(|r| r.cuda) {
+        return rt.read(local, remote, agent, deadline);
+    }
+    let (first, second) = split_at_bytes(local, remote, total / 2 / 4096 * 4096);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| rt.read(&second.0, &second.1, agent, deadline));
+        let mine = rt.read(&first.0, &first.1, agent, deadline);
+        let theirs = other.join().unwrap_or_else(|_| Err(agent::ReadError { error: Error::new(ErrorKind::Internal, "a NIXL read thread panicked"), in_flight: true }));
+        mine.and(theirs)
+    })
+}
+
+/// Paired (local, remote) region lists.
+type Regions = (Vec<Region>, Vec<Region>);
+
+/// Splits paired region lists so that the first part holds `at` bytes.
+fn split_at_bytes(local: &[Region], remote: &[Region], at: usize) -> (Regions, Regions) {
+    let (mut first, mut second): (Regions, Regions) = Default::default();
+    let mut seen = 0usize;
+    for (l, r) in local.iter().zip(remote) {
+        let head = at.saturating_sub(seen).min(l.len);
+        if head > 0 {
+            first.0.push(Region { len: head, ..*l });
+            first.1.push(Region { len: head, ..*r });
+        }
+        if head < l.len {
+            second.0.push(Region { addr: l.addr + head, len: l.len - head, ..*l });
+            second.1.push(Region { addr: r.addr + head, len: r.len - head, ..*r });
+        }
+        seen += l.len;
+    }
+    (first, second)
 }
 
 /// Adds what is known about the producer to a failed read's error: a producer
