@@ -63,6 +63,21 @@ pub trait Transport: Send + Sync {
     fn fetch(&self, local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>>;
 }
 
+/// Tensors received into one buffer start at multiples of this.
+const TENSOR_ALIGN: u64 = 64;
+
+/// Offset of each of `sizes` when packed one after another into one buffer (each
+/// start 64-byte aligned), and the bytes they span.
+pub fn packed_layout(sizes: impl Iterator<Item = u64>) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::new();
+    let mut end = 0u64;
+    for n in sizes {
+        offsets.push(end);
+        end = (end + n).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+    }
+    (offsets, end)
+}
+
 /// Encodes a fetch request: transport code, object ID, transport-specific part.
 pub fn fetch_request(kind: TransportKind, id: &ObjectId, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + id.0.len() + body.len());

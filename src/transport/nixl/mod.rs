@@ -32,7 +32,7 @@ pub mod record;
 pub mod registry;
 pub mod remote;
 
-use super::{Local, Peer, Transport};
+use super::{packed_layout, Local, Peer, Transport};
 use crate::dlpack::{kDLCPU, kDLCUDA, DLDevice};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
@@ -50,9 +50,6 @@ use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
-
-/// Tensors start at multiples of this inside a received object's buffer.
-const ALIGN: u64 = 64;
 
 /// The process's registrations (one serving agent per process).
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
@@ -104,17 +101,6 @@ fn memory_of(device: DLDevice) -> Result<(bool, u64)> {
 fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(timeout).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
-}
-
-/// Offset of each tensor inside one buffer, and the buffer's size.
-fn layout(sizes: impl Iterator<Item = u64>) -> (Vec<u64>, u64) {
-    let mut offsets = Vec::new();
-    let mut end = 0u64;
-    for n in sizes {
-        offsets.push(end);
-        end = (end + n).div_ceil(ALIGN) * ALIGN;
-    }
-    (offsets, end)
 }
 
 /// Received memory: host or CUDA.
@@ -239,7 +225,7 @@ impl Transport for Nixl {
         }
         let (cuda, _) = memory_of(meta.device)?;
         let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
-        let (offsets, total) = layout(metas.iter().map(|m| m.nbytes));
+        let (offsets, total) = packed_layout(metas.iter().map(|m| m.nbytes));
         if meta.total_bytes() > 0 && record.agent.is_empty() {
             return Err(Error::malformed("nixl transport data names no producer agent for a non-empty object"));
         }

@@ -12,7 +12,7 @@ mod pool;
 mod segment;
 mod written;
 
-use super::{fetch_request, Local, Peer, Transport};
+use super::{fetch_request, packed_layout, Local, Peer, Transport};
 use crate::dlpack::{kDLCPU, DLDevice};
 use crate::endpoint::wire;
 use crate::error::{Error, ErrorKind, Result};
@@ -50,7 +50,7 @@ impl Transport for Shm {
     }
 
     fn serve(&self, _local: &Local<'_>, _id: &ObjectId, object: &StoredObject, _request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()> {
-        let (_, total) = segment::layout(object.tensors.iter().map(|t| t.meta().nbytes));
+        let (_, total) = packed_layout(object.tensors.iter().map(|t| t.meta().nbytes));
         // Write into the consumer's segment if it sent one, else into a new one
         // whose descriptor goes back with the reply.
         let (fd, fresh) = match fd {
@@ -77,7 +77,7 @@ impl Transport for Shm {
             ));
         }
         let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
-        let (offsets, total) = segment::layout(metas.iter().map(|m| m.nbytes));
+        let (offsets, total) = packed_layout(metas.iter().map(|m| m.nbytes));
         // An object of no bytes still asks the producer: it must still hold it.
         let reused = if total == 0 { None } else { self.pool.take(total as usize) };
         let request = fetch_request(TransportKind::Shm, id, &[]);

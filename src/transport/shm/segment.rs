@@ -3,21 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::store::StoredObject;
+use crate::transport::packed_layout;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-/// Tensors start at multiples of this inside a segment.
-const ALIGN: u64 = 64;
-
-/// Offset of each tensor inside a segment, and the bytes the tensors span.
-pub fn layout(sizes: impl Iterator<Item = u64>) -> (Vec<u64>, u64) {
-    let mut offsets = Vec::new();
-    let mut end = 0u64;
-    for nbytes in sizes {
-        offsets.push(end);
-        end = (end + nbytes).div_ceil(ALIGN) * ALIGN;
-    }
-    (offsets, end)
-}
 
 /// Creates an anonymous memory file of `len` bytes.
 pub fn create(len: u64) -> Result<OwnedFd> {
@@ -37,7 +24,7 @@ pub fn create(len: u64) -> Result<OwnedFd> {
 
 /// Producer: writes `object`'s tensors into `mapping` at their layout offsets.
 pub fn fill(mapping: &Mapping, object: &StoredObject) -> Result<()> {
-    let (offsets, total) = layout(object.tensors.iter().map(|t| t.meta().nbytes));
+    let (offsets, total) = packed_layout(object.tensors.iter().map(|t| t.meta().nbytes));
     if (mapping.len() as u64) < total {
         return Err(Error::transport(format!("shm segment of {} bytes cannot hold {total}", mapping.len())));
     }
