@@ -70,3 +70,23 @@ def wait_for(predicate, timeout=20.0, interval=0.05):
 
 def delta(after, before, field="bytes_received"):
     return after[field] - before[field]
+
+
+class ReceivingActor:
+    """Methods the test actors share: what a task received and what the actor
+    holds (`self.tensor`, set by the producing method)."""
+
+    def stored_ptr(self):
+        return self.tensor.data_ptr()
+
+    def sum(self, tensor):
+        import torch
+
+        if isinstance(tensor, (list, tuple)):
+            return sum(torch.sum(t) for t in tensor)
+        return torch.sum(tensor)
+
+    def ptr_and_sum(self, tensor):
+        import torch
+
+        return tensor.data_ptr(), torch.sum(tensor)

@@ -17,7 +17,7 @@ import torch
 import ray
 import ray_rdt
 
-from conftest import HERE, REPO, actor_stats, delta, num_rdt_objects, wait_for
+from conftest import HERE, REPO, ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for
 
 sys.path.insert(0, os.path.join(REPO, "examples"))
 
@@ -27,7 +27,7 @@ TENSOR_BYTES = 1000 * 1000 * 4  # torch.randn(1000, 1000), float32
 
 
 @ray.remote
-class NixlActor:
+class NixlActor(ReceivingActor):
     @ray.method(tensor_transport="nixl")
     def random_tensor(self, n=1000):
         return torch.randn(n, n)
@@ -43,17 +43,6 @@ class NixlActor:
         ray.experimental.register_nixl_memory(self.tensor)
         ray.experimental.deregister_nixl_memory(self.tensor)
         return self.tensor
-
-    def stored_ptr(self):
-        return self.tensor.data_ptr()
-
-    def sum(self, tensor):
-        if isinstance(tensor, (list, tuple)):
-            return sum(torch.sum(t) for t in tensor)
-        return torch.sum(tensor)
-
-    def ptr_and_sum(self, tensor):
-        return tensor.data_ptr(), torch.sum(tensor)
 
     def describe(self, data):
         """What the task received: values, dtypes, shapes, devices (nested)."""

@@ -9,11 +9,11 @@ import torch
 
 import ray
 
-from conftest import actor_stats, delta, num_rdt_objects, wait_for
+from conftest import ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for
 
 
 @ray.remote
-class ShmActor:
+class ShmActor(ReceivingActor):
     @ray.method(tensor_transport="shm")
     def random_tensor(self, n=1000):
         return torch.randn(n, n)
@@ -26,17 +26,6 @@ class ShmActor:
     def keep_and_return(self, n):
         self.tensor = torch.randn(n)
         return self.tensor
-
-    def stored_ptr(self):
-        return self.tensor.data_ptr()
-
-    def sum(self, tensor):
-        if isinstance(tensor, (list, tuple)):
-            return sum(torch.sum(t) for t in tensor)
-        return torch.sum(tensor)
-
-    def ptr_and_sum(self, tensor):
-        return tensor.data_ptr(), torch.sum(tensor)
 
     def increment(self, tensor):
         tensor += 1
