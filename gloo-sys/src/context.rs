@@ -186,12 +186,10 @@ impl Context {
         data: &[u8],
         timeout: Duration,
     ) -> Result<(), GlooError> {
-        let peer = to_c_int(peer, "peer rank")?;
-        let mut err = ErrBuf::new();
         // SAFETY: `data` is valid for reads for the whole blocking call.
-        let status = unsafe {
+        self.blocking(peer, |raw, peer, err| unsafe {
             ffi::gloo_shim_send(
-                self.raw.as_ptr(),
+                raw,
                 peer,
                 slot,
                 data.as_ptr().cast(),
@@ -200,8 +198,7 @@ impl Context {
                 err.ptr(),
                 err.cap(),
             )
-        };
-        err.check(status)
+        })
     }
 
     /// Receives exactly `buf.len()` bytes from `peer` on `slot`, waiting up
@@ -214,21 +211,32 @@ impl Context {
         buf: &mut [u8],
         timeout: Duration,
     ) -> Result<(), GlooError> {
-        let peer = to_c_int(peer, "peer rank")?;
-        let mut err = ErrBuf::new();
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
         // SAFETY: `buf` is valid for writes for the whole blocking call.
-        let status = unsafe {
+        self.blocking(peer, |raw, peer, err| unsafe {
             ffi::gloo_shim_recv(
-                self.raw.as_ptr(),
+                raw,
                 peer,
                 slot,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
+                ptr.cast(),
+                len,
                 timeout_ms(timeout),
                 err.ptr(),
                 err.cap(),
             )
-        };
+        })
+    }
+
+    /// Shared body of the blocking calls: checks the peer rank and makes the
+    /// shim call `call` (context, peer, error buffer).
+    fn blocking(
+        &self,
+        peer: usize,
+        call: impl FnOnce(*mut ffi::gloo_shim_context, c_int, &mut ErrBuf) -> ffi::gloo_shim_status,
+    ) -> Result<(), GlooError> {
+        let peer = to_c_int(peer, "peer rank")?;
+        let mut err = ErrBuf::new();
+        let status = call(self.raw.as_ptr(), peer, &mut err);
         err.check(status)
     }
 
@@ -246,26 +254,11 @@ impl Context {
         ptr: *const u8,
         len: usize,
     ) -> Result<PendingOp<'_>, GlooError> {
-        let peer = to_c_int(peer, "peer rank")?;
         let ptr = if len == 0 { ptr::null() } else { ptr };
-        let mut op = ptr::null_mut();
-        let mut err = ErrBuf::new();
-        // SAFETY: the caller guarantees the memory; the op cannot outlive
-        // `self` (lifetime of PendingOp).
-        let status = unsafe {
-            ffi::gloo_shim_post_send(
-                self.raw.as_ptr(),
-                peer,
-                slot,
-                ptr.cast(),
-                len,
-                &mut op,
-                err.ptr(),
-                err.cap(),
-            )
-        };
-        err.check(status)?;
-        PendingOp::new(op)
+        // SAFETY: the caller guarantees the memory.
+        self.post(peer, |raw, peer, op, err| unsafe {
+            ffi::gloo_shim_post_send(raw, peer, slot, ptr.cast(), len, op, err.ptr(), err.cap())
+        })
     }
 
     /// Posts a receive of exactly `len` bytes into `ptr` without waiting;
@@ -282,23 +275,30 @@ impl Context {
         ptr: *mut u8,
         len: usize,
     ) -> Result<PendingOp<'_>, GlooError> {
-        let peer = to_c_int(peer, "peer rank")?;
         let ptr = if len == 0 { ptr::null_mut() } else { ptr };
+        // SAFETY: the caller guarantees the memory.
+        self.post(peer, |raw, peer, op, err| unsafe {
+            ffi::gloo_shim_post_recv(raw, peer, slot, ptr.cast(), len, op, err.ptr(), err.cap())
+        })
+    }
+
+    /// Shared body of the posting calls: checks the peer rank, makes the shim
+    /// call `post` (context, peer, where the op goes, error buffer), and wraps
+    /// the op, which cannot outlive `self` (lifetime of [`PendingOp`]).
+    fn post(
+        &self,
+        peer: usize,
+        post: impl FnOnce(
+            *mut ffi::gloo_shim_context,
+            c_int,
+            *mut *mut ffi::gloo_shim_op,
+            &mut ErrBuf,
+        ) -> ffi::gloo_shim_status,
+    ) -> Result<PendingOp<'_>, GlooError> {
+        let peer = to_c_int(peer, "peer rank")?;
         let mut op = ptr::null_mut();
         let mut err = ErrBuf::new();
-        // SAFETY: as in `post_send`.
-        let status = unsafe {
-            ffi::gloo_shim_post_recv(
-                self.raw.as_ptr(),
-                peer,
-                slot,
-                ptr.cast(),
-                len,
-                &mut op,
-                err.ptr(),
-                err.cap(),
-            )
-        };
+        let status = post(self.raw.as_ptr(), peer, &mut op, &mut err);
         err.check(status)?;
         PendingOp::new(op)
     }
