@@ -40,7 +40,11 @@ fn bench(name: &str, target_ns: f64, mut f: impl FnMut()) {
         .collect();
     samples.sort_by(f64::total_cmp);
     let pct = |p: usize| samples[p * (SAMPLES - 1) / 100];
-    let verdict = if pct(50) < target_ns { "meets" } else { "MISSES" };
+    let verdict = if pct(50) < target_ns {
+        "meets"
+    } else {
+        "MISSES"
+    };
     println!(
         "{name:<44} median {:>7.0} ns   p10 {:>7.0} ns   p90 {:>7.0} ns   ({verdict} target < {target_ns:.0} ns)",
         pct(50),
@@ -75,20 +79,32 @@ fn store_round_trip() {
     bench("(a) store put + get + free, 4 tensors", 2_000.0, || {
         // What the worker does per return value: wrap each tensor as DLPack...
         managed.clear();
-        managed.extend(data.iter_mut().zip(shapes.iter_mut()).map(|(d, s)| DLManagedTensor {
-            dl_tensor: DLTensor {
-                data: d.as_mut_ptr() as *mut c_void,
-                device: DLDevice { device_type: kDLCPU, device_id: 0 },
-                ndim: 2,
-                dtype: DLDataType { code: kDLFloat, bits: 32, lanes: 1 },
-                shape: s.as_mut_ptr(),
-                strides: null_mut(),
-                byte_offset: 0,
-            },
-            manager_ctx: null_mut(),
-            deleter: Some(count_deletion),
-        }));
-        let ptrs: [*mut DLManagedTensor; TENSORS] = std::array::from_fn(|i| &mut managed[i] as *mut _);
+        managed.extend(
+            data.iter_mut()
+                .zip(shapes.iter_mut())
+                .map(|(d, s)| DLManagedTensor {
+                    dl_tensor: DLTensor {
+                        data: d.as_mut_ptr() as *mut c_void,
+                        device: DLDevice {
+                            device_type: kDLCPU,
+                            device_id: 0,
+                        },
+                        ndim: 2,
+                        dtype: DLDataType {
+                            code: kDLFloat,
+                            bits: 32,
+                            lanes: 1,
+                        },
+                        shape: s.as_mut_ptr(),
+                        strides: null_mut(),
+                        byte_offset: 0,
+                    },
+                    manager_ctx: null_mut(),
+                    deleter: Some(count_deletion),
+                }),
+        );
+        let ptrs: [*mut DLManagedTensor; TENSORS] =
+            std::array::from_fn(|i| &mut managed[i] as *mut _);
         next_id += 1;
         let id = common::oid(next_id);
         let id = id.as_bytes().as_ptr();
@@ -97,8 +113,14 @@ fn store_round_trip() {
         // is released once; the tensors' memory outlives the object.
         unsafe {
             // ...hand them to the store, read them back, and free the object.
-            assert_eq!(rdt_store_put(store, id, ptrs.as_ptr(), TENSORS, RDT_COPY_PRIMARY), RDT_OK);
-            assert_eq!(rdt_store_get(store, id, 0, views.as_mut_ptr(), TENSORS, &mut count), RDT_OK);
+            assert_eq!(
+                rdt_store_put(store, id, ptrs.as_ptr(), TENSORS, RDT_COPY_PRIMARY),
+                RDT_OK
+            );
+            assert_eq!(
+                rdt_store_get(store, id, 0, views.as_mut_ptr(), TENSORS, &mut count),
+                RDT_OK
+            );
             for &v in &views[..count] {
                 black_box((*v).dl_tensor.data);
                 ((*v).deleter.unwrap())(v);
@@ -109,7 +131,11 @@ fn store_round_trip() {
     });
     // SAFETY: created above, not used afterwards.
     unsafe { rdt_store_destroy(store) };
-    assert_eq!(DELETED.load(Ordering::Relaxed) - iterations_before, iterations * TENSORS, "every deleter ran once");
+    assert_eq!(
+        DELETED.load(Ordering::Relaxed) - iterations_before,
+        iterations * TENSORS,
+        "every deleter ran once"
+    );
 }
 
 /// (b): the record a worker stores for a return value of 8 tensors.

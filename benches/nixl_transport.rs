@@ -39,7 +39,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const U8: DLDataType = DLDataType { code: kDLUInt, bits: 8, lanes: 1 };
+const U8: DLDataType = DLDataType {
+    code: kDLUInt,
+    bits: 8,
+    lanes: 1,
+};
 const PROGRESS_ENV: &str = nixl::agent::PROGRESS_THREAD_ENV;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -54,15 +58,25 @@ fn list(s: &str) -> Vec<usize> {
 /// Producer role: one object per size in SIZES; prints records; lives until stdin closes.
 fn producer() {
     let ctx = Context::new(b"bench-node", b"producer").unwrap();
-    for (i, size) in list(&std::env::var("SIZES").unwrap()).into_iter().enumerate() {
+    for (i, size) in list(&std::env::var("SIZES").unwrap())
+        .into_iter()
+        .enumerate()
+    {
         let id = ObjectId([i as u8 + 1; 28]);
         let tensor = tensor_from_bytes(U8, vec![size as i64], pattern(size, i as u8));
-        let record = ctx.put(id, TransportKind::Nixl, None, vec![tensor]).map_err(|r| r.error).unwrap();
+        let record = ctx
+            .put(id, TransportKind::Nixl, None, vec![tensor])
+            .map_err(|r| r.error)
+            .unwrap();
         println!("REC {size} {} {}", hex(id.as_bytes()), hex(&record));
     }
     println!("READY");
     let mut sink = String::new();
-    while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+    while std::io::stdin()
+        .read_line(&mut sink)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {}
     std::process::exit(0);
 }
 
@@ -70,7 +84,10 @@ fn producer() {
 fn consumer() {
     let ctx = Context::new(b"bench-node", b"consumer").unwrap();
     let iters = list(&std::env::var("ITERS").unwrap());
-    for (n, rec) in iters.iter().zip(std::env::var("RECORDS").unwrap().split(',')) {
+    for (n, rec) in iters
+        .iter()
+        .zip(std::env::var("RECORDS").unwrap().split(','))
+    {
         let mut w = rec.split(':');
         let size: usize = w.next().unwrap().parse().unwrap();
         let id = ObjectId::from_slice(&unhex(w.next().unwrap())).unwrap();
@@ -81,8 +98,13 @@ fn consumer() {
             let start = Instant::now();
             let fetched = ctx.fetch(&id, &record, TIMEOUT).unwrap();
             if it == 0 {
-                let Fetched::Received(t) = &fetched else { panic!("expected a copy") };
-                assert_eq!(t[0].host_bytes().unwrap()[size - 1], pattern(size, id.0[0] - 1)[size - 1]);
+                let Fetched::Received(t) = &fetched else {
+                    panic!("expected a copy")
+                };
+                assert_eq!(
+                    t[0].host_bytes().unwrap()[size - 1],
+                    pattern(size, id.0[0] - 1)[size - 1]
+                );
             }
             drop(fetched);
             times.push(start.elapsed().as_secs_f64());
@@ -94,7 +116,11 @@ fn consumer() {
 /// One plugin round: producer and consumer processes with `progress`.
 fn plugin_round(sizes: &[usize], iters: &[usize], progress: bool) -> HashMap<usize, f64> {
     let exe = std::env::current_exe().unwrap();
-    let sizes_arg = sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let sizes_arg = sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let p = if progress { "1" } else { "0" };
     let mut producer = Command::new(&exe)
         .env(ROLE, "producer")
@@ -114,7 +140,11 @@ fn plugin_round(sizes: &[usize], iters: &[usize], progress: bool) -> HashMap<usi
             records.push(rest.replace(' ', ":"));
         }
     }
-    let iters_arg = iters.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let iters_arg = iters
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let out = Command::new(&exe)
         .env(ROLE, "consumer")
         .env("RECORDS", records.join(","))
@@ -124,7 +154,11 @@ fn plugin_round(sizes: &[usize], iters: &[usize], progress: bool) -> HashMap<usi
         .unwrap();
     drop(producer.stdin.take());
     let _ = producer.wait();
-    assert!(out.status.success(), "consumer failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "consumer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("MEDIAN "))
@@ -136,17 +170,35 @@ fn plugin_round(sizes: &[usize], iters: &[usize], progress: bool) -> HashMap<usi
 }
 
 fn python() -> String {
-    std::env::var("RAY_RDT_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
+    std::env::var("RAY_RDT_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")))
 }
 
 /// One Python round: ("fresh", "prereg") medians by size. The target process
 /// always runs NIXL's progress thread (as the plugin's serving agent does); the
 /// reading process runs one when `progress`.
-fn python_round(sizes: &[usize], iters: &[usize], progress: bool) -> Option<(HashMap<usize, f64>, HashMap<usize, f64>)> {
-    let join = |v: &[usize]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+fn python_round(
+    sizes: &[usize],
+    iters: &[usize],
+    progress: bool,
+) -> Option<(HashMap<usize, f64>, HashMap<usize, f64>)> {
+    let join = |v: &[usize]| {
+        v.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let script = format!("{}/benches/nixl_py_baseline.py", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(python())
-        .args([script.as_str(), "--sizes", &join(sizes), "--iters", &join(iters), "--progress-thread", if progress { "1" } else { "0" }])
+        .args([
+            script.as_str(),
+            "--sizes",
+            &join(sizes),
+            "--iters",
+            &join(iters),
+            "--progress-thread",
+            if progress { "1" } else { "0" },
+        ])
         .stderr(Stdio::null())
         .output()
         .ok()?;
@@ -159,7 +211,10 @@ fn python_round(sizes: &[usize], iters: &[usize], progress: bool) -> Option<(Has
         body.split(',')
             .map(|kv| {
                 let (k, v) = kv.split_once(':')?;
-                Some((k.trim().trim_matches('"').parse().ok()?, v.trim().parse().ok()?))
+                Some((
+                    k.trim().trim_matches('"').parse().ok()?,
+                    v.trim().parse().ok()?,
+                ))
             })
             .collect()
     };
@@ -181,11 +236,51 @@ fn loop_medians(sizes: &[usize], iters: &[usize]) -> Vec<(usize, f64)> {
             let buffer = std::sync::Arc::new(pattern(size, 5));
             let mut times = Vec::new();
             for i in 0..n + 2 {
-                let id = ObjectId([0xa0, (i % 256) as u8, (i / 256) as u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25]);
+                let id = ObjectId([
+                    0xa0,
+                    (i % 256) as u8,
+                    (i / 256) as u8,
+                    1,
+                    2,
+                    3,
+                    4,
+                    5,
+                    6,
+                    7,
+                    8,
+                    9,
+                    10,
+                    11,
+                    12,
+                    13,
+                    14,
+                    15,
+                    16,
+                    17,
+                    18,
+                    19,
+                    20,
+                    21,
+                    22,
+                    23,
+                    24,
+                    25,
+                ]);
                 let meta = ray_rdt::TensorMeta::compact(U8, vec![size as i64]).unwrap();
-                let cpu = ray_rdt::dlpack::DLDevice { device_type: ray_rdt::dlpack::kDLCPU, device_id: 0 };
-                let t = ray_rdt::Tensor::from_owner(meta, cpu, buffer.as_ptr() as *mut _, Box::new(buffer.clone()));
-                let record = producer.put(id, TransportKind::Nixl, None, vec![t]).map_err(|r| r.error).unwrap();
+                let cpu = ray_rdt::dlpack::DLDevice {
+                    device_type: ray_rdt::dlpack::kDLCPU,
+                    device_id: 0,
+                };
+                let t = ray_rdt::Tensor::from_owner(
+                    meta,
+                    cpu,
+                    buffer.as_ptr() as *mut _,
+                    Box::new(buffer.clone()),
+                );
+                let record = producer
+                    .put(id, TransportKind::Nixl, None, vec![t])
+                    .map_err(|r| r.error)
+                    .unwrap();
                 let start = Instant::now();
                 drop(consumer.fetch(&id, &record, TIMEOUT).unwrap());
                 times.push(start.elapsed().as_secs_f64());
@@ -207,10 +302,30 @@ fn main() {
         _ => {}
     }
     let args: Vec<String> = std::env::args().collect();
-    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let sizes = opt("--sizes").map(|s| list(&s)).unwrap_or_else(|| vec![4 << 10, 4 << 20, 64 << 20, 256 << 20]);
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let sizes = opt("--sizes")
+        .map(|s| list(&s))
+        .unwrap_or_else(|| vec![4 << 10, 4 << 20, 64 << 20, 256 << 20]);
     let iters = opt("--iters").map(|s| list(&s)).unwrap_or_else(|| {
-        sizes.iter().map(|&s| if s <= 64 << 10 { 300 } else if s <= 8 << 20 { 60 } else if s <= 64 << 20 { 20 } else { 10 }).collect()
+        sizes
+            .iter()
+            .map(|&s| {
+                if s <= 64 << 10 {
+                    300
+                } else if s <= 8 << 20 {
+                    60
+                } else if s <= 64 << 20 {
+                    20
+                } else {
+                    10
+                }
+            })
+            .collect()
     });
     let rounds: usize = opt("--rounds").and_then(|r| r.parse().ok()).unwrap_or(1);
     let progress: Vec<bool> = match opt("--progress").as_deref() {
@@ -239,12 +354,15 @@ fn main() {
                 plugin.entry(s).or_default().push(t);
             }
             if let Some((f, r)) = python_round(&sizes, &iters, p) {
-                f.into_iter().for_each(|(s, t)| fresh.entry(s).or_default().push(t));
-                r.into_iter().for_each(|(s, t)| prereg.entry(s).or_default().push(t));
+                f.into_iter()
+                    .for_each(|(s, t)| fresh.entry(s).or_default().push(t));
+                r.into_iter()
+                    .for_each(|(s, t)| prereg.entry(s).or_default().push(t));
             }
             if !p {
                 if let Some((f, _)) = python_round(&sizes, &iters, true) {
-                    f.into_iter().for_each(|(s, t)| default.entry(s).or_default().push(t));
+                    f.into_iter()
+                        .for_each(|(s, t)| default.entry(s).or_default().push(t));
                 }
             }
         }
@@ -255,9 +373,17 @@ fn main() {
         );
         println!(
             "{:>10} | {:>22} | {:>22} | {:>22} | {:>22} | {:>5}",
-            "bytes", "plugin nixl", "python, same threads", "python, default", "python prereg", "ratio"
+            "bytes",
+            "plugin nixl",
+            "python, same threads",
+            "python, default",
+            "python prereg",
+            "ratio"
         );
-        let cell = |size: usize, t: Option<f64>| t.map(|t| format!("{:9.3} ms {:6.2} GB/s", t * 1e3, gbps(size, t))).unwrap_or_else(|| format!("{:>22}", "n/a"));
+        let cell = |size: usize, t: Option<f64>| {
+            t.map(|t| format!("{:9.3} ms {:6.2} GB/s", t * 1e3, gbps(size, t)))
+                .unwrap_or_else(|| format!("{:>22}", "n/a"))
+        };
         let mut ratios = Vec::new();
         let mut ratios_default = Vec::new();
         for &size in &sizes {
@@ -273,7 +399,9 @@ fn main() {
                 cell(size, med(&fresh, size)),
                 cell(size, med(&default, size)),
                 cell(size, med(&prereg, size)),
-                ratio.map(|r| format!("{:.2}", r)).unwrap_or_else(|| "n/a".into())
+                ratio
+                    .map(|r| format!("{:.2}", r))
+                    .unwrap_or_else(|| "n/a".into())
             );
         }
         let summary = |ratios: &[(usize, f64)]| {
@@ -283,7 +411,10 @@ fn main() {
             format!("min {min:.2}, geomean {geo:.2} ({})", per.join(", "))
         };
         if !ratios_default.is_empty() {
-            println!("ratio plugin/python throughput vs Python's default threading: {}", summary(&ratios_default));
+            println!(
+                "ratio plugin/python throughput vs Python's default threading: {}",
+                summary(&ratios_default)
+            );
         }
         if ratios.is_empty() {
             println!("ratio plugin/python throughput: n/a (the Python baseline did not run)");

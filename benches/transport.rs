@@ -18,7 +18,11 @@ use std::time::{Duration, Instant};
 
 const SIZES: [usize; 4] = [4 << 10, 4 << 20, 64 << 20, 256 << 20];
 const TIMEOUT: Duration = Duration::from_secs(60);
-const F32: DLDataType = DLDataType { code: kDLFloat, bits: 32, lanes: 1 };
+const F32: DLDataType = DLDataType {
+    code: kDLFloat,
+    bits: 32,
+    lanes: 1,
+};
 
 fn iterations(size: usize) -> usize {
     match size {
@@ -43,18 +47,32 @@ fn transports() -> [TransportKind; 2] {
 fn producer() {
     let ctx = Context::new(b"bench-node", b"producer").unwrap();
     let addr = std::env::var("RDV").unwrap();
-    ctx.gloo().create_group("bench", 1, 2, &addr, TIMEOUT).unwrap();
+    ctx.gloo()
+        .create_group("bench", 1, 2, &addr, TIMEOUT)
+        .unwrap();
     for (t, kind) in transports().into_iter().enumerate() {
         for (s, size) in SIZES.into_iter().enumerate() {
             let id = ObjectId([(t * 16 + s) as u8 + 1; 28]);
             let tensor = tensor_from_bytes(F32, vec![(size / 4) as i64], pattern(size, s as u8));
-            let record = ctx.put(id, kind, Some("bench"), vec![tensor]).map_err(|r| r.error).unwrap();
-            println!("REC {} {size} {} {}", kind.name(), hex(id.as_bytes()), hex(&record));
+            let record = ctx
+                .put(id, kind, Some("bench"), vec![tensor])
+                .map_err(|r| r.error)
+                .unwrap();
+            println!(
+                "REC {} {size} {} {}",
+                kind.name(),
+                hex(id.as_bytes()),
+                hex(&record)
+            );
         }
     }
     println!("READY");
     let mut sink = String::new();
-    while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+    while std::io::stdin()
+        .read_line(&mut sink)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {}
     std::process::exit(0);
 }
 
@@ -128,7 +146,11 @@ fn torch_gloo() -> Option<HashMap<usize, f64>> {
     for part in line.trim_matches(|c| c == '{' || c == '}').split("], ") {
         let (key, values) = part.split_once(": [")?;
         let size: usize = key.trim().trim_matches('"').parse().ok()?;
-        let times: Vec<f64> = values.trim_end_matches(']').split(',').filter_map(|v| v.trim().parse().ok()).collect();
+        let times: Vec<f64> = values
+            .trim_end_matches(']')
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
         result.insert(size, median(times));
     }
     Some(result)
@@ -146,10 +168,15 @@ fn main() {
     let addr = ctx.gloo().serve_rendezvous("127.0.0.1").unwrap();
     let mut child = {
         let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        cmd.env(ROLE, "producer").env("RDV", &addr).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        cmd.env(ROLE, "producer")
+            .env("RDV", &addr)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
         cmd.spawn().unwrap()
     };
-    ctx.gloo().create_group("bench", 0, 2, &addr, TIMEOUT).unwrap();
+    ctx.gloo()
+        .create_group("bench", 0, 2, &addr, TIMEOUT)
+        .unwrap();
     let mut records: HashMap<(String, usize), (ObjectId, Vec<u8>)> = HashMap::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
@@ -157,10 +184,16 @@ fn main() {
             break;
         }
         let w: Vec<&str> = line.split_whitespace().collect();
-        records.insert((w[1].into(), w[2].parse().unwrap()), (ObjectId::from_slice(&unhex(w[3])).unwrap(), unhex(w[4])));
+        records.insert(
+            (w[1].into(), w[2].parse().unwrap()),
+            (ObjectId::from_slice(&unhex(w[3])).unwrap(), unhex(w[4])),
+        );
     }
     let torch = torch_gloo();
-    println!("{:>10} | {:>22} | {:>22} | {:>22} | {:>22}", "bytes", "plugin gloo", "torch gloo", "plugin shm", "memcpy");
+    println!(
+        "{:>10} | {:>22} | {:>22} | {:>22} | {:>22}",
+        "bytes", "plugin gloo", "torch gloo", "plugin shm", "memcpy"
+    );
     let mut ratios = Vec::new();
     let mut rss = Vec::new();
     for size in SIZES {
@@ -171,7 +204,11 @@ fn main() {
             let (times, peak) = time_fetches(&ctx, id, record, iters);
             med.insert(kind, median(times));
             if size == 256 << 20 {
-                rss.push(format!("{} peak RSS growth {:.0} MiB", kind.name(), peak as f64 / (1 << 20) as f64));
+                rss.push(format!(
+                    "{} peak RSS growth {:.0} MiB",
+                    kind.name(),
+                    peak as f64 / (1 << 20) as f64
+                ));
             }
         }
         let memcpy = median(memcpy_times(size, iters));
@@ -180,14 +217,16 @@ fn main() {
         println!(
             "{size:>10} | {} | {} | {} | {}",
             cell(med[&TransportKind::Gloo]),
-            tg.map(cell).unwrap_or_else(|| format!("{:>22}", "n/a (no .venv)")),
+            tg.map(cell)
+                .unwrap_or_else(|| format!("{:>22}", "n/a (no .venv)")),
             cell(med[&TransportKind::Shm]),
             cell(memcpy)
         );
         ratios.push(format!(
             "{}: gloo/torch {} shm/memcpy-bw {:.2} shm {:.1}us",
             size,
-            tg.map(|t| format!("{:.2}x", t / med[&TransportKind::Gloo])).unwrap_or_else(|| "n/a".into()),
+            tg.map(|t| format!("{:.2}x", t / med[&TransportKind::Gloo]))
+                .unwrap_or_else(|| "n/a".into()),
             memcpy / med[&TransportKind::Shm],
             med[&TransportKind::Shm] * 1e6
         ));
@@ -195,5 +234,8 @@ fn main() {
     println!("receiver, 256 MiB: {}", rss.join(", "));
     drop(child.stdin.take());
     let _ = child.wait();
-    println!("ratios (speed vs reference, >1 is faster): {}", ratios.join(" | "));
+    println!(
+        "ratios (speed vs reference, >1 is faster): {}",
+        ratios.join(" | ")
+    );
 }

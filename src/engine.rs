@@ -10,7 +10,9 @@ use crate::metadata::{Metadata, Producer};
 use crate::object_id::ObjectId;
 use crate::store::{CopyKind, ObjectStore, PutRejected, StoredObject};
 use crate::tensor::Tensor;
-use crate::transport::{gloo::Gloo, nixl::Nixl, parse_fetch_request, shm::Shm, Local, Peer, Transport};
+use crate::transport::{
+    gloo::Gloo, nixl::Nixl, parse_fetch_request, shm::Shm, Local, Peer, Transport,
+};
 use crate::transport_kind::TransportKind;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -46,7 +48,10 @@ impl Shared {
             TransportKind::Nixl => Ok(&self.nixl),
             other => Err(Error::new(
                 ErrorKind::Unavailable,
-                format!("the {} transport is not available in this build of the plugin", other.name()),
+                format!(
+                    "the {} transport is not available in this build of the plugin",
+                    other.name()
+                ),
             )),
         }
     }
@@ -54,14 +59,22 @@ impl Shared {
     /// The object `id` as this process holds it now (no waiting: the producer
     /// stored it before any record naming it existed).
     fn held(&self, id: &ObjectId) -> Result<Arc<StoredObject>> {
-        self.store.get(id, Duration::ZERO).map_err(|e| match e.kind() {
-            ErrorKind::Timeout => Error::new(ErrorKind::NotFound, format!("object {id} is not held by the producer (freed, or never stored)")),
-            _ => e,
-        })
+        self.store
+            .get(id, Duration::ZERO)
+            .map_err(|e| match e.kind() {
+                ErrorKind::Timeout => Error::new(
+                    ErrorKind::NotFound,
+                    format!("object {id} is not held by the producer (freed, or never stored)"),
+                ),
+                _ => e,
+            })
     }
 
     fn local(&self) -> Local<'_> {
-        Local { store: &self.store, node_id: &self.node_id }
+        Local {
+            store: &self.store,
+            node_id: &self.node_id,
+        }
     }
 }
 
@@ -70,7 +83,9 @@ impl Handler for Shared {
         let (kind, id, body) = parse_fetch_request(request)?;
         let transport = self.transport(kind)?;
         let object = self.held(&id)?;
-        transport.serve(&self.local(), &id, &object, body, fd, stream).inspect_err(|_| crate::stats::record_error(kind))
+        transport
+            .serve(&self.local(), &id, &object, body, fd, stream)
+            .inspect_err(|_| crate::stats::record_error(kind))
     }
 }
 
@@ -107,7 +122,10 @@ impl Context {
         });
         let endpoint = Endpoint::start(shared.clone())?;
         let _ = shared.address.set(endpoint.address().to_owned());
-        Ok(Context { shared, _endpoint: endpoint })
+        Ok(Context {
+            shared,
+            _endpoint: endpoint,
+        })
     }
 
     /// This process's object store.
@@ -117,18 +135,35 @@ impl Context {
 
     /// The address peers fetch from.
     pub fn endpoint(&self) -> &str {
-        self.shared.address.get().map(String::as_str).unwrap_or_default()
+        self.shared
+            .address
+            .get()
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 
     /// Task return: stores `tensors` as the primary copy of `id` and returns the
     /// metadata record for Ray's object store. On error the tensors are handed back.
-    pub fn put(&self, id: ObjectId, kind: TransportKind, group: Option<&str>, tensors: Vec<Tensor>) -> Result<Vec<u8>, PutRejected> {
+    pub fn put(
+        &self,
+        id: ObjectId,
+        kind: TransportKind,
+        group: Option<&str>,
+        tensors: Vec<Tensor>,
+    ) -> Result<Vec<u8>, PutRejected> {
         let transport = match self.shared.transport(kind) {
             Ok(t) => t,
             Err(error) => return Err(PutRejected { error, tensors }),
         };
-        let device = tensors.first().map(Tensor::device).unwrap_or(DLDevice { device_type: kDLCPU, device_id: 0 });
-        if let Some((i, t)) = tensors.iter().enumerate().find(|(_, t)| t.device() != device || !transport.serves(t.device())) {
+        let device = tensors.first().map(Tensor::device).unwrap_or(DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        });
+        if let Some((i, t)) = tensors
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.device() != device || !transport.serves(t.device()))
+        {
             let error = Error::new(
                 ErrorKind::Unsupported,
                 format!(
@@ -148,7 +183,14 @@ impl Context {
             .get(&id, Duration::ZERO)
             .and_then(|object| transport.export(&id, &object, group))
             .and_then(|transport_data| {
-                Metadata { transport: kind, device, tensors: tensor_metas, producer: self.producer(), transport_data }.encode()
+                Metadata {
+                    transport: kind,
+                    device,
+                    tensors: tensor_metas,
+                    producer: self.producer(),
+                    transport_data,
+                }
+                .encode()
             });
         exported.map_err(|error| {
             // Undo the export and hand the tensors back: take the object out again.
@@ -173,7 +215,10 @@ impl Context {
             return self.shared.held(id).map(Fetched::Local);
         }
         let transport = self.shared.transport(meta.transport)?;
-        let peer = Peer { pool: &self.shared.pool, address: &meta.producer.endpoint };
+        let peer = Peer {
+            pool: &self.shared.pool,
+            address: &meta.producer.endpoint,
+        };
         transport
             .fetch(&self.shared.local(), &peer, id, &meta, timeout)
             .map(Fetched::Received)
@@ -182,7 +227,10 @@ impl Context {
 
     /// Frees the primary copy of `id` (out of scope in Ray). Returns whether it was held.
     pub fn free(&self, id: &ObjectId) -> bool {
-        TransportKind::ALL.iter().filter_map(|&k| self.shared.transport(k).ok()).for_each(|t| t.release(id));
+        TransportKind::ALL
+            .iter()
+            .filter_map(|&k| self.shared.transport(k).ok())
+            .for_each(|t| t.release(id));
         self.shared.store.free(id)
     }
 

@@ -33,7 +33,12 @@ static CACHE: Mutex<Vec<Cached>> = Mutex::new(Vec::new());
 
 fn cache_limit() -> usize {
     static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| std::env::var("RAY_RDT_HOST_CACHE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CACHE_BYTES))
+    *LIMIT.get_or_init(|| {
+        std::env::var("RAY_RDT_HOST_CACHE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_CACHE_BYTES)
+    })
 }
 
 /// Host memory owned by the plugin: 64-byte aligned heap memory for small
@@ -60,28 +65,65 @@ impl HostBuffer {
             .map_err(|e| Error::invalid(format!("cannot allocate {len} bytes: {e}")))?;
         // SAFETY: layout has non-zero size.
         let raw = unsafe { std::alloc::alloc(layout) };
-        let ptr = NonNull::new(raw).ok_or_else(|| Error::new(ErrorKind::Io, format!("out of memory allocating {len} bytes")))?;
-        Ok(HostBuffer { ptr, len, mapped: None, layout: Some(layout) })
+        let ptr = NonNull::new(raw).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                format!("out of memory allocating {len} bytes"),
+            )
+        })?;
+        Ok(HostBuffer {
+            ptr,
+            len,
+            mapped: None,
+            layout: Some(layout),
+        })
     }
 
     fn mapped(len: usize) -> Result<Self> {
         {
             let mut cache = CACHE.lock();
-            let best = cache.iter().enumerate().filter(|(_, c)| c.len >= len && c.len <= 2 * len).min_by_key(|(_, c)| c.len).map(|(i, _)| i);
+            let best = cache
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.len >= len && c.len <= 2 * len)
+                .min_by_key(|(_, c)| c.len)
+                .map(|(i, _)| i);
             if let Some(i) = best {
                 let c = cache.swap_remove(i);
-                return Ok(HostBuffer { ptr: c.ptr, len, mapped: Some(c.len), layout: None });
+                return Ok(HostBuffer {
+                    ptr: c.ptr,
+                    len,
+                    mapped: Some(c.len),
+                    layout: None,
+                });
             }
         }
         // SAFETY: a fresh private anonymous mapping; checked for MAP_FAILED.
-        let raw = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         if raw == libc::MAP_FAILED {
-            return Err(Error::io(&format!("mmap of {len} bytes"), std::io::Error::last_os_error()));
+            return Err(Error::io(
+                &format!("mmap of {len} bytes"),
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: advising our own mapping; failure is harmless.
         unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
         // SAFETY: mmap succeeded, so raw is non-null.
-        Ok(HostBuffer { ptr: unsafe { NonNull::new_unchecked(raw as *mut u8) }, len, mapped: Some(len), layout: None })
+        Ok(HostBuffer {
+            ptr: unsafe { NonNull::new_unchecked(raw as *mut u8) },
+            len,
+            mapped: Some(len),
+            layout: None,
+        })
     }
 
     /// Start of the buffer.

@@ -80,7 +80,11 @@ impl Metadata {
         check_len("actor_id", self.producer.actor_id.len(), MAX_ID_LEN)?;
         check_len("endpoint", self.producer.endpoint.len(), MAX_ENDPOINT_LEN)?;
         check_len("tensor list", self.tensors.len(), MAX_TENSORS)?;
-        check_len("transport data", self.transport_data.len(), MAX_TRANSPORT_DATA)?;
+        check_len(
+            "transport data",
+            self.transport_data.len(),
+            MAX_TRANSPORT_DATA,
+        )?;
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.push(self.transport.code());
@@ -96,7 +100,10 @@ impl Metadata {
             out.extend_from_slice(&[t.dtype.code, t.dtype.bits]);
             out.extend_from_slice(&t.dtype.lanes.to_le_bytes());
             out.push(t.shape.len() as u8);
-            t.shape.iter().chain(&t.strides).for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            t.shape
+                .iter()
+                .chain(&t.strides)
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
             out.extend_from_slice(&t.nbytes.to_le_bytes());
         }
         out.extend_from_slice(&(self.transport_data.len() as u32).to_le_bytes());
@@ -112,10 +119,16 @@ impl Metadata {
         }
         let version = r.u16()?;
         if version != VERSION {
-            return Err(Error::malformed(format!("metadata version {version} is not supported (this plugin reads {VERSION})")));
+            return Err(Error::malformed(format!(
+                "metadata version {version} is not supported (this plugin reads {VERSION})"
+            )));
         }
-        let transport = TransportKind::from_code(r.u8()?.into()).map_err(|e| Error::malformed(e.message()))?;
-        let device = DLDevice { device_type: r.i32()?, device_id: r.i32()? };
+        let transport =
+            TransportKind::from_code(r.u8()?.into()).map_err(|e| Error::malformed(e.message()))?;
+        let device = DLDevice {
+            device_type: r.i32()?,
+            device_id: r.i32()?,
+        };
         let node_id = r.short_bytes("node_id", MAX_ID_LEN)?.to_vec();
         let pid = r.u32()?;
         let actor_id = r.short_bytes("actor_id", MAX_ID_LEN)?.to_vec();
@@ -127,25 +140,48 @@ impl Metadata {
         // Each tensor takes at least 13 bytes: refuse counts the input cannot hold
         // before allocating for them.
         if count.saturating_mul(13) > r.buf.len() {
-            return Err(Error::malformed(format!("record claims {count} tensors but is only {} bytes long", bytes.len())));
+            return Err(Error::malformed(format!(
+                "record claims {count} tensors but is only {} bytes long",
+                bytes.len()
+            )));
         }
         let mut tensors = Vec::with_capacity(count);
         for i in 0..count {
-            tensors.push(r.tensor().map_err(|e| Error::malformed(format!("tensor {i}: {}", e.message())))?);
+            tensors.push(
+                r.tensor()
+                    .map_err(|e| Error::malformed(format!("tensor {i}: {}", e.message())))?,
+            );
         }
         let data_len = r.u32()? as usize;
-        check_len("transport data", data_len, MAX_TRANSPORT_DATA).map_err(|e| Error::malformed(e.message()))?;
+        check_len("transport data", data_len, MAX_TRANSPORT_DATA)
+            .map_err(|e| Error::malformed(e.message()))?;
         let transport_data = r.take(data_len)?.to_vec();
         if !r.buf.is_empty() {
-            return Err(Error::malformed(format!("{} trailing bytes after the record", r.buf.len())));
+            return Err(Error::malformed(format!(
+                "{} trailing bytes after the record",
+                r.buf.len()
+            )));
         }
-        Ok(Metadata { transport, device, tensors, producer: Producer { node_id, pid, actor_id, endpoint }, transport_data })
+        Ok(Metadata {
+            transport,
+            device,
+            tensors,
+            producer: Producer {
+                node_id,
+                pid,
+                actor_id,
+                endpoint,
+            },
+            transport_data,
+        })
     }
 }
 
 fn check_len(what: &str, len: usize, max: usize) -> Result<()> {
     if len > max {
-        return Err(Error::invalid(format!("{what} has {len} entries, the limit is {max}")));
+        return Err(Error::invalid(format!(
+            "{what} has {len} entries, the limit is {max}"
+        )));
     }
     Ok(())
 }
@@ -163,7 +199,10 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.buf.len() {
-            return Err(Error::malformed(format!("record truncated: needed {n} more bytes, {} left", self.buf.len())));
+            return Err(Error::malformed(format!(
+                "record truncated: needed {n} more bytes, {} left",
+                self.buf.len()
+            )));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -199,24 +238,35 @@ impl<'a> Reader<'a> {
     fn short_bytes(&mut self, what: &str, max: usize) -> Result<&'a [u8]> {
         let len = self.u16()? as usize;
         if len > max {
-            return Err(Error::malformed(format!("{what} is {len} bytes, the limit is {max}")));
+            return Err(Error::malformed(format!(
+                "{what} is {len} bytes, the limit is {max}"
+            )));
         }
         self.take(len)
     }
 
     fn tensor(&mut self) -> Result<TensorMeta> {
         let [code, bits] = self.array::<2>()?;
-        let dtype = DLDataType { code, bits, lanes: self.u16()? };
+        let dtype = DLDataType {
+            code,
+            bits,
+            lanes: self.u16()?,
+        };
         let ndim = self.u8()? as usize;
         if ndim > MAX_NDIM {
-            return Err(Error::malformed(format!("{ndim} dimensions, the limit is {MAX_NDIM}")));
+            return Err(Error::malformed(format!(
+                "{ndim} dimensions, the limit is {MAX_NDIM}"
+            )));
         }
         let shape = (0..ndim).map(|_| self.i64()).collect::<Result<Vec<_>>>()?;
         let strides = (0..ndim).map(|_| self.i64()).collect::<Result<Vec<_>>>()?;
         let nbytes = self.u64()?;
         let meta = TensorMeta::new(dtype, shape, strides)?;
         if meta.nbytes != nbytes {
-            return Err(Error::malformed(format!("byte size {nbytes} does not match dtype and shape ({} bytes)", meta.nbytes)));
+            return Err(Error::malformed(format!(
+                "byte size {nbytes} does not match dtype and shape ({} bytes)",
+                meta.nbytes
+            )));
         }
         Ok(meta)
     }

@@ -13,9 +13,12 @@ pub struct ObjectId(pub [u8; OBJECT_ID_LEN]);
 impl ObjectId {
     /// Parses the binary form; the slice must be exactly 28 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self> {
-        let arr: [u8; OBJECT_ID_LEN] = bytes
-            .try_into()
-            .map_err(|_| Error::invalid(format!("an ObjectID is {OBJECT_ID_LEN} bytes, got {}", bytes.len())))?;
+        let arr: [u8; OBJECT_ID_LEN] = bytes.try_into().map_err(|_| {
+            Error::invalid(format!(
+                "an ObjectID is {OBJECT_ID_LEN} bytes, got {}",
+                bytes.len()
+            ))
+        })?;
         Ok(ObjectId(arr))
     }
 

@@ -96,7 +96,10 @@ pub struct ObjectStore {
 impl std::fmt::Debug for ObjectStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.state.lock();
-        f.debug_struct("ObjectStore").field("objects", &s.objects.len()).field("bytes", &s.bytes).finish()
+        f.debug_struct("ObjectStore")
+            .field("objects", &s.objects.len())
+            .field("bytes", &s.bytes)
+            .finish()
     }
 }
 
@@ -108,10 +111,21 @@ impl ObjectStore {
 
     /// Stores `tensors` under `id`. Fails (handing the tensors back) when the ID is
     /// already present.
-    pub fn put(&self, id: ObjectId, tensors: Vec<Tensor>, kind: CopyKind) -> Result<(), PutRejected> {
+    pub fn put(
+        &self,
+        id: ObjectId,
+        tensors: Vec<Tensor>,
+        kind: CopyKind,
+    ) -> Result<(), PutRejected> {
         let mut s = self.state.lock();
         if s.objects.contains_key(&id) {
-            return Err(PutRejected { error: Error::new(ErrorKind::AlreadyExists, format!("object {id} is already stored")), tensors });
+            return Err(PutRejected {
+                error: Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("object {id} is already stored"),
+                ),
+                tensors,
+            });
         }
         let obj = StoredObject { tensors, kind };
         s.bytes += obj.nbytes();
@@ -148,7 +162,12 @@ impl ObjectStore {
     /// As [`ObjectStore::pop`], but removes the object only if `accept` approves
     /// it; checked and removed under one lock, so concurrent pops of one ID
     /// cannot both succeed.
-    pub fn pop_if(&self, id: &ObjectId, timeout: Duration, accept: impl FnOnce(&StoredObject) -> Result<()>) -> Result<Arc<StoredObject>> {
+    pub fn pop_if(
+        &self,
+        id: &ObjectId,
+        timeout: Duration,
+        accept: impl FnOnce(&StoredObject) -> Result<()>,
+    ) -> Result<Arc<StoredObject>> {
         self.take(id, timeout, true, accept)
     }
 
@@ -181,9 +200,12 @@ impl ObjectStore {
     /// Waits up to `timeout` until no stored object holds memory at `data_ptr`.
     pub fn wait_tensor_freed(&self, data_ptr: usize, timeout: Duration) -> Result<()> {
         let mut s = self.state.lock();
-        self.wait_while(&mut s, timeout, |s| s.held.contains_key(&data_ptr)).map_err(|_| {
-            Error::timeout(format!("tensor at {data_ptr:#x} is still held by an RDT object after {timeout:?}"))
-        })
+        self.wait_while(&mut s, timeout, |s| s.held.contains_key(&data_ptr))
+            .map_err(|_| {
+                Error::timeout(format!(
+                    "tensor at {data_ptr:#x} is still held by an RDT object after {timeout:?}"
+                ))
+            })
     }
 
     /// Whether `id` is present (tensors or error).
@@ -210,7 +232,9 @@ impl ObjectStore {
     ) -> Result<Arc<StoredObject>> {
         let mut s = self.state.lock();
         self.wait_while(&mut s, timeout, |s| !s.objects.contains_key(id))
-            .map_err(|_| Error::timeout(format!("object {id} did not arrive within {timeout:?}")))?;
+            .map_err(|_| {
+                Error::timeout(format!("object {id} did not arrive within {timeout:?}"))
+            })?;
         let result = match s.objects.get(id) {
             Some(Slot::Ready(obj)) => accept(obj).map(|_| obj.clone()),
             Some(Slot::Failed(msg)) => Err(Error::new(ErrorKind::ObjectFailed, msg.clone())),

@@ -41,7 +41,10 @@ pub fn element_size(dtype: DLDataType) -> Result<u64> {
         )));
     }
     if dtype.code == kDLOpaqueHandle || dtype.code > kDLFloat4_e2m1fn {
-        return Err(Error::invalid(format!("unsupported dtype code {}", dtype.code)));
+        return Err(Error::invalid(format!(
+            "unsupported dtype code {}",
+            dtype.code
+        )));
     }
     Ok(bits / 8)
 }
@@ -61,22 +64,42 @@ impl TensorMeta {
     /// Validates and builds a descriptor; `nbytes` is derived from dtype and shape.
     pub fn new(dtype: DLDataType, shape: Vec<i64>, strides: Vec<i64>) -> Result<Self> {
         if shape.len() > MAX_NDIM {
-            return Err(Error::invalid(format!("tensor has {} dimensions, at most {MAX_NDIM} are supported", shape.len())));
+            return Err(Error::invalid(format!(
+                "tensor has {} dimensions, at most {MAX_NDIM} are supported",
+                shape.len()
+            )));
         }
         if strides.len() != shape.len() {
-            return Err(Error::invalid(format!("{} strides given for {} dimensions", strides.len(), shape.len())));
+            return Err(Error::invalid(format!(
+                "{} strides given for {} dimensions",
+                strides.len(),
+                shape.len()
+            )));
         }
         let item = element_size(dtype)?;
         let mut numel: u64 = 1;
         for &d in &shape {
-            let d = u64::try_from(d).map_err(|_| Error::invalid(format!("negative dimension {d} in shape {shape:?}")))?;
-            numel = numel.checked_mul(d).ok_or_else(|| Error::invalid(format!("shape {shape:?} overflows")))?;
+            let d = u64::try_from(d).map_err(|_| {
+                Error::invalid(format!("negative dimension {d} in shape {shape:?}"))
+            })?;
+            numel = numel
+                .checked_mul(d)
+                .ok_or_else(|| Error::invalid(format!("shape {shape:?} overflows")))?;
         }
         let nbytes = numel
             .checked_mul(item)
             .filter(|&n| n <= MAX_TENSOR_BYTES)
-            .ok_or_else(|| Error::invalid(format!("shape {shape:?} is larger than {MAX_TENSOR_BYTES} bytes")))?;
-        Ok(TensorMeta { dtype, shape, strides, nbytes })
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "shape {shape:?} is larger than {MAX_TENSOR_BYTES} bytes"
+                ))
+            })?;
+        Ok(TensorMeta {
+            dtype,
+            shape,
+            strides,
+            nbytes,
+        })
     }
 
     /// A compact row-major descriptor for `shape`.
@@ -95,9 +118,16 @@ impl TensorMeta {
             .filter(|&n| n <= MAX_NDIM)
             .ok_or_else(|| Error::invalid(format!("invalid ndim {}", t.ndim)))?;
         if ndim > 0 && t.shape.is_null() {
-            return Err(Error::new(crate::ErrorKind::NullArgument, "DLTensor.shape is NULL"));
+            return Err(Error::new(
+                crate::ErrorKind::NullArgument,
+                "DLTensor.shape is NULL",
+            ));
         }
-        let shape = if ndim == 0 { Vec::new() } else { std::slice::from_raw_parts(t.shape, ndim).to_vec() };
+        let shape = if ndim == 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(t.shape, ndim).to_vec()
+        };
         let strides = if t.strides.is_null() || ndim == 0 {
             compact_strides(&shape)
         } else {
@@ -129,7 +159,10 @@ impl TensorMeta {
 
     /// This descriptor with compact strides (what a receiver allocates).
     pub fn to_compact(&self) -> TensorMeta {
-        TensorMeta { strides: compact_strides(&self.shape), ..self.clone() }
+        TensorMeta {
+            strides: compact_strides(&self.shape),
+            ..self.clone()
+        }
     }
 }
 
@@ -160,9 +193,13 @@ impl Tensor {
     /// # Safety
     /// `ptr` must be a valid `DLManagedTensor` not owned by anyone else after success.
     pub unsafe fn from_managed(ptr: *mut DLManagedTensor) -> Result<Self> {
-        let nn = NonNull::new(ptr).ok_or_else(|| Error::new(crate::ErrorKind::NullArgument, "DLManagedTensor is NULL"))?;
+        let nn = NonNull::new(ptr)
+            .ok_or_else(|| Error::new(crate::ErrorKind::NullArgument, "DLManagedTensor is NULL"))?;
         let meta = TensorMeta::from_dl(&nn.as_ref().dl_tensor)?;
-        Ok(Tensor { managed: Managed::Unversioned(nn), meta })
+        Ok(Tensor {
+            managed: Managed::Unversioned(nn),
+            meta,
+        })
     }
 
     /// Takes ownership of a versioned DLPack tensor after validating it (major
@@ -171,8 +208,12 @@ impl Tensor {
     /// # Safety
     /// As [`Tensor::from_managed`].
     pub unsafe fn from_versioned(ptr: *mut DLManagedTensorVersioned) -> Result<Self> {
-        let nn = NonNull::new(ptr)
-            .ok_or_else(|| Error::new(crate::ErrorKind::NullArgument, "DLManagedTensorVersioned is NULL"))?;
+        let nn = NonNull::new(ptr).ok_or_else(|| {
+            Error::new(
+                crate::ErrorKind::NullArgument,
+                "DLManagedTensorVersioned is NULL",
+            )
+        })?;
         let v = nn.as_ref().version;
         if v.major != DLPACK_MAJOR_VERSION {
             return Err(Error::invalid(format!(
@@ -181,15 +222,26 @@ impl Tensor {
             )));
         }
         let meta = TensorMeta::from_dl(&nn.as_ref().dl_tensor)?;
-        Ok(Tensor { managed: Managed::Versioned(nn), meta })
+        Ok(Tensor {
+            managed: Managed::Versioned(nn),
+            meta,
+        })
     }
 
     /// Wraps memory owned by `owner` (dropped when the tensor is) as a tensor.
     /// `data` must stay valid for `meta` as long as `owner` lives.
-    pub fn from_owner(meta: TensorMeta, device: DLDevice, data: *mut c_void, owner: Box<dyn Any + Send>) -> Tensor {
+    pub fn from_owner(
+        meta: TensorMeta,
+        device: DLDevice,
+        data: *mut c_void,
+        owner: Box<dyn Any + Send>,
+    ) -> Tensor {
         let ptr = export(&meta, device, data, 0, owner);
         // SAFETY: `export` returns a valid, uniquely owned DLManagedTensor.
-        Tensor { managed: Managed::Unversioned(unsafe { NonNull::new_unchecked(ptr) }), meta }
+        Tensor {
+            managed: Managed::Unversioned(unsafe { NonNull::new_unchecked(ptr) }),
+            meta,
+        }
     }
 
     /// A new CPU tensor of `meta`'s shape in plugin-owned host memory (see
@@ -198,7 +250,15 @@ impl Tensor {
         let meta = meta.to_compact();
         let buf = HostBuffer::new(meta.nbytes as usize)?;
         let data = buf.as_ptr() as *mut c_void;
-        Ok(Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, data, Box::new(buf)))
+        Ok(Tensor::from_owner(
+            meta,
+            DLDevice {
+                device_type: kDLCPU,
+                device_id: 0,
+            },
+            data,
+            Box::new(buf),
+        ))
     }
 
     /// Hands the tensor out as an unversioned `DLManagedTensor` that the receiver
@@ -261,7 +321,9 @@ impl Tensor {
             return Some(&[]);
         }
         // SAFETY: a contiguous host tensor spans nbytes readable bytes from data_ptr.
-        Some(unsafe { std::slice::from_raw_parts(self.data_ptr() as *const u8, self.meta.nbytes as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.data_ptr() as *const u8, self.meta.nbytes as usize)
+        })
     }
 
     /// Mutable bytes of a contiguous CPU tensor (for receiving into it).
@@ -280,7 +342,11 @@ impl Tensor {
     /// (`dst.len()` must equal `nbytes`). Works for strided tensors.
     pub fn pack_into(&self, dst: &mut [u8]) -> Result<()> {
         if dst.len() as u64 != self.meta.nbytes {
-            return Err(Error::invalid(format!("pack buffer is {} bytes, tensor is {}", dst.len(), self.meta.nbytes)));
+            return Err(Error::invalid(format!(
+                "pack buffer is {} bytes, tensor is {}",
+                dst.len(),
+                self.meta.nbytes
+            )));
         }
         self.pack_range(0, dst)
     }
@@ -290,15 +356,24 @@ impl Tensor {
     /// bounded chunks. `first` and `dst.len()` must be whole elements.
     pub fn pack_range(&self, first: u64, dst: &mut [u8]) -> Result<()> {
         let item = element_size(self.meta.dtype)? as usize;
-        if !first.is_multiple_of(item as u64) || !dst.len().is_multiple_of(item) || first + dst.len() as u64 > self.meta.nbytes {
-            return Err(Error::invalid(format!("byte range {first}+{} is not whole elements of the tensor", dst.len())));
+        if !first.is_multiple_of(item as u64)
+            || !dst.len().is_multiple_of(item)
+            || first + dst.len() as u64 > self.meta.nbytes
+        {
+            return Err(Error::invalid(format!(
+                "byte range {first}+{} is not whole elements of the tensor",
+                dst.len()
+            )));
         }
         if let Some(src) = self.host_bytes() {
             dst.copy_from_slice(&src[first as usize..first as usize + dst.len()]);
             return Ok(());
         }
         if !is_host(self.device()) {
-            return Err(Error::new(crate::ErrorKind::Unsupported, "packing a non-CPU tensor on the host"));
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                "packing a non-CPU tensor on the host",
+            ));
         }
         let base = self.data_ptr() as *const u8;
         let shape = &self.meta.shape;
@@ -314,7 +389,13 @@ impl Tensor {
         for chunk in dst.chunks_exact_mut(item) {
             // SAFETY: every index is within shape, so the element lies inside the
             // producer's allocation as its strides describe it.
-            unsafe { std::ptr::copy_nonoverlapping(base.offset(offset as isize * item as isize), chunk.as_mut_ptr(), item) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    base.offset(offset as isize * item as isize),
+                    chunk.as_mut_ptr(),
+                    item,
+                )
+            };
             for d in (0..shape.len()).rev() {
                 index[d] += 1;
                 offset += strides[d];
@@ -371,8 +452,18 @@ unsafe extern "C" fn export_deleter(ptr: *mut DLManagedTensor) {
 
 /// Hands out a new `DLManagedTensor` describing `data` with `meta`; its deleter
 /// drops `owner`. The caller (usually C) must call the deleter exactly once.
-pub fn export(meta: &TensorMeta, device: DLDevice, data: *mut c_void, byte_offset: u64, owner: Box<dyn Any + Send>) -> *mut DLManagedTensor {
-    let mut ctx = Box::new(ExportCtx { shape: meta.shape.clone(), strides: meta.strides.clone(), _owner: owner });
+pub fn export(
+    meta: &TensorMeta,
+    device: DLDevice,
+    data: *mut c_void,
+    byte_offset: u64,
+    owner: Box<dyn Any + Send>,
+) -> *mut DLManagedTensor {
+    let mut ctx = Box::new(ExportCtx {
+        shape: meta.shape.clone(),
+        strides: meta.strides.clone(),
+        _owner: owner,
+    });
     let dl_tensor = DLTensor {
         data,
         device,

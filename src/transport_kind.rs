@@ -21,8 +21,13 @@ pub enum TransportKind {
 
 impl TransportKind {
     /// Every transport, in wire-code order.
-    pub const ALL: [TransportKind; 5] =
-        [TransportKind::Gloo, TransportKind::Nccl, TransportKind::Nixl, TransportKind::CudaIpc, TransportKind::Shm];
+    pub const ALL: [TransportKind; 5] = [
+        TransportKind::Gloo,
+        TransportKind::Nccl,
+        TransportKind::Nixl,
+        TransportKind::CudaIpc,
+        TransportKind::Shm,
+    ];
 
     /// Parses a wire code.
     pub fn from_code(code: u32) -> Result<Self> {

@@ -27,17 +27,39 @@ impl Store {
 
     fn put(&self, id: u64, tensors: &[*mut DLManagedTensor], kind: rdt_copy_kind) -> rdt_status {
         // SAFETY: a live store, a 28-byte ID and valid tensors.
-        unsafe { rdt_store_put(self.0, oid(id).as_bytes().as_ptr(), tensors.as_ptr(), tensors.len(), kind) }
+        unsafe {
+            rdt_store_put(
+                self.0,
+                oid(id).as_bytes().as_ptr(),
+                tensors.as_ptr(),
+                tensors.len(),
+                kind,
+            )
+        }
     }
 
     /// Get (or pop) into an array of `capacity`; returns the status, the count the
     /// plugin reported and the views it wrote.
-    fn get(&self, id: u64, capacity: usize, pop: bool) -> (rdt_status, usize, Vec<*mut DLManagedTensor>) {
+    fn get(
+        &self,
+        id: u64,
+        capacity: usize,
+        pop: bool,
+    ) -> (rdt_status, usize, Vec<*mut DLManagedTensor>) {
         let f = if pop { rdt_store_pop } else { rdt_store_get };
         let mut views = vec![null_mut(); capacity];
         let mut count = usize::MAX;
         // SAFETY: `views` has room for `capacity` pointers; `count` is writable.
-        let status = unsafe { f(self.0, oid(id).as_bytes().as_ptr(), 100, views.as_mut_ptr(), capacity, &mut count) };
+        let status = unsafe {
+            f(
+                self.0,
+                oid(id).as_bytes().as_ptr(),
+                100,
+                views.as_mut_ptr(),
+                capacity,
+                &mut count,
+            )
+        };
         views.truncate(if status == RDT_OK { count } else { 0 });
         (status, count, views)
     }
@@ -45,7 +67,10 @@ impl Store {
     fn contains(&self, id: u64) -> bool {
         let mut present = false;
         // SAFETY: a live store and a writable output.
-        assert_eq!(unsafe { rdt_store_contains(self.0, oid(id).as_bytes().as_ptr(), &mut present) }, RDT_OK);
+        assert_eq!(
+            unsafe { rdt_store_contains(self.0, oid(id).as_bytes().as_ptr(), &mut present) },
+            RDT_OK
+        );
         present
     }
 }
@@ -60,13 +85,19 @@ impl Drop for Store {
 /// The calling thread's last error text.
 fn last_error() -> String {
     // SAFETY: rdt_last_error returns a NUL-terminated string valid until the next call.
-    unsafe { CStr::from_ptr(rdt_last_error()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(rdt_last_error()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Asserts `status` is `expected` and the last error mentions `needle`.
 fn assert_fails(status: rdt_status, expected: rdt_status, needle: &str) {
     assert_eq!(status, expected, "last error: {}", last_error());
-    assert!(last_error().contains(needle), "{:?} does not mention {needle:?}", last_error());
+    assert!(
+        last_error().contains(needle),
+        "{:?} does not mention {needle:?}",
+        last_error()
+    );
 }
 
 #[test]
@@ -84,8 +115,19 @@ fn every_pointer_argument_is_null_checked() {
     let record = sample_metadata(1).encode().unwrap();
     let mut md = null_mut();
     // SAFETY: valid input and output.
-    assert_eq!(unsafe { rdt_metadata_decode(record.as_ptr(), record.len(), &mut md) }, RDT_OK);
-    let (mut tr, mut dev, mut n, mut bytes) = (0, DLDevice { device_type: 0, device_id: 0 }, 0usize, 0u64);
+    assert_eq!(
+        unsafe { rdt_metadata_decode(record.as_ptr(), record.len(), &mut md) },
+        RDT_OK
+    );
+    let (mut tr, mut dev, mut n, mut bytes) = (
+        0,
+        DLDevice {
+            device_type: 0,
+            device_id: 0,
+        },
+        0usize,
+        0u64,
+    );
     let mut desc = std::mem::MaybeUninit::<rdt_tensor_desc>::uninit();
     let mut views = [null_mut(); 1];
     let (mut count, mut flag) = (0usize, false);
@@ -101,25 +143,67 @@ fn every_pointer_argument_is_null_checked() {
             assert_fails(unsafe { $call }, RDT_ERR_NULL_ARGUMENT, $needle)
         };
     }
-    null_case!("out_metadata", rdt_metadata_decode(record.as_ptr(), record.len(), null_mut()));
+    null_case!(
+        "out_metadata",
+        rdt_metadata_decode(record.as_ptr(), record.len(), null_mut())
+    );
     null_case!("data", rdt_metadata_decode(null(), 8, &mut md));
-    null_case!("metadata", rdt_metadata_summary(null(), &mut tr, &mut dev, &mut n, &mut bytes));
-    null_case!("out_transport", rdt_metadata_summary(md, null_mut(), &mut dev, &mut n, &mut bytes));
-    null_case!("out_device", rdt_metadata_summary(md, &mut tr, null_mut(), &mut n, &mut bytes));
-    null_case!("out_num_tensors", rdt_metadata_summary(md, &mut tr, &mut dev, null_mut(), &mut bytes));
-    null_case!("out_total_bytes", rdt_metadata_summary(md, &mut tr, &mut dev, &mut n, null_mut()));
-    null_case!("metadata", rdt_metadata_tensor(null(), 0, desc.as_mut_ptr()));
+    null_case!(
+        "metadata",
+        rdt_metadata_summary(null(), &mut tr, &mut dev, &mut n, &mut bytes)
+    );
+    null_case!(
+        "out_transport",
+        rdt_metadata_summary(md, null_mut(), &mut dev, &mut n, &mut bytes)
+    );
+    null_case!(
+        "out_device",
+        rdt_metadata_summary(md, &mut tr, null_mut(), &mut n, &mut bytes)
+    );
+    null_case!(
+        "out_num_tensors",
+        rdt_metadata_summary(md, &mut tr, &mut dev, null_mut(), &mut bytes)
+    );
+    null_case!(
+        "out_total_bytes",
+        rdt_metadata_summary(md, &mut tr, &mut dev, &mut n, null_mut())
+    );
+    null_case!(
+        "metadata",
+        rdt_metadata_tensor(null(), 0, desc.as_mut_ptr())
+    );
     null_case!("out_desc", rdt_metadata_tensor(md, 0, null_mut()));
     null_case!("out_stats", rdt_stats_get(RDT_TRANSPORT_SHM, null_mut()));
     null_case!("out_store", rdt_store_new(null_mut()));
-    null_case!("store", rdt_store_put(null(), id, null(), 0, RDT_COPY_PRIMARY));
-    null_case!("object_id", rdt_store_put(s, null(), null(), 0, RDT_COPY_PRIMARY));
+    null_case!(
+        "store",
+        rdt_store_put(null(), id, null(), 0, RDT_COPY_PRIMARY)
+    );
+    null_case!(
+        "object_id",
+        rdt_store_put(s, null(), null(), 0, RDT_COPY_PRIMARY)
+    );
     null_case!("tensors", rdt_store_put(s, id, null(), 1, RDT_COPY_PRIMARY));
-    null_case!("tensor 0", rdt_store_put(s, id, null_tensor.as_ptr(), 1, RDT_COPY_PRIMARY));
-    null_case!("store", rdt_store_put_versioned(null(), id, null(), 0, RDT_COPY_PRIMARY));
-    null_case!("object_id", rdt_store_put_versioned(s, null(), null(), 0, RDT_COPY_PRIMARY));
-    null_case!("tensors", rdt_store_put_versioned(s, id, null(), 1, RDT_COPY_PRIMARY));
-    null_case!("tensor 0", rdt_store_put_versioned(s, id, null_versioned.as_ptr(), 1, RDT_COPY_PRIMARY));
+    null_case!(
+        "tensor 0",
+        rdt_store_put(s, id, null_tensor.as_ptr(), 1, RDT_COPY_PRIMARY)
+    );
+    null_case!(
+        "store",
+        rdt_store_put_versioned(null(), id, null(), 0, RDT_COPY_PRIMARY)
+    );
+    null_case!(
+        "object_id",
+        rdt_store_put_versioned(s, null(), null(), 0, RDT_COPY_PRIMARY)
+    );
+    null_case!(
+        "tensors",
+        rdt_store_put_versioned(s, id, null(), 1, RDT_COPY_PRIMARY)
+    );
+    null_case!(
+        "tensor 0",
+        rdt_store_put_versioned(s, id, null_versioned.as_ptr(), 1, RDT_COPY_PRIMARY)
+    );
     null_case!("store", rdt_store_put_error(null(), id, msg));
     null_case!("object_id", rdt_store_put_error(s, null(), msg));
     null_case!("message", rdt_store_put_error(s, id, null()));
@@ -155,10 +239,22 @@ fn every_pointer_argument_is_null_checked() {
 fn a_pointer_check_failure_with_a_valid_object_id_leaves_the_object_alone() {
     let store = Store::new();
     let deletions = Deletions::new();
-    assert_eq!(store.put(1, &[counting_tensor(&deletions, &[2])], RDT_COPY_PRIMARY), RDT_OK);
+    assert_eq!(
+        store.put(1, &[counting_tensor(&deletions, &[2])], RDT_COPY_PRIMARY),
+        RDT_OK
+    );
     let mut views = [null_mut(); 1];
     // SAFETY: NULL out_count with otherwise valid arguments.
-    let status = unsafe { rdt_store_pop(store.0, oid(1).as_bytes().as_ptr(), 0, views.as_mut_ptr(), 1, null_mut()) };
+    let status = unsafe {
+        rdt_store_pop(
+            store.0,
+            oid(1).as_bytes().as_ptr(),
+            0,
+            views.as_mut_ptr(),
+            1,
+            null_mut(),
+        )
+    };
     assert_eq!(status, RDT_ERR_NULL_ARGUMENT);
     assert!(store.contains(1));
     assert!(views[0].is_null());
@@ -180,22 +276,44 @@ fn refused_tensors_stay_with_the_caller() {
         (*bad_dtype).dl_tensor.dtype.bits = 0;
         (*too_many_dims).dl_tensor.ndim = 65;
     }
-    for (bad, needle) in [(negative, "negative dimension"), (bad_dtype, "dtype"), (too_many_dims, "ndim")] {
-        assert_fails(store.put(1, &[good, bad], RDT_COPY_PRIMARY), RDT_ERR_INVALID_ARGUMENT, needle);
+    for (bad, needle) in [
+        (negative, "negative dimension"),
+        (bad_dtype, "dtype"),
+        (too_many_dims, "ndim"),
+    ] {
+        assert_fails(
+            store.put(1, &[good, bad], RDT_COPY_PRIMARY),
+            RDT_ERR_INVALID_ARGUMENT,
+            needle,
+        );
         assert!(last_error().starts_with("tensor 1:"), "{}", last_error());
     }
-    assert_fails(store.put(1, &[good], 7), RDT_ERR_INVALID_ARGUMENT, "copy kind 7");
+    assert_fails(
+        store.put(1, &[good], 7),
+        RDT_ERR_INVALID_ARGUMENT,
+        "copy kind 7",
+    );
 
     let wrong_major = counting_tensor_versioned(&deletions, &[2], 2);
     // SAFETY: a valid versioned tensor, refused for its version.
-    let status = unsafe { rdt_store_put_versioned(store.0, oid(1).as_bytes().as_ptr(), &wrong_major, 1, RDT_COPY_PRIMARY) };
+    let status = unsafe {
+        rdt_store_put_versioned(
+            store.0,
+            oid(1).as_bytes().as_ptr(),
+            &wrong_major,
+            1,
+            RDT_COPY_PRIMARY,
+        )
+    };
     assert_fails(status, RDT_ERR_INVALID_ARGUMENT, "major version 2");
 
     assert_eq!(deletions.count(), 0, "no refused tensor was deleted");
     assert!(!store.contains(1));
     // SAFETY: the caller still owns every refused tensor.
     unsafe {
-        [good, negative, bad_dtype, too_many_dims].into_iter().for_each(|t| delete(t));
+        [good, negative, bad_dtype, too_many_dims]
+            .into_iter()
+            .for_each(|t| delete(t));
         ((*wrong_major).deleter.unwrap())(wrong_major);
     }
     assert_eq!(deletions.count(), 5);
@@ -205,9 +323,16 @@ fn refused_tensors_stay_with_the_caller() {
 fn an_existing_object_refuses_a_second_put() {
     let store = Store::new();
     let (kept, refused) = (Deletions::new(), Deletions::new());
-    assert_eq!(store.put(1, &[counting_tensor(&kept, &[1])], RDT_COPY_PRIMARY), RDT_OK);
+    assert_eq!(
+        store.put(1, &[counting_tensor(&kept, &[1])], RDT_COPY_PRIMARY),
+        RDT_OK
+    );
     let again = counting_tensor(&refused, &[1]);
-    assert_fails(store.put(1, &[again], RDT_COPY_SECONDARY), RDT_ERR_ALREADY_EXISTS, "already stored");
+    assert_fails(
+        store.put(1, &[again], RDT_COPY_SECONDARY),
+        RDT_ERR_ALREADY_EXISTS,
+        "already stored",
+    );
     assert_eq!(refused.count(), 0);
     // SAFETY: the refused tensor is still ours.
     unsafe { delete(again) };
@@ -219,13 +344,21 @@ fn an_existing_object_refuses_a_second_put() {
 fn views_share_memory_and_outlive_the_object_and_the_store() {
     let store = Store::new();
     let deletions = Deletions::new();
-    let put: Vec<_> = (0..3).map(|_| counting_tensor(&deletions, &[4, 4])).collect();
+    let put: Vec<_> = (0..3)
+        .map(|_| counting_tensor(&deletions, &[4, 4]))
+        .collect();
     // SAFETY: the tensors are valid until we hand them over.
-    let data: Vec<_> = put.iter().map(|&t| unsafe { (*t).dl_tensor.data }).collect();
+    let data: Vec<_> = put
+        .iter()
+        .map(|&t| unsafe { (*t).dl_tensor.data })
+        .collect();
     assert_eq!(store.put(1, &put, RDT_COPY_PRIMARY), RDT_OK);
 
     let (status, count, small) = store.get(1, 2, false);
-    assert_eq!((status, count, small.len()), (RDT_ERR_BUFFER_TOO_SMALL, 3, 0));
+    assert_eq!(
+        (status, count, small.len()),
+        (RDT_ERR_BUFFER_TOO_SMALL, 3, 0)
+    );
     assert!(last_error().contains("holds 2"), "{}", last_error());
     let (status, count, _) = store.get(1, 1, true);
     assert_eq!((status, count), (RDT_ERR_BUFFER_TOO_SMALL, 3));
@@ -238,7 +371,10 @@ fn views_share_memory_and_outlive_the_object_and_the_store() {
     assert!(!store.contains(1));
     for views in [&got, &popped] {
         // SAFETY: views handed out by the plugin, not yet deleted.
-        let seen: Vec<_> = views.iter().map(|&v| unsafe { (*v).dl_tensor.data }).collect();
+        let seen: Vec<_> = views
+            .iter()
+            .map(|&v| unsafe { (*v).dl_tensor.data })
+            .collect();
         assert_eq!(seen, data);
         // SAFETY: as above; ndim 2 with a shape array of 2 entries.
         let shape = unsafe { std::slice::from_raw_parts((*views[0]).dl_tensor.shape, 2) };
@@ -247,7 +383,9 @@ fn views_share_memory_and_outlive_the_object_and_the_store() {
     drop(store);
     assert_eq!(deletions.count(), 0, "views keep the memory alive");
     // SAFETY: each view is deleted exactly once.
-    got.into_iter().chain(popped).for_each(|v| unsafe { delete(v) });
+    got.into_iter()
+        .chain(popped)
+        .for_each(|v| unsafe { delete(v) });
     assert_eq!(deletions.count(), 3);
 }
 
@@ -255,7 +393,8 @@ fn views_share_memory_and_outlive_the_object_and_the_store() {
 fn stored_errors_and_timeouts_have_their_status_and_text() {
     let store = Store::new();
     // SAFETY: valid arguments.
-    let status = unsafe { rdt_store_put_error(store.0, oid(1).as_bytes().as_ptr(), c"actor died".as_ptr()) };
+    let status =
+        unsafe { rdt_store_put_error(store.0, oid(1).as_bytes().as_ptr(), c"actor died".as_ptr()) };
     assert_eq!(status, RDT_OK);
     let (status, _, _) = store.get(1, 1, false);
     assert_fails(status, RDT_ERR_OBJECT_FAILED, "actor died");
@@ -279,13 +418,23 @@ fn last_error_belongs_to_the_calling_thread() {
 #[test]
 fn stats_accept_every_transport_and_refuse_unknown_codes() {
     let mut stats = rdt_transport_stats::default();
-    for t in [RDT_TRANSPORT_GLOO, RDT_TRANSPORT_NCCL, RDT_TRANSPORT_NIXL, RDT_TRANSPORT_CUDA_IPC, RDT_TRANSPORT_SHM] {
+    for t in [
+        RDT_TRANSPORT_GLOO,
+        RDT_TRANSPORT_NCCL,
+        RDT_TRANSPORT_NIXL,
+        RDT_TRANSPORT_CUDA_IPC,
+        RDT_TRANSPORT_SHM,
+    ] {
         // SAFETY: `stats` is writable.
         assert_eq!(unsafe { rdt_stats_get(t, &mut stats) }, RDT_OK);
     }
     for code in [5, 99, u32::MAX] {
         // SAFETY: as above.
-        assert_fails(unsafe { rdt_stats_get(code, &mut stats) }, RDT_ERR_INVALID_ARGUMENT, "unknown transport");
+        assert_fails(
+            unsafe { rdt_stats_get(code, &mut stats) },
+            RDT_ERR_INVALID_ARGUMENT,
+            "unknown transport",
+        );
     }
 }
 
@@ -294,22 +443,49 @@ fn metadata_records_decode_and_describe_their_tensors() {
     let record = sample_metadata(3).encode().unwrap();
     let mut md = null_mut();
     // SAFETY: valid input and output.
-    assert_eq!(unsafe { rdt_metadata_decode(record.as_ptr(), record.len(), &mut md) }, RDT_OK);
-    let (mut tr, mut dev, mut n, mut bytes) = (0, DLDevice { device_type: 0, device_id: 0 }, 0usize, 0u64);
+    assert_eq!(
+        unsafe { rdt_metadata_decode(record.as_ptr(), record.len(), &mut md) },
+        RDT_OK
+    );
+    let (mut tr, mut dev, mut n, mut bytes) = (
+        0,
+        DLDevice {
+            device_type: 0,
+            device_id: 0,
+        },
+        0usize,
+        0u64,
+    );
     // SAFETY: a decoded handle and writable outputs.
-    assert_eq!(unsafe { rdt_metadata_summary(md, &mut tr, &mut dev, &mut n, &mut bytes) }, RDT_OK);
-    assert_eq!((tr, dev.device_type, n, bytes), (RDT_TRANSPORT_SHM, kDLCPU, 3, 3 * 1024 * 256 * 4));
+    assert_eq!(
+        unsafe { rdt_metadata_summary(md, &mut tr, &mut dev, &mut n, &mut bytes) },
+        RDT_OK
+    );
+    assert_eq!(
+        (tr, dev.device_type, n, bytes),
+        (RDT_TRANSPORT_SHM, kDLCPU, 3, 3 * 1024 * 256 * 4)
+    );
 
     let mut desc = std::mem::MaybeUninit::<rdt_tensor_desc>::uninit();
     // SAFETY: as above.
-    assert_eq!(unsafe { rdt_metadata_tensor(md, 2, desc.as_mut_ptr()) }, RDT_OK);
+    assert_eq!(
+        unsafe { rdt_metadata_tensor(md, 2, desc.as_mut_ptr()) },
+        RDT_OK
+    );
     // SAFETY: written by the successful call; shape points to ndim entries.
     let desc = unsafe { desc.assume_init() };
-    assert_eq!(unsafe { std::slice::from_raw_parts(desc.shape, desc.ndim as usize) }, [1024, 256]);
+    assert_eq!(
+        unsafe { std::slice::from_raw_parts(desc.shape, desc.ndim as usize) },
+        [1024, 256]
+    );
     assert_eq!(desc.nbytes, 1024 * 256 * 4);
     let mut unused = std::mem::MaybeUninit::<rdt_tensor_desc>::uninit();
     // SAFETY: as above.
-    assert_fails(unsafe { rdt_metadata_tensor(md, usize::MAX, unused.as_mut_ptr()) }, RDT_ERR_INVALID_ARGUMENT, "out of range");
+    assert_fails(
+        unsafe { rdt_metadata_tensor(md, usize::MAX, unused.as_mut_ptr()) },
+        RDT_ERR_INVALID_ARGUMENT,
+        "out of range",
+    );
     // SAFETY: from rdt_metadata_decode.
     unsafe { rdt_metadata_destroy(md) };
 }
@@ -317,11 +493,27 @@ fn metadata_records_decode_and_describe_their_tensors() {
 #[test]
 fn malformed_records_are_refused_without_a_handle() {
     let record = sample_metadata(2).encode().unwrap();
-    let inputs: [&[u8]; 5] = [b"", b"garbage!", &record[..record.len() - 1], &[0xff; 64], &[record.as_slice(), b"x"].concat()];
+    let inputs: [&[u8]; 5] = [
+        b"",
+        b"garbage!",
+        &record[..record.len() - 1],
+        &[0xff; 64],
+        &[record.as_slice(), b"x"].concat(),
+    ];
     for input in inputs {
         let mut md = null_mut();
         // SAFETY: valid input and output; NULL data is allowed for length 0.
-        let status = unsafe { rdt_metadata_decode(if input.is_empty() { null() } else { input.as_ptr() }, input.len(), &mut md) };
+        let status = unsafe {
+            rdt_metadata_decode(
+                if input.is_empty() {
+                    null()
+                } else {
+                    input.as_ptr()
+                },
+                input.len(),
+                &mut md,
+            )
+        };
         assert_eq!(status, RDT_ERR_MALFORMED_METADATA, "input {input:?}");
         assert!(md.is_null());
         assert!(!last_error().is_empty());

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn dt(code: u8, bits: u8) -> DLDataType {
-    DLDataType { code, bits, lanes: 1 }
+    DLDataType {
+        code,
+        bits,
+        lanes: 1,
+    }
 }
 
 /// An object of several dtypes and shapes (0-d, empty, strided, 1 MiB), all
@@ -36,13 +40,26 @@ fn sample(seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
         expected.push(bytes.clone());
         tensors.push(tensor_from_bytes(dtype, shape, bytes));
     }
-    tensors.push(strided_tensor(dt(kDLInt, 8), vec![3, 2], vec![1, 3], vec![0, 1, 2, 3, 4, 5]));
+    tensors.push(strided_tensor(
+        dt(kDLInt, 8),
+        vec![3, 2],
+        vec![1, 3],
+        vec![0, 1, 2, 3, 4, 5],
+    ));
     expected.push(vec![0, 3, 1, 4, 2, 5]);
     // The transpose of a 1200x1024 float32 matrix (4.7 MiB): sent in two chunks.
     let (rows, cols) = (1200usize, 1024usize);
     let data = pattern(rows * cols * 4, seed);
-    let packed: Vec<u8> = (0..cols).flat_map(|i| (0..rows).flat_map(move |j| (0..4).map(move |b| (j * cols + i) * 4 + b))).map(|k| data[k]).collect();
-    tensors.push(strided_tensor(dt(kDLFloat, 32), vec![cols as i64, rows as i64], vec![1, cols as i64], data));
+    let packed: Vec<u8> = (0..cols)
+        .flat_map(|i| (0..rows).flat_map(move |j| (0..4).map(move |b| (j * cols + i) * 4 + b)))
+        .map(|k| data[k])
+        .collect();
+    tensors.push(strided_tensor(
+        dt(kDLFloat, 32),
+        vec![cols as i64, rows as i64],
+        vec![1, cols as i64],
+        data,
+    ));
     expected.push(packed);
     (tensors, expected)
 }
@@ -62,11 +79,18 @@ struct Node {
 
 impl Node {
     fn new(rank: usize) -> Node {
-        Node { ctx: Context::new(b"node", format!("rank{rank}").as_bytes()).unwrap(), rank }
+        Node {
+            ctx: Context::new(b"node", format!("rank{rank}").as_bytes()).unwrap(),
+            rank,
+        }
     }
 
     fn join(&self, name: &str, world: usize, addr: &str) -> String {
-        match self.ctx.gloo().create_group(name, self.rank, world, addr, TIMEOUT) {
+        match self
+            .ctx
+            .gloo()
+            .create_group(name, self.rank, world, addr, TIMEOUT)
+        {
             Ok(()) => "JOINED".into(),
             Err(e) => format!("ERR {:?} {e}", e.kind()),
         }
@@ -78,7 +102,11 @@ impl Node {
             Some(n) => vec![tensor_from_bytes(dt(kDLInt, 8), vec![n as i64], vec![1; n])],
             None => sample(seed).0,
         };
-        let record = self.ctx.put(id, TransportKind::Gloo, Some(group), tensors).map_err(|r| r.error).unwrap();
+        let record = self
+            .ctx
+            .put(id, TransportKind::Gloo, Some(group), tensors)
+            .map_err(|r| r.error)
+            .unwrap();
         format!("RECORD {} {}", hex(id.as_bytes()), hex(&record))
     }
 
@@ -86,7 +114,10 @@ impl Node {
         let id = ObjectId::from_slice(&unhex(id)).unwrap();
         match self.ctx.fetch(&id, &unhex(record), TIMEOUT) {
             Ok(Fetched::Received(tensors)) => {
-                let got: Vec<Vec<u8>> = tensors.iter().map(|t| t.host_bytes().unwrap().to_vec()).collect();
+                let got: Vec<Vec<u8>> = tensors
+                    .iter()
+                    .map(|t| t.host_bytes().unwrap().to_vec())
+                    .collect();
                 if got == sample(seed).1 {
                     "OK".into()
                 } else {
@@ -104,10 +135,20 @@ impl Node {
         match w.as_slice() {
             ["JOIN", name, world, addr] => self.join(name, world.parse().unwrap(), addr),
             ["PUT", seed, group] => self.put(seed.parse().unwrap(), None, group),
-            ["PUTBIG", seed, bytes, group] => self.put(seed.parse().unwrap(), Some(bytes.parse().unwrap()), group),
+            ["PUTBIG", seed, bytes, group] => {
+                self.put(seed.parse().unwrap(), Some(bytes.parse().unwrap()), group)
+            }
             ["FETCH", id, record, seed] => self.fetch(id, record, seed.parse().unwrap()),
-            ["FREE", id] => format!("FREED {}", self.ctx.free(&ObjectId::from_slice(&unhex(id)).unwrap())),
-            ["DESTROY", name] => self.ctx.gloo().destroy_group(name).map(|_| "DESTROYED".to_string()).unwrap_or_else(|e| format!("ERR {e}")),
+            ["FREE", id] => format!(
+                "FREED {}",
+                self.ctx.free(&ObjectId::from_slice(&unhex(id)).unwrap())
+            ),
+            ["DESTROY", name] => self
+                .ctx
+                .gloo()
+                .destroy_group(name)
+                .map(|_| "DESTROYED".to_string())
+                .unwrap_or_else(|e| format!("ERR {e}")),
             other => panic!("unknown command {other:?}"),
         }
     }
@@ -125,7 +166,11 @@ impl ChildRank {
         let mut child = spawn_child(test, &rank.to_string(), &[]);
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        ChildRank { child, stdin, stdout }
+        ChildRank {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     fn send(&mut self, line: &str) {
@@ -137,7 +182,10 @@ impl ChildRank {
         let mut line = String::new();
         loop {
             line.clear();
-            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "child exited");
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "child exited"
+            );
             if let Some(i) = line.find(">> ") {
                 return line[i + 3..].trim().to_string();
             }
@@ -164,9 +212,13 @@ fn child_main(rank: usize) {
 fn join_all(node: &Node, children: &mut [ChildRank], name: &str) {
     let addr = node.ctx.gloo().serve_rendezvous("127.0.0.1").unwrap();
     let world = children.len() + 1;
-    children.iter_mut().for_each(|c| c.send(&format!("JOIN {name} {world} {addr}")));
+    children
+        .iter_mut()
+        .for_each(|c| c.send(&format!("JOIN {name} {world} {addr}")));
     assert_eq!(node.join(name, world, &addr), "JOINED");
-    children.iter_mut().for_each(|c| assert_eq!(c.reply(), "JOINED"));
+    children
+        .iter_mut()
+        .for_each(|c| assert_eq!(c.reply(), "JOINED"));
 }
 
 fn exchange(world: usize, test: &str) {
@@ -198,7 +250,10 @@ fn exchange(world: usize, test: &str) {
     if world > 2 {
         let rec = children[0].call("PUT 30 g");
         let parts: Vec<&str> = rec.split_whitespace().collect();
-        assert_eq!(children[world - 2].call(&format!("FETCH {} {} 30", parts[1], parts[2])), "OK");
+        assert_eq!(
+            children[world - 2].call(&format!("FETCH {} {} 30", parts[1], parts[2])),
+            "OK"
+        );
     }
     assert!(stats::snapshot(TransportKind::Gloo).bytes_received > 0);
     assert!(stats::snapshot(TransportKind::Gloo).bytes_sent > 0);
@@ -229,7 +284,10 @@ fn gloo_faults_and_recreate() {
     let parts: Vec<&str> = rec.split_whitespace().collect();
     assert_eq!(c.call(&format!("FREE {}", parts[1])), "FREED true");
     let err = node.fetch(parts[1], parts[2], 1);
-    assert!(err.starts_with("ERR NotFound") && err.contains("not held by the producer"), "{err}");
+    assert!(
+        err.starts_with("ERR NotFound") && err.contains("not held by the producer"),
+        "{err}"
+    );
     let rec = c.call("PUT 2 f");
     let parts: Vec<&str> = rec.split_whitespace().collect();
     assert_eq!(node.fetch(parts[1], parts[2], 2), "OK");
@@ -237,7 +295,9 @@ fn gloo_faults_and_recreate() {
     // Destroy, then create again on the same processes.
     assert_eq!(c.call("DESTROY f"), "DESTROYED");
     node.ctx.gloo().destroy_group("f").unwrap();
-    assert!(node.fetch(parts[1], parts[2], 2).contains("not in collective group"));
+    assert!(node
+        .fetch(parts[1], parts[2], 2)
+        .contains("not in collective group"));
     join_all(&node, &mut children, "f");
     let c = &mut children[0];
     let rec = c.call("PUT 3 f");
@@ -258,6 +318,9 @@ fn gloo_faults_and_recreate() {
     assert!(start.elapsed() < TIMEOUT + Duration::from_secs(5));
     // The group is now broken, with a clear error.
     let again = node.fetch(&parts[1], &parts[2], 4);
-    assert!(again.contains("destroyed by a system error") || again.contains("cannot reach"), "{again}");
+    assert!(
+        again.contains("destroyed by a system error") || again.contains("cannot reach"),
+        "{again}"
+    );
     let _ = c.child.wait();
 }

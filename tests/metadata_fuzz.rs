@@ -48,7 +48,11 @@ fn cases_per_test() -> usize {
     let total: usize = std::env::var("RDT_FUZZ_CASES")
         .ok()
         .map(|v| v.parse().expect("RDT_FUZZ_CASES is a number"))
-        .unwrap_or(if cfg!(debug_assertions) { 100_000 } else { 1_000_000 });
+        .unwrap_or(if cfg!(debug_assertions) {
+            100_000
+        } else {
+            1_000_000
+        });
     total.div_ceil(4)
 }
 
@@ -60,11 +64,21 @@ fn check(input: &[u8], seed: u64) -> bool {
         .unwrap_or_else(|_| panic!("decode panicked (seed {seed}) on {}", hex()));
     match decoded {
         Ok(m) => {
-            assert_eq!(m.encode().unwrap(), input, "accepted a non-canonical record (seed {seed}): {}", hex());
+            assert_eq!(
+                m.encode().unwrap(),
+                input,
+                "accepted a non-canonical record (seed {seed}): {}",
+                hex()
+            );
             true
         }
         Err(e) => {
-            assert_eq!(e.kind(), ErrorKind::MalformedMetadata, "{e} (seed {seed}): {}", hex());
+            assert_eq!(
+                e.kind(),
+                ErrorKind::MalformedMetadata,
+                "{e} (seed {seed}): {}",
+                hex()
+            );
             false
         }
     }
@@ -73,9 +87,25 @@ fn check(input: &[u8], seed: u64) -> bool {
 /// A random valid tensor descriptor, mostly small, sometimes at the limits.
 fn random_tensor(rng: &mut Rng) -> TensorMeta {
     const CODES: [u8; 6] = [0, 1, 2, 4, 5, 6];
-    let dtype = DLDataType { code: CODES[rng.below(CODES.len())], bits: 8 << rng.below(4), lanes: 1 + rng.below(2) as u16 };
-    let ndim = if rng.chance(50) { MAX_NDIM } else { rng.below(5) };
-    let shape: Vec<i64> = (0..ndim).map(|_| if ndim > 8 { rng.below(2) as i64 } else { rng.below(300) as i64 }).collect();
+    let dtype = DLDataType {
+        code: CODES[rng.below(CODES.len())],
+        bits: 8 << rng.below(4),
+        lanes: 1 + rng.below(2) as u16,
+    };
+    let ndim = if rng.chance(50) {
+        MAX_NDIM
+    } else {
+        rng.below(5)
+    };
+    let shape: Vec<i64> = (0..ndim)
+        .map(|_| {
+            if ndim > 8 {
+                rng.below(2) as i64
+            } else {
+                rng.below(300) as i64
+            }
+        })
+        .collect();
     let strides = (0..ndim).map(|_| rng.next() as i64).collect();
     TensorMeta::new(dtype, shape, strides).expect("generated shapes are valid")
 }
@@ -83,17 +113,26 @@ fn random_tensor(rng: &mut Rng) -> TensorMeta {
 /// A random valid record.
 fn random_metadata(rng: &mut Rng) -> Metadata {
     let len = |rng: &mut Rng, max: usize| if rng.chance(20) { max } else { rng.below(40) };
-    let (node_len, actor_len, endpoint_len) = (len(rng, MAX_ID_LEN), len(rng, MAX_ID_LEN), len(rng, MAX_ENDPOINT_LEN));
+    let (node_len, actor_len, endpoint_len) = (
+        len(rng, MAX_ID_LEN),
+        len(rng, MAX_ID_LEN),
+        len(rng, MAX_ENDPOINT_LEN),
+    );
     let data_len = rng.below(64);
     Metadata {
         transport: TransportKind::ALL[rng.below(TransportKind::ALL.len())],
-        device: DLDevice { device_type: rng.next() as i32, device_id: rng.next() as i32 },
+        device: DLDevice {
+            device_type: rng.next() as i32,
+            device_id: rng.next() as i32,
+        },
         tensors: (0..rng.below(9)).map(|_| random_tensor(rng)).collect(),
         producer: Producer {
             node_id: rng.bytes(node_len),
             pid: rng.next() as u32,
             actor_id: rng.bytes(actor_len),
-            endpoint: (0..endpoint_len).map(|_| char::from(b' ' + rng.below(95) as u8)).collect(),
+            endpoint: (0..endpoint_len)
+                .map(|_| char::from(b' ' + rng.below(95) as u8))
+                .collect(),
         },
         transport_data: rng.bytes(data_len),
     }
@@ -178,7 +217,9 @@ fn random_records_round_trip_exactly() {
 fn mutated_records_are_refused_or_canonical() {
     let seed = 2;
     let mut rng = Rng(seed);
-    let mut records: Vec<Vec<u8>> = (0..64).map(|_| random_metadata(&mut rng).encode().unwrap()).collect();
+    let mut records: Vec<Vec<u8>> = (0..64)
+        .map(|_| random_metadata(&mut rng).encode().unwrap())
+        .collect();
     let mut accepted = 0;
     for i in 0..2 * cases_per_test() {
         if i % 1024 == 0 {
@@ -196,7 +237,11 @@ fn random_bytes_are_refused() {
     let seed = 3;
     let mut rng = Rng(seed);
     for _ in 0..cases_per_test() {
-        let mut input = if rng.chance(2) { Vec::new() } else { [b"RDTM".as_slice(), &VERSION.to_le_bytes()].concat() };
+        let mut input = if rng.chance(2) {
+            Vec::new()
+        } else {
+            [b"RDTM".as_slice(), &VERSION.to_le_bytes()].concat()
+        };
         let n = rng.below(128);
         input.extend(rng.bytes(n));
         check(&input, seed);
@@ -211,7 +256,18 @@ fn fields_past_their_limits_are_refused() {
     assert_eq!(m.encode().unwrap_err().kind(), ErrorKind::InvalidArgument);
 
     m.producer.node_id.clear();
-    m.tensors = vec![TensorMeta::compact(DLDataType { code: 2, bits: 32, lanes: 1 }, vec![]).unwrap(); MAX_TENSORS];
+    m.tensors = vec![
+        TensorMeta::compact(
+            DLDataType {
+                code: 2,
+                bits: 32,
+                lanes: 1
+            },
+            vec![]
+        )
+        .unwrap();
+        MAX_TENSORS
+    ];
     let mut record = m.encode().unwrap();
     assert_eq!(Metadata::decode(&record).unwrap(), m);
     let count_at = length_fields(&record)[3].0;

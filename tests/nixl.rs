@@ -17,10 +17,26 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const F32: DLDataType = DLDataType { code: kDLFloat, bits: 32, lanes: 1 };
-const I64: DLDataType = DLDataType { code: kDLInt, bits: 64, lanes: 1 };
-const U8: DLDataType = DLDataType { code: kDLUInt, bits: 8, lanes: 1 };
-const U16: DLDataType = DLDataType { code: kDLUInt, bits: 16, lanes: 1 };
+const F32: DLDataType = DLDataType {
+    code: kDLFloat,
+    bits: 32,
+    lanes: 1,
+};
+const I64: DLDataType = DLDataType {
+    code: kDLInt,
+    bits: 64,
+    lanes: 1,
+};
+const U8: DLDataType = DLDataType {
+    code: kDLUInt,
+    bits: 8,
+    lanes: 1,
+};
+const U16: DLDataType = DLDataType {
+    code: kDLUInt,
+    bits: 16,
+    lanes: 1,
+};
 
 /// Whether NIXL can be used here; prints why not.
 fn nixl_or_skip(test: &str) -> bool {
@@ -47,7 +63,13 @@ fn sample_tensors(seed: u8) -> Vec<Tensor> {
 }
 
 fn expected_bytes(seed: u8) -> Vec<Vec<u8>> {
-    vec![pattern(60, seed), pattern(8, seed + 1), Vec::new(), pattern(2 << 20, seed + 2), vec![0, 3, 1, 4, 2, 5]]
+    vec![
+        pattern(60, seed),
+        pattern(8, seed + 1),
+        Vec::new(),
+        pattern(2 << 20, seed + 2),
+        vec![0, 3, 1, 4, 2, 5],
+    ]
 }
 
 fn expected_total(seed: u8) -> u64 {
@@ -55,7 +77,10 @@ fn expected_total(seed: u8) -> u64 {
 }
 
 fn check(tensors: &[Tensor], seed: u8) -> Result<(), String> {
-    let got: Vec<Vec<u8>> = tensors.iter().map(|t| t.host_bytes().map(<[u8]>::to_vec).unwrap_or_default()).collect();
+    let got: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.host_bytes().map(<[u8]>::to_vec).unwrap_or_default())
+        .collect();
     if got != expected_bytes(seed) {
         return Err(format!("bytes differ for seed {seed}"));
     }
@@ -74,7 +99,11 @@ fn run_child(test: &str, role: &str, env: &[(&str, String)]) -> String {
         .map_while(Result::ok)
         .find_map(|l| l.find("RESULT").map(|i| l[i..].to_string()))
         .unwrap_or_default();
-    assert!(out.status.success(), "child {role} exited with {:?}: {line}", out.status);
+    assert!(
+        out.status.success(),
+        "child {role} exited with {:?}: {line}",
+        out.status
+    );
     line
 }
 
@@ -97,11 +126,13 @@ fn consumer() {
             .iter()
             .map(|(id, record, seed)| {
                 let ctx = &ctx;
-                s.spawn(move || match ctx.fetch(id, record, Duration::from_secs(20)) {
-                    Ok(Fetched::Received(tensors)) => check(&tensors, *seed),
-                    Ok(Fetched::Local(_)) => Err("got the producer's own object".into()),
-                    Err(e) => Err(format!("err {:?} {}", e.kind(), e.message())),
-                })
+                s.spawn(
+                    move || match ctx.fetch(id, record, Duration::from_secs(20)) {
+                        Ok(Fetched::Received(tensors)) => check(&tensors, *seed),
+                        Ok(Fetched::Local(_)) => Err("got the producer's own object".into()),
+                        Err(e) => Err(format!("err {:?} {}", e.kind(), e.message())),
+                    },
+                )
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -116,7 +147,11 @@ fn consumer() {
         Ok(Fetched::Received(t)) if check(&t, *seed).is_ok() => {}
         _ => return println!("RESULT second fetch failed"),
     }
-    let expected: u64 = objects.iter().map(|(_, _, s)| expected_total(*s)).sum::<u64>() + expected_total(*seed);
+    let expected: u64 = objects
+        .iter()
+        .map(|(_, _, s)| expected_total(*s))
+        .sum::<u64>()
+        + expected_total(*seed);
     let snap = stats::snapshot(TransportKind::Nixl);
     if snap.bytes_received != expected || snap.transfers != objects.len() as u64 + 1 {
         return println!("RESULT counters {snap:?}, expected {expected} bytes");
@@ -125,7 +160,11 @@ fn consumer() {
 }
 
 fn object_arg(objects: &[(ObjectId, Vec<u8>, u8)]) -> String {
-    objects.iter().map(|(id, rec, seed)| format!("{}:{}:{seed}", hex(id.as_bytes()), hex(rec))).collect::<Vec<_>>().join(",")
+    objects
+        .iter()
+        .map(|(id, rec, seed)| format!("{}:{}:{seed}", hex(id.as_bytes()), hex(rec)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[test]
@@ -140,14 +179,27 @@ fn nixl_between_processes() {
     let objects: Vec<(ObjectId, Vec<u8>, u8)> = (0..4u8)
         .map(|i| {
             let id = ObjectId([i + 1; 28]);
-            let record = ctx.put(id, TransportKind::Nixl, None, sample_tensors(i * 10)).map_err(|r| r.error).unwrap();
+            let record = ctx
+                .put(id, TransportKind::Nixl, None, sample_tensors(i * 10))
+                .map_err(|r| r.error)
+                .unwrap();
             (id, record, i * 10)
         })
         .collect();
     // Two consumer processes at once, each fetching the objects from four threads.
     let arg = object_arg(&objects);
     let results: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2).map(|_| s.spawn(|| run_child("nixl_between_processes", "consumer", &[("OBJECTS", arg.clone())]))).collect();
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    run_child(
+                        "nixl_between_processes",
+                        "consumer",
+                        &[("OBJECTS", arg.clone())],
+                    )
+                })
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(results.iter().all(|r| r == "RESULT ok"), "{results:?}");
@@ -157,7 +209,10 @@ fn nixl_between_processes() {
     // The same process gets its own tensors back, not a copy.
     let (id, record, _) = &objects[1];
     match ctx.fetch(id, record, Duration::from_secs(1)).unwrap() {
-        Fetched::Local(obj) => assert_eq!(obj.tensors[0].data_ptr(), ctx.store().get(id, Duration::ZERO).unwrap().tensors[0].data_ptr()),
+        Fetched::Local(obj) => assert_eq!(
+            obj.tensors[0].data_ptr(),
+            ctx.store().get(id, Duration::ZERO).unwrap().tensors[0].data_ptr()
+        ),
         Fetched::Received(_) => panic!("expected the producer's own tensors"),
     }
     // Another context of this process reads through the process's own agent.
@@ -182,26 +237,70 @@ fn nixl_registration_cache_is_refcounted_per_object() {
     let shared: Arc<Vec<u8>> = Arc::new(pattern(4096, 3));
     let view = |data: &Arc<Vec<u8>>| {
         let meta = TensorMeta::compact(U8, vec![4096]).unwrap();
-        Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, data.as_ptr() as *mut _, Box::new(data.clone()))
+        Tensor::from_owner(
+            meta,
+            DLDevice {
+                device_type: kDLCPU,
+                device_id: 0,
+            },
+            data.as_ptr() as *mut _,
+            Box::new(data.clone()),
+        )
     };
     let a = ObjectId([101; 28]);
     let b = ObjectId([102; 28]);
     let c = ObjectId([103; 28]);
-    let rec_a = ctx.put(a, TransportKind::Nixl, None, vec![view(&shared), view(&shared)]).map_err(|r| r.error).unwrap();
-    assert_eq!(nixl::registration_stats(), (ranges0 + 1, refs0 + 1), "one range, one reference for object a");
-    ctx.put(b, TransportKind::Nixl, None, vec![view(&shared)]).map_err(|r| r.error).unwrap();
-    assert_eq!(nixl::registration_stats(), (ranges0 + 1, refs0 + 2), "returning the same tensor again does not register again");
-    ctx.put(c, TransportKind::Nixl, None, vec![tensor_from_bytes(U8, vec![16], pattern(16, 1))]).map_err(|r| r.error).unwrap();
+    let rec_a = ctx
+        .put(
+            a,
+            TransportKind::Nixl,
+            None,
+            vec![view(&shared), view(&shared)],
+        )
+        .map_err(|r| r.error)
+        .unwrap();
+    assert_eq!(
+        nixl::registration_stats(),
+        (ranges0 + 1, refs0 + 1),
+        "one range, one reference for object a"
+    );
+    ctx.put(b, TransportKind::Nixl, None, vec![view(&shared)])
+        .map_err(|r| r.error)
+        .unwrap();
+    assert_eq!(
+        nixl::registration_stats(),
+        (ranges0 + 1, refs0 + 2),
+        "returning the same tensor again does not register again"
+    );
+    ctx.put(
+        c,
+        TransportKind::Nixl,
+        None,
+        vec![tensor_from_bytes(U8, vec![16], pattern(16, 1))],
+    )
+    .map_err(|r| r.error)
+    .unwrap();
     assert_eq!(nixl::registration_stats(), (ranges0 + 2, refs0 + 3));
     assert!(ctx.free(&a));
     assert_eq!(nixl::registration_stats(), (ranges0 + 2, refs0 + 2));
     assert!(ctx.free(&b));
     assert!(ctx.free(&c));
-    assert_eq!(nixl::registration_stats(), (ranges0, refs0), "freed objects leave no registration behind");
+    assert_eq!(
+        nixl::registration_stats(),
+        (ranges0, refs0),
+        "freed objects leave no registration behind"
+    );
     // A record's transport data is compact: agent, connection info, 1 registration, 2 descriptors.
     let meta = Metadata::decode(&rec_a).unwrap();
-    println!("nixl transport data of a 2-tensor object: {} bytes", meta.transport_data.len());
-    assert!(meta.transport_data.len() < 4096, "{} bytes", meta.transport_data.len());
+    println!(
+        "nixl transport data of a 2-tensor object: {} bytes",
+        meta.transport_data.len()
+    );
+    assert!(
+        meta.transport_data.len() < 4096,
+        "{} bytes",
+        meta.transport_data.len()
+    );
 }
 
 /// Child role: a producer that prints its records and lives until stdin closes.
@@ -209,7 +308,10 @@ fn short_lived_producer() {
     let ctx = Context::new(b"node-a", b"doomed").unwrap();
     for i in 0..2u8 {
         let id = ObjectId([200 + i; 28]);
-        let record = ctx.put(id, TransportKind::Nixl, None, sample_tensors(i)).map_err(|r| r.error).unwrap();
+        let record = ctx
+            .put(id, TransportKind::Nixl, None, sample_tensors(i))
+            .map_err(|r| r.error)
+            .unwrap();
         println!("OBJECT {}:{}:{i}", hex(id.as_bytes()), hex(&record));
     }
     std::io::stdout().flush().unwrap();
@@ -226,7 +328,12 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
         return;
     }
     let mut producer = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "nixl_dead_producer_is_a_clear_error_not_a_hang", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "nixl_dead_producer_is_a_clear_error_not_a_hang",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROLE, "producer")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -239,13 +346,20 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
         .take(2)
         .map(|o| {
             let mut parts = o.split(':');
-            (ObjectId::from_slice(&unhex(parts.next().unwrap())).unwrap(), unhex(parts.next().unwrap()), parts.next().unwrap().parse().unwrap())
+            (
+                ObjectId::from_slice(&unhex(parts.next().unwrap())).unwrap(),
+                unhex(parts.next().unwrap()),
+                parts.next().unwrap().parse().unwrap(),
+            )
         })
         .collect();
     assert_eq!(objects.len(), 2, "the producer did not print its records");
     let ctx = Context::new(b"node-a", b"consumer").unwrap();
     // Connected and working while the producer lives.
-    match ctx.fetch(&objects[0].0, &objects[0].1, Duration::from_secs(20)).unwrap() {
+    match ctx
+        .fetch(&objects[0].0, &objects[0].1, Duration::from_secs(20))
+        .unwrap()
+    {
         Fetched::Received(t) => check(&t, objects[0].2).unwrap(),
         Fetched::Local(_) => panic!("expected a copy"),
     }
@@ -256,17 +370,37 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
     let timeout = Duration::from_secs(5);
     for (id, record, _) in &objects {
         let start = Instant::now();
-        let err = ctx.fetch(id, record, timeout).err().expect("reading from a dead producer must fail");
+        let err = ctx
+            .fetch(id, record, timeout)
+            .err()
+            .expect("reading from a dead producer must fail");
         let took = start.elapsed();
-        println!("dead producer: {:?} after {took:?}: {}", err.kind(), err.message());
+        println!(
+            "dead producer: {:?} after {took:?}: {}",
+            err.kind(),
+            err.message()
+        );
         assert!(took < timeout + Duration::from_secs(2), "took {took:?}");
-        assert!(matches!(err.kind(), ErrorKind::Transport | ErrorKind::Timeout), "{err:?}");
+        assert!(
+            matches!(err.kind(), ErrorKind::Transport | ErrorKind::Timeout),
+            "{err:?}"
+        );
         assert!(err.message().contains("producer"), "{}", err.message());
     }
-    assert_eq!(stats::snapshot(TransportKind::Nixl).errors, errors_before + 2);
+    assert_eq!(
+        stats::snapshot(TransportKind::Nixl).errors,
+        errors_before + 2
+    );
     // A consumer process that never met the producer gets a clear error too.
-    let line = run_child("nixl_between_processes", "consumer", &[("OBJECTS", object_arg(&objects[1..]))]);
-    assert!(line.starts_with("RESULT err") && line.contains("producer"), "{line}");
+    let line = run_child(
+        "nixl_between_processes",
+        "consumer",
+        &[("OBJECTS", object_arg(&objects[1..]))],
+    );
+    assert!(
+        line.starts_with("RESULT err") && line.contains("producer"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -278,7 +412,12 @@ fn nixl_unresponsive_producer_times_out_not_hangs() {
         return;
     }
     let mut producer = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "nixl_unresponsive_producer_times_out_not_hangs", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "nixl_unresponsive_producer_times_out_not_hangs",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROLE, "producer")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -286,8 +425,15 @@ fn nixl_unresponsive_producer_times_out_not_hangs() {
         .unwrap();
     // Keep reading its stdout open until the end: the producer must stay alive.
     let mut out = BufReader::new(producer.stdout.take().unwrap()).lines();
-    let lines: Vec<String> = out.by_ref().map_while(Result::ok).filter_map(|l| l.find("OBJECT ").map(|i| l[i + 7..].to_string())).take(2).collect();
-    let line = lines.first().expect("the producer did not print its records");
+    let lines: Vec<String> = out
+        .by_ref()
+        .map_while(Result::ok)
+        .filter_map(|l| l.find("OBJECT ").map(|i| l[i + 7..].to_string()))
+        .take(2)
+        .collect();
+    let line = lines
+        .first()
+        .expect("the producer did not print its records");
     let mut parts = line.split(':');
     let id = ObjectId::from_slice(&unhex(parts.next().unwrap())).unwrap();
     let record = unhex(parts.next().unwrap());
@@ -302,15 +448,25 @@ fn nixl_unresponsive_producer_times_out_not_hangs() {
     let took = start.elapsed();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    assert!(producer.try_wait().unwrap().is_none(), "the producer must have been alive (stopped) during the fetch");
+    assert!(
+        producer.try_wait().unwrap().is_none(),
+        "the producer must have been alive (stopped) during the fetch"
+    );
     producer.kill().unwrap();
     producer.wait().unwrap();
     drop(out);
     match result {
         Err(e) => {
-            println!("stopped producer: {:?} after {took:?}: {}", e.kind(), e.message());
+            println!(
+                "stopped producer: {:?} after {took:?}: {}",
+                e.kind(),
+                e.message()
+            );
             assert!(took < timeout + Duration::from_secs(3), "took {took:?}");
-            assert!(matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Transport), "{e:?}");
+            assert!(
+                matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Transport),
+                "{e:?}"
+            );
         }
         // UCX may read a stopped process's memory without its help (CMA): fine too.
         Ok(Fetched::Received(t)) => check(&t, 0).unwrap(),
@@ -321,35 +477,68 @@ fn nixl_unresponsive_producer_times_out_not_hangs() {
 /// Child role: NIXL cannot be found; the transport must say so and the process live on.
 fn without_nixl() {
     let ctx = Context::new(b"node-a", b"nixl-less").unwrap();
-    let err = ctx.put(ObjectId([7; 28]), TransportKind::Nixl, None, sample_tensors(1)).expect_err("put must fail without NIXL");
+    let err = ctx
+        .put(
+            ObjectId([7; 28]),
+            TransportKind::Nixl,
+            None,
+            sample_tensors(1),
+        )
+        .expect_err("put must fail without NIXL");
     assert_eq!(err.tensors.len(), 5, "the tensors are handed back");
-    let unavailable = |e: &ray_rdt::Error| e.kind() == ErrorKind::Unavailable && e.message().contains("pip install nixl==1.5.1") && e.message().contains("RAY_RDT_NIXL_LIB");
+    let unavailable = |e: &ray_rdt::Error| {
+        e.kind() == ErrorKind::Unavailable
+            && e.message().contains("pip install nixl==1.5.1")
+            && e.message().contains("RAY_RDT_NIXL_LIB")
+    };
     assert!(unavailable(&err.error), "{:?}", err.error);
     // Fetching a (hand-made) nixl record fails the same way.
     let transport_data = nixl::record::Record {
         agent: "ray-rdt-elsewhere".into(),
         conn_md: vec![1],
         sections_md: vec![2],
-        descs: vec![nixl::record::Desc { addr: 4096, len: 16, dev: 0, reg_id: 1 }],
+        descs: vec![nixl::record::Desc {
+            addr: 4096,
+            len: 16,
+            dev: 0,
+            reg_id: 1,
+        }],
     }
     .encode()
     .unwrap();
     let record = Metadata {
         transport: TransportKind::Nixl,
-        device: DLDevice { device_type: kDLCPU, device_id: 0 },
+        device: DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        },
         tensors: vec![TensorMeta::compact(U8, vec![16]).unwrap()],
-        producer: Producer { node_id: b"node-a".to_vec(), pid: 1, actor_id: Vec::new(), endpoint: "unix:@ray-rdt-nowhere".into() },
+        producer: Producer {
+            node_id: b"node-a".to_vec(),
+            pid: 1,
+            actor_id: Vec::new(),
+            endpoint: "unix:@ray-rdt-nowhere".into(),
+        },
         transport_data,
     }
     .encode()
     .unwrap();
-    let err = ctx.fetch(&ObjectId([8; 28]), &record, Duration::from_secs(1)).err().expect("fetch must fail without NIXL");
+    let err = ctx
+        .fetch(&ObjectId([8; 28]), &record, Duration::from_secs(1))
+        .err()
+        .expect("fetch must fail without NIXL");
     assert!(unavailable(&err), "{err:?}");
     // Objects of empty tensors need no NIXL at all.
     let empty = vec![tensor_from_bytes(U8, vec![0], Vec::new())];
-    let record = ctx.put(ObjectId([9; 28]), TransportKind::Nixl, None, empty).map_err(|r| r.error).unwrap();
+    let record = ctx
+        .put(ObjectId([9; 28]), TransportKind::Nixl, None, empty)
+        .map_err(|r| r.error)
+        .unwrap();
     let other = Context::new(b"node-a", b"other").unwrap();
-    match other.fetch(&ObjectId([9; 28]), &record, Duration::from_secs(1)).unwrap() {
+    match other
+        .fetch(&ObjectId([9; 28]), &record, Duration::from_secs(1))
+        .unwrap()
+    {
         Fetched::Received(t) => assert_eq!(t[0].meta().shape, vec![0]),
         Fetched::Local(_) => panic!("expected a copy"),
     }
@@ -364,7 +553,10 @@ fn nixl_missing_is_a_clear_error_and_the_process_lives() {
     let line = run_child(
         "nixl_missing_is_a_clear_error_and_the_process_lives",
         "without-nixl",
-        &[("RAY_RDT_NIXL_LIB", "/nonexistent/libnixl_capi.so".into()), ("RAY_RDT_NIXL_NO_SEARCH", "1".into())],
+        &[
+            ("RAY_RDT_NIXL_LIB", "/nonexistent/libnixl_capi.so".into()),
+            ("RAY_RDT_NIXL_NO_SEARCH", "1".into()),
+        ],
     );
     assert!(line.starts_with("RESULT ok"), "{line}");
     println!("{line}");

@@ -10,9 +10,21 @@ use ray_rdt::{stats, ErrorKind, ObjectId, TransportKind};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-const F32: DLDataType = DLDataType { code: kDLFloat, bits: 32, lanes: 1 };
-const I64: DLDataType = DLDataType { code: kDLInt, bits: 64, lanes: 1 };
-const U8: DLDataType = DLDataType { code: kDLUInt, bits: 8, lanes: 1 };
+const F32: DLDataType = DLDataType {
+    code: kDLFloat,
+    bits: 32,
+    lanes: 1,
+};
+const I64: DLDataType = DLDataType {
+    code: kDLInt,
+    bits: 64,
+    lanes: 1,
+};
+const U8: DLDataType = DLDataType {
+    code: kDLUInt,
+    bits: 8,
+    lanes: 1,
+};
 
 /// The tensors of a test object: several dtypes, a 0-d and an empty tensor, and
 /// for odd seeds a strided view (which takes the segment path).
@@ -25,13 +37,23 @@ fn sample_tensors(seed: u8) -> Vec<ray_rdt::Tensor> {
     ];
     if seed % 2 == 1 {
         // The transpose of a 2x3 u8 matrix [[0,1,2],[3,4,5]]: packs as 0,3,1,4,2,5.
-        tensors.push(strided_tensor(U8, vec![3, 2], vec![1, 3], vec![0, 1, 2, 3, 4, 5]));
+        tensors.push(strided_tensor(
+            U8,
+            vec![3, 2],
+            vec![1, 3],
+            vec![0, 1, 2, 3, 4, 5],
+        ));
     }
     tensors
 }
 
 fn expected_bytes(seed: u8) -> Vec<Vec<u8>> {
-    let mut bytes = vec![pattern(60, seed), pattern(8, seed + 1), Vec::new(), pattern(1 << 20, seed + 2)];
+    let mut bytes = vec![
+        pattern(60, seed),
+        pattern(8, seed + 1),
+        Vec::new(),
+        pattern(1 << 20, seed + 2),
+    ];
     if seed % 2 == 1 {
         bytes.push(vec![0, 3, 1, 4, 2, 5]);
     }
@@ -49,7 +71,12 @@ fn consumer() {
         Ok(Fetched::Local(_)) => Err("local".to_string()),
         Err(e) => Err(format!("err {:?} {}", e.kind(), e.message())),
     };
-    let bytes = |tensors: &[ray_rdt::Tensor]| tensors.iter().map(|t| t.host_bytes().unwrap().to_vec()).collect::<Vec<_>>();
+    let bytes = |tensors: &[ray_rdt::Tensor]| {
+        tensors
+            .iter()
+            .map(|t| t.host_bytes().unwrap().to_vec())
+            .collect::<Vec<_>>()
+    };
     // Fetch twice while the first result is alive (two segments), then again
     // after both are released (a pooled segment comes back): all stay intact.
     let result = fetch().and_then(|first| {
@@ -64,7 +91,10 @@ fn consumer() {
     match result {
         Ok(()) => {
             let total: usize = expected_bytes(seed).iter().map(Vec::len).sum();
-            assert_eq!(stats::snapshot(TransportKind::Shm).bytes_received, 3 * total as u64);
+            assert_eq!(
+                stats::snapshot(TransportKind::Shm).bytes_received,
+                3 * total as u64
+            );
             println!("RESULT ok");
         }
         Err(e) => println!("RESULT {e}"),
@@ -72,10 +102,18 @@ fn consumer() {
 }
 
 fn run_consumer(id: &ObjectId, record: &[u8], seed: u8) -> String {
-    let env = [("OBJECT", hex(id.as_bytes())), ("RECORD", hex(record)), ("SEED", seed.to_string())];
+    let env = [
+        ("OBJECT", hex(id.as_bytes())),
+        ("RECORD", hex(record)),
+        ("SEED", seed.to_string()),
+    ];
     let child = spawn_child("shm_between_processes", "consumer", &env);
     let out = child.wait_with_output().unwrap();
-    let line = BufReader::new(&out.stdout[..]).lines().map_while(Result::ok).find_map(|l| l.find("RESULT").map(|i| l[i..].to_string())).unwrap_or_default();
+    let line = BufReader::new(&out.stdout[..])
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.find("RESULT").map(|i| l[i..].to_string()))
+        .unwrap_or_default();
     assert!(out.status.success(), "consumer failed: {line}");
     line
 }
@@ -91,13 +129,17 @@ fn shm_between_processes() {
         .into_iter()
         .map(|seed| {
             let id = ObjectId([seed; 28]);
-            let record = ctx.put(id, TransportKind::Shm, None, sample_tensors(seed)).unwrap();
+            let record = ctx
+                .put(id, TransportKind::Shm, None, sample_tensors(seed))
+                .unwrap();
             (id, record, seed)
         })
         .collect();
     let results: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            objects.iter().map(|(id, rec, seed)| s.spawn(move || run_consumer(id, rec, *seed))).collect();
+        let handles: Vec<_> = objects
+            .iter()
+            .map(|(id, rec, seed)| s.spawn(move || run_consumer(id, rec, *seed)))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(results.iter().all(|r| r == "RESULT ok"), "{results:?}");
@@ -107,13 +149,19 @@ fn shm_between_processes() {
     for (id, record, seed) in objects.iter().take(2) {
         assert!(ctx.free(id));
         let line = run_consumer(id, record, *seed);
-        assert!(line.starts_with("RESULT err NotFound") && line.contains("not held by the producer"), "{line}");
+        assert!(
+            line.starts_with("RESULT err NotFound") && line.contains("not held by the producer"),
+            "{line}"
+        );
     }
 
     // The same process gets its own tensors back, not a copy.
     let (id, record, _) = &objects[2];
     match ctx.fetch(id, record, Duration::from_secs(1)).unwrap() {
-        Fetched::Local(obj) => assert_eq!(obj.tensors[0].data_ptr(), ctx.store().get(id, Duration::ZERO).unwrap().tensors[0].data_ptr()),
+        Fetched::Local(obj) => assert_eq!(
+            obj.tensors[0].data_ptr(),
+            ctx.store().get(id, Duration::ZERO).unwrap().tensors[0].data_ptr()
+        ),
         Fetched::Received(_) => panic!("expected the producer's own tensors"),
     }
 }
@@ -122,14 +170,22 @@ fn shm_between_processes() {
 fn shm_refuses_other_hosts_and_dead_producers() {
     let producer = Context::new(b"node-a", b"p").unwrap();
     let id = ObjectId([9; 28]);
-    let record = producer.put(id, TransportKind::Shm, None, sample_tensors(1)).unwrap();
+    let record = producer
+        .put(id, TransportKind::Shm, None, sample_tensors(1))
+        .unwrap();
     let elsewhere = Context::new(b"node-b", b"c").unwrap();
-    let err = elsewhere.fetch(&id, &record, Duration::from_secs(1)).err().unwrap();
+    let err = elsewhere
+        .fetch(&id, &record, Duration::from_secs(1))
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
     assert!(err.message().contains("same host"));
     drop(producer);
     let consumer = Context::new(b"node-a", b"c").unwrap();
-    let err = consumer.fetch(&id, &record, Duration::from_secs(1)).err().unwrap();
+    let err = consumer
+        .fetch(&id, &record, Duration::from_secs(1))
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
 }
 
@@ -151,14 +207,35 @@ fn destroying_a_context_frees_its_objects_while_peers_stay_connected() {
     let mut data = vec![7u8; 64].into_boxed_slice();
     let meta = ray_rdt::TensorMeta::compact(U8, vec![64]).unwrap();
     let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
-    let tensor = ray_rdt::Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, ptr, Box::new((data, DropFlag(freed.clone()))));
+    let tensor = ray_rdt::Tensor::from_owner(
+        meta,
+        DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        },
+        ptr,
+        Box::new((data, DropFlag(freed.clone()))),
+    );
     let id = ObjectId([42; 28]);
-    let record = producer.put(id, TransportKind::Shm, None, vec![tensor]).unwrap();
+    let record = producer
+        .put(id, TransportKind::Shm, None, vec![tensor])
+        .unwrap();
     // The consumer's pooled connection keeps a producer connection thread alive.
-    assert!(matches!(consumer.fetch(&id, &record, Duration::from_secs(5)).unwrap(), Fetched::Received(_)));
+    assert!(matches!(
+        consumer
+            .fetch(&id, &record, Duration::from_secs(5))
+            .unwrap(),
+        Fetched::Received(_)
+    ));
     assert!(!freed.load(std::sync::atomic::Ordering::SeqCst));
     drop(producer);
-    assert!(freed.load(std::sync::atomic::Ordering::SeqCst), "the object outlived its context");
-    let err = consumer.fetch(&id, &record, Duration::from_secs(1)).err().unwrap();
+    assert!(
+        freed.load(std::sync::atomic::Ordering::SeqCst),
+        "the object outlived its context"
+    );
+    let err = consumer
+        .fetch(&id, &record, Duration::from_secs(1))
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
 }

@@ -21,13 +21,23 @@ fn get_returns_the_stored_memory_without_copying() {
     let first = store.get(&oid(1), SHORT).unwrap();
     let second = store.get(&oid(1), SHORT).unwrap();
     assert!(Arc::ptr_eq(&first, &second));
-    assert_eq!(first.tensors.iter().map(|t| t.data_ptr()).collect::<Vec<_>>(), ptrs);
+    assert_eq!(
+        first
+            .tensors
+            .iter()
+            .map(|t| t.data_ptr())
+            .collect::<Vec<_>>(),
+        ptrs
+    );
     assert_eq!(first.kind, CopyKind::Primary);
 
     // A write through the producer's memory is seen by a later reader.
     // SAFETY: the tensor is a live float32 CPU tensor owned by the store.
     unsafe { *(ptrs[1] as *mut f32).add(3) = -1.5 };
-    let bytes = store.get(&oid(1), SHORT).unwrap().tensors[1].host_bytes().unwrap().to_vec();
+    let bytes = store.get(&oid(1), SHORT).unwrap().tensors[1]
+        .host_bytes()
+        .unwrap()
+        .to_vec();
     assert_eq!(f32::from_ne_bytes(bytes[12..16].try_into().unwrap()), -1.5);
     assert_eq!(f32::from_ne_bytes(bytes[16..20].try_into().unwrap()), 4.0);
 }
@@ -36,7 +46,9 @@ fn get_returns_the_stored_memory_without_copying() {
 fn deleters_run_once_after_free_and_the_last_reader() {
     let store = ObjectStore::new();
     let deletions = Deletions::new();
-    store.put(oid(1), tensors(&deletions, 3, &[16]), CopyKind::Primary).unwrap();
+    store
+        .put(oid(1), tensors(&deletions, 3, &[16]), CopyKind::Primary)
+        .unwrap();
     let reader = store.get(&oid(1), SHORT).unwrap();
 
     assert!(store.free(&oid(1)));
@@ -51,7 +63,9 @@ fn dropping_the_store_deletes_what_it_holds() {
     let deletions = Deletions::new();
     let store = ObjectStore::new();
     for i in 0..10 {
-        store.put(oid(i), tensors(&deletions, 2, &[3, 3]), CopyKind::Secondary).unwrap();
+        store
+            .put(oid(i), tensors(&deletions, 2, &[3, 3]), CopyKind::Secondary)
+            .unwrap();
     }
     assert_eq!(store.num_objects(), 10);
     assert_eq!(store.num_bytes(), 10 * 2 * 36);
@@ -63,11 +77,19 @@ fn dropping_the_store_deletes_what_it_holds() {
 fn a_second_put_hands_the_tensors_back() {
     let store = ObjectStore::new();
     let (kept, refused) = (Deletions::new(), Deletions::new());
-    store.put(oid(1), tensors(&kept, 1, &[2]), CopyKind::Primary).unwrap();
-    let rejected = store.put(oid(1), tensors(&refused, 2, &[2]), CopyKind::Primary).unwrap_err();
+    store
+        .put(oid(1), tensors(&kept, 1, &[2]), CopyKind::Primary)
+        .unwrap();
+    let rejected = store
+        .put(oid(1), tensors(&refused, 2, &[2]), CopyKind::Primary)
+        .unwrap_err();
     assert_eq!(rejected.error.kind(), ErrorKind::AlreadyExists);
     assert_eq!(rejected.tensors.len(), 2);
-    assert_eq!(refused.count(), 0, "the refused tensors still belong to the caller");
+    assert_eq!(
+        refused.count(),
+        0,
+        "the refused tensors still belong to the caller"
+    );
     drop(rejected);
     assert_eq!((kept.count(), refused.count()), (0, 2));
 }
@@ -76,7 +98,9 @@ fn a_second_put_hands_the_tensors_back() {
 fn pop_removes_the_object_and_keeps_the_memory_for_its_reader() {
     let store = ObjectStore::new();
     let deletions = Deletions::new();
-    store.put(oid(1), tensors(&deletions, 2, &[8]), CopyKind::Secondary).unwrap();
+    store
+        .put(oid(1), tensors(&deletions, 2, &[8]), CopyKind::Secondary)
+        .unwrap();
     let popped = store.pop(&oid(1), SHORT).unwrap();
     assert!(!store.contains(&oid(1)));
     assert_eq!((store.num_objects(), store.num_bytes()), (0, 0));
@@ -96,7 +120,10 @@ fn waits_time_out_when_nothing_arrives() {
     ] {
         let (outcome, took) = result;
         assert_eq!(outcome.unwrap_err().kind(), ErrorKind::Timeout);
-        assert!(took >= SHORT && took < SHORT + SLACK, "timed out after {took:?}");
+        assert!(
+            took >= SHORT && took < SHORT + SLACK,
+            "timed out after {took:?}"
+        );
     }
 }
 
@@ -112,7 +139,9 @@ fn waiters_wake_when_another_thread_puts() {
                 barrier.wait();
                 timed(|| match i {
                     0 => store.wait(&oid(1), LONG),
-                    1 => store.get(&oid(1), LONG).map(|o| assert_eq!(o.tensors.len(), 2)),
+                    1 => store
+                        .get(&oid(1), LONG)
+                        .map(|o| assert_eq!(o.tensors.len(), 2)),
                     _ => store.get(&oid(1), LONG).map(drop),
                 })
             })
@@ -120,7 +149,9 @@ fn waiters_wake_when_another_thread_puts() {
         .collect();
     barrier.wait();
     thread::sleep(SHORT / 2);
-    store.put(oid(1), tensors(&deletions, 2, &[1]), CopyKind::Primary).unwrap();
+    store
+        .put(oid(1), tensors(&deletions, 2, &[1]), CopyKind::Primary)
+        .unwrap();
     for w in waiters {
         let (outcome, took) = w.join().unwrap();
         outcome.unwrap();
@@ -150,7 +181,9 @@ fn wait_tensor_freed_blocks_until_another_thread_frees() {
     store.wait_tensor_freed(ptr, LONG).unwrap();
     assert!(freer.join().unwrap());
     assert_eq!(deletions.count(), 2);
-    store.wait_tensor_freed(ptr, SHORT).expect("an unknown address is already free");
+    store
+        .wait_tensor_freed(ptr, SHORT)
+        .expect("an unknown address is already free");
 }
 
 #[test]
@@ -171,7 +204,10 @@ fn wait_tensor_freed_waits_for_every_object_sharing_the_memory() {
     store.put(oid(2), vec![alias], CopyKind::Primary).unwrap();
 
     store.free(&oid(1));
-    assert_eq!(store.wait_tensor_freed(ptr, SHORT).unwrap_err().kind(), ErrorKind::Timeout);
+    assert_eq!(
+        store.wait_tensor_freed(ptr, SHORT).unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
     store.free(&oid(2));
     store.wait_tensor_freed(ptr, SHORT).unwrap();
     assert_eq!(deletions.count(), 2);
@@ -193,14 +229,21 @@ fn put_error_reaches_every_waiter_and_replaces_tensors() {
         assert_eq!(e.kind(), ErrorKind::ObjectFailed);
         assert_eq!(e.message(), "receive from actor 3 failed");
     }
-    store.wait(&oid(1), SHORT).expect("a failed object counts as present");
+    store
+        .wait(&oid(1), SHORT)
+        .expect("a failed object counts as present");
 
     let deletions = Deletions::new();
-    store.put(oid(2), tensors(&deletions, 2, &[5]), CopyKind::Secondary).unwrap();
+    store
+        .put(oid(2), tensors(&deletions, 2, &[5]), CopyKind::Secondary)
+        .unwrap();
     store.put_error(oid(2), "peer died");
     assert_eq!(deletions.count(), 2, "the error replaced the tensors");
     assert_eq!(store.num_bytes(), 0);
-    assert_eq!(store.get(&oid(2), SHORT).unwrap_err().kind(), ErrorKind::ObjectFailed);
+    assert_eq!(
+        store.get(&oid(2), SHORT).unwrap_err().kind(),
+        ErrorKind::ObjectFailed
+    );
 }
 
 #[test]
@@ -217,7 +260,9 @@ fn concurrent_put_get_free_deletes_everything_once() {
                     // Each thread reads the objects of the next thread, which may not
                     // have arrived yet, and frees its own.
                     let mine = oid(t * OBJECTS + i);
-                    store.put(mine, tensors(&deletions, 2, &[4]), CopyKind::Primary).unwrap();
+                    store
+                        .put(mine, tensors(&deletions, 2, &[4]), CopyKind::Primary)
+                        .unwrap();
                     let theirs = oid((t + 1) % THREADS * OBJECTS + i);
                     let _ = store.get(&theirs, Duration::ZERO);
                     assert!(store.get(&mine, SHORT).is_ok());

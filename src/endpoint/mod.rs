@@ -61,7 +61,8 @@ impl Endpoint {
             u64::from_le_bytes(b)
         };
         let address = format!("{PREFIX}ray-rdt-{}-{nonce:016x}", std::process::id());
-        let listener = UnixListener::bind_addr(&socket_addr(&address)?).map_err(|e| Error::io("binding the plugin endpoint", e))?;
+        let listener = UnixListener::bind_addr(&socket_addr(&address)?)
+            .map_err(|e| Error::io("binding the plugin endpoint", e))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(Connections::default());
         let (stop, conns) = (stopping.clone(), connections.clone());
@@ -69,7 +70,11 @@ impl Endpoint {
             .name("rdt-endpoint".into())
             .spawn(move || accept_loop(listener, handler, stop, conns))
             .map_err(|e| Error::io("starting the endpoint thread", e))?;
-        Ok(Endpoint { address, stopping, connections })
+        Ok(Endpoint {
+            address,
+            stopping,
+            connections,
+        })
     }
 
     /// The address peers connect to.
@@ -91,7 +96,12 @@ impl Drop for Endpoint {
     }
 }
 
-fn accept_loop(listener: UnixListener, handler: Arc<dyn Handler>, stopping: Arc<AtomicBool>, connections: Arc<Connections>) {
+fn accept_loop(
+    listener: UnixListener,
+    handler: Arc<dyn Handler>,
+    stopping: Arc<AtomicBool>,
+    connections: Arc<Connections>,
+) {
     for conn in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             break;
@@ -102,10 +112,12 @@ fn accept_loop(listener: UnixListener, handler: Arc<dyn Handler>, stopping: Arc<
             connections.live.lock().insert(id, clone);
         }
         let (handler, conns) = (handler.clone(), connections.clone());
-        let spawned = std::thread::Builder::new().name("rdt-endpoint-conn".into()).spawn(move || {
-            serve(stream, handler);
-            conns.live.lock().remove(&id);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("rdt-endpoint-conn".into())
+            .spawn(move || {
+                serve(stream, handler);
+                conns.live.lock().remove(&id);
+            });
         if let Err(e) = spawned {
             connections.live.lock().remove(&id);
             log::error!("ray-rdt: cannot start a connection thread: {e}");
@@ -147,9 +159,16 @@ impl ClientPool {
             })?,
         };
         let t = (timeout != Duration::MAX).then(|| timeout.max(Duration::from_millis(1)));
-        stream.set_read_timeout(t).and_then(|_| stream.set_write_timeout(t)).map_err(|e| Error::io("setting socket timeouts", e))?;
+        stream
+            .set_read_timeout(t)
+            .and_then(|_| stream.set_write_timeout(t))
+            .map_err(|e| Error::io("setting socket timeouts", e))?;
         let result = exchange(&mut stream)?;
-        self.idle.lock().entry(address.to_owned()).or_default().push(stream);
+        self.idle
+            .lock()
+            .entry(address.to_owned())
+            .or_default()
+            .push(stream);
         Ok(result)
     }
 }

@@ -20,7 +20,9 @@ pub fn send_with_fd(stream: &mut UnixStream, payload: &[u8], fd: Option<&OwnedFd
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     frame.extend_from_slice(payload);
     match fd {
-        None => stream.write_all(&frame).map_err(|e| peer_error("sending to", e)),
+        None => stream
+            .write_all(&frame)
+            .map_err(|e| peer_error("sending to", e)),
         Some(fd) => send_fd_frame(stream, &frame, fd),
     }
 }
@@ -30,7 +32,10 @@ fn send_fd_frame(stream: &mut UnixStream, frame: &[u8], fd: &OwnedFd) -> Result<
     // SAFETY: msghdr and the control buffer are fully initialised for one fd, and
     // live across the sendmsg call.
     let sent = unsafe {
-        let mut iov = libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() };
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut _,
+            iov_len: frame.len(),
+        };
         let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
         let mut control = vec![0u8; space];
         let mut msg: libc::msghdr = std::mem::zeroed();
@@ -49,7 +54,9 @@ fn send_fd_frame(stream: &mut UnixStream, frame: &[u8], fd: &OwnedFd) -> Result<
         return Err(peer_error("sending to", std::io::Error::last_os_error()));
     }
     // The fd travels with the first byte; the rest of the frame follows normally.
-    stream.write_all(&frame[sent as usize..]).map_err(|e| peer_error("sending to", e))
+    stream
+        .write_all(&frame[sent as usize..])
+        .map_err(|e| peer_error("sending to", e))
 }
 
 /// Reads one message, and the file descriptor passed with it, if any.
@@ -58,10 +65,14 @@ pub fn recv(stream: &mut UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>)> {
     let fd = recv_header_with_fd(stream, &mut header)?;
     let len = u32::from_le_bytes(header) as usize;
     if len > MAX_MESSAGE {
-        return Err(Error::transport(format!("control message of {len} bytes exceeds the {MAX_MESSAGE}-byte limit")));
+        return Err(Error::transport(format!(
+            "control message of {len} bytes exceeds the {MAX_MESSAGE}-byte limit"
+        )));
     }
     let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload).map_err(|e| peer_error("reading from", e))?;
+    stream
+        .read_exact(&mut payload)
+        .map_err(|e| peer_error("reading from", e))?;
     Ok((payload, fd))
 }
 
@@ -74,7 +85,10 @@ fn recv_header_with_fd(stream: &mut UnixStream, header: &mut [u8; 4]) -> Result<
     while got < header.len() {
         // SAFETY: iov points into `header`, control into `control`; both outlive the call.
         let n = unsafe {
-            let mut iov = libc::iovec { iov_base: header[got..].as_mut_ptr() as *mut _, iov_len: header.len() - got };
+            let mut iov = libc::iovec {
+                iov_base: header[got..].as_mut_ptr() as *mut _,
+                iov_len: header.len() - got,
+            };
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
@@ -83,7 +97,10 @@ fn recv_header_with_fd(stream: &mut UnixStream, header: &mut [u8; 4]) -> Result<
             let n = libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
             if n > 0 {
                 let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                if !cmsg.is_null() && (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                if !cmsg.is_null()
+                    && (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                {
                     let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const i32);
                     fd = Some(OwnedFd::from_raw_fd(raw));
                 }
@@ -131,7 +148,10 @@ pub fn parse_reply(reply: &[u8]) -> Result<&[u8]> {
         Some((&REPLY_OK, body)) => Ok(body),
         Some((&REPLY_ERR, rest)) if !rest.is_empty() => {
             let kind = error_kind_from_code(rest[0]);
-            Err(Error::new(kind, format!("producer: {}", String::from_utf8_lossy(&rest[1..]))))
+            Err(Error::new(
+                kind,
+                format!("producer: {}", String::from_utf8_lossy(&rest[1..])),
+            ))
         }
         _ => Err(Error::transport("malformed reply from the peer plugin")),
     }
@@ -158,5 +178,8 @@ fn error_kind_code(kind: ErrorKind) -> u8 {
 }
 
 fn error_kind_from_code(code: u8) -> ErrorKind {
-    KINDS.get(code as usize).copied().unwrap_or(ErrorKind::Transport)
+    KINDS
+        .get(code as usize)
+        .copied()
+        .unwrap_or(ErrorKind::Transport)
 }

@@ -21,7 +21,10 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<()>) -> rdt_status {
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        Err(Error::new(ErrorKind::Internal, format!("internal error (panic caught at the C ABI): {what}")))
+        Err(Error::new(
+            ErrorKind::Internal,
+            format!("internal error (panic caught at the C ABI): {what}"),
+        ))
     });
     match outcome {
         Ok(()) => rdt_status::RDT_OK,
@@ -91,5 +94,8 @@ pub(crate) fn timeout(ms: u64) -> Duration {
 }
 
 fn null(name: &str) -> Error {
-    Error::new(ErrorKind::NullArgument, format!("argument `{name}` is NULL"))
+    Error::new(
+        ErrorKind::NullArgument,
+        format!("argument `{name}` is NULL"),
+    )
 }

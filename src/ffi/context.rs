@@ -45,7 +45,9 @@ impl rdt_buffer {
 pub unsafe extern "C" fn rdt_buffer_free(buf: *mut rdt_buffer) {
     if let Some(b) = buf.as_mut() {
         if !b.data.is_null() {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(b.data, b.len)));
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                b.data, b.len,
+            )));
         }
         b.data = std::ptr::null_mut();
         b.len = 0;
@@ -57,7 +59,10 @@ unsafe fn opt_str<'a>(p: *const c_char, name: &str) -> Result<Option<&'a str>> {
     if p.is_null() {
         return Ok(None);
     }
-    CStr::from_ptr(p).to_str().map(Some).map_err(|_| Error::invalid(format!("`{name}` is not UTF-8")))
+    CStr::from_ptr(p)
+        .to_str()
+        .map(Some)
+        .map_err(|_| Error::invalid(format!("`{name}` is not UTF-8")))
 }
 
 /// Reads a required NUL-terminated UTF-8 string.
@@ -81,7 +86,10 @@ pub unsafe extern "C" fn rdt_context_new(
 ) -> rdt_status {
     guard(|| {
         let out = out(out_ctx, "out_ctx")?;
-        let inner = Context::new(slice(node_id, node_id_len, "node_id")?, slice(actor_id, actor_id_len, "actor_id")?)?;
+        let inner = Context::new(
+            slice(node_id, node_id_len, "node_id")?,
+            slice(actor_id, actor_id_len, "actor_id")?,
+        )?;
         *out = Box::into_raw(Box::new(rdt_context { inner }));
         Ok(())
     })
@@ -104,7 +112,10 @@ pub unsafe extern "C" fn rdt_context_destroy(ctx: *mut rdt_context) {
 /// # Safety
 /// `ctx` valid; `out_address` valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_context_endpoint(ctx: *const rdt_context, out_address: *mut rdt_buffer) -> rdt_status {
+pub unsafe extern "C" fn rdt_context_endpoint(
+    ctx: *const rdt_context,
+    out_address: *mut rdt_buffer,
+) -> rdt_status {
     guard(|| {
         let ctx = arg(ctx, "ctx")?;
         let out = out(out_address, "out_address")?;
@@ -139,7 +150,10 @@ pub unsafe extern "C" fn rdt_context_put(
         let group = opt_str(group, "group")?;
         let out = out(out_metadata, "out_metadata")?;
         let ptrs = slice(tensors, num_tensors, "tensors")?;
-        let record = ctx.inner.put(id, kind, group, adopt(ptrs, Tensor::from_managed)?).map_err(refused)?;
+        let record = ctx
+            .inner
+            .put(id, kind, group, adopt(ptrs, Tensor::from_managed)?)
+            .map_err(refused)?;
         *out = rdt_buffer::from_vec(record);
         Ok(())
     })
@@ -175,22 +189,37 @@ pub unsafe extern "C" fn rdt_context_fetch(
         let needed = crate::metadata::Metadata::decode(record)?.tensors.len();
         *count = needed;
         if capacity < needed {
-            return Err(Error::new(ErrorKind::BufferTooSmall, format!("object has {needed} tensors, the output array holds {capacity}")));
+            return Err(Error::new(
+                ErrorKind::BufferTooSmall,
+                format!("object has {needed} tensors, the output array holds {capacity}"),
+            ));
         }
         if needed > 0 && out_tensors.is_null() {
-            return Err(Error::new(ErrorKind::NullArgument, "argument `out_tensors` is NULL"));
+            return Err(Error::new(
+                ErrorKind::NullArgument,
+                "argument `out_tensors` is NULL",
+            ));
         }
-        let handed: Vec<*mut DLManagedTensor> = match ctx.inner.fetch(&id, record, timeout(timeout_ms))? {
-            Fetched::Local(object) => object
-                .tensors
-                .iter()
-                .map(|t| {
-                    let dl = t.dl();
-                    export(t.meta(), dl.device, dl.data, dl.byte_offset, Box::new(Arc::clone(&object)))
-                })
-                .collect(),
-            Fetched::Received(tensors) => tensors.into_iter().map(Tensor::into_managed).collect(),
-        };
+        let handed: Vec<*mut DLManagedTensor> =
+            match ctx.inner.fetch(&id, record, timeout(timeout_ms))? {
+                Fetched::Local(object) => object
+                    .tensors
+                    .iter()
+                    .map(|t| {
+                        let dl = t.dl();
+                        export(
+                            t.meta(),
+                            dl.device,
+                            dl.data,
+                            dl.byte_offset,
+                            Box::new(Arc::clone(&object)),
+                        )
+                    })
+                    .collect(),
+                Fetched::Received(tensors) => {
+                    tensors.into_iter().map(Tensor::into_managed).collect()
+                }
+            };
         *count = handed.len();
         for (i, p) in handed.into_iter().enumerate().take(capacity) {
             *out_tensors.add(i) = p;
@@ -205,7 +234,11 @@ pub unsafe extern "C" fn rdt_context_fetch(
 /// # Safety
 /// `ctx` valid; `object_id` 28 bytes; `out_found` valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_context_free(ctx: *const rdt_context, object_id: *const u8, out_found: *mut bool) -> rdt_status {
+pub unsafe extern "C" fn rdt_context_free(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    out_found: *mut bool,
+) -> rdt_status {
     guard(|| {
         let ctx = arg(ctx, "ctx")?;
         let id = self::object_id(object_id)?;
@@ -220,10 +253,16 @@ pub unsafe extern "C" fn rdt_context_free(ctx: *const rdt_context, object_id: *c
 /// # Safety
 /// `ctx` valid.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_context_wait_tensor_freed(ctx: *const rdt_context, data_ptr: *const c_void, timeout_ms: u64) -> rdt_status {
+pub unsafe extern "C" fn rdt_context_wait_tensor_freed(
+    ctx: *const rdt_context,
+    data_ptr: *const c_void,
+    timeout_ms: u64,
+) -> rdt_status {
     guard(|| {
         let ctx = arg(ctx, "ctx")?;
-        ctx.inner.store().wait_tensor_freed(data_ptr as usize, timeout(timeout_ms))
+        ctx.inner
+            .store()
+            .wait_tensor_freed(data_ptr as usize, timeout(timeout_ms))
     })
 }
 
@@ -232,7 +271,11 @@ pub unsafe extern "C" fn rdt_context_wait_tensor_freed(ctx: *const rdt_context, 
 /// # Safety
 /// `ctx` valid; outputs valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_context_counts(ctx: *const rdt_context, out_objects: *mut usize, out_bytes: *mut u64) -> rdt_status {
+pub unsafe extern "C" fn rdt_context_counts(
+    ctx: *const rdt_context,
+    out_objects: *mut usize,
+    out_bytes: *mut u64,
+) -> rdt_status {
     guard(|| {
         let ctx = arg(ctx, "ctx")?;
         *out(out_objects, "out_objects")? = ctx.inner.store().num_objects();

@@ -12,7 +12,13 @@ use std::ffi::c_char;
 fn group_backend(backend: rdt_transport) -> crate::Result<()> {
     match TransportKind::from_code(backend)? {
         TransportKind::Gloo => Ok(()),
-        other => Err(Error::new(ErrorKind::Unsupported, format!("the {} transport has no collective groups in this plugin", other.name()))),
+        other => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the {} transport has no collective groups in this plugin",
+                other.name()
+            ),
+        )),
     }
 }
 
@@ -24,7 +30,11 @@ fn group_backend(backend: rdt_transport) -> crate::Result<()> {
 /// # Safety
 /// `ctx` valid; `bind_host` a C string; `out_address` valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_rendezvous_serve(ctx: *const rdt_context, bind_host: *const c_char, out_address: *mut rdt_buffer) -> rdt_status {
+pub unsafe extern "C" fn rdt_rendezvous_serve(
+    ctx: *const rdt_context,
+    bind_host: *const c_char,
+    out_address: *mut rdt_buffer,
+) -> rdt_status {
     guard(|| {
         let ctx = arg(ctx, "ctx")?;
         let host = req_str(bind_host, "bind_host")?;
@@ -55,9 +65,13 @@ pub unsafe extern "C" fn rdt_group_create(
         let name = req_str(name, "name")?;
         let address = req_str(rendezvous_address, "rendezvous_address")?;
         group_backend(backend)?;
-        let rank = usize::try_from(rank).map_err(|_| Error::invalid(format!("negative rank {rank}")))?;
-        let size = usize::try_from(world_size).map_err(|_| Error::invalid(format!("negative world size {world_size}")))?;
-        ctx.inner.gloo().create_group(name, rank, size, address, timeout(timeout_ms))
+        let rank =
+            usize::try_from(rank).map_err(|_| Error::invalid(format!("negative rank {rank}")))?;
+        let size = usize::try_from(world_size)
+            .map_err(|_| Error::invalid(format!("negative world size {world_size}")))?;
+        ctx.inner
+            .gloo()
+            .create_group(name, rank, size, address, timeout(timeout_ms))
     })
 }
 
@@ -67,7 +81,10 @@ pub unsafe extern "C" fn rdt_group_create(
 /// # Safety
 /// `ctx` valid; `name` a C string.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_group_destroy(ctx: *const rdt_context, name: *const c_char) -> rdt_status {
+pub unsafe extern "C" fn rdt_group_destroy(
+    ctx: *const rdt_context,
+    name: *const c_char,
+) -> rdt_status {
     guard(|| {
         let ctx = arg(ctx, "ctx")?;
         ctx.inner.gloo().destroy_group(req_str(name, "name")?)

@@ -37,7 +37,11 @@ pub struct rdt_tensor_desc {
 /// # Safety
 /// `data` points to `len` readable bytes; `out_metadata` valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_metadata_decode(data: *const u8, len: usize, out_metadata: *mut *mut rdt_metadata) -> rdt_status {
+pub unsafe extern "C" fn rdt_metadata_decode(
+    data: *const u8,
+    len: usize,
+    out_metadata: *mut *mut rdt_metadata,
+) -> rdt_status {
     guard(|| {
         let out = out(out_metadata, "out_metadata")?;
         let inner = Metadata::decode(slice(data, len, "data")?)?;
@@ -84,12 +88,22 @@ pub unsafe extern "C" fn rdt_metadata_summary(
 /// # Safety
 /// `metadata` valid; `out_desc` valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_metadata_tensor(metadata: *const rdt_metadata, index: usize, out_desc: *mut rdt_tensor_desc) -> rdt_status {
+pub unsafe extern "C" fn rdt_metadata_tensor(
+    metadata: *const rdt_metadata,
+    index: usize,
+    out_desc: *mut rdt_tensor_desc,
+) -> rdt_status {
     guard(|| {
         let m = &arg(metadata, "metadata")?.inner;
         let desc = out(out_desc, "out_desc")?;
         let t = m.tensors.get(index).ok_or_else(|| {
-            Error::new(ErrorKind::InvalidArgument, format!("tensor index {index} out of range ({} tensors)", m.tensors.len()))
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "tensor index {index} out of range ({} tensors)",
+                    m.tensors.len()
+                ),
+            )
         })?;
         *desc = rdt_tensor_desc {
             dtype: t.dtype,

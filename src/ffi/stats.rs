@@ -37,7 +37,10 @@ pub struct rdt_transport_stats {
 /// # Safety
 /// `out` must be valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_stats_get(transport: rdt_transport, out_stats: *mut rdt_transport_stats) -> rdt_status {
+pub unsafe extern "C" fn rdt_stats_get(
+    transport: rdt_transport,
+    out_stats: *mut rdt_transport_stats,
+) -> rdt_status {
     guard(|| {
         let kind = TransportKind::from_code(transport)?;
         let out = out(out_stats, "out_stats")?;

@@ -43,7 +43,9 @@ fn copy_kind(k: rdt_copy_kind) -> Result<CopyKind> {
 pub unsafe extern "C" fn rdt_store_new(out_store: *mut *mut rdt_store) -> rdt_status {
     guard(|| {
         let out = out(out_store, "out_store")?;
-        *out = Box::into_raw(Box::new(rdt_store { inner: Arc::new(ObjectStore::new()) }));
+        *out = Box::into_raw(Box::new(rdt_store {
+            inner: Arc::new(ObjectStore::new()),
+        }));
         Ok(())
     })
 }
@@ -56,13 +58,17 @@ pub unsafe extern "C" fn rdt_store_new(out_store: *mut *mut rdt_store) -> rdt_st
 #[no_mangle]
 pub unsafe extern "C" fn rdt_store_destroy(store: *mut rdt_store) {
     if !store.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(store))));
+        let _ =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(store))));
     }
 }
 
 /// Adopts the caller's DLPack tensors, all or none: if any is invalid, none is
 /// kept (no deleter runs) and the error names its index.
-pub(crate) fn adopt<P: Copy>(ptrs: &[P], wrap: unsafe fn(P) -> Result<Tensor>) -> Result<Vec<Tensor>> {
+pub(crate) fn adopt<P: Copy>(
+    ptrs: &[P],
+    wrap: unsafe fn(P) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
     let mut tensors = Vec::with_capacity(ptrs.len());
     for (i, &p) in ptrs.iter().enumerate() {
         // SAFETY: the caller guarantees each pointer is a valid DLPack tensor.
@@ -92,7 +98,10 @@ fn put_tensors<P: Copy>(
     kind: CopyKind,
     wrap: unsafe fn(P) -> Result<Tensor>,
 ) -> Result<()> {
-    store.inner.put(id, adopt(ptrs, wrap)?, kind).map_err(refused)
+    store
+        .inner
+        .put(id, adopt(ptrs, wrap)?, kind)
+        .map_err(refused)
 }
 
 /// Stores `num_tensors` DLPack tensors under the 28-byte `object_id`.
@@ -111,7 +120,13 @@ pub unsafe extern "C" fn rdt_store_put(
     guard(|| {
         let store = arg(store, "store")?;
         let id = self::object_id(object_id)?;
-        put_tensors(store, id, slice(tensors, num_tensors, "tensors")?, copy_kind(kind)?, Tensor::from_managed)
+        put_tensors(
+            store,
+            id,
+            slice(tensors, num_tensors, "tensors")?,
+            copy_kind(kind)?,
+            Tensor::from_managed,
+        )
     })
 }
 
@@ -130,7 +145,13 @@ pub unsafe extern "C" fn rdt_store_put_versioned(
     guard(|| {
         let store = arg(store, "store")?;
         let id = self::object_id(object_id)?;
-        put_tensors(store, id, slice(tensors, num_tensors, "tensors")?, copy_kind(kind)?, Tensor::from_versioned)
+        put_tensors(
+            store,
+            id,
+            slice(tensors, num_tensors, "tensors")?,
+            copy_kind(kind)?,
+            Tensor::from_versioned,
+        )
     })
 }
 
@@ -140,11 +161,17 @@ pub unsafe extern "C" fn rdt_store_put_versioned(
 /// # Safety
 /// `store` valid; `object_id` 28 bytes; `message` a NUL-terminated string.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_store_put_error(store: *const rdt_store, object_id: *const u8, message: *const c_char) -> rdt_status {
+pub unsafe extern "C" fn rdt_store_put_error(
+    store: *const rdt_store,
+    object_id: *const u8,
+    message: *const c_char,
+) -> rdt_status {
     guard(|| {
         let store = arg(store, "store")?;
         let id = self::object_id(object_id)?;
-        let msg = CStr::from_ptr(arg(message, "message")?).to_string_lossy().into_owned();
+        let msg = CStr::from_ptr(arg(message, "message")?)
+            .to_string_lossy()
+            .into_owned();
         store.inner.put_error(id, msg);
         Ok(())
     })
@@ -154,7 +181,13 @@ pub unsafe extern "C" fn rdt_store_put_error(store: *const rdt_store, object_id:
 fn export_views(obj: &Arc<StoredObject>, out_tensors: *mut *mut DLManagedTensor) {
     for (i, t) in obj.tensors.iter().enumerate() {
         let dl = t.dl();
-        let view = export(t.meta(), dl.device, dl.data, dl.byte_offset, Box::new(obj.clone()));
+        let view = export(
+            t.meta(),
+            dl.device,
+            dl.data,
+            dl.byte_offset,
+            Box::new(obj.clone()),
+        );
         // SAFETY: the caller checked capacity >= number of tensors.
         unsafe { *out_tensors.add(i) = view };
     }
@@ -174,7 +207,10 @@ unsafe fn get_or_pop(
     let id = self::object_id(object_id)?;
     let count = out(out_count, "out_count")?;
     if out_tensors.is_null() && capacity > 0 {
-        return Err(Error::new(ErrorKind::NullArgument, "argument `out_tensors` is NULL"));
+        return Err(Error::new(
+            ErrorKind::NullArgument,
+            "argument `out_tensors` is NULL",
+        ));
     }
     // Capacity is checked under the store's lock, before a pop removes anything.
     let mut fits = |obj: &StoredObject| {
@@ -182,12 +218,19 @@ unsafe fn get_or_pop(
         if capacity < obj.tensors.len() {
             return Err(Error::new(
                 ErrorKind::BufferTooSmall,
-                format!("object {id} has {} tensors, the output array holds {capacity}", obj.tensors.len()),
+                format!(
+                    "object {id} has {} tensors, the output array holds {capacity}",
+                    obj.tensors.len()
+                ),
             ));
         }
         Ok(())
     };
-    let obj = if remove { store.inner.pop_if(&id, timeout(timeout_ms), &mut fits)? } else { store.inner.get(&id, timeout(timeout_ms))? };
+    let obj = if remove {
+        store.inner.pop_if(&id, timeout(timeout_ms), &mut fits)?
+    } else {
+        store.inner.get(&id, timeout(timeout_ms))?
+    };
     fits(&obj)?;
     export_views(&obj, out_tensors);
     Ok(())
@@ -211,7 +254,17 @@ pub unsafe extern "C" fn rdt_store_get(
     capacity: usize,
     out_count: *mut usize,
 ) -> rdt_status {
-    guard(|| get_or_pop(store, object_id, timeout_ms, out_tensors, capacity, out_count, false))
+    guard(|| {
+        get_or_pop(
+            store,
+            object_id,
+            timeout_ms,
+            out_tensors,
+            capacity,
+            out_count,
+            false,
+        )
+    })
 }
 
 /// As `rdt_store_get`, and removes the object from the store (a received copy
@@ -228,7 +281,17 @@ pub unsafe extern "C" fn rdt_store_pop(
     capacity: usize,
     out_count: *mut usize,
 ) -> rdt_status {
-    guard(|| get_or_pop(store, object_id, timeout_ms, out_tensors, capacity, out_count, true))
+    guard(|| {
+        get_or_pop(
+            store,
+            object_id,
+            timeout_ms,
+            out_tensors,
+            capacity,
+            out_count,
+            true,
+        )
+    })
 }
 
 /// Waits up to `timeout_ms` until `object_id` is present (tensors or error).
@@ -236,10 +299,16 @@ pub unsafe extern "C" fn rdt_store_pop(
 /// # Safety
 /// `store` valid; `object_id` 28 bytes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_store_wait(store: *const rdt_store, object_id: *const u8, timeout_ms: u64) -> rdt_status {
+pub unsafe extern "C" fn rdt_store_wait(
+    store: *const rdt_store,
+    object_id: *const u8,
+    timeout_ms: u64,
+) -> rdt_status {
     guard(|| {
         let store = arg(store, "store")?;
-        store.inner.wait(&self::object_id(object_id)?, timeout(timeout_ms))
+        store
+            .inner
+            .wait(&self::object_id(object_id)?, timeout(timeout_ms))
     })
 }
 
@@ -249,7 +318,11 @@ pub unsafe extern "C" fn rdt_store_wait(store: *const rdt_store, object_id: *con
 /// # Safety
 /// `store` valid; `object_id` 28 bytes; `out_found` valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_store_free_object(store: *const rdt_store, object_id: *const u8, out_found: *mut bool) -> rdt_status {
+pub unsafe extern "C" fn rdt_store_free_object(
+    store: *const rdt_store,
+    object_id: *const u8,
+    out_found: *mut bool,
+) -> rdt_status {
     guard(|| {
         let store = arg(store, "store")?;
         let id = self::object_id(object_id)?;
@@ -265,10 +338,16 @@ pub unsafe extern "C" fn rdt_store_free_object(store: *const rdt_store, object_i
 /// # Safety
 /// `store` valid.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_store_wait_tensor_freed(store: *const rdt_store, data_ptr: *const c_void, timeout_ms: u64) -> rdt_status {
+pub unsafe extern "C" fn rdt_store_wait_tensor_freed(
+    store: *const rdt_store,
+    data_ptr: *const c_void,
+    timeout_ms: u64,
+) -> rdt_status {
     guard(|| {
         let store = arg(store, "store")?;
-        store.inner.wait_tensor_freed(data_ptr as usize, timeout(timeout_ms))
+        store
+            .inner
+            .wait_tensor_freed(data_ptr as usize, timeout(timeout_ms))
     })
 }
 
@@ -277,7 +356,11 @@ pub unsafe extern "C" fn rdt_store_wait_tensor_freed(store: *const rdt_store, da
 /// # Safety
 /// `store` valid; `object_id` 28 bytes; `out_present` valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_store_contains(store: *const rdt_store, object_id: *const u8, out_present: *mut bool) -> rdt_status {
+pub unsafe extern "C" fn rdt_store_contains(
+    store: *const rdt_store,
+    object_id: *const u8,
+    out_present: *mut bool,
+) -> rdt_status {
     guard(|| {
         let store = arg(store, "store")?;
         *out(out_present, "out_present")? = store.inner.contains(&self::object_id(object_id)?);
@@ -290,7 +373,11 @@ pub unsafe extern "C" fn rdt_store_contains(store: *const rdt_store, object_id: 
 /// # Safety
 /// `store` valid; both outputs valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn rdt_store_counts(store: *const rdt_store, out_objects: *mut usize, out_bytes: *mut u64) -> rdt_status {
+pub unsafe extern "C" fn rdt_store_counts(
+    store: *const rdt_store,
+    out_objects: *mut usize,
+    out_bytes: *mut u64,
+) -> rdt_status {
     guard(|| {
         let store = arg(store, "store")?;
         let objects = out(out_objects, "out_objects")?;

@@ -71,8 +71,12 @@ fn decode_location(data: &[u8]) -> Result<(usize, &str)> {
         return Err(Error::malformed("gloo transport data is truncated"));
     }
     let (rank, name) = data.split_at(4);
-    let name = std::str::from_utf8(name).map_err(|_| Error::malformed("gloo group name is not UTF-8"))?;
-    Ok((u32::from_le_bytes(rank.try_into().expect("4 bytes")) as usize, name))
+    let name =
+        std::str::from_utf8(name).map_err(|_| Error::malformed("gloo group name is not UTF-8"))?;
+    Ok((
+        u32::from_le_bytes(rank.try_into().expect("4 bytes")) as usize,
+        name,
+    ))
 }
 
 /// Largest message a tensor is split into (rounded down to whole elements).
@@ -83,10 +87,17 @@ const CHUNK: u64 = 4 << 20;
 /// most [`CHUNK`] bytes. Both sides derive the same split from the record.
 fn chunks(meta: &TensorMeta) -> Result<Vec<(u64, u64)>> {
     if meta.is_contiguous() {
-        return Ok(if meta.nbytes == 0 { Vec::new() } else { vec![(0, meta.nbytes)] });
+        return Ok(if meta.nbytes == 0 {
+            Vec::new()
+        } else {
+            vec![(0, meta.nbytes)]
+        });
     }
     let step = CHUNK / element_size(meta.dtype)? * element_size(meta.dtype)?;
-    Ok((0..meta.nbytes).step_by(step as usize).map(|first| (first, step.min(meta.nbytes - first))).collect())
+    Ok((0..meta.nbytes)
+        .step_by(step as usize)
+        .map(|first| (first, step.min(meta.nbytes - first)))
+        .collect())
 }
 
 /// A fetch request's transport-specific part.
@@ -102,7 +113,9 @@ impl<'a> SendRequest<'a> {
         let mut out = Vec::with_capacity(20 + self.group.len());
         out.extend_from_slice(&self.slot.to_le_bytes());
         out.extend_from_slice(&(self.consumer_rank as u32).to_le_bytes());
-        out.extend_from_slice(&(self.timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes());
+        out.extend_from_slice(
+            &(self.timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes(),
+        );
         out.extend_from_slice(self.group.as_bytes());
         out
     }
@@ -113,9 +126,17 @@ impl<'a> SendRequest<'a> {
         }
         let slot = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
         let consumer_rank = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
-        let timeout = Duration::from_millis(u64::from_le_bytes(body[12..20].try_into().expect("8 bytes")));
-        let group = std::str::from_utf8(&body[20..]).map_err(|_| Error::transport("group name is not UTF-8"))?;
-        Ok(SendRequest { slot, consumer_rank, timeout, group })
+        let timeout = Duration::from_millis(u64::from_le_bytes(
+            body[12..20].try_into().expect("8 bytes"),
+        ));
+        let group = std::str::from_utf8(&body[20..])
+            .map_err(|_| Error::transport("group name is not UTF-8"))?;
+        Ok(SendRequest {
+            slot,
+            consumer_rank,
+            timeout,
+            group,
+        })
     }
 }
 
@@ -123,7 +144,8 @@ impl Gloo {
     /// Starts a rendezvous store on `bind_host` (port chosen by the OS) for a
     /// group whose rank 0 runs in this process; returns its `host:port`.
     pub fn serve_rendezvous(&self, bind_host: &str) -> Result<String> {
-        let server = TcpStoreServer::bind((bind_host, 0)).map_err(|e| gloo_error("(rendezvous)", e))?;
+        let server =
+            TcpStoreServer::bind((bind_host, 0)).map_err(|e| gloo_error("(rendezvous)", e))?;
         let addr = server.local_addr().to_string();
         self.servers.lock().push(server);
         Ok(addr)
@@ -131,28 +153,53 @@ impl Gloo {
 
     /// Joins group `name` as `rank` of `world_size` through the rendezvous store
     /// at `address`; blocks until every rank joined or `timeout` passed.
-    pub fn create_group(&self, name: &str, rank: usize, world_size: usize, address: &str, timeout: Duration) -> Result<()> {
+    pub fn create_group(
+        &self,
+        name: &str,
+        rank: usize,
+        world_size: usize,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         if self.groups.read().contains_key(name) {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("this process is already in collective group {name:?}")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("this process is already in collective group {name:?}"),
+            ));
         }
         if rank >= world_size {
-            return Err(Error::invalid(format!("rank {rank} is out of range for a group of {world_size}")));
+            return Err(Error::invalid(format!(
+                "rank {rank} is out of range for a group of {world_size}"
+            )));
         }
         let rendezvous = address
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| Error::invalid(format!("bad rendezvous address {address:?}")))?;
-        let opts = ContextOptions { hostname: Some(local_ip_towards(rendezvous)), iface: None, timeout };
-        let ctx = match self.servers.lock().iter().find(|s| s.local_addr() == rendezvous) {
+        let opts = ContextOptions {
+            hostname: Some(local_ip_towards(rendezvous)),
+            iface: None,
+            timeout,
+        };
+        let ctx = match self
+            .servers
+            .lock()
+            .iter()
+            .find(|s| s.local_addr() == rendezvous)
+        {
             Some(server) => gloo_sys::Context::connect(rank, world_size, server, name, &opts),
-            None => TcpStoreClient::connect(rendezvous, timeout)
-                .and_then(|store| gloo_sys::Context::connect(rank, world_size, &store, name, &opts)),
+            None => TcpStoreClient::connect(rendezvous, timeout).and_then(|store| {
+                gloo_sys::Context::connect(rank, world_size, &store, name, &opts)
+            }),
         }
         .map_err(|e| gloo_error(name, e))?;
         let mut groups = self.groups.write();
         if groups.contains_key(name) {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("this process is already in collective group {name:?}")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("this process is already in collective group {name:?}"),
+            ));
         }
         groups.insert(name.to_owned(), Arc::new(Group { ctx, rendezvous }));
         Ok(())
@@ -161,13 +208,16 @@ impl Gloo {
     /// Leaves group `name`: aborts its pending transfers and closes its
     /// connections (and the rendezvous store, if this process served it).
     pub fn destroy_group(&self, name: &str) -> Result<()> {
-        let group = self
-            .groups
-            .write()
-            .remove(name)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("this process is not in collective group {name:?}")))?;
+        let group = self.groups.write().remove(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("this process is not in collective group {name:?}"),
+            )
+        })?;
         group.ctx.abort();
-        self.servers.lock().retain(|s| s.local_addr() != group.rendezvous);
+        self.servers
+            .lock()
+            .retain(|s| s.local_addr() != group.rendezvous);
         Ok(())
     }
 
@@ -201,16 +251,35 @@ impl Transport for Gloo {
         is_host(device)
     }
 
-    fn export(&self, _id: &ObjectId, _object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>> {
-        let name = group.ok_or_else(|| Error::invalid("the gloo transport needs a collective group name"))?;
+    fn export(
+        &self,
+        _id: &ObjectId,
+        _object: &StoredObject,
+        group: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        let name = group
+            .ok_or_else(|| Error::invalid("the gloo transport needs a collective group name"))?;
         Ok(encode_location(self.group(name)?.ctx.rank(), name))
     }
 
-    fn serve(&self, _local: &Local<'_>, _id: &ObjectId, object: &StoredObject, body: &[u8], _fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()> {
+    fn serve(
+        &self,
+        _local: &Local<'_>,
+        _id: &ObjectId,
+        object: &StoredObject,
+        body: &[u8],
+        _fd: Option<OwnedFd>,
+        stream: &mut UnixStream,
+    ) -> Result<()> {
         let req = SendRequest::decode(body)?;
         let group = self.group(req.group)?;
         if req.consumer_rank >= group.ctx.size() || req.consumer_rank == group.ctx.rank() {
-            return Err(Error::invalid(format!("rank {} cannot receive from rank {} in group {:?}", req.consumer_rank, group.ctx.rank(), req.group)));
+            return Err(Error::invalid(format!(
+                "rank {} cannot receive from rank {} in group {:?}",
+                req.consumer_rank,
+                group.ctx.rank(),
+                req.group
+            )));
         }
         wire::send(stream, &[wire::REPLY_OK])?;
         // Contiguous tensors are posted at once and overlap; a strided one goes as
@@ -223,25 +292,52 @@ impl Transport for Gloo {
             for (first, len) in chunks(t.meta())? {
                 match t.host_bytes() {
                     // SAFETY: the object (and so its memory) outlives the wait below.
-                    Some(b) => pending.push(unsafe { group.ctx.post_send(req.consumer_rank, req.slot, b.as_ptr().add(first as usize), len as usize) }.map_err(send_err)?),
+                    Some(b) => pending.push(
+                        unsafe {
+                            group.ctx.post_send(
+                                req.consumer_rank,
+                                req.slot,
+                                b.as_ptr().add(first as usize),
+                                len as usize,
+                            )
+                        }
+                        .map_err(send_err)?,
+                    ),
                     None => {
                         staging.resize(len as usize, 0);
                         t.pack_range(first, &mut staging)?;
-                        group.ctx.send(req.consumer_rank, req.slot, &staging, req.timeout).map_err(send_err)?;
+                        group
+                            .ctx
+                            .send(req.consumer_rank, req.slot, &staging, req.timeout)
+                            .map_err(send_err)?;
                     }
                 }
             }
         }
-        pending.into_iter().try_for_each(|op| op.wait(req.timeout)).map_err(send_err)?;
+        pending
+            .into_iter()
+            .try_for_each(|op| op.wait(req.timeout))
+            .map_err(send_err)?;
         wire::send(stream, &[wire::REPLY_OK])?;
         crate::stats::record_sent(TransportKind::Gloo, object.nbytes());
         Ok(())
     }
 
-    fn fetch(&self, _local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>> {
+    fn fetch(
+        &self,
+        _local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>> {
         let (producer_rank, name) = decode_location(&meta.transport_data)?;
         let group = self.group(name)?;
-        let mut tensors = meta.tensors.iter().map(Tensor::alloc_host).collect::<Result<Vec<_>>>()?;
+        let mut tensors = meta
+            .tensors
+            .iter()
+            .map(Tensor::alloc_host)
+            .collect::<Result<Vec<_>>>()?;
         let request = SendRequest {
             slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
             consumer_rank: group.ctx.rank(),
@@ -249,19 +345,35 @@ impl Transport for Gloo {
             group: name,
         };
         peer.pool.with_connection(peer.address, timeout, |stream| {
-            wire::send(stream, &fetch_request(TransportKind::Gloo, id, &request.encode()))?;
+            wire::send(
+                stream,
+                &fetch_request(TransportKind::Gloo, id, &request.encode()),
+            )?;
             wire::parse_reply(&wire::recv(stream)?.0)?;
             let recv_err = |e| gloo_error(name, e);
             let mut pending = Vec::new();
             for (t, producer_meta) in tensors.iter_mut().zip(&meta.tensors) {
-                let buf = t.host_bytes_mut().expect("freshly allocated host tensors are contiguous").as_mut_ptr();
+                let buf = t
+                    .host_bytes_mut()
+                    .expect("freshly allocated host tensors are contiguous")
+                    .as_mut_ptr();
                 for (first, len) in chunks(producer_meta)? {
                     // SAFETY: the tensors outlive the waits below; ranges are disjoint.
-                    let op = unsafe { group.ctx.post_recv(producer_rank, request.slot, buf.add(first as usize), len as usize) };
+                    let op = unsafe {
+                        group.ctx.post_recv(
+                            producer_rank,
+                            request.slot,
+                            buf.add(first as usize),
+                            len as usize,
+                        )
+                    };
                     pending.push(op.map_err(recv_err)?);
                 }
             }
-            pending.into_iter().try_for_each(|op| op.wait(timeout)).map_err(recv_err)?;
+            pending
+                .into_iter()
+                .try_for_each(|op| op.wait(timeout))
+                .map_err(recv_err)?;
             wire::parse_reply(&wire::recv(stream)?.0).map(|_| ())
         })?;
         crate::stats::record_received(TransportKind::Gloo, meta.total_bytes());

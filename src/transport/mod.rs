@@ -57,10 +57,25 @@ pub trait Transport: Send + Sync {
     /// Producer side: serves a fetch request for `object` that arrived on the
     /// endpoint; `request` is the transport-specific part and `fd` a descriptor
     /// sent with it, if any. Writes its replies.
-    fn serve(&self, local: &Local<'_>, id: &ObjectId, object: &StoredObject, request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()>;
+    fn serve(
+        &self,
+        local: &Local<'_>,
+        id: &ObjectId,
+        object: &StoredObject,
+        request: &[u8],
+        fd: Option<OwnedFd>,
+        stream: &mut UnixStream,
+    ) -> Result<()>;
 
     /// Consumer side: fetches the tensors `meta` describes from the producer.
-    fn fetch(&self, local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>>;
+    fn fetch(
+        &self,
+        local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>>;
 }
 
 /// Tensors received into one buffer start at multiples of this.
@@ -89,10 +104,18 @@ pub fn fetch_request(kind: TransportKind, id: &ObjectId, body: &[u8]) -> Vec<u8>
 
 /// Splits a fetch request into transport, object ID and transport-specific part.
 pub fn parse_fetch_request(request: &[u8]) -> Result<(TransportKind, ObjectId, &[u8])> {
-    let (&code, rest) = request.split_first().ok_or_else(|| crate::Error::transport("empty request"))?;
+    let (&code, rest) = request
+        .split_first()
+        .ok_or_else(|| crate::Error::transport("empty request"))?;
     if rest.len() < crate::object_id::OBJECT_ID_LEN {
-        return Err(crate::Error::transport("request too short for an object ID"));
+        return Err(crate::Error::transport(
+            "request too short for an object ID",
+        ));
     }
     let (id, body) = rest.split_at(crate::object_id::OBJECT_ID_LEN);
-    Ok((TransportKind::from_code(code.into())?, ObjectId::from_slice(id)?, body))
+    Ok((
+        TransportKind::from_code(code.into())?,
+        ObjectId::from_slice(id)?,
+        body,
+    ))
 }

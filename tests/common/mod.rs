@@ -39,16 +39,27 @@ impl Ctx {
     fn boxed(deletions: &Deletions, shape: &[i64]) -> Box<Ctx> {
         let numel: i64 = shape.iter().product();
         let data = (0..numel).map(|i| i as f32).collect();
-        Box::new(Ctx { data, shape: shape.to_vec(), deletions: deletions.clone() })
+        Box::new(Ctx {
+            data,
+            shape: shape.to_vec(),
+            deletions: deletions.clone(),
+        })
     }
 
     /// The (compact, NULL-strided) DLPack view of this context's data.
     fn dl_tensor(&mut self) -> DLTensor {
         DLTensor {
             data: self.data.as_mut_ptr() as *mut c_void,
-            device: DLDevice { device_type: kDLCPU, device_id: 0 },
+            device: DLDevice {
+                device_type: kDLCPU,
+                device_id: 0,
+            },
             ndim: self.shape.len() as i32,
-            dtype: DLDataType { code: kDLFloat, bits: 32, lanes: 1 },
+            dtype: DLDataType {
+                code: kDLFloat,
+                bits: 32,
+                lanes: 1,
+            },
             shape: self.shape.as_mut_ptr(),
             strides: std::ptr::null_mut(),
             byte_offset: 0,
@@ -78,16 +89,27 @@ pub fn counting_tensor(deletions: &Deletions, shape: &[i64]) -> *mut DLManagedTe
     let mut ctx = Ctx::boxed(deletions, shape);
     let dl_tensor = ctx.dl_tensor();
     let manager_ctx = Box::into_raw(ctx) as *mut c_void;
-    Box::into_raw(Box::new(DLManagedTensor { dl_tensor, manager_ctx, deleter: Some(delete_unversioned) }))
+    Box::into_raw(Box::new(DLManagedTensor {
+        dl_tensor,
+        manager_ctx,
+        deleter: Some(delete_unversioned),
+    }))
 }
 
 /// As [`counting_tensor`], in the versioned DLPack form with major version `major`.
-pub fn counting_tensor_versioned(deletions: &Deletions, shape: &[i64], major: u32) -> *mut DLManagedTensorVersioned {
+pub fn counting_tensor_versioned(
+    deletions: &Deletions,
+    shape: &[i64],
+    major: u32,
+) -> *mut DLManagedTensorVersioned {
     let mut ctx = Ctx::boxed(deletions, shape);
     let dl_tensor = ctx.dl_tensor();
     let manager_ctx = Box::into_raw(ctx) as *mut c_void;
     Box::into_raw(Box::new(DLManagedTensorVersioned {
-        version: DLPackVersion { major, minor: DLPACK_MINOR_VERSION },
+        version: DLPackVersion {
+            major,
+            minor: DLPACK_MINOR_VERSION,
+        },
         manager_ctx,
         deleter: Some(delete_versioned),
         flags: 0,
@@ -107,7 +129,10 @@ pub unsafe fn delete(p: *mut DLManagedTensor) {
 pub fn tensors(deletions: &Deletions, n: usize, shape: &[i64]) -> Vec<Tensor> {
     (0..n)
         // SAFETY: counting_tensor returns a valid tensor nobody else owns.
-        .map(|_| unsafe { Tensor::from_managed(counting_tensor(deletions, shape)) }.expect("valid tensor"))
+        .map(|_| {
+            unsafe { Tensor::from_managed(counting_tensor(deletions, shape)) }
+                .expect("valid tensor")
+        })
         .collect()
 }
 
@@ -135,11 +160,20 @@ pub const LONG: Duration = Duration::from_secs(10);
 /// A realistic record: `n` float32 tensors of shape `[1024, 256]` on CPU, served
 /// over shared memory.
 pub fn sample_metadata(n: usize) -> Metadata {
-    let dtype = DLDataType { code: kDLFloat, bits: 32, lanes: 1 };
+    let dtype = DLDataType {
+        code: kDLFloat,
+        bits: 32,
+        lanes: 1,
+    };
     Metadata {
         transport: TransportKind::Shm,
-        device: DLDevice { device_type: kDLCPU, device_id: 0 },
-        tensors: (0..n).map(|_| TensorMeta::compact(dtype, vec![1024, 256]).expect("valid shape")).collect(),
+        device: DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        },
+        tensors: (0..n)
+            .map(|_| TensorMeta::compact(dtype, vec![1024, 256]).expect("valid shape"))
+            .collect(),
         producer: Producer {
             node_id: vec![7; 28],
             pid: 4242,

@@ -17,7 +17,10 @@ pub fn role() -> Option<String> {
 /// extra environment variables; its stdin and stdout are piped.
 pub fn spawn_child(test_name: &str, role: &str, env: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
-    cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"]).env(ROLE, role).stdin(Stdio::piped()).stdout(Stdio::piped());
+    cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -30,20 +33,43 @@ pub fn tensor_from_bytes(dtype: DLDataType, shape: Vec<i64>, data: Vec<u8>) -> T
     assert_eq!(meta.nbytes as usize, data.len());
     let mut data = data.into_boxed_slice();
     let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
-    Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, ptr, Box::new(data))
+    Tensor::from_owner(
+        meta,
+        DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        },
+        ptr,
+        Box::new(data),
+    )
 }
 
 /// A CPU view of `data` with explicit element `strides` (e.g. a transpose).
-pub fn strided_tensor(dtype: DLDataType, shape: Vec<i64>, strides: Vec<i64>, data: Vec<u8>) -> Tensor {
+pub fn strided_tensor(
+    dtype: DLDataType,
+    shape: Vec<i64>,
+    strides: Vec<i64>,
+    data: Vec<u8>,
+) -> Tensor {
     let meta = TensorMeta::new(dtype, shape, strides).expect("valid layout");
     let mut data = data.into_boxed_slice();
     let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
-    Tensor::from_owner(meta, DLDevice { device_type: kDLCPU, device_id: 0 }, ptr, Box::new(data))
+    Tensor::from_owner(
+        meta,
+        DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        },
+        ptr,
+        Box::new(data),
+    )
 }
 
 /// Deterministic test bytes: `len` bytes derived from `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// Hex encoding, to pass binary records to a child through its environment.
@@ -53,5 +79,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Inverse of [`hex`].
 pub fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }

@@ -20,7 +20,10 @@
 
 use super::library;
 use crate::error::{Error, ErrorKind, Result};
-use nixl_sys::{Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, RegDescList, RegistrationHandle, ThreadSync, XferDescList, XferOp, XferStatus};
+use nixl_sys::{
+    Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, RegDescList,
+    RegistrationHandle, ThreadSync, XferDescList, XferOp, XferStatus,
+};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -33,7 +36,11 @@ const PROGRESS_THREAD_DEFAULT: bool = false;
 
 /// Whether this process's fetching agent runs NIXL's progress thread.
 pub fn progress_thread_enabled() -> bool {
-    match std::env::var(PROGRESS_THREAD_ENV).ok().as_deref().map(str::trim) {
+    match std::env::var(PROGRESS_THREAD_ENV)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
         Some("0") | Some("false") | Some("off") => false,
         Some("1") | Some("true") | Some("on") => true,
         _ => PROGRESS_THREAD_DEFAULT,
@@ -106,13 +113,18 @@ static NONCE: OnceLock<u64> = OnceLock::new();
 /// first call (loading the library first). Fails with [`ErrorKind::Unavailable`]
 /// when NIXL is not installed.
 pub fn serving() -> Result<&'static Runtime> {
-    SERVING.get_or_init(|| library::load().and_then(|_| Runtime::create("serve", true))).as_ref().map_err(Clone::clone)
+    SERVING
+        .get_or_init(|| library::load().and_then(|_| Runtime::create("serve", true)))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// The agent this process reads with, created on first call.
 pub fn fetching() -> Result<&'static Runtime> {
     FETCHING
-        .get_or_init(|| library::load().and_then(|_| Runtime::create("fetch", progress_thread_enabled())))
+        .get_or_init(|| {
+            library::load().and_then(|_| Runtime::create("fetch", progress_thread_enabled()))
+        })
         .as_ref()
         .map_err(Clone::clone)
 }
@@ -139,18 +151,31 @@ impl Runtime {
             lthr_delay_us: 100_000,
             capture_telemetry: false,
         };
-        let agent = Agent::new_configured(&name, &config).map_err(|e| nixl_error("agent creation", e))?;
+        let agent =
+            Agent::new_configured(&name, &config).map_err(|e| nixl_error("agent creation", e))?;
         let (_mems, params) = agent.get_plugin_params("UCX").map_err(|e| {
             Error::new(
                 ErrorKind::Unavailable,
                 format!("NIXL's UCX plugin is not available ({e}): the nixl wheels' plugins/libplugin_UCX.so is missing or cannot load"),
             )
         })?;
-        agent.create_backend("UCX", &params).map_err(|e| nixl_error("UCX backend creation", e))?;
-        let empty = RegDescList::new(MemType::Dram).map_err(|e| nixl_error("descriptor list creation", e))?;
-        let conn_md = agent.get_local_partial_md(&empty, None).map_err(|e| nixl_error("reading the agent's connection info", e))?;
-        log::info!("ray-rdt: NIXL agent {name} ready (UCX backend, progress thread {})", config.enable_prog_thread);
-        Ok(Runtime { agent, name, conn_md })
+        agent
+            .create_backend("UCX", &params)
+            .map_err(|e| nixl_error("UCX backend creation", e))?;
+        let empty = RegDescList::new(MemType::Dram)
+            .map_err(|e| nixl_error("descriptor list creation", e))?;
+        let conn_md = agent
+            .get_local_partial_md(&empty, None)
+            .map_err(|e| nixl_error("reading the agent's connection info", e))?;
+        log::info!(
+            "ray-rdt: NIXL agent {name} ready (UCX backend, progress thread {})",
+            config.enable_prog_thread
+        );
+        Ok(Runtime {
+            agent,
+            name,
+            conn_md,
+        })
     }
 
     /// The agent's name: `ray-rdt-<pid>-<random>-serve` or `-fetch`.
@@ -165,19 +190,30 @@ impl Runtime {
 
     /// Registers `region` with the UCX backend; deregistered when the handle drops.
     pub fn register(&self, region: Region) -> Result<RegistrationHandle> {
-        self.agent
-            .register_memory(&region, None)
-            .map_err(|e| nixl_error(&format!("registration of {} bytes at {:#x} (device {})", region.len, region.addr, region.dev), e))
+        self.agent.register_memory(&region, None).map_err(|e| {
+            nixl_error(
+                &format!(
+                    "registration of {} bytes at {:#x} (device {})",
+                    region.len, region.addr, region.dev
+                ),
+                e,
+            )
+        })
     }
 
     /// Partial metadata (memory sections only, no connection info) for registered `regions`.
     pub fn sections_md(&self, regions: &[Region]) -> Result<Vec<u8>> {
-        let Some(first) = regions.first() else { return Ok(Vec::new()) };
-        let mut list = RegDescList::new(first.mem_type()).map_err(|e| nixl_error("descriptor list creation", e))?;
+        let Some(first) = regions.first() else {
+            return Ok(Vec::new());
+        };
+        let mut list = RegDescList::new(first.mem_type())
+            .map_err(|e| nixl_error("descriptor list creation", e))?;
         for r in regions {
             list.add_desc(r.addr, r.len, r.dev);
         }
-        self.agent.get_local_partial_md(&list, None).map_err(|e| nixl_error("reading registration metadata", e))
+        self.agent
+            .get_local_partial_md(&list, None)
+            .map_err(|e| nixl_error("reading registration metadata", e))
     }
 
     /// Loads a peer's metadata blob; returns the peer agent's name.
@@ -197,9 +233,16 @@ impl Runtime {
     /// completed. On timeout the request is released; a request that could still
     /// be in flight is reported by `Err` with `in_flight = true` so the caller
     /// keeps the destination memory alive.
-    pub fn read(&self, local_regions: &[Region], remote_regions: &[Region], remote: &str, deadline: Instant) -> Result<(), ReadError> {
+    pub fn read(
+        &self,
+        local_regions: &[Region],
+        remote_regions: &[Region],
+        remote: &str,
+        deadline: Instant,
+    ) -> Result<(), ReadError> {
         let mk = |regions: &[Region]| -> Result<XferDescList<'static>, ReadError> {
-            let mut list = XferDescList::new(regions[0].mem_type()).map_err(|e| ReadError::failed(nixl_error("descriptor list creation", e)))?;
+            let mut list = XferDescList::new(regions[0].mem_type())
+                .map_err(|e| ReadError::failed(nixl_error("descriptor list creation", e)))?;
             for r in regions {
                 list.add_desc(r.addr, r.len, r.dev);
             }
@@ -210,8 +253,12 @@ impl Runtime {
         let req = self
             .agent
             .create_xfer_req(XferOp::Read, &local, &remote_list, remote, None)
-            .map_err(|e| ReadError::failed(nixl_error(&format!("creating a READ from {remote}"), e)))?;
-        let in_progress = self.agent.post_xfer_req(&req, None).map_err(|e| ReadError::failed(nixl_error(&format!("posting a READ from {remote}"), e)))?;
+            .map_err(|e| {
+                ReadError::failed(nixl_error(&format!("creating a READ from {remote}"), e))
+            })?;
+        let in_progress = self.agent.post_xfer_req(&req, None).map_err(|e| {
+            ReadError::failed(nixl_error(&format!("posting a READ from {remote}"), e))
+        })?;
         if !in_progress {
             return Ok(());
         }
@@ -221,7 +268,12 @@ impl Runtime {
             match self.agent.get_xfer_status(&req) {
                 Ok(XferStatus::Success) => return Ok(()),
                 Ok(XferStatus::InProgress) => {}
-                Err(e) => return Err(ReadError::failed(nixl_error(&format!("a READ from {remote}"), e))),
+                Err(e) => {
+                    return Err(ReadError::failed(nixl_error(
+                        &format!("a READ from {remote}"),
+                        e,
+                    )))
+                }
             }
             let now = Instant::now();
             if now >= deadline {
@@ -260,6 +312,9 @@ pub struct ReadError {
 
 impl ReadError {
     fn failed(error: Error) -> Self {
-        ReadError { error, in_flight: false }
+        ReadError {
+            error,
+            in_flight: false,
+        }
     }
 }

@@ -24,22 +24,36 @@ struct Cudart {
 static CUDART: OnceLock<Result<Cudart, String>> = OnceLock::new();
 
 fn cudart() -> Result<&'static Cudart> {
-    CUDART
-        .get_or_init(load)
-        .as_ref()
-        .map_err(|m| Error::new(ErrorKind::Unavailable, format!("receiving CUDA tensors over nixl needs the CUDA runtime: {m}")))
+    CUDART.get_or_init(load).as_ref().map_err(|m| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("receiving CUDA tensors over nixl needs the CUDA runtime: {m}"),
+        )
+    })
 }
 
 fn load() -> Result<Cudart, String> {
-    let mut names: Vec<String> = vec!["libcudart.so.13".into(), "libcudart.so.12".into(), "libcudart.so".into()];
+    let mut names: Vec<String> = vec![
+        "libcudart.so.13".into(),
+        "libcudart.so.12".into(),
+        "libcudart.so".into(),
+    ];
     // The nvidia wheels next to NIXL's (site-packages/nvidia/cu13/lib, .../cuda_runtime/lib).
-    if let Some(site) = super::library::load().ok().and_then(|p| p.parent()?.parent().map(Path::to_path_buf)) {
-        for rel in ["nvidia/cu13/lib/libcudart.so.13", "nvidia/cuda_runtime/lib/libcudart.so.12"] {
+    if let Some(site) = super::library::load()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(Path::to_path_buf))
+    {
+        for rel in [
+            "nvidia/cu13/lib/libcudart.so.13",
+            "nvidia/cuda_runtime/lib/libcudart.so.12",
+        ] {
             names.push(site.join(rel).to_string_lossy().into_owned());
         }
     }
     for name in &names {
-        let Ok(c) = CString::new(name.as_str()) else { continue };
+        let Ok(c) = CString::new(name.as_str()) else {
+            continue;
+        };
         // SAFETY: loading a shared library; the handle is kept for the process's life.
         let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
         if handle.is_null() {
@@ -50,7 +64,9 @@ fn load() -> Result<Cudart, String> {
             let p = unsafe { libc::dlsym(handle, s.as_ptr()) };
             (!p.is_null()).then_some(p)
         };
-        if let (Some(g), Some(m), Some(f)) = (sym(c"cudaGetDevice"), sym(c"cudaMalloc"), sym(c"cudaFree")) {
+        if let (Some(g), Some(m), Some(f)) =
+            (sym(c"cudaGetDevice"), sym(c"cudaMalloc"), sym(c"cudaFree"))
+        {
             // SAFETY: these are the CUDA runtime's documented signatures.
             return Ok(unsafe {
                 Cudart {
@@ -87,11 +103,15 @@ impl DeviceBuffer {
         unsafe {
             let e = (rt.get_device)(&mut device);
             if e != 0 {
-                return Err(Error::transport(format!("cudaGetDevice failed with error {e}")));
+                return Err(Error::transport(format!(
+                    "cudaGetDevice failed with error {e}"
+                )));
             }
             let e = (rt.malloc)(&mut ptr, len.max(1));
             if e != 0 || ptr.is_null() {
-                return Err(Error::transport(format!("cudaMalloc of {len} bytes failed with error {e}")));
+                return Err(Error::transport(format!(
+                    "cudaMalloc of {len} bytes failed with error {e}"
+                )));
             }
         }
         Ok(DeviceBuffer { ptr, device })

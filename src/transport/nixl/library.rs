@@ -28,7 +28,11 @@ pub const NO_SEARCH_ENV: &str = "RAY_RDT_NIXL_NO_SEARCH";
 /// The library's file name (and soname).
 pub const LIB_NAME: &str = "libnixl_capi.so";
 /// Where NIXL's wheels put their libraries inside `site-packages`, in order of preference.
-pub const WHEEL_LIB_DIRS: [&str; 3] = [".nixl_cu13.mesonpy.libs", ".nixl_cu12.mesonpy.libs", ".nixl.mesonpy.libs"];
+pub const WHEEL_LIB_DIRS: [&str; 3] = [
+    ".nixl_cu13.mesonpy.libs",
+    ".nixl_cu12.mesonpy.libs",
+    ".nixl.mesonpy.libs",
+];
 /// What to do when the library is missing.
 pub const INSTALL_HINT: &str = "install NIXL's Python wheels into this Python environment (`pip install nixl==1.5.1`, \
      which brings the nixl-cu13 wheels) or set RAY_RDT_NIXL_LIB to the full path of libnixl_capi.so";
@@ -55,7 +59,10 @@ fn probe() -> Result<PathBuf, String> {
     // A copy already in the process (Python's `nixl` module was imported first:
     // it loads the libnixl.so next to libnixl_capi.so) wins: two different
     // libnixl builds in one process would clash.
-    let mut chosen = candidates.iter().find(|c| already_loaded(c) || already_loaded(&c.with_file_name("libnixl.so"))).cloned();
+    let mut chosen = candidates
+        .iter()
+        .find(|c| already_loaded(c) || already_loaded(&c.with_file_name("libnixl.so")))
+        .cloned();
     let mut tried = Vec::new();
     if chosen.is_none() {
         for candidate in &candidates {
@@ -112,13 +119,18 @@ pub fn candidates() -> Vec<PathBuf> {
         return out;
     }
     let mut site_dirs: Vec<PathBuf> = mapped_site_packages();
-    if let Some(prefix) = std::fs::read_link("/proc/self/exe").ok().and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf)) {
+    if let Some(prefix) = std::fs::read_link("/proc/self/exe")
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+    {
         site_dirs.extend(site_packages_under(&prefix));
     }
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
         site_dirs.extend(site_packages_under(Path::new(&venv)));
     }
-    site_dirs.extend(site_packages_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv")));
+    site_dirs.extend(site_packages_under(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"),
+    ));
     for dir in site_dirs {
         for wheel in WHEEL_LIB_DIRS {
             let lib = dir.join(wheel).join(LIB_NAME);
@@ -133,10 +145,14 @@ pub fn candidates() -> Vec<PathBuf> {
 /// `site-packages` folders of files mapped into this process (the running
 /// Python's own packages, e.g. Ray's `_raylet.so`), in first-seen order.
 fn mapped_site_packages() -> Vec<PathBuf> {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return Vec::new() };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = Vec::new();
     for line in maps.lines() {
-        let Some(path) = line.split_whitespace().nth(5) else { continue };
+        let Some(path) = line.split_whitespace().nth(5) else {
+            continue;
+        };
         if let Some(i) = path.find("/site-packages/") {
             let dir = PathBuf::from(&path[..i + "/site-packages".len()]);
             if !out.contains(&dir) {
@@ -149,7 +165,9 @@ fn mapped_site_packages() -> Vec<PathBuf> {
 
 /// `<prefix>/lib/python3*/site-packages` folders.
 fn site_packages_under(prefix: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else {
+        return Vec::new();
+    };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().as_bytes().starts_with(b"python3"))
@@ -174,18 +192,33 @@ fn preload_bundled(lib: &Path) {
         return;
     }
     let Some(dir) = lib.parent() else { return };
-    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else { return };
-    let stem = name.trim_start_matches('.').trim_end_matches(".mesonpy.libs");
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let stem = name
+        .trim_start_matches('.')
+        .trim_end_matches(".mesonpy.libs");
     let bundled = dir.with_file_name(format!("{stem}.libs"));
-    let Ok(entries) = std::fs::read_dir(&bundled) else { return };
+    let Ok(entries) = std::fs::read_dir(&bundled) else {
+        return;
+    };
     let files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     for prefix in ["libnl-3-", "libnl-route-3-"] {
-        let Some(file) = files.iter().find(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.contains(".so"))) else {
+        let Some(file) = files.iter().find(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && n.contains(".so"))
+        }) else {
             continue;
         };
         let Ok(c) = c_path(file) else { continue };
         // SAFETY: loading a shared library by path; it stays loaded.
-        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND) };
+        let handle = unsafe {
+            libc::dlopen(
+                c.as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND,
+            )
+        };
         if handle.is_null() {
             log::debug!("ray-rdt: could not preload {}", file.display());
         }
@@ -193,7 +226,8 @@ fn preload_bundled(lib: &Path) {
 }
 
 fn c_path(path: &Path) -> Result<CString, String> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{}: path contains a NUL byte", path.display()))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{}: path contains a NUL byte", path.display()))
 }
 
 fn already_loaded(path: &Path) -> bool {
@@ -212,7 +246,11 @@ fn dlopen_local(path: &Path) -> Result<(), String> {
         // SAFETY: dlerror returns NULL or a valid C string owned by libc.
         let why = unsafe {
             let e = libc::dlerror();
-            if e.is_null() { "unknown dlopen error".to_owned() } else { CStr::from_ptr(e).to_string_lossy().into_owned() }
+            if e.is_null() {
+                "unknown dlopen error".to_owned()
+            } else {
+                CStr::from_ptr(e).to_string_lossy().into_owned()
+            }
         };
         return Err(format!("{}: {why}", path.display()));
     }

@@ -92,15 +92,28 @@ fn memory_of(device: DLDevice) -> Result<(bool, u64)> {
     if is_host(device) {
         Ok((false, 0))
     } else if device.device_type == kDLCUDA {
-        Ok((true, u64::try_from(device.device_id).map_err(|_| Error::invalid(format!("negative CUDA device id {}", device.device_id)))?))
+        Ok((
+            true,
+            u64::try_from(device.device_id).map_err(|_| {
+                Error::invalid(format!("negative CUDA device id {}", device.device_id))
+            })?,
+        ))
     } else {
-        Err(Error::new(ErrorKind::Unsupported, format!("the nixl transport moves CPU and CUDA tensors, not device type {}", device.device_type)))
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the nixl transport moves CPU and CUDA tensors, not device type {}",
+                device.device_type
+            ),
+        ))
     }
 }
 
 fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
-    now.checked_add(timeout).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 /// Received memory: host or CUDA.
@@ -138,12 +151,39 @@ impl Transport for Nixl {
         memory_of(device).is_ok()
     }
 
-    fn export(&self, id: &ObjectId, object: &StoredObject, _group: Option<&str>) -> Result<Vec<u8>> {
-        let device = object.tensors.first().map(Tensor::device).unwrap_or(DLDevice { device_type: kDLCPU, device_id: 0 });
+    fn export(
+        &self,
+        id: &ObjectId,
+        object: &StoredObject,
+        _group: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        let device = object
+            .tensors
+            .first()
+            .map(Tensor::device)
+            .unwrap_or(DLDevice {
+                device_type: kDLCPU,
+                device_id: 0,
+            });
         let (cuda, dev) = memory_of(device)?;
         if object.tensors.iter().all(|t| t.meta().nbytes == 0) {
-            let descs = object.tensors.iter().map(|_| Desc { addr: 0, len: 0, dev: 0, reg_id: 0 }).collect();
-            return Record { agent: String::new(), conn_md: Vec::new(), sections_md: Vec::new(), descs }.encode();
+            let descs = object
+                .tensors
+                .iter()
+                .map(|_| Desc {
+                    addr: 0,
+                    len: 0,
+                    dev: 0,
+                    reg_id: 0,
+                })
+                .collect();
+            return Record {
+                agent: String::new(),
+                conn_md: Vec::new(),
+                sections_md: Vec::new(),
+                descs,
+            }
+            .encode();
         }
         let rt = agent::serving()?;
         // Where each tensor's bytes are: the tensor itself, or a packed copy.
@@ -154,12 +194,22 @@ impl Transport for Nixl {
             if n == 0 {
                 per_tensor.push(None);
             } else if t.meta().is_contiguous() {
-                per_tensor.push(Some(Region { addr: t.data_ptr(), len: n as usize, dev, cuda }));
+                per_tensor.push(Some(Region {
+                    addr: t.data_ptr(),
+                    len: n as usize,
+                    dev,
+                    cuda,
+                }));
             } else if !cuda {
                 let buf = HostBuffer::new(n as usize)?;
                 // SAFETY: the buffer is n bytes long and owned here.
                 t.pack_into(unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), n as usize) })?;
-                per_tensor.push(Some(Region { addr: buf.as_ptr() as usize, len: n as usize, dev: 0, cuda: false }));
+                per_tensor.push(Some(Region {
+                    addr: buf.as_ptr() as usize,
+                    len: n as usize,
+                    dev: 0,
+                    cuda: false,
+                }));
                 staging.push(buf);
             } else {
                 return Err(Error::new(ErrorKind::Unsupported, format!("tensor {i} is a non-contiguous CUDA tensor: the nixl transport needs contiguous CUDA tensors")));
@@ -179,18 +229,40 @@ impl Transport for Nixl {
             let descs = per_tensor
                 .iter()
                 .map(|r| match r.and_then(|r| index.get(&r).copied()) {
-                    None => Desc { addr: 0, len: 0, dev: 0, reg_id: 0 },
+                    None => Desc {
+                        addr: 0,
+                        len: 0,
+                        dev: 0,
+                        reg_id: 0,
+                    },
                     Some(i) => {
                         let reg = registered[i];
-                        Desc { addr: reg.region.addr as u64, len: reg.region.len as u64, dev: reg.region.dev, reg_id: reg.id }
+                        Desc {
+                            addr: reg.region.addr as u64,
+                            len: reg.region.len as u64,
+                            dev: reg.region.dev,
+                            reg_id: reg.id,
+                        }
                     }
                 })
                 .collect();
-            Record { agent: rt.name().to_owned(), conn_md: rt.conn_md().to_vec(), sections_md, descs }.encode()
+            Record {
+                agent: rt.name().to_owned(),
+                conn_md: rt.conn_md().to_vec(),
+                sections_md,
+                descs,
+            }
+            .encode()
         });
         match encoded {
             Ok(bytes) => {
-                let previous = self.exports.lock().insert(*id, Export { regions: distinct, _staging: staging });
+                let previous = self.exports.lock().insert(
+                    *id,
+                    Export {
+                        regions: distinct,
+                        _staging: staging,
+                    },
+                );
                 if let Some(old) = previous {
                     REGISTRY.release(&old.regions);
                 }
@@ -210,45 +282,111 @@ impl Transport for Nixl {
         }
     }
 
-    fn serve(&self, _local: &Local<'_>, _id: &ObjectId, _object: &StoredObject, _request: &[u8], _fd: Option<std::os::fd::OwnedFd>, _stream: &mut UnixStream) -> Result<()> {
-        Err(Error::new(ErrorKind::Unsupported, "nixl transfers are one-sided reads: the producer's endpoint serves no nixl requests"))
+    fn serve(
+        &self,
+        _local: &Local<'_>,
+        _id: &ObjectId,
+        _object: &StoredObject,
+        _request: &[u8],
+        _fd: Option<std::os::fd::OwnedFd>,
+        _stream: &mut UnixStream,
+    ) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "nixl transfers are one-sided reads: the producer's endpoint serves no nixl requests",
+        ))
     }
 
-    fn fetch(&self, _local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>> {
+    fn fetch(
+        &self,
+        _local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>> {
         let deadline = deadline_after(timeout);
         let record = Record::decode(&meta.transport_data)?;
         if record.descs.len() != meta.tensors.len() {
-            return Err(Error::malformed(format!("nixl transport data describes {} tensors, the record {}", record.descs.len(), meta.tensors.len())));
+            return Err(Error::malformed(format!(
+                "nixl transport data describes {} tensors, the record {}",
+                record.descs.len(),
+                meta.tensors.len()
+            )));
         }
-        if let Some((i, (d, t))) = record.descs.iter().zip(&meta.tensors).enumerate().find(|(_, (d, t))| d.len != t.nbytes) {
-            return Err(Error::malformed(format!("nixl descriptor {i} is {} bytes, the tensor {}", d.len, t.nbytes)));
+        if let Some((i, (d, t))) = record
+            .descs
+            .iter()
+            .zip(&meta.tensors)
+            .enumerate()
+            .find(|(_, (d, t))| d.len != t.nbytes)
+        {
+            return Err(Error::malformed(format!(
+                "nixl descriptor {i} is {} bytes, the tensor {}",
+                d.len, t.nbytes
+            )));
         }
         let (cuda, _) = memory_of(meta.device)?;
         let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
         let (offsets, total) = packed_layout(metas.iter().map(|m| m.nbytes));
         if meta.total_bytes() > 0 && record.agent.is_empty() {
-            return Err(Error::malformed("nixl transport data names no producer agent for a non-empty object"));
+            return Err(Error::malformed(
+                "nixl transport data names no producer agent for a non-empty object",
+            ));
         }
-        let buffer = if cuda { Buffer::Cuda(cuda::DeviceBuffer::new(total as usize)?) } else { Buffer::Host(HostBuffer::new(total as usize)?) };
+        let buffer = if cuda {
+            Buffer::Cuda(cuda::DeviceBuffer::new(total as usize)?)
+        } else {
+            Buffer::Host(HostBuffer::new(total as usize)?)
+        };
         let local_dev = match &buffer {
-            Buffer::Cuda(b) => DLDevice { device_type: kDLCUDA, device_id: b.device },
-            Buffer::Host(_) => DLDevice { device_type: kDLCPU, device_id: 0 },
+            Buffer::Cuda(b) => DLDevice {
+                device_type: kDLCUDA,
+                device_id: b.device,
+            },
+            Buffer::Host(_) => DLDevice {
+                device_type: kDLCPU,
+                device_id: 0,
+            },
         };
         let base = buffer.addr();
-        let mut owner = Received { _registration: None, _buffer: buffer };
+        let mut owner = Received {
+            _registration: None,
+            _buffer: buffer,
+        };
         // Objects whose tensors are all empty never touch NIXL.
         if meta.total_bytes() > 0 {
             let rt = agent::fetching()?;
-            owner._registration = Some(rt.register(Region { addr: base, len: total as usize, dev: local_dev.device_id as u64, cuda })?);
+            owner._registration = Some(rt.register(Region {
+                addr: base,
+                len: total as usize,
+                dev: local_dev.device_id as u64,
+                cuda,
+            })?);
             let mut local_regions = Vec::new();
             let mut remote_regions = Vec::new();
             for (d, &off) in record.descs.iter().zip(&offsets).filter(|(d, _)| d.len > 0) {
-                local_regions.push(Region { addr: base + off as usize, len: d.len as usize, dev: local_dev.device_id as u64, cuda });
-                remote_regions.push(Region { addr: d.addr as usize, len: d.len as usize, dev: d.dev, cuda });
+                local_regions.push(Region {
+                    addr: base + off as usize,
+                    len: d.len as usize,
+                    dev: local_dev.device_id as u64,
+                    cuda,
+                });
+                remote_regions.push(Region {
+                    addr: d.addr as usize,
+                    len: d.len as usize,
+                    dev: d.dev,
+                    cuda,
+                });
             }
             let result = PEERS
-                .with_loaded(rt, &record, |_| read_in_parallel(rt, &local_regions, &remote_regions, &record.agent, deadline))
-                .map_err(|error| ReadError { error, in_flight: false })
+                .with_loaded(rt, &record, |_| {
+                    read_in_parallel(rt, &local_regions, &remote_regions, &record.agent, deadline)
+                })
+                .map_err(|error| ReadError {
+                    error,
+                    in_flight: false,
+                })
                 .and_then(|r| r);
             if let Err(ReadError { error, in_flight }) = result {
                 if in_flight {
@@ -263,7 +401,14 @@ impl Transport for Nixl {
         let tensors = metas
             .into_iter()
             .zip(offsets)
-            .map(|(m, off)| Tensor::from_owner(m, local_dev, (base + off as usize) as *mut _, Box::new(owner.clone())))
+            .map(|(m, off)| {
+                Tensor::from_owner(
+                    m,
+                    local_dev,
+                    (base + off as usize) as *mut _,
+                    Box::new(owner.clone()),
+                )
+            })
             .collect();
         crate::stats::record_received(TransportKind::Nixl, meta.total_bytes());
         Ok(tensors)
@@ -275,7 +420,13 @@ impl Transport for Nixl {
 const PARALLEL_READ_FROM: usize = 16 << 20;
 
 /// Reads the regions, large objects as two concurrent READs of half the bytes each.
-fn read_in_parallel(rt: &agent::Runtime, local: &[Region], remote: &[Region], agent: &str, deadline: Instant) -> Result<(), agent::ReadError> {
+fn read_in_parallel(
+    rt: &agent::Runtime,
+    local: &[Region],
+    remote: &[Region],
+    agent: &str,
+    deadline: Instant,
+) -> Result<(), agent::ReadError> {
     let total: usize = local.iter().map(|r| r.len).sum();
     if total < PARALLEL_READ_FROM || local.iter().any(|r| r.cuda) {
         return rt.read(local, remote, agent, deadline);
@@ -284,7 +435,12 @@ fn read_in_parallel(rt: &agent::Runtime, local: &[Region], remote: &[Region], ag
     std::thread::scope(|scope| {
         let other = scope.spawn(|| rt.read(&second.0, &second.1, agent, deadline));
         let mine = rt.read(&first.0, &first.1, agent, deadline);
-        let theirs = other.join().unwrap_or_else(|_| Err(agent::ReadError { error: Error::new(ErrorKind::Internal, "a NIXL read thread panicked"), in_flight: true }));
+        let theirs = other.join().unwrap_or_else(|_| {
+            Err(agent::ReadError {
+                error: Error::new(ErrorKind::Internal, "a NIXL read thread panicked"),
+                in_flight: true,
+            })
+        });
         mine.and(theirs)
     })
 }
@@ -303,8 +459,16 @@ fn split_at_bytes(local: &[Region], remote: &[Region], at: usize) -> (Regions, R
             first.1.push(Region { len: head, ..*r });
         }
         if head < l.len {
-            second.0.push(Region { addr: l.addr + head, len: l.len - head, ..*l });
-            second.1.push(Region { addr: r.addr + head, len: r.len - head, ..*r });
+            second.0.push(Region {
+                addr: l.addr + head,
+                len: l.len - head,
+                ..*l
+            });
+            second.1.push(Region {
+                addr: r.addr + head,
+                len: r.len - head,
+                ..*r
+            });
         }
         seen += l.len;
     }
@@ -314,7 +478,9 @@ fn split_at_bytes(local: &[Region], remote: &[Region], at: usize) -> (Regions, R
 /// Adds what is known about the producer to a failed read's error: a producer
 /// whose endpoint no longer answers is gone.
 fn explain(error: Error, peer: &Peer<'_>, meta: &Metadata) -> Error {
-    let probe = peer.pool.with_connection(peer.address, Duration::from_millis(200), |_| Ok(()));
+    let probe = peer
+        .pool
+        .with_connection(peer.address, Duration::from_millis(200), |_| Ok(()));
     let pid = meta.producer.pid;
     match probe {
         Err(_) => Error::transport(format!("the producer (pid {pid}) is gone: its plugin endpoint {} does not answer; the nixl read failed with: {error}", peer.address)),

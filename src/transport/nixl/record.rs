@@ -61,7 +61,12 @@ impl Record {
         check("connection info", self.conn_md.len(), MAX_CONN_MD)?;
         check("sections metadata", self.sections_md.len(), MAX_SECTIONS_MD)?;
         check("descriptor list", self.descs.len(), MAX_TENSORS)?;
-        let mut out = Vec::with_capacity(16 + self.agent.len() + self.conn_md.len() + self.sections_md.len() + 32 * self.descs.len());
+        let mut out = Vec::with_capacity(
+            16 + self.agent.len()
+                + self.conn_md.len()
+                + self.sections_md.len()
+                + 32 * self.descs.len(),
+        );
         out.push(VERSION);
         out.extend_from_slice(&(self.agent.len() as u16).to_le_bytes());
         out.extend_from_slice(self.agent.as_bytes());
@@ -88,14 +93,21 @@ impl Record {
         }
         let name_len = u16::from_le_bytes(r.array()?) as usize;
         if name_len > MAX_NAME {
-            return Err(Error::malformed(format!("nixl agent name is {name_len} bytes, the limit is {MAX_NAME}")));
+            return Err(Error::malformed(format!(
+                "nixl agent name is {name_len} bytes, the limit is {MAX_NAME}"
+            )));
         }
-        let agent = std::str::from_utf8(r.take(name_len)?).map_err(|_| Error::malformed("nixl agent name is not UTF-8"))?.to_owned();
+        let agent = std::str::from_utf8(r.take(name_len)?)
+            .map_err(|_| Error::malformed("nixl agent name is not UTF-8"))?
+            .to_owned();
         let conn_md = r.blob("connection info", MAX_CONN_MD)?.to_vec();
         let sections_md = r.blob("sections metadata", MAX_SECTIONS_MD)?.to_vec();
         let count = u32::from_le_bytes(r.array()?) as usize;
         if count > MAX_TENSORS || count.saturating_mul(32) != r.0.len() {
-            return Err(Error::malformed(format!("nixl descriptor count {count} does not match the {} bytes left", r.0.len())));
+            return Err(Error::malformed(format!(
+                "nixl descriptor count {count} does not match the {} bytes left",
+                r.0.len()
+            )));
         }
         let descs = (0..count)
             .map(|_| {
@@ -107,13 +119,20 @@ impl Record {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Record { agent, conn_md, sections_md, descs })
+        Ok(Record {
+            agent,
+            conn_md,
+            sections_md,
+            descs,
+        })
     }
 }
 
 fn check(what: &str, len: usize, max: usize) -> Result<()> {
     if len > max {
-        return Err(Error::invalid(format!("nixl {what} is {len} long, the limit is {max}")));
+        return Err(Error::invalid(format!(
+            "nixl {what} is {len} long, the limit is {max}"
+        )));
     }
     Ok(())
 }
@@ -123,7 +142,10 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.0.len() {
-            return Err(Error::malformed(format!("nixl transport data truncated: needed {n} more bytes, {} left", self.0.len())));
+            return Err(Error::malformed(format!(
+                "nixl transport data truncated: needed {n} more bytes, {} left",
+                self.0.len()
+            )));
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
@@ -139,7 +161,9 @@ impl<'a> Reader<'a> {
     fn blob(&mut self, what: &str, max: usize) -> Result<&'a [u8]> {
         let len = u32::from_le_bytes(self.array()?) as usize;
         if len > max {
-            return Err(Error::malformed(format!("nixl {what} is {len} bytes, the limit is {max}")));
+            return Err(Error::malformed(format!(
+                "nixl {what} is {len} bytes, the limit is {max}"
+            )));
         }
         self.take(len)
     }
@@ -154,7 +178,20 @@ mod tests {
             agent: "ray-rdt-1-00".into(),
             conn_md: vec![1, 2, 3],
             sections_md: vec![4; 40],
-            descs: vec![Desc { addr: 0x1000, len: 64, dev: 0, reg_id: 7 }, Desc { addr: 0, len: 0, dev: 0, reg_id: 0 }],
+            descs: vec![
+                Desc {
+                    addr: 0x1000,
+                    len: 64,
+                    dev: 0,
+                    reg_id: 7,
+                },
+                Desc {
+                    addr: 0,
+                    len: 0,
+                    dev: 0,
+                    reg_id: 0,
+                },
+            ],
         }
     }
 
@@ -168,7 +205,10 @@ mod tests {
     fn every_truncation_and_extension_is_rejected() {
         let bytes = sample().encode().unwrap();
         for n in 0..bytes.len() {
-            assert!(Record::decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+            assert!(
+                Record::decode(&bytes[..n]).is_err(),
+                "prefix of {n} bytes decoded"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

@@ -57,14 +57,28 @@ impl Registry {
                     *next += 1;
                     *next
                 };
-                let tagged = if region.cuda { *region } else { Region { dev: id, ..*region } };
+                let tagged = if region.cuda {
+                    *region
+                } else {
+                    Region { dev: id, ..*region }
+                };
                 match runtime.register(tagged) {
                     Ok(handle) => {
-                        entries.insert(*region, Entry { refs: 1, registered: Registered { region: tagged, id }, _handle: handle });
+                        entries.insert(
+                            *region,
+                            Entry {
+                                refs: 1,
+                                registered: Registered { region: tagged, id },
+                                _handle: handle,
+                            },
+                        );
                     }
                     Err(e) => {
                         // Undo what this call took.
-                        let dropped: Vec<Entry> = taken.iter().filter_map(|r| Self::unref(&mut entries, r)).collect();
+                        let dropped: Vec<Entry> = taken
+                            .iter()
+                            .filter_map(|r| Self::unref(&mut entries, r))
+                            .collect();
                         drop(dropped);
                         return Err(e);
                     }
@@ -80,7 +94,10 @@ impl Registry {
     /// deregistering those no object holds any more.
     pub fn release(&self, regions: &[Region]) {
         let mut entries = self.entries.lock();
-        let dropped: Vec<Entry> = regions.iter().filter_map(|r| Self::unref(&mut entries, r)).collect();
+        let dropped: Vec<Entry> = regions
+            .iter()
+            .filter_map(|r| Self::unref(&mut entries, r))
+            .collect();
         // Deregister while still holding the lock, so that a concurrent acquire of
         // the same range cannot register it again before NIXL forgot the old one.
         drop(dropped);

@@ -38,10 +38,11 @@ pub struct Loaded {
 impl Loaded {
     fn covers(&self, descs: &[Desc]) -> bool {
         self.connected
-            && descs
-                .iter()
-                .filter(|d| d.len > 0)
-                .all(|d| self.ranges.get(&d.dev).is_some_and(|v| v.contains(&(d.addr, d.len, d.reg_id))))
+            && descs.iter().filter(|d| d.len > 0).all(|d| {
+                self.ranges
+                    .get(&d.dev)
+                    .is_some_and(|v| v.contains(&(d.addr, d.len, d.reg_id)))
+            })
     }
 
     /// Whether loading `descs` could leave a stale descriptor NIXL might pick:
@@ -54,7 +55,8 @@ impl Loaded {
         descs.iter().filter(|d| d.len > 0).any(|d| {
             self.ranges.get(&d.dev).is_some_and(|v| {
                 v.iter().any(|&(addr, len, id)| {
-                    let overlaps = addr < d.addr.saturating_add(d.len) && d.addr < addr.saturating_add(len);
+                    let overlaps =
+                        addr < d.addr.saturating_add(d.len) && d.addr < addr.saturating_add(len);
                     overlaps && (id, addr, len) != (d.reg_id, d.addr, d.len)
                 })
             })
@@ -91,7 +93,12 @@ pub struct Ready<'a> {
 impl Peers {
     /// Makes sure `record`'s producer and registrations are loaded, then runs `f`
     /// while holding the peer's read lock.
-    pub fn with_loaded<T>(&self, rt: &Runtime, record: &Record, f: impl FnOnce(&Ready<'_>) -> T) -> Result<T> {
+    pub fn with_loaded<T>(
+        &self,
+        rt: &Runtime,
+        record: &Record,
+        f: impl FnOnce(&Ready<'_>) -> T,
+    ) -> Result<T> {
         let peer = self.peer(rt, &record.agent);
         let guard = {
             let read = peer.state.read();
@@ -111,7 +118,9 @@ impl Peers {
     /// Forgets `agent` after a failed transfer, so the next fetch reconnects.
     pub fn forget(&self, rt: &Runtime, agent: &str) {
         // The entry stays: whoever loads this peer next serialises on its lock.
-        let Some(peer) = self.map.lock().get(agent).cloned() else { return };
+        let Some(peer) = self.map.lock().get(agent).cloned() else {
+            return;
+        };
         let mut state = peer.state.write();
         if state.connected {
             rt.invalidate_remote(agent);
@@ -142,7 +151,10 @@ impl Peers {
                 }
             }
         }
-        let p = Arc::new(Peer { state: RwLock::new(Loaded::default()), last_used: AtomicU64::new(now) });
+        let p = Arc::new(Peer {
+            state: RwLock::new(Loaded::default()),
+            last_used: AtomicU64::new(now),
+        });
         map.insert(agent.to_owned(), p.clone());
         p
     }
@@ -163,9 +175,18 @@ impl Peers {
             if record.sections_md.is_empty() {
                 return Ok(());
             }
-            match Self::load_md(rt, &record.agent, &record.sections_md, "registration metadata") {
+            match Self::load_md(
+                rt,
+                &record.agent,
+                &record.sections_md,
+                "registration metadata",
+            ) {
                 Ok(()) => {
-                    record.descs.iter().filter(|d| d.len > 0).for_each(|d| state.insert(d));
+                    record
+                        .descs
+                        .iter()
+                        .filter(|d| d.len > 0)
+                        .for_each(|d| state.insert(d));
                     return Ok(());
                 }
                 // NIXL drops the whole peer when a section fails to load: start over once.
@@ -181,11 +202,15 @@ impl Peers {
     }
 
     fn load_md(rt: &Runtime, agent: &str, md: &[u8], what: &str) -> Result<()> {
-        let name = rt
-            .load_remote_md(md)
-            .map_err(|e| Error::transport(format!("NIXL could not load the {what} of producer agent {agent}: {e}")))?;
+        let name = rt.load_remote_md(md).map_err(|e| {
+            Error::transport(format!(
+                "NIXL could not load the {what} of producer agent {agent}: {e}"
+            ))
+        })?;
         if name != agent {
-            return Err(Error::malformed(format!("the record names NIXL agent {agent} but its metadata belongs to {name}")));
+            return Err(Error::malformed(format!(
+                "the record names NIXL agent {agent} but its metadata belongs to {name}"
+            )));
         }
         Ok(())
     }

@@ -23,10 +23,10 @@ use crate::tensor::{is_host, Tensor, TensorMeta};
 use crate::transport_kind::TransportKind;
 use pool::{Segment, SegmentPool};
 use segment::Mapping;
-use written::WrittenMappings;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
+use written::WrittenMappings;
 
 /// The shm transport: the consumer's pool of idle segments and the producer's
 /// mappings of segments it wrote.
@@ -45,11 +45,24 @@ impl Transport for Shm {
         is_host(device)
     }
 
-    fn export(&self, _id: &ObjectId, _object: &StoredObject, _group: Option<&str>) -> Result<Vec<u8>> {
+    fn export(
+        &self,
+        _id: &ObjectId,
+        _object: &StoredObject,
+        _group: Option<&str>,
+    ) -> Result<Vec<u8>> {
         Ok(Vec::new())
     }
 
-    fn serve(&self, _local: &Local<'_>, _id: &ObjectId, object: &StoredObject, _request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()> {
+    fn serve(
+        &self,
+        _local: &Local<'_>,
+        _id: &ObjectId,
+        object: &StoredObject,
+        _request: &[u8],
+        fd: Option<OwnedFd>,
+        stream: &mut UnixStream,
+    ) -> Result<()> {
         let (_, total) = packed_layout(object.tensors.iter().map(|t| t.meta().nbytes));
         // Write into the consumer's segment if it sent one, else into a new one
         // whose descriptor goes back with the reply.
@@ -68,9 +81,19 @@ impl Transport for Shm {
         Ok(())
     }
 
-    fn fetch(&self, local: &Local<'_>, peer: &Peer<'_>, id: &ObjectId, meta: &Metadata, timeout: Duration) -> Result<Vec<Tensor>> {
+    fn fetch(
+        &self,
+        local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>> {
         let producer_node = &meta.producer.node_id;
-        if !local.node_id.is_empty() && !producer_node.is_empty() && producer_node.as_slice() != local.node_id {
+        if !local.node_id.is_empty()
+            && !producer_node.is_empty()
+            && producer_node.as_slice() != local.node_id
+        {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 "the shm transport only works between processes on the same host: the producer is on another node; use gloo or nixl",
@@ -79,7 +102,11 @@ impl Transport for Shm {
         let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
         let (offsets, total) = packed_layout(metas.iter().map(|m| m.nbytes));
         // An object of no bytes still asks the producer: it must still hold it.
-        let reused = if total == 0 { None } else { self.pool.take(total as usize) };
+        let reused = if total == 0 {
+            None
+        } else {
+            self.pool.take(total as usize)
+        };
         let request = fetch_request(TransportKind::Shm, id, &[]);
         let segment = peer.pool.with_connection(peer.address, timeout, |stream| {
             wire::send_with_fd(stream, &request, reused.as_ref().map(|s| &s.fd))?;
@@ -91,12 +118,16 @@ impl Transport for Shm {
                 (None, Some(fd)) => {
                     let (_, size) = segment::identity(&fd)?;
                     if size != total {
-                        return Err(Error::transport(format!("shm segment is {size} bytes, the metadata record describes {total}")));
+                        return Err(Error::transport(format!(
+                            "shm segment is {size} bytes, the metadata record describes {total}"
+                        )));
                     }
                     let mapping = Mapping::new(&fd, total as usize, false)?;
                     Ok(Some(Segment { fd, mapping }))
                 }
-                (None, None) => Err(Error::transport("the producer sent no shared-memory segment")),
+                (None, None) => Err(Error::transport(
+                    "the producer sent no shared-memory segment",
+                )),
             }
         })?;
         let Some(segment) = segment else {
@@ -104,7 +135,10 @@ impl Transport for Shm {
             return metas.iter().map(Tensor::alloc_host).collect();
         };
         let lease = self.pool.lease(segment);
-        let cpu = DLDevice { device_type: kDLCPU, device_id: 0 };
+        let cpu = DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        };
         let tensors = metas
             .into_iter()
             .zip(offsets)

@@ -38,8 +38,17 @@ pub struct SegmentPool {
 
 impl Default for SegmentPool {
     fn default() -> Self {
-        let limit = std::env::var("RAY_RDT_SHM_POOL_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_POOL_BYTES);
-        SegmentPool { idle: Arc::new(Mutex::new(Idle { segments: Vec::new(), bytes: 0 })), limit }
+        let limit = std::env::var("RAY_RDT_SHM_POOL_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_POOL_BYTES);
+        SegmentPool {
+            idle: Arc::new(Mutex::new(Idle {
+                segments: Vec::new(),
+                bytes: 0,
+            })),
+            limit,
+        }
     }
 }
 
@@ -49,7 +58,12 @@ impl SegmentPool {
     pub fn take(&self, len: usize) -> Option<Segment> {
         let mut idle = self.idle.lock();
         let fits = |s: &Segment| s.mapping.len() >= len && s.mapping.len() <= 2 * len + (1 << 20);
-        let (i, _) = idle.segments.iter().enumerate().filter(|(_, s)| fits(s)).min_by_key(|(_, s)| s.mapping.len())?;
+        let (i, _) = idle
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| fits(s))
+            .min_by_key(|(_, s)| s.mapping.len())?;
         let seg = idle.segments.swap_remove(i);
         idle.bytes -= seg.mapping.len();
         Some(seg)
@@ -57,7 +71,10 @@ impl SegmentPool {
 
     /// Wraps `segment` so that it comes back to the pool when the last holder drops it.
     pub fn lease(&self, segment: Segment) -> Arc<Lease> {
-        Arc::new(Lease { segment: Some(segment), pool: self.clone() })
+        Arc::new(Lease {
+            segment: Some(segment),
+            pool: self.clone(),
+        })
     }
 
     fn give_back(&self, segment: Segment) {
@@ -80,7 +97,11 @@ pub struct Lease {
 impl Lease {
     /// Start of the segment's mapping.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.segment.as_ref().expect("present until drop").mapping.as_ptr()
+        self.segment
+            .as_ref()
+            .expect("present until drop")
+            .mapping
+            .as_ptr()
     }
 }
 

@@ -17,7 +17,10 @@ pub fn create(len: u64) -> Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: resizing our own descriptor.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-        return Err(Error::io(&format!("sizing a {len}-byte shm segment"), std::io::Error::last_os_error()));
+        return Err(Error::io(
+            &format!("sizing a {len}-byte shm segment"),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(fd)
 }
@@ -26,11 +29,19 @@ pub fn create(len: u64) -> Result<OwnedFd> {
 pub fn fill(mapping: &Mapping, object: &StoredObject) -> Result<()> {
     let (offsets, total) = packed_layout(object.tensors.iter().map(|t| t.meta().nbytes));
     if (mapping.len() as u64) < total {
-        return Err(Error::transport(format!("shm segment of {} bytes cannot hold {total}", mapping.len())));
+        return Err(Error::transport(format!(
+            "shm segment of {} bytes cannot hold {total}",
+            mapping.len()
+        )));
     }
     for (t, &off) in object.tensors.iter().zip(&offsets) {
         // SAFETY: [off, off + nbytes) lies inside the mapping (checked above).
-        let dst = unsafe { std::slice::from_raw_parts_mut(mapping.as_ptr().add(off as usize), t.meta().nbytes as usize) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                mapping.as_ptr().add(off as usize),
+                t.meta().nbytes as usize,
+            )
+        };
         match t.host_bytes() {
             Some(src) => copy(dst, src),
             None => t.pack_into(dst)?,
@@ -61,7 +72,10 @@ pub fn identity(fd: &OwnedFd) -> Result<((u64, u64), u64)> {
     // SAFETY: fstat on a descriptor we own, into a zeroed struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(Error::io("fstat of an shm segment", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "fstat of an shm segment",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(((st.st_dev, st.st_ino), st.st_size as u64))
 }
@@ -84,11 +98,26 @@ impl Mapping {
     pub fn new(fd: &impl AsRawFd, len: usize, populate: bool) -> Result<Mapping> {
         let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: mapping a file we hold open; the result is checked.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd.as_raw_fd(), 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
-            return Err(Error::io(&format!("mapping a {len}-byte shm segment"), std::io::Error::last_os_error()));
+            return Err(Error::io(
+                &format!("mapping a {len}-byte shm segment"),
+                std::io::Error::last_os_error(),
+            ));
         }
-        Ok(Mapping { ptr: ptr as *mut u8, len })
+        Ok(Mapping {
+            ptr: ptr as *mut u8,
+            len,
+        })
     }
 
     /// Start of the mapping.

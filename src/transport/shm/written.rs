@@ -32,8 +32,14 @@ pub struct WrittenMappings {
 
 impl Default for WrittenMappings {
     fn default() -> Self {
-        let limit = std::env::var("RAY_RDT_SHM_PRODUCER_CACHE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_LIMIT);
-        WrittenMappings { entries: Mutex::new(VecDeque::new()), limit }
+        let limit = std::env::var("RAY_RDT_SHM_PRODUCER_CACHE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_LIMIT);
+        WrittenMappings {
+            entries: Mutex::new(VecDeque::new()),
+            limit,
+        }
     }
 }
 
@@ -42,7 +48,10 @@ impl WrittenMappings {
     /// cached, else mapped with every page populated and cached.
     pub fn get(&self, id: Identity, fd: &OwnedFd, size: usize) -> Result<Arc<Mapping>> {
         let mut entries = self.entries.lock();
-        if let Some(i) = entries.iter().position(|(k, m)| *k == id && m.len() == size) {
+        if let Some(i) = entries
+            .iter()
+            .position(|(k, m)| *k == id && m.len() == size)
+        {
             let entry = entries.remove(i).expect("index from position");
             let mapping = entry.1.clone();
             entries.push_back(entry);
@@ -52,7 +61,9 @@ impl WrittenMappings {
         let mapping = Arc::new(Mapping::new(fd, size, true)?);
         let mut entries = self.entries.lock();
         entries.push_back((id, mapping.clone()));
-        while entries.len() > MAX_ENTRIES || entries.iter().map(|(_, m)| m.len()).sum::<usize>() > self.limit {
+        while entries.len() > MAX_ENTRIES
+            || entries.iter().map(|(_, m)| m.len()).sum::<usize>() > self.limit
+        {
             entries.pop_front();
         }
         Ok(mapping)
