@@ -25,11 +25,9 @@
 //! wheels or the project's `.venv`.
 
 #[path = "../tests/multiprocess/mod.rs"]
-#[allow(dead_code)]
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::dlpack::{kDLUInt, DLDataType};
 use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::transport::nixl;
 use ray_rdt::{ObjectId, TransportKind};
@@ -39,11 +37,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const U8: DLDataType = DLDataType {
-    code: kDLUInt,
-    bits: 8,
-    lanes: 1,
-};
 const PROGRESS_ENV: &str = nixl::agent::PROGRESS_THREAD_ENV;
 
 fn median(mut v: Vec<f64>) -> f64 {

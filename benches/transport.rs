@@ -5,11 +5,9 @@
 //! test: it measures and prints, it asserts nothing about time.
 
 #[path = "../tests/multiprocess/mod.rs"]
-#[allow(dead_code)]
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::dlpack::{kDLFloat, DLDataType};
 use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::{ObjectId, TransportKind};
 use std::collections::HashMap;
@@ -18,11 +16,6 @@ use std::time::{Duration, Instant};
 
 const SIZES: [usize; 4] = [4 << 10, 4 << 20, 64 << 20, 256 << 20];
 const TIMEOUT: Duration = Duration::from_secs(60);
-const F32: DLDataType = DLDataType {
-    code: kDLFloat,
-    bits: 32,
-    lanes: 1,
-};
 
 fn iterations(size: usize) -> usize {
     match size {

@@ -13,24 +13,16 @@ use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-fn dt(code: u8, bits: u8) -> DLDataType {
-    DLDataType {
-        code,
-        bits,
-        lanes: 1,
-    }
-}
-
 /// An object of several dtypes and shapes (0-d, empty, strided, 1 MiB), all
 /// derived from `seed`; returns the tensors and their expected packed bytes.
 fn sample(seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
     let specs: Vec<(DLDataType, Vec<i64>)> = vec![
-        (dt(kDLFloat, 32), vec![7, 9]),
-        (dt(kDLInt, 64), vec![]),
-        (dt(kDLBfloat, 16), vec![0, 3]),
-        (dt(kDLBool, 8), vec![5]),
-        (dt(kDLComplex, 64), vec![2, 2, 2]),
-        (dt(kDLFloat, 16), vec![512, 1024]),
+        (dtype(kDLFloat, 32), vec![7, 9]),
+        (dtype(kDLInt, 64), vec![]),
+        (dtype(kDLBfloat, 16), vec![0, 3]),
+        (dtype(kDLBool, 8), vec![5]),
+        (dtype(kDLComplex, 64), vec![2, 2, 2]),
+        (dtype(kDLFloat, 16), vec![512, 1024]),
     ];
     let mut tensors = Vec::new();
     let mut expected = Vec::new();
@@ -41,7 +33,7 @@ fn sample(seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
         tensors.push(tensor_from_bytes(dtype, shape, bytes));
     }
     tensors.push(strided_tensor(
-        dt(kDLInt, 8),
+        dtype(kDLInt, 8),
         vec![3, 2],
         vec![1, 3],
         vec![0, 1, 2, 3, 4, 5],
@@ -55,7 +47,7 @@ fn sample(seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
         .map(|k| data[k])
         .collect();
     tensors.push(strided_tensor(
-        dt(kDLFloat, 32),
+        dtype(kDLFloat, 32),
         vec![cols as i64, rows as i64],
         vec![1, cols as i64],
         data,
@@ -99,7 +91,11 @@ impl Node {
     fn put(&self, seed: u8, bytes: Option<usize>, group: &str) -> String {
         let id = object_id(self.rank, seed);
         let tensors = match bytes {
-            Some(n) => vec![tensor_from_bytes(dt(kDLInt, 8), vec![n as i64], vec![1; n])],
+            Some(n) => vec![tensor_from_bytes(
+                dtype(kDLInt, 8),
+                vec![n as i64],
+                vec![1; n],
+            )],
             None => sample(seed).0,
         };
         let record = self

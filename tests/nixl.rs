@@ -8,30 +8,14 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::dlpack::{kDLCPU, kDLFloat, kDLInt, kDLUInt, DLDataType, DLDevice};
+use ray_rdt::dlpack::{kDLCPU, kDLUInt, DLDataType, DLDevice};
 use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::transport::nixl;
 use ray_rdt::{stats, ErrorKind, Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const F32: DLDataType = DLDataType {
-    code: kDLFloat,
-    bits: 32,
-    lanes: 1,
-};
-const I64: DLDataType = DLDataType {
-    code: kDLInt,
-    bits: 64,
-    lanes: 1,
-};
-const U8: DLDataType = DLDataType {
-    code: kDLUInt,
-    bits: 8,
-    lanes: 1,
-};
 const U16: DLDataType = DLDataType {
     code: kDLUInt,
     bits: 16,
@@ -327,18 +311,11 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
     if !nixl_or_skip("nixl_dead_producer_is_a_clear_error_not_a_hang") {
         return;
     }
-    let mut producer = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "nixl_dead_producer_is_a_clear_error_not_a_hang",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, "producer")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut producer = spawn_child(
+        "nixl_dead_producer_is_a_clear_error_not_a_hang",
+        "producer",
+        &[],
+    );
     let objects: Vec<(ObjectId, Vec<u8>, u8)> = BufReader::new(producer.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)
@@ -411,18 +388,11 @@ fn nixl_unresponsive_producer_times_out_not_hangs() {
     if !nixl_or_skip("nixl_unresponsive_producer_times_out_not_hangs") {
         return;
     }
-    let mut producer = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "nixl_unresponsive_producer_times_out_not_hangs",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, "producer")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut producer = spawn_child(
+        "nixl_unresponsive_producer_times_out_not_hangs",
+        "producer",
+        &[],
+    );
     // Keep reading its stdout open until the end: the producer must stay alive.
     let mut out = BufReader::new(producer.stdout.take().unwrap()).lines();
     let lines: Vec<String> = out

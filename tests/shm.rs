@@ -4,27 +4,10 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::dlpack::{kDLFloat, kDLInt, kDLUInt, DLDataType};
 use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::{stats, ErrorKind, ObjectId, TransportKind};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
-
-const F32: DLDataType = DLDataType {
-    code: kDLFloat,
-    bits: 32,
-    lanes: 1,
-};
-const I64: DLDataType = DLDataType {
-    code: kDLInt,
-    bits: 64,
-    lanes: 1,
-};
-const U8: DLDataType = DLDataType {
-    code: kDLUInt,
-    bits: 8,
-    lanes: 1,
-};
 
 /// The tensors of a test object: several dtypes, a 0-d and an empty tensor, and
 /// for odd seeds a strided view (which takes the segment path).

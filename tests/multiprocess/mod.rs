@@ -1,9 +1,27 @@
 //! Helpers for tests that run real processes: the test binary re-executes itself
 //! with a role in the environment, and tensors are built from plain byte vectors.
+//! Each test crate uses a part of it.
+#![allow(dead_code)]
 
-use ray_rdt::dlpack::{kDLCPU, DLDataType, DLDevice};
+use ray_rdt::dlpack::{kDLCPU, kDLFloat, kDLInt, kDLUInt, DLDataType, DLDevice};
 use ray_rdt::{Tensor, TensorMeta};
 use std::process::{Child, Command, Stdio};
+
+/// A one-lane element type of `code` and `bits`.
+pub const fn dtype(code: u8, bits: u8) -> DLDataType {
+    DLDataType {
+        code,
+        bits,
+        lanes: 1,
+    }
+}
+
+/// float32.
+pub const F32: DLDataType = dtype(kDLFloat, 32);
+/// int64.
+pub const I64: DLDataType = dtype(kDLInt, 64);
+/// uint8.
+pub const U8: DLDataType = dtype(kDLUInt, 8);
 
 /// Environment variable that selects a child role.
 pub const ROLE: &str = "RAY_RDT_TEST_ROLE";
