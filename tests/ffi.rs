@@ -106,6 +106,18 @@ fn abi_version_has_major_1() {
     assert_eq!(RDT_ABI_VERSION_MAJOR, 1);
 }
 
+/// A decoded handle of `sample_metadata(seed)`; free it with `rdt_metadata_destroy`.
+fn decoded_sample(seed: usize) -> *mut rdt_metadata {
+    let record = sample_metadata(seed).encode().unwrap();
+    let mut md = null_mut();
+    // SAFETY: valid input and output.
+    assert_eq!(
+        unsafe { rdt_metadata_decode(record.as_ptr(), record.len(), &mut md) },
+        RDT_OK
+    );
+    md
+}
+
 #[test]
 fn every_pointer_argument_is_null_checked() {
     let store = Store::new();
@@ -113,12 +125,7 @@ fn every_pointer_argument_is_null_checked() {
     let id = oid(1);
     let id = id.as_bytes().as_ptr();
     let record = sample_metadata(1).encode().unwrap();
-    let mut md = null_mut();
-    // SAFETY: valid input and output.
-    assert_eq!(
-        unsafe { rdt_metadata_decode(record.as_ptr(), record.len(), &mut md) },
-        RDT_OK
-    );
+    let mut md = decoded_sample(1);
     let (mut tr, mut dev, mut n, mut bytes) = (
         0,
         DLDevice {
@@ -440,13 +447,7 @@ fn stats_accept_every_transport_and_refuse_unknown_codes() {
 
 #[test]
 fn metadata_records_decode_and_describe_their_tensors() {
-    let record = sample_metadata(3).encode().unwrap();
-    let mut md = null_mut();
-    // SAFETY: valid input and output.
-    assert_eq!(
-        unsafe { rdt_metadata_decode(record.as_ptr(), record.len(), &mut md) },
-        RDT_OK
-    );
+    let md = decoded_sample(3);
     let (mut tr, mut dev, mut n, mut bytes) = (
         0,
         DLDevice {
