@@ -8,7 +8,8 @@ use std::env;
 use std::time::{Duration, Instant};
 
 use gloo_sys::{
-    CallbackStore, Context, ContextOptions, ErrorKind, GlooError, TcpStoreClient, TcpStoreServer,
+    CallbackStore, Context, ContextOptions, ErrorKind, GlooError, Store, TcpStoreClient,
+    TcpStoreServer,
 };
 use support::{
     env_usize, env_var, pattern, temp_dir, DirStore, Ranks, PREFIX_ENV, RANK_ENV, ROLE_ENV,
@@ -72,6 +73,23 @@ fn connect(rank: usize, suffix: &str) -> Result<Context, String> {
         TcpStoreClient::connect(env_var(STORE_ENV), Duration::from_secs(20)).map_err(err_str)?;
     let prefix = format!("{}{suffix}", env_var(PREFIX_ENV));
     Context::connect(rank, env_usize(SIZE_ENV), &store, &prefix, &opts()).map_err(err_str)
+}
+
+/// Waits, through the rendezvous store, until every rank has reached this
+/// point of `generation`.
+fn barrier(rank: usize, generation: u64) -> Result<(), String> {
+    let store =
+        TcpStoreClient::connect(env_var(STORE_ENV), Duration::from_secs(20)).map_err(err_str)?;
+    let prefix = format!("{}/done{generation}", env_var(PREFIX_ENV));
+    store
+        .set(&format!("{prefix}/{rank}"), b"1")
+        .map_err(err_str)?;
+    for r in 0..env_usize(SIZE_ENV) {
+        store
+            .get(&format!("{prefix}/{r}"), GROUP_TIMEOUT)
+            .map_err(err_str)?;
+    }
+    Ok(())
 }
 
 fn sizes() -> Vec<usize> {
@@ -157,9 +175,10 @@ fn role_exchange(rank: usize) -> Result<(), String> {
         } else {
             exchange_blocking(&ctx, &sizes, generation)?;
         }
-        // Dropping `ctx` closes this rank's connections; a peer still holding
-        // its context sees them close and marks its context broken, which is
-        // fine: it is about to drop it too.
+        // Dropping `ctx` closes this rank's connections. A peer still reading
+        // would see them close (or reset, losing data it had not read yet)
+        // and break: first wait until every rank has all its data.
+        barrier(rank, generation)?;
     }
     println!("DONE");
     Ok(())
