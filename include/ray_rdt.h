@@ -30,11 +30,6 @@
 #define DLPACK_FLAG_BITMASK_IS_COPIED 2
 
 /**
- * Largest control message accepted (requests and replies are small).
- */
-#define MAX_MESSAGE (1 << 20)
-
-/**
  * A reply's status byte: success.
  */
 #define REPLY_OK 0
@@ -52,7 +47,7 @@
 /**
  * Minor version of the C ABI; grows when functions are added.
  */
-#define RDT_ABI_VERSION_MINOR 0
+#define RDT_ABI_VERSION_MINOR 1
 
 /**
  * Longest agent name.
@@ -144,6 +139,15 @@ enum rdt_status
    * A bug inside the plugin was caught at the boundary (including panics).
    */
   RDT_ERR_INTERNAL = 13,
+  /**
+   * Authentication refused: a wrong or missing proof of Ray's cluster token,
+   * or a same-host peer of another user.
+   */
+  RDT_ERR_AUTH_REFUSED = 14,
+  /**
+   * The peer process is gone (nothing listens at its endpoint).
+   */
+  RDT_ERR_PEER_GONE = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -181,6 +185,45 @@ typedef struct rdt_buffer {
    */
   uintptr_t len;
 } rdt_buffer;
+
+/**
+ * What a context is created with (see `rdt_context_create`).
+ */
+typedef struct rdt_context_config {
+  /**
+   * Ray's binary node ID of this process's node (NULL when `node_id_len` is 0).
+   */
+  const uint8_t *node_id;
+  /**
+   * Bytes at `node_id`.
+   */
+  uintptr_t node_id_len;
+  /**
+   * Ray's binary actor ID of this process (NULL when `actor_id_len` is 0,
+   * e.g. in a driver).
+   */
+  const uint8_t *actor_id;
+  /**
+   * Bytes at `actor_id`.
+   */
+  uintptr_t actor_id_len;
+  /**
+   * The node's IP as Ray knows it ("10.0.0.7", "::1"), NUL-terminated: the
+   * endpoint for other hosts listens on TCP there. NULL: no TCP endpoint
+   * (only processes on this host can fetch from this one).
+   */
+  const char *node_ip;
+  /**
+   * Ray's cluster token (the bytes of `~/.ray/auth_token` or
+   * `RAY_AUTH_TOKEN`) when Ray's token authentication is on: peers on other
+   * hosts must prove it. NULL or length 0: authentication off.
+   */
+  const uint8_t *auth_token;
+  /**
+   * Bytes at `auth_token`.
+   */
+  uintptr_t auth_token_len;
+} rdt_context_config;
 
 /**
  * A transport identifier (`RDT_TRANSPORT_*`).
@@ -497,8 +540,19 @@ const char *rdt_last_error(void);
 void rdt_buffer_free(struct rdt_buffer *buf);
 
 /**
- * Creates the plugin context of this process and starts its endpoint.
- * `node_id` and `actor_id` are Ray's binary IDs (either may be empty).
+ * Creates the plugin context of this process and starts its endpoint: a
+ * same-host Unix socket always, and TCP on `config->node_ip` when given.
+ *
+ * # Safety
+ * `config` valid, its pointers valid for their lengths; `out_ctx` valid for writes.
+ */
+rdt_status rdt_context_create(const struct rdt_context_config *config,
+                              struct rdt_context **out_ctx);
+
+/**
+ * Creates a context with only a same-host endpoint (no TCP, no token): the
+ * 1.0 form of `rdt_context_create`. `node_id` and `actor_id` are Ray's binary
+ * IDs (either may be empty).
  *
  * # Safety
  * `node_id`/`actor_id` point to the given number of bytes (or are NULL when 0);
@@ -526,6 +580,24 @@ void rdt_context_destroy(struct rdt_context *ctx);
  * `ctx` valid; `out_address` valid for writes.
  */
 rdt_status rdt_context_endpoint(const struct rdt_context *ctx, struct rdt_buffer *out_address);
+
+/**
+ * Writes the context's endpoint address for other hosts (`tcp:IP:PORT`) to
+ * `*out_address`; empty when the context has no TCP endpoint.
+ *
+ * # Safety
+ * `ctx` valid; `out_address` valid for writes.
+ */
+rdt_status rdt_context_tcp_endpoint(const struct rdt_context *ctx, struct rdt_buffer *out_address);
+
+/**
+ * Writes whether peers on other hosts must prove Ray's cluster token to this
+ * context's TCP endpoint (false: authentication off, or no TCP endpoint).
+ *
+ * # Safety
+ * `ctx` valid; `out_authenticated` valid for writes.
+ */
+rdt_status rdt_context_authenticated(const struct rdt_context *ctx, bool *out_authenticated);
 
 /**
  * Task return: stores the tensors as the primary copy of `object_id` (28 bytes)

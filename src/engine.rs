@@ -4,20 +4,55 @@
 //! lifecycle around them.
 
 use crate::dlpack::{kDLCPU, DLDevice};
-use crate::endpoint::{ClientPool, Endpoint, Handler};
+use crate::endpoint::{
+    wire, Addresses, Channel, ClientPool, ClusterToken, Endpoint, Handler, Limits,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::{Metadata, Producer};
 use crate::object_id::ObjectId;
+use crate::rendezvous::Rendezvous;
 use crate::store::{CopyKind, ObjectStore, PutRejected, StoredObject};
 use crate::tensor::Tensor;
-use crate::transport::{
-    gloo::Gloo, nixl::Nixl, parse_fetch_request, shm::Shm, Local, Peer, Transport,
-};
+use crate::transport::group::GroupSpec;
+use crate::transport::{parse_fetch_request, CollectiveGroups, Local, Peer, Registry};
 use crate::transport_kind::TransportKind;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// What a context is created with.
+#[derive(Debug, Clone)]
+pub struct ContextConfig {
+    /// Ray's binary node ID of this process's node (may be empty).
+    pub node_id: Vec<u8>,
+    /// Ray's binary actor ID of this process (empty for a driver).
+    pub actor_id: Vec<u8>,
+    /// The node's IP as Ray knows it: the TCP endpoint (for peers on other
+    /// hosts) binds it. `None`: no TCP endpoint; only same-host peers reach
+    /// this process.
+    pub node_ip: Option<IpAddr>,
+    /// Ray's cluster token, which TCP peers must prove (none: Ray's token
+    /// authentication is off).
+    pub token: ClusterToken,
+    /// Bounds on the endpoint's connections ([`Limits::from_env`] by default).
+    pub limits: Limits,
+}
+
+impl ContextConfig {
+    /// A context reachable only from this host (no TCP endpoint, no token).
+    pub fn same_host(node_id: &[u8], actor_id: &[u8]) -> ContextConfig {
+        ContextConfig {
+            node_id: node_id.to_vec(),
+            actor_id: actor_id.to_vec(),
+            node_ip: None,
+            token: ClusterToken::default(),
+            limits: Limits::from_env(),
+        }
+    }
+}
 
 /// The tensors a fetch produced.
 pub enum Fetched {
@@ -32,30 +67,15 @@ struct Shared {
     store: ObjectStore,
     node_id: Vec<u8>,
     actor_id: Vec<u8>,
+    host_id: Vec<u8>,
+    node_ip: Option<IpAddr>,
     pool: ClientPool,
-    shm: Shm,
-    gloo: Gloo,
-    nixl: Nixl,
-    /// The endpoint's address, known once it is bound.
-    address: OnceLock<String>,
+    transports: Registry,
+    /// The endpoint's addresses, known once it is bound.
+    addresses: OnceLock<Addresses>,
 }
 
 impl Shared {
-    fn transport(&self, kind: TransportKind) -> Result<&dyn Transport> {
-        match kind {
-            TransportKind::Shm => Ok(&self.shm),
-            TransportKind::Gloo => Ok(&self.gloo),
-            TransportKind::Nixl => Ok(&self.nixl),
-            other => Err(Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "the {} transport is not available in this build of the plugin",
-                    other.name()
-                ),
-            )),
-        }
-    }
-
     /// The object `id` as this process holds it now (no waiting: the producer
     /// stored it before any record naming it existed).
     fn held(&self, id: &ObjectId) -> Result<Arc<StoredObject>> {
@@ -79,13 +99,20 @@ impl Shared {
 }
 
 impl Handler for Shared {
-    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()> {
-        let (kind, id, body) = parse_fetch_request(request)?;
-        let transport = self.transport(kind)?;
-        let object = self.held(&id)?;
-        transport
-            .serve(&self.local(), &id, &object, body, fd, stream)
-            .inspect_err(|_| crate::stats::record_error(kind))
+    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, channel: &mut Channel) -> Result<()> {
+        match wire::split_op(request)? {
+            (wire::OP_FETCH, body) => {
+                let (kind, id, body) = parse_fetch_request(body)?;
+                let transport = self.transports.get(kind)?;
+                let object = self.held(&id)?;
+                transport
+                    .serve(&self.local(), &id, &object, body, fd, channel)
+                    .inspect_err(|_| crate::stats::record_error(kind))
+            }
+            (op, _) => Err(Error::transport(format!(
+                "unknown request operation {op} (a plugin of another version?)"
+            ))),
+        }
     }
 }
 
@@ -94,37 +121,47 @@ impl Handler for Shared {
 /// finishing a reply hold only what they serve).
 pub struct Context {
     shared: Arc<Shared>,
-    _endpoint: Endpoint,
+    endpoint: Endpoint,
+    rendezvous: Rendezvous,
+    /// Rendezvous address of each group this process created, by (backend, name).
+    group_stores: Mutex<HashMap<(TransportKind, String), String>>,
+    token_set: bool,
 }
 
 impl Drop for Context {
     fn drop(&mut self) {
         self.shared.store.clear();
-        self.shared.gloo.group_names().iter().for_each(|name| {
-            let _ = self.shared.gloo.destroy_group(name);
-        });
+        let groups: Vec<_> = self.group_stores.lock().keys().cloned().collect();
+        for (kind, name) in groups {
+            let _ = self.destroy_group(kind, &name);
+        }
     }
 }
 
 impl Context {
-    /// Creates the context for a process on Ray node `node_id`, running actor
-    /// `actor_id` (empty for a driver), and starts its endpoint.
-    pub fn new(node_id: &[u8], actor_id: &[u8]) -> Result<Context> {
+    /// Creates the context of this process and starts its endpoint (same-host
+    /// always; TCP when the config names the node's IP).
+    pub fn new(config: ContextConfig) -> Result<Context> {
+        let limits = config.limits;
         let shared = Arc::new(Shared {
             store: ObjectStore::new(),
-            node_id: node_id.to_vec(),
-            actor_id: actor_id.to_vec(),
-            pool: ClientPool::default(),
-            shm: Shm::default(),
-            gloo: Gloo::default(),
-            nixl: Nixl::default(),
-            address: OnceLock::new(),
+            node_id: config.node_id,
+            actor_id: config.actor_id,
+            host_id: crate::endpoint::host::identity(),
+            node_ip: config.node_ip,
+            pool: ClientPool::new(config.token.clone(), limits),
+            transports: Registry::builtin(),
+            addresses: OnceLock::new(),
         });
-        let endpoint = Endpoint::start(shared.clone())?;
-        let _ = shared.address.set(endpoint.address().to_owned());
+        let token_set = config.token.is_set();
+        let endpoint = Endpoint::start(shared.clone(), config.node_ip, config.token, limits)?;
+        let _ = shared.addresses.set(endpoint.addresses().clone());
         Ok(Context {
             shared,
-            _endpoint: endpoint,
+            endpoint,
+            rendezvous: Rendezvous::default(),
+            group_stores: Mutex::new(HashMap::new()),
+            token_set,
         })
     }
 
@@ -133,13 +170,27 @@ impl Context {
         &self.shared.store
     }
 
-    /// The address peers fetch from.
+    /// The same-host address peers on this host fetch from.
     pub fn endpoint(&self) -> &str {
+        &self.addresses().unix
+    }
+
+    /// Both addresses of this process's endpoint.
+    pub fn addresses(&self) -> &Addresses {
         self.shared
-            .address
+            .addresses
             .get()
-            .map(String::as_str)
-            .unwrap_or_default()
+            .expect("set when the context was created")
+    }
+
+    /// Connections the endpoint serves now.
+    pub fn connections(&self) -> usize {
+        self.endpoint.connections()
+    }
+
+    /// The connections this process keeps to peers' endpoints.
+    pub fn client_pool(&self) -> &ClientPool {
+        &self.shared.pool
     }
 
     /// Task return: stores `tensors` as the primary copy of `id` and returns the
@@ -151,7 +202,7 @@ impl Context {
         group: Option<&str>,
         tensors: Vec<Tensor>,
     ) -> Result<Vec<u8>, PutRejected> {
-        let transport = match self.shared.transport(kind) {
+        let transport = match self.shared.transports.get(kind) {
             Ok(t) => t,
             Err(error) => return Err(PutRejected { error, tensors }),
         };
@@ -214,37 +265,123 @@ impl Context {
         if meta.producer.endpoint == self.endpoint() {
             return self.shared.held(id).map(Fetched::Local);
         }
-        let transport = self.shared.transport(meta.transport)?;
-        let peer = Peer {
-            pool: &self.shared.pool,
-            address: &meta.producer.endpoint,
-        };
+        let transport = self.shared.transports.get(meta.transport)?;
+        let peer = self.peer(&meta.producer);
         transport
             .fetch(&self.shared.local(), &peer, id, &meta, timeout)
             .map(Fetched::Received)
             .inspect_err(|_| crate::stats::record_error(meta.transport))
     }
 
+    /// How this process reaches `producer`: its same-host endpoint when it runs
+    /// on this host, else its TCP endpoint.
+    fn peer<'a>(&'a self, producer: &'a Producer) -> Peer<'a> {
+        let same_host = !producer.host_id.is_empty() && producer.host_id == self.shared.host_id;
+        let address = if same_host {
+            Some(producer.endpoint.as_str())
+        } else {
+            Some(producer.tcp_endpoint.as_str()).filter(|a| !a.is_empty())
+        };
+        Peer {
+            pool: &self.shared.pool,
+            address,
+            same_host,
+            pid: producer.pid,
+        }
+    }
+
     /// Frees the primary copy of `id` (out of scope in Ray). Returns whether it was held.
     pub fn free(&self, id: &ObjectId) -> bool {
-        TransportKind::ALL
-            .iter()
-            .filter_map(|&k| self.shared.transport(k).ok())
-            .for_each(|t| t.release(id));
+        self.shared.transports.iter().for_each(|t| t.release(id));
         self.shared.store.free(id)
     }
 
-    /// The gloo transport, for managing collective groups.
-    pub fn gloo(&self) -> &Gloo {
-        &self.shared.gloo
+    /// Starts a rendezvous store on `bind_host` for a group whose rank 0 runs
+    /// in this process; returns its `host:port`.
+    pub fn serve_rendezvous(&self, bind_host: &str) -> Result<String> {
+        self.rendezvous.serve(bind_host)
+    }
+
+    /// Joins collective group `name` of transport `kind` as `rank` of
+    /// `world_size`, through the rendezvous store at `rendezvous`.
+    pub fn create_group(
+        &self,
+        kind: TransportKind,
+        name: &str,
+        rank: usize,
+        world_size: usize,
+        rendezvous: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let groups = self.shared.transports.groups(kind)?;
+        let local_ip = self.shared.node_ip.map(|ip| ip.to_string());
+        let store_addr = crate::rendezvous::parse_address(rendezvous)?;
+        self.rendezvous.with_store(rendezvous, timeout, |store| {
+            groups.create_group(&GroupSpec {
+                name,
+                rank,
+                world_size,
+                store,
+                store_addr,
+                local_ip: local_ip.as_deref(),
+                timeout,
+            })
+        })?;
+        self.group_stores
+            .lock()
+            .insert((kind, name.to_owned()), rendezvous.to_owned());
+        Ok(())
+    }
+
+    /// Leaves collective group `name` of transport `kind` (and stops its
+    /// rendezvous store if this process served it).
+    pub fn destroy_group(&self, kind: TransportKind, name: &str) -> Result<()> {
+        let result = self.shared.transports.groups(kind)?.destroy_group(name);
+        if let Some(address) = self.group_stores.lock().remove(&(kind, name.to_owned())) {
+            self.rendezvous.stop(&address);
+        }
+        result
+    }
+
+    /// Leaves collective group `name`, in whichever transport has it.
+    pub fn destroy_group_named(&self, name: &str) -> Result<()> {
+        let kind = self
+            .shared
+            .transports
+            .iter()
+            .find(|t| {
+                t.groups()
+                    .is_some_and(|g| g.group_names().iter().any(|n| n == name))
+            })
+            .map(|t| t.kind())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("this process is not in collective group {name:?}"),
+                )
+            })?;
+        self.destroy_group(kind, name)
+    }
+
+    /// Whether TCP peers must prove Ray's cluster token to this endpoint.
+    pub fn authenticated(&self) -> bool {
+        !self.addresses().tcp.is_empty() && self.token_set
+    }
+
+    /// The collective groups of transport `kind`.
+    pub fn groups(&self, kind: TransportKind) -> Result<&dyn CollectiveGroups> {
+        self.shared.transports.groups(kind)
     }
 
     fn producer(&self) -> Producer {
+        let addresses = self.addresses();
         Producer {
             node_id: self.shared.node_id.clone(),
             pid: std::process::id(),
             actor_id: self.shared.actor_id.clone(),
-            endpoint: self.endpoint().to_owned(),
+            host_id: self.shared.host_id.clone(),
+            endpoint: addresses.unix.clone(),
+            tcp_endpoint: addresses.tcp.clone(),
         }
     }
 }

@@ -16,6 +16,8 @@ pub mod ffi;
 pub mod host_buffer;
 pub mod metadata;
 pub mod object_id;
+pub mod rendezvous;
+mod settings;
 pub mod stats;
 pub mod store;
 pub mod tensor;

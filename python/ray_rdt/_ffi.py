@@ -45,6 +45,8 @@ STATUS_NAMES = {
     11: "RDT_ERR_BUFFER_TOO_SMALL",
     12: "RDT_ERR_IO",
     13: "RDT_ERR_INTERNAL",
+    14: "RDT_ERR_AUTH_REFUSED",
+    15: "RDT_ERR_PEER_GONE",
 }
 OK = 0
 ERR_NOT_FOUND = 3
@@ -53,6 +55,8 @@ ERR_TIMEOUT = 5
 ERR_TRANSPORT = 8
 ERR_BUFFER_TOO_SMALL = 11
 ERR_IO = 12
+ERR_AUTH_REFUSED = 14
+ERR_PEER_GONE = 15
 
 # "No limit" for timeout_ms arguments.
 NO_TIMEOUT_MS = 2**64 - 1
@@ -88,6 +92,15 @@ class RdtNotFoundError(RdtError, KeyError):
 
 class RdtTransportError(RdtError):
     """The transport failed: a peer died, a connection broke, a library erred."""
+
+
+class RdtAuthRefusedError(RdtError, PermissionError):
+    """A peer plugin refused us, or we refused it: wrong or missing proof of
+    Ray's cluster token, or (same host) another user's process."""
+
+
+class RdtPeerGoneError(RdtTransportError):
+    """The peer process is gone: nothing listens at its plugin endpoint."""
 
 
 class PluginUnavailableError(ImportError):
@@ -138,6 +151,20 @@ class Buffer(ctypes.Structure):
     _fields_ = [("data", ctypes.POINTER(ctypes.c_uint8)), ("len", ctypes.c_size_t)]
 
 
+class ContextConfig(ctypes.Structure):
+    """``rdt_context_config``."""
+
+    _fields_ = [
+        ("node_id", ctypes.c_char_p),
+        ("node_id_len", ctypes.c_size_t),
+        ("actor_id", ctypes.c_char_p),
+        ("actor_id_len", ctypes.c_size_t),
+        ("node_ip", ctypes.c_char_p),
+        ("auth_token", ctypes.c_char_p),
+        ("auth_token_len", ctypes.c_size_t),
+    ]
+
+
 _c_void_p = ctypes.c_void_p
 _c_u8p = ctypes.c_char_p  # const uint8_t* taking Python bytes
 _status = ctypes.c_uint32
@@ -152,8 +179,11 @@ _SIGNATURES = {
         _status,
         [_c_u8p, ctypes.c_size_t, _c_u8p, ctypes.c_size_t, ctypes.POINTER(_c_void_p)],
     ),
+    "rdt_context_create": (_status, [ctypes.POINTER(ContextConfig), ctypes.POINTER(_c_void_p)]),
     "rdt_context_destroy": (None, [_c_void_p]),
     "rdt_context_endpoint": (_status, [_c_void_p, ctypes.POINTER(Buffer)]),
+    "rdt_context_tcp_endpoint": (_status, [_c_void_p, ctypes.POINTER(Buffer)]),
+    "rdt_context_authenticated": (_status, [_c_void_p, ctypes.POINTER(ctypes.c_bool)]),
     "rdt_context_put": (
         _status,
         [
@@ -287,6 +317,8 @@ def check(status: int, call: str = ""):
         ERR_TIMEOUT: RdtTimeoutError,
         ERR_NOT_FOUND: RdtNotFoundError,
         ERR_TRANSPORT: RdtTransportError,
+        ERR_AUTH_REFUSED: RdtAuthRefusedError,
+        ERR_PEER_GONE: RdtPeerGoneError,
     }.get(status, RdtError)
     raise cls(status, message, call)
 

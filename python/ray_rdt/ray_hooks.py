@@ -301,7 +301,7 @@ def fetch(key, record: bytes, transport: str = "", object_ref: Optional[str] = N
 
 
 # Statuses of a failed transfer itself (peer died, connection broke, timeout).
-_SYSTEM_ERRORS = (_ffi.ERR_TRANSPORT, _ffi.ERR_TIMEOUT, _ffi.ERR_IO)
+_SYSTEM_ERRORS = (_ffi.ERR_TRANSPORT, _ffi.ERR_TIMEOUT, _ffi.ERR_IO, _ffi.ERR_PEER_GONE)
 
 
 def _on_fetch_error(error: "_ffi.RdtError", transport: str):

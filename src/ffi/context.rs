@@ -7,11 +7,13 @@ use super::stats::rdt_transport;
 use super::status::rdt_status;
 use super::store::{adopt, refused};
 use crate::dlpack::DLManagedTensor;
-use crate::engine::{Context, Fetched};
+use crate::endpoint::{ClusterToken, Limits};
+use crate::engine::{Context, ContextConfig, Fetched};
 use crate::error::{Error, ErrorKind, Result};
 use crate::tensor::{export, Tensor};
 use crate::transport_kind::TransportKind;
 use std::ffi::{c_char, c_void, CStr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// One process's plugin: object store, endpoint, transports (opaque).
@@ -70,8 +72,65 @@ pub(crate) unsafe fn req_str<'a>(p: *const c_char, name: &str) -> Result<&'a str
     opt_str(arg(p, name)?, name).map(|s| s.unwrap_or_default())
 }
 
-/// Creates the plugin context of this process and starts its endpoint.
-/// `node_id` and `actor_id` are Ray's binary IDs (either may be empty).
+/// What a context is created with (see `rdt_context_create`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rdt_context_config {
+    /// Ray's binary node ID of this process's node (NULL when `node_id_len` is 0).
+    pub node_id: *const u8,
+    /// Bytes at `node_id`.
+    pub node_id_len: usize,
+    /// Ray's binary actor ID of this process (NULL when `actor_id_len` is 0,
+    /// e.g. in a driver).
+    pub actor_id: *const u8,
+    /// Bytes at `actor_id`.
+    pub actor_id_len: usize,
+    /// The node's IP as Ray knows it ("10.0.0.7", "::1"), NUL-terminated: the
+    /// endpoint for other hosts listens on TCP there. NULL: no TCP endpoint
+    /// (only processes on this host can fetch from this one).
+    pub node_ip: *const c_char,
+    /// Ray's cluster token (the bytes of `~/.ray/auth_token` or
+    /// `RAY_AUTH_TOKEN`) when Ray's token authentication is on: peers on other
+    /// hosts must prove it. NULL or length 0: authentication off.
+    pub auth_token: *const u8,
+    /// Bytes at `auth_token`.
+    pub auth_token_len: usize,
+}
+
+/// Creates the plugin context of this process and starts its endpoint: a
+/// same-host Unix socket always, and TCP on `config->node_ip` when given.
+///
+/// # Safety
+/// `config` valid, its pointers valid for their lengths; `out_ctx` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_create(
+    config: *const rdt_context_config,
+    out_ctx: *mut *mut rdt_context,
+) -> rdt_status {
+    guard(|| {
+        let c = arg(config, "config")?;
+        let out = out(out_ctx, "out_ctx")?;
+        let node_ip = opt_str(c.node_ip, "node_ip")?
+            .map(|ip| {
+                ip.parse::<IpAddr>()
+                    .map_err(|_| Error::invalid(format!("node_ip {ip:?} is not an IP address")))
+            })
+            .transpose()?;
+        let inner = Context::new(ContextConfig {
+            node_id: slice(c.node_id, c.node_id_len, "node_id")?.to_vec(),
+            actor_id: slice(c.actor_id, c.actor_id_len, "actor_id")?.to_vec(),
+            node_ip,
+            token: ClusterToken::new(Some(slice(c.auth_token, c.auth_token_len, "auth_token")?)),
+            limits: Limits::from_env(),
+        })?;
+        *out = Box::into_raw(Box::new(rdt_context { inner }));
+        Ok(())
+    })
+}
+
+/// Creates a context with only a same-host endpoint (no TCP, no token): the
+/// 1.0 form of `rdt_context_create`. `node_id` and `actor_id` are Ray's binary
+/// IDs (either may be empty).
 ///
 /// # Safety
 /// `node_id`/`actor_id` point to the given number of bytes (or are NULL when 0);
@@ -84,15 +143,16 @@ pub unsafe extern "C" fn rdt_context_new(
     actor_id_len: usize,
     out_ctx: *mut *mut rdt_context,
 ) -> rdt_status {
-    guard(|| {
-        let out = out(out_ctx, "out_ctx")?;
-        let inner = Context::new(
-            slice(node_id, node_id_len, "node_id")?,
-            slice(actor_id, actor_id_len, "actor_id")?,
-        )?;
-        *out = Box::into_raw(Box::new(rdt_context { inner }));
-        Ok(())
-    })
+    let config = rdt_context_config {
+        node_id,
+        node_id_len,
+        actor_id,
+        actor_id_len,
+        node_ip: std::ptr::null(),
+        auth_token: std::ptr::null(),
+        auth_token_len: 0,
+    };
+    rdt_context_create(&config, out_ctx)
 }
 
 /// Destroys a context: stops its endpoint and frees every object it holds. NULL
@@ -120,6 +180,41 @@ pub unsafe extern "C" fn rdt_context_endpoint(
         let ctx = arg(ctx, "ctx")?;
         let out = out(out_address, "out_address")?;
         *out = rdt_buffer::from_vec(ctx.inner.endpoint().as_bytes().to_vec());
+        Ok(())
+    })
+}
+
+/// Writes the context's endpoint address for other hosts (`tcp:IP:PORT`) to
+/// `*out_address`; empty when the context has no TCP endpoint.
+///
+/// # Safety
+/// `ctx` valid; `out_address` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_tcp_endpoint(
+    ctx: *const rdt_context,
+    out_address: *mut rdt_buffer,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let out = out(out_address, "out_address")?;
+        *out = rdt_buffer::from_vec(ctx.inner.addresses().tcp.as_bytes().to_vec());
+        Ok(())
+    })
+}
+
+/// Writes whether peers on other hosts must prove Ray's cluster token to this
+/// context's TCP endpoint (false: authentication off, or no TCP endpoint).
+///
+/// # Safety
+/// `ctx` valid; `out_authenticated` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_authenticated(
+    ctx: *const rdt_context,
+    out_authenticated: *mut bool,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        *out(out_authenticated, "out_authenticated")? = ctx.inner.authenticated();
         Ok(())
     })
 }

@@ -8,11 +8,16 @@
 //! one-sided ones (shm, nixl) need the producer only to hand out access.
 
 pub mod gloo;
+pub mod group;
 pub mod nixl;
+pub mod registry;
 pub mod shm;
 
+pub use group::CollectiveGroups;
+pub use registry::Registry;
+
 use crate::dlpack::DLDevice;
-use crate::endpoint::ClientPool;
+use crate::endpoint::{wire, Channel, ClientPool};
 use crate::error::Result;
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
@@ -20,7 +25,6 @@ use crate::store::{ObjectStore, StoredObject};
 use crate::tensor::Tensor;
 use crate::transport_kind::TransportKind;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 /// What a transport sees of the process it runs in.
@@ -35,8 +39,40 @@ pub struct Local<'a> {
 pub struct Peer<'a> {
     /// Connections to other processes' endpoints.
     pub pool: &'a ClientPool,
-    /// The producer's endpoint address (from the metadata record).
-    pub address: &'a str,
+    /// The producer's endpoint address chosen for this consumer (from the
+    /// metadata record): its same-host address when `same_host`, else its TCP
+    /// one; `None` when the producer is on another host and has no TCP endpoint.
+    pub address: Option<&'a str>,
+    /// Whether the producer runs on this host (same host identity).
+    pub same_host: bool,
+    /// The producer's process ID, for messages.
+    pub pid: u32,
+}
+
+impl Peer<'_> {
+    /// The address to reach the producer at, or why there is none.
+    pub fn address(&self) -> Result<&str> {
+        self.address.ok_or_else(|| {
+            crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                format!(
+                    "the producer (pid {}) runs on another host and its plugin has no TCP endpoint (it was created without the node's IP)",
+                    self.pid
+                ),
+            )
+        })
+    }
+
+    /// Runs `exchange` on a connection to the producer's endpoint (see
+    /// [`ClientPool::with_connection`]).
+    pub fn exchange<T>(
+        &self,
+        timeout: Duration,
+        exchange: impl FnOnce(&mut Channel) -> Result<T>,
+    ) -> Result<T> {
+        self.pool
+            .with_connection(self.address()?, timeout, exchange)
+    }
 }
 
 /// One tensor transport backend.
@@ -56,7 +92,8 @@ pub trait Transport: Send + Sync {
 
     /// Producer side: serves a fetch request for `object` that arrived on the
     /// endpoint; `request` is the transport-specific part and `fd` a descriptor
-    /// sent with it, if any. Writes its replies.
+    /// sent with it, if any (same-host channels only). Writes its replies on
+    /// `channel`.
     fn serve(
         &self,
         local: &Local<'_>,
@@ -64,7 +101,7 @@ pub trait Transport: Send + Sync {
         object: &StoredObject,
         request: &[u8],
         fd: Option<OwnedFd>,
-        stream: &mut UnixStream,
+        channel: &mut Channel,
     ) -> Result<()>;
 
     /// Consumer side: fetches the tensors `meta` describes from the producer.
@@ -76,6 +113,11 @@ pub trait Transport: Send + Sync {
         meta: &Metadata,
         timeout: Duration,
     ) -> Result<Vec<Tensor>>;
+
+    /// The transport's collective groups, if it is two-sided.
+    fn groups(&self) -> Option<&dyn CollectiveGroups> {
+        None
+    }
 }
 
 /// Tensors received into one buffer start at multiples of this.
@@ -93,16 +135,19 @@ pub fn packed_layout(sizes: impl Iterator<Item = u64>) -> (Vec<u64>, u64) {
     (offsets, end)
 }
 
-/// Encodes a fetch request: transport code, object ID, transport-specific part.
+/// Encodes a fetch request: the fetch operation, transport code, object ID,
+/// transport-specific part.
 pub fn fetch_request(kind: TransportKind, id: &ObjectId, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + id.0.len() + body.len());
+    let mut out = Vec::with_capacity(2 + id.0.len() + body.len());
+    out.push(wire::OP_FETCH);
     out.push(kind.code());
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(body);
     out
 }
 
-/// Splits a fetch request into transport, object ID and transport-specific part.
+/// Splits the body of a fetch request (after its operation byte) into
+/// transport, object ID and transport-specific part.
 pub fn parse_fetch_request(request: &[u8]) -> Result<(TransportKind, ObjectId, &[u8])> {
     let (&code, rest) = request
         .split_first()

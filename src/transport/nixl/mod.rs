@@ -47,7 +47,6 @@ use record::{Desc, Record};
 use registry::Registry;
 use remote::Peers;
 use std::collections::HashMap;
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -289,7 +288,7 @@ impl Transport for Nixl {
         _object: &StoredObject,
         _request: &[u8],
         _fd: Option<std::os::fd::OwnedFd>,
-        _stream: &mut UnixStream,
+        _channel: &mut crate::endpoint::Channel,
     ) -> Result<()> {
         Err(Error::new(
             ErrorKind::Unsupported,
@@ -478,12 +477,19 @@ fn split_at_bytes(local: &[Region], remote: &[Region], at: usize) -> (Regions, R
 /// Adds what is known about the producer to a failed read's error: a producer
 /// whose endpoint no longer answers is gone.
 fn explain(error: Error, peer: &Peer<'_>, meta: &Metadata) -> Error {
-    let probe = peer
-        .pool
-        .with_connection(peer.address, Duration::from_millis(200), |_| Ok(()));
+    let probe = peer.exchange(Duration::from_millis(200), |_| Ok(()));
     let pid = meta.producer.pid;
     match probe {
-        Err(_) => Error::transport(format!("the producer (pid {pid}) is gone: its plugin endpoint {} does not answer; the nixl read failed with: {error}", peer.address)),
-        Ok(()) => Error::new(error.kind(), format!("{error} (producer pid {pid}, still running)")),
+        Err(e) if e.kind() == ErrorKind::PeerGone => Error::new(
+            ErrorKind::PeerGone,
+            format!("the producer (pid {pid}) is gone ({e}); the nixl read failed with: {error}"),
+        ),
+        Err(e) => Error::transport(format!(
+            "the producer (pid {pid}) does not answer ({e}); the nixl read failed with: {error}"
+        )),
+        Ok(()) => Error::new(
+            error.kind(),
+            format!("{error} (producer pid {pid}, still running)"),
+        ),
     }
 }
