@@ -8,13 +8,14 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::engine::{Context, ContextConfig, Fetched};
+use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::{ObjectId, TransportKind};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 const SIZES: [usize; 4] = [4 << 10, 4 << 20, 64 << 20, 256 << 20];
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn iterations(size: usize) -> usize {
@@ -38,7 +39,7 @@ fn transports() -> [TransportKind; 2] {
 /// Producer process: joins the group, stores one object per (transport, size),
 /// prints the records, and serves fetches until its stdin closes.
 fn producer() {
-    let ctx = Context::new(ContextConfig::same_host(b"bench-node", b"producer")).unwrap();
+    let ctx = Context::new(transport_only(b"bench-node", b"producer")).unwrap();
     let addr = std::env::var("RDV").unwrap();
     ctx.create_group(TransportKind::Gloo, "bench", 1, 2, &addr, TIMEOUT)
         .unwrap();
@@ -156,7 +157,7 @@ fn main() {
     if role().as_deref() == Some("producer") {
         return producer();
     }
-    let ctx = Context::new(ContextConfig::same_host(b"bench-node", b"consumer")).unwrap();
+    let ctx = Context::new(transport_only(b"bench-node", b"consumer")).unwrap();
     let addr = ctx.serve_rendezvous("127.0.0.1").unwrap();
     let mut child = {
         let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());

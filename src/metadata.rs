@@ -10,6 +10,7 @@
 //! tensor count u32, then per tensor:
 //!     dtype code u8 | bits u8 | lanes u16 | ndim u8 | shape i64 x ndim | strides i64 x ndim | nbytes u64
 //! transport data (u32 len + bytes)
+//! flags u8 (bit 0: inline) [| inline tensor bytes (u32 len + bytes), packed as `transport::packed_layout` places them]
 //! ```
 //!
 //! Decoding never panics: every length is bounds-checked against the input and
@@ -36,6 +37,10 @@ pub const MAX_HOST_ID_LEN: usize = 64;
 pub const MAX_ENDPOINT_LEN: usize = 1024;
 /// Largest transport-specific payload.
 pub const MAX_TRANSPORT_DATA: usize = 16 << 20;
+/// Largest inline payload.
+pub const MAX_INLINE: usize = 16 << 20;
+/// Flag bit: the record carries the tensors' bytes.
+const FLAG_INLINE: u8 = 1;
 
 /// Who holds the primary copy and how to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,6 +74,9 @@ pub struct Metadata {
     pub producer: Producer,
     /// Transport-specific bytes (registration descriptors, segment names, ...).
     pub transport_data: Vec<u8>,
+    /// The tensors' bytes, packed, for small objects carried inside the record
+    /// (the consumer needs no transfer); `None` for objects fetched from the producer.
+    pub inline: Option<Vec<u8>>,
 }
 
 impl Metadata {
@@ -126,6 +134,15 @@ impl Metadata {
         }
         out.extend_from_slice(&(self.transport_data.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.transport_data);
+        match &self.inline {
+            None => out.push(0),
+            Some(bytes) => {
+                check_len("inline data", bytes.len(), MAX_INLINE)?;
+                out.push(FLAG_INLINE);
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
         Ok(())
     }
 
@@ -174,6 +191,16 @@ impl Metadata {
         check_len("transport data", data_len, MAX_TRANSPORT_DATA)
             .map_err(|e| Error::malformed(e.message()))?;
         let transport_data = r.take(data_len)?.to_vec();
+        let inline = match r.u8()? {
+            0 => None,
+            FLAG_INLINE => {
+                let len = r.u32()? as usize;
+                check_len("inline data", len, MAX_INLINE)
+                    .map_err(|e| Error::malformed(e.message()))?;
+                Some(r.take(len)?.to_vec())
+            }
+            flags => return Err(Error::malformed(format!("unknown record flags {flags:#x}"))),
+        };
         if !r.buf.is_empty() {
             return Err(Error::malformed(format!(
                 "{} trailing bytes after the record",
@@ -193,6 +220,7 @@ impl Metadata {
                 tcp_endpoint,
             },
             transport_data,
+            inline,
         })
     }
 }

@@ -141,7 +141,7 @@ fn unreachable_and_dead_producers_are_told_apart() {
     let pool = ClientPool::new(ClusterToken::new(Some(TOKEN)), Limits::from_env());
     let err = pool.connect(&tcp, Duration::from_secs(2)).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::PeerGone, "{err}");
-    assert!(err.message().contains("producer process is gone"), "{err}");
+    assert!(err.message().contains("nothing listens there"), "{err}");
     // A host that takes the connection and never answers: a timeout naming it.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("tcp:{}", silent.local_addr().unwrap());
@@ -367,14 +367,15 @@ fn idle_and_slow_peers_cannot_exhaust_the_endpoint() {
     let mut slow_unix: Vec<UnixStream> = (0..40)
         .map(|_| {
             let mut s = unix_connect(&producer.unix);
-            s.write_all(&[200, 0]).unwrap();
+            // A peer told "busy" is closed already: writing may fail.
+            let _ = s.write_all(&[200, 0]);
             s
         })
         .collect();
     let mut slow_tcp: Vec<TcpStream> = (0..40)
         .map(|_| {
             let mut s = tcp_connect(&producer.tcp);
-            s.write_all(&[70, 0]).unwrap();
+            let _ = s.write_all(&[70, 0]);
             s
         })
         .collect();

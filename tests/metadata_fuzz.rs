@@ -142,6 +142,12 @@ fn random_metadata(rng: &mut Rng) -> Metadata {
             tcp_endpoint: text(rng, tcp_len),
         },
         transport_data: rng.bytes(data_len),
+        inline: if rng.chance(2) {
+            let n = rng.below(128);
+            Some(rng.bytes(n))
+        } else {
+            None
+        },
     }
 }
 
@@ -167,6 +173,11 @@ fn length_fields(record: &[u8]) -> Vec<(usize, usize)> {
         at += 8;
     }
     fields.push((at, 4));
+    at += 4 + u32::from_le_bytes(record[at..at + 4].try_into().unwrap()) as usize;
+    fields.push((at, 1)); // flags
+    if record[at] != 0 {
+        fields.push((at + 1, 4)); // inline data
+    }
     fields
 }
 
@@ -307,9 +318,10 @@ prop_compose! {
         endpoint in "\\PC{0,64}",
         tcp_endpoint in "\\PC{0,64}",
         transport_data in prop::collection::vec(any::<u8>(), 0..256),
+        inline in prop::option::of(prop::collection::vec(any::<u8>(), 0..256)),
     ) -> Metadata {
         let device = DLDevice { device_type: device.0, device_id: device.1 };
-        Metadata { transport, device, tensors, producer: Producer { node_id, pid, actor_id, host_id, endpoint, tcp_endpoint }, transport_data }
+        Metadata { transport, device, tensors, producer: Producer { node_id, pid, actor_id, host_id, endpoint, tcp_endpoint }, transport_data, inline }
     }
 }
 

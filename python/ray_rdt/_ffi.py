@@ -147,6 +147,35 @@ class TransportStats(ctypes.Structure):
     ]
 
 
+# Paths an object can take (rdt_path), by the name ray_rdt.stats() uses.
+PATH_CODES = {"same_host": 0, "network": 1, "inline": 2}
+# Buckets of the fetch-latency histogram (RDT_LATENCY_BUCKETS).
+LATENCY_BUCKETS = 16
+
+
+class PathStats(ctypes.Structure):
+    """``rdt_path_stats``."""
+
+    _fields_ = [
+        ("bytes_sent", ctypes.c_uint64),
+        ("bytes_received", ctypes.c_uint64),
+        ("transfers", ctypes.c_uint64),
+        ("errors", ctypes.c_uint64),
+        ("latency", ctypes.c_uint64 * LATENCY_BUCKETS),
+        ("latency_sum_us", ctypes.c_uint64),
+    ]
+
+
+class EndpointStats(ctypes.Structure):
+    """``rdt_endpoint_stats``."""
+
+    _fields_ = [
+        ("fetches_served", ctypes.c_uint64),
+        ("free_requests", ctypes.c_uint64),
+        ("objects_freed", ctypes.c_uint64),
+    ]
+
+
 class Buffer(ctypes.Structure):
     _fields_ = [("data", ctypes.POINTER(ctypes.c_uint8)), ("len", ctypes.c_size_t)]
 
@@ -174,6 +203,9 @@ _SIGNATURES = {
     "rdt_abi_version": (ctypes.c_uint32, []),
     "rdt_last_error": (ctypes.c_char_p, []),
     "rdt_stats_get": (_status, [ctypes.c_uint32, ctypes.POINTER(TransportStats)]),
+    "rdt_stats_path_get": (_status, [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(PathStats)]),
+    "rdt_stats_latency_bound_us": (ctypes.c_uint64, [ctypes.c_size_t]),
+    "rdt_stats_endpoint_get": (_status, [ctypes.POINTER(EndpointStats)]),
     "rdt_buffer_free": (None, [ctypes.POINTER(Buffer)]),
     "rdt_context_new": (
         _status,
@@ -210,6 +242,13 @@ _SIGNATURES = {
         ],
     ),
     "rdt_context_free": (_status, [_c_void_p, _c_u8p, ctypes.POINTER(ctypes.c_bool)]),
+    "rdt_context_contains": (_status, [_c_void_p, _c_u8p, ctypes.POINTER(ctypes.c_bool)]),
+    "rdt_context_get": (
+        _status,
+        [_c_void_p, _c_u8p, ctypes.POINTER(_c_void_p), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    "rdt_context_free_remote": (_status, [_c_void_p, _c_u8p, _c_u8p, ctypes.c_size_t]),
+    "rdt_context_flush_frees": (_status, [_c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_bool)]),
     "rdt_context_wait_tensor_freed": (_status, [_c_void_p, _c_void_p, ctypes.c_uint64]),
     "rdt_context_counts": (
         _status,

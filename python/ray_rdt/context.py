@@ -98,17 +98,44 @@ class Context:
         """The tensors a metadata record describes: views when this process produced
         them, else received directly from the producer's plugin."""
         oid = _object_id_bytes(object_id)
+        return self._tensors_out(
+            lambda out, capacity, count: self._lib.rdt_context_fetch(
+                self._handle, oid, record, len(record), _ffi.timeout_ms(timeout_s), out, capacity, count
+            ),
+            "rdt_context_fetch",
+        )
+
+    def get(self, object_id) -> List["torch.Tensor"]:
+        """Views of the tensors of an object this process holds (raises
+        ``RdtNotFoundError`` when it holds none)."""
+        oid = _object_id_bytes(object_id)
+        return self._tensors_out(
+            lambda out, capacity, count: self._lib.rdt_context_get(self._handle, oid, out, capacity, count),
+            "rdt_context_get",
+        )
+
+    def contains(self, object_id) -> bool:
+        """Whether this process holds the object (a primary copy it produced)."""
+        held = ctypes.c_bool(False)
+        _ffi.check(
+            self._lib.rdt_context_contains(self._handle, _object_id_bytes(object_id), ctypes.byref(held)),
+            "rdt_context_contains",
+        )
+        return bool(held.value)
+
+    @staticmethod
+    def _tensors_out(call, name: str) -> List["torch.Tensor"]:
+        """Runs a call that writes DLPack tensors to an output array, growing
+        the array when the call says it is too small."""
         capacity = 8
         while True:
             out = (ctypes.c_void_p * capacity)()
             count = ctypes.c_size_t(0)
-            status = self._lib.rdt_context_fetch(
-                self._handle, oid, record, len(record), _ffi.timeout_ms(timeout_s), out, capacity, ctypes.byref(count)
-            )
+            status = call(out, capacity, ctypes.byref(count))
             if status == _ffi.ERR_BUFFER_TOO_SMALL and count.value > capacity:
                 capacity = count.value
                 continue
-            _ffi.check(status, "rdt_context_fetch")
+            _ffi.check(status, name)
             return dlpack.adopt_all([out[i] for i in range(count.value)])
 
     def free(self, object_id) -> bool:
@@ -119,6 +146,23 @@ class Context:
             "rdt_context_free",
         )
         return bool(found.value)
+
+    def free_remote(self, object_id, record: bytes):
+        """The owner's free of an object whose metadata record is ``record``:
+        sent to the producer's plugin in the background, batched (no Ray task)."""
+        _ffi.check(
+            self._lib.rdt_context_free_remote(self._handle, _object_id_bytes(object_id), record, len(record)),
+            "rdt_context_free_remote",
+        )
+
+    def flush_frees(self, timeout_s: Optional[float] = None) -> bool:
+        """Waits until every queued remote free was sent; returns whether they all were."""
+        flushed = ctypes.c_bool(False)
+        _ffi.check(
+            self._lib.rdt_context_flush_frees(self._handle, _ffi.timeout_ms(timeout_s), ctypes.byref(flushed)),
+            "rdt_context_flush_frees",
+        )
+        return bool(flushed.value)
 
     def wait_tensor_freed(self, tensor, timeout_s: Optional[float] = None):
         """Waits until no stored object holds the memory of ``tensor`` (its first element)."""

@@ -70,7 +70,7 @@ pub(crate) fn connect(address: &str, timeout: Duration) -> Result<Channel> {
         let (kind, what) = match (e.kind(), e.raw_os_error()) {
             (_, Some(libc::ECONNREFUSED)) => (
                 ErrorKind::PeerGone,
-                "refused the connection: nothing listens there, so the producer process is gone (or a firewall rejects the port)".to_string(),
+                "refused the connection: nothing listens there (the process is gone, or a firewall rejects the port)".to_string(),
             ),
             (std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock, _) => (
                 ErrorKind::Timeout,

@@ -34,18 +34,17 @@ pub(crate) fn bind() -> Result<(UnixListener, String)> {
 /// Connects to the same-host endpoint at `address` (connecting to an abstract
 /// socket never waits). A socket that does not exist means its process is gone.
 pub(crate) fn connect(address: &str) -> Result<Channel> {
-    let stream = UnixStream::connect_addr(&socket_addr(address)?).map_err(|e| {
-        match e.raw_os_error() {
+    let stream =
+        UnixStream::connect_addr(&socket_addr(address)?).map_err(|e| match e.raw_os_error() {
             Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => Error::new(
                 ErrorKind::PeerGone,
-                format!("the producer process is gone: nothing listens at its plugin endpoint {address} any more ({e})"),
+                format!("nothing listens at its plugin endpoint {address} any more ({e})"),
             ),
             _ => Error::new(
                 ErrorKind::Transport,
                 format!("cannot reach the producer's plugin at {address}: {e}"),
             ),
-        }
-    })?;
+        })?;
     Ok(Channel::new(Stream::Unix(stream), address.to_owned()))
 }
 

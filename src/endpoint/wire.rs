@@ -8,6 +8,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// A request's first byte: fetch an object (transport code, object ID and the
 /// transport's part follow).
 pub const OP_FETCH: u8 = 1;
+/// A request's first byte: free objects (a count and the object IDs follow).
+pub const OP_FREE: u8 = 2;
 
 /// Splits a request into its operation byte and the rest.
 pub fn split_op(request: &[u8]) -> Result<(u8, &[u8])> {

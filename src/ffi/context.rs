@@ -7,9 +7,10 @@ use super::stats::rdt_transport;
 use super::status::rdt_status;
 use super::store::{adopt, refused};
 use crate::dlpack::DLManagedTensor;
-use crate::endpoint::{ClusterToken, Limits};
+use crate::endpoint::ClusterToken;
 use crate::engine::{Context, ContextConfig, Fetched};
 use crate::error::{Error, ErrorKind, Result};
+use crate::store::StoredObject;
 use crate::tensor::{export, Tensor};
 use crate::transport_kind::TransportKind;
 use std::ffi::{c_char, c_void, CStr};
@@ -117,11 +118,12 @@ pub unsafe extern "C" fn rdt_context_create(
             })
             .transpose()?;
         let inner = Context::new(ContextConfig {
-            node_id: slice(c.node_id, c.node_id_len, "node_id")?.to_vec(),
-            actor_id: slice(c.actor_id, c.actor_id_len, "actor_id")?.to_vec(),
             node_ip,
             token: ClusterToken::new(Some(slice(c.auth_token, c.auth_token_len, "auth_token")?)),
-            limits: Limits::from_env(),
+            ..ContextConfig::same_host(
+                slice(c.node_id, c.node_id_len, "node_id")?,
+                slice(c.actor_id, c.actor_id_len, "actor_id")?,
+            )
         })?;
         *out = Box::into_raw(Box::new(rdt_context { inner }));
         Ok(())
@@ -297,28 +299,108 @@ pub unsafe extern "C" fn rdt_context_fetch(
         }
         let handed: Vec<*mut DLManagedTensor> =
             match ctx.inner.fetch(&id, record, timeout(timeout_ms))? {
-                Fetched::Local(object) => object
-                    .tensors
-                    .iter()
-                    .map(|t| {
-                        let dl = t.dl();
-                        export(
-                            t.meta(),
-                            dl.device,
-                            dl.data,
-                            dl.byte_offset,
-                            Box::new(Arc::clone(&object)),
-                        )
-                    })
-                    .collect(),
+                Fetched::Local(object) => views(&object),
                 Fetched::Received(tensors) => {
                     tensors.into_iter().map(Tensor::into_managed).collect()
                 }
             };
-        *count = handed.len();
-        for (i, p) in handed.into_iter().enumerate().take(capacity) {
-            *out_tensors.add(i) = p;
+        hand_out(handed, out_tensors, capacity, count);
+        Ok(())
+    })
+}
+
+/// DLPack views of a stored object's tensors (same memory), each keeping the
+/// object alive until its deleter runs.
+fn views(object: &Arc<StoredObject>) -> Vec<*mut DLManagedTensor> {
+    object
+        .tensors
+        .iter()
+        .map(|t| {
+            let dl = t.dl();
+            export(
+                t.meta(),
+                dl.device,
+                dl.data,
+                dl.byte_offset,
+                Box::new(Arc::clone(object)),
+            )
+        })
+        .collect()
+}
+
+/// Writes `handed` to `out[0..capacity]` and their number to `*count`.
+///
+/// # Safety
+/// `out` has room for `capacity` pointers (or is NULL when nothing is handed).
+unsafe fn hand_out(
+    handed: Vec<*mut DLManagedTensor>,
+    out: *mut *mut DLManagedTensor,
+    capacity: usize,
+    count: &mut usize,
+) {
+    *count = handed.len();
+    for (i, p) in handed.into_iter().enumerate().take(capacity) {
+        *out.add(i) = p;
+    }
+}
+
+/// Writes whether this context holds object `object_id` (a primary copy it
+/// produced and has not freed) to `*out_held`.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `out_held` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_contains(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    out_held: *mut bool,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        *out(out_held, "out_held")? = ctx.inner.store().contains(&id);
+        Ok(())
+    })
+}
+
+/// Writes views of the tensors of object `object_id`, which this context
+/// holds, to `out_tensors[0..*out_count]` (the same memory; each deleter must
+/// be called once). Not held: `RDT_ERR_NOT_FOUND`. A too-small `capacity`
+/// gives `RDT_ERR_BUFFER_TOO_SMALL` with the needed count.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `out_tensors` room for `capacity`
+/// pointers; `out_count` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_get(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    out_tensors: *mut *mut DLManagedTensor,
+    capacity: usize,
+    out_count: *mut usize,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        let count = out(out_count, "out_count")?;
+        let object = ctx.inner.held(&id)?;
+        *count = object.tensors.len();
+        if capacity < object.tensors.len() {
+            return Err(Error::new(
+                ErrorKind::BufferTooSmall,
+                format!(
+                    "object has {} tensors, the output array holds {capacity}",
+                    object.tensors.len()
+                ),
+            ));
         }
+        if !object.tensors.is_empty() && out_tensors.is_null() {
+            return Err(Error::new(
+                ErrorKind::NullArgument,
+                "argument `out_tensors` is NULL",
+            ));
+        }
+        hand_out(views(&object), out_tensors, capacity, count);
         Ok(())
     })
 }
@@ -338,6 +420,47 @@ pub unsafe extern "C" fn rdt_context_free(
         let ctx = arg(ctx, "ctx")?;
         let id = self::object_id(object_id)?;
         *out(out_found, "out_found")? = ctx.inner.free(&id);
+        Ok(())
+    })
+}
+
+/// The owner's free of object `object_id` (28 bytes), whose metadata record is
+/// `metadata`: sent to the producer's endpoint in the background, batched with
+/// other frees to the same producer (no Ray task). When this context is the
+/// producer the object is freed at once. A producer that is gone has nothing to
+/// free: its frees are dropped.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `metadata` `metadata_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_free_remote(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    metadata: *const u8,
+    metadata_len: usize,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        ctx.inner
+            .free_remote(&id, slice(metadata, metadata_len, "metadata")?)
+    })
+}
+
+/// Waits up to `timeout_ms` until every free queued by `rdt_context_free_remote`
+/// was sent, and writes whether they all were to `*out_flushed`.
+///
+/// # Safety
+/// `ctx` valid; `out_flushed` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_flush_frees(
+    ctx: *const rdt_context,
+    timeout_ms: u64,
+    out_flushed: *mut bool,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        *out(out_flushed, "out_flushed")? = ctx.inner.flush_frees(timeout(timeout_ms));
         Ok(())
     })
 }

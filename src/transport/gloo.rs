@@ -304,7 +304,6 @@ impl Transport for Gloo {
             .try_for_each(|op| op.wait(req.timeout))
             .map_err(send_err)?;
         channel.send(&[wire::REPLY_OK], req.timeout)?;
-        crate::stats::record_sent(TransportKind::Gloo, object.nbytes());
         Ok(())
     }
 
@@ -331,7 +330,7 @@ impl Transport for Gloo {
         };
         peer.exchange(timeout, |channel| {
             channel.send(
-                &fetch_request(TransportKind::Gloo, id, &request.encode()),
+                &fetch_request(TransportKind::Gloo, meta, id, &request.encode()),
                 timeout,
             )?;
             wire::parse_reply(&channel.recv(timeout)?.payload)?;
@@ -361,8 +360,12 @@ impl Transport for Gloo {
                 .map_err(recv_err)?;
             wire::parse_reply(&channel.recv(timeout)?.payload).map(|_| ())
         })?;
-        crate::stats::record_received(TransportKind::Gloo, meta.total_bytes());
         Ok(tensors)
+    }
+
+    fn check_consumer(&self, meta: &Metadata) -> Result<()> {
+        let (_, name) = decode_location(&meta.transport_data)?;
+        self.group(name).map(|_| ())
     }
 
     fn groups(&self) -> Option<&dyn CollectiveGroups> {

@@ -50,6 +50,49 @@ pub struct Peer<'a> {
 }
 
 impl Peer<'_> {
+    /// Adds what is known about the producer to a failed transfer's error: a
+    /// producer whose endpoint no longer exists is gone (the error becomes
+    /// [`crate::ErrorKind::PeerGone`]); one whose endpoint answers is still
+    /// running; one that cannot be reached does not answer. Probes for at most
+    /// about a second (a dying process may still hold its socket briefly).
+    pub fn explain(&self, error: crate::Error) -> crate::Error {
+        use crate::ErrorKind;
+        if !matches!(
+            error.kind(),
+            ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::Io
+        ) || self.address.is_none()
+        {
+            return error;
+        }
+        let mut probe = Ok(());
+        for attempt in 0..4 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            probe = self.exchange(Duration::from_millis(250), |_| Ok(()));
+            if matches!(&probe, Ok(()))
+                || matches!(&probe, Err(e) if e.kind() == ErrorKind::PeerGone)
+            {
+                break;
+            }
+        }
+        let pid = self.pid;
+        match probe {
+            Err(e) if e.kind() == ErrorKind::PeerGone => crate::Error::new(
+                ErrorKind::PeerGone,
+                format!("{e}; the transfer failed with: {error}"),
+            ),
+            Err(e) => crate::Error::new(
+                error.kind(),
+                format!("{error} (the producer, pid {pid}, does not answer: {e})"),
+            ),
+            Ok(()) => crate::Error::new(
+                error.kind(),
+                format!("{error} (the producer, pid {pid}, is still running)"),
+            ),
+        }
+    }
+
     /// The address to reach the producer at, or why there is none.
     pub fn address(&self) -> Result<&str> {
         self.address.ok_or_else(|| {
@@ -86,6 +129,24 @@ pub trait Transport: Send + Sync {
     /// Producer side, at put: the transport-specific bytes for the object's
     /// metadata record (group and rank, registration descriptors, ...).
     fn export(&self, id: &ObjectId, object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>>;
+
+    /// Producer side, at put of an object that travels inside its record (no
+    /// consumer fetches it): what [`Transport::check_consumer`] needs. By
+    /// default the same as [`Transport::export`].
+    fn export_inline(
+        &self,
+        id: &ObjectId,
+        object: &StoredObject,
+        group: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        self.export(id, object, group)
+    }
+
+    /// Consumer side: refuses a consumer this transport's contract excludes
+    /// (e.g. gloo: not in the producer's group), whatever path the bytes take.
+    fn check_consumer(&self, _meta: &Metadata) -> Result<()> {
+        Ok(())
+    }
 
     /// Producer side: releases what `export` set up, when the object is freed.
     fn release(&self, _id: &ObjectId) {}
@@ -135,32 +196,51 @@ pub fn packed_layout(sizes: impl Iterator<Item = u64>) -> (Vec<u64>, u64) {
     (offsets, end)
 }
 
-/// Encodes a fetch request: the fetch operation, transport code, object ID,
-/// transport-specific part.
-pub fn fetch_request(kind: TransportKind, id: &ObjectId, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + id.0.len() + body.len());
+/// Encodes a fetch request: the fetch operation, the transport that serves it,
+/// the transport the object was declared with (`meta.transport`: the producer
+/// counts the bytes under it), the object ID and the serving transport's part.
+pub fn fetch_request(
+    serving: TransportKind,
+    meta: &Metadata,
+    id: &ObjectId,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + id.0.len() + body.len());
     out.push(wire::OP_FETCH);
-    out.push(kind.code());
+    out.push(serving.code());
+    out.push(meta.transport.code());
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(body);
     out
 }
 
-/// Splits the body of a fetch request (after its operation byte) into
-/// transport, object ID and transport-specific part.
-pub fn parse_fetch_request(request: &[u8]) -> Result<(TransportKind, ObjectId, &[u8])> {
-    let (&code, rest) = request
-        .split_first()
-        .ok_or_else(|| crate::Error::transport("empty request"))?;
+/// A decoded fetch request.
+pub struct FetchRequest<'a> {
+    /// The transport that serves it.
+    pub serving: TransportKind,
+    /// The transport the object was declared with.
+    pub declared: TransportKind,
+    /// The object.
+    pub id: ObjectId,
+    /// The serving transport's part.
+    pub body: &'a [u8],
+}
+
+/// Decodes the body of a fetch request (after its operation byte).
+pub fn parse_fetch_request(request: &[u8]) -> Result<FetchRequest<'_>> {
+    let [serving, declared, rest @ ..] = request else {
+        return Err(crate::Error::transport("fetch request is truncated"));
+    };
     if rest.len() < crate::object_id::OBJECT_ID_LEN {
         return Err(crate::Error::transport(
-            "request too short for an object ID",
+            "fetch request too short for an object ID",
         ));
     }
     let (id, body) = rest.split_at(crate::object_id::OBJECT_ID_LEN);
-    Ok((
-        TransportKind::from_code(code.into())?,
-        ObjectId::from_slice(id)?,
+    Ok(FetchRequest {
+        serving: TransportKind::from_code((*serving).into())?,
+        declared: TransportKind::from_code((*declared).into())?,
+        id: ObjectId::from_slice(id)?,
         body,
-    ))
+    })
 }

@@ -182,5 +182,6 @@ pub fn sample_metadata(n: usize) -> Metadata {
             ..Producer::default()
         },
         transport_data: vec![1; 32],
+        inline: None,
     }
 }

@@ -274,6 +274,27 @@ impl Transport for Nixl {
         }
     }
 
+    fn export_inline(
+        &self,
+        _id: &ObjectId,
+        object: &StoredObject,
+        _group: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        // Nothing to register (no consumer reads this object's memory), but the
+        // process must have NIXL, as for any nixl object with bytes.
+        if object.nbytes() > 0 {
+            library::load()?;
+        }
+        Ok(Vec::new())
+    }
+
+    fn check_consumer(&self, meta: &Metadata) -> Result<()> {
+        if meta.total_bytes() == 0 {
+            return Ok(()); // objects of empty tensors never touch NIXL
+        }
+        library::load().map(|_| ())
+    }
+
     fn release(&self, id: &ObjectId) {
         let export = self.exports.lock().remove(id);
         if let Some(export) = export {
@@ -299,7 +320,7 @@ impl Transport for Nixl {
     fn fetch(
         &self,
         _local: &Local<'_>,
-        peer: &Peer<'_>,
+        _peer: &Peer<'_>,
         id: &ObjectId,
         meta: &Metadata,
         timeout: Duration,
@@ -393,7 +414,7 @@ impl Transport for Nixl {
                     std::mem::forget(owner);
                 }
                 PEERS.forget(rt, &record.agent);
-                return Err(explain(error, peer, meta));
+                return Err(error);
             }
         }
         let owner = Arc::new(owner);
@@ -409,7 +430,6 @@ impl Transport for Nixl {
                 )
             })
             .collect();
-        crate::stats::record_received(TransportKind::Nixl, meta.total_bytes());
         Ok(tensors)
     }
 }
@@ -472,24 +492,4 @@ fn split_at_bytes(local: &[Region], remote: &[Region], at: usize) -> (Regions, R
         seen += l.len;
     }
     (first, second)
-}
-
-/// Adds what is known about the producer to a failed read's error: a producer
-/// whose endpoint no longer answers is gone.
-fn explain(error: Error, peer: &Peer<'_>, meta: &Metadata) -> Error {
-    let probe = peer.exchange(Duration::from_millis(200), |_| Ok(()));
-    let pid = meta.producer.pid;
-    match probe {
-        Err(e) if e.kind() == ErrorKind::PeerGone => Error::new(
-            ErrorKind::PeerGone,
-            format!("the producer (pid {pid}) is gone ({e}); the nixl read failed with: {error}"),
-        ),
-        Err(e) => Error::transport(format!(
-            "the producer (pid {pid}) does not answer ({e}); the nixl read failed with: {error}"
-        )),
-        Ok(()) => Error::new(
-            error.kind(),
-            format!("{error} (producer pid {pid}, still running)"),
-        ),
-    }
 }

@@ -87,7 +87,6 @@ impl Transport for Shm {
         }
         let reply_fd = if fresh { fd } else { None };
         channel.send_with_fd(&[wire::REPLY_OK], reply_fd.as_ref(), REPLY_TIMEOUT)?;
-        crate::stats::record_sent(TransportKind::Shm, object.nbytes());
         Ok(())
     }
 
@@ -113,7 +112,7 @@ impl Transport for Shm {
         } else {
             self.pool.take(total as usize)
         };
-        let request = fetch_request(TransportKind::Shm, id, &[]);
+        let request = fetch_request(TransportKind::Shm, meta, id, &[]);
         let segment = peer.exchange(timeout, |channel| {
             channel.send_with_fd(&request, reused.as_ref().map(|s| &s.fd), timeout)?;
             let reply = channel.recv(timeout)?;
@@ -138,7 +137,6 @@ impl Transport for Shm {
             }
         })?;
         let Some(segment) = segment else {
-            crate::stats::record_received(TransportKind::Shm, 0);
             return metas.iter().map(Tensor::alloc_host).collect();
         };
         let lease = self.pool.lease(segment);
@@ -155,7 +153,6 @@ impl Transport for Shm {
                 Tensor::from_owner(m, cpu, data, Box::new(lease.clone()))
             })
             .collect();
-        crate::stats::record_received(TransportKind::Shm, meta.total_bytes());
         Ok(tensors)
     }
 }

@@ -2,26 +2,41 @@
 //! the transports, tied together for the two places Ray calls the data plane
 //! (task return: [`Context::put`]; argument resolution: [`Context::fetch`]) and the
 //! lifecycle around them.
+//!
+//! How a fetch travels ([`crate::stats::Path`]): a small object comes out of its
+//! own record ([`inline`]); a producer on this host serves CPU tensors through
+//! shared memory whatever transport was declared (the same-host path, as NCCL
+//! and UCX pick theirs inside a node), after the declared transport's own
+//! contract check; anything else goes over the declared transport.
+
+mod inline;
+mod remote_free;
+mod serve;
+
+pub use inline::{DEFAULT_THRESHOLD as DEFAULT_INLINE_BYTES, THRESHOLD_ENV as INLINE_BYTES_ENV};
 
 use crate::dlpack::{kDLCPU, DLDevice};
-use crate::endpoint::{
-    wire, Addresses, Channel, ClientPool, ClusterToken, Endpoint, Handler, Limits,
-};
+use crate::endpoint::{Addresses, ClientPool, ClusterToken, Endpoint, Limits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::{Metadata, Producer};
 use crate::object_id::ObjectId;
 use crate::rendezvous::Rendezvous;
+use crate::stats::{self, Path};
 use crate::store::{CopyKind, ObjectStore, PutRejected, StoredObject};
-use crate::tensor::Tensor;
+use crate::tensor::{is_host, Tensor};
 use crate::transport::group::GroupSpec;
-use crate::transport::{parse_fetch_request, CollectiveGroups, Local, Peer, Registry};
+use crate::transport::{CollectiveGroups, Local, Peer, Registry};
 use crate::transport_kind::TransportKind;
 use parking_lot::Mutex;
+use remote_free::RemoteFrees;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Environment variable: `0` turns the same-host path off (every transport
+/// then moves its own bytes on one host too), for measurements.
+pub const SAME_HOST_PATH_ENV: &str = "RAY_RDT_SAME_HOST_PATH";
 
 /// What a context is created with.
 #[derive(Debug, Clone)]
@@ -39,6 +54,12 @@ pub struct ContextConfig {
     pub token: ClusterToken,
     /// Bounds on the endpoint's connections ([`Limits::from_env`] by default).
     pub limits: Limits,
+    /// Whether CPU tensors from a producer on this host take the same-host
+    /// path whatever transport was declared (`RAY_RDT_SAME_HOST_PATH`, default on).
+    pub same_host_path: bool,
+    /// Objects of at most this many bytes travel inside their record
+    /// (`RAY_RDT_INLINE_BYTES`, default [`DEFAULT_INLINE_BYTES`]; 0: never).
+    pub inline_bytes: u64,
 }
 
 impl ContextConfig {
@@ -50,6 +71,8 @@ impl ContextConfig {
             node_ip: None,
             token: ClusterToken::default(),
             limits: Limits::from_env(),
+            same_host_path: crate::settings::u64_or(SAME_HOST_PATH_ENV, 1) != 0,
+            inline_bytes: inline::threshold(),
         }
     }
 }
@@ -69,8 +92,12 @@ struct Shared {
     actor_id: Vec<u8>,
     host_id: Vec<u8>,
     node_ip: Option<IpAddr>,
-    pool: ClientPool,
+    pool: Arc<ClientPool>,
     transports: Registry,
+    same_host_path: bool,
+    inline_bytes: u64,
+    /// How long a reply may take to write.
+    reply_timeout: Duration,
     /// The endpoint's addresses, known once it is bound.
     addresses: OnceLock<Addresses>,
 }
@@ -90,28 +117,15 @@ impl Shared {
             })
     }
 
+    fn free(&self, id: &ObjectId) -> bool {
+        self.transports.iter().for_each(|t| t.release(id));
+        self.store.free(id)
+    }
+
     fn local(&self) -> Local<'_> {
         Local {
             store: &self.store,
             node_id: &self.node_id,
-        }
-    }
-}
-
-impl Handler for Shared {
-    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, channel: &mut Channel) -> Result<()> {
-        match wire::split_op(request)? {
-            (wire::OP_FETCH, body) => {
-                let (kind, id, body) = parse_fetch_request(body)?;
-                let transport = self.transports.get(kind)?;
-                let object = self.held(&id)?;
-                transport
-                    .serve(&self.local(), &id, &object, body, fd, channel)
-                    .inspect_err(|_| crate::stats::record_error(kind))
-            }
-            (op, _) => Err(Error::transport(format!(
-                "unknown request operation {op} (a plugin of another version?)"
-            ))),
         }
     }
 }
@@ -126,6 +140,7 @@ pub struct Context {
     /// Rendezvous address of each group this process created, by (backend, name).
     group_stores: Mutex<HashMap<(TransportKind, String), String>>,
     token_set: bool,
+    frees: RemoteFrees,
 }
 
 impl Drop for Context {
@@ -149,25 +164,35 @@ impl Context {
             actor_id: config.actor_id,
             host_id: crate::endpoint::host::identity(),
             node_ip: config.node_ip,
-            pool: ClientPool::new(config.token.clone(), limits),
+            pool: Arc::new(ClientPool::new(config.token.clone(), limits)),
             transports: Registry::builtin(),
+            same_host_path: config.same_host_path,
+            inline_bytes: config.inline_bytes,
+            reply_timeout: limits.frame_timeout,
             addresses: OnceLock::new(),
         });
         let token_set = config.token.is_set();
         let endpoint = Endpoint::start(shared.clone(), config.node_ip, config.token, limits)?;
         let _ = shared.addresses.set(endpoint.addresses().clone());
+        let frees = RemoteFrees::start(shared.pool.clone())?;
         Ok(Context {
             shared,
             endpoint,
             rendezvous: Rendezvous::default(),
             group_stores: Mutex::new(HashMap::new()),
             token_set,
+            frees,
         })
     }
 
     /// This process's object store.
     pub fn store(&self) -> &ObjectStore {
         &self.shared.store
+    }
+
+    /// The object `id` this process holds (a primary copy it produced).
+    pub fn held(&self, id: &ObjectId) -> Result<Arc<StoredObject>> {
+        self.shared.held(id)
     }
 
     /// The same-host address peers on this host fetch from.
@@ -227,12 +252,19 @@ impl Context {
             return Err(PutRejected { error, tensors });
         }
         let tensor_metas = tensors.iter().map(|t| t.meta().clone()).collect();
+        let inline = match inline::pack(&tensors, self.shared.inline_bytes) {
+            Ok(bytes) => bytes,
+            Err(error) => return Err(PutRejected { error, tensors }),
+        };
         self.shared.store.put(id, tensors, CopyKind::Primary)?;
         let exported = self
             .shared
             .store
             .get(&id, Duration::ZERO)
-            .and_then(|object| transport.export(&id, &object, group))
+            .and_then(|object| match inline {
+                Some(_) => transport.export_inline(&id, &object, group),
+                None => transport.export(&id, &object, group),
+            })
             .and_then(|transport_data| {
                 Metadata {
                     transport: kind,
@@ -240,6 +272,7 @@ impl Context {
                     tensors: tensor_metas,
                     producer: self.producer(),
                     transport_data,
+                    inline,
                 }
                 .encode()
             });
@@ -265,12 +298,66 @@ impl Context {
         if meta.producer.endpoint == self.endpoint() {
             return self.shared.held(id).map(Fetched::Local);
         }
-        let transport = self.shared.transports.get(meta.transport)?;
+        let declared = self.shared.transports.get(meta.transport)?;
         let peer = self.peer(&meta.producer);
-        transport
-            .fetch(&self.shared.local(), &peer, id, &meta, timeout)
-            .map(Fetched::Received)
-            .inspect_err(|_| crate::stats::record_error(meta.transport))
+        let start = Instant::now();
+        let (path, result) = if let Some(bytes) = &meta.inline {
+            let r = declared
+                .check_consumer(&meta)
+                .and_then(|()| inline::unpack(&meta, bytes));
+            (Path::Inline, r)
+        } else if peer.same_host
+            && self.shared.same_host_path
+            && meta.transport != TransportKind::Shm
+            && is_host(meta.device)
+        {
+            let shm = self.shared.transports.get(TransportKind::Shm)?;
+            let r = declared
+                .check_consumer(&meta)
+                .and_then(|()| shm.fetch(&self.shared.local(), &peer, id, &meta, timeout));
+            (Path::SameHost, r)
+        } else {
+            let path = if peer.same_host {
+                Path::SameHost
+            } else {
+                Path::Network
+            };
+            (
+                path,
+                declared.fetch(&self.shared.local(), &peer, id, &meta, timeout),
+            )
+        };
+        match &result {
+            Ok(_) => {
+                stats::record_received(meta.transport, path, meta.total_bytes(), start.elapsed())
+            }
+            Err(_) => stats::record_error(meta.transport, path),
+        }
+        result.map(Fetched::Received).map_err(|e| match path {
+            Path::Inline => e,
+            _ => peer.explain(e),
+        })
+    }
+
+    /// The owner's free of object `id` described by `record`: sent to the
+    /// producer's endpoint in the background, batched with other frees to the
+    /// same producer (see [`remote_free`]). Frees locally when this process is
+    /// the producer.
+    pub fn free_remote(&self, id: &ObjectId, record: &[u8]) -> Result<()> {
+        let meta = Metadata::decode(record)?;
+        if meta.producer.endpoint == self.endpoint() {
+            self.free(id);
+            return Ok(());
+        }
+        let peer = self.peer(&meta.producer);
+        self.frees.enqueue(peer.address()?, *id);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` until every queued remote free was sent; returns
+    /// whether they all were.
+    pub fn flush_frees(&self, timeout: Duration) -> bool {
+        self.frees.flush(timeout)
     }
 
     /// How this process reaches `producer`: its same-host endpoint when it runs
@@ -292,8 +379,7 @@ impl Context {
 
     /// Frees the primary copy of `id` (out of scope in Ray). Returns whether it was held.
     pub fn free(&self, id: &ObjectId) -> bool {
-        self.shared.transports.iter().for_each(|t| t.release(id));
-        self.shared.store.free(id)
+        self.shared.free(id)
     }
 
     /// Starts a rendezvous store on `bind_host` for a group whose rank 0 runs
