@@ -220,7 +220,7 @@ def check_fault(result, cause: re.Pattern, cause_name: str):
     after = result["consumer_after"]
     assert after.get("ping") == "pong", f"the consumer no longer answers: {after}"
     assert counted(after["receiver_before"], after["receiver_after"]) < result["nbytes"]
-    return f"{when}; error {fault['seconds']:.2f} s after the kill: {text[:300]}"
+    return f"{when}; error {fault['seconds']:.2f} s after the kill: {message(fault['error'], tail=400)}"
 
 
 @pytest.mark.parametrize("transport", ["gloo", "nixl"])
