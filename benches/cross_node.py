@@ -19,7 +19,13 @@ median of 5 after a warm-up. A configuration that fails is reported as
 ``fails: <reason>`` (the others still run).
 
     python benches/cross_node.py [--sizes 4KiB,4MiB,64MiB,256MiB] [--markdown FILE] [--json FILE]
+                                 [--configs object_store,stock_gloo,...] [--env KEY=VALUE ...]
     ci/bench cross-node [same options]
+
+``--env`` sets a variable for every Ray process and driver of both clusters,
+e.g. ``--env UCX_TLS=tcp`` keeps NIXL's UCX on the network path: the two
+namespaces share one kernel, and UCX otherwise moves the bytes through a
+same-host transport (faster than the veth; not what two real hosts do).
 """
 
 import argparse
@@ -215,12 +221,12 @@ def measure_line_rate(cluster):
 # ----------------------------------------------------------------- the two clusters and the table
 
 
-def run_cluster(plugin, configs, sizes, line_rate=False):
+def run_cluster(plugin, configs, sizes, env, line_rate=False):
     from netns import TwoNodeCluster
 
     label = "plugin" if plugin else "stock Ray 2.60 (RAY_RDT_PLUGIN=0)"
     print(f"{label}: starting a two-node cluster", file=sys.stderr, flush=True)
-    with TwoNodeCluster(plugin=plugin) as cluster:
+    with TwoNodeCluster(plugin=plugin, extra_env=env) as cluster:
         rate = measure_line_rate(cluster) if line_rate else None
         if rate:
             print(f"  veth line rate (1 TCP stream, {fmt_size(LINE_RATE_BYTES)}): {rate / 1e9:.2f} GB/s",
@@ -279,16 +285,27 @@ def main(argv=None):
     parser.add_argument("--sizes", default=DEFAULT_SIZES)
     parser.add_argument("--markdown", help="also write the table (markdown) to this file")
     parser.add_argument("--json", help="also write the medians (seconds) and the line rate to this file")
+    parser.add_argument("--configs", default=",".join(STOCK + PLUGIN), help="a subset of the default")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="set for every Ray process and driver of both clusters (repeatable)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--configs", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    configs = [c for c in args.configs.split(",") if c]
     if args.child:
-        return bench_child(args.configs.split(","), sizes)
+        return bench_child(configs, sizes)
+    unknown = set(configs) - set(STOCK + PLUGIN)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}")
+    env = dict(kv.split("=", 1) for kv in args.env)
 
     started = time.strftime("%Y-%m-%d %H:%M")
-    medians, _, _ = run_cluster(False, STOCK, sizes)
-    plugin_medians, counters, rate = run_cluster(True, PLUGIN, sizes, line_rate=True)
+    medians = {}
+    stock = [c for c in STOCK if c in configs]
+    if stock:
+        medians.update(run_cluster(False, stock, sizes, env)[0])
+    plugin_medians, counters, rate = run_cluster(True, [c for c in PLUGIN if c in configs], sizes, env,
+                                                 line_rate=True)
     medians.update(plugin_medians)
 
     text = table(medians, sizes, rate)
@@ -300,6 +317,8 @@ def main(argv=None):
         f"{LINE_RATE_ROUNDS}); its column is the time for the bytes at that rate",
         f"consumer's ray_rdt.stats() bytes_received (plugin cluster): {moved}",
     ]
+    if env:
+        notes.append("environment of both clusters: " + " ".join(f"{k}={v}" for k, v in env.items()))
     notes += [f"{c} fails: {r['error']}" for c, r in medians.items() if "error" in r]
     print(text)
     print("\n".join(notes))
