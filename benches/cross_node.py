@@ -39,8 +39,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tests", "python"))
-sys.path.insert(0, os.path.join(REPO, "python"))
+sys.path.insert(0, os.path.join(REPO, "tests", "python"))  # netns.py; ray_rdt comes from the venv
 
 from ray_rdt.bench_ray import DEFAULT_SIZES, fmt_size, iterations, parse_size  # noqa: E402
 

@@ -22,7 +22,9 @@ What it does (see /work/shared/NOTES.md, "Multi-node on one machine"):
   share one hostname that resolves to loopback, and stock torch.distributed gloo
   binds the hostname's address otherwise (real hosts do not need this);
 * ``RAY_RDT_PLUGIN`` passed through from the caller (or forced by ``plugin=``),
-  so the same harness runs stock and plugin clusters; ``RAY_RDT_LIB`` likewise;
+  so the same harness runs stock and plugin clusters; ``RAY_RDT_LIB`` likewise
+  (unset: the binding finds the library itself); ``ray_rdt`` is imported as the
+  venv does (its ``.pth`` names the checkout's ``python/``);
 * drivers run inside A (``ip netns exec A python script ...``) with a timeout;
 * teardown (context-manager exit, also after any failure): SIGTERM then SIGKILL
   to each node's process group, SIGKILL to every process left in either
@@ -206,7 +208,7 @@ class TwoNodeCluster:
         self._make_namespaces()
         self._start_node(self.a, head=True)
         self._start_node(self.b, head=False)
-        self._wait_for_nodes(2)
+        self._wait_for_nodes()
         self._started = True
 
     def _make_namespaces(self):
@@ -231,8 +233,9 @@ class TwoNodeCluster:
     def env(self, node: Node) -> Dict[str, str]:
         """Environment of a Ray node or a driver in ``node``'s namespace."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-        paths = [os.path.join(REPO, "python"), SCRIPTS, HERE]
-        paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        # ray_rdt itself comes from the venv (ci/setup's .pth names the checkout's
+        # python/), so the binding and the library it finds next to it match.
+        paths = [SCRIPTS, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env.update(
             PYTHONPATH=os.pathsep.join(paths),
             RAY_AUTH_MODE="token",
@@ -244,9 +247,6 @@ class TwoNodeCluster:
             RDT_NODE_A_IP=self.a.ip,
             RDT_NODE_B_IP=self.b.ip,
         )
-        lib = os.path.join(REPO, "target", "release", "libray_rdt.so")
-        if "RAY_RDT_LIB" not in env and os.path.isfile(lib):
-            env["RAY_RDT_LIB"] = lib
         if self.plugin is not None:
             env["RAY_RDT_PLUGIN"] = "1" if self.plugin else "0"
         env.update(self.extra_env)
@@ -267,8 +267,10 @@ class TwoNodeCluster:
             node.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 
-    def _wait_for_nodes(self, count):
-        """Polls the cluster from a driver in A until ``count`` nodes are alive."""
+    def _wait_for_nodes(self, replaced: Optional[str] = None):
+        """Polls the cluster from a driver in A until exactly one alive node
+        runs at each of A's and B's addresses (and, after a restart, B's is not
+        the ``replaced`` node ID: Ray takes a while to mark a killed node dead)."""
         deadline = time.monotonic() + self.start_timeout
         last = None
         while time.monotonic() < deadline:
@@ -281,12 +283,17 @@ class TwoNodeCluster:
             except DriverTimeout as e:
                 last = e
                 continue
-            if last.returncode == 0 and last.result is not None and last.result["alive"] >= count:
-                self.node_ids = last.result["node_ids"]
-                return
+            if last.returncode == 0 and last.result is not None:
+                ids = {}
+                for n in last.result:
+                    ids.setdefault(n["ip"], []).append(n["node_id"])
+                if (len(last.result) == 2 and all(len(ids.get(x.ip, [])) == 1 for x in (self.a, self.b))
+                        and ids[self.b.ip][0] != replaced):
+                    self.node_ids = {ip: v[0] for ip, v in ids.items()}
+                    return
             time.sleep(1)
         detail = last.describe() if isinstance(last, DriverOutput) else str(last)
-        raise ClusterError(f"the cluster did not show {count} alive nodes within {self.start_timeout:.0f} s:\n"
+        raise ClusterError(f"the cluster did not show nodes A and B alive within {self.start_timeout:.0f} s:\n"
                            f"{detail}\n--- node a\n{self.a.log_tail()}\n--- node b\n{self.b.log_tail()}")
 
     # ----------------------------------------------------------------- drivers
@@ -370,6 +377,16 @@ class TwoNodeCluster:
         _wait_gone(lambda: namespace_pids(node.ns), 10)
         if node.proc is not None:
             node.proc.wait()
+
+    def restart_node(self, node: Node):
+        """Starts node B again after :meth:`kill_node` (a new Ray node, same
+        namespace, address and resources) and waits until Ray has replaced the
+        old node by the new one."""
+        assert node is self.b, "only the second node can be restarted (the head holds the cluster)"
+        self.kill_node(node)
+        self._start_node(node, head=False)
+        node.killed = False
+        self._wait_for_nodes(replaced=self.node_ids[node.ip])
 
     # ----------------------------------------------------------------- teardown
 

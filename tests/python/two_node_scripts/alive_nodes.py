@@ -1,13 +1,9 @@
-"""Reports the cluster's alive nodes (the harness polls this until it sees two)."""
+"""Reports the cluster's alive nodes: IP and Ray node ID of each (the harness
+polls this until node A and node B are both up)."""
 
 import ray
 
 from rdt_driver import connect, report
 
 connect()
-alive = [n for n in ray.nodes() if n["Alive"]]
-report({
-    "alive": len(alive),
-    "node_ids": {n["NodeManagerAddress"]: n["NodeID"] for n in alive},
-    "resources": {n["NodeManagerAddress"]: n["Resources"] for n in alive},
-})
+report([{"ip": n["NodeManagerAddress"], "node_id": n["NodeID"]} for n in ray.nodes() if n["Alive"]])
