@@ -36,9 +36,11 @@ fails) it raises :class:`NamespacesUnavailable`, a ``unittest.SkipTest``: pytest
 reports a skip with that reason; other callers see an exception, never a pass.
 """
 
+import glob
 import itertools
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -95,6 +97,35 @@ def pids_matching(pattern: str) -> List[int]:
 
 def namespaces() -> List[str]:
     return [line.split()[0] for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines() if line.strip()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def reap_stale():
+    """Removes what an earlier harness left when it was killed before its
+    teardown (SIGKILL, a CI timeout): namespaces ``rdt-[ab]-<pid>-<n>`` and
+    temp dirs ``/tmp/rdt2n-<pid>-<n>-*`` whose creating process no longer
+    exists, and every process inside those namespaces. Names of live
+    harnesses, and anything not named like this, are left alone."""
+    for ns in namespaces():
+        m = re.fullmatch(r"rdt-[ab]-(\d+)-\d+", ns)
+        if m and not _alive(int(m.group(1))):
+            _kill(namespace_pids(ns), signal.SIGKILL)
+            _wait_gone(lambda: namespace_pids(ns), 10)
+            _run(["ip", "netns", "del", ns], check=False)
+    for path in glob.glob("/tmp/rdt2n-*-*-*"):
+        m = re.fullmatch(r"/tmp/rdt2n-(\d+)-\d+-\w+", path)
+        if m and not _alive(int(m.group(1))):
+            _kill(pids_matching(path), signal.SIGKILL)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _kill(pids, sig):
@@ -216,6 +247,7 @@ class TwoNodeCluster:
             raise NamespacesUnavailable(f"network namespaces need root; running as uid {os.geteuid()}")
         if shutil.which("ip") is None:
             raise NamespacesUnavailable("network namespaces need iproute2's `ip`, which is not installed")
+        reap_stale()
         for node in (self.a, self.b):
             proc = _run(["ip", "netns", "add", node.ns], check=False)
             if proc.returncode != 0:

@@ -14,6 +14,7 @@ bytes, which proves the plugin moved them (stock Ray does not count).
 Without root or network namespaces the whole module is skipped, with the reason.
 """
 
+import contextlib
 import re
 
 import pytest
@@ -34,13 +35,38 @@ PRODUCER_NODE_DOWN = re.compile(
 )
 
 
+@contextlib.contextmanager
+def two_node_cluster():
+    """A :class:`netns.TwoNodeCluster`; where namespaces cannot be made, a skip
+    with the harness's reason (reported at the test, not inside pytest)."""
+    try:
+        cluster = netns.TwoNodeCluster().__enter__()
+    except netns.NamespacesUnavailable as e:
+        pytest.skip(str(e))
+    with contextlib.closing(cluster):
+        yield cluster
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def two_nodes():
     """One two-node cluster for the module (Ray is slow to start on 2 cores);
     ``RAY_RDT_PLUGIN`` comes from the caller. Its exit raises if anything of it
     (namespace, veth, Ray process) is left behind."""
-    with netns.TwoNodeCluster() as c:
+    with two_node_cluster() as c:
         yield c
+
+
+def both_nodes_up(cluster):
+    """``cluster`` with node B started again if a test killed it (on demand, so
+    not at the module's end, where nothing needs it)."""
+    if cluster.b.killed:
+        cluster.restart_node(cluster.b)
+    return cluster
+
+
+@pytest.fixture
+def cluster(two_nodes):
+    return both_nodes_up(two_nodes)
 
 
 # ----------------------------------------------------------------- helpers
@@ -102,7 +128,7 @@ def test_teardown_after_a_failure_leaves_nothing():
     fails: no namespace, no process in either namespace, none naming its temp
     dirs. (Runs before the module's cluster exists.)"""
     with pytest.raises(RuntimeError, match="the body failed"):
-        with netns.TwoNodeCluster() as c:
+        with two_node_cluster() as c:
             assert netns.namespace_pids(c.a.ns) and netns.namespace_pids(c.b.ns)
             raise RuntimeError("the body failed")
     assert c.leftovers() == []
@@ -115,8 +141,9 @@ def test_teardown_after_a_failure_leaves_nothing():
 
 
 @pytest.fixture(scope="module")
-def gloo_guide(cluster):
+def gloo_guide(two_nodes):
     """The guide's gloo examples, run once across the nodes (gloo_guide.py)."""
+    cluster = both_nodes_up(two_nodes)
     result = run(cluster, "gloo_guide.py")
     assert_on_nodes(cluster, result, "sender", "receiver")
     return result
@@ -160,7 +187,9 @@ def test_gloo_wait_tensor_freed_across_nodes(gloo_guide):
 
 
 @pytest.fixture(scope="module")
-def nixl_walkthrough(cluster):
+def nixl_walkthrough(two_nodes):
+    """The guide's NIXL walkthrough (CPU form), run once across the nodes."""
+    cluster = both_nodes_up(two_nodes)
     result = run(cluster, "nixl_walkthrough.py")
     assert_on_nodes(cluster, result, "sender", "receiver")
     return result
@@ -242,13 +271,10 @@ def test_killing_the_producers_node_mid_transfer_is_a_clear_error(cluster, trans
     """512 MiB from node B to node A; the whole of node B (raylet, workers,
     everything in its namespace, at once) is killed while the transfer is in
     flight. The consumer on node A gets an error within 30 s naming the
-    producer's node or host (unreachable, refused, gone), and survives. Node B
-    is started again afterwards, for whatever runs next."""
-    try:
-        result = run(cluster, "fault_mid_transfer.py", transport, str(FAULT_BYTES), "node-b", timeout=200,
-                     handlers={"kill-node-b": lambda: cluster.kill_node(cluster.b)})
-    finally:
-        cluster.restart_node(cluster.b)
+    producer's node or host (unreachable, refused, gone), and survives. (The
+    ``cluster`` fixture starts node B again for the next test that needs it.)"""
+    result = run(cluster, "fault_mid_transfer.py", transport, str(FAULT_BYTES), "node-b", timeout=200,
+                 handlers={"kill-node-b": lambda: cluster.kill_node(cluster.b)})
     assert_on_nodes(cluster, result, "producer", "consumer", producer_node="b")
     line = check_fault(result, PRODUCER_NODE_DOWN,
                        "that the producer's host is unreachable, refuses, timed out, or is gone (issue 8, item 6)")
