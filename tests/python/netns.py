@@ -219,7 +219,6 @@ class TwoNodeCluster:
                       os.path.join(self.root, "b"), os.path.join(self.root, "node-b.log"))
         self.address = f"{self.a.ip}:{GCS_PORT}"
         self._made_ns: List[str] = []
-        self._started = False
 
     # ----------------------------------------------------------------- setup
 
@@ -240,7 +239,6 @@ class TwoNodeCluster:
         self._start_node(self.a, head=True)
         self._start_node(self.b, head=False)
         self._wait_for_nodes()
-        self._started = True
 
     def _make_namespaces(self):
         if os.geteuid() != 0:
@@ -454,6 +452,5 @@ class TwoNodeCluster:
         left = self.leftovers()
         if not left:
             shutil.rmtree(self.root, ignore_errors=True)
-        self._started = False
         if left:
             raise ClusterError(f"two-node teardown left behind: {', '.join(left)} (logs in {self.root})")
