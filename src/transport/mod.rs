@@ -107,7 +107,8 @@ impl Peer<'_> {
     }
 
     /// Runs `exchange` on a connection to the producer's endpoint (see
-    /// [`ClientPool::with_connection`]).
+    /// [`ClientPool::with_connection`]). A producer that is gone is named by
+    /// its process ID.
     pub fn exchange<T>(
         &self,
         timeout: Duration,
@@ -115,6 +116,13 @@ impl Peer<'_> {
     ) -> Result<T> {
         self.pool
             .with_connection(self.address()?, timeout, exchange)
+            .map_err(|e| match e.kind() {
+                crate::ErrorKind::PeerGone => crate::Error::new(
+                    e.kind(),
+                    format!("the producer (pid {}) is gone: {e}", self.pid),
+                ),
+                _ => e,
+            })
     }
 }
 
