@@ -186,11 +186,13 @@ enum Path
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /**
-   * Producer and consumer on one host: the same-host channel.
+   * Producer and consumer on one host: shared memory over the same-host
+   * channel (the shm transport, or the same-host path of another one).
    */
   SameHost = 0,
   /**
-   * Producer on another host: the TCP channel and the transport's network path.
+   * The declared transport's own path: TCP, Gloo or NIXL between hosts (or
+   * over loopback on one host, when the same-host path is off).
    */
   Network = 1,
   /**
@@ -608,12 +610,13 @@ typedef uint8_t DLDataTypeCode;
 #define RDT_TRANSPORT_SHM 4
 
 /**
- * Producer and consumer on one host: same-host channel and shared memory.
+ * Producer and consumer on one host: shared memory over the same-host channel.
  */
 #define RDT_PATH_SAME_HOST 0
 
 /**
- * Producer on another host: TCP channel and the transport's network path.
+ * The declared transport's own path (another host, or loopback on one host
+ * when the same-host path is off).
  */
 #define RDT_PATH_NETWORK 1
 

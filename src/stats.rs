@@ -17,9 +17,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Path {
-    /// Producer and consumer on one host: the same-host channel.
+    /// Producer and consumer on one host: shared memory over the same-host
+    /// channel (the shm transport, or the same-host path of another one).
     SameHost = 0,
-    /// Producer on another host: the TCP channel and the transport's network path.
+    /// The declared transport's own path: TCP, Gloo or NIXL between hosts (or
+    /// over loopback on one host, when the same-host path is off).
     Network = 1,
     /// Inside the metadata record (small objects): no transfer.
     Inline = 2,

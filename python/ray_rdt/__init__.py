@@ -62,9 +62,10 @@ def stats() -> dict:
     Returns ``{transport: {"bytes_sent", "bytes_received", "transfers", "errors",
     "paths": {path: {...the same four..., "latency_us": {"bounds", "counts", "sum"}}}}}``
     keyed by lower-case transport name ("gloo", "nccl", "nixl", "cuda_ipc", "shm",
-    as the producer declared it) and path ("same_host": shared memory on one
-    host, "network": another host, "inline": a small object carried in its
-    record); the top-level counters are the sums over paths. ``latency_us`` is
+    as the producer declared it) and path ("same_host": shared memory between
+    two processes of one host; "network": the declared transport's own path,
+    to another host or, with the same-host path off, over loopback; "inline":
+    a small object carried in its record); the top-level counters are the sums over paths. ``latency_us`` is
     the receiver's histogram of fetch times: ``counts[i]`` fetches took at most
     ``bounds[i]`` microseconds (the last count is for slower ones). The
     counters are per process and monotonic:

@@ -317,7 +317,9 @@ impl Context {
                 .and_then(|()| shm.fetch(&self.shared.local(), &peer, id, &meta, timeout));
             (Path::SameHost, r)
         } else {
-            let path = if peer.same_host {
+            // The declared transport moves the bytes itself: its network path,
+            // also on one host (loopback), except shm, which is the same-host path.
+            let path = if meta.transport == TransportKind::Shm {
                 Path::SameHost
             } else {
                 Path::Network

@@ -8,6 +8,7 @@ use crate::endpoint::{wire, Channel, Handler};
 use crate::error::{Error, Result};
 use crate::stats::{self, Path};
 use crate::transport::parse_fetch_request;
+use crate::transport_kind::TransportKind;
 use std::os::fd::OwnedFd;
 
 impl Handler for Shared {
@@ -15,7 +16,9 @@ impl Handler for Shared {
         match wire::split_op(request)? {
             (wire::OP_FETCH, body) => {
                 let req = parse_fetch_request(body)?;
-                let path = if channel.passes_descriptors() {
+                // Shared memory is the same-host path; every other transport
+                // moves the bytes over its network path (loopback on one host).
+                let path = if req.serving == TransportKind::Shm {
                     Path::SameHost
                 } else {
                     Path::Network

@@ -20,9 +20,10 @@ pub const RDT_TRANSPORT_SHM: rdt_transport = 4;
 
 /// A path an object took (`RDT_PATH_*`).
 pub type rdt_path = u32;
-/// Producer and consumer on one host: same-host channel and shared memory.
+/// Producer and consumer on one host: shared memory over the same-host channel.
 pub const RDT_PATH_SAME_HOST: rdt_path = 0;
-/// Producer on another host: TCP channel and the transport's network path.
+/// The declared transport's own path (another host, or loopback on one host
+/// when the same-host path is off).
 pub const RDT_PATH_NETWORK: rdt_path = 1;
 /// Small object carried inside its metadata record: no transfer.
 pub const RDT_PATH_INLINE: rdt_path = 2;

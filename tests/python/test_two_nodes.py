@@ -109,10 +109,13 @@ def counted(before: dict, after: dict, field="bytes_received") -> int:
 
 
 def assert_plugin_moved(case: dict, nbytes: int):
-    """The receiver's plugin counted exactly ``nbytes`` in and no error."""
+    """The receiver's plugin counted exactly ``nbytes`` in and no error, all of
+    it over the network path (the producer is on another host: not the
+    same-host path)."""
     before, after = case["receiver_before"], case["receiver_after"]
     assert counted(before, after) == nbytes, (before, after)
     assert counted(before, after, "errors") == 0, (before, after)
+    assert counted(before["paths"]["network"], after["paths"]["network"]) == nbytes, (before, after)
 
 
 def assert_same_sum(a: float, b: float):
