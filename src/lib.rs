@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod engine;
 pub mod error;
 pub mod ffi;
+pub mod hold;
 pub mod host_buffer;
 pub mod metadata;
 pub mod object_id;

@@ -267,6 +267,7 @@ impl Transport for Gloo {
             )));
         }
         channel.send(&[wire::REPLY_OK], req.timeout)?;
+        crate::hold::point("serve");
         // Contiguous tensors are posted at once and overlap; a strided one goes as
         // chunks packed into one bounded staging buffer. Messages on a slot arrive
         // in the order they were posted.
@@ -354,6 +355,7 @@ impl Transport for Gloo {
                     pending.push(op.map_err(recv_err)?);
                 }
             }
+            crate::hold::point("fetch");
             pending
                 .into_iter()
                 .try_for_each(|op| op.wait(timeout))

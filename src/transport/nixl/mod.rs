@@ -399,6 +399,7 @@ impl Transport for Nixl {
                     cuda,
                 });
             }
+            crate::hold::point("fetch");
             let result = PEERS
                 .with_loaded(rt, &record, |_| {
                     read_in_parallel(rt, &local_regions, &remote_regions, &record.agent, deadline)

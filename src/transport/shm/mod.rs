@@ -81,6 +81,7 @@ impl Transport for Shm {
             None if total == 0 => (None, false),
             None => (Some(segment::create(total)?), true),
         };
+        crate::hold::point("serve");
         if let Some(fd) = &fd {
             let (id, size) = segment::identity(fd)?;
             segment::fill(&*self.written.get(id, fd, size as usize)?, object)?;
@@ -115,6 +116,7 @@ impl Transport for Shm {
         let request = fetch_request(TransportKind::Shm, meta, id, &[]);
         let segment = peer.exchange(timeout, |channel| {
             channel.send_with_fd(&request, reused.as_ref().map(|s| &s.fd), timeout)?;
+            crate::hold::point("fetch");
             let reply = channel.recv(timeout)?;
             let fd = reply.fd;
             wire::parse_reply(&reply.payload)?;
