@@ -41,7 +41,7 @@ fn transports() -> [TransportKind; 2] {
 fn producer() {
     let ctx = Context::new(transport_only(b"bench-node", b"producer")).unwrap();
     let addr = std::env::var("RDV").unwrap();
-    ctx.create_group(TransportKind::Gloo, "bench", 1, 2, &addr, TIMEOUT)
+    ctx.create_group(TransportKind::Gloo, "bench", 1, 2, &addr, TIMEOUT, None)
         .unwrap();
     for (t, kind) in transports().into_iter().enumerate() {
         for (s, size) in SIZES.into_iter().enumerate() {
@@ -167,7 +167,7 @@ fn main() {
             .stdout(std::process::Stdio::piped());
         cmd.spawn().unwrap()
     };
-    ctx.create_group(TransportKind::Gloo, "bench", 0, 2, &addr, TIMEOUT)
+    ctx.create_group(TransportKind::Gloo, "bench", 0, 2, &addr, TIMEOUT, None)
         .unwrap();
     let mut records: HashMap<(String, usize), (ObjectId, Vec<u8>)> = HashMap::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {

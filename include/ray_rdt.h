@@ -35,6 +35,12 @@
 #define OP_FREE 2
 
 /**
+ * A request's first byte: a collective group's member reports a failed
+ * transfer to the group's owner (a `GroupFailure` follows).
+ */
+#define OP_GROUP_FAILURE 3
+
+/**
  * A reply's status byte: success.
  */
 #define REPLY_OK 0
@@ -369,6 +375,41 @@ typedef struct DLManagedTensor {
    */
   void (*deleter)(struct DLManagedTensor*);
 } DLManagedTensor;
+
+/**
+ * A failed transfer in a group this process owns, as a member reported it.
+ * Release with `rdt_group_failure_free`.
+ */
+typedef struct rdt_group_failure {
+  /**
+   * The group's transport.
+   */
+  rdt_transport transport;
+  /**
+   * The group's name (UTF-8).
+   */
+  struct rdt_buffer group;
+  /**
+   * The object being moved (Ray's 28-byte ObjectID).
+   */
+  uint8_t object_id[28];
+  /**
+   * The producer's rank.
+   */
+  uint32_t src_rank;
+  /**
+   * The consumer's rank.
+   */
+  uint32_t dst_rank;
+  /**
+   * The rank of the member that reported it.
+   */
+  uint32_t reporter_rank;
+  /**
+   * What failed (UTF-8).
+   */
+  struct rdt_buffer cause;
+} rdt_group_failure;
 
 /**
  * One tensor's description inside a metadata record. The pointers stay valid
@@ -875,6 +916,7 @@ rdt_status rdt_rendezvous_serve(const struct rdt_context *ctx,
  * Joins collective group `name` of `backend` as `rank` of `world_size`, through
  * the rendezvous store at `rendezvous_address`; blocks until every rank joined
  * or `timeout_ms` passed. A process is in at most one group of a given name.
+ * Failed transfers are reported to nobody (see `rdt_group_create_owned`).
  *
  * # Safety
  * `ctx` valid; `name` and `rendezvous_address` C strings.
@@ -886,6 +928,59 @@ rdt_status rdt_group_create(const struct rdt_context *ctx,
                             int32_t world_size,
                             const char *rendezvous_address,
                             uint64_t timeout_ms);
+
+/**
+ * `rdt_group_create` for a group whose owner (the process that created it in
+ * Ray) is reachable at `owner_contact` (`rdt_context_contact` of the owner's
+ * context; NULL when `owner_contact_len` is 0: nobody): a transfer in the
+ * group that fails with a system error is reported to the owner before the
+ * failing call returns (`rdt_context_next_group_failure` there).
+ *
+ * # Safety
+ * `ctx` valid; `name` and `rendezvous_address` C strings; `owner_contact`
+ * `owner_contact_len` bytes.
+ */
+rdt_status rdt_group_create_owned(const struct rdt_context *ctx,
+                                  const char *name,
+                                  rdt_transport backend,
+                                  int32_t rank,
+                                  int32_t world_size,
+                                  const char *rendezvous_address,
+                                  const uint8_t *owner_contact,
+                                  uintptr_t owner_contact_len,
+                                  uint64_t timeout_ms);
+
+/**
+ * Writes this context's contact (its host identity and endpoint addresses,
+ * opaque bytes) to `*out_contact`, for `rdt_group_create_owned` in the
+ * members of groups this process owns.
+ *
+ * # Safety
+ * `ctx` valid; `out_contact` valid for writes.
+ */
+rdt_status rdt_context_contact(const struct rdt_context *ctx, struct rdt_buffer *out_contact);
+
+/**
+ * Waits up to `timeout_ms` for the next failed transfer reported by a member
+ * of a group this process owns; writes it to `*out_failure` and true to
+ * `*out_got`, or false to `*out_got` when none came in time.
+ *
+ * # Safety
+ * `ctx` valid; `out_failure` and `out_got` valid for writes.
+ */
+rdt_status rdt_context_next_group_failure(const struct rdt_context *ctx,
+                                          uint64_t timeout_ms,
+                                          struct rdt_group_failure *out_failure,
+                                          bool *out_got);
+
+/**
+ * Releases the buffers of a failure written by `rdt_context_next_group_failure`
+ * (the struct itself is the caller's). NULL is ignored.
+ *
+ * # Safety
+ * `failure` NULL or written by `rdt_context_next_group_failure`.
+ */
+void rdt_group_failure_free(struct rdt_group_failure *failure);
 
 /**
  * Leaves collective group `name`: pending transfers fail, connections close.
@@ -927,6 +1022,17 @@ rdt_status rdt_metadata_summary(const struct rdt_metadata *metadata,
                                 struct DLDevice *out_device,
                                 uintptr_t *out_num_tensors,
                                 uint64_t *out_total_bytes);
+
+/**
+ * Writes who produced the object: its process ID, and its Ray actor ID
+ * (binary; empty for a driver) to `*out_actor_id`.
+ *
+ * # Safety
+ * `metadata` valid; outputs valid for writes.
+ */
+rdt_status rdt_metadata_producer(const struct rdt_metadata *metadata,
+                                 uint32_t *out_pid,
+                                 struct rdt_buffer *out_actor_id);
 
 /**
  * Writes the description of tensor `index`.

@@ -61,6 +61,17 @@ pub struct Producer {
     pub tcp_endpoint: String,
 }
 
+impl Producer {
+    /// How to reach the producer's endpoint.
+    pub fn contact(&self) -> crate::endpoint::Contact {
+        crate::endpoint::Contact {
+            host_id: self.host_id.clone(),
+            unix: self.endpoint.clone(),
+            tcp: self.tcp_endpoint.clone(),
+        }
+    }
+}
+
 /// A decoded metadata record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metadata {

@@ -60,8 +60,9 @@ fn received_bytes(fetched: Fetched) -> Vec<u8> {
 fn join_pair(a: &Context, b: &Context, name: &str) {
     let addr = a.serve_rendezvous("127.0.0.1").unwrap();
     std::thread::scope(|s| {
-        let other = s.spawn(|| b.create_group(TransportKind::Gloo, name, 1, 2, &addr, TIMEOUT));
-        a.create_group(TransportKind::Gloo, name, 0, 2, &addr, TIMEOUT)
+        let other =
+            s.spawn(|| b.create_group(TransportKind::Gloo, name, 1, 2, &addr, TIMEOUT, None));
+        a.create_group(TransportKind::Gloo, name, 0, 2, &addr, TIMEOUT, None)
             .unwrap();
         other.join().unwrap().unwrap();
     });
@@ -226,7 +227,7 @@ struct Producer {
 fn producer_main() {
     let ctx = Context::new(config(b"producer", Some(TOKEN))).unwrap();
     let rendezvous = std::env::var("RENDEZVOUS").unwrap();
-    ctx.create_group(TransportKind::Gloo, "g", 0, 2, &rendezvous, TIMEOUT)
+    ctx.create_group(TransportKind::Gloo, "g", 0, 2, &rendezvous, TIMEOUT, None)
         .unwrap();
     let shm = ctx
         .put(ObjectId([1; 28]), TransportKind::Shm, None, sample(1).0)
@@ -263,7 +264,7 @@ impl Producer {
         ];
         let mut child = spawn_child(test, "producer", &limits);
         consumer
-            .create_group(TransportKind::Gloo, "g", 1, 2, &rendezvous, TIMEOUT)
+            .create_group(TransportKind::Gloo, "g", 1, 2, &rendezvous, TIMEOUT, None)
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let line = read_ready(&mut stdout);

@@ -78,10 +78,15 @@ impl Node {
     }
 
     fn join(&self, name: &str, world: usize, addr: &str) -> String {
-        match self
-            .ctx
-            .create_group(TransportKind::Gloo, name, self.rank, world, addr, TIMEOUT)
-        {
+        match self.ctx.create_group(
+            TransportKind::Gloo,
+            name,
+            self.rank,
+            world,
+            addr,
+            TIMEOUT,
+            None,
+        ) {
             Ok(()) => "JOINED".into(),
             Err(e) => format!("ERR {:?} {e}", e.kind()),
         }

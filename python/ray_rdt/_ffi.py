@@ -29,6 +29,9 @@ TRANSPORT_CODES = {
     "shm": TRANSPORT_SHM,
 }
 
+# Transport names by code, upper case as Ray names them.
+TRANSPORT_NAMES = {code: name.upper() for name, code in TRANSPORT_CODES.items()}
+
 # rdt_status codes.
 STATUS_NAMES = {
     0: "RDT_OK",
@@ -194,6 +197,20 @@ class ContextConfig(ctypes.Structure):
     ]
 
 
+class GroupFailure(ctypes.Structure):
+    """``rdt_group_failure``."""
+
+    _fields_ = [
+        ("transport", ctypes.c_uint32),
+        ("group", Buffer),
+        ("object_id", ctypes.c_uint8 * 28),
+        ("src_rank", ctypes.c_uint32),
+        ("dst_rank", ctypes.c_uint32),
+        ("reporter_rank", ctypes.c_uint32),
+        ("cause", Buffer),
+    ]
+
+
 _c_void_p = ctypes.c_void_p
 _c_u8p = ctypes.c_char_p  # const uint8_t* taking Python bytes
 _status = ctypes.c_uint32
@@ -267,6 +284,27 @@ _SIGNATURES = {
             ctypes.c_uint64,
         ],
     ),
+    "rdt_group_create_owned": (
+        _status,
+        [
+            _c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_uint32,
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.c_char_p,
+            _c_u8p,
+            ctypes.c_size_t,
+            ctypes.c_uint64,
+        ],
+    ),
+    "rdt_context_contact": (_status, [_c_void_p, ctypes.POINTER(Buffer)]),
+    "rdt_context_next_group_failure": (
+        _status,
+        [_c_void_p, ctypes.c_uint64, ctypes.POINTER(GroupFailure), ctypes.POINTER(ctypes.c_bool)],
+    ),
+    "rdt_group_failure_free": (None, [ctypes.POINTER(GroupFailure)]),
+    "rdt_metadata_producer": (_status, [_c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(Buffer)]),
     "rdt_group_destroy": (_status, [_c_void_p, ctypes.c_char_p]),
     "rdt_metadata_decode": (_status, [_c_u8p, ctypes.c_size_t, ctypes.POINTER(_c_void_p)]),
     "rdt_metadata_destroy": (None, [_c_void_p]),
@@ -377,6 +415,20 @@ def timeout_ms(timeout_s: Optional[float]) -> int:
     if timeout_s is None or timeout_s < 0:
         return NO_TIMEOUT_MS
     return max(0, int(timeout_s * 1000))
+
+
+def record_producer(record: bytes):
+    """(pid, Ray actor ID hex or None for a driver) of a metadata record's producer."""
+    handle = ctypes.c_void_p()
+    check(lib().rdt_metadata_decode(record, len(record), ctypes.byref(handle)), "rdt_metadata_decode")
+    try:
+        pid = ctypes.c_uint32()
+        actor = Buffer()
+        check(lib().rdt_metadata_producer(handle, ctypes.byref(pid), ctypes.byref(actor)), "rdt_metadata_producer")
+        actor_id = take_buffer(actor)
+        return pid.value, (actor_id.hex() if actor_id else None)
+    finally:
+        lib().rdt_metadata_destroy(handle)
 
 
 def record_summary(record: bytes):

@@ -58,6 +58,7 @@ class Context:
         _ffi.check(lib.rdt_context_create(ctypes.byref(config), ctypes.byref(handle)), "rdt_context_create")
         self._lib = lib
         self._handle = handle
+        self._watcher = None
         self._pid = os.getpid()
         self.node_id = node_id
         self.actor_id = actor_id
@@ -70,15 +71,41 @@ class Context:
         #: Whether peers on other hosts must prove Ray's cluster token.
         self.authenticated = bool(flag.value)
 
-    def _address(self, fn, name: str) -> str:
+    def _bytes(self, fn, name: str) -> bytes:
         buf = _ffi.Buffer()
         _ffi.check(fn(self._handle, ctypes.byref(buf)), name)
-        return _ffi.take_buffer(buf).decode("utf-8")
+        return _ffi.take_buffer(buf)
+
+    def _address(self, fn, name: str) -> str:
+        return self._bytes(fn, name).decode("utf-8")
 
     def close(self):
+        """Destroys the context (after stopping its group-failure watcher, which
+        must not be inside a call on it then)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher[0].set()
+            watcher[1].join(timeout=5)
         if self._handle:
             self._lib.rdt_context_destroy(self._handle)
             self._handle = ctypes.c_void_p()
+
+    def watch_group_failures(self, handle_all) -> None:
+        """Starts (once) a thread that calls ``handle_all()`` five times a second
+        to take the failed transfers reported by members of groups this process
+        owns (see :meth:`next_group_failure`: the local queue, no Ray call);
+        :meth:`close` stops it."""
+        if self._watcher is not None:
+            return
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(0.2):
+                handle_all()
+
+        thread = threading.Thread(target=loop, name="ray-rdt-group-failures", daemon=True)
+        self._watcher = (stop, thread)
+        thread.start()
 
     # -- objects --------------------------------------------------------------
 
@@ -193,13 +220,65 @@ class Context:
         )
         return _ffi.take_buffer(buf).decode("utf-8")
 
-    def group_create(self, name: str, backend: int, rank: int, world_size: int, address: str, timeout_s: Optional[float]):
+    def group_create(
+        self,
+        name: str,
+        backend: int,
+        rank: int,
+        world_size: int,
+        address: str,
+        timeout_s: Optional[float],
+        owner_contact: bytes = b"",
+    ):
+        """Joins collective group ``name``; failed transfers are reported to the
+        owner whose :meth:`contact` is ``owner_contact`` (empty: nobody)."""
         _ffi.check(
-            self._lib.rdt_group_create(
-                self._handle, _cstr(name), backend, rank, world_size, _cstr(address), _ffi.timeout_ms(timeout_s)
+            self._lib.rdt_group_create_owned(
+                self._handle,
+                _cstr(name),
+                backend,
+                rank,
+                world_size,
+                _cstr(address),
+                owner_contact or None,
+                len(owner_contact),
+                _ffi.timeout_ms(timeout_s),
             ),
-            "rdt_group_create",
+            "rdt_group_create_owned",
         )
+
+    def contact(self) -> bytes:
+        """How peers reach this process's endpoint (opaque), for groups it owns."""
+        return self._bytes(self._lib.rdt_context_contact, "rdt_context_contact")
+
+    def next_group_failure(self, timeout_s: Optional[float]) -> Optional[dict]:
+        """The next failed transfer a member of a group this process owns
+        reported (``{"transport", "group", "object_id", "src_rank", "dst_rank",
+        "reporter_rank", "cause"}``), waiting up to ``timeout_s``; None if none came."""
+        if not self._handle:
+            return None
+        failure = _ffi.GroupFailure()
+        got = ctypes.c_bool(False)
+        _ffi.check(
+            self._lib.rdt_context_next_group_failure(
+                self._handle, _ffi.timeout_ms(timeout_s), ctypes.byref(failure), ctypes.byref(got)
+            ),
+            "rdt_context_next_group_failure",
+        )
+        if not got.value:
+            return None
+        try:
+            return {
+                "transport": _ffi.TRANSPORT_NAMES.get(failure.transport, str(failure.transport)),
+                "group": ctypes.string_at(failure.group.data, failure.group.len).decode("utf-8", "replace"),
+                "object_id": bytes(failure.object_id).hex(),
+                "src_rank": failure.src_rank,
+                "dst_rank": failure.dst_rank,
+                "reporter_rank": failure.reporter_rank,
+                "cause": ctypes.string_at(failure.cause.data, failure.cause.len).decode("utf-8", "replace"),
+            }
+        finally:
+            self._lib.rdt_group_failure_free(ctypes.byref(failure))
 
     def group_destroy(self, name: str):
         _ffi.check(self._lib.rdt_group_destroy(self._handle, _cstr(name)), "rdt_group_destroy")

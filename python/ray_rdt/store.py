@@ -86,9 +86,9 @@ class PluginRDTStore(RDTStore):
         return self._plugin_get(obj_id)
 
     def add_object_primary(self, obj_id: str, tensors: List[Any], tensor_transport: str):
-        from ray_rdt import ray_hooks
+        from ray_rdt import producer
 
-        meta = ray_hooks.claim_pending_put(obj_id, tensors, tensor_transport, self)
+        meta = producer.claim_pending_put(obj_id, tensors, tensor_transport, self)
         if meta is not None:
             return meta
         return super().add_object_primary(obj_id, tensors, tensor_transport)

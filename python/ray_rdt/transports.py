@@ -83,12 +83,12 @@ class PluginTensorTransport(TensorTransportManager):
         communicator_metadata: CommunicatorMetadata,
         target_buffers: Optional[List[Any]] = None,
     ) -> List[Any]:
-        from ray_rdt import ray_hooks
+        from ray_rdt import consumer
 
         meta = tensor_transport_metadata
         if not isinstance(meta, PluginTransportMetadata) or not meta.record:
             raise ValueError(f"RDT object {obj_id} has no plugin metadata record; it cannot be fetched over {self.NAME}")
-        tensors = ray_hooks.fetch(meta.key, meta.record, self.NAME, object_ref=obj_id)
+        tensors = consumer.fetch(meta.key, meta.record, self.NAME, object_ref=obj_id)
         if target_buffers is None:
             return tensors
         if len(target_buffers) != len(tensors):
@@ -189,3 +189,30 @@ def enabled_transports():
             f"RAY_RDT_PLUGIN_TRANSPORTS names {unknown}; the plugin serves {sorted(PLUGIN_TRANSPORTS)}"
         )
     return {n: PLUGIN_TRANSPORTS[n] for n in wanted}
+
+
+def register_transports(transport_manager_info: dict, info_cls) -> None:
+    """Routes GLOO and NIXL through the plugin and adds SHM (as listed by
+    ``RAY_RDT_PLUGIN_TRANSPORTS``; called by Ray's registry)."""
+    import torch
+
+    for name, cls in enabled_transports().items():
+        transport_manager_info[name] = info_cls(cls, list(cls.DEVICES), torch.Tensor)
+
+
+def transport_class(name: Optional[str]):
+    """The plugin transport class registered under ``name``, or None."""
+    if not name:
+        return None
+    from ray.experimental.rdt import util
+
+    util._ensure_default_transports_registered()
+    info = util.transport_manager_info.get(name)
+    if info is not None and issubclass(info.transport_manager_class, PluginTensorTransport):
+        return info.transport_manager_class
+    return None
+
+
+def is_plugin_transport(name: Optional[str]) -> bool:
+    """Whether ``name`` is a transport whose bytes the plugin moves."""
+    return transport_class(name) is not None

@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod channel;
 mod client;
+pub mod contact;
 mod handshake;
 pub mod host;
 mod server;
@@ -26,6 +27,7 @@ pub mod wire;
 pub use auth::ClusterToken;
 pub use channel::{Channel, Frame};
 pub use client::ClientPool;
+pub use contact::Contact;
 
 use crate::error::Result;
 use std::net::IpAddr;

@@ -10,6 +10,9 @@ use crate::error::{Error, ErrorKind, Result};
 pub const OP_FETCH: u8 = 1;
 /// A request's first byte: free objects (a count and the object IDs follow).
 pub const OP_FREE: u8 = 2;
+/// A request's first byte: a collective group's member reports a failed
+/// transfer to the group's owner (a `GroupFailure` follows).
+pub const OP_GROUP_FAILURE: u8 = 3;
 
 /// Splits a request into its operation byte and the rest.
 pub fn split_op(request: &[u8]) -> Result<(u8, &[u8])> {

@@ -9,6 +9,7 @@
 //! and UCX pick theirs inside a node), after the declared transport's own
 //! contract check; anything else goes over the declared transport.
 
+mod group_events;
 mod inline;
 mod remote_free;
 mod serve;
@@ -16,7 +17,7 @@ mod serve;
 pub use inline::{DEFAULT_THRESHOLD as DEFAULT_INLINE_BYTES, THRESHOLD_ENV as INLINE_BYTES_ENV};
 
 use crate::dlpack::{kDLCPU, DLDevice};
-use crate::endpoint::{Addresses, ClientPool, ClusterToken, Endpoint, Limits};
+use crate::endpoint::{Addresses, ClientPool, ClusterToken, Contact, Endpoint, Limits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::{Metadata, Producer};
 use crate::object_id::ObjectId;
@@ -98,6 +99,8 @@ struct Shared {
     inline_bytes: u64,
     /// How long a reply may take to write.
     reply_timeout: Duration,
+    /// Failed transfers reported by the members of groups this process owns.
+    failures: group_events::FailureQueue,
     /// The endpoint's addresses, known once it is bound.
     addresses: OnceLock<Addresses>,
 }
@@ -126,6 +129,7 @@ impl Shared {
         Local {
             store: &self.store,
             node_id: &self.node_id,
+            failures: self,
         }
     }
 }
@@ -169,6 +173,7 @@ impl Context {
             same_host_path: config.same_host_path,
             inline_bytes: config.inline_bytes,
             reply_timeout: limits.frame_timeout,
+            failures: Default::default(),
             addresses: OnceLock::new(),
         });
         let token_set = config.token.is_set();
@@ -299,7 +304,8 @@ impl Context {
             return self.shared.held(id).map(Fetched::Local);
         }
         let declared = self.shared.transports.get(meta.transport)?;
-        let peer = self.peer(&meta.producer);
+        let contact = meta.producer.contact();
+        let peer = self.peer(&meta.producer, &contact);
         let start = Instant::now();
         let (path, result) = if let Some(bytes) = &meta.inline {
             let r = declared
@@ -351,8 +357,9 @@ impl Context {
             self.free(id);
             return Ok(());
         }
-        let peer = self.peer(&meta.producer);
-        self.frees.enqueue(peer.address()?, *id);
+        let contact = meta.producer.contact();
+        self.frees
+            .enqueue(self.peer(&meta.producer, &contact).address()?, *id);
         Ok(())
     }
 
@@ -364,13 +371,8 @@ impl Context {
 
     /// How this process reaches `producer`: its same-host endpoint when it runs
     /// on this host, else its TCP endpoint.
-    fn peer<'a>(&'a self, producer: &'a Producer) -> Peer<'a> {
-        let same_host = !producer.host_id.is_empty() && producer.host_id == self.shared.host_id;
-        let address = if same_host {
-            Some(producer.endpoint.as_str())
-        } else {
-            Some(producer.tcp_endpoint.as_str()).filter(|a| !a.is_empty())
-        };
+    fn peer<'a>(&'a self, producer: &'a Producer, contact: &'a Contact) -> Peer<'a> {
+        let (address, same_host) = contact.route(&self.shared.host_id);
         Peer {
             pool: &self.shared.pool,
             address,
@@ -400,6 +402,7 @@ impl Context {
         world_size: usize,
         rendezvous: &str,
         timeout: Duration,
+        owner: Option<&Contact>,
     ) -> Result<()> {
         let groups = self.shared.transports.groups(kind)?;
         let local_ip = self.shared.node_ip.map(|ip| ip.to_string());
@@ -413,6 +416,7 @@ impl Context {
                 store_addr,
                 local_ip: local_ip.as_deref(),
                 timeout,
+                owner,
             })
         })?;
         self.group_stores
@@ -449,6 +453,26 @@ impl Context {
                 )
             })?;
         self.destroy_group(kind, name)
+    }
+
+    /// How peers reach this process's endpoint (e.g. a group's members, to
+    /// report failed transfers to their owner).
+    pub fn contact(&self) -> Contact {
+        let a = self.addresses();
+        Contact {
+            host_id: self.shared.host_id.clone(),
+            unix: a.unix.clone(),
+            tcp: a.tcp.clone(),
+        }
+    }
+
+    /// The next failed transfer reported by a member of a group this process
+    /// owns, waiting up to `timeout` for one.
+    pub fn next_group_failure(
+        &self,
+        timeout: Duration,
+    ) -> Option<crate::transport::group::GroupFailure> {
+        self.shared.failures.next(timeout)
     }
 
     /// Whether TCP peers must prove Ray's cluster token to this endpoint.

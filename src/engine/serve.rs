@@ -7,6 +7,7 @@ use super::Shared;
 use crate::endpoint::{wire, Channel, Handler};
 use crate::error::{Error, Result};
 use crate::stats::{self, Path};
+use crate::transport::group::GroupFailure;
 use crate::transport::parse_fetch_request;
 use crate::transport_kind::TransportKind;
 use std::os::fd::OwnedFd;
@@ -41,6 +42,10 @@ impl Handler for Shared {
                 let ids = parse_free_request(body)?;
                 let freed = ids.iter().filter(|id| self.free(id)).count();
                 stats::record_free_request(freed as u64);
+                channel.send(&[wire::REPLY_OK], self.reply_timeout)
+            }
+            (wire::OP_GROUP_FAILURE, body) => {
+                self.failures.push(GroupFailure::decode(body)?);
                 channel.send(&[wire::REPLY_OK], self.reply_timeout)
             }
             (op, _) => Err(Error::transport(format!(

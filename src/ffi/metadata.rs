@@ -2,6 +2,7 @@
 //! a core worker deciding how to resolve an argument).
 
 use super::boundary::{arg, guard, out, slice};
+use super::context::rdt_buffer;
 use super::stats::rdt_transport;
 use super::status::rdt_status;
 use crate::dlpack::{DLDataType, DLDevice};
@@ -79,6 +80,27 @@ pub unsafe extern "C" fn rdt_metadata_summary(
         *out(out_device, "out_device")? = m.device;
         *out(out_num_tensors, "out_num_tensors")? = m.tensors.len();
         *out(out_total_bytes, "out_total_bytes")? = m.total_bytes();
+        Ok(())
+    })
+}
+
+/// Writes who produced the object: its process ID, and its Ray actor ID
+/// (binary; empty for a driver) to `*out_actor_id`.
+///
+/// # Safety
+/// `metadata` valid; outputs valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_metadata_producer(
+    metadata: *const rdt_metadata,
+    out_pid: *mut u32,
+    out_actor_id: *mut rdt_buffer,
+) -> rdt_status {
+    guard(|| {
+        let m = &arg(metadata, "metadata")?.inner;
+        let pid = out(out_pid, "out_pid")?;
+        let actor = out(out_actor_id, "out_actor_id")?;
+        *pid = m.producer.pid;
+        *actor = rdt_buffer::from_vec(m.producer.actor_id.clone());
         Ok(())
     })
 }

@@ -10,10 +10,10 @@
 //! Any Gloo failure (timeout, dead peer) breaks the group: later transfers fail
 //! with a clear error until the group is destroyed and created again.
 
-use super::group::{CollectiveGroups, GroupSpec};
+use super::group::{CollectiveGroups, GroupFailure, GroupSpec};
 use super::{fetch_request, Local, Peer, Transport};
 use crate::dlpack::DLDevice;
-use crate::endpoint::{wire, Channel};
+use crate::endpoint::{wire, Channel, Contact};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
@@ -25,13 +25,50 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// One joined collective group.
 struct Group {
     ctx: gloo_sys::Context,
+    /// Where failed transfers are reported (the group's owner).
+    owner: Option<Contact>,
+    /// Whether this member reported a failure already (once per group).
+    reported: AtomicBool,
+}
+
+impl Group {
+    /// Refuses transfers on a group a system error broke.
+    fn usable(&self, name: &str) -> Result<()> {
+        match self.ctx.broken_reason() {
+            None => Ok(()),
+            Some(reason) => Err(Error::transport(format!(
+                "collective group {name:?} was destroyed by a system error ({reason}); destroy it and create it again"
+            ))),
+        }
+    }
+
+    /// A transfer failed with a system error: breaks the group here (so the
+    /// peers' contexts break too) and reports it to the owner, once per group
+    /// (Gloo may have broken the group already, on noticing a dead peer).
+    fn fail(&self, local: &Local<'_>, failure: GroupFailure) {
+        self.ctx.abort();
+        if let Some(owner) = &self.owner {
+            if !self.reported.swap(true, Ordering::AcqRel) {
+                local.failures.report(owner, &failure);
+            }
+        }
+    }
+}
+
+/// Whether `e` is a system error of a transfer (which breaks the group), not a
+/// refusal (unknown object or group, bad request: the group stays usable).
+fn is_system_error(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::Io | ErrorKind::PeerGone
+    )
 }
 
 /// The gloo transport: this process's groups.
@@ -183,7 +220,14 @@ impl CollectiveGroups for Gloo {
         if groups.contains_key(spec.name) {
             return Err(already());
         }
-        groups.insert(spec.name.to_owned(), Arc::new(Group { ctx }));
+        groups.insert(
+            spec.name.to_owned(),
+            Arc::new(Group {
+                ctx,
+                owner: spec.owner.cloned(),
+                reported: AtomicBool::new(false),
+            }),
+        );
         Ok(())
     }
 
@@ -210,19 +254,21 @@ fn not_in_group(name: &str) -> Error {
 }
 
 impl Gloo {
-    fn group(&self, name: &str) -> Result<Arc<Group>> {
-        let group = self.groups.read().get(name).cloned().ok_or_else(|| {
+    /// The group this process joined as `name`, broken or not.
+    fn joined(&self, name: &str) -> Result<Arc<Group>> {
+        self.groups.read().get(name).cloned().ok_or_else(|| {
             let e = not_in_group(name);
             Error::new(
                 e.kind(),
                 format!("{e}: create the group on both actors before passing gloo objects"),
             )
-        })?;
-        if let Some(reason) = group.ctx.broken_reason() {
-            return Err(Error::transport(format!(
-                "collective group {name:?} was destroyed by a system error ({reason}); destroy it and create it again"
-            )));
-        }
+        })
+    }
+
+    /// The group `name`, usable for transfers (not broken).
+    fn group(&self, name: &str) -> Result<Arc<Group>> {
+        let group = self.joined(name)?;
+        group.usable(name)?;
         Ok(group)
     }
 }
@@ -249,15 +295,15 @@ impl Transport for Gloo {
 
     fn serve(
         &self,
-        _local: &Local<'_>,
-        _id: &ObjectId,
+        local: &Local<'_>,
+        id: &ObjectId,
         object: &StoredObject,
         body: &[u8],
         _fd: Option<OwnedFd>,
         channel: &mut Channel,
     ) -> Result<()> {
         let req = SendRequest::decode(body)?;
-        let group = self.group(req.group)?;
+        let group = self.joined(req.group)?;
         if req.consumer_rank >= group.ctx.size() || req.consumer_rank == group.ctx.rank() {
             return Err(Error::invalid(format!(
                 "rank {} cannot receive from rank {} in group {:?}",
@@ -266,6 +312,81 @@ impl Transport for Gloo {
                 req.group
             )));
         }
+        let sent = group
+            .usable(req.group)
+            .and_then(|()| self.send_object(&group, &req, object, channel));
+        if let Err(e) = &sent {
+            if is_system_error(e) {
+                let rank = group.ctx.rank() as u32;
+                group.fail(
+                    local,
+                    GroupFailure {
+                        transport: TransportKind::Gloo,
+                        group: req.group.to_owned(),
+                        object: *id,
+                        src_rank: rank,
+                        dst_rank: req.consumer_rank as u32,
+                        reporter_rank: rank,
+                        cause: e.message().to_owned(),
+                    },
+                );
+            }
+        }
+        sent
+    }
+
+    fn fetch(
+        &self,
+        local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>> {
+        let (producer_rank, name) = decode_location(&meta.transport_data)?;
+        let group = self.joined(name)?;
+        let received = group.usable(name).and_then(|()| {
+            self.receive_object(&group, peer, id, meta, producer_rank, name, timeout)
+        });
+        if let Err(e) = &received {
+            if is_system_error(e) {
+                let rank = group.ctx.rank() as u32;
+                group.fail(
+                    local,
+                    GroupFailure {
+                        transport: TransportKind::Gloo,
+                        group: name.to_owned(),
+                        object: *id,
+                        src_rank: producer_rank as u32,
+                        dst_rank: rank,
+                        reporter_rank: rank,
+                        cause: e.message().to_owned(),
+                    },
+                );
+            }
+        }
+        received
+    }
+
+    fn check_consumer(&self, meta: &Metadata) -> Result<()> {
+        let (_, name) = decode_location(&meta.transport_data)?;
+        self.group(name).map(|_| ())
+    }
+
+    fn groups(&self) -> Option<&dyn CollectiveGroups> {
+        Some(self)
+    }
+}
+
+impl Gloo {
+    /// Producer side of a fetch: acknowledges, sends every tensor, confirms.
+    fn send_object(
+        &self,
+        group: &Group,
+        req: &SendRequest<'_>,
+        object: &StoredObject,
+        channel: &mut Channel,
+    ) -> Result<()> {
         channel.send(&[wire::REPLY_OK], req.timeout)?;
         crate::hold::point("serve");
         // Contiguous tensors are posted at once and overlap; a strided one goes as
@@ -304,20 +425,22 @@ impl Transport for Gloo {
             .into_iter()
             .try_for_each(|op| op.wait(req.timeout))
             .map_err(send_err)?;
-        channel.send(&[wire::REPLY_OK], req.timeout)?;
-        Ok(())
+        channel.send(&[wire::REPLY_OK], req.timeout)
     }
 
-    fn fetch(
+    /// Consumer side of a fetch: asks the producer to send the object on a
+    /// fresh slot and receives straight into new tensors.
+    #[allow(clippy::too_many_arguments)]
+    fn receive_object(
         &self,
-        _local: &Local<'_>,
+        group: &Group,
         peer: &Peer<'_>,
         id: &ObjectId,
         meta: &Metadata,
+        producer_rank: usize,
+        name: &str,
         timeout: Duration,
     ) -> Result<Vec<Tensor>> {
-        let (producer_rank, name) = decode_location(&meta.transport_data)?;
-        let group = self.group(name)?;
         let mut tensors = meta
             .tensors
             .iter()
@@ -363,14 +486,5 @@ impl Transport for Gloo {
             wire::parse_reply(&channel.recv(timeout)?.payload).map(|_| ())
         })?;
         Ok(tensors)
-    }
-
-    fn check_consumer(&self, meta: &Metadata) -> Result<()> {
-        let (_, name) = decode_location(&meta.transport_data)?;
-        self.group(name).map(|_| ())
-    }
-
-    fn groups(&self) -> Option<&dyn CollectiveGroups> {
-        Some(self)
     }
 }

@@ -33,6 +33,8 @@ pub struct Local<'a> {
     pub store: &'a ObjectStore,
     /// Ray node ID of this process (may be empty when unknown).
     pub node_id: &'a [u8],
+    /// Where failed transfers of collective groups are reported.
+    pub failures: &'a dyn group::FailureSink,
 }
 
 /// The consumer's way to the producer's endpoint.

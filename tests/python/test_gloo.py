@@ -341,10 +341,13 @@ def test_system_error_destroys_group(ray_cluster):
     # Ray marks the actor dead before its process has exited, and until then the
     # process's plugin still serves fetches: wait for the process itself.
     wait_for(lambda: not _alive(sender) and not _process_exists(pid), timeout=10)
-    with pytest.raises(ray.exceptions.RayError) as e:
+    # The producer died: the dependent task raises ActorDiedError naming the
+    # object, both actors and the cause.
+    with pytest.raises(ray.exceptions.ActorDiedError) as e:
         ray.get(receiver.sum.remote(ref))
     message = str(e.value)
-    assert "RDT transfer of ObjectRef(" + ref.hex() + ") failed" in message
+    assert f"RDT transfer of ObjectRef({ref.hex()}) from actor {sender._actor_id.hex()}" in message
+    assert f"to actor {receiver._actor_id.hex()} failed: the producer died" in message
     assert actor_stats(receiver, "gloo")["errors"] >= 1
     # The receiver left the group; the owner forgets it and the receiver can be
     # grouped again.
@@ -399,9 +402,9 @@ class Flaky:
 
 
 def ray_hooks_return_id():
-    from ray_rdt import ray_hooks
+    from ray_rdt import producer
 
-    return ray_hooks._return_object_id().hex()
+    return producer.return_object_id().hex()
 
 
 def test_retried_task(ray_cluster):

@@ -248,7 +248,8 @@ def test_free_when_out_of_scope(actors):
 
 
 def assert_names_failed_transfer(text: str, obj_hex: str, pid: int):
-    assert f"RDT transfer of ObjectRef({obj_hex}) failed" in text, text
+    assert f"RDT transfer of ObjectRef({obj_hex}) from actor" in text, text
+    assert f"(pid {pid}) to " in text and "failed: the producer died" in text, text
     # The plugin's diagnosis: the producer's process is gone.
     assert f"the producer (pid {pid}) is gone" in text, text
 
@@ -277,17 +278,18 @@ def test_producer_killed_after_ref_created(actors):
     assert wait_for(lambda: pid_gone(pid), timeout=20)
     r0 = actor_stats(receiver, "nixl")
 
-    # A consumer task: its argument cannot be resolved; the task fails at once.
+    # A consumer task: its argument cannot be resolved; the task fails at once,
+    # with the ActorDiedError of the producer.
     start = time.monotonic()
-    with pytest.raises(ray.exceptions.RayTaskError) as info:
+    with pytest.raises(ray.exceptions.ActorDiedError) as info:
         ray.get(receiver.sum.remote(ref), timeout=60)
     assert time.monotonic() - start < 30
     assert_names_failed_transfer(str(info.value), ref.hex(), pid)
     assert delta(actor_stats(receiver, "nixl"), r0, "errors") == 1
 
-    # ray.get in the driver: the plugin's error, raised by ray.get.
+    # ray.get in the driver: the same ActorDiedError, raised by ray.get.
     start = time.monotonic()
-    with pytest.raises(ray_rdt.ray_hooks.RDTTransferError) as info:
+    with pytest.raises(ray.exceptions.ActorDiedError) as info:
         ray.get(ref, timeout=60)
     assert time.monotonic() - start < 30
     assert_names_failed_transfer(str(info.value), ref.hex(), pid)
@@ -303,7 +305,7 @@ def test_producer_killed_after_ref_created(actors):
     ]
     for attempt in attempts:
         start = time.monotonic()
-        with pytest.raises((ray.exceptions.RayTaskError, ray.exceptions.OwnerDiedError, ray_rdt.ray_hooks.RDTTransferError)) as info:
+        with pytest.raises((ray.exceptions.RayTaskError, ray.exceptions.OwnerDiedError, ray.exceptions.ActorDiedError)) as info:
             attempt()
         assert time.monotonic() - start < 30
         error = getattr(info.value, "cause", None) or info.value

@@ -1,0 +1,102 @@
+"""The consumer side: argument resolution and ``ray.get`` of plugin objects.
+
+A fetch goes to the plugin (``rdt_context_fetch``) with the object's metadata
+record: views of the same memory when this process produced it, else bytes
+moved straight from the producer's plugin. A failure becomes the error Ray
+users expect:
+
+- the producer died (its plugin endpoint is gone, or Ray reports its actor
+  dead): ``ActorDiedError`` naming the object, both ends and the cause;
+- an object of a collective transport read outside its group by a driver
+  (``ray.get``, ``await``, ``ref.future()``): the guide's ``ValueError``
+  (a task or actor outside the group gets the transfer error saying so);
+- anything else: :class:`~ray_rdt.errors.RDTTransferError` naming the object,
+  both ends and the cause (inside a ``RaySystemError`` for a task argument).
+"""
+
+from typing import Any, List, Optional
+
+import ray
+
+from ray_rdt import _ffi, errors, groups
+from ray_rdt import context as _context
+from ray_rdt.transports import transport_class
+
+# Statuses of a failed transfer itself (peer died, connection broke, timeout).
+SYSTEM_ERRORS = (_ffi.ERR_TRANSPORT, _ffi.ERR_TIMEOUT, _ffi.ERR_IO, _ffi.ERR_PEER_GONE)
+
+
+def fetch_timeout_s() -> float:
+    """Ray's bound on an RDT transfer (``RAY_rdt_fetch_fail_timeout_milliseconds``)."""
+    from ray._private import ray_constants
+
+    return ray_constants.RDT_FETCH_FAIL_TIMEOUT_SECONDS
+
+
+def record_transport(record: bytes) -> str:
+    """The transport name a metadata record names ("" if it cannot be decoded)."""
+    try:
+        return _ffi.TRANSPORT_NAMES.get(_ffi.record_summary(record)[0], "")
+    except _ffi.RdtError:
+        return ""
+
+
+def resolve(key, record: bytes, put: bool = False) -> List[Any]:
+    """A placeholder's object (see :func:`fetch`)."""
+    return fetch(key, record, record_transport(record), put=put)
+
+
+def fetch(key, record: bytes, transport: str = "", object_ref: Optional[str] = None, put: bool = False) -> List[Any]:
+    """Fetches an object's tensors through the plugin.
+
+    ``object_ref`` (hex), when known, names the object in errors; otherwise the
+    plugin key does, which is the ObjectRef's ID for task returns and a key of
+    its own for ``ray.put`` objects (``put``)."""
+    ctx = _context.get_context()
+    try:
+        return ctx.fetch(key, record, fetch_timeout_s())
+    except _ffi.RdtError as e:
+        raise _failure(e, key, record, transport, object_ref, put) from None
+
+
+def _failure(e: "_ffi.RdtError", key, record: bytes, transport: str, object_ref, put: bool) -> Exception:
+    cls = transport_class(transport)
+    worker = ray._private.worker.global_worker
+    in_actor = not worker.actor_id.is_nil()
+    if (
+        cls is not None
+        and not cls.ONE_SIDED
+        and e.status == _ffi.ERR_NOT_FOUND
+        and groups.local_group(transport) is None
+        and worker.mode == ray.SCRIPT_MODE
+    ):
+        # A driver only reads values (ray.get, await, futures), never resolves
+        # task arguments: the guide's error for reading outside the group.
+        return errors.read_outside_group(transport)
+    key_hex = key.hex() if isinstance(key, bytes) else key
+    if object_ref is not None:
+        what = f"ObjectRef({object_ref})"
+    elif put:
+        what = f"a ray.put object (plugin key {key_hex})"
+    else:
+        what = f"ObjectRef({key_hex})"
+    try:
+        pid, src_actor = _ffi.record_producer(record)
+    except _ffi.RdtError:
+        pid, src_actor = 0, None
+    transfer = errors.describe(what, src_actor, pid, worker.actor_id.hex() if in_actor else None)
+    if e.status == _ffi.ERR_PEER_GONE or (e.status in SYSTEM_ERRORS and _actor_dead(src_actor)):
+        return errors.actor_died(transfer, str(e))
+    return errors.RDTTransferError(f"{transfer} failed: {e}")
+
+
+def _actor_dead(actor_hex: Optional[str]) -> bool:
+    """Whether Ray reports actor ``actor_hex`` dead (one GCS read, on failures only)."""
+    if not actor_hex:
+        return False
+    try:
+        from ray._private import state
+
+        return state.actors(actor_id=actor_hex).get("State") == "DEAD"
+    except Exception:
+        return False

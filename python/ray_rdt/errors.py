@@ -1,0 +1,77 @@
+"""The errors and warnings the plugin raises through Ray, with the texts users
+see (the guide's where it gives them)."""
+
+from typing import Optional
+
+from ray.exceptions import ActorDiedError, RayError
+
+MUTABLE_WARNING = (
+    "GPU ObjectRef({obj_id}) is being passed back to the actor that created it {actor}. "
+    "Note that GPU objects are mutable. If the tensor is modified, Ray's internal copy will "
+    "also be updated, and subsequent passes to other actors will receive the updated version "
+    "instead of the original."
+)
+
+RAY_GET_ERROR = (
+    "Currently ray.get() only supports OBJECT_STORE and NIXL tensor transport, got "
+    "TensorTransportEnum.{transport}, please specify the correct tensor transport in ray.get()"
+)
+
+
+class RDTTransferError(RuntimeError):
+    """A plugin transfer of an RDT object failed (a system error)."""
+
+
+class RDTReadError(RayError, ValueError):
+    """The guide's ``ValueError`` for reading an object of a collective transport
+    outside its group, as a ``RayError`` so that every way of reading a ref
+    (``ray.get``, ``await``, ``ref.future()``) raises it rather than wrapping it."""
+
+    _ray_rdt = True
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+    def __reduce__(self):
+        return (self.__class__, (self.message,))
+
+
+def mutable_warning(obj_id: str, src_actor) -> str:
+    """The guide's warning for an object passed back to its producer and to others."""
+    return MUTABLE_WARNING.format(obj_id=obj_id, actor=src_actor)
+
+
+def ray_get_error(transport: str) -> ValueError:
+    """The guide's ``ray.get`` error for a collective transport."""
+    return ValueError(RAY_GET_ERROR.format(transport=transport))
+
+
+def read_outside_group(transport: str) -> RDTReadError:
+    """:func:`ray_get_error`'s text, raised where Ray reads a value (await, futures)."""
+    return RDTReadError(RAY_GET_ERROR.format(transport=transport))
+
+
+def describe(what: str, src_actor: Optional[str], src_pid: int, dst_actor: Optional[str]) -> str:
+    """``RDT transfer of <what> from actor <src> (pid N) to actor <dst>``."""
+    src = f"actor {src_actor}" if src_actor else "the driver"
+    dst = f"actor {dst_actor}" if dst_actor else "the driver"
+    return f"RDT transfer of {what} from {src} (pid {src_pid}) to {dst}"
+
+
+def actor_died(transfer: str, cause: str) -> ActorDiedError:
+    """``ActorDiedError`` for a transfer whose producer died, naming the object,
+    both ends and the cause; Ray passes it through as the argument's value."""
+    err = ActorDiedError()
+    err.error_msg = f"{ActorDiedError.BASE_ERROR_MSG} {transfer} failed: the producer died: {cause}"
+    err._ray_rdt = True
+    return err
+
+
+def is_passthrough(error: BaseException) -> bool:
+    """Whether a deserialization error is the plugin's own ``RayError`` that Ray
+    should keep as the value (rather than wrap in a ``RaySystemError``)."""
+    return isinstance(error, RayError) and getattr(error, "_ray_rdt", False)

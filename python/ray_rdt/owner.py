@@ -1,0 +1,40 @@
+"""The owner side: ``ray.get`` options and frees of the objects a process owns."""
+
+from typing import Optional
+
+import ray
+
+from ray_rdt import context as _context
+from ray_rdt import errors
+from ray_rdt.transports import PluginTransportMetadata, is_plugin_transport
+
+
+def get_use_object_store(tensor_transport: Optional[str], use_object_store: bool) -> bool:
+    """``ray.get(ref, _tensor_transport=...)`` (the guide's spelling) to 2.60's
+    ``_use_object_store``."""
+    if tensor_transport is None:
+        return use_object_store
+    name = str(tensor_transport).upper()
+    if name == "OBJECT_STORE":
+        return True
+    from ray.experimental.rdt import util
+
+    util._ensure_default_transports_registered()
+    if name not in util.transport_manager_info or not util.is_one_sided_transport(name):
+        raise errors.ray_get_error(name)
+    return use_object_store
+
+
+def free_primary_copy(obj_id: str, src_actor, transport: str, meta) -> bool:
+    """When an RDT object goes out of scope: frees the producer's primary copy
+    over the producer's plugin endpoint (batched, no Ray task). Returns False to
+    leave the free to stock 2.60 (objects of other transports, and objects this
+    process produced itself, which 2.60 frees in place)."""
+    from ray.experimental.rdt.rdt_manager import RDTSource
+
+    if not is_plugin_transport(transport) or not isinstance(meta, PluginTransportMetadata) or not meta.record:
+        return False
+    if src_actor == RDTSource.DRIVER or src_actor._actor_id == ray._private.worker.global_worker.actor_id:
+        return False
+    _context.get_context().free_remote(meta.key, meta.record)
+    return True

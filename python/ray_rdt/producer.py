@@ -1,0 +1,152 @@
+"""The producer side: task return and ``ray.put`` of RDT objects.
+
+At task return, Ray's ``serialize_rdt_objects`` pulls the tensors out of the
+value; :func:`serialize_with_record` stores them in the plugin under the
+return's ObjectID (``rdt_context_put``) and serializes the value again with
+placeholders that carry the plugin's metadata record. :func:`store_rdt_objects`
+gives the owner its metadata; :func:`claim_pending_put` binds a ``ray.put``.
+"""
+
+import logging
+import os
+import struct
+import threading
+from typing import Any, List, Optional
+
+import ray
+
+from ray_rdt import _ffi, groups
+from ray_rdt import context as _context
+from ray_rdt.transports import PluginTransportMetadata, transport_class
+
+logger = logging.getLogger(__name__)
+
+_tls = threading.local()
+
+
+class _PendingPut:
+    """An object stored in the plugin whose Ray value is being stored."""
+
+    __slots__ = ("key", "record", "tensors", "transport")
+
+    def __init__(self, key: bytes, record: bytes, tensors: List[Any], transport: str):
+        self.key = key
+        self.record = record
+        self.tensors = tensors
+        self.transport = transport
+
+
+def return_object_id() -> bytes:
+    """The ObjectID of the running actor task's (single) return value.
+
+    Ray's ``ObjectID::FromIndex(task_id, 1)``: the task ID followed by the return
+    index 1 as a little-endian uint32. RDT methods have exactly one return.
+    """
+    task_id = ray._private.worker.global_worker.current_task_id
+    return task_id.binary() + struct.pack("<I", 1)
+
+
+def _drop_pending():
+    pending = getattr(_tls, "pending", None)
+    _tls.pending = None
+    if pending is not None:
+        # A put that Ray never completed (e.g. an error between serialization and
+        # storing the value): free the plugin's copy.
+        ctx = _context.peek_context()
+        if ctx is not None:
+            try:
+                ctx.free(pending.key)
+            except Exception:  # pragma: no cover - best effort
+                logger.exception("freeing an abandoned RDT object")
+
+
+def serialize_with_record(serialization_context, value: Any, tensors: List[Any], transport: str, for_put: bool):
+    """Stores ``tensors`` in the plugin and re-serializes ``value`` with placeholders
+    that carry the plugin's metadata record. Returns the new serialized value, or
+    None to keep Ray's (a ``ray.put`` without tensors)."""
+    cls = transport_class(transport)
+    _drop_pending()
+    if for_put and not tensors:
+        return None  # ray.put of a value without tensors is no RDT object (stock)
+    ctx = _context.get_context()
+    key = os.urandom(_context.OBJECT_ID_SIZE) if for_put else return_object_id()
+    group = None
+    if not cls.ONE_SIDED:
+        group = groups.local_group(transport)
+        if group is None:
+            raise ValueError(
+                f"This actor is not in a {transport} collective group; create one with "
+                "ray.experimental.collective.create_collective_group before returning "
+                f'tensors with tensor_transport="{transport.lower()}".'
+            )
+    try:
+        record = ctx.put(key, cls.CODE, tensors, group)
+    except _ffi.RdtError as e:
+        if e.status != _ffi.ERR_ALREADY_EXISTS:
+            raise
+        # A retry of a task whose earlier reply was lost: this attempt's tensors
+        # replace the earlier attempt's (consumers fetch by the record Ray keeps).
+        ctx.free(key)
+        record = ctx.put(key, cls.CODE, tensors, group)
+    tl = serialization_context._thread_local
+    tl.use_external_transport = True
+    tl.rdt_tensors = []
+    # A put's placeholders say so: its ObjectRef ID is only assigned after the
+    # value is stored, so errors name the object by its put (see consumer.fetch).
+    tl.rdt_plugin_record = (key, record, "put") if for_put else (key, record)
+    try:
+        serialized = serialization_context._serialize_to_msgpack(value)
+        again = tl.rdt_tensors
+    except BaseException:
+        ctx.free(key)
+        raise
+    finally:
+        tl.use_external_transport = False
+        tl.rdt_tensors = []
+        tl.rdt_plugin_record = None
+    if len(again) != len(tensors) or any(a is not b for a, b in zip(again, tensors)):
+        ctx.free(key)
+        raise RuntimeError("ray_rdt: the value's tensors changed between two serialization passes")
+    _tls.pending = _PendingPut(key, record, tensors, transport)
+    return serialized
+
+
+def _metadata(pending: _PendingPut) -> PluginTransportMetadata:
+    device = pending.tensors[0].device.type if pending.tensors else None
+    return PluginTransportMetadata(
+        tensor_meta=[(t.shape, t.dtype) for t in pending.tensors],
+        tensor_device=device,
+        record=pending.record,
+        key=pending.key.hex(),
+    )
+
+
+def _take_pending(tensors: List[Any]) -> Optional[_PendingPut]:
+    pending = getattr(_tls, "pending", None)
+    if pending is None or pending.tensors is not tensors:
+        return None
+    _tls.pending = None
+    return pending
+
+
+def store_rdt_objects(obj_id: str, tensors: List[Any], transport: str) -> bytes:
+    """Task return, after serialization: the pickled transport metadata for the owner."""
+    import ray.cloudpickle as pickle
+
+    pending = _take_pending(tensors)
+    if pending is None:
+        raise RuntimeError(f"ray_rdt: no plugin object was stored for the return value {obj_id}")
+    if pending.key.hex() != obj_id:
+        # Should not happen (see return_object_id); stay consistent regardless.
+        logger.warning("ray_rdt: return ID %s differs from the plugin key %s", obj_id, pending.key.hex())
+        ray._private.worker.global_worker.rdt_manager.rdt_store.add_alias(obj_id, pending.key.hex())
+    return pickle.dumps(_metadata(pending))
+
+
+def claim_pending_put(obj_id: str, tensors: List[Any], transport: str, store) -> Optional[Any]:
+    """``ray.put``: binds the plugin object stored during serialization to its ref."""
+    pending = _take_pending(tensors)
+    if pending is None:
+        return None
+    store.add_alias(obj_id, pending.key.hex())
+    return _metadata(pending)
