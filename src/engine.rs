@@ -218,10 +218,10 @@ impl Context {
             let error = Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "tensor {i} is on device type {} (id {}), which the {} transport does not serve (all tensors of an object must share one supported device)",
-                    t.device().device_type,
-                    t.device().device_id,
-                    kind.name()
+                    "tensor {i} is a {} tensor, which the {} transport does not move: it moves {} (all tensors of an object share one device)",
+                    crate::tensor::device_name(t.device()),
+                    kind.name(),
+                    transport.devices()
                 ),
             );
             return Err(PutRejected { error, tensors });

@@ -10,7 +10,7 @@
 //! Any Gloo failure (timeout, dead peer) breaks the group: later transfers fail
 //! with a clear error until the group is destroyed and created again.
 
-use super::group::{CollectiveGroups, GroupSpec};
+use super::group::{decode_location, encode_location, CollectiveGroups, GroupSpec, PullRequest};
 use super::{fetch_request, Local, Peer, Transport};
 use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel};
@@ -61,26 +61,6 @@ fn local_ip_towards(target: SocketAddr) -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-/// Encodes the transport data of a gloo record: producer rank and group name.
-fn encode_location(rank: usize, group: &str) -> Vec<u8> {
-    let mut out = (rank as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(group.as_bytes());
-    out
-}
-
-fn decode_location(data: &[u8]) -> Result<(usize, &str)> {
-    if data.len() < 4 {
-        return Err(Error::malformed("gloo transport data is truncated"));
-    }
-    let (rank, name) = data.split_at(4);
-    let name =
-        std::str::from_utf8(name).map_err(|_| Error::malformed("gloo group name is not UTF-8"))?;
-    Ok((
-        u32::from_le_bytes(rank.try_into().expect("4 bytes")) as usize,
-        name,
-    ))
-}
-
 /// Largest message a tensor is split into (rounded down to whole elements).
 const CHUNK: u64 = 4 << 20;
 
@@ -100,46 +80,6 @@ fn chunks(meta: &TensorMeta) -> Result<Vec<(u64, u64)>> {
         .step_by(step as usize)
         .map(|first| (first, step.min(meta.nbytes - first)))
         .collect())
-}
-
-/// A fetch request's transport-specific part.
-struct SendRequest<'a> {
-    slot: u64,
-    consumer_rank: usize,
-    timeout: Duration,
-    group: &'a str,
-}
-
-impl<'a> SendRequest<'a> {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + self.group.len());
-        out.extend_from_slice(&self.slot.to_le_bytes());
-        out.extend_from_slice(&(self.consumer_rank as u32).to_le_bytes());
-        out.extend_from_slice(
-            &(self.timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes(),
-        );
-        out.extend_from_slice(self.group.as_bytes());
-        out
-    }
-
-    fn decode(body: &'a [u8]) -> Result<Self> {
-        if body.len() < 20 {
-            return Err(Error::transport("gloo send request is truncated"));
-        }
-        let slot = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
-        let consumer_rank = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
-        let timeout = Duration::from_millis(u64::from_le_bytes(
-            body[12..20].try_into().expect("8 bytes"),
-        ));
-        let group = std::str::from_utf8(&body[20..])
-            .map_err(|_| Error::transport("group name is not UTF-8"))?;
-        Ok(SendRequest {
-            slot,
-            consumer_rank,
-            timeout,
-            group,
-        })
-    }
 }
 
 impl CollectiveGroups for Gloo {
@@ -236,6 +176,10 @@ impl Transport for Gloo {
         is_host(device)
     }
 
+    fn devices(&self) -> &'static str {
+        "CPU tensors (CUDA tensors go with tensor_transport=\"nccl\", \"cuda_ipc\" or \"nixl\")"
+    }
+
     fn export(
         &self,
         _id: &ObjectId,
@@ -256,7 +200,7 @@ impl Transport for Gloo {
         _fd: Option<OwnedFd>,
         channel: &mut Channel,
     ) -> Result<()> {
-        let req = SendRequest::decode(body)?;
+        let req = PullRequest::decode(body)?;
         let group = self.group(req.group)?;
         if req.consumer_rank >= group.ctx.size() || req.consumer_rank == group.ctx.rank() {
             return Err(Error::invalid(format!(
@@ -316,14 +260,14 @@ impl Transport for Gloo {
         meta: &Metadata,
         timeout: Duration,
     ) -> Result<Vec<Tensor>> {
-        let (producer_rank, name) = decode_location(&meta.transport_data)?;
+        let (producer_rank, name) = decode_location(&meta.transport_data, "gloo")?;
         let group = self.group(name)?;
         let mut tensors = meta
             .tensors
             .iter()
             .map(Tensor::alloc_host)
             .collect::<Result<Vec<_>>>()?;
-        let request = SendRequest {
+        let request = PullRequest {
             slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
             consumer_rank: group.ctx.rank(),
             timeout,

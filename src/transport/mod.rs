@@ -7,8 +7,10 @@
 //! bytes over their collective group while the control channel synchronises;
 //! one-sided ones (shm, nixl) need the producer only to hand out access.
 
+pub mod cuda_ipc;
 pub mod gloo;
 pub mod group;
+pub mod nccl;
 pub mod nixl;
 pub mod registry;
 pub mod shm;
@@ -83,6 +85,9 @@ pub trait Transport: Send + Sync {
     /// Whether tensors on `device` can be moved by this transport.
     fn serves(&self, device: DLDevice) -> bool;
 
+    /// What it moves, for refusals ("CUDA tensors (...)").
+    fn devices(&self) -> &'static str;
+
     /// Producer side, at put: the transport-specific bytes for the object's
     /// metadata record (group and rank, registration descriptors, ...).
     fn export(&self, id: &ObjectId, object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>>;
@@ -117,6 +122,41 @@ pub trait Transport: Send + Sync {
     /// The transport's collective groups, if it is two-sided.
     fn groups(&self) -> Option<&dyn CollectiveGroups> {
         None
+    }
+}
+
+/// The instant `timeout` from now (far in the future for `Duration::MAX`).
+pub fn deadline_after(timeout: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
+/// Adds what is known about the producer to the error of a failed one-sided
+/// transfer (`what`: "nixl read", ...): a producer whose endpoint no longer
+/// answers is gone.
+pub fn explain_one_sided(
+    error: crate::Error,
+    peer: &Peer<'_>,
+    meta: &Metadata,
+    what: &str,
+) -> crate::Error {
+    use crate::{Error, ErrorKind};
+    let probe = peer.exchange(Duration::from_millis(200), |_| Ok(()));
+    let pid = meta.producer.pid;
+    match probe {
+        Err(e) if e.kind() == ErrorKind::PeerGone => Error::new(
+            ErrorKind::PeerGone,
+            format!("the producer (pid {pid}) is gone ({e}); the {what} failed with: {error}"),
+        ),
+        Err(e) => Error::transport(format!(
+            "the producer (pid {pid}) does not answer ({e}); the {what} failed with: {error}"
+        )),
+        Ok(()) => Error::new(
+            error.kind(),
+            format!("{error} (producer pid {pid}, still running)"),
+        ),
     }
 }
 
