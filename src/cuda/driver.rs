@@ -391,6 +391,26 @@ pub fn copy(
     })
 }
 
+/// Copies `src` from the host to device memory at `dst` (device `ordinal`),
+/// synchronously (tests and benchmarks).
+pub fn upload(dst: DevicePtr, ordinal: i32, src: &[u8]) -> Result<()> {
+    bind(ordinal)?;
+    // SAFETY: `dst` holds at least `src.len()` bytes of device memory.
+    call("cuMemcpyHtoD_v2", || unsafe {
+        sys::cuMemcpyHtoD_v2(dst, src.as_ptr() as *const _, src.len())
+    })
+}
+
+/// Copies device memory at `src` (device `ordinal`) into `dst` on the host,
+/// synchronously (tests and benchmarks).
+pub fn download(dst: &mut [u8], src: DevicePtr, ordinal: i32) -> Result<()> {
+    bind(ordinal)?;
+    // SAFETY: `src` holds at least `dst.len()` bytes of device memory.
+    call("cuMemcpyDtoH_v2", || unsafe {
+        sys::cuMemcpyDtoH_v2(dst.as_mut_ptr() as *mut _, src, dst.len())
+    })
+}
+
 /// The IPC handle of the allocation starting at `base` (its base address).
 pub fn ipc_mem_handle(base: DevicePtr) -> Result<IpcHandle> {
     let mut h = sys::CUipcMemHandle { reserved: [0; 64] };

@@ -41,7 +41,7 @@ pub const NO_SEARCH_ENV: &str = "RAY_RDT_CUDA_NO_SEARCH";
 
 /// Every driver symbol the plugin calls (through cudarc): all must resolve
 /// before the first call.
-pub const DRIVER_SYMBOLS: [&std::ffi::CStr; 26] = [
+pub const DRIVER_SYMBOLS: [&std::ffi::CStr; 28] = [
     c"cuInit",
     c"cuDriverGetVersion",
     c"cuGetErrorName",
@@ -61,6 +61,8 @@ pub const DRIVER_SYMBOLS: [&std::ffi::CStr; 26] = [
     c"cuMemFree_v2",
     c"cuMemcpyDtoDAsync_v2",
     c"cuMemcpyPeerAsync",
+    c"cuMemcpyHtoD_v2",
+    c"cuMemcpyDtoH_v2",
     c"cuMemGetAddressRange_v2",
     c"cuPointerGetAttribute",
     c"cuIpcGetMemHandle",
@@ -147,10 +149,24 @@ fn probe_driver() -> Result<Loaded, String> {
     let (mut lib, mut path) = match dylib::open_first(&candidates) {
         Ok(found) => found,
         Err(tried) => {
+            // Names the dynamic linker does not know are one fact, not 34.
+            let missing = "cannot open shared object file: No such file or directory";
+            let by_name = &tried[usize::from(env_given)..];
+            let absent = by_name.iter().filter(|e| e.ends_with(missing)).count();
+            let mut why = Vec::new();
+            if env_given {
+                why.push(format!("{DRIVER_ENV}: {}", tried[0]));
+            }
+            if absent > 0 {
+                why.push(format!(
+                    "the dynamic linker knows none of the {absent} names cudarc tries (libcuda.so, ..., libcuda.so.1)"
+                ));
+            }
+            why.extend(by_name.iter().filter(|e| !e.ends_with(missing)).cloned());
+            let why = why.join("; ");
             return Err(format!(
-                "the CUDA driver is unavailable: libcuda.so.1 could not be loaded (tried {}); {DRIVER_HINT}",
-                summarize(&tried)
-            ))
+                "the CUDA driver is unavailable: libcuda.so.1 could not be loaded ({why}); {DRIVER_HINT}"
+            ));
         }
     };
     if env_given && path == candidates[0] {
@@ -240,7 +256,7 @@ pub fn nccl_candidates() -> Vec<PathBuf> {
 fn probe_runtime() -> Result<Loaded, String> {
     probe_named(
         "the CUDA runtime",
-        "libcudart.so",
+        "libcudart.so.13",
         runtime_candidates(),
         c"cudaGetDevice",
         "install torch's CUDA wheels (nvidia-cuda-runtime) into this Python environment or set RAY_RDT_CUDA_LIB \
