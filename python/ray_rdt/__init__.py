@@ -22,6 +22,7 @@ __all__ = [
     "enabled",
     "stats",
     "library_path",
+    "cuda_libraries",
     "RdtError",
     "RdtTimeoutError",
     "RdtNotFoundError",
@@ -43,6 +44,17 @@ def library_path() -> str:
 
     _ffi.lib()
     return _ffi.library_path()
+
+
+def cuda_libraries() -> dict:
+    """What the plugin finds of the CUDA driver, the CUDA runtime and NCCL in
+    this process: ``{"driver": {...}, "runtime": {...}, "nccl": {...}}``, each
+    with the ``"path"`` loaded (the driver's ``"devices"``, NCCL's
+    ``"version"``) or the ``"error"`` saying what is missing. Loads them (and
+    initialises the driver) if that has not happened yet."""
+    from ray_rdt import _ffi
+
+    return _ffi.cuda_libraries()
 
 
 def stats() -> dict:

@@ -196,6 +196,7 @@ def serialize_with_record(serialization_context, value: Any, tensors: List[Any],
     try:
         record = ctx.put(key, cls.CODE, tensors, group)
     except _ffi.RdtError as e:
+        _on_put_error(e, transport, tensors)
         if e.status != _ffi.ERR_ALREADY_EXISTS:
             raise
         # A retry of a task whose earlier reply was lost: this attempt's tensors
@@ -316,7 +317,26 @@ def _on_fetch_error(error: "_ffi.RdtError", transport: str):
     group = local_group(name)
     if group is None:
         return
-    reason = f"destroyed after a failed transfer: {error}"
+    _break_group(group, error, f"destroyed after a failed transfer: {error}")
+
+
+def _on_put_error(error: "_ffi.RdtError", transport: str, tensors: List[Any]):
+    """A tensor on a device a collective transport does not move (a CPU tensor
+    returned with ``tensor_transport="nccl"``) is a system error: the
+    collective group is destroyed (guide: "Limitations")."""
+    cls = transport_class(transport)
+    if cls is None or cls.ONE_SIDED or error.status != _ffi.ERR_UNSUPPORTED:
+        return
+    if all(t.device.type in cls.DEVICES for t in tensors):
+        return  # refused for another reason (e.g. a non-contiguous tensor)
+    group = local_group(transport)
+    if group is not None:
+        _break_group(group, error, f"destroyed after a tensor on an unsupported device was returned: {error}")
+
+
+def _break_group(group: str, error: "_ffi.RdtError", reason: str):
+    """Destroys this member's side of a group after a system error and tells
+    the owner (see :func:`purge_destroyed_groups`)."""
     logger.error("Destroying collective group %s: %s", group, error)
     destroy_local_group(group)
     _teardown_torch_group(group)
@@ -462,7 +482,8 @@ def purge_destroyed_groups(manager, destroy) -> List[str]:
     the groups a member reported destroyed after a system error."""
     purged = []
     for comm in list(manager.get_collective_groups()):
-        if comm.backend != "GLOO":
+        cls = transport_class(comm.backend)
+        if cls is None or cls.ONE_SIDED:  # the plugin's collective transports
             continue
         reason = group_destroyed_reason(comm.name)
         if reason is None:
