@@ -16,7 +16,7 @@ import ray_rdt
 from ray_rdt import _ffi
 from ray_rdt.context import Context
 
-from conftest import REPO
+from conftest import REPO, cluster_with_env
 
 NO_GPU = not torch.cuda.is_available()
 PLUGIN_TRANSPORTS = "gloo,shm,nixl,nccl,cuda_ipc"
@@ -97,24 +97,8 @@ def test_missing_nccl_and_driver_are_clear_errors():
 @pytest.fixture(scope="module")
 def cuda_plugin_cluster():
     """A cluster whose processes route NCCL and CUDA_IPC through the plugin."""
-    if ray.is_initialized():
-        ray.shutdown()
-    old = os.environ.get("RAY_RDT_PLUGIN_TRANSPORTS")
-    os.environ["RAY_RDT_PLUGIN_TRANSPORTS"] = PLUGIN_TRANSPORTS
-    from ray.experimental.rdt import util
-
-    saved = dict(util.transport_manager_info)
-    ray.init(num_cpus=4, include_dashboard=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        util.transport_manager_info.clear()
-        util.transport_manager_info.update(saved)
-        if old is None:
-            os.environ.pop("RAY_RDT_PLUGIN_TRANSPORTS", None)
-        else:
-            os.environ["RAY_RDT_PLUGIN_TRANSPORTS"] = old
+    with cluster_with_env({"RAY_RDT_PLUGIN_TRANSPORTS": PLUGIN_TRANSPORTS}, num_cpus=4) as r:
+        yield r
 
 
 @ray.remote
