@@ -8,8 +8,9 @@
 //!
 //! Contexts: the plugin uses each device's **primary context** (the one the CUDA
 //! runtime, and so torch, uses), retained once per process and made current on
-//! the calling thread by [`bind`] before device work. Streams: the plugin's own
-//! non-blocking streams ([`plugin_stream`], one per device, process lifetime);
+//! the calling thread only for the duration of each call ([`on`]: pushed, then
+//! popped, so the caller's own current context, torch's, is left as it was).
+//! Streams: the plugin's own non-blocking streams ([`plugin_stream`], one per device, process lifetime);
 //! the caller's stream comes from [`super::current`]. Waiting on the host is
 //! always bounded: [`Event::wait`] polls until a deadline.
 
@@ -135,11 +136,31 @@ pub fn context(ordinal: i32) -> Result<sys::CUcontext> {
     Ok(ctx)
 }
 
-/// Makes device `ordinal`'s primary context current on the calling thread.
-pub fn bind(ordinal: i32) -> Result<()> {
+/// Device `ordinal`'s primary context, current on the calling thread until
+/// dropped; then the thread's previous context is current again, so that the
+/// caller (torch, on the user's thread) sees no change of device.
+#[must_use = "the context is current only while the scope lives"]
+pub struct On(std::marker::PhantomData<*const ()>);
+
+/// Makes device `ordinal`'s primary context current for the scope returned
+/// (`cuCtxPushCurrent`, undone by `cuCtxPopCurrent` when it is dropped).
+pub fn on(ordinal: i32) -> Result<On> {
     let ctx = context(ordinal)?;
-    // SAFETY: a retained context.
-    call("cuCtxSetCurrent", || unsafe { sys::cuCtxSetCurrent(ctx) })
+    // SAFETY: a retained context; popped by On's drop on this same thread.
+    call("cuCtxPushCurrent_v2", || unsafe {
+        sys::cuCtxPushCurrent_v2(ctx)
+    })?;
+    Ok(On(std::marker::PhantomData))
+}
+
+impl Drop for On {
+    fn drop(&mut self) {
+        let mut previous = std::ptr::null_mut();
+        // SAFETY: pops the context this scope pushed.
+        let _ = call("cuCtxPopCurrent_v2", || unsafe {
+            sys::cuCtxPopCurrent_v2(&mut previous)
+        });
+    }
 }
 
 /// The UUID of device `ordinal` (the identity of a GPU across processes, whose
@@ -192,7 +213,7 @@ pub fn plugin_stream(ordinal: i32) -> Result<RawStream> {
 /// A new non-blocking stream on device `ordinal` (never destroyed: streams
 /// live as long as the group or process that uses them).
 pub fn new_stream(ordinal: i32) -> Result<RawStream> {
-    bind(ordinal)?;
+    let _on = on(ordinal)?;
     let mut s = std::ptr::null_mut();
     // SAFETY: out-pointer to a local; flag 1 is CU_STREAM_NON_BLOCKING.
     call("cuStreamCreate", || unsafe {
@@ -225,7 +246,7 @@ impl Event {
     /// A new event on device `ordinal`, without timing; `interprocess` makes it
     /// shareable with other processes ([`Event::ipc_handle`]).
     pub fn new(ordinal: i32, interprocess: bool) -> Result<Event> {
-        bind(ordinal)?;
+        let _on = on(ordinal)?;
         let mut flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
         if interprocess {
             flags |= sys::CUevent_flags::CU_EVENT_INTERPROCESS as u32;
@@ -244,7 +265,7 @@ impl Event {
     /// Opens an event another process shared ([`Event::ipc_handle`]), in device
     /// `ordinal`'s context.
     pub fn open_ipc(ordinal: i32, handle: &IpcHandle) -> Result<Event> {
-        bind(ordinal)?;
+        let _on = on(ordinal)?;
         let mut h = sys::CUipcEventHandle { reserved: [0; 64] };
         for (d, s) in h.reserved.iter_mut().zip(handle) {
             *d = *s as _;
@@ -262,7 +283,7 @@ impl Event {
 
     /// Records the work queued on `stream` (of this event's device) so far.
     pub fn record(&self, stream: RawStream) -> Result<()> {
-        bind(self.device)?;
+        let _on = on(self.device)?;
         // SAFETY: a live event and a stream of its device.
         call("cuEventRecord", || unsafe {
             sys::cuEventRecord(self.raw, stream_ptr(stream))
@@ -318,7 +339,7 @@ impl Event {
 
     /// Makes `stream` wait (on the device) for the work this event recorded.
     pub fn wait_on(&self, stream: RawStream, stream_device: i32) -> Result<()> {
-        bind(stream_device)?;
+        let _on = on(stream_device)?;
         // SAFETY: a live event; the stream belongs to the bound context.
         call("cuStreamWaitEvent", || unsafe {
             sys::cuStreamWaitEvent(stream_ptr(stream), self.raw, 0)
@@ -341,17 +362,17 @@ impl Drop for Event {
     fn drop(&mut self) {
         // SAFETY: destroying our own event once (the driver allows destroying a
         // recorded event before it completes). Errors at exit are ignored.
-        let _ = bind(self.device).and_then(|_| {
-            call("cuEventDestroy_v2", || unsafe {
+        if let Ok(_on) = on(self.device) {
+            let _ = call("cuEventDestroy_v2", || unsafe {
                 sys::cuEventDestroy_v2(self.raw)
-            })
-        });
+            });
+        }
     }
 }
 
 /// `len` bytes (at least 1) of device memory on device `ordinal`.
 pub fn malloc(ordinal: i32, len: usize) -> Result<DevicePtr> {
-    bind(ordinal)?;
+    let _on = on(ordinal)?;
     let mut ptr = 0;
     // SAFETY: out-pointer to a local.
     call("cuMemAlloc_v2", || unsafe {
@@ -362,7 +383,7 @@ pub fn malloc(ordinal: i32, len: usize) -> Result<DevicePtr> {
 
 /// Frees memory from [`malloc`].
 pub fn free(ordinal: i32, ptr: DevicePtr) -> Result<()> {
-    bind(ordinal)?;
+    let _on = on(ordinal)?;
     // SAFETY: our own allocation, freed once.
     call("cuMemFree_v2", || unsafe { sys::cuMemFree_v2(ptr) })
 }
@@ -377,7 +398,7 @@ pub fn copy(
     len: usize,
     stream: RawStream,
 ) -> Result<()> {
-    bind(dst_device)?;
+    let _on = on(dst_device)?;
     if dst_device == src_device {
         // SAFETY: both ranges are valid device memory of `len` bytes.
         return call("cuMemcpyDtoDAsync_v2", || unsafe {
@@ -394,7 +415,7 @@ pub fn copy(
 /// Copies `src` from the host to device memory at `dst` (device `ordinal`),
 /// synchronously (tests and benchmarks).
 pub fn upload(dst: DevicePtr, ordinal: i32, src: &[u8]) -> Result<()> {
-    bind(ordinal)?;
+    let _on = on(ordinal)?;
     // SAFETY: `dst` holds at least `src.len()` bytes of device memory.
     call("cuMemcpyHtoD_v2", || unsafe {
         sys::cuMemcpyHtoD_v2(dst, src.as_ptr() as *const _, src.len())
@@ -404,7 +425,7 @@ pub fn upload(dst: DevicePtr, ordinal: i32, src: &[u8]) -> Result<()> {
 /// Copies device memory at `src` (device `ordinal`) into `dst` on the host,
 /// synchronously (tests and benchmarks).
 pub fn download(dst: &mut [u8], src: DevicePtr, ordinal: i32) -> Result<()> {
-    bind(ordinal)?;
+    let _on = on(ordinal)?;
     // SAFETY: `src` holds at least `dst.len()` bytes of device memory.
     call("cuMemcpyDtoH_v2", || unsafe {
         sys::cuMemcpyDtoH_v2(dst.as_mut_ptr() as *mut _, src, dst.len())
@@ -424,7 +445,7 @@ pub fn ipc_mem_handle(base: DevicePtr) -> Result<IpcHandle> {
 /// Maps another process's allocation into device `ordinal`'s context (peer
 /// access enabled as needed); close it with [`ipc_close`].
 pub fn ipc_open(ordinal: i32, handle: &IpcHandle) -> Result<DevicePtr> {
-    bind(ordinal)?;
+    let _on = on(ordinal)?;
     let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
     for (d, s) in h.reserved.iter_mut().zip(handle) {
         *d = *s as _;
@@ -439,7 +460,7 @@ pub fn ipc_open(ordinal: i32, handle: &IpcHandle) -> Result<DevicePtr> {
 
 /// Unmaps an allocation opened with [`ipc_open`].
 pub fn ipc_close(ordinal: i32, ptr: DevicePtr) -> Result<()> {
-    bind(ordinal)?;
+    let _on = on(ordinal)?;
     // SAFETY: a mapping from ipc_open, closed once.
     call("cuIpcCloseMemHandle", || unsafe {
         sys::cuIpcCloseMemHandle(ptr)

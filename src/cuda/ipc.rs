@@ -37,8 +37,12 @@ pub struct Exported {
     pub offset: u64,
 }
 
-/// The IPC description of the device memory at `ptr`.
-pub fn export(ptr: DevicePtr) -> Result<Exported> {
+/// The IPC description of the device memory at `ptr` on device `ordinal`.
+/// Memory from `cudaMalloc` (torch's default caching allocator) works; memory
+/// from CUDA's virtual memory API (torch's `expandable_segments:True`) has no
+/// legacy IPC handle, and the driver refuses it.
+pub fn export(ordinal: i32, ptr: DevicePtr) -> Result<Exported> {
+    let _on = driver::on(ordinal)?;
     let (base, size) = driver::allocation_of(ptr)?;
     Ok(Exported {
         handle: driver::ipc_mem_handle(base)?,

@@ -41,7 +41,7 @@ pub const NO_SEARCH_ENV: &str = "RAY_RDT_CUDA_NO_SEARCH";
 
 /// Every driver symbol the plugin calls (through cudarc): all must resolve
 /// before the first call.
-pub const DRIVER_SYMBOLS: [&std::ffi::CStr; 28] = [
+pub const DRIVER_SYMBOLS: [&std::ffi::CStr; 29] = [
     c"cuInit",
     c"cuDriverGetVersion",
     c"cuGetErrorName",
@@ -50,7 +50,8 @@ pub const DRIVER_SYMBOLS: [&std::ffi::CStr; 28] = [
     c"cuDeviceGetCount",
     c"cuDeviceGetUuid_v2",
     c"cuDevicePrimaryCtxRetain",
-    c"cuCtxSetCurrent",
+    c"cuCtxPushCurrent_v2",
+    c"cuCtxPopCurrent_v2",
     c"cuStreamCreate",
     c"cuStreamWaitEvent",
     c"cuEventCreate",

@@ -186,7 +186,7 @@ impl Comm {
         device: i32,
         deadline: Instant,
     ) -> Result<Comm> {
-        driver::bind(device)?;
+        let _on = driver::on(device)?;
         let api = api()?;
         let mut config = default_config();
         config.blocking = 0;
@@ -265,7 +265,7 @@ impl Comm {
         stream: RawStream,
         deadline: Instant,
     ) -> Result<()> {
-        driver::bind(self.device)?;
+        let _on = driver::on(self.device)?;
         let what = if send { "ncclSend" } else { "ncclRecv" };
         // SAFETY: group calls bracket the operations issued below.
         check(
@@ -322,7 +322,7 @@ impl Comm {
     pub fn abort(&mut self) {
         if !self.aborted {
             self.aborted = true;
-            let _ = driver::bind(self.device);
+            let _on = driver::on(self.device);
             // SAFETY: a live communicator, aborted once.
             unsafe { (self.api.abort)(self.raw) };
         }
@@ -339,7 +339,7 @@ impl Drop for Comm {
         if self.aborted {
             return;
         }
-        let _ = driver::bind(self.device);
+        let _on = driver::on(self.device);
         // A healthy communicator is finalised (bounded), then destroyed; one
         // that does not finalise in time is aborted.
         // SAFETY: a live communicator, finalised and destroyed once.

@@ -107,7 +107,7 @@ impl Transport for CudaIpc {
             .iter()
             .map(|t| match t.meta().nbytes {
                 0 => Ok(None),
-                _ => ipc::export(t.data_ptr() as u64).map(Some),
+                _ => ipc::export(device, t.data_ptr() as u64).map(Some),
             })
             .collect::<Result<Vec<_>>>()?;
         let record = Record {

@@ -394,6 +394,12 @@ impl Transport for Nccl {
                         .order_after_previous_use(group.stream)
                         .inspect_err(|e| group.break_with(e))?;
                     group.transfer(false, &bufs, producer_rank, deadline)?;
+                    // The consumer's stream waits for the receive (complete
+                    // already; this orders stream-side use after it all the
+                    // same), while this rank's turn keeps `done` unchanged.
+                    group
+                        .done
+                        .wait_on(current::stream(group.device), group.device)?;
                 }
                 wire::parse_reply(&channel.recv(time_left(deadline))?.payload).map(|_| true)
             });
@@ -427,11 +433,7 @@ impl Transport for Nccl {
             crate::stats::record_received(TransportKind::Nccl, 0);
             return Ok(pool::empty_tensors(metas, device));
         };
-        // The consumer's stream waits for the receive (complete already; this
-        // orders any stream-side use after it all the same).
-        let consumer = current::stream(group.device);
-        group.done.wait_on(consumer, group.device)?;
-        lease.release_on(consumer);
+        lease.release_on(current::stream(group.device));
         crate::stats::record_received(TransportKind::Nccl, meta.total_bytes());
         Ok(lease.into_tensors(metas, &offsets))
     }
