@@ -326,7 +326,11 @@ impl Transport for Nccl {
         if !bufs.is_empty() {
             let ready = self.exports.lock().get(id).cloned();
             if let Some(ready) = ready {
-                ready.wait_on(group.stream, group.device)?;
+                // The consumer already posted its receive: a failure from here
+                // on breaks the group on both sides.
+                ready
+                    .wait_on(group.stream, group.device)
+                    .inspect_err(|e| group.break_with(e))?;
             }
             group.transfer(true, &bufs, req.consumer_rank, deadline)?;
         }
