@@ -63,7 +63,7 @@
 /**
  * Minor version of the C ABI; grows when functions are added.
  */
-#define RDT_ABI_VERSION_MINOR 1
+#define RDT_ABI_VERSION_MINOR 2
 
 /**
  * Buckets of the fetch-latency histogram (the last one is unbounded).
@@ -898,6 +898,43 @@ rdt_status rdt_context_wait_tensor_freed(const struct rdt_context *ctx,
 rdt_status rdt_context_counts(const struct rdt_context *ctx,
                               uintptr_t *out_objects,
                               uint64_t *out_bytes);
+
+/**
+ * Tells the plugin which CUDA device and stream the calling thread works on
+ * (torch's current device and current stream), for the next puts, fetches and
+ * NCCL group creations on this thread that involve CUDA tensors: a put orders
+ * its sends or copies after the work already queued on `stream`; tensors a
+ * fetch returns live on `device` and are ready for work queued on `stream`
+ * afterwards. `stream` is a `cudaStream_t` (0: the legacy default stream). A
+ * negative `device` forgets the setting: the plugin then uses the CUDA
+ * runtime's current device and the legacy default stream. Never blocks and
+ * never touches the GPU.
+ */
+rdt_status rdt_cuda_set_current(int32_t device, uint64_t stream);
+
+/**
+ * Adds a Python prefix (`sys.prefix`) whose `lib/python3.X/site-packages` folders the
+ * plugin searches for the libraries its transports load at run time (NIXL's C
+ * API, the CUDA runtime, NCCL), after the folders of files already mapped into
+ * the process. The Python binding calls it with its interpreter's prefix.
+ *
+ * # Safety
+ * `prefix` must be a NUL-terminated string.
+ */
+rdt_status rdt_library_search_prefix(const char *prefix);
+
+/**
+ * Writes a JSON description of the CUDA libraries the plugin finds to
+ * `*out_json` (free it with `rdt_buffer_free`): for `"driver"`, `"runtime"`
+ * and `"nccl"`, the `"path"` loaded (and the driver's device count or NCCL's
+ * version) or the `"error"` saying what is missing. Loads the libraries and
+ * initialises the driver if that has not happened yet; fails only on a NULL
+ * argument.
+ *
+ * # Safety
+ * `out_json` must be valid for writes.
+ */
+rdt_status rdt_cuda_libraries(struct rdt_buffer *out_json);
 
 /**
  * Starts a rendezvous store for a new group in this process (the process of

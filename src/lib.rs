@@ -8,7 +8,9 @@
 //! Layers: [`ffi`] (C ABI) over the core ([`store`], [`tensor`], [`metadata`],
 //! [`stats`]) over the transports.
 
+pub mod cuda;
 pub mod dlpack;
+pub mod dylib;
 pub mod endpoint;
 pub mod engine;
 pub mod error;

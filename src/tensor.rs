@@ -430,6 +430,18 @@ impl Drop for Tensor {
     }
 }
 
+/// A device as torch spells it (`cpu`, `cuda:0`), for messages.
+#[allow(non_upper_case_globals)]
+pub fn device_name(device: DLDevice) -> String {
+    match device.device_type {
+        kDLCPU => "cpu".to_owned(),
+        kDLCUDA => format!("cuda:{}", device.device_id),
+        kDLCUDAHost => "pinned host (cuda_host)".to_owned(),
+        kDLCUDAManaged => format!("CUDA managed memory (device {})", device.device_id),
+        t => format!("device type {t} (id {})", device.device_id),
+    }
+}
+
 /// Whether `device` is memory the CPU can read directly.
 pub fn is_host(device: DLDevice) -> bool {
     device.device_type == kDLCPU || device.device_type == kDLCUDAHost

@@ -24,6 +24,7 @@ __all__ = [
     "stats",
     "endpoint_stats",
     "library_path",
+    "cuda_libraries",
     "RdtError",
     "RdtTimeoutError",
     "RdtNotFoundError",
@@ -45,6 +46,17 @@ def library_path() -> str:
 
     _ffi.lib()
     return _ffi.library_path()
+
+
+def cuda_libraries() -> dict:
+    """What the plugin finds of the CUDA driver, the CUDA runtime and NCCL in
+    this process: ``{"driver": {...}, "runtime": {...}, "nccl": {...}}``, each
+    with the ``"path"`` loaded (the driver's ``"devices"``, NCCL's
+    ``"version"``) or the ``"error"`` saying what is missing. Loads them (and
+    initialises the driver) if that has not happened yet."""
+    from ray_rdt import _ffi
+
+    return _ffi.cuda_libraries()
 
 
 _COUNTERS = ("bytes_sent", "bytes_received", "transfers", "errors")

@@ -8,11 +8,14 @@ blocking calls release the GIL.
 
 import ctypes
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
 
 ABI_MAJOR = 1
+# The binding needs the functions of this minor version (rdt_cuda_set_current, ...).
+ABI_MINOR = 2
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
 TRANSPORT_GLOO = 0
@@ -55,7 +58,9 @@ OK = 0
 ERR_NOT_FOUND = 3
 ERR_ALREADY_EXISTS = 4
 ERR_TIMEOUT = 5
+ERR_UNSUPPORTED = 7
 ERR_TRANSPORT = 8
+ERR_UNAVAILABLE = 10
 ERR_BUFFER_TOO_SMALL = 11
 ERR_IO = 12
 ERR_AUTH_REFUSED = 14
@@ -306,6 +311,9 @@ _SIGNATURES = {
     "rdt_group_failure_free": (None, [ctypes.POINTER(GroupFailure)]),
     "rdt_metadata_producer": (_status, [_c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(Buffer)]),
     "rdt_group_destroy": (_status, [_c_void_p, ctypes.c_char_p]),
+    "rdt_cuda_set_current": (_status, [ctypes.c_int32, ctypes.c_uint64]),
+    "rdt_library_search_prefix": (_status, [ctypes.c_char_p]),
+    "rdt_cuda_libraries": (_status, [ctypes.POINTER(Buffer)]),
     "rdt_metadata_decode": (_status, [_c_u8p, ctypes.c_size_t, ctypes.POINTER(_c_void_p)]),
     "rdt_metadata_destroy": (None, [_c_void_p]),
     "rdt_metadata_summary": (
@@ -361,16 +369,21 @@ def lib():
             handle = ctypes.CDLL(str(path))
         except OSError as e:
             raise PluginUnavailableError(f"cannot load {path}: {e}") from e
+        # The version first: an older library lacks functions declared below.
+        handle.rdt_abi_version.restype = ctypes.c_uint32
+        version = handle.rdt_abi_version()
+        if version >> 16 != ABI_MAJOR or version & 0xFFFF < ABI_MINOR:
+            raise PluginUnavailableError(
+                f"{path} implements C ABI {version >> 16}.{version & 0xFFFF}; "
+                f"this ray_rdt binding needs {ABI_MAJOR}.{ABI_MINOR} or a later {ABI_MAJOR}.x"
+            )
         for name, (restype, argtypes) in _SIGNATURES.items():
             fn = getattr(handle, name)
             fn.restype = restype
             fn.argtypes = argtypes
-        version = handle.rdt_abi_version()
-        if version >> 16 != ABI_MAJOR:
-            raise PluginUnavailableError(
-                f"{path} implements C ABI {version >> 16}.{version & 0xFFFF}; "
-                f"this ray_rdt binding needs major version {ABI_MAJOR}"
-            )
+        # Where the plugin looks for the libraries it loads at run time (NIXL,
+        # the CUDA runtime, NCCL): this interpreter's site-packages too.
+        handle.rdt_library_search_prefix(sys.prefix.encode("utf-8"))
         _lib_path = str(path)
         _lib = handle
         return _lib
@@ -431,8 +444,8 @@ def record_producer(record: bytes):
         lib().rdt_metadata_destroy(handle)
 
 
-def record_summary(record: bytes):
-    """(transport code, number of tensors, total bytes) of a metadata record."""
+def _summary(record: bytes):
+    """(transport code, DLDevice, number of tensors, total bytes) of a metadata record."""
     handle = ctypes.c_void_p()
     check(lib().rdt_metadata_decode(record, len(record), ctypes.byref(handle)), "rdt_metadata_decode")
     try:
@@ -446,6 +459,32 @@ def record_summary(record: bytes):
             ),
             "rdt_metadata_summary",
         )
-        return transport.value, count.value, total.value
+        return transport.value, device, count.value, total.value
     finally:
         lib().rdt_metadata_destroy(handle)
+
+
+def record_summary(record: bytes):
+    """(transport code, number of tensors, total bytes) of a metadata record."""
+    transport, _, count, total = _summary(record)
+    return transport, count, total
+
+
+# DLPack device types (kDLCPU, kDLCUDA).
+DEVICE_CPU = 1
+DEVICE_CUDA = 2
+
+
+def record_device(record: bytes):
+    """(device type, device id) of a metadata record's tensors (``DEVICE_CPU``, ``DEVICE_CUDA``)."""
+    _, device, _, _ = _summary(record)
+    return device.device_type, device.device_id
+
+
+def cuda_libraries() -> dict:
+    """What the plugin finds of the CUDA driver, runtime and NCCL (``rdt_cuda_libraries``)."""
+    import json
+
+    buf = Buffer()
+    check(lib().rdt_cuda_libraries(ctypes.byref(buf)), "rdt_cuda_libraries")
+    return json.loads(take_buffer(buf).decode("utf-8"))

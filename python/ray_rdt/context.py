@@ -8,6 +8,7 @@ only converts arguments; bookkeeping and bytes live in the plugin.
 
 import ctypes
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
@@ -110,8 +111,15 @@ class Context:
     # -- objects --------------------------------------------------------------
 
     def put(self, object_id, transport: int, tensors: Sequence["torch.Tensor"], group: Optional[str] = None) -> bytes:
-        """Stores ``tensors`` as the primary copy of ``object_id``; returns the metadata record."""
+        """Stores ``tensors`` as the primary copy of ``object_id``; returns the metadata record.
+
+        CUDA tensors: the plugin orders its sends or copies after the work queued
+        so far on torch's current stream of their device (or the stream set with
+        :func:`set_put_stream` for this transport)."""
         oid = _object_id_bytes(object_id)
+        if tensors and getattr(tensors[0], "is_cuda", False):
+            device = tensors[0].device.index
+            tell_cuda_current(device, _put_streams.get(transport))
         exported = dlpack.Exported(tensors)
         buf = _ffi.Buffer()
         status = self._lib.rdt_context_put(
@@ -125,6 +133,9 @@ class Context:
         """The tensors a metadata record describes: views when this process produced
         them, else received directly from the producer's plugin."""
         oid = _object_id_bytes(object_id)
+        if _cuda_possible() and _ffi.record_device(record)[0] == _ffi.DEVICE_CUDA:
+            # Received on torch's current device, ready for its current stream.
+            tell_cuda_current()
         return self._tensors_out(
             lambda out, capacity, count: self._lib.rdt_context_fetch(
                 self._handle, oid, record, len(record), _ffi.timeout_ms(timeout_s), out, capacity, count
@@ -232,6 +243,8 @@ class Context:
     ):
         """Joins collective group ``name``; failed transfers are reported to the
         owner whose :meth:`contact` is ``owner_contact`` (empty: nobody)."""
+        if backend == _ffi.TRANSPORT_NCCL and _cuda_possible():
+            tell_cuda_current()  # the communicator lives on torch's current device
         _ffi.check(
             self._lib.rdt_group_create_owned(
                 self._handle,
@@ -282,6 +295,39 @@ class Context:
 
     def group_destroy(self, name: str):
         _ffi.check(self._lib.rdt_group_destroy(self._handle, _cstr(name)), "rdt_group_destroy")
+
+
+# Per transport code: a CUDA stream puts order against instead of torch's
+# current stream (``ray.experimental.set_nixl_cuda_stream``).
+_put_streams = {}
+
+
+def set_put_stream(transport: int, stream) -> None:
+    """Puts over ``transport`` order their CUDA work against ``stream`` (a
+    ``torch.cuda.Stream``; None: torch's current stream, the default)."""
+    if stream is None:
+        _put_streams.pop(transport, None)
+    else:
+        _put_streams[transport] = stream
+
+
+def _cuda_possible() -> bool:
+    """Whether this process could hold CUDA tensors (torch imported, CUDA usable)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_available()
+
+
+def tell_cuda_current(device: Optional[int] = None, stream=None) -> None:
+    """Tells the plugin torch's current CUDA device (or ``device``) and its
+    current stream (or ``stream``) on this thread (``rdt_cuda_set_current``),
+    for the next put, fetch or NCCL group creation."""
+    import torch
+
+    if device is None:
+        device = torch.cuda.current_device()
+    if stream is None:
+        stream = torch.cuda.current_stream(device)
+    _ffi.check(_ffi.lib().rdt_cuda_set_current(device, stream.cuda_stream), "rdt_cuda_set_current")
 
 
 _context: Optional[Context] = None

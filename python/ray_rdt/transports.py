@@ -108,11 +108,9 @@ class PluginTensorTransport(TensorTransportManager):
         pass
 
 
-class PluginGlooTransport(PluginTensorTransport):
-    """``gloo`` through the plugin: two-sided, needs a collective group."""
+class PluginCollectiveTransport(PluginTensorTransport):
+    """Base of the plugin's two-sided transports, which need a collective group."""
 
-    NAME = "GLOO"
-    CODE = _ffi.TRANSPORT_GLOO
     ONE_SIDED = False
 
     @staticmethod
@@ -129,6 +127,13 @@ class PluginGlooTransport(PluginTensorTransport):
         from ray.experimental.rdt.collective_tensor_transport import CollectiveTensorTransport
 
         return CollectiveTensorTransport.get_communicator_metadata(self, src_actor, dst_actor, backend)
+
+
+class PluginGlooTransport(PluginCollectiveTransport):
+    """``gloo`` through the plugin: two-sided, CPU tensors, needs a collective group."""
+
+    NAME = "GLOO"
+    CODE = _ffi.TRANSPORT_GLOO
 
 
 class PluginShmTransport(PluginTensorTransport):
@@ -162,21 +167,57 @@ class PluginNixlTransport(PluginTensorTransport):
         pass
 
     def set_cuda_stream(self, stream):
-        pass
+        # ray.experimental.set_nixl_cuda_stream: puts of CUDA tensors wait for
+        # this stream's work (instead of torch's current stream) before the
+        # plugin registers them.
+        from ray_rdt import context
+
+        context.set_put_stream(self.CODE, stream)
+
+
+class PluginNcclTransport(PluginCollectiveTransport):
+    """``nccl`` through the plugin: two-sided, CUDA tensors, needs a collective
+    group (``create_collective_group(..., backend="nccl")`` creates the plugin's
+    NCCL group too). Not routed by default yet: it has never run on a GPU
+    (``RAY_RDT_PLUGIN_TRANSPORTS=gloo,shm,nixl,nccl,cuda_ipc`` turns it on)."""
+
+    NAME = "NCCL"
+    CODE = _ffi.TRANSPORT_NCCL
+    DEVICES = ["cuda"]
+
+
+class PluginCudaIpcTransport(PluginTensorTransport):
+    """``cuda_ipc`` through the plugin: one-sided copies of CUDA tensors between
+    processes of one host, no collective group. Not routed by default yet (never
+    run on a GPU; see :class:`PluginNcclTransport`)."""
+
+    NAME = "CUDA_IPC"
+    CODE = _ffi.TRANSPORT_CUDA_IPC
+    ONE_SIDED = True
+    DEVICES = ["cuda"]
 
 
 PLUGIN_TRANSPORTS = {
-    cls.NAME: cls for cls in (PluginGlooTransport, PluginShmTransport, PluginNixlTransport)
+    cls.NAME: cls
+    for cls in (
+        PluginGlooTransport,
+        PluginShmTransport,
+        PluginNixlTransport,
+        PluginNcclTransport,
+        PluginCudaIpcTransport,
+    )
 }
 
 # Routed through the plugin unless RAY_RDT_PLUGIN_TRANSPORTS says otherwise.
+# NCCL and CUDA_IPC join once ci/gpu-nightly has run them on a GPU.
 DEFAULT_PLUGIN_TRANSPORTS = ("GLOO", "SHM", "NIXL")
 
 
 def enabled_transports():
     """The transports this process routes through the plugin
     (``RAY_RDT_PLUGIN_TRANSPORTS``, comma-separated, default "gloo,shm,nixl";
-    a transport left out of the list is stock 2.60's, SHM then does not exist)."""
+    "nccl" and "cuda_ipc" may be added; a transport left out of the list is
+    stock 2.60's, SHM then does not exist)."""
     import os
 
     names = os.environ.get("RAY_RDT_PLUGIN_TRANSPORTS")

@@ -26,10 +26,11 @@ pub fn threshold() -> u64 {
 }
 
 /// The tensors' bytes packed one after another (as [`packed_layout`] places
-/// them), when the object is small enough and in host memory.
+/// them), when the object is small enough and in host memory (a threshold of
+/// 0 turns inlining off, for empty objects too).
 pub fn pack(tensors: &[Tensor], threshold: u64) -> Result<Option<Vec<u8>>> {
     let total: u64 = tensors.iter().map(|t| t.meta().nbytes).sum();
-    if total > threshold || !tensors.iter().all(|t| is_host(t.device())) {
+    if threshold == 0 || total > threshold || !tensors.iter().all(|t| is_host(t.device())) {
         return Ok(None);
     }
     let (offsets, size) = packed_layout(tensors.iter().map(|t| t.meta().nbytes));

@@ -248,12 +248,17 @@ impl Context {
             let error = Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "tensor {i} is on device type {} (id {}), which the {} transport does not serve (all tensors of an object must share one supported device)",
-                    t.device().device_type,
-                    t.device().device_id,
-                    kind.name()
+                    "tensor {i} is a {} tensor, which the {} transport does not move: it moves {} (all tensors of an object share one device)",
+                    crate::tensor::device_name(t.device()),
+                    kind.name(),
+                    transport.devices()
                 ),
             );
+            // For a collective transport this is a system error (the guide's
+            // "a CPU tensor when using NCCL"): the group is broken and destroyed.
+            if let (Some(groups), Some(name)) = (transport.groups(), group) {
+                groups.break_group(&self.shared.local(), name, &id, None, &error);
+            }
             return Err(PutRejected { error, tensors });
         }
         let tensor_metas = tensors.iter().map(|t| t.meta().clone()).collect();

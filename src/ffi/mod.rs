@@ -8,6 +8,7 @@
 
 mod boundary;
 pub mod context;
+pub mod cuda;
 pub mod group;
 pub mod metadata;
 pub mod stats;
@@ -20,7 +21,7 @@ use std::ffi::c_char;
 /// Major version of the C ABI; a loader refuses a library with another major.
 pub const RDT_ABI_VERSION_MAJOR: u32 = 1;
 /// Minor version of the C ABI; grows when functions are added.
-pub const RDT_ABI_VERSION_MINOR: u32 = 1;
+pub const RDT_ABI_VERSION_MINOR: u32 = 2;
 
 /// The C ABI version of this library: `(major << 16) | minor`.
 #[no_mangle]

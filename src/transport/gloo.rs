@@ -10,10 +10,13 @@
 //! Any Gloo failure (timeout, dead peer) breaks the group: later transfers fail
 //! with a clear error until the group is destroyed and created again.
 
-use super::group::{CollectiveGroups, GroupFailure, GroupSpec};
+use super::group::{
+    decode_location, encode_location, is_system_error, CollectiveGroups, GroupFailure, GroupSpec,
+    OwnerReport, PullRequest,
+};
 use super::{fetch_request, Local, Peer, Transport};
 use crate::dlpack::DLDevice;
-use crate::endpoint::{wire, Channel, Contact};
+use crate::endpoint::{wire, Channel};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
@@ -25,17 +28,15 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// One joined collective group.
 struct Group {
     ctx: gloo_sys::Context,
-    /// Where failed transfers are reported (the group's owner).
-    owner: Option<Contact>,
-    /// Whether this member reported a failure already (once per group).
-    reported: AtomicBool,
+    /// Failed transfers go to the group's owner.
+    report: OwnerReport,
 }
 
 impl Group {
@@ -48,27 +49,6 @@ impl Group {
             ))),
         }
     }
-
-    /// A transfer failed with a system error: breaks the group here (so the
-    /// peers' contexts break too) and reports it to the owner, once per group
-    /// (Gloo may have broken the group already, on noticing a dead peer).
-    fn fail(&self, local: &Local<'_>, failure: GroupFailure) {
-        self.ctx.abort();
-        if let Some(owner) = &self.owner {
-            if !self.reported.swap(true, Ordering::AcqRel) {
-                local.failures.report(owner, &failure);
-            }
-        }
-    }
-}
-
-/// Whether `e` is a system error of a transfer (which breaks the group), not a
-/// refusal (unknown object or group, bad request: the group stays usable).
-fn is_system_error(e: &Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::Io | ErrorKind::PeerGone
-    )
 }
 
 /// The gloo transport: this process's groups.
@@ -98,26 +78,6 @@ fn local_ip_towards(target: SocketAddr) -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-/// Encodes the transport data of a gloo record: producer rank and group name.
-fn encode_location(rank: usize, group: &str) -> Vec<u8> {
-    let mut out = (rank as u32).to_le_bytes().to_vec();
-    out.extend_from_slice(group.as_bytes());
-    out
-}
-
-fn decode_location(data: &[u8]) -> Result<(usize, &str)> {
-    if data.len() < 4 {
-        return Err(Error::malformed("gloo transport data is truncated"));
-    }
-    let (rank, name) = data.split_at(4);
-    let name =
-        std::str::from_utf8(name).map_err(|_| Error::malformed("gloo group name is not UTF-8"))?;
-    Ok((
-        u32::from_le_bytes(rank.try_into().expect("4 bytes")) as usize,
-        name,
-    ))
-}
-
 /// Largest message a tensor is split into (rounded down to whole elements).
 const CHUNK: u64 = 4 << 20;
 
@@ -137,46 +97,6 @@ fn chunks(meta: &TensorMeta) -> Result<Vec<(u64, u64)>> {
         .step_by(step as usize)
         .map(|first| (first, step.min(meta.nbytes - first)))
         .collect())
-}
-
-/// A fetch request's transport-specific part.
-struct SendRequest<'a> {
-    slot: u64,
-    consumer_rank: usize,
-    timeout: Duration,
-    group: &'a str,
-}
-
-impl<'a> SendRequest<'a> {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + self.group.len());
-        out.extend_from_slice(&self.slot.to_le_bytes());
-        out.extend_from_slice(&(self.consumer_rank as u32).to_le_bytes());
-        out.extend_from_slice(
-            &(self.timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes(),
-        );
-        out.extend_from_slice(self.group.as_bytes());
-        out
-    }
-
-    fn decode(body: &'a [u8]) -> Result<Self> {
-        if body.len() < 20 {
-            return Err(Error::transport("gloo send request is truncated"));
-        }
-        let slot = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
-        let consumer_rank = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
-        let timeout = Duration::from_millis(u64::from_le_bytes(
-            body[12..20].try_into().expect("8 bytes"),
-        ));
-        let group = std::str::from_utf8(&body[20..])
-            .map_err(|_| Error::transport("group name is not UTF-8"))?;
-        Ok(SendRequest {
-            slot,
-            consumer_rank,
-            timeout,
-            group,
-        })
-    }
 }
 
 impl CollectiveGroups for Gloo {
@@ -224,8 +144,7 @@ impl CollectiveGroups for Gloo {
             spec.name.to_owned(),
             Arc::new(Group {
                 ctx,
-                owner: spec.owner.cloned(),
-                reported: AtomicBool::new(false),
+                report: OwnerReport::new(spec.owner),
             }),
         );
         Ok(())
@@ -243,6 +162,33 @@ impl CollectiveGroups for Gloo {
 
     fn group_names(&self) -> Vec<String> {
         self.groups.read().keys().cloned().collect()
+    }
+
+    fn break_group(
+        &self,
+        local: &Local<'_>,
+        name: &str,
+        object: &ObjectId,
+        ranks: Option<(usize, usize)>,
+        cause: &Error,
+    ) {
+        let Ok(group) = self.joined(name) else { return };
+        // Aborting closes the connections, so the peers' contexts break too.
+        group.ctx.abort();
+        let rank = group.ctx.rank();
+        let (src, dst) = ranks.unwrap_or((rank, rank));
+        group.report.report(
+            local,
+            GroupFailure {
+                transport: TransportKind::Gloo,
+                group: name.to_owned(),
+                object: *object,
+                src_rank: src as u32,
+                dst_rank: dst as u32,
+                reporter_rank: rank as u32,
+                cause: cause.message().to_owned(),
+            },
+        );
     }
 }
 
@@ -282,6 +228,10 @@ impl Transport for Gloo {
         is_host(device)
     }
 
+    fn devices(&self) -> &'static str {
+        "CPU tensors (CUDA tensors go with tensor_transport=\"nccl\", \"cuda_ipc\" or \"nixl\")"
+    }
+
     fn export(
         &self,
         _id: &ObjectId,
@@ -302,7 +252,7 @@ impl Transport for Gloo {
         _fd: Option<OwnedFd>,
         channel: &mut Channel,
     ) -> Result<()> {
-        let req = SendRequest::decode(body)?;
+        let req = PullRequest::decode(body)?;
         let group = self.joined(req.group)?;
         if req.consumer_rank >= group.ctx.size() || req.consumer_rank == group.ctx.rank() {
             return Err(Error::invalid(format!(
@@ -317,19 +267,8 @@ impl Transport for Gloo {
             .and_then(|()| self.send_object(&group, &req, object, channel));
         if let Err(e) = &sent {
             if is_system_error(e) {
-                let rank = group.ctx.rank() as u32;
-                group.fail(
-                    local,
-                    GroupFailure {
-                        transport: TransportKind::Gloo,
-                        group: req.group.to_owned(),
-                        object: *id,
-                        src_rank: rank,
-                        dst_rank: req.consumer_rank as u32,
-                        reporter_rank: rank,
-                        cause: e.message().to_owned(),
-                    },
-                );
+                let ranks = (group.ctx.rank(), req.consumer_rank);
+                self.break_group(local, req.group, id, Some(ranks), e);
             }
         }
         sent
@@ -343,33 +282,22 @@ impl Transport for Gloo {
         meta: &Metadata,
         timeout: Duration,
     ) -> Result<Vec<Tensor>> {
-        let (producer_rank, name) = decode_location(&meta.transport_data)?;
+        let (producer_rank, name) = decode_location(&meta.transport_data, "gloo")?;
         let group = self.joined(name)?;
         let received = group.usable(name).and_then(|()| {
             self.receive_object(&group, peer, id, meta, producer_rank, name, timeout)
         });
         if let Err(e) = &received {
             if is_system_error(e) {
-                let rank = group.ctx.rank() as u32;
-                group.fail(
-                    local,
-                    GroupFailure {
-                        transport: TransportKind::Gloo,
-                        group: name.to_owned(),
-                        object: *id,
-                        src_rank: producer_rank as u32,
-                        dst_rank: rank,
-                        reporter_rank: rank,
-                        cause: e.message().to_owned(),
-                    },
-                );
+                let ranks = (producer_rank, group.ctx.rank());
+                self.break_group(local, name, id, Some(ranks), e);
             }
         }
         received
     }
 
     fn check_consumer(&self, meta: &Metadata) -> Result<()> {
-        let (_, name) = decode_location(&meta.transport_data)?;
+        let (_, name) = decode_location(&meta.transport_data, "gloo")?;
         self.group(name).map(|_| ())
     }
 
@@ -383,7 +311,7 @@ impl Gloo {
     fn send_object(
         &self,
         group: &Group,
-        req: &SendRequest<'_>,
+        req: &PullRequest<'_>,
         object: &StoredObject,
         channel: &mut Channel,
     ) -> Result<()> {
@@ -446,7 +374,7 @@ impl Gloo {
             .iter()
             .map(Tensor::alloc_host)
             .collect::<Result<Vec<_>>>()?;
-        let request = SendRequest {
+        let request = PullRequest {
             slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
             consumer_rank: group.ctx.rank(),
             timeout,

@@ -107,8 +107,58 @@ pub trait FailureSink: Send + Sync {
     fn report(&self, owner: &Contact, failure: &GroupFailure);
 }
 
+/// Whether `e` is a system error of a transfer (which breaks the group): not a
+/// refusal (unknown object or group, bad request: the group stays usable).
+pub fn is_system_error(e: &Error) -> bool {
+    use crate::error::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::Io | ErrorKind::PeerGone
+    )
+}
+
+/// A member's reports to its group's owner: at most one per group (the first
+/// failure breaks the group; later ones are consequences).
+pub struct OwnerReport {
+    owner: Option<Contact>,
+    reported: std::sync::atomic::AtomicBool,
+}
+
+impl OwnerReport {
+    /// Reports to `owner` (none: to nobody).
+    pub fn new(owner: Option<&Contact>) -> OwnerReport {
+        OwnerReport {
+            owner: owner.cloned(),
+            reported: Default::default(),
+        }
+    }
+
+    /// Sends `failure` to the owner through `local`, if this is the first.
+    pub fn report(&self, local: &super::Local<'_>, failure: GroupFailure) {
+        use std::sync::atomic::Ordering;
+        if let Some(owner) = &self.owner {
+            if !self.reported.swap(true, Ordering::AcqRel) {
+                local.failures.report(owner, &failure);
+            }
+        }
+    }
+}
+
 /// The collective groups of one two-sided transport in this process.
 pub trait CollectiveGroups: Send + Sync {
+    /// Breaks group `name` in this process after system error `cause` while
+    /// moving `object` from rank `src` to rank `dst` (`None`: this rank, e.g.
+    /// a tensor on a device the transport does not move), and reports it to
+    /// the group's owner. Unknown groups are ignored.
+    fn break_group(
+        &self,
+        local: &super::Local<'_>,
+        name: &str,
+        object: &ObjectId,
+        ranks: Option<(usize, usize)>,
+        cause: &Error,
+    );
+
     /// Joins group `spec.name`; blocks until every rank joined or the timeout passed.
     fn create_group(&self, spec: &GroupSpec<'_>) -> Result<()>;
 
@@ -117,4 +167,100 @@ pub trait CollectiveGroups: Send + Sync {
 
     /// Names of the groups this process is in.
     fn group_names(&self) -> Vec<String>;
+}
+
+/// Encodes the transport data of a record of a two-sided transport: the
+/// producer's rank and the group's name.
+pub fn encode_location(rank: usize, group: &str) -> Vec<u8> {
+    let mut out = (rank as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(group.as_bytes());
+    out
+}
+
+/// Decodes [`encode_location`]'s bytes (`transport` names it in errors).
+pub fn decode_location<'a>(data: &'a [u8], transport: &str) -> Result<(usize, &'a str)> {
+    if data.len() < 4 {
+        return Err(Error::malformed(format!(
+            "{transport} transport data is truncated"
+        )));
+    }
+    let (rank, name) = data.split_at(4);
+    let name = std::str::from_utf8(name)
+        .map_err(|_| Error::malformed(format!("{transport} group name is not UTF-8")))?;
+    Ok((
+        u32::from_le_bytes(rank.try_into().expect("4 bytes")) as usize,
+        name,
+    ))
+}
+
+/// The transport-specific part of a fetch request of a two-sided transport:
+/// the consumer asks the producer to send an object to its rank.
+pub struct PullRequest<'a> {
+    /// Message tag the transfer uses (gloo's slot; unused by nccl).
+    pub slot: u64,
+    /// The consumer's rank in the group.
+    pub consumer_rank: usize,
+    /// How long the producer may take.
+    pub timeout: Duration,
+    /// The group's name.
+    pub group: &'a str,
+}
+
+impl<'a> PullRequest<'a> {
+    /// The request's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + self.group.len());
+        out.extend_from_slice(&self.slot.to_le_bytes());
+        out.extend_from_slice(&(self.consumer_rank as u32).to_le_bytes());
+        out.extend_from_slice(
+            &(self.timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes(),
+        );
+        out.extend_from_slice(self.group.as_bytes());
+        out
+    }
+
+    /// Parses [`PullRequest::encode`]'s bytes.
+    pub fn decode(body: &'a [u8]) -> Result<Self> {
+        if body.len() < 20 {
+            return Err(Error::transport("send request is truncated"));
+        }
+        let slot = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+        let consumer_rank = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
+        let timeout = Duration::from_millis(u64::from_le_bytes(
+            body[12..20].try_into().expect("8 bytes"),
+        ));
+        let group = std::str::from_utf8(&body[20..])
+            .map_err(|_| Error::transport("group name is not UTF-8"))?;
+        Ok(PullRequest {
+            slot,
+            consumer_rank,
+            timeout,
+            group,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_and_request_round_trip() {
+        let data = encode_location(3, "g");
+        assert_eq!(decode_location(&data, "nccl").unwrap(), (3, "g"));
+        assert!(decode_location(&data[..3], "nccl").is_err());
+        let req = PullRequest {
+            slot: 9,
+            consumer_rank: 1,
+            timeout: Duration::from_millis(1500),
+            group: "grp",
+        };
+        let bytes = req.encode();
+        let back = PullRequest::decode(&bytes).unwrap();
+        assert_eq!(
+            (back.slot, back.consumer_rank, back.timeout, back.group),
+            (9, 1, Duration::from_millis(1500), "grp")
+        );
+        assert!(PullRequest::decode(&bytes[..19]).is_err());
+    }
 }

@@ -7,8 +7,10 @@
 //! bytes over their collective group while the control channel synchronises;
 //! one-sided ones (shm, nixl) need the producer only to hand out access.
 
+pub mod cuda_ipc;
 pub mod gloo;
 pub mod group;
+pub mod nccl;
 pub mod nixl;
 pub mod registry;
 pub mod shm;
@@ -136,6 +138,9 @@ pub trait Transport: Send + Sync {
     /// Whether tensors on `device` can be moved by this transport.
     fn serves(&self, device: DLDevice) -> bool;
 
+    /// What it moves, for refusals ("CUDA tensors (...)").
+    fn devices(&self) -> &'static str;
+
     /// Producer side, at put: the transport-specific bytes for the object's
     /// metadata record (group and rank, registration descriptors, ...).
     fn export(&self, id: &ObjectId, object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>>;
@@ -189,6 +194,14 @@ pub trait Transport: Send + Sync {
     fn groups(&self) -> Option<&dyn CollectiveGroups> {
         None
     }
+}
+
+/// The instant `timeout` from now (far in the future for `Duration::MAX`).
+pub fn deadline_after(timeout: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 /// Tensors received into one buffer start at multiples of this.

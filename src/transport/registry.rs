@@ -4,7 +4,9 @@
 //! engine and the C ABI look transports up by [`TransportKind`] and never name
 //! a backend.
 
-use super::{gloo::Gloo, nixl::Nixl, shm::Shm, CollectiveGroups, Transport};
+use super::{
+    cuda_ipc::CudaIpc, gloo::Gloo, nccl::Nccl, nixl::Nixl, shm::Shm, CollectiveGroups, Transport,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport_kind::TransportKind;
 
@@ -21,6 +23,8 @@ impl Registry {
                 Box::new(Shm::default()),
                 Box::new(Gloo::default()),
                 Box::new(Nixl::default()),
+                Box::new(Nccl::default()),
+                Box::new(CudaIpc::default()),
             ],
         }
     }

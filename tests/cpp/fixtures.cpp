@@ -154,6 +154,7 @@ std::vector<uint8_t> shm_record() {
   for (int64_t v : {2, 3, 3, 1}) put<int64_t>(r, v);  // shape, then strides
   put<uint64_t>(r, 24);
   put<uint32_t>(r, 0);  // no transport data
+  put<uint8_t>(r, 0);   // flags: not inline
   return r;
 }
 

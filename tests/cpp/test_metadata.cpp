@@ -39,7 +39,7 @@ TEST(malformed_records_are_refused) {
   inputs.push_back(record);
   inputs.back()[4] = 3;  // unknown version
   inputs.push_back(record);
-  inputs.back()[record.size() - 12] = 25;  // nbytes does not match the shape
+  inputs.back()[record.size() - 13] = 25;  // nbytes does not match the shape
   for (const auto& input : inputs) {
     rdt_metadata* md = nullptr;
     CHECK_STATUS(rdt_metadata_decode(input.empty() ? nullptr : input.data(), input.size(), &md),

@@ -645,7 +645,9 @@ void TestRejectedPuts(const Context &ctx, std::vector<Made> *to_release) {
              "group");
   EXPECT_ERR(ctx.StoreReturn(MakeObjectId(51), RDT_TRANSPORT_GLOO, "no-such-group", raw), StatusCode::kNotFound,
              "no-such-group");
-  EXPECT_ERR(ctx.StoreReturn(MakeObjectId(52), RDT_TRANSPORT_NCCL, "", raw), StatusCode::kUnavailable, "nccl");
+  // CPU tensors over nccl: refused for their device (the guide's system error).
+  EXPECT_ERR(ctx.StoreReturn(MakeObjectId(52), RDT_TRANSPORT_NCCL, "", raw), StatusCode::kUnsupported,
+             "which the nccl transport does not move");
   EXPECT_ERR(ctx.StoreReturn(MakeObjectId(53), 42, "", raw), StatusCode::kInvalidArgument, "42");
   // A CUDA tensor on shm is refused (the others stay valid).
   raw[3]->dl_tensor.device = DLDevice{kDLCUDA, 0};

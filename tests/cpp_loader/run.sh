@@ -15,6 +15,9 @@
 #                                 (default: `cargo build` at the repo root, target/debug)
 #              CXX, CC            compilers (default g++, gcc)
 set -euo pipefail
+# The test counts what each transport moved between the two processes: no small
+# objects inside their records, no same-host path instead of gloo.
+export RAY_RDT_INLINE_BYTES=0 RAY_RDT_SAME_HOST_PATH=0
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"

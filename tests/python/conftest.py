@@ -1,5 +1,6 @@
 """Shared fixtures: one local Ray cluster per test module (``ray.init(num_cpus=8)``)."""
 
+import contextlib
 import os
 import sys
 import time
@@ -108,3 +109,38 @@ class ReceivingActor:
         import torch
 
         return tensor.data_ptr(), torch.sum(tensor)
+
+
+@contextlib.contextmanager
+def cluster_with_env(env, **init_kwargs):
+    """A local Ray cluster whose processes (this driver included) see ``env``
+    (e.g. ``RAY_RDT_PLUGIN_TRANSPORTS``): the driver's transport registry is
+    rebuilt under it, and everything is restored afterwards."""
+    import ray
+    from ray.experimental.rdt import util
+
+    if ray.is_initialized():
+        ray.shutdown()
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved = (dict(util.transport_manager_info), dict(util.transport_managers), util._default_transports_registered)
+
+    def reset_registry(info, managers, registered):
+        util.transport_manager_info.clear()
+        util.transport_manager_info.update(info)
+        util.transport_managers.clear()
+        util.transport_managers.update(managers)
+        util._default_transports_registered = registered
+
+    os.environ.update(env)
+    reset_registry({}, {}, False)
+    ray.init(include_dashboard=False, **init_kwargs)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_registry(*saved)

@@ -15,9 +15,8 @@
 //! The probe runs once per process, on first use; its result (the path, or the
 //! error text) is kept for the life of the process.
 
+use crate::dylib;
 use crate::error::{Error, ErrorKind, Result};
-use std::ffi::{CStr, CString};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -61,7 +60,9 @@ fn probe() -> Result<PathBuf, String> {
     // libnixl builds in one process would clash.
     let mut chosen = candidates
         .iter()
-        .find(|c| already_loaded(c) || already_loaded(&c.with_file_name("libnixl.so")))
+        .find(|c| {
+            dylib::already_loaded(c) || dylib::already_loaded(&c.with_file_name("libnixl.so"))
+        })
         .cloned();
     let mut tried = Vec::new();
     if chosen.is_none() {
@@ -81,7 +82,7 @@ fn probe() -> Result<PathBuf, String> {
         dlopen_local(c)?;
     }
     let Some(path) = chosen else {
-        let no_search = std::env::var_os(NO_SEARCH_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+        let no_search = dylib::env_flag(NO_SEARCH_ENV);
         let looked = if tried.is_empty() && no_search {
             "RAY_RDT_NIXL_NO_SEARCH is set and RAY_RDT_NIXL_LIB is not".to_owned()
         } else if tried.is_empty() {
@@ -107,31 +108,18 @@ fn probe() -> Result<PathBuf, String> {
 
 /// Where to look for `libnixl_capi.so`, in order: [`LIB_ENV`]; unless
 /// [`NO_SEARCH_ENV`] is set, the wheels' library folders ([`WHEEL_LIB_DIRS`]) in
-/// each `site-packages` of: the running Python (folders of files mapped into this
-/// process, then the prefix of the executable), `VIRTUAL_ENV`, and the `.venv` of
-/// the source tree the plugin was built from.
+/// each `site-packages` folder [`crate::dylib::site_packages`] lists (the
+/// running Python's, the binding's `sys.prefix`, `VIRTUAL_ENV`, the source
+/// tree's `.venv`).
 pub fn candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(p) = std::env::var_os(LIB_ENV).filter(|v| !v.is_empty()) {
-        out.push(PathBuf::from(p));
+    if let Some(p) = dylib::env_path(LIB_ENV) {
+        out.push(p);
     }
-    if std::env::var_os(NO_SEARCH_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+    if dylib::env_flag(NO_SEARCH_ENV) {
         return out;
     }
-    let mut site_dirs: Vec<PathBuf> = mapped_site_packages();
-    if let Some(prefix) = std::fs::read_link("/proc/self/exe")
-        .ok()
-        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
-    {
-        site_dirs.extend(site_packages_under(&prefix));
-    }
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
-        site_dirs.extend(site_packages_under(Path::new(&venv)));
-    }
-    site_dirs.extend(site_packages_under(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"),
-    ));
-    for dir in site_dirs {
+    for dir in dylib::site_packages() {
         for wheel in WHEEL_LIB_DIRS {
             let lib = dir.join(wheel).join(LIB_NAME);
             if lib.is_file() && !out.contains(&lib) {
@@ -140,42 +128,6 @@ pub fn candidates() -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// `site-packages` folders of files mapped into this process (the running
-/// Python's own packages, e.g. Ray's `_raylet.so`), in first-seen order.
-fn mapped_site_packages() -> Vec<PathBuf> {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = Vec::new();
-    for line in maps.lines() {
-        let Some(path) = line.split_whitespace().nth(5) else {
-            continue;
-        };
-        if let Some(i) = path.find("/site-packages/") {
-            let dir = PathBuf::from(&path[..i + "/site-packages".len()]);
-            if !out.contains(&dir) {
-                out.push(dir);
-            }
-        }
-    }
-    out
-}
-
-/// `<prefix>/lib/python3*/site-packages` folders.
-fn site_packages_under(prefix: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(prefix.join("lib")) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().as_bytes().starts_with(b"python3"))
-        .map(|e| e.path().join("site-packages"))
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
 }
 
 /// NIXL's wheels bundle their own libnl-3 and libnl-route-3 (for UCX's IB module,
@@ -211,48 +163,16 @@ fn preload_bundled(lib: &Path) {
         }) else {
             continue;
         };
-        let Ok(c) = c_path(file) else { continue };
-        // SAFETY: loading a shared library by path; it stays loaded.
-        let handle = unsafe {
-            libc::dlopen(
-                c.as_ptr(),
-                libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND,
-            )
-        };
-        if handle.is_null() {
-            log::debug!("ray-rdt: could not preload {}", file.display());
+        if let Err(e) = dylib::Library::open_with(
+            file,
+            libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND,
+        ) {
+            log::debug!("ray-rdt: could not preload {e}");
         }
     }
 }
 
-fn c_path(path: &Path) -> Result<CString, String> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| format!("{}: path contains a NUL byte", path.display()))
-}
-
-fn already_loaded(path: &Path) -> bool {
-    let Ok(c) = c_path(path) else { return false };
-    // SAFETY: RTLD_NOLOAD never loads anything; it only looks the object up.
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
-    !handle.is_null()
-}
-
 /// Loads `path` for good (never closed), its symbols kept local.
 fn dlopen_local(path: &Path) -> Result<(), String> {
-    let c = c_path(path)?;
-    // SAFETY: loading a shared library by path; failure is reported by dlerror.
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        // SAFETY: dlerror returns NULL or a valid C string owned by libc.
-        let why = unsafe {
-            let e = libc::dlerror();
-            if e.is_null() {
-                "unknown dlopen error".to_owned()
-            } else {
-                CStr::from_ptr(e).to_string_lossy().into_owned()
-            }
-        };
-        return Err(format!("{}: {why}", path.display()));
-    }
-    Ok(())
+    dylib::Library::open(path).map(|_| ())
 }

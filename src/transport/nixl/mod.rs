@@ -26,13 +26,14 @@
 //! the producer, so the producer's `bytes_sent` stays 0 for nixl (documented).
 
 pub mod agent;
-pub mod cuda;
 pub mod library;
 pub mod record;
 pub mod registry;
 pub mod remote;
 
-use super::{packed_layout, Local, Peer, Transport};
+use super::{deadline_after, packed_layout, Local, Peer, Transport};
+use crate::cuda::pool::{self, Lease};
+use crate::cuda::{self as cuda_layer, current};
 use crate::dlpack::{kDLCPU, kDLCUDA, DLDevice};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
@@ -108,27 +109,24 @@ fn memory_of(device: DLDevice) -> Result<(bool, u64)> {
     }
 }
 
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
-        .unwrap_or(now)
-}
-
-/// Received memory: host or CUDA.
+/// Received memory: host, or pooled CUDA memory ([`crate::cuda::pool`]).
 enum Buffer {
     Host(HostBuffer),
-    Cuda(cuda::DeviceBuffer),
+    Cuda(Lease),
 }
 
 impl Buffer {
     fn addr(&self) -> usize {
         match self {
             Buffer::Host(b) => b.as_ptr() as usize,
-            Buffer::Cuda(b) => b.as_ptr() as usize,
+            Buffer::Cuda(b) => b.ptr() as usize,
         }
     }
 }
+
+/// How long a put of CUDA tensors waits for the work that produces them
+/// (`RAY_RDT_CUDA_SYNC_TIMEOUT_MS`, default 60 s).
+pub const CUDA_SYNC_TIMEOUT_ENV: &str = "RAY_RDT_CUDA_SYNC_TIMEOUT_MS";
 
 /// Owner of a received object's tensors: deregisters, then frees, when the last
 /// tensor goes (field order is drop order).
@@ -148,6 +146,10 @@ impl Transport for Nixl {
 
     fn serves(&self, device: DLDevice) -> bool {
         memory_of(device).is_ok()
+    }
+
+    fn devices(&self) -> &'static str {
+        "CPU and CUDA tensors"
     }
 
     fn export(
@@ -183,6 +185,18 @@ impl Transport for Nixl {
                 descs,
             }
             .encode();
+        }
+        if cuda {
+            // A one-sided read cannot wait on the producer's stream: the work
+            // that produces the tensors completes before they are registered
+            // (an event on the producer's current stream, waited on here).
+            let timeout =
+                crate::settings::millis_or(CUDA_SYNC_TIMEOUT_ENV, Duration::from_secs(60));
+            cuda_layer::mark_current_work(dev as i32, false)?.wait(
+                deadline_after(timeout),
+                "the work producing the CUDA tensors put for nixl",
+                || Ok(()),
+            )?;
         }
         let rt = agent::serving()?;
         // Where each tensor's bytes are: the tensor itself, or a packed copy.
@@ -354,15 +368,27 @@ impl Transport for Nixl {
                 "nixl transport data names no producer agent for a non-empty object",
             ));
         }
+        if cuda && meta.total_bytes() == 0 {
+            let device = DLDevice {
+                device_type: kDLCUDA,
+                device_id: current::device(),
+            };
+            return Ok(pool::empty_tensors(metas, device));
+        }
         let buffer = if cuda {
-            Buffer::Cuda(cuda::DeviceBuffer::new(total as usize)?)
+            // NIXL writes outside any stream of ours: the block's previous
+            // user must be done with it first.
+            let mut lease = Lease::take(current::device(), total as usize)?;
+            lease.wait_previous_use(deadline)?;
+            lease.release_on(current::stream(lease.device()));
+            Buffer::Cuda(lease)
         } else {
             Buffer::Host(HostBuffer::new(total as usize)?)
         };
         let local_dev = match &buffer {
             Buffer::Cuda(b) => DLDevice {
                 device_type: kDLCUDA,
-                device_id: b.device,
+                device_id: b.device(),
             },
             Buffer::Host(_) => DLDevice {
                 device_type: kDLCPU,

@@ -49,6 +49,10 @@ impl Transport for Shm {
         is_host(device)
     }
 
+    fn devices(&self) -> &'static str {
+        "CPU tensors of one host (CUDA tensors go with tensor_transport=\"cuda_ipc\", \"nccl\" or \"nixl\")"
+    }
+
     fn export(
         &self,
         _id: &ObjectId,

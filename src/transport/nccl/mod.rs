@@ -1,0 +1,530 @@
+//! `nccl`: two-sided transport over an NCCL collective group (CUDA tensors).
+//!
+//! NEVER RUN ON A GPU YET (no GPU was lent to this work): the code paths that
+//! need no device are tested; the transfers wait for `ci/gpu-nightly`.
+//!
+//! - **Group** ([`CollectiveGroups::create_group`]): rank 0 creates NCCL's
+//!   unique ID and publishes it in the group's rendezvous store (the plugin's,
+//!   served by rank 0's process; never a Ray task); every rank reads it and joins
+//!   a non-blocking communicator on its current device ([`crate::cuda::current`]),
+//!   bounded by the group timeout. Each member has its own stream for the group.
+//! - **Put** ([`Transport::export`]): the tensors must be contiguous CUDA tensors
+//!   on the group's device; an event recorded on the producer's current stream
+//!   marks the work that produces them. The record carries rank and group name.
+//! - **Fetch** (pulled by the consumer, like gloo): the consumer takes pooled
+//!   memory on its group device ([`crate::cuda::pool`]), asks the producer's
+//!   endpoint for the object, and on *go* receives every tensor in one grouped
+//!   `ncclRecv`; the producer's stream waits for the put's event (no host or
+//!   device-wide synchronisation), then sends in one grouped `ncclSend`. Both sides
+//!   wait on the host, until the deadline, for their operation to complete, so
+//!   every error is the fetch's; the consumer's current stream then waits for the
+//!   receive before anything queued on it later reads the tensors.
+//! - **One transfer per rank at a time** ([`turn`]), so crossing transfers
+//!   cannot deadlock in NCCL.
+//! - **Faults**: any NCCL failure or timeout after an operation was issued aborts
+//!   the communicator (`ncclCommAbort`: the way out of a hung NCCL call) and
+//!   breaks the group; later transfers fail with "collective group ... was
+//!   destroyed by a system error (...)". A refusal before anything was issued
+//!   (unknown object, wrong rank) leaves the group usable.
+
+pub mod turn;
+
+use super::group::{
+    decode_location, encode_location, is_system_error, CollectiveGroups, GroupFailure, GroupSpec,
+    OwnerReport, PullRequest,
+};
+use super::{deadline_after, fetch_request, packed_layout, Local, Peer, Transport};
+use crate::cuda::driver::{self, Event, RawStream};
+use crate::cuda::nccl::{self as nccl_api, Comm};
+use crate::cuda::pool::{self, Lease};
+use crate::cuda::{self, current};
+use crate::dlpack::{kDLCUDA, DLDevice};
+use crate::endpoint::{wire, Channel};
+use crate::error::{Error, ErrorKind, Result};
+use crate::metadata::Metadata;
+use crate::object_id::ObjectId;
+use crate::store::StoredObject;
+use crate::tensor::{Tensor, TensorMeta};
+use crate::transport_kind::TransportKind;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use turn::Turns;
+
+/// The producer's answer to a fetch, after `REPLY_OK`: it sends now.
+const GO: u8 = 0;
+/// The producer's answer to a fetch, after `REPLY_OK`: its rank is busy
+/// fetching; try again.
+const BUSY: u8 = 1;
+
+/// One joined group.
+struct Group {
+    name: String,
+    comm: Mutex<Comm>,
+    rank: usize,
+    size: usize,
+    device: i32,
+    /// The group's stream on `device`.
+    stream: RawStream,
+    /// Marks the end of the rank's current transfer (one at a time).
+    done: Event,
+    turns: Turns,
+    broken: Mutex<Option<String>>,
+    /// Failed transfers go to the group's owner.
+    report: OwnerReport,
+}
+
+impl Group {
+    fn broken_reason(&self) -> Option<String> {
+        self.broken.lock().clone()
+    }
+
+    /// Aborts the communicator and records why: every later transfer fails.
+    fn break_with(&self, reason: &Error) {
+        self.broken.lock().get_or_insert_with(|| reason.to_string());
+        self.comm.lock().abort();
+        log::error!("ray-rdt: NCCL group {:?} is broken: {reason}", self.name);
+    }
+
+    /// Issues one grouped send or receive of `buffers` with `peer` on the
+    /// group's stream, then waits on the host until it completed. Any failure
+    /// breaks the group (an issued NCCL operation cannot be taken back).
+    fn transfer(
+        &self,
+        send: bool,
+        buffers: &[(u64, usize)],
+        peer: usize,
+        deadline: Instant,
+    ) -> Result<()> {
+        let what = if send { "sending" } else { "receiving" };
+        let result = self
+            .comm
+            .lock()
+            .exchange(send, buffers, peer, self.stream, deadline)
+            .and_then(|_| self.done.record(self.stream))
+            .and_then(|_| {
+                self.done.wait(
+                    deadline,
+                    &format!("{what} over NCCL (group {:?}, peer rank {peer})", self.name),
+                    || self.comm.lock().state().map(|_| ()),
+                )
+            });
+        result.inspect_err(|e| self.break_with(e))
+    }
+}
+
+/// The nccl transport: this process's groups and the events of its exports.
+#[derive(Default)]
+pub struct Nccl {
+    groups: RwLock<HashMap<String, Arc<Group>>>,
+    /// Per exported object: the event marking the work that produced it.
+    exports: Mutex<HashMap<ObjectId, Arc<Event>>>,
+}
+
+fn not_in_group(name: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("this process is not in NCCL collective group {name:?}"),
+    )
+}
+
+fn store_error(e: gloo_sys::GlooError) -> Error {
+    let kind = match e.kind() {
+        gloo_sys::ErrorKind::Timeout => ErrorKind::Timeout,
+        _ => ErrorKind::Transport,
+    };
+    Error::new(kind, format!("rendezvous store: {e}"))
+}
+
+/// The store key rank 0 publishes the unique ID under.
+fn unique_id_key(group: &str) -> String {
+    format!("ray-rdt/nccl/{group}/unique-id")
+}
+
+impl Nccl {
+    /// The group this process joined as `name`, broken or not.
+    fn joined(&self, name: &str) -> Result<Arc<Group>> {
+        self.groups.read().get(name).cloned().ok_or_else(|| {
+            let e = not_in_group(name);
+            Error::new(
+                e.kind(),
+                format!("{e}: create the group on both actors before passing nccl objects"),
+            )
+        })
+    }
+
+    /// Breaks the group after a system error of a transfer and reports it.
+    fn on_failure<T>(
+        &self,
+        local: &Local<'_>,
+        name: &str,
+        object: &ObjectId,
+        ranks: (usize, usize),
+        result: Result<T>,
+    ) -> Result<T> {
+        if let Err(e) = &result {
+            if is_system_error(e) {
+                self.break_group(local, name, object, Some(ranks), e);
+            }
+        }
+        result
+    }
+
+    fn group(&self, name: &str) -> Result<Arc<Group>> {
+        let group = self.joined(name)?;
+        if let Some(reason) = group.broken_reason() {
+            return Err(Error::transport(format!(
+                "collective group {name:?} was destroyed by a system error ({reason}); destroy it and create it again"
+            )));
+        }
+        Ok(group)
+    }
+}
+
+impl CollectiveGroups for Nccl {
+    fn create_group(&self, spec: &GroupSpec<'_>) -> Result<()> {
+        let already = || {
+            Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "this process is already in collective group {:?}",
+                    spec.name
+                ),
+            )
+        };
+        if self.groups.read().contains_key(spec.name) {
+            return Err(already());
+        }
+        if spec.rank >= spec.world_size {
+            return Err(Error::invalid(format!(
+                "rank {} is out of range for a group of {}",
+                spec.rank, spec.world_size
+            )));
+        }
+        let deadline = deadline_after(spec.timeout);
+        // Fail early, and the same on every rank, where CUDA or NCCL is missing.
+        driver::init()?;
+        nccl_api::version()?;
+        let key = unique_id_key(spec.name);
+        let id: nccl_api::UniqueId = if spec.rank == 0 {
+            let id = nccl_api::unique_id()?;
+            spec.store.set(&key, &id).map_err(store_error)?;
+            id
+        } else {
+            let bytes = spec.store.get(&key, spec.timeout).map_err(store_error)?;
+            bytes.as_slice().try_into().map_err(|_| {
+                Error::malformed(format!(
+                    "the NCCL unique ID of group {:?} has {} bytes, not 128",
+                    spec.name,
+                    bytes.len()
+                ))
+            })?
+        };
+        let device = current::device();
+        let comm = Comm::init(&id, spec.rank, spec.world_size, device, deadline).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!(
+                    "joining NCCL group {:?} as rank {} of {} on cuda:{device}: {e} (NCCL cannot form a \
+                     communicator with two ranks on one GPU)",
+                    spec.name, spec.rank, spec.world_size
+                ),
+            )
+        })?;
+        let group = Group {
+            name: spec.name.to_owned(),
+            rank: spec.rank,
+            size: spec.world_size,
+            device,
+            stream: driver::new_stream(device)?,
+            done: Event::new(device, false)?,
+            turns: Turns::default(),
+            broken: Mutex::new(None),
+            report: OwnerReport::new(spec.owner),
+            comm: Mutex::new(comm),
+        };
+        let mut groups = self.groups.write();
+        if groups.contains_key(spec.name) {
+            return Err(already());
+        }
+        groups.insert(spec.name.to_owned(), Arc::new(group));
+        Ok(())
+    }
+
+    fn destroy_group(&self, name: &str) -> Result<()> {
+        let group = self
+            .groups
+            .write()
+            .remove(name)
+            .ok_or_else(|| not_in_group(name))?;
+        // Pending transfers end (they fail); resources go.
+        group.comm.lock().abort();
+        Ok(())
+    }
+
+    fn break_group(
+        &self,
+        local: &Local<'_>,
+        name: &str,
+        object: &ObjectId,
+        ranks: Option<(usize, usize)>,
+        cause: &Error,
+    ) {
+        let Ok(group) = self.joined(name) else { return };
+        group.break_with(cause);
+        let (src, dst) = ranks.unwrap_or((group.rank, group.rank));
+        group.report.report(
+            local,
+            GroupFailure {
+                transport: TransportKind::Nccl,
+                group: name.to_owned(),
+                object: *object,
+                src_rank: src as u32,
+                dst_rank: dst as u32,
+                reporter_rank: group.rank as u32,
+                cause: cause.message().to_owned(),
+            },
+        );
+    }
+
+    fn group_names(&self) -> Vec<String> {
+        self.groups.read().keys().cloned().collect()
+    }
+}
+
+/// `(address, bytes)` of each non-empty tensor.
+fn buffers(tensors: &[Tensor]) -> Vec<(u64, usize)> {
+    tensors
+        .iter()
+        .filter(|t| t.meta().nbytes > 0)
+        .map(|t| (t.data_ptr() as u64, t.meta().nbytes as usize))
+        .collect()
+}
+
+fn time_left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+impl Transport for Nccl {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Nccl
+    }
+
+    fn serves(&self, device: DLDevice) -> bool {
+        device.device_type == kDLCUDA
+    }
+
+    fn devices(&self) -> &'static str {
+        "CUDA tensors only (CPU tensors go with tensor_transport=\"gloo\", \"shm\" or \"nixl\")"
+    }
+
+    fn export(&self, id: &ObjectId, object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>> {
+        let name = group
+            .ok_or_else(|| Error::invalid("the nccl transport needs a collective group name"))?;
+        let g = self.group(name)?;
+        for (i, t) in object.tensors.iter().enumerate() {
+            if t.device().device_id != g.device {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "tensor {i} is on cuda:{}, but this rank of NCCL group {name:?} communicates from cuda:{}",
+                        t.device().device_id,
+                        g.device
+                    ),
+                ));
+            }
+            if !t.meta().is_contiguous() {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("tensor {i} is a non-contiguous CUDA tensor: the nccl transport sends contiguous tensors (call .contiguous())"),
+                ));
+            }
+        }
+        if object.nbytes() > 0 {
+            let ready = cuda::mark_current_work(g.device, false)?;
+            self.exports.lock().insert(*id, Arc::new(ready));
+        }
+        Ok(encode_location(g.rank, name))
+    }
+
+    fn release(&self, id: &ObjectId) {
+        self.exports.lock().remove(id);
+    }
+
+    fn serve(
+        &self,
+        local: &Local<'_>,
+        id: &ObjectId,
+        object: &StoredObject,
+        body: &[u8],
+        _fd: Option<OwnedFd>,
+        channel: &mut Channel,
+    ) -> Result<()> {
+        let req = PullRequest::decode(body)?;
+        let group = self.joined(req.group)?;
+        let ranks = (group.rank, req.consumer_rank);
+        let result = self.serve_pull(&req, id, object, channel);
+        self.on_failure(local, req.group, id, ranks, result)
+    }
+
+    fn fetch(
+        &self,
+        local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>> {
+        let (producer_rank, name) = decode_location(&meta.transport_data, "nccl")?;
+        let group = self.joined(name)?;
+        let ranks = (producer_rank, group.rank);
+        let result = self.fetch_pull(peer, id, meta, timeout);
+        self.on_failure(local, name, id, ranks, result)
+    }
+
+    fn groups(&self) -> Option<&dyn CollectiveGroups> {
+        Some(self)
+    }
+}
+
+impl Nccl {
+    /// Producer side of a fetch: answers go (or busy), sends, confirms.
+    fn serve_pull(
+        &self,
+        req: &PullRequest<'_>,
+        id: &ObjectId,
+        object: &StoredObject,
+        channel: &mut Channel,
+    ) -> Result<()> {
+        let group = self.group(req.group)?;
+        if req.consumer_rank >= group.size || req.consumer_rank == group.rank {
+            return Err(Error::invalid(format!(
+                "rank {} cannot receive from rank {} in group {:?}",
+                req.consumer_rank, group.rank, req.group
+            )));
+        }
+        let deadline = deadline_after(req.timeout);
+        let Some(_turn) = group.turns.serve(deadline)? else {
+            return channel.send(&[wire::REPLY_OK, BUSY], req.timeout);
+        };
+        channel.send(&[wire::REPLY_OK, GO], req.timeout)?;
+        let bufs = buffers(&object.tensors);
+        if !bufs.is_empty() {
+            let ready = self.exports.lock().get(id).cloned();
+            if let Some(ready) = ready {
+                // The consumer already posted its receive: a failure from here
+                // on breaks the group on both sides.
+                ready
+                    .wait_on(group.stream, group.device)
+                    .inspect_err(|e| group.break_with(e))?;
+            }
+            group.transfer(true, &bufs, req.consumer_rank, deadline)?;
+        }
+        channel.send(&[wire::REPLY_OK], time_left(deadline))?;
+        Ok(())
+    }
+
+    /// Consumer side of a fetch: takes this rank's turn and receive memory,
+    /// asks the producer to send, receives on the group's stream.
+    fn fetch_pull(
+        &self,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>> {
+        let (producer_rank, name) = decode_location(&meta.transport_data, "nccl")?;
+        let group = self.group(name)?;
+        if meta.device.device_type != kDLCUDA {
+            return Err(Error::malformed(
+                "an nccl record names a device that is not CUDA",
+            ));
+        }
+        if producer_rank >= group.size || producer_rank == group.rank {
+            return Err(Error::malformed(format!(
+                "the record names rank {producer_rank} of group {name:?} (this process is rank {} of {})",
+                group.rank, group.size
+            )));
+        }
+        let deadline = deadline_after(timeout);
+        let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
+        let (offsets, total) = packed_layout(metas.iter().map(|m| m.nbytes));
+        let mut attempt = 0;
+        let lease = loop {
+            let turn = group.turns.fetch(deadline)?;
+            // Memory first: once the producer says go, it sends.
+            let lease = match total {
+                0 => None,
+                n => Some(Lease::take(group.device, n as usize)?),
+            };
+            let request = PullRequest {
+                slot: 0,
+                consumer_rank: group.rank,
+                timeout: time_left(deadline),
+                group: name,
+            };
+            let outcome = peer.exchange(time_left(deadline), |channel| {
+                channel.send(
+                    &fetch_request(TransportKind::Nccl, meta, id, &request.encode()),
+                    time_left(deadline),
+                )?;
+                match wire::parse_reply(&channel.recv(time_left(deadline))?.payload)? {
+                    [BUSY] => return Ok(false),
+                    [GO] => {}
+                    _ => return Err(Error::transport("malformed nccl reply from the producer")),
+                }
+                if let Some(lease) = &lease {
+                    let bufs: Vec<(u64, usize)> = metas
+                        .iter()
+                        .zip(&offsets)
+                        .filter(|(m, _)| m.nbytes > 0)
+                        .map(|(m, &off)| (lease.ptr() + off, m.nbytes as usize))
+                        .collect();
+                    lease
+                        .order_after_previous_use(group.stream)
+                        .inspect_err(|e| group.break_with(e))?;
+                    group.transfer(false, &bufs, producer_rank, deadline)?;
+                    // The consumer's stream waits for the receive (complete
+                    // already; this orders stream-side use after it all the
+                    // same), while this rank's turn keeps `done` unchanged.
+                    group
+                        .done
+                        .wait_on(current::stream(group.device), group.device)?;
+                }
+                wire::parse_reply(&channel.recv(time_left(deadline))?.payload).map(|_| true)
+            });
+            match outcome {
+                Ok(true) => break lease,
+                Ok(false) => {
+                    drop(turn);
+                    let pause = turn::backoff(attempt);
+                    if Instant::now() + pause >= deadline {
+                        return Err(Error::timeout(format!(
+                            "the producer's rank {producer_rank} of NCCL group {name:?} stayed busy with its own transfers"
+                        )));
+                    }
+                    std::thread::sleep(pause);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    // A receive that may still be writing keeps its memory.
+                    if let (Some(lease), Some(_)) = (lease, group.broken_reason()) {
+                        lease.leak();
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let device = DLDevice {
+            device_type: kDLCUDA,
+            device_id: group.device,
+        };
+        let Some(mut lease) = lease else {
+            return Ok(pool::empty_tensors(metas, device));
+        };
+        lease.release_on(current::stream(group.device));
+        Ok(lease.into_tensors(metas, &offsets))
+    }
+}
