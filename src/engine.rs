@@ -110,6 +110,7 @@ impl Context {
     /// Creates the context for a process on Ray node `node_id`, running actor
     /// `actor_id` (empty for a driver), and starts its endpoint.
     pub fn new(node_id: &[u8], actor_id: &[u8]) -> Result<Context> {
+        crate::logging::install();
         let shared = Arc::new(Shared {
             store: ObjectStore::new(),
             node_id: node_id.to_vec(),

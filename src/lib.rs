@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod host_buffer;
+mod logging;
 pub mod metadata;
 pub mod object_id;
 pub mod stats;

@@ -10,7 +10,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from ray_rdt import _ffi, dlpack
+from ray_rdt import _ffi, dlpack, reporter
 
 if TYPE_CHECKING:
     import torch
@@ -177,6 +177,7 @@ def get_context() -> Context:
             if ctx is not None and ctx._pid == os.getpid():
                 ctx.close()
             _context = Context(node_id, actor_id)
+            reporter.start()
         return _context
 
 

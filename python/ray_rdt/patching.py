@@ -1,0 +1,316 @@
+"""The Ray 2.60.0 patch set: applies, checks and reverts it on an installed Ray.
+
+The patches (``ray_rdt/patches/*.patch``, unified diffs against Ray's
+``site-packages``) are applied exactly, without fuzz, and only to pristine files:
+a file's state is decided by hashes, against the ``sha256`` that Ray's own wheel
+recorded for it in ``ray-2.60.0.dist-info/RECORD``:
+
+- *pristine*: the file hashes to its RECORD entry;
+- *patched*: reverse-applying its patch gives bytes that hash to the RECORD entry;
+- *modified*: anything else; it is never touched (reinstall Ray).
+
+So applying is idempotent, and reverting provably restores the wheel's bytes.
+The environment may be another interpreter's (``--python``): it is inspected in a
+subprocess (without importing Ray) and its files are edited from this process.
+"""
+
+import base64
+import enum
+import hashlib
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+RAY_VERSION = "2.60.0"
+
+_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_LINE = re.compile(r"[^\n]*\n|[^\n]+")
+
+
+def _lines(text: str) -> List[str]:
+    """``text`` split after each newline (only ``\\n``: Python's splitlines also splits on form feeds)."""
+    return _LINE.findall(text)
+
+
+class PatchError(Exception):
+    """The patch set cannot be applied, checked or reverted here (message says why)."""
+
+
+@dataclass
+class Hunk:
+    """One ``@@`` block: ``old`` lines at ``old_start`` (1-based) become ``new``."""
+
+    old_start: int
+    old: List[str]
+    new: List[str]
+    new_start: int
+
+
+@dataclass
+class FilePatch:
+    """The hunks of one patch file, all for one file of Ray (``path`` relative to site-packages)."""
+
+    name: str
+    path: str
+    hunks: List[Hunk] = field(default_factory=list)
+
+    def apply(self, text: str, reverse: bool = False) -> str:
+        """``text`` with the hunks applied (reversed: undone); exact match or :class:`PatchError`."""
+        lines = _lines(text)
+        out: List[str] = []
+        pos = 0
+        for hunk in self.hunks:
+            old, new, start = (hunk.new, hunk.old, hunk.new_start) if reverse else (hunk.old, hunk.new, hunk.old_start)
+            at = start - 1 if old else start
+            if at < pos or lines[at : at + len(old)] != old:
+                raise PatchError(f"{self.name}: hunk at line {start} does not match {self.path}")
+            out.extend(lines[pos:at])
+            out.extend(new)
+            pos = at + len(old)
+        out.extend(lines[pos:])
+        return "".join(out)
+
+
+def patch_dir() -> Path:
+    """Where the patch files are: package data in a wheel, a link to ``ray-patches/`` in a checkout."""
+    return Path(__file__).resolve().parent / "patches"
+
+
+def parse(name: str, text: str) -> FilePatch:
+    """Parses one single-file unified diff (``--- a/P`` / ``+++ b/P`` / hunks)."""
+    lines = _lines(text)
+    paths = [ln[4:].strip() for ln in lines if ln.startswith("+++ ")]
+    if len(paths) != 1 or not paths[0].startswith("b/"):
+        raise PatchError(f"{name}: expected one file per patch ('+++ b/<path>')")
+    patch = FilePatch(name=name, path=paths[0][2:])
+    hunk: Optional[Hunk] = None
+    for line in lines:
+        m = _HUNK_HEADER.match(line)
+        if m:
+            hunk = Hunk(old_start=int(m.group(1)), old=[], new=[], new_start=int(m.group(3)))
+            patch.hunks.append(hunk)
+        elif hunk is None or line.startswith("\\"):
+            continue
+        elif line.startswith(" "):
+            hunk.old.append(line[1:])
+            hunk.new.append(line[1:])
+        elif line.startswith("-"):
+            hunk.old.append(line[1:])
+        elif line.startswith("+"):
+            hunk.new.append(line[1:])
+    if not patch.hunks:
+        raise PatchError(f"{name}: no hunks")
+    return patch
+
+
+def load_patches(directory: Optional[Path] = None) -> List[FilePatch]:
+    """The patch set, in file-name order."""
+    directory = directory or patch_dir()
+    files = sorted(directory.glob("*.patch"))
+    if not files:
+        raise PatchError(f"no patch files in {directory}")
+    return [parse(f.name, f.read_text(encoding="utf-8")) for f in files]
+
+
+def _record_hash(data: bytes) -> str:
+    """The ``sha256=...`` form that wheel RECORD files use."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
+    return f"sha256={digest}"
+
+
+def _describe_ray() -> dict:
+    """Version, site-packages directory and RECORD of the Ray installed here.
+
+    Its source also runs in other interpreters (``--python``), so it imports
+    only the standard library."""
+    from importlib import metadata
+
+    try:
+        d = metadata.distribution("ray")
+    except metadata.PackageNotFoundError:
+        return {"version": None}
+    return {"version": d.version, "site": str(d.locate_file("")), "record": d.read_text("RECORD") or ""}
+
+
+_INSPECT = inspect.getsource(_describe_ray) + "\nimport json\nprint(json.dumps(_describe_ray()))\n"
+
+
+@dataclass
+class Environment:
+    """The Ray installed in one Python environment."""
+
+    python: str
+    ray_version: Optional[str]
+    site: Optional[Path]
+    record: Dict[str, str]
+
+    @classmethod
+    def of(cls, python: Optional[str] = None) -> "Environment":
+        """Inspects the environment of ``python`` (default: this interpreter)."""
+        python = python or sys.executable
+        if python == sys.executable:
+            info = _describe_ray()
+        else:
+            try:
+                proc = subprocess.run([python, "-c", _INSPECT], capture_output=True, text=True, timeout=120)
+            except OSError as e:
+                raise PatchError(f"cannot run {python}: {e}") from e
+            if proc.returncode != 0:
+                raise PatchError(f"{python} failed to report its Ray installation: {proc.stderr.strip()}")
+            info = json.loads(proc.stdout.strip().splitlines()[-1])
+        record = {}
+        for row in (info.get("record") or "").splitlines():
+            parts = row.rsplit(",", 2)
+            if len(parts) == 3 and parts[1]:
+                record[parts[0]] = parts[1]
+        site = Path(info["site"]) if info.get("site") else None
+        return cls(python=python, ray_version=info["version"], site=site, record=record)
+
+    def require_supported(self):
+        """Raises :class:`PatchError` unless this is Ray 2.60.0."""
+        if self.ray_version != RAY_VERSION:
+            have = self.ray_version or "not installed"
+            raise PatchError(
+                f"this patch set is for ray=={RAY_VERSION} only; {self.python} has ray {have}. "
+                f"Install the supported version first: {self.python} -m pip install ray=={RAY_VERSION}"
+            )
+
+
+class State(enum.Enum):
+    """Where one of Ray's files stands relative to its patch."""
+
+    PRISTINE = "not applied"
+    PATCHED = "applied"
+    MODIFIED = "modified"
+
+
+def state_of(env: Environment, patch: FilePatch) -> State:
+    """The state of ``patch``'s file in ``env`` (see the module docstring)."""
+    data = (env.site / patch.path).read_bytes()
+    pristine = env.record.get(patch.path)
+    if pristine is None:
+        raise PatchError(f"{patch.path} has no entry in Ray's RECORD in {env.site}; reinstall Ray")
+    if _record_hash(data) == pristine:
+        return State.PRISTINE
+    try:
+        original = patch.apply(data.decode("utf-8"), reverse=True).encode("utf-8")
+    except (PatchError, UnicodeDecodeError):
+        return State.MODIFIED
+    return State.PATCHED if _record_hash(original) == pristine else State.MODIFIED
+
+
+def _write(path: Path, text: str):
+    """Replaces ``path`` atomically, keeping its permissions."""
+    mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _modified_message(env: Environment, patch: FilePatch) -> str:
+    return (
+        f"{patch.name}: {env.site / patch.path} is neither Ray {RAY_VERSION}'s file nor the patched one "
+        f"(modified installation?). Reinstall it: {env.python} -m pip install --force-reinstall --no-deps "
+        f"ray=={RAY_VERSION}"
+    )
+
+
+@dataclass
+class Outcome:
+    """What one run did: a line per patch, and whether it succeeded."""
+
+    lines: List[str]
+    ok: bool
+
+
+def check(env: Environment, patches: List[FilePatch]) -> Outcome:
+    """Reports each patch's state; ok when all are applied."""
+    env.require_supported()
+    lines, ok = [], True
+    for p in patches:
+        state = state_of(env, p)
+        lines.append(f"{p.name} {state.value}")
+        ok = ok and state is State.PATCHED
+    return Outcome(lines, ok)
+
+
+def apply(env: Environment, patches: List[FilePatch]) -> Outcome:
+    """Applies every patch not yet applied; touches nothing if any file is modified."""
+    env.require_supported()
+    states = {p.name: state_of(env, p) for p in patches}
+    for p in patches:
+        if states[p.name] is State.MODIFIED:
+            raise PatchError(_modified_message(env, p))
+    lines = []
+    for p in patches:
+        if states[p.name] is State.PATCHED:
+            lines.append(f"{p.name} already applied")
+            continue
+        path = env.site / p.path
+        _write(path, p.apply(path.read_text(encoding="utf-8")))
+        lines.append(f"{p.name} applied")
+    return Outcome(lines, True)
+
+
+def revert(env: Environment, patches: List[FilePatch]) -> Outcome:
+    """Restores the wheel's bytes of every patched file (verified against RECORD)."""
+    env.require_supported()
+    states = {p.name: state_of(env, p) for p in patches}
+    for p in patches:
+        if states[p.name] is State.MODIFIED:
+            raise PatchError(_modified_message(env, p))
+    lines = []
+    for p in reversed(patches):
+        if states[p.name] is State.PRISTINE:
+            lines.append(f"{p.name} not applied")
+            continue
+        path = env.site / p.path
+        _write(path, p.apply(path.read_text(encoding="utf-8"), reverse=True))
+        if _record_hash(path.read_bytes()) != env.record[p.path]:
+            raise PatchError(f"{p.name}: reverting did not restore Ray's file {path}")
+        lines.append(f"{p.name} reverted")
+    return Outcome(lines, True)
+
+
+_VERIFY = (
+    "import importlib.util, ray.experimental.rdt.util as u; "
+    "print('binding' if importlib.util.find_spec('ray_rdt') else 'no-binding'); u.rdt_plugin()"
+)
+
+
+def verify_import(env: Environment) -> Optional[str]:
+    """Imports the patched modules in ``env``; returns a warning (or None), raises on failure."""
+    proc = subprocess.run([env.python, "-c", _VERIFY], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise PatchError(f"the patched Ray does not import in {env.python}:\n{proc.stderr.strip()}")
+    if "no-binding" in proc.stdout:
+        return (
+            f"ray_rdt is not installed in {env.python}'s environment: the patched Ray runs stock 2.60 "
+            "code there until the ray-rdt package is installed into it"
+        )
+    return None
+
+
+def patches_applied() -> Optional[bool]:
+    """Whether this interpreter's Ray carries the patch set (None when Ray is not 2.60.0)."""
+    try:
+        env = Environment.of(sys.executable)
+        if env.ray_version != RAY_VERSION:
+            return None
+        return check(env, load_patches()).ok
+    except PatchError:
+        return False
