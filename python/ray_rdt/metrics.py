@@ -17,8 +17,9 @@ keys the plugin adds later are exported without a change here:
   bucket's upper bound (above the last: twice the last bound), so the buckets are
   exact and the histogram's sum is an upper estimate.
 
-Ray prefixes the names with ``ray_`` on the node's Prometheus endpoint and adds
-its own tags (node, worker, session).
+Ray prefixes the names with ``ray_`` on the node's Prometheus endpoint (and
+counters get Prometheus' ``_total``) and adds its own tags (``NodeAddress``,
+``WorkerId``, ``SessionName``, ...); the reporter adds ``ActorId``.
 """
 
 from typing import Callable, Dict, Iterator, Optional, Tuple
@@ -89,9 +90,11 @@ class Exporter:
             self._metrics[name] = metric
         return metric
 
-    def update(self, snapshot: Dict[str, dict]):
-        """Adds what grew since the previous snapshot."""
-        for kind, name, tags, value in flatten(snapshot):
+    def update(self, snapshot: Dict[str, dict], tags: Dict[str, str] = None):
+        """Adds what grew since the previous snapshot; ``tags`` go on every sample."""
+        common = tuple(sorted((tags or {}).items()))
+        for kind, name, own, value in flatten(snapshot):
+            tags = common + own
             key = (name, tags)
             previous = self._last.get(key)
             self._last[key] = value

@@ -286,31 +286,23 @@ def revert(env: Environment, patches: List[FilePatch]) -> Outcome:
     return Outcome(lines, True)
 
 
-_VERIFY = (
-    "import importlib.util, ray.experimental.rdt.util as u; "
+_VERIFY_PATCHED = (
+    "import importlib.util, ray.experimental.rdt.util as u, ray._private.worker; "
     "print('binding' if importlib.util.find_spec('ray_rdt') else 'no-binding'); u.rdt_plugin()"
 )
+_VERIFY_STOCK = "import ray.experimental.rdt.util, ray._private.worker"
 
 
-def verify_import(env: Environment) -> Optional[str]:
-    """Imports the patched modules in ``env``; returns a warning (or None), raises on failure."""
-    proc = subprocess.run([env.python, "-c", _VERIFY], capture_output=True, text=True, timeout=300)
+def verify_import(env: Environment, patched: bool = True) -> Optional[str]:
+    """Imports the (patched or, after a revert, stock) modules in ``env``; returns a
+    warning (or None), raises :class:`PatchError` when they do not import."""
+    code = _VERIFY_PATCHED if patched else _VERIFY_STOCK
+    proc = subprocess.run([env.python, "-c", code], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise PatchError(f"the patched Ray does not import in {env.python}:\n{proc.stderr.strip()}")
-    if "no-binding" in proc.stdout:
+        raise PatchError(f"Ray does not import in {env.python} after patching:\n{proc.stderr.strip()}")
+    if patched and "no-binding" in proc.stdout:
         return (
             f"ray_rdt is not installed in {env.python}'s environment: the patched Ray runs stock 2.60 "
             "code there until the ray-rdt package is installed into it"
         )
     return None
-
-
-def patches_applied() -> Optional[bool]:
-    """Whether this interpreter's Ray carries the patch set (None when Ray is not 2.60.0)."""
-    try:
-        env = Environment.of(sys.executable)
-        if env.ray_version != RAY_VERSION:
-            return None
-        return check(env, load_patches()).ok
-    except PatchError:
-        return False

@@ -71,7 +71,11 @@ class Reporter:
         """Remembers the actor class from the running task's name (``Class.method``), if any."""
         try:
             import ray
+            import ray._private.worker as ray_worker
 
+            worker = ray_worker.global_worker
+            if not worker.connected or worker.mode != ray_worker.WORKER_MODE or worker.actor_id.is_nil():
+                return
             name = ray.get_runtime_context().get_task_name() or ""
             if "." in name:
                 self._actor_class = name.split(".", 1)[0]
@@ -91,7 +95,7 @@ class Reporter:
         if who is None:
             return
         snapshot = ray_rdt.stats()
-        self._exporter.update(snapshot)
+        self._exporter.update(snapshot, {"ActorId": who["actor_id"] or ""})
         ctx = context.peek_context()
         self._registry.write(
             dict(

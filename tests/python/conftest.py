@@ -90,3 +90,39 @@ class ReceivingActor:
         import torch
 
         return tensor.data_ptr(), torch.sum(tensor)
+
+
+RAY_FILES = [
+    "ray/experimental/rdt/util.py",
+    "ray/experimental/rdt/rdt_manager.py",
+    "ray/_private/serialization.py",
+    "ray/_private/worker.py",
+    "ray/experimental/collective/collective.py",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_wheel():
+    """The real ray-2.60.0 wheel from the package registry (cached in
+    ``$RAY_RDT_WHEEL_CACHE``, default ``~/.cache/ray-rdt/wheels``): the source of
+    pristine Ray files for the patch tests."""
+    import glob
+    import subprocess
+
+    cache = os.environ.get("RAY_RDT_WHEEL_CACHE") or os.path.expanduser("~/.cache/ray-rdt/wheels")
+    pattern = os.path.join(cache, "ray-2.60.0-*.whl")
+    if not glob.glob(pattern):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", cache, "ray==2.60.0"],
+            check=True,
+            timeout=600,
+        )
+    return sorted(glob.glob(pattern))[0]
+
+
+def wheel_file(wheel, path):
+    """The bytes of ``path`` in a wheel."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        return z.read(path)
