@@ -98,7 +98,7 @@ def format_table(rows: List[dict], columns: Sequence[str]) -> str:
     """``rows`` as a plain text table with right-aligned numbers."""
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) and rows for c in columns]
+    numeric = [bool(rows) and all(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
 
     def line(values):
         return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()

@@ -55,6 +55,13 @@ def _identity() -> Optional[dict]:
     }
 
 
+def _identity_or_none() -> Optional[dict]:
+    try:
+        return _identity()
+    except Exception:
+        return None
+
+
 class Reporter:
     """One process's reporting state: the metrics exporter and what it knows about itself."""
 
@@ -117,7 +124,8 @@ def _loop(reporter: Reporter, period: float):
         try:
             reporter.report()
         except Exception as e:  # never let reporting take the process down
-            logger.warning("ray-rdt: reporting the plugin's counters failed: %s", e)
+            if _identity_or_none() is not None:  # not merely Ray shutting down under it
+                logger.warning("ray-rdt: reporting the plugin's counters failed: %s", e)
         if _stop.wait(period):
             return
 
