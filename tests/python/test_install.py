@@ -6,8 +6,9 @@ then the guide's gloo walkthrough (examples/gloo_01_passing_objects.py) in V, wh
 actors' counters show that the plugin moved the tensor. V has no access to this
 environment (no system site-packages, no PYTHONPATH): it runs the wheel's
 package and its bundled libray_rdt.so. Downloads go through pip's cache, so
-only the first run fetches Ray and torch; the build compiles the plugin in the
-clone. The clone and V are removed afterwards.
+only the first run fetches Ray and torch; the build compiles the clone's plugin
+(its third-party crates are kept compiled in ``~/.cache/ray-rdt``). The clone
+and V are removed afterwards.
 
 ``RAY_RDT_SKIP_INSTALL_TEST=1`` skips it (reported as skipped)."""
 
@@ -30,8 +31,14 @@ pytestmark = pytest.mark.skipif(
 LEAKING = ("PYTHONPATH", "VIRTUAL_ENV", "RAY_RDT_LIB", "RAY_ADDRESS", "CARGO_TARGET_DIR", "RAY_RDT_REPORT_INTERVAL_S")
 
 
+# The plugin's third-party crates stay compiled between runs (the clone's own
+# crates are rebuilt: its path differs each time).
+TARGET_CACHE = os.path.expanduser("~/.cache/ray-rdt/install-test-target")
+
+
 def run(cmd, cwd, timeout=600):
     env = {k: v for k, v in os.environ.items() if k not in LEAKING}
+    env["CARGO_TARGET_DIR"] = TARGET_CACHE
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     return proc
