@@ -108,7 +108,15 @@ fn short_file(file: &str) -> &str {
     file.rsplit_once("src/").map_or(file, |(_, rest)| rest)
 }
 
-fn format_line(time: &str, level: Level, pid: u32, tid: i64, file: &str, line: u32, message: &str) -> String {
+fn format_line(
+    time: &str,
+    level: Level,
+    pid: u32,
+    tid: i64,
+    file: &str,
+    line: u32,
+    message: &str,
+) -> String {
     format!(
         "[{time} {} {pid} {tid}] {}:{line}: {message}\n",
         level_letter(level),
