@@ -50,7 +50,7 @@ fn list(s: &str) -> Vec<usize> {
 
 /// Producer role: one object per size in SIZES; prints records; lives until stdin closes.
 fn producer() {
-    let ctx = Context::new(b"bench-node", b"producer").unwrap();
+    let ctx = Context::new(transport_only(b"bench-node", b"producer")).unwrap();
     for (i, size) in list(&std::env::var("SIZES").unwrap())
         .into_iter()
         .enumerate()
@@ -75,7 +75,7 @@ fn producer() {
 
 /// Consumer role: times ITERS fetches of each record in RECORDS; prints medians.
 fn consumer() {
-    let ctx = Context::new(b"bench-node", b"consumer").unwrap();
+    let ctx = Context::new(transport_only(b"bench-node", b"consumer")).unwrap();
     let iters = list(&std::env::var("ITERS").unwrap());
     for (n, rec) in iters
         .iter()
@@ -220,8 +220,8 @@ fn python_round(
 /// (the fetch still goes producer agent -> consumer agent). Returns the median
 /// fetch time per size.
 fn loop_medians(sizes: &[usize], iters: &[usize]) -> Vec<(usize, f64)> {
-    let producer = Context::new(b"bench-node", b"loop-producer").unwrap();
-    let consumer = Context::new(b"bench-node", b"loop-consumer").unwrap();
+    let producer = Context::new(transport_only(b"bench-node", b"loop-producer")).unwrap();
+    let consumer = Context::new(transport_only(b"bench-node", b"loop-consumer")).unwrap();
     sizes
         .iter()
         .zip(iters)

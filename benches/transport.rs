@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 const SIZES: [usize; 4] = [4 << 10, 4 << 20, 64 << 20, 256 << 20];
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn iterations(size: usize) -> usize {
@@ -38,10 +39,9 @@ fn transports() -> [TransportKind; 2] {
 /// Producer process: joins the group, stores one object per (transport, size),
 /// prints the records, and serves fetches until its stdin closes.
 fn producer() {
-    let ctx = Context::new(b"bench-node", b"producer").unwrap();
+    let ctx = Context::new(transport_only(b"bench-node", b"producer")).unwrap();
     let addr = std::env::var("RDV").unwrap();
-    ctx.gloo()
-        .create_group("bench", 1, 2, &addr, TIMEOUT)
+    ctx.create_group(TransportKind::Gloo, "bench", 1, 2, &addr, TIMEOUT)
         .unwrap();
     for (t, kind) in transports().into_iter().enumerate() {
         for (s, size) in SIZES.into_iter().enumerate() {
@@ -157,8 +157,8 @@ fn main() {
     if role().as_deref() == Some("producer") {
         return producer();
     }
-    let ctx = Context::new(b"bench-node", b"consumer").unwrap();
-    let addr = ctx.gloo().serve_rendezvous("127.0.0.1").unwrap();
+    let ctx = Context::new(transport_only(b"bench-node", b"consumer")).unwrap();
+    let addr = ctx.serve_rendezvous("127.0.0.1").unwrap();
     let mut child = {
         let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
         cmd.env(ROLE, "producer")
@@ -167,8 +167,7 @@ fn main() {
             .stdout(std::process::Stdio::piped());
         cmd.spawn().unwrap()
     };
-    ctx.gloo()
-        .create_group("bench", 0, 2, &addr, TIMEOUT)
+    ctx.create_group(TransportKind::Gloo, "bench", 0, 2, &addr, TIMEOUT)
         .unwrap();
     let mut records: HashMap<(String, usize), (ObjectId, Vec<u8>)> = HashMap::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {

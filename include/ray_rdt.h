@@ -30,9 +30,9 @@
 #define DLPACK_FLAG_BITMASK_IS_COPIED 2
 
 /**
- * Largest control message accepted (requests and replies are small).
+ * A request's first byte: free objects (a count and the object IDs follow).
  */
-#define MAX_MESSAGE (1 << 20)
+#define OP_FREE 2
 
 /**
  * A reply's status byte: success.
@@ -45,6 +45,11 @@
 #define REPLY_ERR 1
 
 /**
+ * Default inline threshold (see docs/performance.md for the crossover).
+ */
+#define DEFAULT_THRESHOLD (64 << 10)
+
+/**
  * Major version of the C ABI; a loader refuses a library with another major.
  */
 #define RDT_ABI_VERSION_MAJOR 1
@@ -52,7 +57,17 @@
 /**
  * Minor version of the C ABI; grows when functions are added.
  */
-#define RDT_ABI_VERSION_MINOR 0
+#define RDT_ABI_VERSION_MINOR 1
+
+/**
+ * Buckets of the fetch-latency histogram (the last one is unbounded).
+ */
+#define RDT_LATENCY_BUCKETS 16
+
+/**
+ * Largest inline payload.
+ */
+#define MAX_INLINE (16 << 20)
 
 /**
  * Longest agent name.
@@ -144,12 +159,52 @@ enum rdt_status
    * A bug inside the plugin was caught at the boundary (including panics).
    */
   RDT_ERR_INTERNAL = 13,
+  /**
+   * Authentication refused: a wrong or missing proof of Ray's cluster token,
+   * or a same-host peer of another user.
+   */
+  RDT_ERR_AUTH_REFUSED = 14,
+  /**
+   * The peer process is gone (nothing listens at its endpoint).
+   */
+  RDT_ERR_PEER_GONE = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum rdt_status rdt_status;
 #else
 typedef uint32_t rdt_status;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How an object travelled.
+ */
+enum Path
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint8_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Producer and consumer on one host: shared memory over the same-host
+   * channel (the shm transport, or the same-host path of another one).
+   */
+  SameHost = 0,
+  /**
+   * The declared transport's own path: TCP, Gloo or NIXL between hosts (or
+   * over loopback on one host, when the same-host path is off).
+   */
+  Network = 1,
+  /**
+   * Inside the metadata record (small objects): no transfer.
+   */
+  Inline = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum Path Path;
+#else
+typedef uint8_t Path;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -181,6 +236,45 @@ typedef struct rdt_buffer {
    */
   uintptr_t len;
 } rdt_buffer;
+
+/**
+ * What a context is created with (see `rdt_context_create`).
+ */
+typedef struct rdt_context_config {
+  /**
+   * Ray's binary node ID of this process's node (NULL when `node_id_len` is 0).
+   */
+  const uint8_t *node_id;
+  /**
+   * Bytes at `node_id`.
+   */
+  uintptr_t node_id_len;
+  /**
+   * Ray's binary actor ID of this process (NULL when `actor_id_len` is 0,
+   * e.g. in a driver).
+   */
+  const uint8_t *actor_id;
+  /**
+   * Bytes at `actor_id`.
+   */
+  uintptr_t actor_id_len;
+  /**
+   * The node's IP as Ray knows it ("10.0.0.7", "::1"), NUL-terminated: the
+   * endpoint for other hosts listens on TCP there. NULL: no TCP endpoint
+   * (only processes on this host can fetch from this one).
+   */
+  const char *node_ip;
+  /**
+   * Ray's cluster token (the bytes of `~/.ray/auth_token` or
+   * `RAY_AUTH_TOKEN`) when Ray's token authentication is on: peers on other
+   * hosts must prove it. NULL or length 0: authentication off.
+   */
+  const uint8_t *auth_token;
+  /**
+   * Bytes at `auth_token`.
+   */
+  uintptr_t auth_token_len;
+} rdt_context_config;
 
 /**
  * A transport identifier (`RDT_TRANSPORT_*`).
@@ -326,6 +420,61 @@ typedef struct rdt_transport_stats {
 } rdt_transport_stats;
 
 /**
+ * A path an object took (`RDT_PATH_*`).
+ */
+typedef uint32_t rdt_path;
+
+/**
+ * Counters of one transport over one path in this process, with the
+ * histogram of fetch latencies (receivers only).
+ */
+typedef struct rdt_path_stats {
+  /**
+   * Tensor bytes sent (or served to one-sided readers).
+   */
+  uint64_t bytes_sent;
+  /**
+   * Tensor bytes received.
+   */
+  uint64_t bytes_received;
+  /**
+   * Completed transfers.
+   */
+  uint64_t transfers;
+  /**
+   * Failed transfers.
+   */
+  uint64_t errors;
+  /**
+   * Fetches per latency bucket; bucket `i < RDT_LATENCY_BUCKETS - 1` holds
+   * fetches of at most `rdt_stats_latency_bound_us(i)` microseconds.
+   */
+  uint64_t latency[RDT_LATENCY_BUCKETS];
+  /**
+   * Sum of the counted fetch latencies, in microseconds.
+   */
+  uint64_t latency_sum_us;
+} rdt_path_stats;
+
+/**
+ * What this process's endpoints were asked to do.
+ */
+typedef struct rdt_endpoint_stats {
+  /**
+   * Fetch requests served.
+   */
+  uint64_t fetches_served;
+  /**
+   * Free requests received (each may free several objects).
+   */
+  uint64_t free_requests;
+  /**
+   * Objects freed by free requests.
+   */
+  uint64_t objects_freed;
+} rdt_endpoint_stats;
+
+/**
  * How a put copy is classified.
  */
 typedef uint32_t rdt_copy_kind;
@@ -461,6 +610,22 @@ typedef uint8_t DLDataTypeCode;
 #define RDT_TRANSPORT_SHM 4
 
 /**
+ * Producer and consumer on one host: shared memory over the same-host channel.
+ */
+#define RDT_PATH_SAME_HOST 0
+
+/**
+ * The declared transport's own path (another host, or loopback on one host
+ * when the same-host path is off).
+ */
+#define RDT_PATH_NETWORK 1
+
+/**
+ * Small object carried inside its metadata record: no transfer.
+ */
+#define RDT_PATH_INLINE 2
+
+/**
  * The tensors the producing actor returned.
  */
 #define RDT_COPY_PRIMARY 0
@@ -469,6 +634,17 @@ typedef uint8_t DLDataTypeCode;
  * A copy received from another process.
  */
 #define RDT_COPY_SECONDARY 1
+
+/**
+ * Upper bounds (inclusive, microseconds) of the latency histogram's buckets;
+ * one more bucket holds everything slower.
+ */
+#define LATENCY_BOUNDS_US { 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 10000000, 60000000, }
+
+/**
+ * Every path, in code order.
+ */
+#define Path_ALL { SameHost, Network, Inline, }
 
 
 
@@ -497,8 +673,19 @@ const char *rdt_last_error(void);
 void rdt_buffer_free(struct rdt_buffer *buf);
 
 /**
- * Creates the plugin context of this process and starts its endpoint.
- * `node_id` and `actor_id` are Ray's binary IDs (either may be empty).
+ * Creates the plugin context of this process and starts its endpoint: a
+ * same-host Unix socket always, and TCP on `config->node_ip` when given.
+ *
+ * # Safety
+ * `config` valid, its pointers valid for their lengths; `out_ctx` valid for writes.
+ */
+rdt_status rdt_context_create(const struct rdt_context_config *config,
+                              struct rdt_context **out_ctx);
+
+/**
+ * Creates a context with only a same-host endpoint (no TCP, no token): the
+ * 1.0 form of `rdt_context_create`. `node_id` and `actor_id` are Ray's binary
+ * IDs (either may be empty).
  *
  * # Safety
  * `node_id`/`actor_id` point to the given number of bytes (or are NULL when 0);
@@ -526,6 +713,24 @@ void rdt_context_destroy(struct rdt_context *ctx);
  * `ctx` valid; `out_address` valid for writes.
  */
 rdt_status rdt_context_endpoint(const struct rdt_context *ctx, struct rdt_buffer *out_address);
+
+/**
+ * Writes the context's endpoint address for other hosts (`tcp:IP:PORT`) to
+ * `*out_address`; empty when the context has no TCP endpoint.
+ *
+ * # Safety
+ * `ctx` valid; `out_address` valid for writes.
+ */
+rdt_status rdt_context_tcp_endpoint(const struct rdt_context *ctx, struct rdt_buffer *out_address);
+
+/**
+ * Writes whether peers on other hosts must prove Ray's cluster token to this
+ * context's TCP endpoint (false: authentication off, or no TCP endpoint).
+ *
+ * # Safety
+ * `ctx` valid; `out_authenticated` valid for writes.
+ */
+rdt_status rdt_context_authenticated(const struct rdt_context *ctx, bool *out_authenticated);
 
 /**
  * Task return: stores the tensors as the primary copy of `object_id` (28 bytes)
@@ -569,6 +774,33 @@ rdt_status rdt_context_fetch(const struct rdt_context *ctx,
                              uintptr_t *out_count);
 
 /**
+ * Writes whether this context holds object `object_id` (a primary copy it
+ * produced and has not freed) to `*out_held`.
+ *
+ * # Safety
+ * `ctx` valid; `object_id` 28 bytes; `out_held` valid for writes.
+ */
+rdt_status rdt_context_contains(const struct rdt_context *ctx,
+                                const uint8_t *object_id,
+                                bool *out_held);
+
+/**
+ * Writes views of the tensors of object `object_id`, which this context
+ * holds, to `out_tensors[0..*out_count]` (the same memory; each deleter must
+ * be called once). Not held: `RDT_ERR_NOT_FOUND`. A too-small `capacity`
+ * gives `RDT_ERR_BUFFER_TOO_SMALL` with the needed count.
+ *
+ * # Safety
+ * `ctx` valid; `object_id` 28 bytes; `out_tensors` room for `capacity`
+ * pointers; `out_count` valid for writes.
+ */
+rdt_status rdt_context_get(const struct rdt_context *ctx,
+                           const uint8_t *object_id,
+                           struct DLManagedTensor **out_tensors,
+                           uintptr_t capacity,
+                           uintptr_t *out_count);
+
+/**
  * Frees the primary copy of `object_id` (out of scope in Ray) and writes whether
  * it was held to `*out_found`.
  *
@@ -578,6 +810,32 @@ rdt_status rdt_context_fetch(const struct rdt_context *ctx,
 rdt_status rdt_context_free(const struct rdt_context *ctx,
                             const uint8_t *object_id,
                             bool *out_found);
+
+/**
+ * The owner's free of object `object_id` (28 bytes), whose metadata record is
+ * `metadata`: sent to the producer's endpoint in the background, batched with
+ * other frees to the same producer (no Ray task). When this context is the
+ * producer the object is freed at once. A producer that is gone has nothing to
+ * free: its frees are dropped.
+ *
+ * # Safety
+ * `ctx` valid; `object_id` 28 bytes; `metadata` `metadata_len` bytes.
+ */
+rdt_status rdt_context_free_remote(const struct rdt_context *ctx,
+                                   const uint8_t *object_id,
+                                   const uint8_t *metadata,
+                                   uintptr_t metadata_len);
+
+/**
+ * Waits up to `timeout_ms` until every free queued by `rdt_context_free_remote`
+ * was sent, and writes whether they all were to `*out_flushed`.
+ *
+ * # Safety
+ * `ctx` valid; `out_flushed` valid for writes.
+ */
+rdt_status rdt_context_flush_frees(const struct rdt_context *ctx,
+                                   uint64_t timeout_ms,
+                                   bool *out_flushed);
 
 /**
  * Waits up to `timeout_ms` until no object in this context holds memory at
@@ -687,6 +945,30 @@ rdt_status rdt_metadata_tensor(const struct rdt_metadata *metadata,
  * `out` must be valid for writes.
  */
 rdt_status rdt_stats_get(rdt_transport transport, struct rdt_transport_stats *out_stats);
+
+/**
+ * Reads the counters of `transport` over `path` in this process into `*out_stats`.
+ *
+ * # Safety
+ * `out_stats` must be valid for writes.
+ */
+rdt_status rdt_stats_path_get(rdt_transport transport,
+                              rdt_path path,
+                              struct rdt_path_stats *out_stats);
+
+/**
+ * The upper bound in microseconds of latency bucket `bucket`; `UINT64_MAX`
+ * for the last (unbounded) bucket and beyond.
+ */
+uint64_t rdt_stats_latency_bound_us(uintptr_t bucket);
+
+/**
+ * Reads what this process's endpoints were asked to do into `*out_stats`.
+ *
+ * # Safety
+ * `out_stats` must be valid for writes.
+ */
+rdt_status rdt_stats_endpoint_get(struct rdt_endpoint_stats *out_stats);
 
 /**
  * Creates an empty store and writes its handle to `*out_store`.

@@ -33,6 +33,11 @@ pub enum ErrorKind {
     Io,
     /// A bug inside the plugin was caught at the C ABI boundary.
     Internal,
+    /// A peer was refused, or refused us: wrong or missing proof of Ray's
+    /// cluster token, or (same host) another user's process.
+    AuthRefused,
+    /// The peer process is gone: nothing listens at its endpoint any more.
+    PeerGone,
 }
 
 /// An error with its kind and a human-readable message.

@@ -1,14 +1,16 @@
 //! The metadata record: what a receiver needs to fetch an RDT object, stored in
 //! Ray's object store in place of the tensor bytes.
 //!
-//! Wire format, version 1, all integers little-endian:
+//! Wire format, version 2, all integers little-endian:
 //!
 //! ```text
 //! magic "RDTM" | version u16 | transport u8 | device_type i32 | device_id i32
-//! node_id (u16 len + bytes) | pid u32 | actor_id (u16 len + bytes) | endpoint (u16 len + UTF-8)
+//! node_id (u16 len + bytes) | pid u32 | actor_id (u16 len + bytes)
+//! host_id (u16 len + bytes) | endpoint (u16 len + UTF-8) | tcp_endpoint (u16 len + UTF-8)
 //! tensor count u32, then per tensor:
 //!     dtype code u8 | bits u8 | lanes u16 | ndim u8 | shape i64 x ndim | strides i64 x ndim | nbytes u64
 //! transport data (u32 len + bytes)
+//! flags u8 (bit 0: inline) [| inline tensor bytes (u32 len + bytes), packed as `transport::packed_layout` places them]
 //! ```
 //!
 //! Decoding never panics: every length is bounds-checked against the input and
@@ -22,16 +24,23 @@ use crate::transport_kind::TransportKind;
 
 /// Leading magic bytes of every record.
 pub const MAGIC: &[u8; 4] = b"RDTM";
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The format version this build writes and reads (2: the producer's host
+/// identity and TCP endpoint).
+pub const VERSION: u16 = 2;
 /// Most tensors in one record.
 pub const MAX_TENSORS: usize = 4096;
 /// Longest node or actor ID.
 pub const MAX_ID_LEN: usize = 64;
+/// Longest host identity.
+pub const MAX_HOST_ID_LEN: usize = 64;
 /// Longest endpoint address.
 pub const MAX_ENDPOINT_LEN: usize = 1024;
 /// Largest transport-specific payload.
 pub const MAX_TRANSPORT_DATA: usize = 16 << 20;
+/// Largest inline payload.
+pub const MAX_INLINE: usize = 16 << 20;
+/// Flag bit: the record carries the tensors' bytes.
+const FLAG_INLINE: u8 = 1;
 
 /// Who holds the primary copy and how to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,8 +51,14 @@ pub struct Producer {
     pub pid: u32,
     /// Ray actor ID (binary) of the producer; empty for the driver.
     pub actor_id: Vec<u8>,
-    /// The producer plugin's endpoint address (transport specific, e.g. a socket path).
+    /// The producer's host identity ([`crate::endpoint::host`]): a consumer with
+    /// the same identity uses the same-host endpoint.
+    pub host_id: Vec<u8>,
+    /// The producer plugin's same-host endpoint (`unix:@…`).
     pub endpoint: String,
+    /// The producer plugin's endpoint for other hosts (`tcp:…`); empty when it
+    /// does not listen on TCP.
+    pub tcp_endpoint: String,
 }
 
 /// A decoded metadata record.
@@ -59,6 +74,9 @@ pub struct Metadata {
     pub producer: Producer,
     /// Transport-specific bytes (registration descriptors, segment names, ...).
     pub transport_data: Vec<u8>,
+    /// The tensors' bytes, packed, for small objects carried inside the record
+    /// (the consumer needs no transfer); `None` for objects fetched from the producer.
+    pub inline: Option<Vec<u8>>,
 }
 
 impl Metadata {
@@ -78,7 +96,13 @@ impl Metadata {
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
         check_len("node_id", self.producer.node_id.len(), MAX_ID_LEN)?;
         check_len("actor_id", self.producer.actor_id.len(), MAX_ID_LEN)?;
+        check_len("host_id", self.producer.host_id.len(), MAX_HOST_ID_LEN)?;
         check_len("endpoint", self.producer.endpoint.len(), MAX_ENDPOINT_LEN)?;
+        check_len(
+            "tcp_endpoint",
+            self.producer.tcp_endpoint.len(),
+            MAX_ENDPOINT_LEN,
+        )?;
         check_len("tensor list", self.tensors.len(), MAX_TENSORS)?;
         check_len(
             "transport data",
@@ -93,7 +117,9 @@ impl Metadata {
         put_short_bytes(out, &self.producer.node_id);
         out.extend_from_slice(&self.producer.pid.to_le_bytes());
         put_short_bytes(out, &self.producer.actor_id);
+        put_short_bytes(out, &self.producer.host_id);
         put_short_bytes(out, self.producer.endpoint.as_bytes());
+        put_short_bytes(out, self.producer.tcp_endpoint.as_bytes());
         out.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
         for t in &self.tensors {
             check_len("tensor dimensions", t.shape.len(), MAX_NDIM)?;
@@ -108,6 +134,15 @@ impl Metadata {
         }
         out.extend_from_slice(&(self.transport_data.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.transport_data);
+        match &self.inline {
+            None => out.push(0),
+            Some(bytes) => {
+                check_len("inline data", bytes.len(), MAX_INLINE)?;
+                out.push(FLAG_INLINE);
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
         Ok(())
     }
 
@@ -132,9 +167,9 @@ impl Metadata {
         let node_id = r.short_bytes("node_id", MAX_ID_LEN)?.to_vec();
         let pid = r.u32()?;
         let actor_id = r.short_bytes("actor_id", MAX_ID_LEN)?.to_vec();
-        let endpoint = std::str::from_utf8(r.short_bytes("endpoint", MAX_ENDPOINT_LEN)?)
-            .map_err(|_| Error::malformed("endpoint is not UTF-8"))?
-            .to_owned();
+        let host_id = r.short_bytes("host_id", MAX_HOST_ID_LEN)?.to_vec();
+        let endpoint = r.short_str("endpoint", MAX_ENDPOINT_LEN)?;
+        let tcp_endpoint = r.short_str("tcp_endpoint", MAX_ENDPOINT_LEN)?;
         let count = r.u32()? as usize;
         check_len("tensor list", count, MAX_TENSORS).map_err(|e| Error::malformed(e.message()))?;
         // Each tensor takes at least 13 bytes: refuse counts the input cannot hold
@@ -156,6 +191,16 @@ impl Metadata {
         check_len("transport data", data_len, MAX_TRANSPORT_DATA)
             .map_err(|e| Error::malformed(e.message()))?;
         let transport_data = r.take(data_len)?.to_vec();
+        let inline = match r.u8()? {
+            0 => None,
+            FLAG_INLINE => {
+                let len = r.u32()? as usize;
+                check_len("inline data", len, MAX_INLINE)
+                    .map_err(|e| Error::malformed(e.message()))?;
+                Some(r.take(len)?.to_vec())
+            }
+            flags => return Err(Error::malformed(format!("unknown record flags {flags:#x}"))),
+        };
         if !r.buf.is_empty() {
             return Err(Error::malformed(format!(
                 "{} trailing bytes after the record",
@@ -170,9 +215,12 @@ impl Metadata {
                 node_id,
                 pid,
                 actor_id,
+                host_id,
                 endpoint,
+                tcp_endpoint,
             },
             transport_data,
+            inline,
         })
     }
 }
@@ -243,6 +291,12 @@ impl<'a> Reader<'a> {
             )));
         }
         self.take(len)
+    }
+
+    fn short_str(&mut self, what: &str, max: usize) -> Result<String> {
+        std::str::from_utf8(self.short_bytes(what, max)?)
+            .map(str::to_owned)
+            .map_err(|_| Error::malformed(format!("{what} is not UTF-8")))
     }
 
     fn tensor(&mut self) -> Result<TensorMeta> {

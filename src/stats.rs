@@ -1,19 +1,66 @@
 //! Per-transport counters for this process: what `ray_rdt.stats()` reports, so a
-//! test or an operator can see that bytes really went through the plugin.
+//! test or an operator can see that bytes really went through the plugin, over
+//! which transport and which path.
+//!
+//! Counters are kept per transport (as declared by the producer's method) and
+//! per [`Path`]: the same-host path (a same-host channel and shared memory), the
+//! network path (another host), or inline (a small object carried inside its
+//! metadata record, no transfer at all). Receivers also keep a histogram of
+//! fetch latencies. Everything is a relaxed atomic: recording costs a few
+//! nanoseconds and never takes a lock.
 
 use crate::transport_kind::TransportKind;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Live counters of one transport.
-#[derive(Debug, Default)]
-pub struct Counters {
+/// How an object travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Path {
+    /// Producer and consumer on one host: shared memory over the same-host
+    /// channel (the shm transport, or the same-host path of another one).
+    SameHost = 0,
+    /// The declared transport's own path: TCP, Gloo or NIXL between hosts (or
+    /// over loopback on one host, when the same-host path is off).
+    Network = 1,
+    /// Inside the metadata record (small objects): no transfer.
+    Inline = 2,
+}
+
+impl Path {
+    /// Every path, in code order.
+    pub const ALL: [Path; 3] = [Path::SameHost, Path::Network, Path::Inline];
+
+    /// The lower-case name, as `ray_rdt.stats()` keys it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::SameHost => "same_host",
+            Path::Network => "network",
+            Path::Inline => "inline",
+        }
+    }
+}
+
+/// Upper bounds (inclusive, microseconds) of the latency histogram's buckets;
+/// one more bucket holds everything slower.
+pub const LATENCY_BOUNDS_US: [u64; 15] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    10_000_000, 60_000_000,
+];
+/// Buckets of the latency histogram.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+/// Live counters of one (transport, path).
+struct Counters {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     transfers: AtomicU64,
     errors: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS],
+    latency_sum_us: AtomicU64,
 }
 
-/// A snapshot of one transport's counters.
+/// A snapshot of one (transport, path)'s counters, or of a transport's sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Tensor bytes this process sent (or served to one-sided readers).
@@ -24,47 +71,115 @@ pub struct Snapshot {
     pub transfers: u64,
     /// Failed transfers.
     pub errors: u64,
+    /// Fetches per latency bucket (see [`LATENCY_BOUNDS_US`]), receivers only.
+    pub latency: [u64; LATENCY_BUCKETS],
+    /// Sum of the fetch latencies counted in `latency`, in microseconds.
+    pub latency_sum_us: u64,
 }
 
-static COUNTERS: [Counters; TransportKind::ALL.len()] = [const {
-    Counters {
-        bytes_sent: AtomicU64::new(0),
-        bytes_received: AtomicU64::new(0),
-        transfers: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    }
-}; TransportKind::ALL.len()];
+const ZERO: AtomicU64 = AtomicU64::new(0);
+const COUNTERS: Counters = Counters {
+    bytes_sent: ZERO,
+    bytes_received: ZERO,
+    transfers: ZERO,
+    errors: ZERO,
+    latency: [ZERO; LATENCY_BUCKETS],
+    latency_sum_us: ZERO,
+};
 
-fn counters(t: TransportKind) -> &'static Counters {
-    &COUNTERS[t.code() as usize]
+static TABLE: [[Counters; Path::ALL.len()]; TransportKind::ALL.len()] =
+    [const { [COUNTERS; Path::ALL.len()] }; TransportKind::ALL.len()];
+
+fn counters(t: TransportKind, p: Path) -> &'static Counters {
+    &TABLE[t.code() as usize][p as usize]
 }
 
-/// Records a completed send of `bytes` over `t`.
-pub fn record_sent(t: TransportKind, bytes: u64) {
-    let c = counters(t);
+/// Records a completed send of `bytes` over `t` and `p`.
+pub fn record_sent(t: TransportKind, p: Path, bytes: u64) {
+    let c = counters(t, p);
     c.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
     c.transfers.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Records a completed receive of `bytes` over `t`.
-pub fn record_received(t: TransportKind, bytes: u64) {
-    let c = counters(t);
+/// Records a completed receive of `bytes` over `t` and `p` that took `took`.
+pub fn record_received(t: TransportKind, p: Path, bytes: u64, took: Duration) {
+    let c = counters(t, p);
     c.bytes_received.fetch_add(bytes, Ordering::Relaxed);
     c.transfers.fetch_add(1, Ordering::Relaxed);
+    let us = took.as_micros().min(u64::MAX as u128) as u64;
+    let bucket = LATENCY_BOUNDS_US
+        .iter()
+        .position(|&bound| us <= bound)
+        .unwrap_or(LATENCY_BOUNDS_US.len());
+    c.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    c.latency_sum_us.fetch_add(us, Ordering::Relaxed);
 }
 
-/// Records a failed transfer over `t`.
-pub fn record_error(t: TransportKind) {
-    counters(t).errors.fetch_add(1, Ordering::Relaxed);
+/// Records a failed transfer over `t` and `p`.
+pub fn record_error(t: TransportKind, p: Path) {
+    counters(t, p).errors.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Reads `t`'s counters.
-pub fn snapshot(t: TransportKind) -> Snapshot {
-    let c = counters(t);
+/// Reads the counters of `t` over `p`.
+pub fn snapshot_path(t: TransportKind, p: Path) -> Snapshot {
+    let c = counters(t, p);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     Snapshot {
-        bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
-        bytes_received: c.bytes_received.load(Ordering::Relaxed),
-        transfers: c.transfers.load(Ordering::Relaxed),
-        errors: c.errors.load(Ordering::Relaxed),
+        bytes_sent: load(&c.bytes_sent),
+        bytes_received: load(&c.bytes_received),
+        transfers: load(&c.transfers),
+        errors: load(&c.errors),
+        latency: std::array::from_fn(|i| load(&c.latency[i])),
+        latency_sum_us: load(&c.latency_sum_us),
+    }
+}
+
+/// Reads `t`'s counters, all paths together.
+pub fn snapshot(t: TransportKind) -> Snapshot {
+    Path::ALL
+        .iter()
+        .map(|&p| snapshot_path(t, p))
+        .fold(Snapshot::default(), |a, b| Snapshot {
+            bytes_sent: a.bytes_sent + b.bytes_sent,
+            bytes_received: a.bytes_received + b.bytes_received,
+            transfers: a.transfers + b.transfers,
+            errors: a.errors + b.errors,
+            latency: std::array::from_fn(|i| a.latency[i] + b.latency[i]),
+            latency_sum_us: a.latency_sum_us + b.latency_sum_us,
+        })
+}
+
+/// What this process's endpoint was asked to do, all contexts together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointSnapshot {
+    /// Fetch requests served.
+    pub fetches_served: u64,
+    /// Free requests received (each may free several objects).
+    pub free_requests: u64,
+    /// Objects freed by free requests.
+    pub objects_freed: u64,
+}
+
+static FETCHES_SERVED: AtomicU64 = ZERO;
+static FREE_REQUESTS: AtomicU64 = ZERO;
+static OBJECTS_FREED: AtomicU64 = ZERO;
+
+/// Records a fetch request served by the endpoint.
+pub fn record_fetch_served() {
+    FETCHES_SERVED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Records a free request that freed `objects` objects.
+pub fn record_free_request(objects: u64) {
+    FREE_REQUESTS.fetch_add(1, Ordering::Relaxed);
+    OBJECTS_FREED.fetch_add(objects, Ordering::Relaxed);
+}
+
+/// Reads the endpoint's counters.
+pub fn endpoint_snapshot() -> EndpointSnapshot {
+    EndpointSnapshot {
+        fetches_served: FETCHES_SERVED.load(Ordering::Relaxed),
+        free_requests: FREE_REQUESTS.load(Ordering::Relaxed),
+        objects_freed: OBJECTS_FREED.load(Ordering::Relaxed),
     }
 }

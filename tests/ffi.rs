@@ -520,3 +520,73 @@ fn malformed_records_are_refused_without_a_handle() {
         assert!(!last_error().is_empty());
     }
 }
+
+#[test]
+fn a_context_config_is_checked_and_its_endpoints_are_reported() {
+    use ray_rdt::ffi::context::*;
+    let mut ctx = null_mut();
+    let mut config = rdt_context_config {
+        node_id: null(),
+        node_id_len: 0,
+        actor_id: null(),
+        actor_id_len: 0,
+        node_ip: c"127.0.0.1".as_ptr(),
+        auth_token: b"token".as_ptr(),
+        auth_token_len: 5,
+    };
+    // SAFETY: each call has one invalid argument and otherwise valid ones.
+    unsafe {
+        assert_fails(
+            rdt_context_create(null(), &mut ctx),
+            RDT_ERR_NULL_ARGUMENT,
+            "config",
+        );
+        assert_fails(
+            rdt_context_create(&config, null_mut()),
+            RDT_ERR_NULL_ARGUMENT,
+            "out_ctx",
+        );
+        config.node_ip = c"not-an-ip".as_ptr();
+        assert_fails(
+            rdt_context_create(&config, &mut ctx),
+            RDT_ERR_INVALID_ARGUMENT,
+            "not-an-ip",
+        );
+        config.node_ip = c"127.0.0.1".as_ptr();
+        assert_eq!(rdt_context_create(&config, &mut ctx), RDT_OK);
+        let mut buf = rdt_buffer {
+            data: null_mut(),
+            len: 0,
+        };
+        assert_eq!(rdt_context_tcp_endpoint(ctx, &mut buf), RDT_OK);
+        let tcp = std::slice::from_raw_parts(buf.data, buf.len).to_vec();
+        rdt_buffer_free(&mut buf);
+        assert!(
+            tcp.starts_with(b"tcp:127.0.0.1:"),
+            "{:?}",
+            String::from_utf8_lossy(&tcp)
+        );
+        let mut authenticated = false;
+        assert_eq!(rdt_context_authenticated(ctx, &mut authenticated), RDT_OK);
+        assert!(authenticated);
+        assert_fails(
+            rdt_context_tcp_endpoint(ctx, null_mut()),
+            RDT_ERR_NULL_ARGUMENT,
+            "out_address",
+        );
+        assert_fails(
+            rdt_context_authenticated(null(), &mut authenticated),
+            RDT_ERR_NULL_ARGUMENT,
+            "ctx",
+        );
+        rdt_context_destroy(ctx);
+        // The 1.0 constructor: same host only, unauthenticated.
+        assert_eq!(rdt_context_new(null(), 0, null(), 0, &mut ctx), RDT_OK);
+        assert_eq!(rdt_context_tcp_endpoint(ctx, &mut buf), RDT_OK);
+        assert_eq!(buf.len, 0);
+        rdt_buffer_free(&mut buf);
+        assert_eq!(rdt_context_authenticated(ctx, &mut authenticated), RDT_OK);
+        assert!(!authenticated);
+        rdt_context_destroy(ctx);
+    }
+}

@@ -12,7 +12,7 @@
 
 use proptest::prelude::*;
 use ray_rdt::dlpack::{DLDataType, DLDevice};
-use ray_rdt::metadata::{MAX_ENDPOINT_LEN, MAX_ID_LEN, MAX_TENSORS, VERSION};
+use ray_rdt::metadata::{MAX_ENDPOINT_LEN, MAX_HOST_ID_LEN, MAX_ID_LEN, MAX_TENSORS, VERSION};
 use ray_rdt::tensor::MAX_NDIM;
 use ray_rdt::{ErrorKind, Metadata, Producer, TensorMeta, TransportKind};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -113,11 +113,18 @@ fn random_tensor(rng: &mut Rng) -> TensorMeta {
 /// A random valid record.
 fn random_metadata(rng: &mut Rng) -> Metadata {
     let len = |rng: &mut Rng, max: usize| if rng.chance(20) { max } else { rng.below(40) };
-    let (node_len, actor_len, endpoint_len) = (
+    let (node_len, actor_len, host_len, endpoint_len, tcp_len) = (
         len(rng, MAX_ID_LEN),
         len(rng, MAX_ID_LEN),
+        len(rng, MAX_HOST_ID_LEN),
+        len(rng, MAX_ENDPOINT_LEN),
         len(rng, MAX_ENDPOINT_LEN),
     );
+    let text = |rng: &mut Rng, n: usize| -> String {
+        (0..n)
+            .map(|_| char::from(b' ' + rng.below(95) as u8))
+            .collect()
+    };
     let data_len = rng.below(64);
     Metadata {
         transport: TransportKind::ALL[rng.below(TransportKind::ALL.len())],
@@ -130,11 +137,17 @@ fn random_metadata(rng: &mut Rng) -> Metadata {
             node_id: rng.bytes(node_len),
             pid: rng.next() as u32,
             actor_id: rng.bytes(actor_len),
-            endpoint: (0..endpoint_len)
-                .map(|_| char::from(b' ' + rng.below(95) as u8))
-                .collect(),
+            host_id: rng.bytes(host_len),
+            endpoint: text(rng, endpoint_len),
+            tcp_endpoint: text(rng, tcp_len),
         },
         transport_data: rng.bytes(data_len),
+        inline: if rng.chance(2) {
+            let n = rng.below(128);
+            Some(rng.bytes(n))
+        } else {
+            None
+        },
     }
 }
 
@@ -144,8 +157,8 @@ fn length_fields(record: &[u8]) -> Vec<(usize, usize)> {
     let u16_at = |at: usize| u16::from_le_bytes([record[at], record[at + 1]]) as usize;
     let mut fields = Vec::new();
     let mut at = 15; // magic, version, transport, device
-    for skip_after in [4, 0, 0] {
-        // node_id (then pid), actor_id, endpoint
+    for skip_after in [4, 0, 0, 0, 0] {
+        // node_id (then pid), actor_id, host_id, endpoint, tcp_endpoint
         fields.push((at, 2));
         at += 2 + u16_at(at) + skip_after;
     }
@@ -160,6 +173,11 @@ fn length_fields(record: &[u8]) -> Vec<(usize, usize)> {
         at += 8;
     }
     fields.push((at, 4));
+    at += 4 + u32::from_le_bytes(record[at..at + 4].try_into().unwrap()) as usize;
+    fields.push((at, 1)); // flags
+    if record[at] != 0 {
+        fields.push((at + 1, 4)); // inline data
+    }
     fields
 }
 
@@ -296,11 +314,14 @@ prop_compose! {
         node_id in prop::collection::vec(any::<u8>(), 0..=MAX_ID_LEN),
         pid in any::<u32>(),
         actor_id in prop::collection::vec(any::<u8>(), 0..=MAX_ID_LEN),
+        host_id in prop::collection::vec(any::<u8>(), 0..=MAX_HOST_ID_LEN),
         endpoint in "\\PC{0,64}",
+        tcp_endpoint in "\\PC{0,64}",
         transport_data in prop::collection::vec(any::<u8>(), 0..256),
+        inline in prop::option::of(prop::collection::vec(any::<u8>(), 0..256)),
     ) -> Metadata {
         let device = DLDevice { device_type: device.0, device_id: device.1 };
-        Metadata { transport, device, tensors, producer: Producer { node_id, pid, actor_id, endpoint }, transport_data }
+        Metadata { transport, device, tensors, producer: Producer { node_id, pid, actor_id, host_id, endpoint, tcp_endpoint }, transport_data, inline }
     }
 }
 

@@ -94,7 +94,7 @@ fn run_child(test: &str, role: &str, env: &[(&str, String)]) -> String {
 /// Child role: fetch every object in OBJECTS (id:record:seed, comma separated)
 /// from several threads at once, check every byte and the counters.
 fn consumer() {
-    let ctx = Context::new(b"node-a", b"consumer").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"consumer")).unwrap();
     let objects: Vec<(ObjectId, Vec<u8>, u8)> = std::env::var("OBJECTS")
         .unwrap()
         .split(',')
@@ -159,7 +159,7 @@ fn nixl_between_processes() {
     if !nixl_or_skip("nixl_between_processes") {
         return;
     }
-    let ctx = Context::new(b"node-a", b"producer").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"producer")).unwrap();
     let objects: Vec<(ObjectId, Vec<u8>, u8)> = (0..4u8)
         .map(|i| {
             let id = ObjectId([i + 1; 28]);
@@ -200,7 +200,7 @@ fn nixl_between_processes() {
         Fetched::Received(_) => panic!("expected the producer's own tensors"),
     }
     // Another context of this process reads through the process's own agent.
-    let other = Context::new(b"node-a", b"other").unwrap();
+    let other = Context::new(transport_only(b"node-a", b"other")).unwrap();
     match other.fetch(id, record, Duration::from_secs(5)).unwrap() {
         Fetched::Received(t) => check(&t, 10).unwrap(),
         Fetched::Local(_) => panic!("a different context must receive a copy"),
@@ -215,7 +215,7 @@ fn nixl_registration_cache_is_refcounted_per_object() {
     if !nixl_or_skip("nixl_registration_cache_is_refcounted_per_object") {
         return;
     }
-    let ctx = Context::new(b"node-a", b"producer").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"producer")).unwrap();
     let (ranges0, refs0) = nixl::registration_stats();
     // Two objects returning views of the same memory, plus an object of their own.
     let shared: Arc<Vec<u8>> = Arc::new(pattern(4096, 3));
@@ -289,7 +289,7 @@ fn nixl_registration_cache_is_refcounted_per_object() {
 
 /// Child role: a producer that prints its records and lives until stdin closes.
 fn short_lived_producer() {
-    let ctx = Context::new(b"node-a", b"doomed").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"doomed")).unwrap();
     for i in 0..2u8 {
         let id = ObjectId([200 + i; 28]);
         let record = ctx
@@ -331,7 +331,7 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
         })
         .collect();
     assert_eq!(objects.len(), 2, "the producer did not print its records");
-    let ctx = Context::new(b"node-a", b"consumer").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"consumer")).unwrap();
     // Connected and working while the producer lives.
     match ctx
         .fetch(&objects[0].0, &objects[0].1, Duration::from_secs(20))
@@ -359,7 +359,10 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
         );
         assert!(took < timeout + Duration::from_secs(2), "took {took:?}");
         assert!(
-            matches!(err.kind(), ErrorKind::Transport | ErrorKind::Timeout),
+            matches!(
+                err.kind(),
+                ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::PeerGone
+            ),
             "{err:?}"
         );
         assert!(err.message().contains("producer"), "{}", err.message());
@@ -411,7 +414,7 @@ fn nixl_unresponsive_producer_times_out_not_hangs() {
     let pid = producer.id() as i32;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let ctx = Context::new(b"node-a", b"consumer").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"consumer")).unwrap();
     let timeout = Duration::from_secs(2);
     let start = Instant::now();
     let result = ctx.fetch(&id, &record, timeout);
@@ -446,7 +449,7 @@ fn nixl_unresponsive_producer_times_out_not_hangs() {
 
 /// Child role: NIXL cannot be found; the transport must say so and the process live on.
 fn without_nixl() {
-    let ctx = Context::new(b"node-a", b"nixl-less").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"nixl-less")).unwrap();
     let err = ctx
         .put(
             ObjectId([7; 28]),
@@ -488,8 +491,10 @@ fn without_nixl() {
             pid: 1,
             actor_id: Vec::new(),
             endpoint: "unix:@ray-rdt-nowhere".into(),
+            ..Producer::default()
         },
         transport_data,
+        inline: None,
     }
     .encode()
     .unwrap();
@@ -504,7 +509,7 @@ fn without_nixl() {
         .put(ObjectId([9; 28]), TransportKind::Nixl, None, empty)
         .map_err(|r| r.error)
         .unwrap();
-    let other = Context::new(b"node-a", b"other").unwrap();
+    let other = Context::new(transport_only(b"node-a", b"other")).unwrap();
     match other
         .fetch(&ObjectId([9; 28]), &record, Duration::from_secs(1))
         .unwrap()

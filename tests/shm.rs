@@ -5,7 +5,7 @@ mod multiprocess;
 
 use multiprocess::*;
 use ray_rdt::engine::{Context, Fetched};
-use ray_rdt::{stats, ErrorKind, ObjectId, TransportKind};
+use ray_rdt::{stats, ErrorKind, Metadata, ObjectId, TransportKind};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ fn expected_bytes(seed: u8) -> Vec<Vec<u8>> {
 
 /// Child role: fetch the object in RECORD and check every byte.
 fn consumer() {
-    let ctx = Context::new(b"node-a", b"consumer").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"consumer")).unwrap();
     let id = ObjectId::from_slice(&unhex(&std::env::var("OBJECT").unwrap())).unwrap();
     let record = unhex(&std::env::var("RECORD").unwrap());
     let seed: u8 = std::env::var("SEED").unwrap().parse().unwrap();
@@ -106,7 +106,7 @@ fn shm_between_processes() {
     if role().as_deref() == Some("consumer") {
         return consumer();
     }
-    let ctx = Context::new(b"node-a", b"producer").unwrap();
+    let ctx = Context::new(transport_only(b"node-a", b"producer")).unwrap();
     // Several objects, fetched by concurrent consumer processes.
     let objects: Vec<(ObjectId, Vec<u8>, u8)> = [10u8, 20, 31, 41]
         .into_iter()
@@ -150,26 +150,38 @@ fn shm_between_processes() {
 }
 
 #[test]
-fn shm_refuses_other_hosts_and_dead_producers() {
-    let producer = Context::new(b"node-a", b"p").unwrap();
+fn shm_serves_other_nodes_of_this_host_and_refuses_other_hosts_and_dead_producers() {
+    let producer = Context::new(transport_only(b"node-a", b"p")).unwrap();
     let id = ObjectId([9; 28]);
     let record = producer
         .put(id, TransportKind::Shm, None, sample_tensors(1))
         .unwrap();
-    let elsewhere = Context::new(b"node-b", b"c").unwrap();
-    let err = elsewhere
-        .fetch(&id, &record, Duration::from_secs(1))
+    // Another Ray node on this host: same host identity, so shm works.
+    let other_node = Context::new(transport_only(b"node-b", b"c")).unwrap();
+    assert!(matches!(
+        other_node
+            .fetch(&id, &record, Duration::from_secs(5))
+            .unwrap(),
+        Fetched::Received(_)
+    ));
+    // The record as a producer on another host would write it.
+    let mut meta = Metadata::decode(&record).unwrap();
+    meta.producer.host_id = b"another-boot-id/net:1".to_vec();
+    let remote = meta.encode().unwrap();
+    let err = other_node
+        .fetch(&id, &remote, Duration::from_secs(1))
         .err()
         .unwrap();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
-    assert!(err.message().contains("same host"));
+    assert!(err.message().contains("same host"), "{err}");
     drop(producer);
-    let consumer = Context::new(b"node-a", b"c").unwrap();
+    let consumer = Context::new(transport_only(b"node-a", b"c")).unwrap();
     let err = consumer
         .fetch(&id, &record, Duration::from_secs(1))
         .err()
         .unwrap();
-    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    assert_eq!(err.kind(), ErrorKind::PeerGone, "{err}");
+    assert!(err.message().contains("gone"), "{err}");
 }
 
 /// Sets a flag when dropped: shows when the plugin released a tensor's memory.
@@ -184,8 +196,8 @@ impl Drop for DropFlag {
 #[test]
 fn destroying_a_context_frees_its_objects_while_peers_stay_connected() {
     use ray_rdt::dlpack::{kDLCPU, DLDevice};
-    let producer = Context::new(b"node-a", b"p").unwrap();
-    let consumer = Context::new(b"node-a", b"c").unwrap();
+    let producer = Context::new(transport_only(b"node-a", b"p")).unwrap();
+    let consumer = Context::new(transport_only(b"node-a", b"c")).unwrap();
     let freed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut data = vec![7u8; 64].into_boxed_slice();
     let meta = ray_rdt::TensorMeta::compact(U8, vec![64]).unwrap();
@@ -220,5 +232,6 @@ fn destroying_a_context_frees_its_objects_while_peers_stay_connected() {
         .fetch(&id, &record, Duration::from_secs(1))
         .err()
         .unwrap();
-    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    // The pooled connection was closed with the context; a new one finds nothing.
+    assert_eq!(err.kind(), ErrorKind::PeerGone, "{err}");
 }

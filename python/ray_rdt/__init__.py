@@ -9,6 +9,7 @@ exactly like stock 2.60.0.
 
 import os
 
+from ray_rdt import _ffi
 from ray_rdt._ffi import (
     PluginUnavailableError,
     RdtError,
@@ -21,6 +22,7 @@ from ray_rdt._ffi import (
 __all__ = [
     "enabled",
     "stats",
+    "endpoint_stats",
     "library_path",
     "RdtError",
     "RdtTimeoutError",
@@ -45,34 +47,68 @@ def library_path() -> str:
     return _ffi.library_path()
 
 
-def stats() -> dict:
-    """This process's plugin counters, from the C ABI (``rdt_stats_get``).
+_COUNTERS = ("bytes_sent", "bytes_received", "transfers", "errors")
 
-    Returns ``{transport: {"bytes_sent", "bytes_received", "transfers", "errors"}}``
-    keyed by lower-case transport name ("gloo", "nccl", "nixl", "cuda_ipc",
-    "shm"). The counters are per process and monotonic: diff two snapshots.
-    With the plugin off (``RAY_RDT_PLUGIN=0``) and the library missing, every
-    counter reads 0.
+
+def _zero_stats() -> dict:
+    zero = {k: 0 for k in _COUNTERS}
+    paths = {p: dict(zero, latency_us={"bounds": [], "counts": [], "sum": 0}) for p in _ffi.PATH_CODES}
+    return {name: dict(zero, paths={p: dict(v) for p, v in paths.items()}) for name in TRANSPORT_CODES}
+
+
+def stats() -> dict:
+    """This process's plugin counters, from the C ABI.
+
+    Returns ``{transport: {"bytes_sent", "bytes_received", "transfers", "errors",
+    "paths": {path: {...the same four..., "latency_us": {"bounds", "counts", "sum"}}}}}``
+    keyed by lower-case transport name ("gloo", "nccl", "nixl", "cuda_ipc", "shm",
+    as the producer declared it) and path ("same_host": shared memory between
+    two processes of one host; "network": the declared transport's own path,
+    to another host or, with the same-host path off, over loopback; "inline":
+    a small object carried in its record); the top-level counters are the sums over paths. ``latency_us`` is
+    the receiver's histogram of fetch times: ``counts[i]`` fetches took at most
+    ``bounds[i]`` microseconds (the last count is for slower ones). The
+    counters are per process and monotonic:
+    diff two snapshots. With the plugin off (``RAY_RDT_PLUGIN=0``) and the
+    library missing, every counter reads 0.
     """
     import ctypes
 
-    from ray_rdt import _ffi
-
     try:
-        _ffi.lib()
+        lib = _ffi.lib()
     except PluginUnavailableError:
         if enabled():
             raise
-        zero = {"bytes_sent": 0, "bytes_received": 0, "transfers": 0, "errors": 0}
-        return {name: dict(zero) for name in TRANSPORT_CODES}
+        return _zero_stats()
+    bounds = [lib.rdt_stats_latency_bound_us(i) for i in range(_ffi.LATENCY_BUCKETS - 1)]
     out = {}
     for name, code in TRANSPORT_CODES.items():
-        s = _ffi.TransportStats()
-        _ffi.check(_ffi.lib().rdt_stats_get(code, ctypes.byref(s)), "rdt_stats_get")
-        out[name] = {
-            "bytes_sent": s.bytes_sent,
-            "bytes_received": s.bytes_received,
-            "transfers": s.transfers,
-            "errors": s.errors,
-        }
+        total = {k: 0 for k in _COUNTERS}
+        paths = {}
+        for path, path_code in _ffi.PATH_CODES.items():
+            s = _ffi.PathStats()
+            _ffi.check(lib.rdt_stats_path_get(code, path_code, ctypes.byref(s)), "rdt_stats_path_get")
+            entry = {k: getattr(s, k) for k in _COUNTERS}
+            entry["latency_us"] = {"bounds": bounds, "counts": list(s.latency), "sum": s.latency_sum_us}
+            paths[path] = entry
+            for k in _COUNTERS:
+                total[k] += entry[k]
+        out[name] = dict(total, paths=paths)
     return out
+
+
+def endpoint_stats() -> dict:
+    """What peers asked of this process's plugin endpoint:
+    ``{"fetches_served", "free_requests", "objects_freed"}`` (monotonic; zeros
+    with the plugin off and the library missing)."""
+    import ctypes
+
+    try:
+        lib = _ffi.lib()
+    except PluginUnavailableError:
+        if enabled():
+            raise
+        return {"fetches_served": 0, "free_requests": 0, "objects_freed": 0}
+    e = _ffi.EndpointStats()
+    _ffi.check(lib.rdt_stats_endpoint_get(ctypes.byref(e)), "rdt_stats_endpoint_get")
+    return {"fetches_served": e.fetches_served, "free_requests": e.free_requests, "objects_freed": e.objects_freed}

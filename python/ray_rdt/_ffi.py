@@ -45,6 +45,8 @@ STATUS_NAMES = {
     11: "RDT_ERR_BUFFER_TOO_SMALL",
     12: "RDT_ERR_IO",
     13: "RDT_ERR_INTERNAL",
+    14: "RDT_ERR_AUTH_REFUSED",
+    15: "RDT_ERR_PEER_GONE",
 }
 OK = 0
 ERR_NOT_FOUND = 3
@@ -53,6 +55,8 @@ ERR_TIMEOUT = 5
 ERR_TRANSPORT = 8
 ERR_BUFFER_TOO_SMALL = 11
 ERR_IO = 12
+ERR_AUTH_REFUSED = 14
+ERR_PEER_GONE = 15
 
 # "No limit" for timeout_ms arguments.
 NO_TIMEOUT_MS = 2**64 - 1
@@ -88,6 +92,15 @@ class RdtNotFoundError(RdtError, KeyError):
 
 class RdtTransportError(RdtError):
     """The transport failed: a peer died, a connection broke, a library erred."""
+
+
+class RdtAuthRefusedError(RdtError, PermissionError):
+    """A peer plugin refused us, or we refused it: wrong or missing proof of
+    Ray's cluster token, or (same host) another user's process."""
+
+
+class RdtPeerGoneError(RdtTransportError):
+    """The peer process is gone: nothing listens at its plugin endpoint."""
 
 
 class PluginUnavailableError(ImportError):
@@ -134,8 +147,51 @@ class TransportStats(ctypes.Structure):
     ]
 
 
+# Paths an object can take (rdt_path), by the name ray_rdt.stats() uses.
+PATH_CODES = {"same_host": 0, "network": 1, "inline": 2}
+# Buckets of the fetch-latency histogram (RDT_LATENCY_BUCKETS).
+LATENCY_BUCKETS = 16
+
+
+class PathStats(ctypes.Structure):
+    """``rdt_path_stats``."""
+
+    _fields_ = [
+        ("bytes_sent", ctypes.c_uint64),
+        ("bytes_received", ctypes.c_uint64),
+        ("transfers", ctypes.c_uint64),
+        ("errors", ctypes.c_uint64),
+        ("latency", ctypes.c_uint64 * LATENCY_BUCKETS),
+        ("latency_sum_us", ctypes.c_uint64),
+    ]
+
+
+class EndpointStats(ctypes.Structure):
+    """``rdt_endpoint_stats``."""
+
+    _fields_ = [
+        ("fetches_served", ctypes.c_uint64),
+        ("free_requests", ctypes.c_uint64),
+        ("objects_freed", ctypes.c_uint64),
+    ]
+
+
 class Buffer(ctypes.Structure):
     _fields_ = [("data", ctypes.POINTER(ctypes.c_uint8)), ("len", ctypes.c_size_t)]
+
+
+class ContextConfig(ctypes.Structure):
+    """``rdt_context_config``."""
+
+    _fields_ = [
+        ("node_id", ctypes.c_char_p),
+        ("node_id_len", ctypes.c_size_t),
+        ("actor_id", ctypes.c_char_p),
+        ("actor_id_len", ctypes.c_size_t),
+        ("node_ip", ctypes.c_char_p),
+        ("auth_token", ctypes.c_char_p),
+        ("auth_token_len", ctypes.c_size_t),
+    ]
 
 
 _c_void_p = ctypes.c_void_p
@@ -147,13 +203,19 @@ _SIGNATURES = {
     "rdt_abi_version": (ctypes.c_uint32, []),
     "rdt_last_error": (ctypes.c_char_p, []),
     "rdt_stats_get": (_status, [ctypes.c_uint32, ctypes.POINTER(TransportStats)]),
+    "rdt_stats_path_get": (_status, [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(PathStats)]),
+    "rdt_stats_latency_bound_us": (ctypes.c_uint64, [ctypes.c_size_t]),
+    "rdt_stats_endpoint_get": (_status, [ctypes.POINTER(EndpointStats)]),
     "rdt_buffer_free": (None, [ctypes.POINTER(Buffer)]),
     "rdt_context_new": (
         _status,
         [_c_u8p, ctypes.c_size_t, _c_u8p, ctypes.c_size_t, ctypes.POINTER(_c_void_p)],
     ),
+    "rdt_context_create": (_status, [ctypes.POINTER(ContextConfig), ctypes.POINTER(_c_void_p)]),
     "rdt_context_destroy": (None, [_c_void_p]),
     "rdt_context_endpoint": (_status, [_c_void_p, ctypes.POINTER(Buffer)]),
+    "rdt_context_tcp_endpoint": (_status, [_c_void_p, ctypes.POINTER(Buffer)]),
+    "rdt_context_authenticated": (_status, [_c_void_p, ctypes.POINTER(ctypes.c_bool)]),
     "rdt_context_put": (
         _status,
         [
@@ -180,6 +242,13 @@ _SIGNATURES = {
         ],
     ),
     "rdt_context_free": (_status, [_c_void_p, _c_u8p, ctypes.POINTER(ctypes.c_bool)]),
+    "rdt_context_contains": (_status, [_c_void_p, _c_u8p, ctypes.POINTER(ctypes.c_bool)]),
+    "rdt_context_get": (
+        _status,
+        [_c_void_p, _c_u8p, ctypes.POINTER(_c_void_p), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    "rdt_context_free_remote": (_status, [_c_void_p, _c_u8p, _c_u8p, ctypes.c_size_t]),
+    "rdt_context_flush_frees": (_status, [_c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_bool)]),
     "rdt_context_wait_tensor_freed": (_status, [_c_void_p, _c_void_p, ctypes.c_uint64]),
     "rdt_context_counts": (
         _status,
@@ -291,6 +360,8 @@ def check(status: int, call: str = ""):
         ERR_TIMEOUT: RdtTimeoutError,
         ERR_NOT_FOUND: RdtNotFoundError,
         ERR_TRANSPORT: RdtTransportError,
+        ERR_AUTH_REFUSED: RdtAuthRefusedError,
+        ERR_PEER_GONE: RdtPeerGoneError,
     }.get(status, RdtError)
     raise cls(status, message, call)
 

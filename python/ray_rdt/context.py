@@ -1,8 +1,9 @@
 """The per-process plugin context (``rdt_context``): one per driver or actor.
 
-It owns the plugin's object store, its endpoint (the Unix socket peers fetch
-from) and its transports. This module only converts arguments; bookkeeping and
-bytes live in the plugin.
+It owns the plugin's object store, its endpoint (a same-host Unix socket, and
+TCP on the node's IP for peers on other hosts, authenticated with Ray's cluster
+token when Ray's token authentication is on) and its transports. This module
+only converts arguments; bookkeeping and bytes live in the plugin.
 """
 
 import ctypes
@@ -38,21 +39,41 @@ def _cstr(s: Optional[str]) -> Optional[bytes]:
 class Context:
     """A plugin context. Prefer :func:`get_context` (one per process)."""
 
-    def __init__(self, node_id: bytes = b"", actor_id: bytes = b""):
+    def __init__(
+        self,
+        node_id: bytes = b"",
+        actor_id: bytes = b"",
+        node_ip: Optional[str] = None,
+        auth_token: Optional[bytes] = None,
+    ):
+        """``node_ip``: the node's IP as Ray knows it (the TCP endpoint binds it;
+        None: same-host endpoint only). ``auth_token``: Ray's cluster token, which
+        peers on other hosts must prove (None: authentication off)."""
         lib = _ffi.lib()
         handle = ctypes.c_void_p()
-        _ffi.check(
-            lib.rdt_context_new(node_id, len(node_id), actor_id, len(actor_id), ctypes.byref(handle)),
-            "rdt_context_new",
+        token = auth_token or b""
+        config = _ffi.ContextConfig(
+            node_id, len(node_id), actor_id, len(actor_id), _cstr(node_ip), token or None, len(token)
         )
+        _ffi.check(lib.rdt_context_create(ctypes.byref(config), ctypes.byref(handle)), "rdt_context_create")
         self._lib = lib
         self._handle = handle
         self._pid = os.getpid()
         self.node_id = node_id
         self.actor_id = actor_id
+        #: Same-host endpoint (``unix:@...``).
+        self.endpoint = self._address(lib.rdt_context_endpoint, "rdt_context_endpoint")
+        #: Endpoint for other hosts (``tcp:IP:PORT``), or None.
+        self.tcp_endpoint = self._address(lib.rdt_context_tcp_endpoint, "rdt_context_tcp_endpoint") or None
+        flag = ctypes.c_bool(False)
+        _ffi.check(lib.rdt_context_authenticated(handle, ctypes.byref(flag)), "rdt_context_authenticated")
+        #: Whether peers on other hosts must prove Ray's cluster token.
+        self.authenticated = bool(flag.value)
+
+    def _address(self, fn, name: str) -> str:
         buf = _ffi.Buffer()
-        _ffi.check(lib.rdt_context_endpoint(handle, ctypes.byref(buf)), "rdt_context_endpoint")
-        self.endpoint = _ffi.take_buffer(buf).decode("utf-8")
+        _ffi.check(fn(self._handle, ctypes.byref(buf)), name)
+        return _ffi.take_buffer(buf).decode("utf-8")
 
     def close(self):
         if self._handle:
@@ -77,17 +98,44 @@ class Context:
         """The tensors a metadata record describes: views when this process produced
         them, else received directly from the producer's plugin."""
         oid = _object_id_bytes(object_id)
+        return self._tensors_out(
+            lambda out, capacity, count: self._lib.rdt_context_fetch(
+                self._handle, oid, record, len(record), _ffi.timeout_ms(timeout_s), out, capacity, count
+            ),
+            "rdt_context_fetch",
+        )
+
+    def get(self, object_id) -> List["torch.Tensor"]:
+        """Views of the tensors of an object this process holds (raises
+        ``RdtNotFoundError`` when it holds none)."""
+        oid = _object_id_bytes(object_id)
+        return self._tensors_out(
+            lambda out, capacity, count: self._lib.rdt_context_get(self._handle, oid, out, capacity, count),
+            "rdt_context_get",
+        )
+
+    def contains(self, object_id) -> bool:
+        """Whether this process holds the object (a primary copy it produced)."""
+        held = ctypes.c_bool(False)
+        _ffi.check(
+            self._lib.rdt_context_contains(self._handle, _object_id_bytes(object_id), ctypes.byref(held)),
+            "rdt_context_contains",
+        )
+        return bool(held.value)
+
+    @staticmethod
+    def _tensors_out(call, name: str) -> List["torch.Tensor"]:
+        """Runs a call that writes DLPack tensors to an output array, growing
+        the array when the call says it is too small."""
         capacity = 8
         while True:
             out = (ctypes.c_void_p * capacity)()
             count = ctypes.c_size_t(0)
-            status = self._lib.rdt_context_fetch(
-                self._handle, oid, record, len(record), _ffi.timeout_ms(timeout_s), out, capacity, ctypes.byref(count)
-            )
+            status = call(out, capacity, ctypes.byref(count))
             if status == _ffi.ERR_BUFFER_TOO_SMALL and count.value > capacity:
                 capacity = count.value
                 continue
-            _ffi.check(status, "rdt_context_fetch")
+            _ffi.check(status, name)
             return dlpack.adopt_all([out[i] for i in range(count.value)])
 
     def free(self, object_id) -> bool:
@@ -98,6 +146,23 @@ class Context:
             "rdt_context_free",
         )
         return bool(found.value)
+
+    def free_remote(self, object_id, record: bytes):
+        """The owner's free of an object whose metadata record is ``record``:
+        sent to the producer's plugin in the background, batched (no Ray task)."""
+        _ffi.check(
+            self._lib.rdt_context_free_remote(self._handle, _object_id_bytes(object_id), record, len(record)),
+            "rdt_context_free_remote",
+        )
+
+    def flush_frees(self, timeout_s: Optional[float] = None) -> bool:
+        """Waits until every queued remote free was sent; returns whether they all were."""
+        flushed = ctypes.c_bool(False)
+        _ffi.check(
+            self._lib.rdt_context_flush_frees(self._handle, _ffi.timeout_ms(timeout_s), ctypes.byref(flushed)),
+            "rdt_context_flush_frees",
+        )
+        return bool(flushed.value)
 
     def wait_tensor_freed(self, tensor, timeout_s: Optional[float] = None):
         """Waits until no stored object holds the memory of ``tensor`` (its first element)."""
@@ -159,6 +224,36 @@ def _ray_ids():
         return b"", b""
 
 
+def _ray_node_ip() -> Optional[str]:
+    """The IP Ray uses for this process's node, or None outside a Ray cluster."""
+    try:
+        import ray._private.worker as ray_worker
+
+        worker = ray_worker.global_worker
+        return worker.node_ip_address if worker.connected else None
+    except Exception:
+        return None
+
+
+def ray_auth_token() -> Optional[bytes]:
+    """Ray's cluster token when Ray's token authentication is on, else None.
+
+    Read through Ray's own loader (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+    ``~/.ray/auth_token``), so the plugin's peers prove exactly what Ray's do.
+    """
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if not is_token_auth_enabled():
+        return None
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token():
+        return None
+    token = loader.get_raw_token()
+    return token.encode("utf-8") if isinstance(token, str) else bytes(token)
+
+
 def get_context() -> Context:
     """This process's plugin context, created on first use.
 
@@ -176,7 +271,7 @@ def get_context() -> Context:
         if ctx is None or ctx._pid != os.getpid() or ctx.node_id != node_id:
             if ctx is not None and ctx._pid == os.getpid():
                 ctx.close()
-            _context = Context(node_id, actor_id)
+            _context = Context(node_id, actor_id, _ray_node_ip(), ray_auth_token() if node_id else None)
             reporter.start()
         return _context
 

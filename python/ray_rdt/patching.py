@@ -7,6 +7,9 @@ recorded for it in ``ray-2.60.0.dist-info/RECORD``:
 
 - *pristine*: the file hashes to its RECORD entry;
 - *patched*: reverse-applying its patch gives bytes that hash to the RECORD entry;
+- *outdated*: an older patch set is applied; the wheel's bytes come from the
+  copy kept when it was applied (``<site-packages>/.ray_rdt_pristine/``, used
+  only when it hashes to the RECORD entry), so upgrading ray-rdt re-patches;
 - *modified*: anything else; it is never touched (reinstall Ray).
 
 So applying is idempotent, and reverting provably restores the wheel's bytes.
@@ -188,31 +191,63 @@ class State(enum.Enum):
 
     PRISTINE = "not applied"
     PATCHED = "applied"
+    OUTDATED = "outdated (an older patch set; `ray-rdt patch` updates it)"
     MODIFIED = "modified"
+
+
+PRISTINE_DIR = ".ray_rdt_pristine"
+
+
+def _backup_path(env: Environment, patch: FilePatch) -> Path:
+    """Where the wheel's copy of ``patch``'s file is kept while it is patched:
+    ``<site-packages>/.ray_rdt_pristine/ray-2.60.0/<path>``, outside both
+    packages, so upgrading ray-rdt keeps it and a reinstalled Ray ignores it
+    (it is used only when it hashes to Ray's RECORD entry)."""
+    return env.site / PRISTINE_DIR / f"ray-{RAY_VERSION}" / patch.path
+
+
+def _recorded_hash(env: Environment, patch: FilePatch) -> str:
+    pristine = env.record.get(patch.path)
+    if pristine is None:
+        raise PatchError(f"{patch.path} has no entry in Ray's RECORD in {env.site}; reinstall Ray")
+    return pristine
+
+
+def _reverse(patch: FilePatch, data: bytes) -> Optional[bytes]:
+    try:
+        return patch.apply(data.decode("utf-8"), reverse=True).encode("utf-8")
+    except (PatchError, UnicodeDecodeError):
+        return None
+
+
+def _inspect(env: Environment, patch: FilePatch):
+    """(state, the wheel's bytes of the file or None when they cannot be had)."""
+    recorded = _recorded_hash(env, patch)
+    data = (env.site / patch.path).read_bytes()
+    if _record_hash(data) == recorded:
+        return State.PRISTINE, data
+    original = _reverse(patch, data)
+    if original is not None and _record_hash(original) == recorded:
+        return State.PATCHED, original
+    backup = _backup_path(env, patch)
+    if backup.is_file() and _record_hash(backup.read_bytes()) == recorded:
+        return State.OUTDATED, backup.read_bytes()
+    return State.MODIFIED, None
 
 
 def state_of(env: Environment, patch: FilePatch) -> State:
     """The state of ``patch``'s file in ``env`` (see the module docstring)."""
-    data = (env.site / patch.path).read_bytes()
-    pristine = env.record.get(patch.path)
-    if pristine is None:
-        raise PatchError(f"{patch.path} has no entry in Ray's RECORD in {env.site}; reinstall Ray")
-    if _record_hash(data) == pristine:
-        return State.PRISTINE
-    try:
-        original = patch.apply(data.decode("utf-8"), reverse=True).encode("utf-8")
-    except (PatchError, UnicodeDecodeError):
-        return State.MODIFIED
-    return State.PATCHED if _record_hash(original) == pristine else State.MODIFIED
+    return _inspect(env, patch)[0]
 
 
-def _write(path: Path, text: str):
-    """Replaces ``path`` atomically, keeping its permissions."""
-    mode = path.stat().st_mode & 0o7777
+def _write(path: Path, data: bytes):
+    """Replaces ``path`` atomically, keeping its permissions (new files: 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
+            fh.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -237,52 +272,61 @@ class Outcome:
     ok: bool
 
 
+def _inspect_all(env: Environment, patches: List[FilePatch]) -> Dict[str, tuple]:
+    """Every file's state and pristine bytes; refuses (before any write) when one is modified."""
+    env.require_supported()
+    found = {p.name: _inspect(env, p) for p in patches}
+    for p in patches:
+        if found[p.name][0] is State.MODIFIED:
+            raise PatchError(_modified_message(env, p))
+    return found
+
+
 def check(env: Environment, patches: List[FilePatch]) -> Outcome:
     """Reports each patch's state; ok when all are applied."""
     env.require_supported()
-    lines, ok = [], True
-    for p in patches:
-        state = state_of(env, p)
-        lines.append(f"{p.name} {state.value}")
-        ok = ok and state is State.PATCHED
-    return Outcome(lines, ok)
+    states = [(p, state_of(env, p)) for p in patches]
+    return Outcome([f"{p.name} {state.value}" for p, state in states], all(st is State.PATCHED for _, st in states))
 
 
 def apply(env: Environment, patches: List[FilePatch]) -> Outcome:
-    """Applies every patch not yet applied; touches nothing if any file is modified."""
-    env.require_supported()
-    states = {p.name: state_of(env, p) for p in patches}
-    for p in patches:
-        if states[p.name] is State.MODIFIED:
-            raise PatchError(_modified_message(env, p))
+    """Applies every patch not yet applied (over the wheel's bytes, also where an
+    older patch set is applied); touches nothing if any file is modified."""
+    found = _inspect_all(env, patches)
     lines = []
     for p in patches:
-        if states[p.name] is State.PATCHED:
+        state, pristine = found[p.name]
+        if state is State.PATCHED:
             lines.append(f"{p.name} already applied")
             continue
-        path = env.site / p.path
-        _write(path, p.apply(path.read_text(encoding="utf-8")))
-        lines.append(f"{p.name} applied")
+        _write(_backup_path(env, p), pristine)
+        _write(env.site / p.path, p.apply(pristine.decode("utf-8")).encode("utf-8"))
+        lines.append(f"{p.name} {'updated' if state is State.OUTDATED else 'applied'}")
     return Outcome(lines, True)
 
 
 def revert(env: Environment, patches: List[FilePatch]) -> Outcome:
-    """Restores the wheel's bytes of every patched file (verified against RECORD)."""
-    env.require_supported()
-    states = {p.name: state_of(env, p) for p in patches}
-    for p in patches:
-        if states[p.name] is State.MODIFIED:
-            raise PatchError(_modified_message(env, p))
+    """Restores the wheel's bytes of every patched file (verified against RECORD)
+    and removes the pristine copies."""
+    found = _inspect_all(env, patches)
     lines = []
     for p in reversed(patches):
-        if states[p.name] is State.PRISTINE:
+        state, pristine = found[p.name]
+        if state is State.PRISTINE:
             lines.append(f"{p.name} not applied")
-            continue
-        path = env.site / p.path
-        _write(path, p.apply(path.read_text(encoding="utf-8"), reverse=True))
-        if _record_hash(path.read_bytes()) != env.record[p.path]:
-            raise PatchError(f"{p.name}: reverting did not restore Ray's file {path}")
-        lines.append(f"{p.name} reverted")
+        else:
+            path = env.site / p.path
+            _write(path, pristine)
+            if _record_hash(path.read_bytes()) != _recorded_hash(env, p):
+                raise PatchError(f"{p.name}: reverting did not restore Ray's file {path}")
+            lines.append(f"{p.name} reverted")
+        backup = _backup_path(env, p)
+        if backup.exists():
+            backup.unlink()
+    root = env.site / PRISTINE_DIR
+    for d in sorted((d for d in root.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True) + [root]:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
     return Outcome(lines, True)
 
 

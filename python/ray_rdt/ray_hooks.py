@@ -222,8 +222,6 @@ def serialize_with_record(serialization_context, value: Any, tensors: List[Any],
         ctx.free(key)
         raise RuntimeError("ray_rdt: the value's tensors changed between two serialization passes")
     _tls.pending = _PendingPut(key, record, tensors, transport)
-    store = ray._private.worker.global_worker.rdt_manager.rdt_store
-    store.remember_record(key.hex(), record)
     return serialized
 
 
@@ -270,6 +268,23 @@ def claim_pending_put(obj_id: str, tensors: List[Any], transport: str, store) ->
     return _metadata(pending)
 
 
+def free_primary_copy(obj_id: str, src_actor, transport: str, meta) -> bool:
+    """Owner side, when an RDT object goes out of scope: frees the producer's
+    primary copy over the producer's plugin endpoint (batched, no Ray task).
+    Returns False to leave the free to stock 2.60 (objects of other transports,
+    and objects this process produced itself, which 2.60 frees in place)."""
+    from ray.experimental.rdt.rdt_manager import RDTSource
+
+    from ray_rdt.transports import PluginTransportMetadata
+
+    if not is_plugin_transport(transport) or not isinstance(meta, PluginTransportMetadata) or not meta.record:
+        return False
+    if src_actor == RDTSource.DRIVER or src_actor._actor_id == ray._private.worker.global_worker.actor_id:
+        return False
+    _context.get_context().free_remote(meta.key, meta.record)
+    return True
+
+
 # -- consumer: argument resolution and ray.get ----------------------------------------
 
 
@@ -301,7 +316,7 @@ def fetch(key, record: bytes, transport: str = "", object_ref: Optional[str] = N
 
 
 # Statuses of a failed transfer itself (peer died, connection broke, timeout).
-_SYSTEM_ERRORS = (_ffi.ERR_TRANSPORT, _ffi.ERR_TIMEOUT, _ffi.ERR_IO)
+_SYSTEM_ERRORS = (_ffi.ERR_TRANSPORT, _ffi.ERR_TIMEOUT, _ffi.ERR_IO, _ffi.ERR_PEER_GONE)
 
 
 def _on_fetch_error(error: "_ffi.RdtError", transport: str):

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from ray.experimental.rdt.rdt_store import RDTStore
 
+from ray_rdt import _ffi
 from ray_rdt import context as _context
 from ray_rdt._ffi import RdtNotFoundError, RdtTimeoutError
 
@@ -35,10 +36,6 @@ class PluginRDTStore(RDTStore):
         # Ray ObjectRef hex -> plugin key hex, for objects whose plugin key is not
         # their ObjectID (ray.put: the ID is only known after the value is stored).
         self._aliases: Dict[str, str] = {}
-        # Plugin key hex -> metadata record of the objects this process produced:
-        # answers has_object/get_object by ID (the C ABI has no lookup by ID in a
-        # context's store yet; requested as rdt_context_store).
-        self._records: Dict[str, bytes] = {}
         self._plugin_lock = threading.Lock()
 
     # -- plugin side ----------------------------------------------------------
@@ -53,33 +50,23 @@ class PluginRDTStore(RDTStore):
             with self._plugin_lock:
                 self._aliases[obj_id] = key
 
-    def remember_record(self, key: str, record: bytes):
-        with self._plugin_lock:
-            self._records[key] = record
-
     def _plugin_has(self, obj_id: str) -> bool:
         ctx = _context.peek_context()
         key = self._key(obj_id)
-        if ctx is None or key is None:
-            return False
-        with self._plugin_lock:
-            return key in self._records
+        return ctx is not None and key is not None and ctx.contains(key)
 
     def _plugin_get(self, obj_id: str) -> List[Any]:
-        ctx = _context.get_context()
+        ctx = _context.peek_context()
         key = self._key(obj_id)
-        with self._plugin_lock:
-            record = self._records.get(key)
-        if record is None:
-            raise RdtNotFoundError(3, f"object {obj_id} is not held by this process's plugin")
-        return ctx.fetch(key, record)
+        if ctx is None or key is None:
+            raise RdtNotFoundError(_ffi.ERR_NOT_FOUND, f"object {obj_id} is not held by this process's plugin")
+        return ctx.get(key)
 
     def _plugin_free(self, obj_id: str) -> bool:
         ctx = _context.peek_context()
         key = self._key(obj_id)
         with self._plugin_lock:
             self._aliases.pop(obj_id, None)
-            self._records.pop(key, None)
         if ctx is None or key is None:
             return False
         return ctx.free(key)

@@ -1,174 +1,151 @@
-//! Each process's plugin endpoint: a Unix-socket server that peers' plugins talk
-//! to directly to fetch objects (no Ray task per transfer), and a pool of client
+//! Each process's plugin endpoint: the servers that peers' plugins talk to
+//! directly to fetch objects (no Ray task per transfer), and a pool of client
 //! connections to other processes' endpoints.
 //!
-//! The socket lives in Linux's abstract namespace (`unix:@ray-rdt-<pid>-<nonce>`):
-//! nothing to clean up on disk, and it vanishes when the process dies, so a fetch
-//! from a dead producer fails at once with a clear error.
+//! A process listens on two channels ([`channel::Channel`] is what transports
+//! see of either):
+//! - same host ([`unix`]): an abstract Unix socket, peers admitted by uid, able
+//!   to pass file descriptors;
+//! - other hosts ([`tcp`]): TCP on the node's IP, peers admitted only after
+//!   proving Ray's cluster token ([`auth`], [`handshake`]).
+//!
+//! A consumer picks the channel by host identity ([`host`]): the same-host one
+//! when the producer's record names this host, TCP otherwise. Connections,
+//! handshakes and frames are bounded ([`Limits`], [`server`]).
 
+pub mod auth;
+pub mod channel;
+mod client;
+mod handshake;
+pub mod host;
+mod server;
+pub mod tcp;
+pub mod unix;
 pub mod wire;
 
-use crate::error::{Error, ErrorKind, Result};
-use parking_lot::Mutex;
-use std::collections::HashMap;
+pub use auth::ClusterToken;
+pub use channel::{Channel, Frame};
+pub use client::ClientPool;
+
+use crate::error::Result;
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Serves requests arriving on the endpoint. `handle` writes its own replies on
-/// `stream` (some requests get several, or a file descriptor); an error it returns
-/// is sent to the peer as an error reply.
+/// `channel` (some requests get several, or a file descriptor); an error it
+/// returns is sent to the peer as an error reply.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request and the file descriptor sent with it, if any.
-    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, stream: &mut UnixStream) -> Result<()>;
+    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, channel: &mut Channel) -> Result<()>;
 }
 
-/// A running endpoint server. Dropping it stops accepting and closes every
-/// connection it serves, so its connection threads end and release the handler.
+/// Bounds on what peers may hold of an endpoint (environment variables in
+/// parentheses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once, both channels together
+    /// (`RAY_RDT_MAX_CONNECTIONS`, default 256).
+    pub max_connections: usize,
+    /// Time a new peer has to pass the handshake (`RAY_RDT_AUTH_TIMEOUT_MS`, 5 s).
+    pub auth_timeout: Duration,
+    /// Time a peer has to deliver a frame once it started
+    /// (`RAY_RDT_FRAME_TIMEOUT_MS`, 10 s).
+    pub frame_timeout: Duration,
+    /// A connection idle this long is closed (`RAY_RDT_IDLE_TIMEOUT_MS`, 5 min).
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits set in the environment, else the defaults.
+    pub fn from_env() -> Limits {
+        use crate::settings::{millis_or, u64_or};
+        Limits {
+            max_connections: u64_or("RAY_RDT_MAX_CONNECTIONS", 256).max(1) as usize,
+            auth_timeout: millis_or("RAY_RDT_AUTH_TIMEOUT_MS", Duration::from_secs(5)),
+            frame_timeout: millis_or("RAY_RDT_FRAME_TIMEOUT_MS", Duration::from_secs(10)),
+            idle_timeout: millis_or("RAY_RDT_IDLE_TIMEOUT_MS", Duration::from_secs(300)),
+        }
+    }
+}
+
+/// The addresses an endpoint listens on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// Same-host address (`unix:@…`).
+    pub unix: String,
+    /// Address for other hosts (`tcp:IP:PORT`); empty when not listening on TCP.
+    pub tcp: String,
+}
+
+/// A running endpoint. Dropping it stops accepting and closes every connection
+/// it serves, so its connection threads end and release the handler.
 pub struct Endpoint {
-    address: String,
+    addresses: Addresses,
     stopping: Arc<AtomicBool>,
-    connections: Arc<Connections>,
-}
-
-/// The connections being served, by number, so that they can be closed.
-#[derive(Default)]
-struct Connections {
-    live: Mutex<HashMap<u64, UnixStream>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-const PREFIX: &str = "unix:@";
-
-fn socket_addr(address: &str) -> Result<SocketAddr> {
-    let name = address
-        .strip_prefix(PREFIX)
-        .ok_or_else(|| Error::invalid(format!("unsupported endpoint address {address:?}")))?;
-    SocketAddr::from_abstract_name(name).map_err(|e| Error::io("endpoint address", e))
+    listeners: Vec<Arc<server::Listener>>,
+    table: Arc<server::Table>,
 }
 
 impl Endpoint {
-    /// Binds a fresh abstract socket and serves it with `handler` on a background
-    /// thread (one more thread per connected peer).
-    pub fn start(handler: Arc<dyn Handler>) -> Result<Endpoint> {
-        let nonce: u64 = {
-            let mut b = [0u8; 8];
-            // SAFETY: getrandom writes at most b.len() bytes into b.
-            unsafe { libc::getrandom(b.as_mut_ptr() as *mut _, b.len(), 0) };
-            u64::from_le_bytes(b)
-        };
-        let address = format!("{PREFIX}ray-rdt-{}-{nonce:016x}", std::process::id());
-        let listener = UnixListener::bind_addr(&socket_addr(&address)?)
-            .map_err(|e| Error::io("binding the plugin endpoint", e))?;
+    /// Listens on a fresh abstract Unix socket and, when `tcp_ip` is given, on
+    /// TCP at that address; serves both with `handler`. TCP peers must prove
+    /// `token` (if set).
+    pub fn start(
+        handler: Arc<dyn Handler>,
+        tcp_ip: Option<IpAddr>,
+        token: ClusterToken,
+        limits: Limits,
+    ) -> Result<Endpoint> {
+        let (unix_listener, unix_address) = unix::bind()?;
+        let tcp = tcp_ip.map(tcp::bind).transpose()?;
+        if tcp.is_some() && !token.is_set() {
+            log::warn!("ray-rdt: the data plane is unauthenticated: Ray's token authentication is off, so this process's TCP endpoint serves any peer that can reach it (as Ray itself does then)");
+        }
         let stopping = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(Connections::default());
-        let (stop, conns) = (stopping.clone(), connections.clone());
-        std::thread::Builder::new()
-            .name("rdt-endpoint".into())
-            .spawn(move || accept_loop(listener, handler, stop, conns))
-            .map_err(|e| Error::io("starting the endpoint thread", e))?;
-        Ok(Endpoint {
-            address,
+        let table = Arc::new(server::Table::new(limits));
+        let service = Arc::new(server::Service {
+            handler,
+            table: table.clone(),
+            token,
+            stopping: stopping.clone(),
+        });
+        let mut endpoint = Endpoint {
+            addresses: Addresses {
+                unix: unix_address,
+                tcp: tcp.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
+            },
             stopping,
-            connections,
-        })
+            listeners: Vec::new(),
+            table,
+        };
+        // From here on, dropping `endpoint` stops what was started.
+        let mut listeners = vec![server::Listener::Unix(unix_listener)];
+        listeners.extend(tcp.map(|(l, _)| server::Listener::Tcp(l)));
+        for listener in listeners.into_iter().map(Arc::new) {
+            endpoint.listeners.push(listener.clone());
+            server::spawn_acceptor(listener, service.clone())?;
+        }
+        Ok(endpoint)
     }
 
-    /// The address peers connect to.
-    pub fn address(&self) -> &str {
-        &self.address
+    /// The addresses peers connect to.
+    pub fn addresses(&self) -> &Addresses {
+        &self.addresses
+    }
+
+    /// Connections served now (both channels).
+    pub fn connections(&self) -> usize {
+        self.table.len()
     }
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        if let Ok(addr) = socket_addr(&self.address) {
-            let _ = UnixStream::connect_addr(&addr);
-        }
-        for (_, conn) in self.connections.live.lock().drain() {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-fn accept_loop(
-    listener: UnixListener,
-    handler: Arc<dyn Handler>,
-    stopping: Arc<AtomicBool>,
-    connections: Arc<Connections>,
-) {
-    for conn in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = conn else { continue };
-        let id = connections.next.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = stream.try_clone() {
-            connections.live.lock().insert(id, clone);
-        }
-        let (handler, conns) = (handler.clone(), connections.clone());
-        let spawned = std::thread::Builder::new()
-            .name("rdt-endpoint-conn".into())
-            .spawn(move || {
-                serve(stream, handler);
-                conns.live.lock().remove(&id);
-            });
-        if let Err(e) = spawned {
-            connections.live.lock().remove(&id);
-            log::error!("ray-rdt: cannot start a connection thread: {e}");
-        }
-    }
-}
-
-fn serve(mut stream: UnixStream, handler: Arc<dyn Handler>) {
-    // Requests arrive until the peer closes the connection.
-    while let Ok((request, fd)) = wire::recv(&mut stream) {
-        if let Err(e) = handler.handle(&request, fd, &mut stream) {
-            if wire::send(&mut stream, &wire::error_reply(&e)).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Reusable client connections to peers' endpoints.
-#[derive(Default)]
-pub struct ClientPool {
-    idle: Mutex<HashMap<String, Vec<UnixStream>>>,
-}
-
-impl ClientPool {
-    /// Runs `exchange` on a connection to `address` whose reads and writes time out
-    /// after `timeout`. The connection is reused only if the exchange succeeded.
-    pub fn with_connection<T>(
-        &self,
-        address: &str,
-        timeout: Duration,
-        exchange: impl FnOnce(&mut UnixStream) -> Result<T>,
-    ) -> Result<T> {
-        let pooled = self.idle.lock().get_mut(address).and_then(Vec::pop);
-        let mut stream = match pooled {
-            Some(s) => s,
-            None => UnixStream::connect_addr(&socket_addr(address)?).map_err(|e| {
-                Error::new(ErrorKind::Transport, format!("cannot reach the producer's plugin at {address} (is the producer alive?): {e}"))
-            })?,
-        };
-        let t = (timeout != Duration::MAX).then(|| timeout.max(Duration::from_millis(1)));
-        stream
-            .set_read_timeout(t)
-            .and_then(|_| stream.set_write_timeout(t))
-            .map_err(|e| Error::io("setting socket timeouts", e))?;
-        let result = exchange(&mut stream)?;
-        self.idle
-            .lock()
-            .entry(address.to_owned())
-            .or_default()
-            .push(stream);
-        Ok(result)
+        self.listeners.iter().for_each(|l| l.wake());
+        self.table.close_all();
     }
 }

@@ -7,11 +7,14 @@ use super::stats::rdt_transport;
 use super::status::rdt_status;
 use super::store::{adopt, refused};
 use crate::dlpack::DLManagedTensor;
-use crate::engine::{Context, Fetched};
+use crate::endpoint::ClusterToken;
+use crate::engine::{Context, ContextConfig, Fetched};
 use crate::error::{Error, ErrorKind, Result};
+use crate::store::StoredObject;
 use crate::tensor::{export, Tensor};
 use crate::transport_kind::TransportKind;
 use std::ffi::{c_char, c_void, CStr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// One process's plugin: object store, endpoint, transports (opaque).
@@ -70,8 +73,66 @@ pub(crate) unsafe fn req_str<'a>(p: *const c_char, name: &str) -> Result<&'a str
     opt_str(arg(p, name)?, name).map(|s| s.unwrap_or_default())
 }
 
-/// Creates the plugin context of this process and starts its endpoint.
-/// `node_id` and `actor_id` are Ray's binary IDs (either may be empty).
+/// What a context is created with (see `rdt_context_create`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct rdt_context_config {
+    /// Ray's binary node ID of this process's node (NULL when `node_id_len` is 0).
+    pub node_id: *const u8,
+    /// Bytes at `node_id`.
+    pub node_id_len: usize,
+    /// Ray's binary actor ID of this process (NULL when `actor_id_len` is 0,
+    /// e.g. in a driver).
+    pub actor_id: *const u8,
+    /// Bytes at `actor_id`.
+    pub actor_id_len: usize,
+    /// The node's IP as Ray knows it ("10.0.0.7", "::1"), NUL-terminated: the
+    /// endpoint for other hosts listens on TCP there. NULL: no TCP endpoint
+    /// (only processes on this host can fetch from this one).
+    pub node_ip: *const c_char,
+    /// Ray's cluster token (the bytes of `~/.ray/auth_token` or
+    /// `RAY_AUTH_TOKEN`) when Ray's token authentication is on: peers on other
+    /// hosts must prove it. NULL or length 0: authentication off.
+    pub auth_token: *const u8,
+    /// Bytes at `auth_token`.
+    pub auth_token_len: usize,
+}
+
+/// Creates the plugin context of this process and starts its endpoint: a
+/// same-host Unix socket always, and TCP on `config->node_ip` when given.
+///
+/// # Safety
+/// `config` valid, its pointers valid for their lengths; `out_ctx` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_create(
+    config: *const rdt_context_config,
+    out_ctx: *mut *mut rdt_context,
+) -> rdt_status {
+    guard(|| {
+        let c = arg(config, "config")?;
+        let out = out(out_ctx, "out_ctx")?;
+        let node_ip = opt_str(c.node_ip, "node_ip")?
+            .map(|ip| {
+                ip.parse::<IpAddr>()
+                    .map_err(|_| Error::invalid(format!("node_ip {ip:?} is not an IP address")))
+            })
+            .transpose()?;
+        let inner = Context::new(ContextConfig {
+            node_ip,
+            token: ClusterToken::new(Some(slice(c.auth_token, c.auth_token_len, "auth_token")?)),
+            ..ContextConfig::same_host(
+                slice(c.node_id, c.node_id_len, "node_id")?,
+                slice(c.actor_id, c.actor_id_len, "actor_id")?,
+            )
+        })?;
+        *out = Box::into_raw(Box::new(rdt_context { inner }));
+        Ok(())
+    })
+}
+
+/// Creates a context with only a same-host endpoint (no TCP, no token): the
+/// 1.0 form of `rdt_context_create`. `node_id` and `actor_id` are Ray's binary
+/// IDs (either may be empty).
 ///
 /// # Safety
 /// `node_id`/`actor_id` point to the given number of bytes (or are NULL when 0);
@@ -84,15 +145,16 @@ pub unsafe extern "C" fn rdt_context_new(
     actor_id_len: usize,
     out_ctx: *mut *mut rdt_context,
 ) -> rdt_status {
-    guard(|| {
-        let out = out(out_ctx, "out_ctx")?;
-        let inner = Context::new(
-            slice(node_id, node_id_len, "node_id")?,
-            slice(actor_id, actor_id_len, "actor_id")?,
-        )?;
-        *out = Box::into_raw(Box::new(rdt_context { inner }));
-        Ok(())
-    })
+    let config = rdt_context_config {
+        node_id,
+        node_id_len,
+        actor_id,
+        actor_id_len,
+        node_ip: std::ptr::null(),
+        auth_token: std::ptr::null(),
+        auth_token_len: 0,
+    };
+    rdt_context_create(&config, out_ctx)
 }
 
 /// Destroys a context: stops its endpoint and frees every object it holds. NULL
@@ -120,6 +182,41 @@ pub unsafe extern "C" fn rdt_context_endpoint(
         let ctx = arg(ctx, "ctx")?;
         let out = out(out_address, "out_address")?;
         *out = rdt_buffer::from_vec(ctx.inner.endpoint().as_bytes().to_vec());
+        Ok(())
+    })
+}
+
+/// Writes the context's endpoint address for other hosts (`tcp:IP:PORT`) to
+/// `*out_address`; empty when the context has no TCP endpoint.
+///
+/// # Safety
+/// `ctx` valid; `out_address` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_tcp_endpoint(
+    ctx: *const rdt_context,
+    out_address: *mut rdt_buffer,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let out = out(out_address, "out_address")?;
+        *out = rdt_buffer::from_vec(ctx.inner.addresses().tcp.as_bytes().to_vec());
+        Ok(())
+    })
+}
+
+/// Writes whether peers on other hosts must prove Ray's cluster token to this
+/// context's TCP endpoint (false: authentication off, or no TCP endpoint).
+///
+/// # Safety
+/// `ctx` valid; `out_authenticated` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_authenticated(
+    ctx: *const rdt_context,
+    out_authenticated: *mut bool,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        *out(out_authenticated, "out_authenticated")? = ctx.inner.authenticated();
         Ok(())
     })
 }
@@ -202,28 +299,108 @@ pub unsafe extern "C" fn rdt_context_fetch(
         }
         let handed: Vec<*mut DLManagedTensor> =
             match ctx.inner.fetch(&id, record, timeout(timeout_ms))? {
-                Fetched::Local(object) => object
-                    .tensors
-                    .iter()
-                    .map(|t| {
-                        let dl = t.dl();
-                        export(
-                            t.meta(),
-                            dl.device,
-                            dl.data,
-                            dl.byte_offset,
-                            Box::new(Arc::clone(&object)),
-                        )
-                    })
-                    .collect(),
+                Fetched::Local(object) => views(&object),
                 Fetched::Received(tensors) => {
                     tensors.into_iter().map(Tensor::into_managed).collect()
                 }
             };
-        *count = handed.len();
-        for (i, p) in handed.into_iter().enumerate().take(capacity) {
-            *out_tensors.add(i) = p;
+        hand_out(handed, out_tensors, capacity, count);
+        Ok(())
+    })
+}
+
+/// DLPack views of a stored object's tensors (same memory), each keeping the
+/// object alive until its deleter runs.
+fn views(object: &Arc<StoredObject>) -> Vec<*mut DLManagedTensor> {
+    object
+        .tensors
+        .iter()
+        .map(|t| {
+            let dl = t.dl();
+            export(
+                t.meta(),
+                dl.device,
+                dl.data,
+                dl.byte_offset,
+                Box::new(Arc::clone(object)),
+            )
+        })
+        .collect()
+}
+
+/// Writes `handed` to `out[0..capacity]` and their number to `*count`.
+///
+/// # Safety
+/// `out` has room for `capacity` pointers (or is NULL when nothing is handed).
+unsafe fn hand_out(
+    handed: Vec<*mut DLManagedTensor>,
+    out: *mut *mut DLManagedTensor,
+    capacity: usize,
+    count: &mut usize,
+) {
+    *count = handed.len();
+    for (i, p) in handed.into_iter().enumerate().take(capacity) {
+        *out.add(i) = p;
+    }
+}
+
+/// Writes whether this context holds object `object_id` (a primary copy it
+/// produced and has not freed) to `*out_held`.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `out_held` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_contains(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    out_held: *mut bool,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        *out(out_held, "out_held")? = ctx.inner.store().contains(&id);
+        Ok(())
+    })
+}
+
+/// Writes views of the tensors of object `object_id`, which this context
+/// holds, to `out_tensors[0..*out_count]` (the same memory; each deleter must
+/// be called once). Not held: `RDT_ERR_NOT_FOUND`. A too-small `capacity`
+/// gives `RDT_ERR_BUFFER_TOO_SMALL` with the needed count.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `out_tensors` room for `capacity`
+/// pointers; `out_count` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_get(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    out_tensors: *mut *mut DLManagedTensor,
+    capacity: usize,
+    out_count: *mut usize,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        let count = out(out_count, "out_count")?;
+        let object = ctx.inner.held(&id)?;
+        *count = object.tensors.len();
+        if capacity < object.tensors.len() {
+            return Err(Error::new(
+                ErrorKind::BufferTooSmall,
+                format!(
+                    "object has {} tensors, the output array holds {capacity}",
+                    object.tensors.len()
+                ),
+            ));
         }
+        if !object.tensors.is_empty() && out_tensors.is_null() {
+            return Err(Error::new(
+                ErrorKind::NullArgument,
+                "argument `out_tensors` is NULL",
+            ));
+        }
+        hand_out(views(&object), out_tensors, capacity, count);
         Ok(())
     })
 }
@@ -243,6 +420,47 @@ pub unsafe extern "C" fn rdt_context_free(
         let ctx = arg(ctx, "ctx")?;
         let id = self::object_id(object_id)?;
         *out(out_found, "out_found")? = ctx.inner.free(&id);
+        Ok(())
+    })
+}
+
+/// The owner's free of object `object_id` (28 bytes), whose metadata record is
+/// `metadata`: sent to the producer's endpoint in the background, batched with
+/// other frees to the same producer (no Ray task). When this context is the
+/// producer the object is freed at once. A producer that is gone has nothing to
+/// free: its frees are dropped.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `metadata` `metadata_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_free_remote(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    metadata: *const u8,
+    metadata_len: usize,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        ctx.inner
+            .free_remote(&id, slice(metadata, metadata_len, "metadata")?)
+    })
+}
+
+/// Waits up to `timeout_ms` until every free queued by `rdt_context_free_remote`
+/// was sent, and writes whether they all were to `*out_flushed`.
+///
+/// # Safety
+/// `ctx` valid; `out_flushed` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_flush_frees(
+    ctx: *const rdt_context,
+    timeout_ms: u64,
+    out_flushed: *mut bool,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        *out(out_flushed, "out_flushed")? = ctx.inner.flush_frees(timeout(timeout_ms));
         Ok(())
     })
 }

@@ -4,23 +4,9 @@ use super::boundary::{arg, guard, out, timeout};
 use super::context::{rdt_buffer, rdt_context, req_str};
 use super::stats::rdt_transport;
 use super::status::rdt_status;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::transport_kind::TransportKind;
 use std::ffi::c_char;
-
-/// Checks that `backend` names a transport with collective groups.
-fn group_backend(backend: rdt_transport) -> crate::Result<()> {
-    match TransportKind::from_code(backend)? {
-        TransportKind::Gloo => Ok(()),
-        other => Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "the {} transport has no collective groups in this plugin",
-                other.name()
-            ),
-        )),
-    }
-}
 
 /// Starts a rendezvous store for a new group in this process (the process of
 /// rank 0), bound to `bind_host` (e.g. "127.0.0.1" or the node's IP), and writes
@@ -39,7 +25,7 @@ pub unsafe extern "C" fn rdt_rendezvous_serve(
         let ctx = arg(ctx, "ctx")?;
         let host = req_str(bind_host, "bind_host")?;
         let out = out(out_address, "out_address")?;
-        *out = rdt_buffer::from_vec(ctx.inner.gloo().serve_rendezvous(host)?.into_bytes());
+        *out = rdt_buffer::from_vec(ctx.inner.serve_rendezvous(host)?.into_bytes());
         Ok(())
     })
 }
@@ -64,14 +50,13 @@ pub unsafe extern "C" fn rdt_group_create(
         let ctx = arg(ctx, "ctx")?;
         let name = req_str(name, "name")?;
         let address = req_str(rendezvous_address, "rendezvous_address")?;
-        group_backend(backend)?;
+        let kind = TransportKind::from_code(backend)?;
         let rank =
             usize::try_from(rank).map_err(|_| Error::invalid(format!("negative rank {rank}")))?;
         let size = usize::try_from(world_size)
             .map_err(|_| Error::invalid(format!("negative world size {world_size}")))?;
         ctx.inner
-            .gloo()
-            .create_group(name, rank, size, address, timeout(timeout_ms))
+            .create_group(kind, name, rank, size, address, timeout(timeout_ms))
     })
 }
 
@@ -87,6 +72,6 @@ pub unsafe extern "C" fn rdt_group_destroy(
 ) -> rdt_status {
     guard(|| {
         let ctx = arg(ctx, "ctx")?;
-        ctx.inner.gloo().destroy_group(req_str(name, "name")?)
+        ctx.inner.destroy_group_named(req_str(name, "name")?)
     })
 }

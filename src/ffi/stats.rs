@@ -18,6 +18,20 @@ pub const RDT_TRANSPORT_CUDA_IPC: rdt_transport = 3;
 /// Shared memory (same host, CPU).
 pub const RDT_TRANSPORT_SHM: rdt_transport = 4;
 
+/// A path an object took (`RDT_PATH_*`).
+pub type rdt_path = u32;
+/// Producer and consumer on one host: shared memory over the same-host channel.
+pub const RDT_PATH_SAME_HOST: rdt_path = 0;
+/// The declared transport's own path (another host, or loopback on one host
+/// when the same-host path is off).
+pub const RDT_PATH_NETWORK: rdt_path = 1;
+/// Small object carried inside its metadata record: no transfer.
+pub const RDT_PATH_INLINE: rdt_path = 2;
+
+/// Buckets of the fetch-latency histogram (the last one is unbounded).
+pub const RDT_LATENCY_BUCKETS: usize = 16;
+const _: () = assert!(RDT_LATENCY_BUCKETS == stats::LATENCY_BUCKETS);
+
 /// Counters of one transport in this process.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,6 +44,38 @@ pub struct rdt_transport_stats {
     pub transfers: u64,
     /// Failed transfers.
     pub errors: u64,
+}
+
+/// Counters of one transport over one path in this process, with the
+/// histogram of fetch latencies (receivers only).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct rdt_path_stats {
+    /// Tensor bytes sent (or served to one-sided readers).
+    pub bytes_sent: u64,
+    /// Tensor bytes received.
+    pub bytes_received: u64,
+    /// Completed transfers.
+    pub transfers: u64,
+    /// Failed transfers.
+    pub errors: u64,
+    /// Fetches per latency bucket; bucket `i < RDT_LATENCY_BUCKETS - 1` holds
+    /// fetches of at most `rdt_stats_latency_bound_us(i)` microseconds.
+    pub latency: [u64; RDT_LATENCY_BUCKETS],
+    /// Sum of the counted fetch latencies, in microseconds.
+    pub latency_sum_us: u64,
+}
+
+/// What this process's endpoints were asked to do.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct rdt_endpoint_stats {
+    /// Fetch requests served.
+    pub fetches_served: u64,
+    /// Free requests received (each may free several objects).
+    pub free_requests: u64,
+    /// Objects freed by free requests.
+    pub objects_freed: u64,
 }
 
 /// Reads the counters of `transport` in this process into `*out`.
@@ -50,6 +96,63 @@ pub unsafe extern "C" fn rdt_stats_get(
             bytes_received: s.bytes_received,
             transfers: s.transfers,
             errors: s.errors,
+        };
+        Ok(())
+    })
+}
+
+/// Reads the counters of `transport` over `path` in this process into `*out_stats`.
+///
+/// # Safety
+/// `out_stats` must be valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_stats_path_get(
+    transport: rdt_transport,
+    path: rdt_path,
+    out_stats: *mut rdt_path_stats,
+) -> rdt_status {
+    guard(|| {
+        let kind = TransportKind::from_code(transport)?;
+        let path = stats::Path::ALL
+            .get(path as usize)
+            .copied()
+            .ok_or_else(|| crate::Error::invalid(format!("unknown path code {path}")))?;
+        let out = out(out_stats, "out_stats")?;
+        let s = stats::snapshot_path(kind, path);
+        *out = rdt_path_stats {
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            transfers: s.transfers,
+            errors: s.errors,
+            latency: s.latency,
+            latency_sum_us: s.latency_sum_us,
+        };
+        Ok(())
+    })
+}
+
+/// The upper bound in microseconds of latency bucket `bucket`; `UINT64_MAX`
+/// for the last (unbounded) bucket and beyond.
+#[no_mangle]
+pub extern "C" fn rdt_stats_latency_bound_us(bucket: usize) -> u64 {
+    stats::LATENCY_BOUNDS_US
+        .get(bucket)
+        .copied()
+        .unwrap_or(u64::MAX)
+}
+
+/// Reads what this process's endpoints were asked to do into `*out_stats`.
+///
+/// # Safety
+/// `out_stats` must be valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_stats_endpoint_get(out_stats: *mut rdt_endpoint_stats) -> rdt_status {
+    guard(|| {
+        let s = stats::endpoint_snapshot();
+        *out(out_stats, "out_stats")? = rdt_endpoint_stats {
+            fetches_served: s.fetches_served,
+            free_requests: s.free_requests,
+            objects_freed: s.objects_freed,
         };
         Ok(())
     })

@@ -36,6 +36,11 @@ pub enum rdt_status {
     RDT_ERR_IO = 12,
     /// A bug inside the plugin was caught at the boundary (including panics).
     RDT_ERR_INTERNAL = 13,
+    /// Authentication refused: a wrong or missing proof of Ray's cluster token,
+    /// or a same-host peer of another user.
+    RDT_ERR_AUTH_REFUSED = 14,
+    /// The peer process is gone (nothing listens at its endpoint).
+    RDT_ERR_PEER_GONE = 15,
 }
 
 impl From<ErrorKind> for rdt_status {
@@ -54,6 +59,8 @@ impl From<ErrorKind> for rdt_status {
             ErrorKind::BufferTooSmall => rdt_status::RDT_ERR_BUFFER_TOO_SMALL,
             ErrorKind::Io => rdt_status::RDT_ERR_IO,
             ErrorKind::Internal => rdt_status::RDT_ERR_INTERNAL,
+            ErrorKind::AuthRefused => rdt_status::RDT_ERR_AUTH_REFUSED,
+            ErrorKind::PeerGone => rdt_status::RDT_ERR_PEER_GONE,
         }
     }
 }

@@ -10,21 +10,21 @@
 //! Any Gloo failure (timeout, dead peer) breaks the group: later transfers fail
 //! with a clear error until the group is destroyed and created again.
 
+use super::group::{CollectiveGroups, GroupSpec};
 use super::{fetch_request, Local, Peer, Transport};
 use crate::dlpack::DLDevice;
-use crate::endpoint::wire;
+use crate::endpoint::{wire, Channel};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
 use crate::store::StoredObject;
 use crate::tensor::{element_size, is_host, Tensor, TensorMeta};
 use crate::transport_kind::TransportKind;
-use gloo_sys::{ContextOptions, TcpStoreClient, TcpStoreServer};
-use parking_lot::{Mutex, RwLock};
+use gloo_sys::ContextOptions;
+use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,16 +32,18 @@ use std::time::Duration;
 /// One joined collective group.
 struct Group {
     ctx: gloo_sys::Context,
-    rendezvous: SocketAddr,
 }
 
-/// The gloo transport: this process's groups and the rendezvous stores it serves.
+/// The gloo transport: this process's groups.
 #[derive(Default)]
 pub struct Gloo {
     groups: RwLock<HashMap<String, Arc<Group>>>,
-    servers: Mutex<Vec<TcpStoreServer>>,
     next_slot: AtomicU64,
 }
+
+/// Environment variable naming the network interface Gloo binds, as
+/// torch.distributed reads it.
+pub const SOCKET_IFNAME_ENV: &str = "GLOO_SOCKET_IFNAME";
 
 fn gloo_error(group: &str, e: gloo_sys::GlooError) -> Error {
     let kind = match e.kind() {
@@ -140,97 +142,80 @@ impl<'a> SendRequest<'a> {
     }
 }
 
-impl Gloo {
-    /// Starts a rendezvous store on `bind_host` (port chosen by the OS) for a
-    /// group whose rank 0 runs in this process; returns its `host:port`.
-    pub fn serve_rendezvous(&self, bind_host: &str) -> Result<String> {
-        let server =
-            TcpStoreServer::bind((bind_host, 0)).map_err(|e| gloo_error("(rendezvous)", e))?;
-        let addr = server.local_addr().to_string();
-        self.servers.lock().push(server);
-        Ok(addr)
-    }
-
-    /// Joins group `name` as `rank` of `world_size` through the rendezvous store
-    /// at `address`; blocks until every rank joined or `timeout` passed.
-    pub fn create_group(
-        &self,
-        name: &str,
-        rank: usize,
-        world_size: usize,
-        address: &str,
-        timeout: Duration,
-    ) -> Result<()> {
-        if self.groups.read().contains_key(name) {
-            return Err(Error::new(
+impl CollectiveGroups for Gloo {
+    fn create_group(&self, spec: &GroupSpec<'_>) -> Result<()> {
+        let already = || {
+            Error::new(
                 ErrorKind::AlreadyExists,
-                format!("this process is already in collective group {name:?}"),
-            ));
+                format!(
+                    "this process is already in collective group {:?}",
+                    spec.name
+                ),
+            )
+        };
+        if self.groups.read().contains_key(spec.name) {
+            return Err(already());
         }
-        if rank >= world_size {
+        if spec.rank >= spec.world_size {
             return Err(Error::invalid(format!(
-                "rank {rank} is out of range for a group of {world_size}"
+                "rank {} is out of range for a group of {}",
+                spec.rank, spec.world_size
             )));
         }
-        let rendezvous = address
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| Error::invalid(format!("bad rendezvous address {address:?}")))?;
-        let opts = ContextOptions {
-            hostname: Some(local_ip_towards(rendezvous)),
-            iface: None,
-            timeout,
+        // Bind what peers on other hosts can reach: the interface torch names
+        // (GLOO_SOCKET_IFNAME), else the node's IP, else the local address that
+        // routes to the rendezvous store.
+        let iface = crate::settings::string(SOCKET_IFNAME_ENV);
+        let hostname = match (&iface, spec.local_ip) {
+            (Some(_), _) => None,
+            (None, Some(ip)) => Some(ip.to_owned()),
+            (None, None) => Some(local_ip_towards(spec.store_addr)),
         };
-        let ctx = match self
-            .servers
-            .lock()
-            .iter()
-            .find(|s| s.local_addr() == rendezvous)
-        {
-            Some(server) => gloo_sys::Context::connect(rank, world_size, server, name, &opts),
-            None => TcpStoreClient::connect(rendezvous, timeout).and_then(|store| {
-                gloo_sys::Context::connect(rank, world_size, &store, name, &opts)
-            }),
-        }
-        .map_err(|e| gloo_error(name, e))?;
+        let opts = ContextOptions {
+            hostname,
+            iface,
+            timeout: spec.timeout,
+        };
+        let ctx =
+            gloo_sys::Context::connect(spec.rank, spec.world_size, spec.store, spec.name, &opts)
+                .map_err(|e| gloo_error(spec.name, e))?;
         let mut groups = self.groups.write();
-        if groups.contains_key(name) {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!("this process is already in collective group {name:?}"),
-            ));
+        if groups.contains_key(spec.name) {
+            return Err(already());
         }
-        groups.insert(name.to_owned(), Arc::new(Group { ctx, rendezvous }));
+        groups.insert(spec.name.to_owned(), Arc::new(Group { ctx }));
         Ok(())
     }
 
-    /// Leaves group `name`: aborts its pending transfers and closes its
-    /// connections (and the rendezvous store, if this process served it).
-    pub fn destroy_group(&self, name: &str) -> Result<()> {
-        let group = self.groups.write().remove(name).ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("this process is not in collective group {name:?}"),
-            )
-        })?;
+    fn destroy_group(&self, name: &str) -> Result<()> {
+        let group = self
+            .groups
+            .write()
+            .remove(name)
+            .ok_or_else(|| not_in_group(name))?;
         group.ctx.abort();
-        self.servers
-            .lock()
-            .retain(|s| s.local_addr() != group.rendezvous);
         Ok(())
     }
 
-    /// Names of the groups this process is in.
-    pub fn group_names(&self) -> Vec<String> {
+    fn group_names(&self) -> Vec<String> {
         self.groups.read().keys().cloned().collect()
     }
+}
 
+fn not_in_group(name: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("this process is not in collective group {name:?}"),
+    )
+}
+
+impl Gloo {
     fn group(&self, name: &str) -> Result<Arc<Group>> {
         let group = self.groups.read().get(name).cloned().ok_or_else(|| {
+            let e = not_in_group(name);
             Error::new(
-                ErrorKind::NotFound,
-                format!("this process is not in collective group {name:?}: create the group on both actors before passing gloo objects"),
+                e.kind(),
+                format!("{e}: create the group on both actors before passing gloo objects"),
             )
         })?;
         if let Some(reason) = group.ctx.broken_reason() {
@@ -269,7 +254,7 @@ impl Transport for Gloo {
         object: &StoredObject,
         body: &[u8],
         _fd: Option<OwnedFd>,
-        stream: &mut UnixStream,
+        channel: &mut Channel,
     ) -> Result<()> {
         let req = SendRequest::decode(body)?;
         let group = self.group(req.group)?;
@@ -281,7 +266,8 @@ impl Transport for Gloo {
                 req.group
             )));
         }
-        wire::send(stream, &[wire::REPLY_OK])?;
+        channel.send(&[wire::REPLY_OK], req.timeout)?;
+        crate::hold::point("serve");
         // Contiguous tensors are posted at once and overlap; a strided one goes as
         // chunks packed into one bounded staging buffer. Messages on a slot arrive
         // in the order they were posted.
@@ -318,8 +304,7 @@ impl Transport for Gloo {
             .into_iter()
             .try_for_each(|op| op.wait(req.timeout))
             .map_err(send_err)?;
-        wire::send(stream, &[wire::REPLY_OK])?;
-        crate::stats::record_sent(TransportKind::Gloo, object.nbytes());
+        channel.send(&[wire::REPLY_OK], req.timeout)?;
         Ok(())
     }
 
@@ -344,12 +329,12 @@ impl Transport for Gloo {
             timeout,
             group: name,
         };
-        peer.pool.with_connection(peer.address, timeout, |stream| {
-            wire::send(
-                stream,
-                &fetch_request(TransportKind::Gloo, id, &request.encode()),
+        peer.exchange(timeout, |channel| {
+            channel.send(
+                &fetch_request(TransportKind::Gloo, meta, id, &request.encode()),
+                timeout,
             )?;
-            wire::parse_reply(&wire::recv(stream)?.0)?;
+            wire::parse_reply(&channel.recv(timeout)?.payload)?;
             let recv_err = |e| gloo_error(name, e);
             let mut pending = Vec::new();
             for (t, producer_meta) in tensors.iter_mut().zip(&meta.tensors) {
@@ -370,13 +355,22 @@ impl Transport for Gloo {
                     pending.push(op.map_err(recv_err)?);
                 }
             }
+            crate::hold::point("fetch");
             pending
                 .into_iter()
                 .try_for_each(|op| op.wait(timeout))
                 .map_err(recv_err)?;
-            wire::parse_reply(&wire::recv(stream)?.0).map(|_| ())
+            wire::parse_reply(&channel.recv(timeout)?.payload).map(|_| ())
         })?;
-        crate::stats::record_received(TransportKind::Gloo, meta.total_bytes());
         Ok(tensors)
+    }
+
+    fn check_consumer(&self, meta: &Metadata) -> Result<()> {
+        let (_, name) = decode_location(&meta.transport_data)?;
+        self.group(name).map(|_| ())
+    }
+
+    fn groups(&self) -> Option<&dyn CollectiveGroups> {
+        Some(self)
     }
 }

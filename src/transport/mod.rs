@@ -8,11 +8,16 @@
 //! one-sided ones (shm, nixl) need the producer only to hand out access.
 
 pub mod gloo;
+pub mod group;
 pub mod nixl;
+pub mod registry;
 pub mod shm;
 
+pub use group::CollectiveGroups;
+pub use registry::Registry;
+
 use crate::dlpack::DLDevice;
-use crate::endpoint::ClientPool;
+use crate::endpoint::{wire, Channel, ClientPool};
 use crate::error::Result;
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
@@ -20,7 +25,6 @@ use crate::store::{ObjectStore, StoredObject};
 use crate::tensor::Tensor;
 use crate::transport_kind::TransportKind;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 /// What a transport sees of the process it runs in.
@@ -35,8 +39,91 @@ pub struct Local<'a> {
 pub struct Peer<'a> {
     /// Connections to other processes' endpoints.
     pub pool: &'a ClientPool,
-    /// The producer's endpoint address (from the metadata record).
-    pub address: &'a str,
+    /// The producer's endpoint address chosen for this consumer (from the
+    /// metadata record): its same-host address when `same_host`, else its TCP
+    /// one; `None` when the producer is on another host and has no TCP endpoint.
+    pub address: Option<&'a str>,
+    /// Whether the producer runs on this host (same host identity).
+    pub same_host: bool,
+    /// The producer's process ID, for messages.
+    pub pid: u32,
+}
+
+impl Peer<'_> {
+    /// Adds what is known about the producer to a failed transfer's error: a
+    /// producer whose endpoint no longer exists is gone (the error becomes
+    /// [`crate::ErrorKind::PeerGone`]); one whose endpoint answers is still
+    /// running; one that cannot be reached does not answer. Probes for at most
+    /// about a second (a dying process may still hold its socket briefly).
+    pub fn explain(&self, error: crate::Error) -> crate::Error {
+        use crate::ErrorKind;
+        if !matches!(
+            error.kind(),
+            ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::Io
+        ) || self.address.is_none()
+        {
+            return error;
+        }
+        let mut probe = Ok(());
+        for attempt in 0..4 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            probe = self.exchange(Duration::from_millis(250), |_| Ok(()));
+            if matches!(&probe, Ok(()))
+                || matches!(&probe, Err(e) if e.kind() == ErrorKind::PeerGone)
+            {
+                break;
+            }
+        }
+        let pid = self.pid;
+        match probe {
+            Err(e) if e.kind() == ErrorKind::PeerGone => crate::Error::new(
+                ErrorKind::PeerGone,
+                format!("{e}; the transfer failed with: {error}"),
+            ),
+            Err(e) => crate::Error::new(
+                error.kind(),
+                format!("{error} (the producer, pid {pid}, does not answer: {e})"),
+            ),
+            Ok(()) => crate::Error::new(
+                error.kind(),
+                format!("{error} (the producer, pid {pid}, is still running)"),
+            ),
+        }
+    }
+
+    /// The address to reach the producer at, or why there is none.
+    pub fn address(&self) -> Result<&str> {
+        self.address.ok_or_else(|| {
+            crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                format!(
+                    "the producer (pid {}) runs on another host and its plugin has no TCP endpoint (it was created without the node's IP)",
+                    self.pid
+                ),
+            )
+        })
+    }
+
+    /// Runs `exchange` on a connection to the producer's endpoint (see
+    /// [`ClientPool::with_connection`]). A producer that is gone is named by
+    /// its process ID.
+    pub fn exchange<T>(
+        &self,
+        timeout: Duration,
+        exchange: impl FnOnce(&mut Channel) -> Result<T>,
+    ) -> Result<T> {
+        self.pool
+            .with_connection(self.address()?, timeout, exchange)
+            .map_err(|e| match e.kind() {
+                crate::ErrorKind::PeerGone => crate::Error::new(
+                    e.kind(),
+                    format!("the producer (pid {}) is gone: {e}", self.pid),
+                ),
+                _ => e,
+            })
+    }
 }
 
 /// One tensor transport backend.
@@ -51,12 +138,31 @@ pub trait Transport: Send + Sync {
     /// metadata record (group and rank, registration descriptors, ...).
     fn export(&self, id: &ObjectId, object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>>;
 
+    /// Producer side, at put of an object that travels inside its record (no
+    /// consumer fetches it): what [`Transport::check_consumer`] needs. By
+    /// default the same as [`Transport::export`].
+    fn export_inline(
+        &self,
+        id: &ObjectId,
+        object: &StoredObject,
+        group: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        self.export(id, object, group)
+    }
+
+    /// Consumer side: refuses a consumer this transport's contract excludes
+    /// (e.g. gloo: not in the producer's group), whatever path the bytes take.
+    fn check_consumer(&self, _meta: &Metadata) -> Result<()> {
+        Ok(())
+    }
+
     /// Producer side: releases what `export` set up, when the object is freed.
     fn release(&self, _id: &ObjectId) {}
 
     /// Producer side: serves a fetch request for `object` that arrived on the
     /// endpoint; `request` is the transport-specific part and `fd` a descriptor
-    /// sent with it, if any. Writes its replies.
+    /// sent with it, if any (same-host channels only). Writes its replies on
+    /// `channel`.
     fn serve(
         &self,
         local: &Local<'_>,
@@ -64,7 +170,7 @@ pub trait Transport: Send + Sync {
         object: &StoredObject,
         request: &[u8],
         fd: Option<OwnedFd>,
-        stream: &mut UnixStream,
+        channel: &mut Channel,
     ) -> Result<()>;
 
     /// Consumer side: fetches the tensors `meta` describes from the producer.
@@ -76,6 +182,11 @@ pub trait Transport: Send + Sync {
         meta: &Metadata,
         timeout: Duration,
     ) -> Result<Vec<Tensor>>;
+
+    /// The transport's collective groups, if it is two-sided.
+    fn groups(&self) -> Option<&dyn CollectiveGroups> {
+        None
+    }
 }
 
 /// Tensors received into one buffer start at multiples of this.
@@ -93,29 +204,51 @@ pub fn packed_layout(sizes: impl Iterator<Item = u64>) -> (Vec<u64>, u64) {
     (offsets, end)
 }
 
-/// Encodes a fetch request: transport code, object ID, transport-specific part.
-pub fn fetch_request(kind: TransportKind, id: &ObjectId, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + id.0.len() + body.len());
-    out.push(kind.code());
+/// Encodes a fetch request: the fetch operation, the transport that serves it,
+/// the transport the object was declared with (`meta.transport`: the producer
+/// counts the bytes under it), the object ID and the serving transport's part.
+pub fn fetch_request(
+    serving: TransportKind,
+    meta: &Metadata,
+    id: &ObjectId,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + id.0.len() + body.len());
+    out.push(wire::OP_FETCH);
+    out.push(serving.code());
+    out.push(meta.transport.code());
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(body);
     out
 }
 
-/// Splits a fetch request into transport, object ID and transport-specific part.
-pub fn parse_fetch_request(request: &[u8]) -> Result<(TransportKind, ObjectId, &[u8])> {
-    let (&code, rest) = request
-        .split_first()
-        .ok_or_else(|| crate::Error::transport("empty request"))?;
+/// A decoded fetch request.
+pub struct FetchRequest<'a> {
+    /// The transport that serves it.
+    pub serving: TransportKind,
+    /// The transport the object was declared with.
+    pub declared: TransportKind,
+    /// The object.
+    pub id: ObjectId,
+    /// The serving transport's part.
+    pub body: &'a [u8],
+}
+
+/// Decodes the body of a fetch request (after its operation byte).
+pub fn parse_fetch_request(request: &[u8]) -> Result<FetchRequest<'_>> {
+    let [serving, declared, rest @ ..] = request else {
+        return Err(crate::Error::transport("fetch request is truncated"));
+    };
     if rest.len() < crate::object_id::OBJECT_ID_LEN {
         return Err(crate::Error::transport(
-            "request too short for an object ID",
+            "fetch request too short for an object ID",
         ));
     }
     let (id, body) = rest.split_at(crate::object_id::OBJECT_ID_LEN);
-    Ok((
-        TransportKind::from_code(code.into())?,
-        ObjectId::from_slice(id)?,
+    Ok(FetchRequest {
+        serving: TransportKind::from_code((*serving).into())?,
+        declared: TransportKind::from_code((*declared).into())?,
+        id: ObjectId::from_slice(id)?,
         body,
-    ))
+    })
 }

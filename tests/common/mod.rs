@@ -179,7 +179,9 @@ pub fn sample_metadata(n: usize) -> Metadata {
             pid: 4242,
             actor_id: vec![9; 16],
             endpoint: "/dev/shm/ray-rdt-4242".into(),
+            ..Producer::default()
         },
         transport_data: vec![1; 32],
+        inline: None,
     }
 }

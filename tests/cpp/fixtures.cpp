@@ -137,14 +137,16 @@ bool Store::contains(uint64_t id) const {
 
 std::vector<uint8_t> shm_record() {
   std::vector<uint8_t> r = {'R', 'D', 'T', 'M'};
-  put<uint16_t>(r, 1);
+  put<uint16_t>(r, 2);
   put<uint8_t>(r, RDT_TRANSPORT_SHM);
   put<int32_t>(r, kDLCPU);
   put<int32_t>(r, 0);
   put_short_bytes(r, "node-0001");
   put<uint32_t>(r, 4242);
   put_short_bytes(r, "actor-7");
-  put_short_bytes(r, "/dev/shm/rdt-4242");
+  put_short_bytes(r, "boot-id/net:4026531840");
+  put_short_bytes(r, "unix:@ray-rdt-4242");
+  put_short_bytes(r, "tcp:10.0.0.7:40001");
   put<uint32_t>(r, 1);
   r.insert(r.end(), {kDLFloat, 32});
   put<uint16_t>(r, 1);

@@ -37,7 +37,7 @@ TEST(malformed_records_are_refused) {
   inputs.push_back(record);
   inputs.back().push_back(0);  // trailing byte
   inputs.push_back(record);
-  inputs.back()[4] = 2;  // unknown version
+  inputs.back()[4] = 3;  // unknown version
   inputs.push_back(record);
   inputs.back()[record.size() - 12] = 25;  // nbytes does not match the shape
   for (const auto& input : inputs) {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use ray_rdt::dlpack::{kDLCPU, kDLFloat, kDLInt, kDLUInt, DLDataType, DLDevice};
+use ray_rdt::engine::ContextConfig;
 use ray_rdt::{Tensor, TensorMeta};
 use std::process::{Child, Command, Stdio};
 
@@ -101,4 +102,15 @@ pub fn unhex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
         .collect()
+}
+
+/// A same-host context whose transports move their own bytes (no same-host
+/// path through shared memory, no small objects inside their records): what
+/// the transport tests and benchmarks measure.
+pub fn transport_only(node_id: &[u8], actor_id: &[u8]) -> ContextConfig {
+    ContextConfig {
+        same_host_path: false,
+        inline_bytes: 0,
+        ..ContextConfig::same_host(node_id, actor_id)
+    }
 }

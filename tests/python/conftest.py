@@ -24,15 +24,33 @@ def pytest_configure(config):
     )
 
 
+# Settings for modules that test a transport itself: the same-host path and
+# small objects inside their records are off, so the declared transport moves
+# every byte (a module opts in with ``RAY_ENV = TRANSPORT_ONLY``).
+TRANSPORT_ONLY = {"RAY_RDT_SAME_HOST_PATH": "0", "RAY_RDT_INLINE_BYTES": "0"}
+
+
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(request):
+    """A local cluster for the module, started with the module's ``RAY_ENV``
+    (environment variables the driver and its workers see)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True)
-    yield ray
-    ray.shutdown()
+    env = getattr(request.module, "RAY_ENV", {})
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True)
+        yield ray
+        ray.shutdown()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def actor_stats(actor, transport=None):

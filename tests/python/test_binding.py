@@ -104,7 +104,8 @@ def test_received_tensors_outlive_the_producer_copy(producer, consumer):
 
 def test_errors(producer, consumer):
     key = oid()
-    record = producer.put(key, _ffi.TRANSPORT_SHM, [torch.ones(2)])
+    # Large enough to be fetched from the producer (small objects travel in their record).
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [torch.ones(1 << 20)])
     producer.free(key)
     with pytest.raises(ray_rdt.RdtNotFoundError, match="not held by the producer"):
         consumer.fetch(key, record)
@@ -134,20 +135,36 @@ def test_wait_tensor_freed(producer):
 def test_counts_and_stats(producer, consumer):
     before = ray_rdt.stats()
     assert set(before) == {"gloo", "nccl", "nixl", "cuda_ipc", "shm"}
-    assert set(before["shm"]) == {"bytes_sent", "bytes_received", "transfers", "errors"}
+    assert set(before["shm"]) == {"bytes_sent", "bytes_received", "transfers", "errors", "paths"}
+    assert set(before["shm"]["paths"]) == {"same_host", "network", "inline"}
     objects0, bytes0 = producer.counts()
     key = oid()
-    t = torch.randn(100)
+    n = 1 << 20  # above the inline threshold: fetched over shm
+    t = torch.randn(n // 4)
     record = producer.put(key, _ffi.TRANSPORT_SHM, [t])
-    assert producer.counts() == (objects0 + 1, bytes0 + 400)
+    assert producer.counts() == (objects0 + 1, bytes0 + n)
     consumer.fetch(key, record)
     # Both sides live in this process: each counts its half of the transfer (the
     # producer's endpoint thread may finish counting just after the fetch returns).
     assert wait_for(lambda: ray_rdt.stats()["shm"]["transfers"] - before["shm"]["transfers"] == 2, timeout=5)
     after = ray_rdt.stats()
-    assert after["shm"]["bytes_received"] - before["shm"]["bytes_received"] == 400
-    assert after["shm"]["bytes_sent"] - before["shm"]["bytes_sent"] == 400
+    same_host = after["shm"]["paths"]["same_host"]
+    assert after["shm"]["bytes_received"] - before["shm"]["bytes_received"] == n
+    assert after["shm"]["bytes_sent"] - before["shm"]["bytes_sent"] == n
+    assert same_host["bytes_received"] - before["shm"]["paths"]["same_host"]["bytes_received"] == n
+    latency = same_host["latency_us"]
+    assert len(latency["counts"]) == len(latency["bounds"]) + 1
+    assert sum(latency["counts"]) - sum(before["shm"]["paths"]["same_host"]["latency_us"]["counts"]) == 1
     producer.free(key)
+    # A small object travels inside its record: no transfer from the producer.
+    served = ray_rdt.endpoint_stats()["fetches_served"]
+    small = oid()
+    record = producer.put(small, _ffi.TRANSPORT_SHM, [torch.arange(100, dtype=torch.float32)])
+    assert torch.equal(consumer.fetch(small, record)[0], torch.arange(100, dtype=torch.float32))
+    assert ray_rdt.endpoint_stats()["fetches_served"] == served
+    inline = ray_rdt.stats()["shm"]["paths"]["inline"]
+    assert inline["bytes_received"] - after["shm"]["paths"]["inline"]["bytes_received"] == 400
+    producer.free(small)
 
 
 def _run(code, **env):
@@ -163,7 +180,8 @@ def test_library_discovery_env_and_clear_error():
     assert bad.returncode != 0
     assert "libray_rdt.so not found" in bad.stderr and "RAY_RDT_PLUGIN=0" in bad.stderr
     # With the plugin off and no library, stats() reads zeros.
-    off = _run("import ray_rdt; print(sum(v for c in ray_rdt.stats().values() for v in c.values()))",
+    off = _run("import ray_rdt; print(sum(c[k] for c in ray_rdt.stats().values() for k in ('bytes_sent', "
+               "'bytes_received', 'transfers', 'errors')) + sum(ray_rdt.endpoint_stats().values()))",
                RAY_RDT_LIB="/nonexistent/libray_rdt.so", RAY_RDT_PLUGIN="0")
     assert off.returncode == 0 and off.stdout.strip() == "0"
 

@@ -16,7 +16,10 @@ from ray.experimental.collective import (
     get_collective_groups,
 )
 
-from conftest import actor_stats, delta, num_rdt_objects, wait_for
+from conftest import actor_stats, delta, num_rdt_objects, wait_for, TRANSPORT_ONLY
+
+# These tests exercise the transport itself (see conftest.TRANSPORT_ONLY).
+RAY_ENV = TRANSPORT_ONLY
 
 GUIDE_GET_ERROR = (
     "Currently ray.get() only supports OBJECT_STORE and NIXL tensor transport, got "

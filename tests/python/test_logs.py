@@ -1,6 +1,10 @@
 """The plugin's log records reach Ray's worker log files (``logs/worker-*.err`` of
 the session) and the driver, in Ray's line format, at the level that
-``RAY_RDT_LOG_LEVEL`` sets (default: warning)."""
+``RAY_RDT_LOG_LEVEL`` sets (default: warning).
+
+The module's cluster runs with Ray's token authentication off, so every plugin
+process warns that its data plane is unauthenticated; NIXL moves its own bytes
+(``TRANSPORT_ONLY``), so the consumer really loads NIXL."""
 
 import glob
 import os
@@ -9,7 +13,10 @@ import re
 import ray
 import torch
 
-from conftest import actor_stats, wait_for
+from conftest import TRANSPORT_ONLY, actor_stats, wait_for
+
+RAY_ENV = dict(TRANSPORT_ONLY, RAY_AUTH_MODE="disabled")
+UNAUTHENTICATED = r"ray-rdt: the data plane is unauthenticated: Ray's token authentication is off, .*"
 
 # [2026-12-01 20:11:08,381 W 13826 13864] logging.rs:63: ray-rdt: ...
 RAY_LINE = r"^\[\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} {level} {pid} \d+\] {file}:\d+: {message}"
@@ -51,9 +58,9 @@ def line(level, pid, file, message):
 
 
 def test_a_plugin_warning_is_in_the_worker_log_and_on_the_driver(ray_cluster, capfd):
-    actor = with_level("loud").remote()
+    actor = LoggingActor.remote()
     pid = ray.get(actor.start_plugin.remote())
-    warning = line("W", pid, "logging.rs", r'ray-rdt: RAY_RDT_LOG_LEVEL="loud" is not a log level .*; using warning$')
+    warning = line("W", pid, "endpoint/mod.rs", UNAUTHENTICATED)
     assert warning.search(worker_log(pid)), worker_log(pid)
     # log_to_driver: Ray's log monitor prints it on the driver, prefixed with the actor.
     seen = []
@@ -61,9 +68,16 @@ def test_a_plugin_warning_is_in_the_worker_log_and_on_the_driver(ray_cluster, ca
     def on_driver():
         captured = capfd.readouterr()
         seen.append(captured.out + captured.err)
-        return any(f"pid={pid})" in s and "RAY_RDT_LOG_LEVEL" in s for s in seen)
+        return any(f"pid={pid})" in s and "the data plane is unauthenticated" in s for s in seen)
 
     assert wait_for(on_driver, timeout=30), seen
+
+
+def test_a_bad_level_is_a_warning(ray_cluster):
+    pid = ray.get(with_level("loud").remote().start_plugin.remote())
+    log = worker_log(pid)
+    assert line("W", pid, "logging.rs", r'ray-rdt: RAY_RDT_LOG_LEVEL="loud" is not a log level .*; using warning$').search(log), log
+    assert line("W", pid, "endpoint/mod.rs", UNAUTHENTICATED).search(log)  # the default level applies
 
 
 def test_info_records_follow_the_level(ray_cluster):

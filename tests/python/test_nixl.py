@@ -17,7 +17,10 @@ import torch
 import ray
 import ray_rdt
 
-from conftest import HERE, REPO, ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for
+from conftest import HERE, REPO, ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for, TRANSPORT_ONLY
+
+# These tests exercise the transport itself (see conftest.TRANSPORT_ONLY).
+RAY_ENV = TRANSPORT_ONLY
 
 sys.path.insert(0, os.path.join(REPO, "examples"))
 

@@ -144,4 +144,6 @@ def test_doctor_checks_every_node(cluster):
     assert rep["plugin"]["library"].endswith("libray_rdt.so") and rep["plugin"]["abi"].startswith("1.")
     assert rep["ray"] == {"version": "2.60.0", "patches": "applied", "error": None, "files": rep["ray"]["files"]}
     assert rep["transports"]["shm"]["ok"] and rep["transports"]["gloo"]["ok"]
-    assert rep["endpoint"]["unix"].startswith("unix:")
+    assert rep["endpoint"]["unix"].startswith("unix:") and rep["endpoint"]["tcp"]
+    assert rep["endpoint"]["authenticated"] is True  # Ray's token authentication is on
+    assert ray_rdt("doctor", "--address", address, "--require", "authenticated").returncode == 0

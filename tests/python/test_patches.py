@@ -105,6 +105,31 @@ def test_revert_restores_the_wheels_bytes(env, ray_wheel):
     assert check.returncode == 1 and check.stdout.count("not applied") == N
     again = ray_rdt("patch", "--revert", "--python", python)
     assert again.returncode == 0 and again.stdout.count("not applied") == N
+    assert not os.path.exists(os.path.join(site, ".ray_rdt_pristine"))  # no trace left
+
+
+def test_an_older_patch_set_is_updated(env, ray_wheel, tmp_path):
+    """Upgrading ray-rdt: files carrying an older patch set are re-patched from the
+    pristine copies kept at the first patching."""
+    from ray_rdt import patching
+
+    python, site = env
+    older = tmp_path / "older"
+    older.mkdir()
+    for name in sorted(os.listdir(PATCH_DIR)):
+        text = open(os.path.join(PATCH_DIR, name)).read()
+        if name.startswith("0001"):
+            text = text.replace("+_rdt_plugin_hooks = None\n", "+_rdt_plugin_hooks = None  # older\n", 1)
+        (older / name).write_text(text)
+    patching.apply(patching.Environment.of(python), patching.load_patches(older))
+    check = ray_rdt("patch", "--check", "--python", python)
+    assert check.returncode == 1 and "0001-experimental-rdt-util.patch outdated" in check.stdout
+    proc = ray_rdt("patch", "--python", python)
+    assert proc.returncode == 0, proc.stderr
+    assert "0001-experimental-rdt-util.patch updated" in proc.stdout and proc.stdout.count("already applied") == N - 1
+    assert [read(site, f) for f in RAY_FILES] == [read(SITE, f) for f in RAY_FILES]
+    assert ray_rdt("patch", "--revert", "--python", python).returncode == 0
+    assert all(read(site, f) == wheel_file(ray_wheel, f) for f in RAY_FILES)
 
 
 @pytest.mark.parametrize("version", ["2.59.0", "2.60.1"])

@@ -9,7 +9,10 @@ import torch
 
 import ray
 
-from conftest import ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for
+from conftest import ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for, TRANSPORT_ONLY
+
+# These tests exercise the transport itself (see conftest.TRANSPORT_ONLY).
+RAY_ENV = TRANSPORT_ONLY
 
 
 @ray.remote

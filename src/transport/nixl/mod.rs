@@ -47,7 +47,6 @@ use record::{Desc, Record};
 use registry::Registry;
 use remote::Peers;
 use std::collections::HashMap;
-use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -275,6 +274,27 @@ impl Transport for Nixl {
         }
     }
 
+    fn export_inline(
+        &self,
+        _id: &ObjectId,
+        object: &StoredObject,
+        _group: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        // Nothing to register (no consumer reads this object's memory), but the
+        // process must have NIXL, as for any nixl object with bytes.
+        if object.nbytes() > 0 {
+            library::load()?;
+        }
+        Ok(Vec::new())
+    }
+
+    fn check_consumer(&self, meta: &Metadata) -> Result<()> {
+        if meta.total_bytes() == 0 {
+            return Ok(()); // objects of empty tensors never touch NIXL
+        }
+        library::load().map(|_| ())
+    }
+
     fn release(&self, id: &ObjectId) {
         let export = self.exports.lock().remove(id);
         if let Some(export) = export {
@@ -289,7 +309,7 @@ impl Transport for Nixl {
         _object: &StoredObject,
         _request: &[u8],
         _fd: Option<std::os::fd::OwnedFd>,
-        _stream: &mut UnixStream,
+        _channel: &mut crate::endpoint::Channel,
     ) -> Result<()> {
         Err(Error::new(
             ErrorKind::Unsupported,
@@ -300,7 +320,7 @@ impl Transport for Nixl {
     fn fetch(
         &self,
         _local: &Local<'_>,
-        peer: &Peer<'_>,
+        _peer: &Peer<'_>,
         id: &ObjectId,
         meta: &Metadata,
         timeout: Duration,
@@ -379,6 +399,7 @@ impl Transport for Nixl {
                     cuda,
                 });
             }
+            crate::hold::point("fetch");
             let result = PEERS
                 .with_loaded(rt, &record, |_| {
                     read_in_parallel(rt, &local_regions, &remote_regions, &record.agent, deadline)
@@ -394,7 +415,7 @@ impl Transport for Nixl {
                     std::mem::forget(owner);
                 }
                 PEERS.forget(rt, &record.agent);
-                return Err(explain(error, peer, meta));
+                return Err(error);
             }
         }
         let owner = Arc::new(owner);
@@ -410,7 +431,6 @@ impl Transport for Nixl {
                 )
             })
             .collect();
-        crate::stats::record_received(TransportKind::Nixl, meta.total_bytes());
         Ok(tensors)
     }
 }
@@ -473,17 +493,4 @@ fn split_at_bytes(local: &[Region], remote: &[Region], at: usize) -> (Regions, R
         seen += l.len;
     }
     (first, second)
-}
-
-/// Adds what is known about the producer to a failed read's error: a producer
-/// whose endpoint no longer answers is gone.
-fn explain(error: Error, peer: &Peer<'_>, meta: &Metadata) -> Error {
-    let probe = peer
-        .pool
-        .with_connection(peer.address, Duration::from_millis(200), |_| Ok(()));
-    let pid = meta.producer.pid;
-    match probe {
-        Err(_) => Error::transport(format!("the producer (pid {pid}) is gone: its plugin endpoint {} does not answer; the nixl read failed with: {error}", peer.address)),
-        Ok(()) => Error::new(error.kind(), format!("{error} (producer pid {pid}, still running)")),
-    }
 }

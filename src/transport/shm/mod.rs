@@ -14,7 +14,7 @@ mod written;
 
 use super::{fetch_request, packed_layout, Local, Peer, Transport};
 use crate::dlpack::{kDLCPU, DLDevice};
-use crate::endpoint::wire;
+use crate::endpoint::{wire, Channel};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
@@ -24,9 +24,13 @@ use crate::transport_kind::TransportKind;
 use pool::{Segment, SegmentPool};
 use segment::Mapping;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use written::WrittenMappings;
+
+/// How long the producer waits for a consumer to take its reply (a few bytes
+/// and a descriptor: the socket buffer takes it at once unless the consumer is
+/// gone or stuck).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The shm transport: the consumer's pool of idle segments and the producer's
 /// mappings of segments it wrote.
@@ -61,8 +65,14 @@ impl Transport for Shm {
         object: &StoredObject,
         _request: &[u8],
         fd: Option<OwnedFd>,
-        stream: &mut UnixStream,
+        channel: &mut Channel,
     ) -> Result<()> {
+        if !channel.passes_descriptors() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("the shm transport only works between processes on the same host: {} reached this producer from another host; use gloo or nixl", channel.peer()),
+            ));
+        }
         let (_, total) = packed_layout(object.tensors.iter().map(|t| t.meta().nbytes));
         // Write into the consumer's segment if it sent one, else into a new one
         // whose descriptor goes back with the reply.
@@ -71,32 +81,28 @@ impl Transport for Shm {
             None if total == 0 => (None, false),
             None => (Some(segment::create(total)?), true),
         };
+        crate::hold::point("serve");
         if let Some(fd) = &fd {
             let (id, size) = segment::identity(fd)?;
             segment::fill(&*self.written.get(id, fd, size as usize)?, object)?;
         }
         let reply_fd = if fresh { fd } else { None };
-        wire::send_with_fd(stream, &[wire::REPLY_OK], reply_fd.as_ref())?;
-        crate::stats::record_sent(TransportKind::Shm, object.nbytes());
+        channel.send_with_fd(&[wire::REPLY_OK], reply_fd.as_ref(), REPLY_TIMEOUT)?;
         Ok(())
     }
 
     fn fetch(
         &self,
-        local: &Local<'_>,
+        _local: &Local<'_>,
         peer: &Peer<'_>,
         id: &ObjectId,
         meta: &Metadata,
         timeout: Duration,
     ) -> Result<Vec<Tensor>> {
-        let producer_node = &meta.producer.node_id;
-        if !local.node_id.is_empty()
-            && !producer_node.is_empty()
-            && producer_node.as_slice() != local.node_id
-        {
+        if !peer.same_host {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "the shm transport only works between processes on the same host: the producer is on another node; use gloo or nixl",
+                "the shm transport only works between processes on the same host: the producer is on another host (another node); use gloo or nixl",
             ));
         }
         let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
@@ -107,11 +113,13 @@ impl Transport for Shm {
         } else {
             self.pool.take(total as usize)
         };
-        let request = fetch_request(TransportKind::Shm, id, &[]);
-        let segment = peer.pool.with_connection(peer.address, timeout, |stream| {
-            wire::send_with_fd(stream, &request, reused.as_ref().map(|s| &s.fd))?;
-            let (reply, fd) = wire::recv(stream)?;
-            wire::parse_reply(&reply)?;
+        let request = fetch_request(TransportKind::Shm, meta, id, &[]);
+        let segment = peer.exchange(timeout, |channel| {
+            channel.send_with_fd(&request, reused.as_ref().map(|s| &s.fd), timeout)?;
+            crate::hold::point("fetch");
+            let reply = channel.recv(timeout)?;
+            let fd = reply.fd;
+            wire::parse_reply(&reply.payload)?;
             match (reused, fd) {
                 _ if total == 0 => Ok(None),
                 (Some(segment), _) => Ok(Some(segment)),
@@ -131,7 +139,6 @@ impl Transport for Shm {
             }
         })?;
         let Some(segment) = segment else {
-            crate::stats::record_received(TransportKind::Shm, 0);
             return metas.iter().map(Tensor::alloc_host).collect();
         };
         let lease = self.pool.lease(segment);
@@ -148,7 +155,6 @@ impl Transport for Shm {
                 Tensor::from_owner(m, cpu, data, Box::new(lease.clone()))
             })
             .collect();
-        crate::stats::record_received(TransportKind::Shm, meta.total_bytes());
         Ok(tensors)
     }
 }

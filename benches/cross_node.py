@@ -1,0 +1,336 @@
+"""Cross-node benchmark: one actor on node A hands a float32 tensor to an actor
+on node B, the two Ray nodes in two network namespaces joined by a veth pair
+(tests/python/netns.py; needs root).
+
+Method (as python/ray_rdt/bench_ray.py, BASELINE.md): the producer returns a
+tensor it already holds, the consumer reads one element; a sample is the time
+from submitting the producer's task to ``ray.get`` of the consumer's result;
+3 warm-ups, then the median of bench_ray's iteration count per size. Two
+clusters, one after the other, each with its own namespaces:
+
+* stock (``RAY_RDT_PLUGIN=0``): ``object_store`` (plain return through Ray's
+  object store), ``stock_gloo``, ``stock_nixl`` (stock Ray 2.60 RDT);
+* plugin: ``plugin_gloo``, ``plugin_nixl`` (RDT through libray_rdt), checked
+  against the consumer's ``ray_rdt.stats()``.
+
+The physical limit is the veth's line rate, measured in the same run: one TCP
+stream (plain Python sockets) sending 256 MiB from namespace A to namespace B,
+median of 5 after a warm-up. A configuration that fails is reported as
+``fails: <reason>`` (the others still run).
+
+    python benches/cross_node.py [--sizes 4KiB,4MiB,64MiB,256MiB] [--markdown FILE] [--json FILE]
+                                 [--configs object_store,stock_gloo,...] [--env KEY=VALUE ...]
+    ci/bench cross-node [same options]
+
+``--env`` sets a variable for every Ray process and driver of both clusters,
+e.g. ``--env UCX_TLS=tcp`` keeps NIXL's UCX on the network path: the two
+namespaces share one kernel, and UCX otherwise moves the bytes through a
+same-host transport (faster than the veth; not what two real hosts do).
+"""
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "python"))  # netns.py; ray_rdt comes from the venv
+
+from ray_rdt.bench_ray import DEFAULT_SIZES, fmt_size, iterations, parse_size  # noqa: E402
+
+STOCK = ["object_store", "stock_gloo", "stock_nixl"]
+PLUGIN = ["plugin_gloo", "plugin_nixl"]
+TRANSPORTS = {"object_store": None, "stock_gloo": "gloo", "stock_nixl": "nixl", "plugin_gloo": "gloo",
+              "plugin_nixl": "nixl"}
+WARMUPS = 3
+SAMPLE_TIMEOUT = 120.0
+LINE_RATE_BYTES = 256 << 20
+LINE_RATE_ROUNDS = 5
+LINE_RATE_PORT = 5201
+CHUNK = 4 << 20
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_error(e: BaseException) -> str:
+    """The cause of a (Ray task) error: its last informative line."""
+    lines = [l.strip() for l in ANSI.sub("", str(e)).splitlines() if l.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:400]
+
+
+def reason(error: str) -> str:
+    """An error's reason for a table cell: what follows the last "failed: ",
+    without the call site in parentheses at its end."""
+    text = error.rsplit("failed: ", 1)[-1]
+    return re.sub(r"\s*\(RDT_ERR_\w+ from \w+\)$", "", text)[:160]
+
+
+def fmt_ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.2f} ms" if ms >= 0.1 else f"{ms:.2g} ms"
+
+
+# ----------------------------------------------------------------- inside namespace A: the Ray driver
+
+
+def bench_child(configs, sizes):
+    """Runs ``configs`` on the two-node cluster at RAY_ADDRESS (producer on node
+    A, consumer on node B); prints one ``RESULT`` line (medians in seconds, or
+    the error of a configuration that failed) and the consumer's counters."""
+    import torch
+
+    import ray
+    from ray.experimental.collective import create_collective_group
+
+    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+
+    @ray.remote(enable_tensor_transport=True)
+    class Producer:
+        def __init__(self):
+            self.tensors = {}
+
+        def make(self, nbytes):
+            self.tensors[nbytes] = torch.ones(nbytes // 4, dtype=torch.float32)
+
+        def get(self, nbytes):
+            return self.tensors[nbytes]
+
+    @ray.remote(enable_tensor_transport=True)
+    class Consumer:
+        def read(self, tensor):
+            return float(tensor[0])
+
+        def where(self):
+            return ray.util.get_node_ip_address()
+
+    producer = Producer.options(resources={"node_a": 1}).remote()
+    consumer = Consumer.options(resources={"node_b": 1}).remote()
+    ray.get([producer.make.remote(n) for n in sizes])
+    ray.get(consumer.read.remote(torch.ones(1)))
+    assert ray.get(consumer.where.remote()) == os.environ["RDT_NODE_B_IP"]
+    if any(TRANSPORTS[c] == "gloo" for c in configs):
+        create_collective_group([producer, consumer], backend="torch_gloo")
+
+    results = {}
+    for config in configs:
+        transport = TRANSPORTS[config]
+        method = producer.get if transport is None else producer.get.options(tensor_transport=transport)
+
+        def once(n):
+            t0 = time.perf_counter()
+            ref = method.remote(n)
+            value = ray.get(consumer.read.remote(ref), timeout=SAMPLE_TIMEOUT)
+            dt = time.perf_counter() - t0
+            assert value == 1.0, value
+            del ref
+            return dt
+
+        results[config] = {}
+        for n in sizes:
+            try:
+                for _ in range(WARMUPS):
+                    once(n)
+                results[config][n] = statistics.median(once(n) for _ in range(iterations(n)))
+                print(f"  {config:<13} {fmt_size(n):>8}: {results[config][n] * 1e3:9.2f} ms", file=sys.stderr,
+                      flush=True)
+            except Exception as e:
+                results[config] = {"error": short_error(e)}
+                print(f"  {config:<13} {fmt_size(n):>8}: fails: {results[config]['error']}", file=sys.stderr,
+                      flush=True)
+                break
+    counters = None
+    if os.environ.get("RAY_RDT_PLUGIN", "1") != "0":
+        counters = ray.get(consumer.__ray_call__.remote(lambda self: __import__("ray_rdt").stats()))
+    print("RESULT " + json.dumps({"medians": results, "consumer_stats": counters}), flush=True)
+    # Stock NIXL's Python wheels crash the process at exit here (see bench_ray.py):
+    # skip exit handlers.
+    sys.stderr.flush()
+    os._exit(0)
+
+
+# ----------------------------------------------------------------- the veth's line rate
+
+
+def tcp_sink(host, port, nbytes, rounds):
+    """In namespace B: accepts ``rounds`` connections, reads ``nbytes`` from
+    each, then answers one byte (so the sender's clock stops at delivery)."""
+    srv = socket.create_server((host, port))
+    buf = bytearray(CHUNK)
+    for _ in range(rounds):
+        conn, _ = srv.accept()
+        with conn:
+            left = nbytes
+            while left:
+                got = conn.recv_into(buf, min(left, CHUNK))
+                if not got:
+                    raise ConnectionError("sender closed early")
+                left -= got
+            conn.sendall(b"k")
+
+
+def tcp_source(host, port, nbytes, rounds):
+    """In namespace A: sends ``nbytes`` per connection to the sink; prints the
+    seconds of each round (first byte out to the sink's answer)."""
+    data = memoryview(bytearray(b"\x01" * CHUNK))
+    samples = []
+    for _ in range(rounds):
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                conn = socket.create_connection((host, port), timeout=30)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        with conn:
+            t0 = time.perf_counter()
+            left = nbytes
+            while left:
+                k = min(left, CHUNK)
+                conn.sendall(data[:k])
+                left -= k
+            if conn.recv(1) != b"k":
+                raise ConnectionError("no answer from the sink")
+            samples.append(time.perf_counter() - t0)
+    print("RESULT " + json.dumps(samples), flush=True)
+
+
+def measure_line_rate(cluster):
+    """Bytes per second of one TCP stream from namespace A to namespace B."""
+    rounds = LINE_RATE_ROUNDS + 1
+    args = [cluster.b.ip, str(LINE_RATE_PORT), str(LINE_RATE_BYTES), str(rounds)]
+    sink = cluster.popen_in(cluster.b, [sys.executable, os.path.abspath(__file__), "--tcp-sink", *args])
+    try:
+        out = cluster.run_driver(os.path.abspath(__file__), "--tcp-source", *args, timeout=300)
+        if out.returncode != 0 or out.result is None:
+            raise RuntimeError(f"line-rate measurement failed: {out.describe()}")
+        sink.wait(timeout=30)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    return LINE_RATE_BYTES / statistics.median(out.result[1:])
+
+
+# ----------------------------------------------------------------- the two clusters and the table
+
+
+def run_cluster(plugin, configs, sizes, env, line_rate=False):
+    from netns import TwoNodeCluster
+
+    label = "plugin" if plugin else "stock Ray 2.60 (RAY_RDT_PLUGIN=0)"
+    print(f"{label}: starting a two-node cluster", file=sys.stderr, flush=True)
+    with TwoNodeCluster(plugin=plugin, extra_env=env) as cluster:
+        rate = measure_line_rate(cluster) if line_rate else None
+        if rate:
+            print(f"  veth line rate (1 TCP stream, {fmt_size(LINE_RATE_BYTES)}): {rate / 1e9:.2f} GB/s",
+                  file=sys.stderr, flush=True)
+        out = cluster.run_driver(os.path.abspath(__file__), "--child", "--configs", ",".join(configs),
+                                 "--sizes", ",".join(str(n) for n in sizes), timeout=1800)
+        sys.stderr.write(out.stderr if out.result is None else "".join(
+            l + "\n" for l in out.stderr.splitlines() if l.startswith("  ")))
+        if out.result is None:
+            raise RuntimeError(f"the {label} benchmark driver failed: {out.describe()}")
+    medians = {c: (r if "error" in r else {int(k): v for k, v in r.items()}) for c, r in out.result["medians"].items()}
+    return medians, out.result["consumer_stats"], rate
+
+
+def cell(medians, config, n):
+    r = medians.get(config)
+    if r is None:
+        return "not run"
+    if "error" in r:
+        return f"fails: {reason(r['error'])}"
+    return fmt_ms(r[n])
+
+
+def speedup(medians, stock, plugin, n):
+    s, p = medians.get(stock, {}), medians.get(plugin, {})
+    if n not in s or n not in p:
+        return "-"
+    return f"{s[n] / p[n]:.2f}x"
+
+
+def table(medians, sizes, rate):
+    header = ["bytes", "object store", "stock gloo", "plugin gloo", "gloo speedup", "stock nixl", "plugin nixl",
+              "nixl speedup", "veth line rate"]
+    rows = []
+    for n in sizes:
+        rows.append([fmt_size(n), cell(medians, "object_store", n), cell(medians, "stock_gloo", n),
+                     cell(medians, "plugin_gloo", n), speedup(medians, "stock_gloo", "plugin_gloo", n),
+                     cell(medians, "stock_nixl", n), cell(medians, "plugin_nixl", n),
+                     speedup(medians, "stock_nixl", "plugin_nixl", n), fmt_ms(n / rate)])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cross-node"]:  # ci/bench passes its own case name through
+        argv = argv[1:]
+    if argv[:1] == ["--tcp-sink"]:
+        host, port, nbytes, rounds = argv[1:5]
+        return tcp_sink(host, int(port), int(nbytes), int(rounds))
+    if argv[:1] == ["--tcp-source"]:
+        host, port, nbytes, rounds = argv[1:5]
+        return tcp_source(host, int(port), int(nbytes), int(rounds))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default=DEFAULT_SIZES)
+    parser.add_argument("--markdown", help="also write the table (markdown) to this file")
+    parser.add_argument("--json", help="also write the medians (seconds) and the line rate to this file")
+    parser.add_argument("--configs", default=",".join(STOCK + PLUGIN), help="a subset of the default")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="set for every Ray process and driver of both clusters (repeatable)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    configs = [c for c in args.configs.split(",") if c]
+    if args.child:
+        return bench_child(configs, sizes)
+    unknown = set(configs) - set(STOCK + PLUGIN)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}")
+    env = dict(kv.split("=", 1) for kv in args.env)
+
+    started = time.strftime("%Y-%m-%d %H:%M")
+    medians = {}
+    stock = [c for c in STOCK if c in configs]
+    if stock:
+        medians.update(run_cluster(False, stock, sizes, env)[0])
+    plugin_medians, counters, rate = run_cluster(True, [c for c in PLUGIN if c in configs], sizes, env,
+                                                 line_rate=True)
+    medians.update(plugin_medians)
+
+    text = table(medians, sizes, rate)
+    moved = {t: c["bytes_received"] for t, c in (counters or {}).items() if c["bytes_received"]}
+    notes = [
+        f"run {started}; producer on node A, consumer on node B; medians of bench_ray's iteration counts "
+        f"after {WARMUPS} warm-ups",
+        f"veth line rate: {rate / 1e9:.2f} GB/s (one TCP stream, {fmt_size(LINE_RATE_BYTES)}, median of "
+        f"{LINE_RATE_ROUNDS}); its column is the time for the bytes at that rate",
+        f"consumer's ray_rdt.stats() bytes_received (plugin cluster): {moved}",
+    ]
+    if env:
+        notes.append("environment of both clusters: " + " ".join(f"{k}={v}" for k, v in env.items()))
+    notes += [f"{c} fails: {r['error']}" for c, r in medians.items() if "error" in r]
+    print(text)
+    print("\n".join(notes))
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(text + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"line_rate_bytes_per_s": rate, "consumer_stats": counters,
+                       "medians": {c: (r if "error" in r else {str(n): v for n, v in r.items()})
+                                   for c, r in medians.items()}}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

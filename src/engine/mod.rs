@@ -1,0 +1,476 @@
+//! The per-process plugin context: the object store, this process's endpoint and
+//! the transports, tied together for the two places Ray calls the data plane
+//! (task return: [`Context::put`]; argument resolution: [`Context::fetch`]) and the
+//! lifecycle around them.
+//!
+//! How a fetch travels ([`crate::stats::Path`]): a small object comes out of its
+//! own record ([`inline`]); a producer on this host serves CPU tensors through
+//! shared memory whatever transport was declared (the same-host path, as NCCL
+//! and UCX pick theirs inside a node), after the declared transport's own
+//! contract check; anything else goes over the declared transport.
+
+mod inline;
+mod remote_free;
+mod serve;
+
+pub use inline::{DEFAULT_THRESHOLD as DEFAULT_INLINE_BYTES, THRESHOLD_ENV as INLINE_BYTES_ENV};
+
+use crate::dlpack::{kDLCPU, DLDevice};
+use crate::endpoint::{Addresses, ClientPool, ClusterToken, Endpoint, Limits};
+use crate::error::{Error, ErrorKind, Result};
+use crate::metadata::{Metadata, Producer};
+use crate::object_id::ObjectId;
+use crate::rendezvous::Rendezvous;
+use crate::stats::{self, Path};
+use crate::store::{CopyKind, ObjectStore, PutRejected, StoredObject};
+use crate::tensor::{is_host, Tensor};
+use crate::transport::group::GroupSpec;
+use crate::transport::{CollectiveGroups, Local, Peer, Registry};
+use crate::transport_kind::TransportKind;
+use parking_lot::Mutex;
+use remote_free::RemoteFrees;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Environment variable: `0` turns the same-host path off (every transport
+/// then moves its own bytes on one host too), for measurements.
+pub const SAME_HOST_PATH_ENV: &str = "RAY_RDT_SAME_HOST_PATH";
+
+/// What a context is created with.
+#[derive(Debug, Clone)]
+pub struct ContextConfig {
+    /// Ray's binary node ID of this process's node (may be empty).
+    pub node_id: Vec<u8>,
+    /// Ray's binary actor ID of this process (empty for a driver).
+    pub actor_id: Vec<u8>,
+    /// The node's IP as Ray knows it: the TCP endpoint (for peers on other
+    /// hosts) binds it. `None`: no TCP endpoint; only same-host peers reach
+    /// this process.
+    pub node_ip: Option<IpAddr>,
+    /// Ray's cluster token, which TCP peers must prove (none: Ray's token
+    /// authentication is off).
+    pub token: ClusterToken,
+    /// Bounds on the endpoint's connections ([`Limits::from_env`] by default).
+    pub limits: Limits,
+    /// Whether CPU tensors from a producer on this host take the same-host
+    /// path whatever transport was declared (`RAY_RDT_SAME_HOST_PATH`, default on).
+    pub same_host_path: bool,
+    /// Objects of at most this many bytes travel inside their record
+    /// (`RAY_RDT_INLINE_BYTES`, default [`DEFAULT_INLINE_BYTES`]; 0: never).
+    pub inline_bytes: u64,
+}
+
+impl ContextConfig {
+    /// A context reachable only from this host (no TCP endpoint, no token).
+    pub fn same_host(node_id: &[u8], actor_id: &[u8]) -> ContextConfig {
+        ContextConfig {
+            node_id: node_id.to_vec(),
+            actor_id: actor_id.to_vec(),
+            node_ip: None,
+            token: ClusterToken::default(),
+            limits: Limits::from_env(),
+            same_host_path: crate::settings::u64_or(SAME_HOST_PATH_ENV, 1) != 0,
+            inline_bytes: inline::threshold(),
+        }
+    }
+}
+
+/// The tensors a fetch produced.
+pub enum Fetched {
+    /// The producer is this process: the stored object itself (no copy).
+    Local(Arc<StoredObject>),
+    /// Tensors received over a transport.
+    Received(Vec<Tensor>),
+}
+
+/// State shared between the context and its endpoint's connection threads.
+struct Shared {
+    store: ObjectStore,
+    node_id: Vec<u8>,
+    actor_id: Vec<u8>,
+    host_id: Vec<u8>,
+    node_ip: Option<IpAddr>,
+    pool: Arc<ClientPool>,
+    transports: Registry,
+    same_host_path: bool,
+    inline_bytes: u64,
+    /// How long a reply may take to write.
+    reply_timeout: Duration,
+    /// The endpoint's addresses, known once it is bound.
+    addresses: OnceLock<Addresses>,
+}
+
+impl Shared {
+    /// The object `id` as this process holds it now (no waiting: the producer
+    /// stored it before any record naming it existed).
+    fn held(&self, id: &ObjectId) -> Result<Arc<StoredObject>> {
+        self.store
+            .get(id, Duration::ZERO)
+            .map_err(|e| match e.kind() {
+                ErrorKind::Timeout => Error::new(
+                    ErrorKind::NotFound,
+                    format!("object {id} is not held by the producer (freed, or never stored)"),
+                ),
+                _ => e,
+            })
+    }
+
+    fn free(&self, id: &ObjectId) -> bool {
+        self.transports.iter().for_each(|t| t.release(id));
+        self.store.free(id)
+    }
+
+    fn local(&self) -> Local<'_> {
+        Local {
+            store: &self.store,
+            node_id: &self.node_id,
+        }
+    }
+}
+
+/// One process's plugin: store, endpoint, transports. Dropping it closes the
+/// endpoint and frees every object at once (connection threads that are still
+/// finishing a reply hold only what they serve).
+pub struct Context {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    rendezvous: Rendezvous,
+    /// Rendezvous address of each group this process created, by (backend, name).
+    group_stores: Mutex<HashMap<(TransportKind, String), String>>,
+    token_set: bool,
+    frees: RemoteFrees,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        self.shared.store.clear();
+        let groups: Vec<_> = self.group_stores.lock().keys().cloned().collect();
+        for (kind, name) in groups {
+            let _ = self.destroy_group(kind, &name);
+        }
+    }
+}
+
+impl Context {
+    /// Creates the context of this process and starts its endpoint (same-host
+    /// always; TCP when the config names the node's IP).
+    pub fn new(config: ContextConfig) -> Result<Context> {
+        crate::logging::install();
+        let limits = config.limits;
+        let shared = Arc::new(Shared {
+            store: ObjectStore::new(),
+            node_id: config.node_id,
+            actor_id: config.actor_id,
+            host_id: crate::endpoint::host::identity(),
+            node_ip: config.node_ip,
+            pool: Arc::new(ClientPool::new(config.token.clone(), limits)),
+            transports: Registry::builtin(),
+            same_host_path: config.same_host_path,
+            inline_bytes: config.inline_bytes,
+            reply_timeout: limits.frame_timeout,
+            addresses: OnceLock::new(),
+        });
+        let token_set = config.token.is_set();
+        let endpoint = Endpoint::start(shared.clone(), config.node_ip, config.token, limits)?;
+        let _ = shared.addresses.set(endpoint.addresses().clone());
+        let frees = RemoteFrees::start(shared.pool.clone())?;
+        Ok(Context {
+            shared,
+            endpoint,
+            rendezvous: Rendezvous::default(),
+            group_stores: Mutex::new(HashMap::new()),
+            token_set,
+            frees,
+        })
+    }
+
+    /// This process's object store.
+    pub fn store(&self) -> &ObjectStore {
+        &self.shared.store
+    }
+
+    /// The object `id` this process holds (a primary copy it produced).
+    pub fn held(&self, id: &ObjectId) -> Result<Arc<StoredObject>> {
+        self.shared.held(id)
+    }
+
+    /// The same-host address peers on this host fetch from.
+    pub fn endpoint(&self) -> &str {
+        &self.addresses().unix
+    }
+
+    /// Both addresses of this process's endpoint.
+    pub fn addresses(&self) -> &Addresses {
+        self.shared
+            .addresses
+            .get()
+            .expect("set when the context was created")
+    }
+
+    /// Connections the endpoint serves now.
+    pub fn connections(&self) -> usize {
+        self.endpoint.connections()
+    }
+
+    /// The connections this process keeps to peers' endpoints.
+    pub fn client_pool(&self) -> &ClientPool {
+        &self.shared.pool
+    }
+
+    /// Task return: stores `tensors` as the primary copy of `id` and returns the
+    /// metadata record for Ray's object store. On error the tensors are handed back.
+    pub fn put(
+        &self,
+        id: ObjectId,
+        kind: TransportKind,
+        group: Option<&str>,
+        tensors: Vec<Tensor>,
+    ) -> Result<Vec<u8>, PutRejected> {
+        let transport = match self.shared.transports.get(kind) {
+            Ok(t) => t,
+            Err(error) => return Err(PutRejected { error, tensors }),
+        };
+        let device = tensors.first().map(Tensor::device).unwrap_or(DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        });
+        if let Some((i, t)) = tensors
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.device() != device || !transport.serves(t.device()))
+        {
+            let error = Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "tensor {i} is on device type {} (id {}), which the {} transport does not serve (all tensors of an object must share one supported device)",
+                    t.device().device_type,
+                    t.device().device_id,
+                    kind.name()
+                ),
+            );
+            return Err(PutRejected { error, tensors });
+        }
+        let tensor_metas = tensors.iter().map(|t| t.meta().clone()).collect();
+        let inline = match inline::pack(&tensors, self.shared.inline_bytes) {
+            Ok(bytes) => bytes,
+            Err(error) => return Err(PutRejected { error, tensors }),
+        };
+        self.shared.store.put(id, tensors, CopyKind::Primary)?;
+        let exported = self
+            .shared
+            .store
+            .get(&id, Duration::ZERO)
+            .and_then(|object| match inline {
+                Some(_) => transport.export_inline(&id, &object, group),
+                None => transport.export(&id, &object, group),
+            })
+            .and_then(|transport_data| {
+                Metadata {
+                    transport: kind,
+                    device,
+                    tensors: tensor_metas,
+                    producer: self.producer(),
+                    transport_data,
+                    inline,
+                }
+                .encode()
+            });
+        exported.map_err(|error| {
+            // Undo the export and hand the tensors back: take the object out again.
+            transport.release(&id);
+            let tensors = self
+                .shared
+                .store
+                .pop(&id, Duration::ZERO)
+                .ok()
+                .and_then(|obj| Arc::try_unwrap(obj).ok())
+                .map(|obj| obj.tensors)
+                .unwrap_or_default();
+            PutRejected { error, tensors }
+        })
+    }
+
+    /// Argument resolution: fetches the tensors described by the metadata record,
+    /// from this process's store when it produced them, else over the transport.
+    pub fn fetch(&self, id: &ObjectId, record: &[u8], timeout: Duration) -> Result<Fetched> {
+        let meta = Metadata::decode(record)?;
+        if meta.producer.endpoint == self.endpoint() {
+            return self.shared.held(id).map(Fetched::Local);
+        }
+        let declared = self.shared.transports.get(meta.transport)?;
+        let peer = self.peer(&meta.producer);
+        let start = Instant::now();
+        let (path, result) = if let Some(bytes) = &meta.inline {
+            let r = declared
+                .check_consumer(&meta)
+                .and_then(|()| inline::unpack(&meta, bytes));
+            (Path::Inline, r)
+        } else if peer.same_host
+            && self.shared.same_host_path
+            && meta.transport != TransportKind::Shm
+            && is_host(meta.device)
+        {
+            let shm = self.shared.transports.get(TransportKind::Shm)?;
+            let r = declared
+                .check_consumer(&meta)
+                .and_then(|()| shm.fetch(&self.shared.local(), &peer, id, &meta, timeout));
+            (Path::SameHost, r)
+        } else {
+            // The declared transport moves the bytes itself: its network path,
+            // also on one host (loopback), except shm, which is the same-host path.
+            let path = if meta.transport == TransportKind::Shm {
+                Path::SameHost
+            } else {
+                Path::Network
+            };
+            (
+                path,
+                declared.fetch(&self.shared.local(), &peer, id, &meta, timeout),
+            )
+        };
+        match &result {
+            Ok(_) => {
+                stats::record_received(meta.transport, path, meta.total_bytes(), start.elapsed())
+            }
+            Err(_) => stats::record_error(meta.transport, path),
+        }
+        result.map(Fetched::Received).map_err(|e| match path {
+            Path::Inline => e,
+            _ => peer.explain(e),
+        })
+    }
+
+    /// The owner's free of object `id` described by `record`: sent to the
+    /// producer's endpoint in the background, batched with other frees to the
+    /// same producer (see [`remote_free`]). Frees locally when this process is
+    /// the producer.
+    pub fn free_remote(&self, id: &ObjectId, record: &[u8]) -> Result<()> {
+        let meta = Metadata::decode(record)?;
+        if meta.producer.endpoint == self.endpoint() {
+            self.free(id);
+            return Ok(());
+        }
+        let peer = self.peer(&meta.producer);
+        self.frees.enqueue(peer.address()?, *id);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` until every queued remote free was sent; returns
+    /// whether they all were.
+    pub fn flush_frees(&self, timeout: Duration) -> bool {
+        self.frees.flush(timeout)
+    }
+
+    /// How this process reaches `producer`: its same-host endpoint when it runs
+    /// on this host, else its TCP endpoint.
+    fn peer<'a>(&'a self, producer: &'a Producer) -> Peer<'a> {
+        let same_host = !producer.host_id.is_empty() && producer.host_id == self.shared.host_id;
+        let address = if same_host {
+            Some(producer.endpoint.as_str())
+        } else {
+            Some(producer.tcp_endpoint.as_str()).filter(|a| !a.is_empty())
+        };
+        Peer {
+            pool: &self.shared.pool,
+            address,
+            same_host,
+            pid: producer.pid,
+        }
+    }
+
+    /// Frees the primary copy of `id` (out of scope in Ray). Returns whether it was held.
+    pub fn free(&self, id: &ObjectId) -> bool {
+        self.shared.free(id)
+    }
+
+    /// Starts a rendezvous store on `bind_host` for a group whose rank 0 runs
+    /// in this process; returns its `host:port`.
+    pub fn serve_rendezvous(&self, bind_host: &str) -> Result<String> {
+        self.rendezvous.serve(bind_host)
+    }
+
+    /// Joins collective group `name` of transport `kind` as `rank` of
+    /// `world_size`, through the rendezvous store at `rendezvous`.
+    pub fn create_group(
+        &self,
+        kind: TransportKind,
+        name: &str,
+        rank: usize,
+        world_size: usize,
+        rendezvous: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let groups = self.shared.transports.groups(kind)?;
+        let local_ip = self.shared.node_ip.map(|ip| ip.to_string());
+        let store_addr = crate::rendezvous::parse_address(rendezvous)?;
+        self.rendezvous.with_store(rendezvous, timeout, |store| {
+            groups.create_group(&GroupSpec {
+                name,
+                rank,
+                world_size,
+                store,
+                store_addr,
+                local_ip: local_ip.as_deref(),
+                timeout,
+            })
+        })?;
+        self.group_stores
+            .lock()
+            .insert((kind, name.to_owned()), rendezvous.to_owned());
+        Ok(())
+    }
+
+    /// Leaves collective group `name` of transport `kind` (and stops its
+    /// rendezvous store if this process served it).
+    pub fn destroy_group(&self, kind: TransportKind, name: &str) -> Result<()> {
+        let result = self.shared.transports.groups(kind)?.destroy_group(name);
+        if let Some(address) = self.group_stores.lock().remove(&(kind, name.to_owned())) {
+            self.rendezvous.stop(&address);
+        }
+        result
+    }
+
+    /// Leaves collective group `name`, in whichever transport has it.
+    pub fn destroy_group_named(&self, name: &str) -> Result<()> {
+        let kind = self
+            .shared
+            .transports
+            .iter()
+            .find(|t| {
+                t.groups()
+                    .is_some_and(|g| g.group_names().iter().any(|n| n == name))
+            })
+            .map(|t| t.kind())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("this process is not in collective group {name:?}"),
+                )
+            })?;
+        self.destroy_group(kind, name)
+    }
+
+    /// Whether TCP peers must prove Ray's cluster token to this endpoint.
+    pub fn authenticated(&self) -> bool {
+        !self.addresses().tcp.is_empty() && self.token_set
+    }
+
+    /// The collective groups of transport `kind`.
+    pub fn groups(&self, kind: TransportKind) -> Result<&dyn CollectiveGroups> {
+        self.shared.transports.groups(kind)
+    }
+
+    fn producer(&self) -> Producer {
+        let addresses = self.addresses();
+        Producer {
+            node_id: self.shared.node_id.clone(),
+            pid: std::process::id(),
+            actor_id: self.shared.actor_id.clone(),
+            host_id: self.shared.host_id.clone(),
+            endpoint: addresses.unix.clone(),
+            tcp_endpoint: addresses.tcp.clone(),
+        }
+    }
+}

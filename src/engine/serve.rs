@@ -1,0 +1,51 @@
+//! The producer side of the endpoint: requests from peers' plugins, dispatched
+//! by operation. A fetch is served by the transport it names and counted under
+//! the transport the object was declared with; a free frees a batch of objects.
+
+use super::remote_free::parse_free_request;
+use super::Shared;
+use crate::endpoint::{wire, Channel, Handler};
+use crate::error::{Error, Result};
+use crate::stats::{self, Path};
+use crate::transport::parse_fetch_request;
+use crate::transport_kind::TransportKind;
+use std::os::fd::OwnedFd;
+
+impl Handler for Shared {
+    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, channel: &mut Channel) -> Result<()> {
+        match wire::split_op(request)? {
+            (wire::OP_FETCH, body) => {
+                let req = parse_fetch_request(body)?;
+                // Shared memory is the same-host path; every other transport
+                // moves the bytes over its network path (loopback on one host).
+                let path = if req.serving == TransportKind::Shm {
+                    Path::SameHost
+                } else {
+                    Path::Network
+                };
+                stats::record_fetch_served();
+                let transport = self.transports.get(req.serving)?;
+                let object = self.held(&req.id)?;
+                match transport.serve(&self.local(), &req.id, &object, req.body, fd, channel) {
+                    Ok(()) => {
+                        stats::record_sent(req.declared, path, object.nbytes());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        stats::record_error(req.declared, path);
+                        Err(e)
+                    }
+                }
+            }
+            (wire::OP_FREE, body) => {
+                let ids = parse_free_request(body)?;
+                let freed = ids.iter().filter(|id| self.free(id)).count();
+                stats::record_free_request(freed as u64);
+                channel.send(&[wire::REPLY_OK], self.reply_timeout)
+            }
+            (op, _) => Err(Error::transport(format!(
+                "unknown request operation {op} (a plugin of another version?)"
+            ))),
+        }
+    }
+}
