@@ -87,11 +87,14 @@ def samples(port, name):
 
 
 def value(port, name, actor_id, transport):
-    for labels, v in samples(port, name).items():
-        labels = dict(labels)
-        if labels.get("ActorId") == actor_id and labels.get("transport") == transport:
-            return v
-    return None
+    """The sample of ``name`` for one actor and transport, summed over its other
+    labels (paths); None when there is none."""
+    found = [
+        v
+        for labels, v in samples(port, name).items()
+        if dict(labels).get("ActorId") == actor_id and dict(labels).get("transport") == transport
+    ]
+    return sum(found) if found else None
 
 
 def test_transfer_counters_reach_the_nodes_prometheus_endpoint(cluster, transfer):
@@ -106,6 +109,9 @@ def test_transfer_counters_reach_the_nodes_prometheus_endpoint(cluster, transfer
     labels = dict(next(k for k in samples(port, "ray_rdt_bytes_received_total") if ("ActorId", receiver_id) in k))
     assert {"NodeAddress", "WorkerId", "SessionName"} <= labels.keys()
     assert value(port, "ray_rdt_bytes_received_total", receiver_id, "gloo") is None  # nothing moved over gloo
+    # Per path, and the receiver's fetch-latency histogram: one fetch.
+    assert value(port, "ray_rdt_path_bytes_received_total", receiver_id, "shm") == NBYTES
+    assert value(port, "ray_rdt_path_latency_us_count", receiver_id, "shm") == 1
 
 
 def test_stats_lists_every_plugin_process(cluster, transfer):
