@@ -17,6 +17,7 @@ pub mod error;
 pub mod ffi;
 pub mod hold;
 pub mod host_buffer;
+mod logging;
 pub mod metadata;
 pub mod object_id;
 pub mod rendezvous;

@@ -334,15 +334,19 @@ _lib_lock = threading.Lock()
 
 
 def candidate_paths():
-    """Where the library is looked for, in order."""
+    """Where the library is looked for, in order: ``$RAY_RDT_LIB``; else the copy
+    bundled in the package (``pip install``); in a source checkout (an editable
+    install) the fresh ``cargo build --release`` output comes before that copy,
+    which only the last install refreshed."""
     env = os.environ.get("RAY_RDT_LIB")
     if env:
         return [Path(env)]
     here = Path(__file__).resolve().parent
-    return [
-        here.parent.parent / "target" / "release" / "libray_rdt.so",
-        here / "libray_rdt.so",
-    ]
+    bundled = here / "libray_rdt.so"
+    source_tree = here.parent.parent
+    if (source_tree / "Cargo.toml").is_file():
+        return [source_tree / "target" / "release" / "libray_rdt.so", bundled]
+    return [bundled]
 
 
 def find_library() -> Path:

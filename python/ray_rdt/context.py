@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from ray_rdt import _ffi, dlpack
+from ray_rdt import _ffi, dlpack, reporter
 
 if TYPE_CHECKING:
     import torch
@@ -397,6 +397,7 @@ def get_context() -> Context:
             if ctx is not None and ctx._pid == os.getpid():
                 ctx.close()
             _context = Context(node_id, actor_id, _ray_node_ip(), ray_auth_token() if node_id else None)
+            reporter.start()
         return _context
 
 

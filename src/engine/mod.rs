@@ -161,6 +161,7 @@ impl Context {
     /// Creates the context of this process and starts its endpoint (same-host
     /// always; TCP when the config names the node's IP).
     pub fn new(config: ContextConfig) -> Result<Context> {
+        crate::logging::install();
         let limits = config.limits;
         let shared = Arc::new(Shared {
             store: ObjectStore::new(),

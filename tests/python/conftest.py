@@ -35,23 +35,8 @@ TRANSPORT_ONLY = {"RAY_RDT_SAME_HOST_PATH": "0", "RAY_RDT_INLINE_BYTES": "0"}
 def ray_cluster(request):
     """A local cluster for the module, started with the module's ``RAY_ENV``
     (environment variables the driver and its workers see)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    env = getattr(request.module, "RAY_ENV", {})
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True)
+    with cluster_with_env(getattr(request.module, "RAY_ENV", {}), num_cpus=8, log_to_driver=True) as ray:
         yield ray
-        ray.shutdown()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def actor_stats(actor, transport=None):
@@ -144,3 +129,39 @@ def cluster_with_env(env, **init_kwargs):
             else:
                 os.environ[k] = v
         reset_registry(*saved)
+
+
+RAY_FILES = [
+    "ray/experimental/rdt/util.py",
+    "ray/experimental/rdt/rdt_manager.py",
+    "ray/_private/serialization.py",
+    "ray/_private/worker.py",
+    "ray/experimental/collective/collective.py",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_wheel():
+    """The real ray-2.60.0 wheel from the package registry (cached in
+    ``$RAY_RDT_WHEEL_CACHE``, default ``~/.cache/ray-rdt/wheels``): the source of
+    pristine Ray files for the patch tests."""
+    import glob
+    import subprocess
+
+    cache = os.environ.get("RAY_RDT_WHEEL_CACHE") or os.path.expanduser("~/.cache/ray-rdt/wheels")
+    pattern = os.path.join(cache, "ray-2.60.0-*.whl")
+    if not glob.glob(pattern):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", cache, "ray==2.60.0"],
+            check=True,
+            timeout=600,
+        )
+    return sorted(glob.glob(pattern))[0]
+
+
+def wheel_file(wheel, path):
+    """The bytes of ``path`` in a wheel."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        return z.read(path)

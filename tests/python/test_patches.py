@@ -1,103 +1,179 @@
-"""ray-patches/apply: applies cleanly to a pristine Ray 2.60.0, is idempotent,
-refuses other Ray versions. Runs against copies, never the real environment
-(except for ``--check``)."""
+"""``ray-rdt patch``: applies to a pristine Ray 2.60.0, is idempotent, reverts to
+the wheel's bytes, refuses other Ray versions and modified installations.
 
-import hashlib
+The pristine files are the real ray-2.60.0 wheel's (downloaded once): each test
+gets a real interpreter environment (a venv) whose site-packages holds that
+whole wheel, so the command inspects it, patches it and imports the patched Ray
+there exactly as it would in a user's environment. Only ``--check`` runs against
+the test environment itself."""
+
 import os
-import shutil
-import stat
 import subprocess
 import sys
+import sysconfig
+import zipfile
 
 import pytest
 
-from conftest import REPO
+from conftest import RAY_FILES, REPO, wheel_file
 
-APPLY = os.path.join(REPO, "ray-patches", "apply")
 PATCH_DIR = os.path.join(REPO, "ray-patches", "ray-2.60.0")
-SITE = os.path.dirname(os.path.dirname(__import__("ray").__file__))
-FILES = [
-    "ray/experimental/rdt/util.py",
-    "ray/experimental/rdt/rdt_manager.py",
-    "ray/_private/serialization.py",
-    "ray/_private/worker.py",
-    "ray/experimental/collective/collective.py",
-]
+SITE = sysconfig.get_paths()["purelib"]
+N = len(os.listdir(PATCH_DIR))
 
 
-def fake_python(tmp_path, version, site):
-    """An 'interpreter' answering the three questions apply asks."""
-    path = tmp_path / "python"
-    path.write_text(
-        "#!/usr/bin/env bash\n"
-        f'if [[ $1 == - ]]; then cat >/dev/null; echo {version}; '
-        f'elif [[ $1 == -c && $2 == *find_spec* ]]; then echo {site}; '
-        "else exit 0; fi\n"
+def ray_rdt(*args, timeout=300):
+    """Runs the command (``python -m ray_rdt``, the console script's code) from the working tree."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"))
+    return subprocess.run(
+        [sys.executable, "-m", "ray_rdt", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return str(path)
 
 
-def digest(root):
-    h = hashlib.sha256()
-    for f in FILES:
-        with open(os.path.join(root, f), "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()
+def new_venv(path):
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    python = path / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    return str(python), site
+
+
+@pytest.fixture(scope="module")
+def wheel_env(tmp_path_factory, ray_wheel):
+    """A venv with the pristine ray-2.60.0 wheel unpacked into its site-packages;
+    Ray's dependencies and the binding come from the test environment."""
+    python, site = new_venv(tmp_path_factory.mktemp("wheel-env") / "venv")
+    with zipfile.ZipFile(ray_wheel) as z:
+        z.extractall(site)
+    with open(os.path.join(site, "deps.pth"), "w") as fh:
+        fh.write(f"{os.path.join(REPO, 'python')}\n{SITE}\n")
+    return python, site
 
 
 @pytest.fixture
-def pristine_site(tmp_path):
-    """A copy of the installed (patched) files, reverse-patched to stock 2.60.0."""
-    site = tmp_path / "site"
-    for f in FILES:
-        os.makedirs(site / os.path.dirname(f), exist_ok=True)
-        shutil.copy(os.path.join(SITE, f), site / f)
-    for p in sorted(os.listdir(PATCH_DIR), reverse=True):
-        with open(os.path.join(PATCH_DIR, p)) as fh:
-            subprocess.run(["patch", "-d", str(site), "-p1", "-R", "-s"], stdin=fh, check=True)
-    return site
+def env(wheel_env, ray_wheel):
+    """``wheel_env`` with the patched files reset to the wheel's bytes."""
+    python, site = wheel_env
+    for f in RAY_FILES:
+        with open(os.path.join(site, f), "wb") as fh:
+            fh.write(wheel_file(ray_wheel, f))
+    return python, site
 
 
-def run_apply(*args):
-    return subprocess.run(["bash", APPLY, *args], capture_output=True, text=True, timeout=120)
+def read(site, f):
+    with open(os.path.join(site, f), "rb") as fh:
+        return fh.read()
 
 
 def test_installed_environment_is_patched():
-    proc = run_apply("--check", sys.executable)
+    proc = ray_rdt("patch", "--check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("applied") == N and "not applied" not in proc.stdout
 
 
-def test_applies_to_pristine_and_is_idempotent(tmp_path, pristine_site):
-    py = fake_python(tmp_path, "2.60.0", pristine_site)
-    stock = digest(pristine_site)
-    first = run_apply(py)
+def test_applies_to_pristine_and_is_idempotent(env, ray_wheel):
+    python, site = env
+    check = ray_rdt("patch", "--check", "--python", python)
+    assert check.returncode == 1 and check.stdout.count("not applied") == N
+    first = ray_rdt("patch", "--python", python)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("applied") == len(FILES) and "already" not in first.stdout
-    patched = digest(pristine_site)
-    assert patched != stock and patched == digest(SITE)
-    assert (pristine_site / "ray_rdt.pth").read_text().strip() == os.path.join(REPO, "python")
-    second = run_apply(py)
-    assert second.returncode == 0 and second.stdout.count("already applied") == len(FILES)
-    assert digest(pristine_site) == patched
-    assert not list(pristine_site.rglob("*.orig")) and not list(pristine_site.rglob("*.rej"))
+    assert first.stdout.count(" applied") == N and "already" not in first.stdout
+    assert "warning" not in first.stderr  # the patched Ray imported, with the binding
+    for f in RAY_FILES:
+        assert read(site, f) != wheel_file(ray_wheel, f)
+        assert read(site, f) == read(SITE, f)  # what this test environment runs
+    second = ray_rdt("patch", "--python", python)
+    assert second.returncode == 0 and second.stdout.count("already applied") == N
+    assert [read(site, f) for f in RAY_FILES] == [read(SITE, f) for f in RAY_FILES]
+    assert ray_rdt("patch", "--check", "--python", python).returncode == 0
+    leftovers = [n for f in RAY_FILES for n in os.listdir(os.path.dirname(os.path.join(site, f))) if n.startswith(".")]
+    assert leftovers == []
 
 
-@pytest.mark.parametrize("version", ["2.59.0", "2.60.1", "none"])
-def test_refuses_other_ray_versions(tmp_path, pristine_site, version):
-    py = fake_python(tmp_path, version, pristine_site)
-    before = digest(pristine_site)
-    proc = run_apply(py)
-    assert proc.returncode == 1
-    assert "this patch set is for ray==2.60.0 only" in proc.stderr and version in proc.stderr
-    assert digest(pristine_site) == before
+def test_revert_restores_the_wheels_bytes(env, ray_wheel):
+    python, site = env
+    assert ray_rdt("patch", "--python", python).returncode == 0
+    proc = ray_rdt("patch", "--revert", "--python", python)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("reverted") == N
+    for f in RAY_FILES:
+        assert read(site, f) == wheel_file(ray_wheel, f), f
+    check = ray_rdt("patch", "--check", "--python", python)
+    assert check.returncode == 1 and check.stdout.count("not applied") == N
+    again = ray_rdt("patch", "--revert", "--python", python)
+    assert again.returncode == 0 and again.stdout.count("not applied") == N
+    assert not os.path.exists(os.path.join(site, ".ray_rdt_pristine"))  # no trace left
 
 
-def test_modified_installation_is_refused(tmp_path, pristine_site):
-    target = pristine_site / "ray/_private/worker.py"
-    target.write_text(target.read_text().replace("_use_object_store: bool = False,", "_use_object_store=False,"))
-    proc = run_apply(fake_python(tmp_path, "2.60.0", pristine_site))
-    assert proc.returncode == 1 and "does not apply" in proc.stderr
+def test_an_older_patch_set_is_updated(env, ray_wheel, tmp_path):
+    """Upgrading ray-rdt: files carrying an older patch set are re-patched from the
+    pristine copies kept at the first patching."""
+    from ray_rdt import patching
+
+    python, site = env
+    older = tmp_path / "older"
+    older.mkdir()
+    for name in sorted(os.listdir(PATCH_DIR)):
+        text = open(os.path.join(PATCH_DIR, name)).read()
+        if name.startswith("0001"):
+            text = text.replace("+_rdt_plugin_hooks = None\n", "+_rdt_plugin_hooks = None  # older\n", 1)
+        (older / name).write_text(text)
+    patching.apply(patching.Environment.of(python), patching.load_patches(older))
+    check = ray_rdt("patch", "--check", "--python", python)
+    assert check.returncode == 1 and "0001-experimental-rdt-util.patch outdated" in check.stdout
+    proc = ray_rdt("patch", "--python", python)
+    assert proc.returncode == 0, proc.stderr
+    assert "0001-experimental-rdt-util.patch updated" in proc.stdout and proc.stdout.count("already applied") == N - 1
+    assert [read(site, f) for f in RAY_FILES] == [read(SITE, f) for f in RAY_FILES]
+    assert ray_rdt("patch", "--revert", "--python", python).returncode == 0
+    assert all(read(site, f) == wheel_file(ray_wheel, f) for f in RAY_FILES)
+
+
+@pytest.mark.parametrize("version", ["2.59.0", "2.60.1"])
+def test_refuses_other_ray_versions(env, ray_wheel, version):
+    python, site = env
+    metadata = os.path.join(site, "ray-2.60.0.dist-info", "METADATA")
+    original = read(site, metadata)
+    with open(metadata, "wb") as fh:
+        fh.write(original.replace(b"\nVersion: 2.60.0\n", f"\nVersion: {version}\n".encode(), 1))
+    try:
+        for args in ((), ("--revert",), ("--check",)):
+            proc = ray_rdt("patch", *args, "--python", python)
+            assert proc.returncode == 1
+            assert "this patch set is for ray==2.60.0 only" in proc.stderr and f"ray {version}" in proc.stderr
+        assert all(read(site, f) == wheel_file(ray_wheel, f) for f in RAY_FILES)
+    finally:
+        with open(metadata, "wb") as fh:
+            fh.write(original)
+
+
+def test_refuses_an_environment_without_ray(tmp_path):
+    python, _ = new_venv(tmp_path / "empty")
+    proc = ray_rdt("patch", "--python", python)
+    assert proc.returncode == 1 and "has ray not installed" in proc.stderr
+
+
+def test_modified_installation_is_refused(env, ray_wheel):
+    python, site = env
+    target = os.path.join(site, "ray/_private/worker.py")
+    text = read(site, target).replace(b"_use_object_store: bool = False,", b"_use_object_store=False,")
+    with open(target, "wb") as fh:
+        fh.write(text)
+    for args in ((), ("--revert",)):
+        proc = ray_rdt("patch", *args, "--python", python)
+        assert proc.returncode == 1 and "modified installation" in proc.stderr
+    # Nothing was touched, not even the files that could be patched.
+    assert read(site, "ray/experimental/rdt/util.py") == wheel_file(ray_wheel, "ray/experimental/rdt/util.py")
+    assert read(site, target) == text
+
+
+def test_the_package_carries_the_patch_set():
+    from ray_rdt import patching
+
+    assert sorted(p.name for p in patching.load_patches()) == sorted(os.listdir(PATCH_DIR))
 
 
 def test_patches_are_small():
