@@ -30,32 +30,6 @@
 #define DLPACK_FLAG_BITMASK_IS_COPIED 2
 
 /**
- * A request's first byte: free objects (a count and the object IDs follow).
- */
-#define OP_FREE 2
-
-/**
- * A request's first byte: a collective group's member reports a failed
- * transfer to the group's owner (a `GroupFailure` follows).
- */
-#define OP_GROUP_FAILURE 3
-
-/**
- * A reply's status byte: success.
- */
-#define REPLY_OK 0
-
-/**
- * A reply's status byte: failure, followed by the error kind code and message.
- */
-#define REPLY_ERR 1
-
-/**
- * Default inline threshold (see docs/performance.md for the crossover).
- */
-#define DEFAULT_THRESHOLD (64 << 10)
-
-/**
  * Major version of the C ABI; a loader refuses a library with another major.
  */
 #define RDT_ABI_VERSION_MAJOR 1
@@ -69,36 +43,6 @@
  * Buckets of the fetch-latency histogram (the last one is unbounded).
  */
 #define RDT_LATENCY_BUCKETS 16
-
-/**
- * Largest inline payload.
- */
-#define MAX_INLINE (16 << 20)
-
-/**
- * Longest agent name.
- */
-#define MAX_NAME 256
-
-/**
- * Largest connection-info blob.
- */
-#define MAX_CONN_MD (1 << 20)
-
-/**
- * Largest sections blob.
- */
-#define MAX_SECTIONS_MD (8 << 20)
-
-/**
- * Most producers kept loaded; the least recently used idle one goes first.
- */
-#define MAX_PEERS 256
-
-/**
- * Most registrations remembered per producer before it is reloaded from scratch.
- */
-#define MAX_LOADED_PER_PEER 4096
 
 /**
  * Result of a C ABI call. `RDT_OK` is success; for any other value
@@ -180,37 +124,6 @@ enum rdt_status
 typedef enum rdt_status rdt_status;
 #else
 typedef uint32_t rdt_status;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
-
-/**
- * How an object travelled.
- */
-enum Path
-#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
-  : uint8_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
- {
-  /**
-   * Producer and consumer on one host: shared memory over the same-host
-   * channel (the shm transport, or the same-host path of another one).
-   */
-  SameHost = 0,
-  /**
-   * The declared transport's own path: TCP, Gloo or NIXL between hosts (or
-   * over loopback on one host, when the same-host path is off).
-   */
-  Network = 1,
-  /**
-   * Inside the metadata record (small objects): no transfer.
-   */
-  Inline = 2,
-};
-#ifndef __cplusplus
-#if __STDC_VERSION__ >= 202311L
-typedef enum Path Path;
-#else
-typedef uint8_t Path;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -675,19 +588,6 @@ typedef uint8_t DLDataTypeCode;
  * A copy received from another process.
  */
 #define RDT_COPY_SECONDARY 1
-
-/**
- * Upper bounds (inclusive, microseconds) of the latency histogram's buckets;
- * one more bucket holds everything slower.
- */
-#define LATENCY_BOUNDS_US { 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000, 10000000, 60000000, }
-
-/**
- * Every path, in code order.
- */
-#define Path_ALL { SameHost, Network, Inline, }
-
-
 
 #ifdef __cplusplus
 extern "C" {

@@ -77,18 +77,19 @@ pub struct Snapshot {
     pub latency_sum_us: u64,
 }
 
-const ZERO: AtomicU64 = AtomicU64::new(0);
-const COUNTERS: Counters = Counters {
-    bytes_sent: ZERO,
-    bytes_received: ZERO,
-    transfers: ZERO,
-    errors: ZERO,
-    latency: [ZERO; LATENCY_BUCKETS],
-    latency_sum_us: ZERO,
+static TABLE: [[Counters; Path::ALL.len()]; TransportKind::ALL.len()] = [const {
+    [const {
+        Counters {
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            transfers: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: [const { AtomicU64::new(0) }; LATENCY_BUCKETS],
+            latency_sum_us: AtomicU64::new(0),
+        }
+    }; Path::ALL.len()]
 };
-
-static TABLE: [[Counters; Path::ALL.len()]; TransportKind::ALL.len()] =
-    [const { [COUNTERS; Path::ALL.len()] }; TransportKind::ALL.len()];
+    TransportKind::ALL.len()];
 
 fn counters(t: TransportKind, p: Path) -> &'static Counters {
     &TABLE[t.code() as usize][p as usize]
@@ -160,9 +161,9 @@ pub struct EndpointSnapshot {
     pub objects_freed: u64,
 }
 
-static FETCHES_SERVED: AtomicU64 = ZERO;
-static FREE_REQUESTS: AtomicU64 = ZERO;
-static OBJECTS_FREED: AtomicU64 = ZERO;
+static FETCHES_SERVED: AtomicU64 = AtomicU64::new(0);
+static FREE_REQUESTS: AtomicU64 = AtomicU64::new(0);
+static OBJECTS_FREED: AtomicU64 = AtomicU64::new(0);
 
 /// Records a fetch request served by the endpoint.
 pub fn record_fetch_served() {

@@ -117,12 +117,30 @@ class PluginCollectiveTransport(PluginTensorTransport):
     def can_abort_transport() -> bool:
         return False
 
+    # Stock 2.60 checks group membership at submission, against the registry
+    # of the process that created the group: other processes (e.g. an actor
+    # that holds the handles) could not submit RDT tasks at all. The plugin
+    # checks membership where it is known (the producer at return, the consumer
+    # at fetch), so an actor or task that created no group of this backend
+    # skips the submission-time checks; drivers and group creators keep 2.60's
+    # checks and errors.
+
+    def _knows_groups(self) -> bool:
+        import ray
+        from ray.experimental.collective.collective import RemoteCommunicatorManager
+
+        if ray._private.worker.global_worker.mode == ray.SCRIPT_MODE:
+            return True
+        return any(c.backend == self.NAME for c in RemoteCommunicatorManager.get().get_collective_groups())
+
     def actor_has_tensor_transport(self, actor) -> bool:
         from ray.experimental.collective import get_collective_groups
 
-        return len(get_collective_groups([actor], backend=self.NAME)) > 0
+        return not self._knows_groups() or len(get_collective_groups([actor], backend=self.NAME)) > 0
 
     def get_communicator_metadata(self, src_actor, dst_actor, backend: Optional[str] = None):
+        if not self._knows_groups():
+            return CommunicatorMetadata()
         # 2.60's check that both actors share one group (raises ValueError).
         from ray.experimental.rdt.collective_tensor_transport import CollectiveTensorTransport
 

@@ -399,7 +399,9 @@ impl Context {
     }
 
     /// Joins collective group `name` of transport `kind` as `rank` of
-    /// `world_size`, through the rendezvous store at `rendezvous`.
+    /// `world_size`, through the rendezvous store at `rendezvous`, reporting
+    /// failed transfers to `owner` (the C ABI's `rdt_group_create_owned`).
+    #[allow(clippy::too_many_arguments)]
     pub fn create_group(
         &self,
         kind: TransportKind,
