@@ -48,8 +48,8 @@ Printed per variant, medians over samples (microseconds):
   ``.remote()`` calls, the owner's RDT bookkeeping, serialization passes, the
   plugin put and fetch.
 
-``--cpu N`` also runs N back-to-back transfers of each variant and prints the
-CPU time per transfer of each process (driver, producer, consumer, raylet,
+``--cpu N`` also runs N more transfers of each variant (one at a time, in 10
+interleaved chunks) and prints the CPU time per transfer of each process (driver, producer, consumer, raylet,
 gcs_server, other) and of their busiest threads, from the schedstat counters of
 every thread below the driver.
 
@@ -217,9 +217,11 @@ def process_name(pid):
         return "?"
 
 
-def cpu_per_transfer(variants, pairs, nbytes, count):
-    """CPU time per transfer of each process and of the busiest threads, for
-    ``count`` back-to-back transfers of each variant (schedstat deltas)."""
+def cpu_per_transfer(variants, pairs, nbytes, count, chunks=10):
+    """CPU time per transfer of each process and of the busiest threads:
+    ``count`` transfers per variant, one at a time, in ``chunks`` rounds that
+    visit the variants in a new random order (schedstat deltas around each
+    chunk), so drift hits all variants alike."""
     import os
 
     import ray
@@ -228,37 +230,45 @@ def cpu_per_transfer(variants, pairs, nbytes, count):
     for name, (producer, consumer) in pairs.items():
         p, c = ray.get([a.__ray_call__.remote(lambda self: __import__("os").getpid()) for a in (producer, consumer)])
         actor_pid[p], actor_pid[c] = ("producer", name), ("consumer", name)
-    print(f"\nCPU time per transfer ({count} back-to-back transfers per variant; microseconds; schedstat):")
+    roles = {v: {} for v in variants}
+    threads = {v: {} for v in variants}
+    wall = {v: 0.0 for v in variants}
+    order = random.Random(1)
+    per_chunk = max(1, count // chunks)
+    for _ in range(chunks):
+        for v in order.sample(variants, len(variants)):
+            pair = parse_variant(v)[1]
+            pids = descendants(os.getpid())
+            before = thread_cpu(pids)
+            t0 = time.perf_counter()
+            for _ in range(per_chunk):
+                sample(v, pairs, nbytes)
+            wall[v] += time.perf_counter() - t0
+            after = thread_cpu(pids)
+            for key, ns in after.items():
+                delta = ns - before.get(key, 0)
+                if delta <= 0:
+                    continue
+                pid, thread = key
+                if pid == os.getpid():
+                    role = "driver"
+                elif pid in actor_pid:
+                    role = actor_pid[pid][0] if actor_pid[pid][1] == pair else "other actors"
+                else:
+                    name = process_name(pid)
+                    role = name if name in ("raylet", "gcs_server") else "other"
+                roles[v][role] = roles[v].get(role, 0) + delta
+                if role in ("driver", "producer", "consumer"):
+                    threads[v][f"{role}/{thread}"] = threads[v].get(f"{role}/{thread}", 0) + delta
+    n = per_chunk * chunks
+    print(f"\nCPU time per transfer ({n} transfers per variant in {chunks} interleaved chunks; microseconds; "
+          "schedstat):")
     for v in variants:
-        pair = parse_variant(v)[1]
-        pids = descendants(os.getpid())
-        before = thread_cpu(pids)
-        t0 = time.perf_counter()
-        for _ in range(count):
-            sample(v, pairs, nbytes)
-        wall = time.perf_counter() - t0
-        after = thread_cpu(pids)
-        roles, threads = {}, {}
-        for key, ns in after.items():
-            delta = ns - before.get(key, 0)
-            if delta <= 0:
-                continue
-            pid, thread = key
-            if pid == os.getpid():
-                role = "driver"
-            elif pid in actor_pid:
-                role = actor_pid[pid][0] if actor_pid[pid][1] == pair else "other actors"
-            else:
-                name = process_name(pid)
-                role = name if name in ("raylet", "gcs_server") else "other"
-            roles[role] = roles.get(role, 0) + delta
-            if role in ("driver", "producer", "consumer"):
-                threads[f"{role}/{thread}"] = threads.get(f"{role}/{thread}", 0) + delta
-        total = sum(roles.values())
-        print(f"  {v}: wall {wall / count * 1e6:.0f} us, CPU {total / count / 1e3:.0f} us per transfer: "
-              + ", ".join(f"{r} {ns / count / 1e3:.0f}" for r, ns in sorted(roles.items(), key=lambda kv: -kv[1])))
-        top = sorted(threads.items(), key=lambda kv: -kv[1])[:8]
-        print("    threads: " + ", ".join(f"{t} {ns / count / 1e3:.0f}" for t, ns in top))
+        total = sum(roles[v].values())
+        print(f"  {v}: wall {wall[v] / n * 1e6:.0f} us, CPU {total / n / 1e3:.0f} us per transfer: "
+              + ", ".join(f"{r} {ns / n / 1e3:.0f}" for r, ns in sorted(roles[v].items(), key=lambda kv: -kv[1])))
+        top = sorted(threads[v].items(), key=lambda kv: -kv[1])[:8]
+        print("    threads: " + ", ".join(f"{t} {ns / n / 1e3:.0f}" for t, ns in top))
 
 
 KEPT = []
@@ -384,7 +394,7 @@ def main(argv=None):
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="KIND@PAIR,...")
     parser.add_argument("--profile", metavar="KIND@PAIR", help="also run cProfile over this variant's samples")
     parser.add_argument("--cpu", type=int, default=0, metavar="N",
-                        help="also measure CPU time per transfer over N back-to-back transfers per variant")
+                        help="also measure CPU time per transfer over N transfers per variant")
     args = parser.parse_args(argv)
     nbytes = rb.parse_size(args.size)
     pair_env = dict(parse_pair(p) for p in (args.pair or DEFAULT_PAIRS))
