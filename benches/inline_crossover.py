@@ -7,15 +7,16 @@ same-host path on one host), in the other with ``RAY_RDT_INLINE_BYTES`` = the
 largest size (every object up to it travels inside its record). The threshold
 is read by the producer when it stores an object, so both settings live in one
 cluster and their samples alternate (fetch, inline, fetch, ...), which keeps the
-machine's drift out of the ratio. A sample is ``raybench.one_transfer`` (submit
-of the producer's task to ``ray.get`` of the consumer's result, one transfer at
-a time); per size and transport 3 warm-ups per pair, then the median of 50
-samples per pair. The object store column (no RDT, the first pair) is the
-reference the plugin aims to beat.
+machine's drift out of the ratios. A sample is ``raybench.one_transfer``
+(submit of the producer's task to ``ray.get`` of the consumer's result, one
+transfer at a time). Per size, 3 warm-ups of each cell, then 50 rounds, each
+sampling every transport in both settings and the object store (no RDT, on the
+first pair: the reference the plugin aims to beat) once; medians.
 
 Printed: medians per size and transport for both settings, the ratio inline /
-fetch (below 1x inlining is faster), and the path each cell's transfers took
-(from the consumer's counters; ``inline`` and ``same_host`` expected).
+fetch (below 1x inlining is faster), the path each cell's transfers took
+(from the consumer's counters; ``inline`` and ``same_host`` expected), and each
+cell's time / the object store's.
 
     python benches/inline_crossover.py [--sizes 4KiB,16KiB,64KiB,256KiB,1MiB] [--configs plugin_shm,...]
                                        [--samples 50] [--json FILE]
@@ -40,35 +41,35 @@ def env_options(inline_bytes):
 
 def run(configs, sizes, samples):
     """``{setting: {config: {n: seconds}}}`` and ``{setting: {config: {n: path}}}``
-    for the settings ``fetch`` (inline off) and ``inline`` (threshold = largest size)."""
+    for the settings ``fetch`` (inline off) and ``inline`` (threshold = largest
+    size); the object store appears once, under ``fetch``. Per size, every
+    round samples each (setting, config) and the object store once."""
     rb.init_ray()
     pairs = {}
     for setting, threshold in (("fetch", 0), ("inline", max(sizes))):
         opts = env_options(threshold)
         pairs[setting] = rb.start_pair(configs, sizes, opts, opts)
-    medians = {s: {} for s in pairs}
-    paths = {s: {} for s in pairs}
-    for config in ["object_store"] + configs:
-        for s in pairs:
-            medians[s][config], paths[s][config] = {}, {}
-        for n in sizes:
-            methods = {s: (rb.producer_method(p, config), c) for s, (p, c) in pairs.items()}
-            before = {s: rb.consumer_stats(c) for s, (_, c) in pairs.items()}
-            for s, (m, c) in methods.items():
-                for _ in range(rb.WARMUPS):
-                    rb.one_transfer(m, c, n)
-            taken = {s: [] for s in pairs}
-            for _ in range(samples):
-                for s, (m, c) in methods.items():
-                    taken[s].append(rb.one_transfer(m, c, n))
-            for s, (_, c) in pairs.items():
-                medians[s][config][n] = statistics.median(taken[s])
-                paths[s][config][n] = rb.path_taken(before[s], rb.consumer_stats(c), config)
-            line = "  ".join(f"{s} {medians[s][config][n] * 1e3:7.2f} ms ({paths[s][config][n]})" for s in pairs)
-            print(f"  {config:<13} {rb.fmt_size(n):>8}: {line}", file=sys.stderr, flush=True)
-        if config == "object_store":
-            # The object store does not depend on the setting: one column.
-            del medians["inline"][config]
+    cells = [("fetch", "object_store")] + [(s, c) for c in configs for s in pairs]
+    medians = {s: {c: {} for c in ["object_store"] + configs} for s in pairs}
+    paths = {s: {c: {} for c in configs} for s in pairs}
+    del medians["inline"]["object_store"]
+    for n in sizes:
+        methods = {(s, c): (rb.producer_method(pairs[s][0], c), pairs[s][1]) for s, c in cells}
+        before = {s: rb.consumer_stats(c) for s, (_, c) in pairs.items()}
+        for m, c in methods.values():
+            for _ in range(rb.WARMUPS):
+                rb.one_transfer(m, c, n)
+        taken = {cell: [] for cell in cells}
+        for _ in range(samples):
+            for cell, (m, c) in methods.items():
+                taken[cell].append(rb.one_transfer(m, c, n))
+        after = {s: rb.consumer_stats(c) for s, (_, c) in pairs.items()}
+        for (s, c), times in taken.items():
+            medians[s][c][n] = statistics.median(times)
+            if c != "object_store":
+                paths[s][c][n] = rb.path_taken(before[s], after[s], c)
+        line = "  ".join(f"{c.replace('plugin_', '')} {s} {medians[s][c][n] * 1e3:.2f} ms" for s, c in cells)
+        print(f"  {rb.fmt_size(n):>8}: {line}", file=sys.stderr, flush=True)
     return medians, paths
 
 
@@ -100,7 +101,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default=DEFAULT_SIZES)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="a subset of the default")
-    parser.add_argument("--samples", type=int, default=50, help="samples per size, transport and setting")
+    parser.add_argument("--samples", type=int, default=50, help="rounds per size (one sample of each cell)")
     parser.add_argument("--json", help="also write the medians (seconds) and paths to this file")
     args = parser.parse_args(argv)
     sizes = rb.parse_sizes(args.sizes)
@@ -110,7 +111,7 @@ def main(argv=None):
         parser.error(f"unknown configs {sorted(unknown)}")
     started = time.strftime("%Y-%m-%d %H:%M")
     medians, paths = run(configs, sizes, args.samples)
-    print(f"run {started}; medians of {args.samples} alternating samples; fetch = RAY_RDT_INLINE_BYTES=0, "
+    print(f"run {started}; medians of {args.samples} interleaved rounds; fetch = RAY_RDT_INLINE_BYTES=0, "
           f"inline = RAY_RDT_INLINE_BYTES={max(sizes)}")
     print(report(medians, paths, configs, sizes))
     if args.json:

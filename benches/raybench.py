@@ -7,9 +7,13 @@
   ``stock_*`` columns run with the plugin off (``RAY_RDT_PLUGIN=0``), ``plugin_*``
   and ``object_store`` with it on;
 * the actors: :func:`actor_classes` (a producer that returns a float32 tensor it
-  already holds, a consumer that reads one element) and :func:`start_cluster`
-  (a fresh local cluster, ``ray.init(num_cpus=8)``, both actors, the tensors
-  made, a gloo collective group when a config needs one);
+  already holds, a consumer that reads one element), :func:`start_pair` (both
+  actors, the tensors made, a gloo collective group when a config needs one)
+  and :func:`start_cluster` (a fresh local cluster, ``ray.init(num_cpus=8)``,
+  and a pair);
+* one sample: :func:`one_transfer` (submit of the producer's task to
+  ``ray.get`` of the consumer's result); the physical reference:
+  :func:`memcpy_medians`;
 * the consumer's plugin counters: :func:`consumer_stats`, and :func:`path_taken`,
   which names the path (``same_host``, ``network``, ``inline``) that the
   transfers between two snapshots took;
@@ -141,9 +145,9 @@ def init_ray(**kwargs):
     ray.init(**kwargs)
 
 
-def start_pair(configs, sizes, producer_options=None, consumer_options=None, group_name=None):
+def start_pair(configs, sizes, producer_options=None, consumer_options=None):
     """One producer holding a tensor of each size and one consumer (both past
-    their first task), in a torch_gloo collective group ``group_name`` when a
+    their first task), in a torch_gloo collective group of their own when a
     config uses gloo. Returns ``(producer, consumer)``."""
     import ray
     import torch
@@ -156,7 +160,7 @@ def start_pair(configs, sizes, producer_options=None, consumer_options=None, gro
     if any(TRANSPORTS[c] == "gloo" for c in configs):
         from ray.experimental.collective import create_collective_group
 
-        create_collective_group([producer, consumer], backend="torch_gloo", name=group_name)
+        create_collective_group([producer, consumer], backend="torch_gloo")
     return producer, consumer
 
 
