@@ -2,10 +2,11 @@
 on node B, the two Ray nodes in two network namespaces joined by a veth pair
 (tests/python/netns.py; needs root).
 
-Method (as python/ray_rdt/bench_ray.py, BASELINE.md): the producer returns a
-tensor it already holds, the consumer reads one element; a sample is the time
-from submitting the producer's task to ``ray.get`` of the consumer's result;
-3 warm-ups, then the median of bench_ray's iteration count per size. Two
+Method (as benches/ray_e2e.py, BASELINE.md; actors from benches/raybench.py):
+the producer returns a tensor it already holds, the consumer reads one element;
+a sample is the time from submitting the producer's task to ``ray.get`` of the
+consumer's result; 3 warm-ups, then the median of ray_e2e's sample count per
+size. Two
 clusters, one after the other, each with its own namespaces:
 
 * stock (``RAY_RDT_PLUGIN=0``): ``object_store`` (plain return through Ray's
@@ -41,13 +42,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "python"))  # netns.py; ray_rdt comes from the venv
 
-from ray_rdt.bench_ray import DEFAULT_SIZES, fmt_size, iterations, parse_size  # noqa: E402
+from raybench import (  # noqa: E402
+    DEFAULT_SIZES,
+    WARMUPS,
+    child_result,
+    fmt_ms,
+    fmt_size,
+    iterations,
+    markdown_table,
+    one_transfer,
+    parse_size,
+    producer_method,
+    start_cluster,
+)
 
 STOCK = ["object_store", "stock_gloo", "stock_nixl"]
 PLUGIN = ["plugin_gloo", "plugin_nixl"]
-TRANSPORTS = {"object_store": None, "stock_gloo": "gloo", "stock_nixl": "nixl", "plugin_gloo": "gloo",
-              "plugin_nixl": "nixl"}
-WARMUPS = 3
 SAMPLE_TIMEOUT = 120.0
 LINE_RATE_BYTES = 256 << 20
 LINE_RATE_ROUNDS = 5
@@ -69,11 +79,6 @@ def reason(error: str) -> str:
     return re.sub(r"\s*\(RDT_ERR_\w+ from \w+\)$", "", text)[:160]
 
 
-def fmt_ms(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.2f} ms" if ms >= 0.1 else f"{ms:.2g} ms"
-
-
 # ----------------------------------------------------------------- inside namespace A: the Ray driver
 
 
@@ -81,60 +86,23 @@ def bench_child(configs, sizes):
     """Runs ``configs`` on the two-node cluster at RAY_ADDRESS (producer on node
     A, consumer on node B); prints one ``RESULT`` line (medians in seconds, or
     the error of a configuration that failed) and the consumer's counters."""
-    import torch
-
     import ray
-    from ray.experimental.collective import create_collective_group
 
-    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-
-    @ray.remote(enable_tensor_transport=True)
-    class Producer:
-        def __init__(self):
-            self.tensors = {}
-
-        def make(self, nbytes):
-            self.tensors[nbytes] = torch.ones(nbytes // 4, dtype=torch.float32)
-
-        def get(self, nbytes):
-            return self.tensors[nbytes]
-
-    @ray.remote(enable_tensor_transport=True)
-    class Consumer:
-        def read(self, tensor):
-            return float(tensor[0])
-
-        def where(self):
-            return ray.util.get_node_ip_address()
-
-    producer = Producer.options(resources={"node_a": 1}).remote()
-    consumer = Consumer.options(resources={"node_b": 1}).remote()
-    ray.get([producer.make.remote(n) for n in sizes])
-    ray.get(consumer.read.remote(torch.ones(1)))
-    assert ray.get(consumer.where.remote()) == os.environ["RDT_NODE_B_IP"]
-    if any(TRANSPORTS[c] == "gloo" for c in configs):
-        create_collective_group([producer, consumer], backend="torch_gloo")
+    producer, consumer = start_cluster(configs, sizes, producer_options={"resources": {"node_a": 1}},
+                                       consumer_options={"resources": {"node_b": 1}},
+                                       address=os.environ["RAY_ADDRESS"])
+    assert ray.get(consumer.node_ip.remote()) == os.environ["RDT_NODE_B_IP"]
 
     results = {}
     for config in configs:
-        transport = TRANSPORTS[config]
-        method = producer.get if transport is None else producer.get.options(tensor_transport=transport)
-
-        def once(n):
-            t0 = time.perf_counter()
-            ref = method.remote(n)
-            value = ray.get(consumer.read.remote(ref), timeout=SAMPLE_TIMEOUT)
-            dt = time.perf_counter() - t0
-            assert value == 1.0, value
-            del ref
-            return dt
-
+        method = producer_method(producer, config)
         results[config] = {}
         for n in sizes:
             try:
                 for _ in range(WARMUPS):
-                    once(n)
-                results[config][n] = statistics.median(once(n) for _ in range(iterations(n)))
+                    one_transfer(method, consumer, n, SAMPLE_TIMEOUT)
+                results[config][n] = statistics.median(one_transfer(method, consumer, n, SAMPLE_TIMEOUT)
+                                                       for _ in range(iterations(n)))
                 print(f"  {config:<13} {fmt_size(n):>8}: {results[config][n] * 1e3:9.2f} ms", file=sys.stderr,
                       flush=True)
             except Exception as e:
@@ -145,11 +113,7 @@ def bench_child(configs, sizes):
     counters = None
     if os.environ.get("RAY_RDT_PLUGIN", "1") != "0":
         counters = ray.get(consumer.__ray_call__.remote(lambda self: __import__("ray_rdt").stats()))
-    print("RESULT " + json.dumps({"medians": results, "consumer_stats": counters}), flush=True)
-    # Stock NIXL's Python wheels crash the process at exit here (see bench_ray.py):
-    # skip exit handlers.
-    sys.stderr.flush()
-    os._exit(0)
+    child_result({"medians": results, "consumer_stats": counters})
 
 
 # ----------------------------------------------------------------- the veth's line rate
@@ -265,9 +229,7 @@ def table(medians, sizes, rate):
                      cell(medians, "plugin_gloo", n), speedup(medians, "stock_gloo", "plugin_gloo", n),
                      cell(medians, "stock_nixl", n), cell(medians, "plugin_nixl", n),
                      speedup(medians, "stock_nixl", "plugin_nixl", n), fmt_ms(n / rate)])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def main(argv=None):
@@ -310,7 +272,7 @@ def main(argv=None):
     text = table(medians, sizes, rate)
     moved = {t: c["bytes_received"] for t, c in (counters or {}).items() if c["bytes_received"]}
     notes = [
-        f"run {started}; producer on node A, consumer on node B; medians of bench_ray's iteration counts "
+        f"run {started}; producer on node A, consumer on node B; medians of ray_e2e's sample counts "
         f"after {WARMUPS} warm-ups",
         f"veth line rate: {rate / 1e9:.2f} GB/s (one TCP stream, {fmt_size(LINE_RATE_BYTES)}, median of "
         f"{LINE_RATE_ROUNDS}); its column is the time for the bytes at that rate",
