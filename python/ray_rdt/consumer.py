@@ -42,21 +42,25 @@ def record_transport(record: bytes) -> str:
 
 
 def resolve(key, record: bytes, put: bool = False) -> List[Any]:
-    """A placeholder's object (see :func:`fetch`)."""
-    return fetch(key, record, record_transport(record), put=put)
+    """A placeholder's object (see :func:`fetch`; the transport is read from the
+    record only if the fetch fails)."""
+    return fetch(key, record, None, put=put)
 
 
-def fetch(key, record: bytes, transport: str = "", object_ref: Optional[str] = None, put: bool = False) -> List[Any]:
+def fetch(
+    key, record: bytes, transport: Optional[str] = None, object_ref: Optional[str] = None, put: bool = False
+) -> List[Any]:
     """Fetches an object's tensors through the plugin.
 
-    ``object_ref`` (hex), when known, names the object in errors; otherwise the
-    plugin key does, which is the ObjectRef's ID for task returns and a key of
-    its own for ``ray.put`` objects (``put``)."""
+    ``transport`` (None: the record's) and ``object_ref`` (hex) name the object
+    in errors; without ``object_ref`` the plugin key does, which is the
+    ObjectRef's ID for task returns and a key of its own for ``ray.put``
+    objects (``put``)."""
     ctx = _context.get_context()
     try:
         return ctx.fetch(key, record, fetch_timeout_s())
     except _ffi.RdtError as e:
-        raise _failure(e, key, record, transport, object_ref, put) from None
+        raise _failure(e, key, record, transport or record_transport(record), object_ref, put) from None
 
 
 def _failure(e: "_ffi.RdtError", key, record: bytes, transport: str, object_ref, put: bool) -> Exception:

@@ -28,7 +28,12 @@ from ray_rdt.groups import (  # noqa: F401
 from ray_rdt.owner import free_primary_copy, get_use_object_store  # noqa: F401
 from ray_rdt.producer import claim_pending_put, serialize_with_record, store_rdt_objects  # noqa: F401
 from ray_rdt.serializer import tensor_deserializer, tensor_serializer  # noqa: F401
-from ray_rdt.transports import is_plugin_transport, register_transports, transport_class  # noqa: F401
+from ray_rdt.transports import (  # noqa: F401
+    is_one_sided_plugin_transport,
+    is_plugin_transport,
+    register_transports,
+    transport_class,
+)
 
 
 def enabled() -> bool:

@@ -275,3 +275,10 @@ def transport_class(name: Optional[str]):
 def is_plugin_transport(name: Optional[str]) -> bool:
     """Whether ``name`` is a transport whose bytes the plugin moves."""
     return transport_class(name) is not None
+
+
+def is_one_sided_plugin_transport(name: Optional[str]) -> bool:
+    """Whether ``name`` is a one-sided transport whose bytes the plugin moves
+    (nothing to check or start when its object is passed to a task)."""
+    cls = transport_class(name)
+    return cls is not None and cls.ONE_SIDED

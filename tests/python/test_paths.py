@@ -5,7 +5,7 @@ the producer's plugin endpoint instead of ``__ray_free__`` tasks. Each test read
 the plugin's per-path counters (``ray_rdt.stats()[t]["paths"]``) and the
 producer's endpoint counters (``ray_rdt.endpoint_stats()``) in the actors.
 
-Defaults are on here (inline threshold 64 KiB, same-host path on); the off
+Defaults are on here (inline threshold 16 KiB, same-host path on); the off
 switch is tested in test_paths_off.py.
 """
 
