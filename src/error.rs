@@ -4,40 +4,74 @@
 
 use std::fmt;
 
-/// What class of failure happened. The C ABI turns each kind into one status code.
+/// What class of failure happened. The discriminant is the kind's code: the
+/// `rdt_status` of the C ABI (`RDT_ERR_*`, checked by a test) and the byte an
+/// error reply carries on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum ErrorKind {
     /// A required pointer argument was NULL.
-    NullArgument,
+    NullArgument = 1,
     /// An argument was out of range or inconsistent.
-    InvalidArgument,
+    InvalidArgument = 2,
     /// The object (or group, or peer) is not known.
-    NotFound,
+    NotFound = 3,
     /// An object with this ID is already stored.
-    AlreadyExists,
+    AlreadyExists = 4,
     /// A blocking call ran past its timeout.
-    Timeout,
+    Timeout = 5,
     /// A metadata record could not be decoded.
-    MalformedMetadata,
+    MalformedMetadata = 6,
     /// The operation is not supported for this transport, device or dtype.
-    Unsupported,
+    Unsupported = 7,
     /// The transport failed (peer died, connection broke, library error).
-    Transport,
+    Transport = 8,
     /// The object holds an error instead of tensors (for example a failed receive).
-    ObjectFailed,
+    ObjectFailed = 9,
     /// A library the transport needs is not installed or could not be loaded.
-    Unavailable,
+    Unavailable = 10,
     /// The caller's output buffer is too small; the needed size was reported.
-    BufferTooSmall,
+    BufferTooSmall = 11,
     /// An operating-system call failed.
-    Io,
+    Io = 12,
     /// A bug inside the plugin was caught at the C ABI boundary.
-    Internal,
+    Internal = 13,
     /// A peer was refused, or refused us: wrong or missing proof of Ray's
     /// cluster token, or (same host) another user's process.
-    AuthRefused,
+    AuthRefused = 14,
     /// The peer process is gone: nothing listens at its endpoint any more.
-    PeerGone,
+    PeerGone = 15,
+}
+
+impl ErrorKind {
+    /// Every kind, in code order.
+    pub const ALL: [ErrorKind; 15] = [
+        ErrorKind::NullArgument,
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::Timeout,
+        ErrorKind::MalformedMetadata,
+        ErrorKind::Unsupported,
+        ErrorKind::Transport,
+        ErrorKind::ObjectFailed,
+        ErrorKind::Unavailable,
+        ErrorKind::BufferTooSmall,
+        ErrorKind::Io,
+        ErrorKind::Internal,
+        ErrorKind::AuthRefused,
+        ErrorKind::PeerGone,
+    ];
+
+    /// The kind's code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind of `code`, if it names one.
+    pub fn from_code(code: u8) -> Option<ErrorKind> {
+        Self::ALL.iter().copied().find(|k| k.code() == code)
+    }
 }
 
 /// An error with its kind and a human-readable message.

@@ -8,6 +8,8 @@
 //! Layers: [`ffi`] (C ABI) over the core ([`store`], [`tensor`], [`metadata`],
 //! [`stats`]) over the transports.
 
+#![warn(missing_docs)]
+
 pub mod cuda;
 pub mod dlpack;
 pub mod dylib;

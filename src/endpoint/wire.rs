@@ -49,31 +49,11 @@ pub fn parse_reply(reply: &[u8]) -> Result<&[u8]> {
     }
 }
 
-const KINDS: [ErrorKind; 15] = [
-    ErrorKind::NullArgument,
-    ErrorKind::InvalidArgument,
-    ErrorKind::NotFound,
-    ErrorKind::AlreadyExists,
-    ErrorKind::Timeout,
-    ErrorKind::MalformedMetadata,
-    ErrorKind::Unsupported,
-    ErrorKind::Transport,
-    ErrorKind::ObjectFailed,
-    ErrorKind::Unavailable,
-    ErrorKind::BufferTooSmall,
-    ErrorKind::Io,
-    ErrorKind::Internal,
-    ErrorKind::AuthRefused,
-    ErrorKind::PeerGone,
-];
-
 fn error_kind_code(kind: ErrorKind) -> u8 {
-    KINDS.iter().position(|&k| k == kind).unwrap_or(7) as u8
+    kind.code()
 }
 
+/// A kind from a peer of another version falls back to a transport error.
 fn error_kind_from_code(code: u8) -> ErrorKind {
-    KINDS
-        .get(code as usize)
-        .copied()
-        .unwrap_or(ErrorKind::Transport)
+    ErrorKind::from_code(code).unwrap_or(ErrorKind::Transport)
 }

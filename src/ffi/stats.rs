@@ -157,3 +157,33 @@ pub unsafe extern "C" fn rdt_stats_endpoint_get(out_stats: *mut rdt_endpoint_sta
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The C ABI's transport and path codes are the core's: checked, one numbering.
+    #[test]
+    fn codes_are_the_cores() {
+        let transports = [
+            (RDT_TRANSPORT_GLOO, TransportKind::Gloo),
+            (RDT_TRANSPORT_NCCL, TransportKind::Nccl),
+            (RDT_TRANSPORT_NIXL, TransportKind::Nixl),
+            (RDT_TRANSPORT_CUDA_IPC, TransportKind::CudaIpc),
+            (RDT_TRANSPORT_SHM, TransportKind::Shm),
+        ];
+        assert_eq!(transports.len(), TransportKind::ALL.len());
+        for (code, kind) in transports {
+            assert_eq!(code, u32::from(kind.code()), "{kind:?}");
+        }
+        let paths = [
+            (RDT_PATH_SAME_HOST, stats::Path::SameHost),
+            (RDT_PATH_NETWORK, stats::Path::Network),
+            (RDT_PATH_INLINE, stats::Path::Inline),
+        ];
+        assert_eq!(paths.len(), stats::Path::ALL.len());
+        for (code, path) in paths {
+            assert_eq!(code, path as u32, "{path:?}");
+        }
+    }
+}

@@ -64,3 +64,21 @@ impl From<ErrorKind> for rdt_status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each error kind's code is its status code: one numbering, checked.
+    #[test]
+    fn status_codes_are_the_error_kinds_codes() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(
+                rdt_status::from(kind) as u32,
+                u32::from(kind.code()),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(rdt_status::RDT_OK as u32, 0);
+    }
+}
