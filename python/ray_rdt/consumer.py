@@ -7,18 +7,20 @@ users expect:
 
 - the producer died (its plugin endpoint is gone, or Ray reports its actor
   dead): ``ActorDiedError`` naming the object, both ends and the cause;
-- an object of a collective transport read outside its group by a driver
-  (``ray.get``, ``await``, ``ref.future()``): the guide's ``ValueError``
-  (a task or actor outside the group gets the transfer error saying so);
+- an object of a collective transport read as a value (``ray.get``,
+  ``await``, ``ref.future()``, in a driver or an actor): the guide's
+  ``ValueError`` (an argument of a task or actor outside the group gets the
+  transfer error saying so);
 - anything else: :class:`~ray_rdt.errors.RDTTransferError` naming the object,
   both ends and the cause (inside a ``RaySystemError`` for a task argument).
 """
 
+import threading
 from typing import Any, List, Optional
 
 import ray
 
-from ray_rdt import _ffi, errors, groups
+from ray_rdt import _ffi, errors
 from ray_rdt import context as _context
 from ray_rdt.transports import transport_class
 
@@ -42,9 +44,33 @@ def record_transport(record: bytes) -> str:
 
 
 def resolve(key, record: bytes, put: bool = False) -> List[Any]:
-    """A placeholder's object (see :func:`fetch`; the transport is read from the
-    record only if the fetch fails)."""
+    """A placeholder's object (see :func:`fetch`).
+
+    A read of the value (a driver's, or an ``await``/``ref.future()``, whose
+    callbacks resolve on a thread Ray's core worker made) of an object of a
+    collective transport raises the guide's ``ValueError``, as ``ray.get``
+    does; an argument resolution fetches. The record is decoded here only for
+    reads (and for a fetch that failed)."""
+    if _is_read():
+        transport = record_transport(record)
+        cls = transport_class(transport)
+        if cls is not None and not cls.ONE_SIDED:
+            raise errors.read_outside_group(transport)
     return fetch(key, record, None, put=put)
+
+
+def _is_read() -> bool:
+    """Whether this resolution reads a value rather than a task's argument: in a
+    driver always; elsewhere on the threads of ``await`` and future callbacks.
+    Those are threads Ray's core worker (not Python) started, running no task
+    of this actor: a threaded actor's tasks also run on such threads, and are
+    told apart by the actor their task ID names."""
+    worker = ray._private.worker.global_worker
+    if worker.mode == ray.SCRIPT_MODE:
+        return True
+    if not isinstance(threading.current_thread(), threading._DummyThread):
+        return False
+    return worker.core_worker.get_current_task_id().actor_id() != worker.actor_id
 
 
 def fetch(
@@ -64,19 +90,8 @@ def fetch(
 
 
 def _failure(e: "_ffi.RdtError", key, record: bytes, transport: str, object_ref, put: bool) -> Exception:
-    cls = transport_class(transport)
     worker = ray._private.worker.global_worker
     in_actor = not worker.actor_id.is_nil()
-    if (
-        cls is not None
-        and not cls.ONE_SIDED
-        and e.status == _ffi.ERR_NOT_FOUND
-        and groups.local_group(transport) is None
-        and worker.mode == ray.SCRIPT_MODE
-    ):
-        # A driver only reads values (ray.get, await, futures), never resolves
-        # task arguments: the guide's error for reading outside the group.
-        return errors.read_outside_group(transport)
     key_hex = key.hex() if isinstance(key, bytes) else key
     if object_ref is not None:
         what = f"ObjectRef({object_ref})"

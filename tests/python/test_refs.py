@@ -70,6 +70,18 @@ class Consumer:
         ready, _ = ray.wait([nested["inner"][0]], timeout=60)
         return float(ray.get(ready[0]).sum())
 
+    def read_error(self, nested, how):
+        """What reading the nested ref raises here: (is a ValueError, text)."""
+        ref = nested["inner"][0]
+        try:
+            if how == "get":
+                ray.get(ref)
+            else:
+                ref.future().result(timeout=60)
+        except Exception as e:
+            return isinstance(e, ValueError), str(e)
+        return False, "no error"
+
     def submit_pair(self, producer, consumer, method):
         """A process that did not create the group submits an RDT task and passes
         its ref between the group's members."""
@@ -87,6 +99,20 @@ class AsyncConsumer:
 
     async def get(self, nested):
         return float(ray.get(nested["inner"][0]).sum())
+
+    async def read_error(self, nested, how):
+        """What reading the nested ref raises here: (is a ValueError, text)."""
+        ref = nested["inner"][0]
+        try:
+            if how == "await":
+                await ref
+            elif how == "future":
+                await asyncio.wrap_future(ref.future())
+            else:
+                ray.get(ref)
+        except Exception as e:
+            return isinstance(e, ValueError), str(e)
+        return False, "no error"
 
 
 @ray.remote
@@ -200,6 +226,20 @@ def test_every_way_of_reading_a_gloo_object_outside_its_group(actors):
     assert GUIDE_GET_ERROR in str(e.value)
     # The object store still works, as the guide says.
     assert float(ray.get(ref, _tensor_transport="object_store").sum()) == EXPECTED
+
+
+@pytest.mark.parametrize("reader", ["sync", "async"])
+@pytest.mark.parametrize("how", ["get", "future", "await"])
+def test_every_way_of_reading_a_gloo_object_in_actors(actors, reader, how):
+    """In sync and asyncio actors too (in the group or not), reading a gloo
+    object raises the guide's ValueError, whichever way it is read."""
+    producer, final, _, _, async_consumer = actors
+    if reader == "sync" and how == "await":
+        pytest.skip("a sync actor method cannot await")
+    actor = final if reader == "sync" else async_consumer
+    ref = producer.gloo.remote()
+    is_value_error, text = ray.get(actor.read_error.remote({"inner": [ref]}, how))
+    assert is_value_error and GUIDE_GET_ERROR in text, text
 
 
 def test_gloo_consumer_outside_the_group_through_a_borrower(actors):
