@@ -4,10 +4,11 @@ and what each side's process holds before and after.
 For each configuration, one producer actor returns a 1 MiB uint8 tensor per
 task (``tensor_transport=<transport>``) and one consumer actor receives it as
 an argument and checks its bytes; 16 consumer tasks are in flight at a time.
-Before the run (after a warm-up) and after it, each actor reports from
+After a warm-up and after each part of the run, each actor reports from
 ``/proc/self``: resident memory (RSS), open file descriptors, threads, shared
 memory segments (memfds: descriptors linking to ``/memfd:`` and distinct
-``/memfd:`` files mapped), and NIXL's registrations in the plugin. The
+``/memfd:`` files mapped), and the plugin's NIXL registrations
+(``ray_rdt.nixl_stats()``). The
 consumer's ``ray_rdt.stats()`` proves the plugin moved every byte over the
 path the row names.
 
@@ -22,13 +23,19 @@ Small objects inside records are off in every row (``RAY_RDT_INLINE_BYTES=0``;
 1 MiB is above the default threshold anyway).
 
     python benches/soak.py [--transfers 10000] [--configs gloo,shm,nixl,nixl-default]
-                           [--checkpoints 4] [--json FILE]
+                           [--checkpoints 4] [--pooled] [--json FILE]
 
-``tests/python/test_soak.py`` runs the same workload, bounded, and asserts on it.
+The producer returns a fresh tensor per task, or with ``--pooled`` one of its
+``PRODUCER_POOL`` kept tensors once Ray freed it. glibc's heap in use and free
+(``mallinfo2``) tells live memory from memory the allocator keeps. Ray's own
+threads (gRPC's pools) and TCP connections (to the driver, raylet and GCS) are
+also shown left out. ``tests/python/test_soak.py`` runs the pooled workload,
+bounded, and asserts on it. Results: docs/soak.md.
 """
 
 import argparse
 import collections
+import ctypes
 import json
 import os
 import sys
@@ -39,6 +46,8 @@ import torch
 
 TENSOR_BYTES = 1 << 20
 IN_FLIGHT = 16
+# Tensors a pooled producer keeps and returns again (more than can be in flight).
+PRODUCER_POOL = 64
 WARMUP = 500
 GROUP = "soak"
 
@@ -143,8 +152,30 @@ def _count_mapped_memfds():
     return len(mapped)
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
+
+
+def _heap():
+    """(bytes in use, bytes free) in glibc's heap (``mallinfo2``; mapped
+    chunks count as in use): whether RSS is live memory or memory the
+    allocator keeps."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    m = libc.mallinfo2()
+    return m.uordblks + m.hblkhd, m.fordblks
+
+
+def _rdt_objects():
+    """RDT objects this process's store holds (Ray's and the plugin's)."""
+    return ray._private.worker.global_worker.rdt_manager.rdt_store.get_num_objects()
+
+
 def process_probe():
-    """What this process holds now: RSS (bytes), fds (and by kind), threads
+    """What this process holds now: RDT objects, RSS (bytes), fds (and by kind), threads
     (all of them, those not of gRPC's pools, and by name), memfds open and
     mapped, NIXL registrations (``None`` where the binding cannot report them)."""
     status = {}
@@ -153,6 +184,7 @@ def process_probe():
             key, _, value = line.partition(":")
             status[key] = value.split()
     fds = _fd_kinds()
+    sockets = socket_descriptions()
     names = collections.Counter()
     for tid in os.listdir("/proc/self/task"):
         try:
@@ -161,13 +193,21 @@ def process_probe():
         except OSError:
             pass  # ended meanwhile
     grpc = sum(n for name, n in names.items() if name.startswith(GRPC_THREAD_NAMES))
+    heap_in_use, heap_free = _heap()
     return {
+        "rdt_objects": _rdt_objects(),
+        "heap_in_use": heap_in_use,
+        "heap_free": heap_free,
         "thread_names": dict(names),
         "threads_not_grpc": sum(names.values()) - grpc,
         "rss": int(status["VmRSS"][0]) * 1024,
         "fds": sum(fds.values()),
         "fd_kinds": dict(fds),
-        "sockets": socket_descriptions(),
+        "sockets": sockets,
+        "tcp": sorted(
+            tuple(int(port[1:]) for port in d.split()[1:4:2]) for d, n in sockets.items() for _ in range(n)
+            if d.startswith("tcp ") and d.endswith(" ESTABLISHED")
+        ),
         "threads": int(status["Threads"][0]),
         "memfd_fds": fds["/memfd:"],
         "memfd_maps": _count_mapped_memfds(),
@@ -194,20 +234,31 @@ class SoakActor:
     """One side of the soak: produces tensors over each transport, consumes
     them, and reports what its process holds."""
 
-    def _make(self, i, nbytes):
-        return torch.full((nbytes,), fill_value(i), dtype=torch.uint8)
+    def _make(self, i, nbytes, pooled):
+        """Transfer ``i``'s tensor: a fresh one, or (``pooled``) one of
+        ``PRODUCER_POOL`` kept tensors, reused once Ray freed its last object."""
+        if not pooled:
+            return torch.full((nbytes,), fill_value(i), dtype=torch.uint8)
+        pool = self.__dict__.setdefault("_pool", {})
+        key = (nbytes, i % PRODUCER_POOL)
+        tensor = pool.get(key)
+        if tensor is None:
+            tensor = pool[key] = torch.empty(nbytes, dtype=torch.uint8)
+        else:
+            ray.experimental.wait_tensor_freed(tensor, timeout=120)
+        return tensor.fill_(fill_value(i))
 
     @ray.method(tensor_transport="gloo")
-    def make_gloo(self, i, nbytes=TENSOR_BYTES):
-        return self._make(i, nbytes)
+    def make_gloo(self, i, nbytes=TENSOR_BYTES, pooled=False):
+        return self._make(i, nbytes, pooled)
 
     @ray.method(tensor_transport="shm")
-    def make_shm(self, i, nbytes=TENSOR_BYTES):
-        return self._make(i, nbytes)
+    def make_shm(self, i, nbytes=TENSOR_BYTES, pooled=False):
+        return self._make(i, nbytes, pooled)
 
     @ray.method(tensor_transport="nixl")
-    def make_nixl(self, i, nbytes=TENSOR_BYTES):
-        return self._make(i, nbytes)
+    def make_nixl(self, i, nbytes=TENSOR_BYTES, pooled=False):
+        return self._make(i, nbytes, pooled)
 
     def take(self, tensor, i, nbytes=TENSOR_BYTES):
         """Checks the received bytes (first, middle and last) and their count."""
@@ -236,7 +287,7 @@ class SoakActor:
         import gc
 
         gc.collect()
-        return ray._private.worker.global_worker.rdt_manager.rdt_store.get_num_objects()
+        return _rdt_objects()
 
 
 def make_pair(config):
@@ -264,14 +315,15 @@ def drop_pair(config, producer, consumer):
     ray.kill(consumer)
 
 
-def transfers(producer, consumer, transport, n, start=0, timeout=120.0):
+def transfers(producer, consumer, transport, n, start=0, timeout=120.0, pooled=False):
     """Moves ``n`` tensors from ``producer`` to ``consumer``, ``IN_FLIGHT`` at a
-    time; raises if a tensor arrives wrong. Returns the seconds it took."""
+    time (fresh tensors, or the producer's pool of kept ones); raises if a
+    tensor arrives wrong. Returns the seconds it took."""
     make = getattr(producer, f"make_{transport}")
     pending = collections.deque()
     t0 = time.perf_counter()
     for i in range(start, start + n):
-        pending.append(consumer.take.remote(make.remote(i), i))
+        pending.append(consumer.take.remote(make.remote(i, TENSOR_BYTES, pooled), i))
         if len(pending) >= IN_FLIGHT:
             _check(ray.get(pending.popleft(), timeout=timeout))
     for ok in ray.get(list(pending), timeout=timeout):
@@ -284,31 +336,48 @@ def _check(ok):
         raise AssertionError("a consumer received a tensor with the wrong bytes")
 
 
+def annotate_pair(first, second):
+    """Adds ``fds_not_ray_tcp`` to two probes of a pair of actors: their
+    descriptors less the TCP connections that do not lead to the other actor
+    (Ray's own gRPC connections to the driver, the raylet and the GCS, which a
+    channel may reopen under load). Every TCP connection of the plugin on one
+    host is between the pair (gloo, UCX); its other channels are Unix sockets."""
+    for probe, other in ((first, second), (second, first)):
+        mirrored = {(remote, local) for local, remote in other["tcp"]}
+        ray_tcp = sum(1 for conn in probe["tcp"] if tuple(conn) not in mirrored)
+        probe["fds_not_ray_tcp"] = probe["fds"] - ray_tcp
+
+
 def settle(*actors, timeout=30.0, pause=0.2):
     """Waits (at most ``timeout`` seconds) until the actors hold no RDT object
     (frees of the last transfers arrive asynchronously), lets Ray's own
-    background work run a moment, then returns each actor's probe."""
+    background work run a moment, then returns each actor's probe (for a pair,
+    annotated by :func:`annotate_pair`)."""
     deadline = time.monotonic() + timeout
     while sum(ray.get([a.collect.remote() for a in actors])) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(pause)
-    return ray.get([a.probe.remote() for a in actors])
+    probes = ray.get([a.probe.remote() for a in actors])
+    if len(probes) == 2:
+        annotate_pair(*probes)
+    return probes
 
 
-def run_config(config, n, checkpoints=1, warmup=WARMUP):
+def run_config(config, n, checkpoints=1, warmup=WARMUP, pooled=False):
     """One configuration: warm up, then ``n`` transfers in ``checkpoints``
-    parts, probing both sides after each. Returns a dict for the table."""
+    parts, probing both sides after each (``pooled``: the producer returns
+    its kept tensors again). Returns a dict for the table."""
     transport, _, path = CONFIGS[config]
     producer, consumer = make_pair(config)
     try:
-        transfers(producer, consumer, transport, warmup)
+        transfers(producer, consumer, transport, warmup, pooled=pooled)
         probes = [settle(producer, consumer)]
         before = ray.get(consumer.stats.remote(transport))
         seconds = 0.0
         done = warmup
         for k in range(checkpoints):
             part = n // checkpoints + (1 if k < n % checkpoints else 0)
-            seconds += transfers(producer, consumer, transport, part, start=done)
+            seconds += transfers(producer, consumer, transport, part, start=done, pooled=pooled)
             done += part
             probes.append(settle(producer, consumer))
         after = ray.get(consumer.stats.remote(transport))
@@ -337,6 +406,10 @@ def _nixl_cell(probe):
     return "/".join(str(regs[k]) for k in ("exported_ranges", "received", "loaded_ranges"))
 
 
+def _pair(first, last, key):
+    return f"{first[key]} -> {last[key]}"
+
+
 def format_rows(result):
     """Table rows (markdown) for one configuration's result."""
     rows = []
@@ -344,18 +417,21 @@ def format_rows(result):
         probes = result[side]
         first, last = probes[0], probes[-1]
         rss = " -> ".join(_mib(p["rss"]) for p in probes)
+        memfds = f"{first['memfd_fds']}/{first['memfd_maps']} -> {last['memfd_fds']}/{last['memfd_maps']}"
+        heap = f"{_mib(first['heap_in_use'])}/{_mib(first['heap_free'])} -> {_mib(last['heap_in_use'])}/{_mib(last['heap_free'])}"
         rows.append(
-            f"| {result['config']} | {side} | {rss} | {first['fds']} -> {last['fds']} "
-            f"| {first['threads']} -> {last['threads']} "
-            f"| {first['memfd_fds']}/{first['memfd_maps']} -> {last['memfd_fds']}/{last['memfd_maps']} "
+            f"| {result['config']} | {side} | {rss} | {heap} | {_pair(first, last, 'fds')} "
+            f"| {_pair(first, last, 'fds_not_ray_tcp')} | {_pair(first, last, 'threads')} "
+            f"| {_pair(first, last, 'threads_not_grpc')} | {memfds} "
             f"| {_nixl_cell(first)} -> {_nixl_cell(last)} |"
         )
     return rows
 
 
 HEADER = [
-    "| config | side | RSS MiB (after warm-up -> checkpoints) | fds | threads | memfds (open/mapped) | NIXL regs (exported/received/loaded) |",
-    "|---|---|---|---|---|---|---|",
+    "| config | side | RSS MiB (after warm-up -> checkpoints) | heap MiB in use/free | fds | fds less Ray's TCP "
+    "| threads | threads less gRPC's | memfds open/mapped | NIXL regs exported/received/loaded |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -365,6 +441,11 @@ def main(argv=None):
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--checkpoints", type=int, default=4)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--pooled",
+        action="store_true",
+        help="the producer returns its kept tensors again once freed (as tests/python/test_soak.py does)",
+    )
     args = parser.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
@@ -380,7 +461,7 @@ def main(argv=None):
         import soak  # the module by its importable name, so workers find the actor class
 
         for config in configs:
-            r = soak.run_config(config, args.transfers, checkpoints=args.checkpoints)
+            r = soak.run_config(config, args.transfers, checkpoints=args.checkpoints, pooled=args.pooled)
             results.append(r)
             print(
                 f"{config}: {r['transfers']} transfers in {r['seconds']:.1f} s, "
