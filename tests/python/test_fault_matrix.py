@@ -216,22 +216,25 @@ def pool(ray_cluster):
     p.shutdown()
 
 
-class ErrorLog(logging.Handler):
-    """ERROR records of Ray's loggers in the driver while a cell runs."""
+class ErrorLog:
+    """ERROR records of the driver's loggers while a cell runs, read from
+    pytest's ``caplog`` (its handler sits on the root logger; a handler of our
+    own on Ray's loggers would not last: Ray reconfigures them)."""
 
-    def __init__(self):
-        super().__init__(level=logging.ERROR)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+    def __init__(self, caplog):
+        self.caplog = caplog
+        self.first = len(caplog.records)
 
     def __enter__(self):
-        logging.getLogger("ray").addHandler(self)
+        self.first = len(self.caplog.records)
         return self
 
     def __exit__(self, *exc):
-        logging.getLogger("ray").removeHandler(self)
+        pass
+
+    @property
+    def messages(self):
+        return [r.getMessage() for r in self.caplog.records[self.first :] if r.levelno >= logging.ERROR]
 
 
 def kill(pid):
@@ -406,8 +409,13 @@ class Cell:
             rf"RDT transfer with src actor .*{self.ids['producer']}.* and dst actor .*{self.ids['consumer']}.* failed\."
         )
         destroyed = f"Destroyed collective group {self.group} due to a hanging/failed RDT transfer"
-        got = [m for m in log.messages if transfer.search(m) or destroyed in m]
-        assert any(transfer.search(m) for m in got) and any(destroyed in m for m in got), (
+
+        def both():
+            return any(transfer.search(m) for m in log.messages) and any(destroyed in m for m in log.messages)
+
+        # The owner handles a reported failure on its watcher thread, at once
+        # but not before the dependent task's error reached the driver.
+        assert wait_for(both, timeout=RESULT_TIMEOUT_S), (
             f"{self.name}: the owner did not log both ERROR lines (transfer failed, group {self.group} destroyed); "
             f"its ERROR records: {log.messages}"
         )
@@ -483,7 +491,7 @@ class Cell:
 @pytest.mark.parametrize("timing", TIMINGS)
 @pytest.mark.parametrize("victim", VICTIMS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_fault(ray_cluster, pool, holds, transport, victim, timing):
+def test_fault(ray_cluster, pool, holds, caplog, transport, victim, timing):
     """One cell. Every check runs (each wait is bounded) and the cell reports
     all that failed, so one run shows the whole matrix's state."""
     cell = Cell(pool, holds, transport, victim, timing)
@@ -497,11 +505,11 @@ def test_fault(ray_cluster, pool, holds, transport, victim, timing):
 
     try:
         base = cell.warm_up()
-        with ErrorLog() as log:
+        with ErrorLog(caplog) as log:
             out = cell.run_fault()
             check(cell.check_error, out)
             del out
-        check(cell.check_logs, log)
+            check(cell.check_logs, log)
         check(cell.check_clean, base)
         check(cell.check_later_transfer)
     finally:
