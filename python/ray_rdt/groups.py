@@ -89,6 +89,27 @@ def destroy_local_group(name: str):
         pass
 
 
+def release_torch_world():
+    """Runs in a member after Ray destroyed one of its collective groups: when
+    Ray's collective layer holds no group of this process any more, destroys
+    torch's default process group too. Ray's torch_gloo groups are subgroups of
+    that one world, created by the first group and kept by stock 2.60, so a
+    survivor of a dead member could never join a new group (its world's store
+    died with the member: ``DistNetworkError``); with the world released, the
+    next group starts a new one."""
+    try:
+        from ray.util.collective import collective as col
+
+        if col._group_mgr._name_group_map:
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # best effort: the group itself is destroyed
+        logger.exception("releasing torch's default process group")
+
+
 def _leave_broken_group(self_actor, name: str):
     """Runs in a live member after a system error broke group ``name``: leaves
     the plugin's group, Ray's collective group and torch's default process

@@ -23,6 +23,7 @@ from ray_rdt.groups import (  # noqa: F401
     handle_reported_failures,
     join_group,
     owner_contact,
+    release_torch_world,
     serve_rendezvous,
 )
 from ray_rdt.owner import free_primary_copy, get_use_object_store  # noqa: F401
