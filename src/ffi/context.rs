@@ -2,7 +2,7 @@
 //! (`rdt_context_put`), at argument resolution (`rdt_context_fetch`), when an
 //! object goes out of scope (`rdt_context_free`) and for `wait_tensor_freed`.
 
-use super::boundary::{arg, guard, object_id, out, slice, timeout};
+use super::boundary::{arg, guard, guard_void, object_id, out, slice, timeout};
 use super::stats::rdt_transport;
 use super::status::rdt_status;
 use super::store::{adopt, refused};
@@ -46,15 +46,17 @@ impl rdt_buffer {
 /// `buf` must be NULL or hold bytes handed out by this library (or be empty).
 #[no_mangle]
 pub unsafe extern "C" fn rdt_buffer_free(buf: *mut rdt_buffer) {
-    if let Some(b) = buf.as_mut() {
-        if !b.data.is_null() {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                b.data, b.len,
-            )));
+    guard_void("rdt_buffer_free", || {
+        if let Some(b) = buf.as_mut() {
+            if !b.data.is_null() {
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    b.data, b.len,
+                )));
+            }
+            b.data = std::ptr::null_mut();
+            b.len = 0;
         }
-        b.data = std::ptr::null_mut();
-        b.len = 0;
-    }
+    })
 }
 
 /// Reads an optional NUL-terminated UTF-8 string.
@@ -164,9 +166,11 @@ pub unsafe extern "C" fn rdt_context_new(
 /// `ctx` must come from `rdt_context_new` and not be used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn rdt_context_destroy(ctx: *mut rdt_context) {
-    if !ctx.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(ctx))));
-    }
+    guard_void("rdt_context_destroy", || {
+        if !ctx.is_null() {
+            drop(Box::from_raw(ctx));
+        }
+    })
 }
 
 /// Writes the context's endpoint address (NUL-free bytes) to `*out_address`.

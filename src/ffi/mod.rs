@@ -6,7 +6,7 @@
 //! pointer argument is NULL-checked; tensors cross as DLPack.
 #![allow(non_camel_case_types)]
 
-mod boundary;
+pub(crate) mod boundary;
 pub mod context;
 pub mod cuda;
 pub mod group;
@@ -26,7 +26,9 @@ pub const RDT_ABI_VERSION_MINOR: u32 = 2;
 /// The C ABI version of this library: `(major << 16) | minor`.
 #[no_mangle]
 pub extern "C" fn rdt_abi_version() -> u32 {
-    (RDT_ABI_VERSION_MAJOR << 16) | RDT_ABI_VERSION_MINOR
+    boundary::guard_plain("rdt_abi_version", 0, || {
+        (RDT_ABI_VERSION_MAJOR << 16) | RDT_ABI_VERSION_MINOR
+    })
 }
 
 /// The message of the last failed call on the calling thread, NUL-terminated
@@ -34,5 +36,5 @@ pub extern "C" fn rdt_abi_version() -> u32 {
 /// thread; copy it to keep it.
 #[no_mangle]
 pub extern "C" fn rdt_last_error() -> *const c_char {
-    boundary::last_error_ptr()
+    boundary::guard_plain("rdt_last_error", c"".as_ptr(), boundary::last_error_ptr)
 }

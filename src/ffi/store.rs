@@ -6,7 +6,7 @@
 //! and pop are views of the stored memory (no copy) with their own deleter, which
 //! the caller must call exactly once.
 
-use super::boundary::{arg, guard, object_id, out, slice, timeout};
+use super::boundary::{arg, guard, guard_void, object_id, out, slice, timeout};
 use super::status::rdt_status;
 use crate::dlpack::{DLManagedTensor, DLManagedTensorVersioned};
 use crate::error::{Error, ErrorKind, Result};
@@ -57,10 +57,11 @@ pub unsafe extern "C" fn rdt_store_new(out_store: *mut *mut rdt_store) -> rdt_st
 /// `store` must come from `rdt_store_new` and not be used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn rdt_store_destroy(store: *mut rdt_store) {
-    if !store.is_null() {
-        let _ =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(store))));
-    }
+    guard_void("rdt_store_destroy", || {
+        if !store.is_null() {
+            drop(Box::from_raw(store));
+        }
+    })
 }
 
 /// Adopts the caller's DLPack tensors, all or none: if any is invalid, none is
