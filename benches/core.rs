@@ -85,10 +85,7 @@ fn store_round_trip() {
                 .map(|(d, s)| DLManagedTensor {
                     dl_tensor: DLTensor {
                         data: d.as_mut_ptr() as *mut c_void,
-                        device: DLDevice {
-                            device_type: kDLCPU,
-                            device_id: 0,
-                        },
+                        device: DLDevice::cpu(),
                         ndim: 2,
                         dtype: DLDataType {
                             code: kDLFloat,

@@ -252,10 +252,7 @@ impl Tensor {
         let data = buf.as_ptr() as *mut c_void;
         Ok(Tensor::from_owner(
             meta,
-            DLDevice {
-                device_type: kDLCPU,
-                device_id: 0,
-            },
+            DLDevice::cpu(),
             data,
             Box::new(buf),
         ))
@@ -544,10 +541,7 @@ mod tests {
         let mut data = [0f32; 4];
         let ptr = export(
             &meta,
-            DLDevice {
-                device_type: kDLCPU,
-                device_id: 0,
-            },
+            DLDevice::cpu(),
             data.as_mut_ptr() as *mut c_void,
             0,
             Box::new(Owner(drops.clone())),

@@ -8,7 +8,7 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::dlpack::{kDLCPU, kDLUInt, DLDataType, DLDevice};
+use ray_rdt::dlpack::{kDLUInt, DLDataType, DLDevice};
 use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::transport::nixl;
 use ray_rdt::{stats, ErrorKind, Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind};
@@ -223,10 +223,7 @@ fn nixl_registration_cache_is_refcounted_per_object() {
         let meta = TensorMeta::compact(U8, vec![4096]).unwrap();
         Tensor::from_owner(
             meta,
-            DLDevice {
-                device_type: kDLCPU,
-                device_id: 0,
-            },
+            DLDevice::cpu(),
             data.as_ptr() as *mut _,
             Box::new(data.clone()),
         )
@@ -481,10 +478,7 @@ fn without_nixl() {
     .unwrap();
     let record = Metadata {
         transport: TransportKind::Nixl,
-        device: DLDevice {
-            device_type: kDLCPU,
-            device_id: 0,
-        },
+        device: DLDevice::cpu(),
         tensors: vec![TensorMeta::compact(U8, vec![16]).unwrap()],
         producer: Producer {
             node_id: b"node-a".to_vec(),

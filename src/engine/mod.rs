@@ -16,7 +16,7 @@ mod serve;
 
 pub use inline::{DEFAULT_THRESHOLD as DEFAULT_INLINE_BYTES, THRESHOLD_ENV as INLINE_BYTES_ENV};
 
-use crate::dlpack::{kDLCPU, DLDevice};
+use crate::dlpack::DLDevice;
 use crate::endpoint::{Addresses, ClientPool, ClusterToken, Contact, Endpoint, Limits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::{Metadata, Producer};
@@ -72,7 +72,7 @@ impl ContextConfig {
             node_ip: None,
             token: ClusterToken::default(),
             limits: Limits::from_env(),
-            same_host_path: crate::settings::u64_or(SAME_HOST_PATH_ENV, 1) != 0,
+            same_host_path: crate::settings::flag_or(SAME_HOST_PATH_ENV, true),
             inline_bytes: inline::threshold(),
         }
     }
@@ -237,10 +237,10 @@ impl Context {
             Ok(t) => t,
             Err(error) => return Err(PutRejected { error, tensors }),
         };
-        let device = tensors.first().map(Tensor::device).unwrap_or(DLDevice {
-            device_type: kDLCPU,
-            device_id: 0,
-        });
+        let device = tensors
+            .first()
+            .map(Tensor::device)
+            .unwrap_or(DLDevice::cpu());
         if let Some((i, t)) = tensors
             .iter()
             .enumerate()
