@@ -89,6 +89,8 @@ pub enum Fetched {
 /// State shared between the context and its endpoint's connection threads.
 struct Shared {
     store: ObjectStore,
+    /// The metadata record of each object in `store` (what its put returned).
+    records: Mutex<HashMap<ObjectId, Vec<u8>>>,
     node_id: Vec<u8>,
     actor_id: Vec<u8>,
     host_id: Vec<u8>,
@@ -122,6 +124,7 @@ impl Shared {
 
     fn free(&self, id: &ObjectId) -> bool {
         self.transports.iter().for_each(|t| t.release(id));
+        self.records.lock().remove(id);
         self.store.free(id)
     }
 
@@ -149,6 +152,7 @@ pub struct Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        self.shared.records.lock().clear();
         self.shared.store.clear();
         let groups: Vec<_> = self.group_stores.lock().keys().cloned().collect();
         for (kind, name) in groups {
@@ -165,6 +169,7 @@ impl Context {
         let limits = config.limits;
         let shared = Arc::new(Shared {
             store: ObjectStore::new(),
+            records: Mutex::new(HashMap::new()),
             node_id: config.node_id,
             actor_id: config.actor_id,
             host_id: crate::endpoint::host::identity(),
@@ -199,6 +204,17 @@ impl Context {
     /// The object `id` this process holds (a primary copy it produced).
     pub fn held(&self, id: &ObjectId) -> Result<Arc<StoredObject>> {
         self.shared.held(id)
+    }
+
+    /// The metadata record of object `id`, which this process holds (what
+    /// [`Context::put`] returned for it).
+    pub fn record(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        self.shared.records.lock().get(id).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("object {id} is not held by this process (freed, or never stored)"),
+            )
+        })
     }
 
     /// The same-host address peers on this host fetch from.
@@ -287,6 +303,9 @@ impl Context {
                 }
                 .encode()
             });
+        if let Ok(record) = &exported {
+            self.shared.records.lock().insert(id, record.clone());
+        }
         exported.map_err(|error| {
             // Undo the export and hand the tensors back: take the object out again.
             transport.release(&id);

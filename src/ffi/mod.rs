@@ -4,6 +4,9 @@
 //! value that cannot fail); failures leave a message for [`rdt_last_error`]; no
 //! panic crosses the boundary; handles are opaque with create/destroy pairs; every
 //! pointer argument is NULL-checked; tensors cross as DLPack.
+//!
+//! One handle family: a process's [`context::rdt_context`] and the object
+//! store it holds (ABI 2.0 removed the separate `rdt_store_*` handles).
 #![allow(non_camel_case_types)]
 
 pub(crate) mod boundary;
@@ -13,15 +16,14 @@ pub mod group;
 pub mod metadata;
 pub mod stats;
 pub mod status;
-pub mod store;
 
 pub use status::rdt_status;
 use std::ffi::c_char;
 
 /// Major version of the C ABI; a loader refuses a library with another major.
-pub const RDT_ABI_VERSION_MAJOR: u32 = 1;
+pub const RDT_ABI_VERSION_MAJOR: u32 = 2;
 /// Minor version of the C ABI; grows when functions are added.
-pub const RDT_ABI_VERSION_MINOR: u32 = 2;
+pub const RDT_ABI_VERSION_MINOR: u32 = 0;
 
 /// The C ABI version of this library: `(major << 16) | minor`.
 #[no_mangle]
