@@ -13,7 +13,7 @@ use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::transport::nixl;
 use ray_rdt::{stats, ErrorKind, Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind};
 use std::io::{BufRead, BufReader, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const U16: DLDataType = DLDataType {
@@ -31,6 +31,13 @@ fn nixl_or_skip(test: &str) -> bool {
             false
         }
     }
+}
+
+/// Held by the tests that put NIXL objects in this process: the registration
+/// cache they change is process-wide, and one of them counts it exactly.
+fn registry_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The tensors of a test object: several dtypes, a 0-d, an empty, a 2 MiB and a
@@ -136,8 +143,11 @@ fn consumer() {
         .map(|(_, _, s)| expected_total(*s))
         .sum::<u64>()
         + expected_total(*seed);
-    let snap = stats::snapshot(TransportKind::Nixl);
-    if snap.bytes_received != expected || snap.transfers != objects.len() as u64 + 1 {
+    let snap = ctx.fetch_stats(TransportKind::Nixl);
+    if snap.bytes_received != expected
+        || snap.transfers != objects.len() as u64 + 1
+        || snap.errors != 0
+    {
         return println!("RESULT counters {snap:?}, expected {expected} bytes");
     }
     println!("RESULT ok");
@@ -159,6 +169,7 @@ fn nixl_between_processes() {
     if !nixl_or_skip("nixl_between_processes") {
         return;
     }
+    let _registry = registry_lock();
     let ctx = Context::new(transport_only(b"node-a", b"producer")).unwrap();
     let objects: Vec<(ObjectId, Vec<u8>, u8)> = (0..4u8)
         .map(|i| {
@@ -215,6 +226,7 @@ fn nixl_registration_cache_is_refcounted_per_object() {
     if !nixl_or_skip("nixl_registration_cache_is_refcounted_per_object") {
         return;
     }
+    let _registry = registry_lock();
     let ctx = Context::new(transport_only(b"node-a", b"producer")).unwrap();
     let (ranges0, refs0) = nixl::registration_stats();
     // Two objects returning views of the same memory, plus an object of their own.
@@ -342,7 +354,8 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
     }
     producer.kill().unwrap();
     producer.wait().unwrap();
-    let errors_before = stats::snapshot(TransportKind::Nixl).errors;
+    let before = ctx.fetch_stats(TransportKind::Nixl);
+    assert_eq!((before.transfers, before.errors), (1, 0));
     // The loaded producer died: the read fails within the timeout.
     let timeout = Duration::from_secs(5);
     for (id, record, _) in &objects {
@@ -367,10 +380,9 @@ fn nixl_dead_producer_is_a_clear_error_not_a_hang() {
         );
         assert!(err.message().contains("producer"), "{}", err.message());
     }
-    assert_eq!(
-        stats::snapshot(TransportKind::Nixl).errors,
-        errors_before + 2
-    );
+    // This context's own counters: no other test's fetch can change them.
+    let after = ctx.fetch_stats(TransportKind::Nixl);
+    assert_eq!((after.transfers, after.errors), (1, 2), "{after:?}");
     // A consumer process that never met the producer gets a clear error too.
     let line = run_child(
         "nixl_between_processes",
