@@ -148,6 +148,8 @@ pub struct Context {
     group_stores: Mutex<HashMap<(TransportKind, String), String>>,
     token_set: bool,
     frees: RemoteFrees,
+    /// This context's own fetches (the process-wide table counts all contexts).
+    fetch_stats: stats::ContextCounters,
 }
 
 impl Drop for Context {
@@ -193,7 +195,15 @@ impl Context {
             group_stores: Mutex::new(HashMap::new()),
             token_set,
             frees,
+            fetch_stats: stats::ContextCounters::default(),
         })
+    }
+
+    /// What this context's own fetches over `kind` received and how many
+    /// failed (see [`stats::ContextCounters`]; [`stats::snapshot`] counts the
+    /// whole process).
+    pub fn fetch_stats(&self, kind: TransportKind) -> stats::Snapshot {
+        self.fetch_stats.snapshot(kind)
     }
 
     /// This process's object store.
@@ -362,9 +372,14 @@ impl Context {
         };
         match &result {
             Ok(_) => {
-                stats::record_received(meta.transport, path, meta.total_bytes(), start.elapsed())
+                stats::record_received(meta.transport, path, meta.total_bytes(), start.elapsed());
+                self.fetch_stats
+                    .record_received(meta.transport, meta.total_bytes());
             }
-            Err(_) => stats::record_error(meta.transport, path),
+            Err(_) => {
+                stats::record_error(meta.transport, path);
+                self.fetch_stats.record_error(meta.transport);
+            }
         }
         result.map(Fetched::Received).map_err(|e| match path {
             Path::Inline => e,
