@@ -446,6 +446,32 @@ typedef struct rdt_path_stats {
 } rdt_path_stats;
 
 /**
+ * What this process holds in NIXL (see `transport::nixl::NixlStats`).
+ */
+typedef struct rdt_nixl_stats {
+  /**
+   * Producer: ranges registered for exported objects.
+   */
+  uint64_t exported_ranges;
+  /**
+   * Producer: references exported objects hold on those ranges.
+   */
+  uint64_t exported_refs;
+  /**
+   * Consumer: registrations of received objects' memory still alive.
+   */
+  uint64_t received;
+  /**
+   * Consumer: producer agents loaded.
+   */
+  uint64_t loaded_peers;
+  /**
+   * Consumer: producer registrations loaded, over all peers.
+   */
+  uint64_t loaded_ranges;
+} rdt_nixl_stats;
+
+/**
  * What this process's endpoints were asked to do.
  */
 typedef struct rdt_endpoint_stats {
@@ -1011,6 +1037,15 @@ rdt_status rdt_stats_path_get(rdt_transport transport,
  * for the last (unbounded) bucket and beyond.
  */
 uint64_t rdt_stats_latency_bound_us(uintptr_t bucket);
+
+/**
+ * Reads this process's NIXL registrations into `*out_stats` (zeros in a
+ * process that never used nixl; never loads NIXL).
+ *
+ * # Safety
+ * `out_stats` must be valid for writes.
+ */
+rdt_status rdt_stats_nixl_get(struct rdt_nixl_stats *out_stats);
 
 /**
  * Reads what this process's endpoints were asked to do into `*out_stats`.

@@ -23,6 +23,7 @@ __all__ = [
     "enabled",
     "stats",
     "endpoint_stats",
+    "nixl_stats",
     "library_path",
     "cuda_libraries",
     "RdtError",
@@ -124,3 +125,24 @@ def endpoint_stats() -> dict:
     e = _ffi.EndpointStats()
     _ffi.check(lib.rdt_stats_endpoint_get(ctypes.byref(e)), "rdt_stats_endpoint_get")
     return {"fetches_served": e.fetches_served, "free_requests": e.free_requests, "objects_freed": e.objects_freed}
+
+
+def nixl_stats() -> dict:
+    """What this process holds in NIXL through the plugin:
+    ``{"exported_ranges", "exported_refs"}`` (a producer's registrations of
+    exported objects and the objects' references on them), ``"received"``
+    (a consumer's registrations of received objects' memory, alive until their
+    tensors are dropped) and ``"loaded_peers"``, ``"loaded_ranges"`` (producers
+    and their registrations a consumer loaded; bounded). Zeros in a process
+    that never used nixl, with the plugin off or the library missing."""
+    import ctypes
+
+    try:
+        lib = _ffi.lib()
+    except PluginUnavailableError:
+        if enabled():
+            raise
+        return {k: 0 for k, _ in _ffi.NixlStats._fields_}
+    s = _ffi.NixlStats()
+    _ffi.check(lib.rdt_stats_nixl_get(ctypes.byref(s)), "rdt_stats_nixl_get")
+    return {k: getattr(s, k) for k, _ in _ffi.NixlStats._fields_}

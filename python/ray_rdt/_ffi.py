@@ -175,6 +175,18 @@ class PathStats(ctypes.Structure):
     ]
 
 
+class NixlStats(ctypes.Structure):
+    """``rdt_nixl_stats``."""
+
+    _fields_ = [
+        ("exported_ranges", ctypes.c_uint64),
+        ("exported_refs", ctypes.c_uint64),
+        ("received", ctypes.c_uint64),
+        ("loaded_peers", ctypes.c_uint64),
+        ("loaded_ranges", ctypes.c_uint64),
+    ]
+
+
 class EndpointStats(ctypes.Structure):
     """``rdt_endpoint_stats``."""
 
@@ -229,6 +241,7 @@ _SIGNATURES = {
     "rdt_stats_path_get": (_status, [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(PathStats)]),
     "rdt_stats_latency_bound_us": (ctypes.c_uint64, [ctypes.c_size_t]),
     "rdt_stats_endpoint_get": (_status, [ctypes.POINTER(EndpointStats)]),
+    "rdt_stats_nixl_get": (_status, [ctypes.POINTER(NixlStats)]),
     "rdt_buffer_free": (None, [ctypes.POINTER(Buffer)]),
     "rdt_context_new": (
         _status,

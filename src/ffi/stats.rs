@@ -143,6 +143,42 @@ pub extern "C" fn rdt_stats_latency_bound_us(bucket: usize) -> u64 {
     })
 }
 
+/// What this process holds in NIXL (see `transport::nixl::NixlStats`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct rdt_nixl_stats {
+    /// Producer: ranges registered for exported objects.
+    pub exported_ranges: u64,
+    /// Producer: references exported objects hold on those ranges.
+    pub exported_refs: u64,
+    /// Consumer: registrations of received objects' memory still alive.
+    pub received: u64,
+    /// Consumer: producer agents loaded.
+    pub loaded_peers: u64,
+    /// Consumer: producer registrations loaded, over all peers.
+    pub loaded_ranges: u64,
+}
+
+/// Reads this process's NIXL registrations into `*out_stats` (zeros in a
+/// process that never used nixl; never loads NIXL).
+///
+/// # Safety
+/// `out_stats` must be valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_stats_nixl_get(out_stats: *mut rdt_nixl_stats) -> rdt_status {
+    guard(|| {
+        let s = crate::transport::nixl::stats();
+        *out(out_stats, "out_stats")? = rdt_nixl_stats {
+            exported_ranges: s.exported_ranges as u64,
+            exported_refs: s.exported_refs as u64,
+            received: s.received as u64,
+            loaded_peers: s.loaded_peers as u64,
+            loaded_ranges: s.loaded_ranges as u64,
+        };
+        Ok(())
+    })
+}
+
 /// Reads what this process's endpoints were asked to do into `*out_stats`.
 ///
 /// # Safety

@@ -12,11 +12,12 @@
 //! - **Consumer** ([`Transport::fetch`]): the process's fetching agent
 //!   ([`agent::fetching`], no progress thread: the waiting thread drives it) loads
 //!   the producer's metadata once per producer agent ([`remote`]), allocates one
-//!   destination buffer for the object (host memory from [`HostBuffer`], 2 MiB
-//!   aligned and huge-page advised for large objects; CUDA memory from [`cuda`] for
-//!   `kDLCUDA` objects), registers it, posts one READ for all tensors and waits
-//!   until the timeout. The destination's registration lives as long as the
-//!   received tensors.
+//!   destination buffer for the object (host memory: from [`HostBuffer`], 2 MiB
+//!   aligned and huge-page advised, for objects of [`MAPPED_FROM`] bytes and more,
+//!   else from [`heap`], which keeps a long-running consumer's memory flat; CUDA
+//!   memory from [`cuda`] for `kDLCUDA` objects), registers it, posts one READ for
+//!   all tensors and waits until the timeout. The destination's registration
+//!   lives as long as the received tensors.
 //!
 //! NIXL is loaded lazily on first use ([`library`]); where it is missing, the
 //! transport reports [`ErrorKind::Unavailable`] naming what to install, and the
@@ -26,6 +27,7 @@
 //! the producer, so the producer's `bytes_sent` stays 0 for nixl (documented).
 
 pub mod agent;
+pub mod heap;
 pub mod library;
 pub mod record;
 pub mod registry;
@@ -42,12 +44,14 @@ use crate::store::StoredObject;
 use crate::tensor::{is_host, HostBuffer, Tensor, TensorMeta};
 use crate::transport_kind::TransportKind;
 use agent::{ReadError, Region};
+use heap::HeapBuffer;
 use nixl_sys::RegistrationHandle;
 use parking_lot::Mutex;
 use record::{Desc, Record};
 use registry::Registry;
 use remote::Peers;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -62,9 +66,51 @@ pub fn available() -> Result<()> {
     agent::fetching().map(|_| ())
 }
 
+/// Destination registrations of received objects alive in this process.
+static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+
+/// Host objects of at least this many bytes are received into a [`HostBuffer`]
+/// (which maps, and caches, buffers from this size up); smaller ones into a
+/// [`HeapBuffer`] (see [`heap`] for why not a `HostBuffer`).
+const MAPPED_FROM: usize = 2 << 20;
+
 /// (registered ranges, references on them) in this process, for tests and debugging.
 pub fn registration_stats() -> (usize, usize) {
     REGISTRY.stats()
+}
+
+/// What this process holds in NIXL: its registrations on both sides and the
+/// producers it has loaded. Every field returns to its earlier value once the
+/// objects involved are freed (the loaded producers and ranges stay, bounded by
+/// [`remote::MAX_PEERS`] and [`remote::MAX_LOADED_PER_PEER`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NixlStats {
+    /// Producer: ranges registered for exported objects.
+    pub exported_ranges: usize,
+    /// Producer: references exported objects hold on those ranges.
+    pub exported_refs: usize,
+    /// Consumer: registrations of received objects' memory, alive until their
+    /// tensors are dropped (and kept for good by a read that timed out while it
+    /// might still be writing).
+    pub received: usize,
+    /// Consumer: producer agents loaded (connected or not).
+    pub loaded_peers: usize,
+    /// Consumer: producer registrations loaded, over all peers.
+    pub loaded_ranges: usize,
+}
+
+/// This process's [`NixlStats`]. Touches no NIXL state: a process that never
+/// used nixl reads zeros.
+pub fn stats() -> NixlStats {
+    let (exported_ranges, exported_refs) = REGISTRY.stats();
+    let (loaded_peers, loaded_ranges) = PEERS.stats();
+    NixlStats {
+        exported_ranges,
+        exported_refs,
+        received: RECEIVED.load(Ordering::Relaxed),
+        loaded_peers,
+        loaded_ranges,
+    }
 }
 
 /// What the producer keeps for one exported object.
@@ -109,16 +155,27 @@ fn memory_of(device: DLDevice) -> Result<(bool, u64)> {
     }
 }
 
-/// Received memory: host, or pooled CUDA memory ([`crate::cuda::pool`]).
+/// Received memory: host (mapped or heap), or pooled CUDA memory ([`crate::cuda::pool`]).
 enum Buffer {
     Host(HostBuffer),
+    Heap(HeapBuffer),
     Cuda(Lease),
 }
 
 impl Buffer {
+    /// Host memory for `len` bytes: a mapping from [`MAPPED_FROM`] up, else heap.
+    fn host(len: usize) -> Result<Buffer> {
+        Ok(if len >= MAPPED_FROM {
+            Buffer::Host(HostBuffer::new(len)?)
+        } else {
+            Buffer::Heap(HeapBuffer::new(len)?)
+        })
+    }
+
     fn addr(&self) -> usize {
         match self {
             Buffer::Host(b) => b.as_ptr() as usize,
+            Buffer::Heap(b) => b.as_ptr() as usize,
             Buffer::Cuda(b) => b.ptr() as usize,
         }
     }
@@ -128,10 +185,29 @@ impl Buffer {
 /// (`RAY_RDT_CUDA_SYNC_TIMEOUT_MS`, default 60 s).
 pub const CUDA_SYNC_TIMEOUT_ENV: &str = "RAY_RDT_CUDA_SYNC_TIMEOUT_MS";
 
+/// A received object's destination registration, counted in [`NixlStats::received`].
+struct Registration {
+    /// Deregisters on drop.
+    _handle: RegistrationHandle,
+}
+
+impl Registration {
+    fn new(handle: RegistrationHandle) -> Self {
+        RECEIVED.fetch_add(1, Ordering::Relaxed);
+        Registration { _handle: handle }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        RECEIVED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Owner of a received object's tensors: deregisters, then frees, when the last
 /// tensor goes (field order is drop order).
 struct Received {
-    _registration: Option<RegistrationHandle>,
+    _registration: Option<Registration>,
     _buffer: Buffer,
 }
 
@@ -380,14 +456,14 @@ impl Transport for Nixl {
             lease.release_on(current::stream(lease.device()));
             Buffer::Cuda(lease)
         } else {
-            Buffer::Host(HostBuffer::new(total as usize)?)
+            Buffer::host(total as usize)?
         };
         let local_dev = match &buffer {
             Buffer::Cuda(b) => DLDevice {
                 device_type: kDLCUDA,
                 device_id: b.device(),
             },
-            Buffer::Host(_) => DLDevice::cpu(),
+            Buffer::Host(_) | Buffer::Heap(_) => DLDevice::cpu(),
         };
         let base = buffer.addr();
         let mut owner = Received {
@@ -397,12 +473,12 @@ impl Transport for Nixl {
         // Objects whose tensors are all empty never touch NIXL.
         if meta.total_bytes() > 0 {
             let rt = agent::fetching()?;
-            owner._registration = Some(rt.register(Region {
+            owner._registration = Some(Registration::new(rt.register(Region {
                 addr: base,
                 len: total as usize,
                 dev: local_dev.device_id as u64,
                 cuda,
-            })?);
+            })?));
             let mut local_regions = Vec::new();
             let mut remote_regions = Vec::new();
             for (d, &off) in record.descs.iter().zip(&offsets).filter(|(d, _)| d.len > 0) {

@@ -115,6 +115,13 @@ impl Peers {
         Ok(f(&ready))
     }
 
+    /// (producer agents known, registrations loaded over all of them).
+    pub fn stats(&self) -> (usize, usize) {
+        let map = self.map.lock();
+        let ranges = map.values().map(|p| p.state.read().count).sum();
+        (map.len(), ranges)
+    }
+
     /// Forgets `agent` after a failed transfer, so the next fetch reconnects.
     pub fn forget(&self, rt: &Runtime, agent: &str) {
         // The entry stays: whoever loads this peer next serialises on its lock.
