@@ -13,12 +13,13 @@
 mod common;
 
 use ray_rdt::dlpack::*;
+use ray_rdt::ffi::context::*;
+use ray_rdt::ffi::stats::RDT_TRANSPORT_SHM;
 use ray_rdt::ffi::status::rdt_status::RDT_OK;
-use ray_rdt::ffi::store::*;
 use ray_rdt::Metadata;
 use std::hint::black_box;
 use std::os::raw::c_void;
-use std::ptr::null_mut;
+use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -69,8 +70,15 @@ fn store_round_trip() {
     let mut shapes = [[16i64, 16]; TENSORS];
     let mut managed: Vec<DLManagedTensor> = Vec::with_capacity(TENSORS);
     let mut store = null_mut();
-    // SAFETY: `store` is writable.
-    assert_eq!(unsafe { rdt_store_new(&mut store) }, RDT_OK);
+    // SAFETY: `store` is writable; no IDs.
+    assert_eq!(
+        unsafe { rdt_context_new(null(), 0, null(), 0, &mut store) },
+        RDT_OK
+    );
+    let mut record = rdt_buffer {
+        data: null_mut(),
+        len: 0,
+    };
     let mut views = [null_mut::<DLManagedTensor>(); TENSORS];
     let mut next_id = 0u64;
     let iterations_before = DELETED.load(Ordering::Relaxed);
@@ -85,10 +93,7 @@ fn store_round_trip() {
                 .map(|(d, s)| DLManagedTensor {
                     dl_tensor: DLTensor {
                         data: d.as_mut_ptr() as *mut c_void,
-                        device: DLDevice {
-                            device_type: kDLCPU,
-                            device_id: 0,
-                        },
+                        device: DLDevice::cpu(),
                         ndim: 2,
                         dtype: DLDataType {
                             code: kDLFloat,
@@ -114,23 +119,32 @@ fn store_round_trip() {
         unsafe {
             // ...hand them to the store, read them back, and free the object.
             assert_eq!(
-                rdt_store_put(store, id, ptrs.as_ptr(), TENSORS, RDT_COPY_PRIMARY),
+                rdt_context_put(
+                    store,
+                    id,
+                    RDT_TRANSPORT_SHM,
+                    null(),
+                    ptrs.as_ptr(),
+                    TENSORS,
+                    &mut record
+                ),
                 RDT_OK
             );
+            rdt_buffer_free(&mut record);
             assert_eq!(
-                rdt_store_get(store, id, 0, views.as_mut_ptr(), TENSORS, &mut count),
+                rdt_context_get(store, id, views.as_mut_ptr(), TENSORS, &mut count),
                 RDT_OK
             );
             for &v in &views[..count] {
                 black_box((*v).dl_tensor.data);
                 ((*v).deleter.unwrap())(v);
             }
-            assert_eq!(rdt_store_free_object(store, id, &mut found), RDT_OK);
+            assert_eq!(rdt_context_free(store, id, &mut found), RDT_OK);
         }
         iterations += 1;
     });
     // SAFETY: created above, not used afterwards.
-    unsafe { rdt_store_destroy(store) };
+    unsafe { rdt_context_destroy(store) };
     assert_eq!(
         DELETED.load(Ordering::Relaxed) - iterations_before,
         iterations * TENSORS,

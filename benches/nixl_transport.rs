@@ -260,10 +260,7 @@ fn loop_medians(sizes: &[usize], iters: &[usize]) -> Vec<(usize, f64)> {
                     25,
                 ]);
                 let meta = ray_rdt::TensorMeta::compact(U8, vec![size as i64]).unwrap();
-                let cpu = ray_rdt::dlpack::DLDevice {
-                    device_type: ray_rdt::dlpack::kDLCPU,
-                    device_id: 0,
-                };
+                let cpu = ray_rdt::dlpack::DLDevice::cpu();
                 let t = ray_rdt::Tensor::from_owner(
                     meta,
                     cpu,

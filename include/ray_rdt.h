@@ -32,12 +32,12 @@
 /**
  * Major version of the C ABI; a loader refuses a library with another major.
  */
-#define RDT_ABI_VERSION_MAJOR 1
+#define RDT_ABI_VERSION_MAJOR 2
 
 /**
  * Minor version of the C ABI; grows when functions are added.
  */
-#define RDT_ABI_VERSION_MINOR 2
+#define RDT_ABI_VERSION_MINOR 0
 
 /**
  * Buckets of the fetch-latency histogram (the last one is unbounded).
@@ -136,11 +136,6 @@ typedef struct rdt_context rdt_context;
  * A decoded metadata record (opaque).
  */
 typedef struct rdt_metadata rdt_metadata;
-
-/**
- * A per-process RDT object store (opaque).
- */
-typedef struct rdt_store rdt_store;
 
 /**
  * Bytes owned by the plugin; release with `rdt_buffer_free`.
@@ -288,6 +283,46 @@ typedef struct DLManagedTensor {
    */
   void (*deleter)(struct DLManagedTensor*);
 } DLManagedTensor;
+
+/**
+ * A DLPack ABI version (`DLPackVersion`).
+ */
+typedef struct DLPackVersion {
+  /**
+   * Major version; a consumer refuses a different major.
+   */
+  uint32_t major;
+  /**
+   * Minor version.
+   */
+  uint32_t minor;
+} DLPackVersion;
+
+/**
+ * A tensor with its owner's deleter, versioned form (`DLManagedTensorVersioned`).
+ */
+typedef struct DLManagedTensorVersioned {
+  /**
+   * The DLPack version the producer implements.
+   */
+  struct DLPackVersion version;
+  /**
+   * The producer's context, for its deleter.
+   */
+  void *manager_ctx;
+  /**
+   * Releases the tensor; called exactly once by the consumer, or NULL.
+   */
+  void (*deleter)(struct DLManagedTensorVersioned*);
+  /**
+   * `DLPACK_FLAG_BITMASK_*` bits.
+   */
+  uint64_t flags;
+  /**
+   * The tensor view.
+   */
+  struct DLTensor dl_tensor;
+} DLManagedTensorVersioned;
 
 /**
  * A failed transfer in a group this process owns, as a member reported it.
@@ -455,51 +490,6 @@ typedef struct rdt_endpoint_stats {
 } rdt_endpoint_stats;
 
 /**
- * How a put copy is classified.
- */
-typedef uint32_t rdt_copy_kind;
-
-/**
- * A DLPack ABI version (`DLPackVersion`).
- */
-typedef struct DLPackVersion {
-  /**
-   * Major version; a consumer refuses a different major.
-   */
-  uint32_t major;
-  /**
-   * Minor version.
-   */
-  uint32_t minor;
-} DLPackVersion;
-
-/**
- * A tensor with its owner's deleter, versioned form (`DLManagedTensorVersioned`).
- */
-typedef struct DLManagedTensorVersioned {
-  /**
-   * The DLPack version the producer implements.
-   */
-  struct DLPackVersion version;
-  /**
-   * The producer's context, for its deleter.
-   */
-  void *manager_ctx;
-  /**
-   * Releases the tensor; called exactly once by the consumer, or NULL.
-   */
-  void (*deleter)(struct DLManagedTensorVersioned*);
-  /**
-   * `DLPACK_FLAG_BITMASK_*` bits.
-   */
-  uint64_t flags;
-  /**
-   * The tensor view.
-   */
-  struct DLTensor dl_tensor;
-} DLManagedTensorVersioned;
-
-/**
  * The type code of a tensor element (`DLDataTypeCode` in dlpack.h).
  */
 typedef uint8_t DLDataTypeCode;
@@ -605,16 +595,6 @@ typedef uint8_t DLDataTypeCode;
  */
 #define RDT_PATH_INLINE 2
 
-/**
- * The tensors the producing actor returned.
- */
-#define RDT_COPY_PRIMARY 0
-
-/**
- * A copy received from another process.
- */
-#define RDT_COPY_SECONDARY 1
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -717,6 +697,33 @@ rdt_status rdt_context_put(const struct rdt_context *ctx,
                            struct DLManagedTensor *const *tensors,
                            uintptr_t num_tensors,
                            struct rdt_buffer *out_metadata);
+
+/**
+ * As `rdt_context_put`, for versioned DLPack tensors (major version 1; another
+ * major is refused and the tensors stay with the caller).
+ *
+ * # Safety
+ * As `rdt_context_put`, with `DLManagedTensorVersioned` pointers.
+ */
+rdt_status rdt_context_put_versioned(const struct rdt_context *ctx,
+                                     const uint8_t *object_id,
+                                     rdt_transport transport,
+                                     const char *group,
+                                     struct DLManagedTensorVersioned *const *tensors,
+                                     uintptr_t num_tensors,
+                                     struct rdt_buffer *out_metadata);
+
+/**
+ * Writes the metadata record of object `object_id`, which this context holds
+ * (the bytes `rdt_context_put` wrote for it), to `*out_record` (free it with
+ * `rdt_buffer_free`). Not held (never put, or freed): `RDT_ERR_NOT_FOUND`.
+ *
+ * # Safety
+ * `ctx` valid; `object_id` 28 bytes; `out_record` valid for writes.
+ */
+rdt_status rdt_context_record_get(const struct rdt_context *ctx,
+                                  const uint8_t *object_id,
+                                  struct rdt_buffer *out_record);
 
 /**
  * Argument resolution: fetches the tensors the metadata record describes and
@@ -1047,143 +1054,6 @@ rdt_status rdt_stats_nixl_get(struct rdt_nixl_stats *out_stats);
  * `out_stats` must be valid for writes.
  */
 rdt_status rdt_stats_endpoint_get(struct rdt_endpoint_stats *out_stats);
-
-/**
- * Creates an empty store and writes its handle to `*out_store`.
- *
- * # Safety
- * `out_store` must be valid for writes.
- */
-rdt_status rdt_store_new(struct rdt_store **out_store);
-
-/**
- * Destroys a store. Objects still held are freed (their deleters run once no
- * view of them is alive). NULL is ignored.
- *
- * # Safety
- * `store` must come from `rdt_store_new` and not be used afterwards.
- */
-void rdt_store_destroy(struct rdt_store *store);
-
-/**
- * Stores `num_tensors` DLPack tensors under the 28-byte `object_id`.
- *
- * # Safety
- * `store` valid; `object_id` 28 readable bytes; `tensors` an array of
- * `num_tensors` valid `DLManagedTensor` pointers (may be NULL when 0).
- */
-rdt_status rdt_store_put(const struct rdt_store *store,
-                         const uint8_t *object_id,
-                         struct DLManagedTensor *const *tensors,
-                         uintptr_t num_tensors,
-                         rdt_copy_kind kind);
-
-/**
- * As `rdt_store_put`, for versioned DLPack tensors (major version 1).
- *
- * # Safety
- * As `rdt_store_put`, with `DLManagedTensorVersioned` pointers.
- */
-rdt_status rdt_store_put_versioned(const struct rdt_store *store,
-                                   const uint8_t *object_id,
-                                   struct DLManagedTensorVersioned *const *tensors,
-                                   uintptr_t num_tensors,
-                                   rdt_copy_kind kind);
-
-/**
- * Stores an error in place of the object's tensors: every current and future
- * waiter on `object_id` gets `RDT_ERR_OBJECT_FAILED` with `message`.
- *
- * # Safety
- * `store` valid; `object_id` 28 bytes; `message` a NUL-terminated string.
- */
-rdt_status rdt_store_put_error(const struct rdt_store *store,
-                               const uint8_t *object_id,
-                               const char *message);
-
-/**
- * Waits up to `timeout_ms` for `object_id` and writes views of its tensors (no
- * copy: they share the stored memory) to `out_tensors[0..*out_count]`. When
- * `capacity` is too small, writes the needed count and returns
- * `RDT_ERR_BUFFER_TOO_SMALL`. Each view's deleter must be called once.
- * `timeout_ms == UINT64_MAX` waits without limit.
- *
- * # Safety
- * `store` valid; `object_id` 28 bytes; `out_tensors` room for `capacity`
- * pointers; `out_count` valid for writes.
- */
-rdt_status rdt_store_get(const struct rdt_store *store,
-                         const uint8_t *object_id,
-                         uint64_t timeout_ms,
-                         struct DLManagedTensor **out_tensors,
-                         uintptr_t capacity,
-                         uintptr_t *out_count);
-
-/**
- * As `rdt_store_get`, and removes the object from the store (a received copy
- * consumed by its task). The views keep the memory alive until released.
- *
- * # Safety
- * As `rdt_store_get`.
- */
-rdt_status rdt_store_pop(const struct rdt_store *store,
-                         const uint8_t *object_id,
-                         uint64_t timeout_ms,
-                         struct DLManagedTensor **out_tensors,
-                         uintptr_t capacity,
-                         uintptr_t *out_count);
-
-/**
- * Waits up to `timeout_ms` until `object_id` is present (tensors or error).
- *
- * # Safety
- * `store` valid; `object_id` 28 bytes.
- */
-rdt_status rdt_store_wait(const struct rdt_store *store,
-                          const uint8_t *object_id,
-                          uint64_t timeout_ms);
-
-/**
- * Frees `object_id` (out of scope in Ray). Writes whether it was present to
- * `*out_found`. Deleters run once no view is alive.
- *
- * # Safety
- * `store` valid; `object_id` 28 bytes; `out_found` valid for writes.
- */
-rdt_status rdt_store_free_object(const struct rdt_store *store,
-                                 const uint8_t *object_id,
-                                 bool *out_found);
-
-/**
- * Waits up to `timeout_ms` until no stored object holds memory at `data_ptr`
- * (the address of a tensor's first element).
- *
- * # Safety
- * `store` valid.
- */
-rdt_status rdt_store_wait_tensor_freed(const struct rdt_store *store,
-                                       const void *data_ptr,
-                                       uint64_t timeout_ms);
-
-/**
- * Writes whether `object_id` is present to `*out_present`.
- *
- * # Safety
- * `store` valid; `object_id` 28 bytes; `out_present` valid for writes.
- */
-rdt_status rdt_store_contains(const struct rdt_store *store,
-                              const uint8_t *object_id,
-                              bool *out_present);
-
-/**
- * Writes the number of objects and of tensor bytes held.
- *
- * # Safety
- * `store` valid; both outputs valid for writes.
- */
-rdt_status rdt_store_counts(const struct rdt_store *store,
-                            uintptr_t *out_objects,
-                            uint64_t *out_bytes);
 
 #ifdef __cplusplus
 }  // extern "C"

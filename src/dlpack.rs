@@ -53,6 +53,16 @@ pub struct DLDevice {
     pub device_id: i32,
 }
 
+impl DLDevice {
+    /// Host memory: `{ kDLCPU, 0 }`.
+    pub const fn cpu() -> DLDevice {
+        DLDevice {
+            device_type: kDLCPU,
+            device_id: 0,
+        }
+    }
+}
+
 /// An element type (`DLDataType`): code, bits per lane and lanes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -33,12 +33,8 @@ static CACHE: Mutex<Vec<Cached>> = Mutex::new(Vec::new());
 
 fn cache_limit() -> usize {
     static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var("RAY_RDT_HOST_CACHE_BYTES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_CACHE_BYTES)
-    })
+    *LIMIT
+        .get_or_init(|| crate::settings::bytes_or("RAY_RDT_HOST_CACHE_BYTES", DEFAULT_CACHE_BYTES))
 }
 
 /// Host memory owned by the plugin: 64-byte aligned heap memory for small

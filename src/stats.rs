@@ -150,6 +150,42 @@ pub fn snapshot(t: TransportKind) -> Snapshot {
         })
 }
 
+/// One context's own fetch counters per transport, all paths together: what
+/// that context received and how many of its fetches failed. Other contexts
+/// of the process leave them alone, so a test can count one context's
+/// transfers while other tests of its binary run.
+#[derive(Debug, Default)]
+pub struct ContextCounters {
+    /// Per transport: bytes received, transfers, errors.
+    table: [[AtomicU64; 3]; TransportKind::ALL.len()],
+}
+
+impl ContextCounters {
+    /// Records a completed receive of `bytes` over `t`.
+    pub fn record_received(&self, t: TransportKind, bytes: u64) {
+        let c = &self.table[t.code() as usize];
+        c[0].fetch_add(bytes, Ordering::Relaxed);
+        c[1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a failed fetch over `t`.
+    pub fn record_error(&self, t: TransportKind) {
+        self.table[t.code() as usize][2].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads `t`'s counters: `bytes_received`, `transfers` and `errors` (the
+    /// other fields stay zero).
+    pub fn snapshot(&self, t: TransportKind) -> Snapshot {
+        let c = &self.table[t.code() as usize];
+        Snapshot {
+            bytes_received: c[0].load(Ordering::Relaxed),
+            transfers: c[1].load(Ordering::Relaxed),
+            errors: c[2].load(Ordering::Relaxed),
+            ..Snapshot::default()
+        }
+    }
+}
+
 /// What this process's endpoint was asked to do, all contexts together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndpointSnapshot {

@@ -252,10 +252,7 @@ impl Tensor {
         let data = buf.as_ptr() as *mut c_void;
         Ok(Tensor::from_owner(
             meta,
-            DLDevice {
-                device_type: kDLCPU,
-                device_id: 0,
-            },
+            DLDevice::cpu(),
             data,
             Box::new(buf),
         ))
@@ -454,12 +451,19 @@ struct ExportCtx {
     _owner: Box<dyn Any + Send>,
 }
 
+/// The deleter of every tensor [`export`] hands out: runs under the C ABI's
+/// panic guard (a panic while dropping the owner is logged, counted and left as
+/// the thread's last error, never unwound into the caller).
 unsafe extern "C" fn export_deleter(ptr: *mut DLManagedTensor) {
-    if ptr.is_null() {
-        return;
-    }
-    let managed = Box::from_raw(ptr);
-    drop(Box::from_raw(managed.manager_ctx as *mut ExportCtx));
+    crate::ffi::boundary::guard_void("the deleter of an exported DLPack tensor", || {
+        if ptr.is_null() {
+            return;
+        }
+        let managed = Box::from_raw(ptr);
+        drop(Box::from_raw(managed.manager_ctx as *mut ExportCtx));
+        #[cfg(test)]
+        tests::deleter_panic_hook();
+    })
 }
 
 /// Hands out a new `DLManagedTensor` describing `data` with `meta`; its deleter
@@ -490,4 +494,73 @@ pub fn export(
         manager_ctx: Box::into_raw(ctx) as *mut c_void,
         deleter: Some(export_deleter),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlpack::kDLFloat;
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    thread_local! {
+        /// Test-only: makes the next export deleter on this thread panic (after
+        /// it released what it owns).
+        static PANIC_IN_DELETER: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Called by [`export_deleter`] in unit tests.
+    pub(super) fn deleter_panic_hook() {
+        if PANIC_IN_DELETER.with(|p| p.replace(false)) {
+            panic!("test hook: the deleter panics");
+        }
+    }
+
+    /// Counts the drops of the owner it is handed with.
+    struct Owner(Arc<AtomicUsize>);
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_deleter_is_caught_and_reported() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let meta = TensorMeta::compact(
+            DLDataType {
+                code: kDLFloat,
+                bits: 32,
+                lanes: 1,
+            },
+            vec![4],
+        )
+        .unwrap();
+        let mut data = [0f32; 4];
+        let ptr = export(
+            &meta,
+            DLDevice::cpu(),
+            data.as_mut_ptr() as *mut c_void,
+            0,
+            Box::new(Owner(drops.clone())),
+        );
+        let before = crate::ffi::boundary::panics_caught();
+        PANIC_IN_DELETER.with(|p| p.set(true));
+        // SAFETY: `ptr` came from `export` and its deleter runs once.
+        unsafe { ((*ptr).deleter.unwrap())(ptr) };
+        // Still here: the panic did not unwind into the (C) caller.
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the owner was released");
+        assert!(crate::ffi::boundary::panics_caught() > before);
+        // SAFETY: rdt_last_error returns a NUL-terminated string.
+        let last = unsafe { std::ffi::CStr::from_ptr(crate::ffi::rdt_last_error()) }
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            last.contains("deleter of an exported DLPack tensor"),
+            "{last}"
+        );
+        assert!(last.contains("test hook: the deleter panics"), "{last}");
+    }
 }

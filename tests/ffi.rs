@@ -6,69 +6,99 @@ mod common;
 
 use common::*;
 use ray_rdt::dlpack::*;
+use ray_rdt::ffi::context::*;
 use ray_rdt::ffi::metadata::*;
 use ray_rdt::ffi::stats::*;
 use ray_rdt::ffi::status::rdt_status::{self, *};
-use ray_rdt::ffi::store::*;
 use ray_rdt::ffi::{rdt_abi_version, rdt_last_error, RDT_ABI_VERSION_MAJOR};
 use std::ffi::CStr;
 use std::ptr::{null, null_mut};
 
-/// A store handle destroyed on drop.
-struct Store(*mut rdt_store);
+/// A context handle (the one handle family), destroyed on drop.
+struct Store(*mut rdt_context);
 
 impl Store {
     fn new() -> Self {
         let mut p = null_mut();
-        // SAFETY: `p` is valid for writes.
-        assert_eq!(unsafe { rdt_store_new(&mut p) }, RDT_OK);
+        // SAFETY: `p` is valid for writes; no IDs.
+        assert_eq!(
+            unsafe { rdt_context_new(null(), 0, null(), 0, &mut p) },
+            RDT_OK
+        );
         Store(p)
     }
 
-    fn put(&self, id: u64, tensors: &[*mut DLManagedTensor], kind: rdt_copy_kind) -> rdt_status {
-        // SAFETY: a live store, a 28-byte ID and valid tensors.
+    /// rdt_context_put over shm (a one-sided transport: no group); the record
+    /// is freed at once.
+    fn put(&self, id: u64, tensors: &[*mut DLManagedTensor]) -> rdt_status {
+        self.put_over(id, tensors, RDT_TRANSPORT_SHM)
+    }
+
+    fn put_over(
+        &self,
+        id: u64,
+        tensors: &[*mut DLManagedTensor],
+        transport: rdt_transport,
+    ) -> rdt_status {
+        let mut record = rdt_buffer {
+            data: null_mut(),
+            len: 0,
+        };
+        // SAFETY: a live context, a 28-byte ID and valid tensors.
         unsafe {
-            rdt_store_put(
+            let status = rdt_context_put(
                 self.0,
                 oid(id).as_bytes().as_ptr(),
+                transport,
+                null(),
                 tensors.as_ptr(),
                 tensors.len(),
-                kind,
-            )
+                &mut record,
+            );
+            rdt_buffer_free(&mut record);
+            status
         }
     }
 
-    /// Get (or pop) into an array of `capacity`; returns the status, the count the
-    /// plugin reported and the views it wrote.
+    /// Get into an array of `capacity`, then (`pop`) free the object when that
+    /// succeeded; returns the status, the count the plugin reported and the
+    /// views it wrote.
     fn get(
         &self,
         id: u64,
         capacity: usize,
         pop: bool,
     ) -> (rdt_status, usize, Vec<*mut DLManagedTensor>) {
-        let f = if pop { rdt_store_pop } else { rdt_store_get };
         let mut views = vec![null_mut(); capacity];
         let mut count = usize::MAX;
         // SAFETY: `views` has room for `capacity` pointers; `count` is writable.
         let status = unsafe {
-            f(
+            rdt_context_get(
                 self.0,
                 oid(id).as_bytes().as_ptr(),
-                100,
                 views.as_mut_ptr(),
                 capacity,
                 &mut count,
             )
         };
         views.truncate(if status == RDT_OK { count } else { 0 });
+        if pop && status == RDT_OK {
+            let mut found = false;
+            // SAFETY: a live context and a writable output.
+            assert_eq!(
+                unsafe { rdt_context_free(self.0, oid(id).as_bytes().as_ptr(), &mut found) },
+                RDT_OK
+            );
+            assert!(found);
+        }
         (status, count, views)
     }
 
     fn contains(&self, id: u64) -> bool {
         let mut present = false;
-        // SAFETY: a live store and a writable output.
+        // SAFETY: a live context and a writable output.
         assert_eq!(
-            unsafe { rdt_store_contains(self.0, oid(id).as_bytes().as_ptr(), &mut present) },
+            unsafe { rdt_context_contains(self.0, oid(id).as_bytes().as_ptr(), &mut present) },
             RDT_OK
         );
         present
@@ -77,8 +107,8 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // SAFETY: created by rdt_store_new and not used afterwards.
-        unsafe { rdt_store_destroy(self.0) }
+        // SAFETY: created by rdt_context_new and not used afterwards.
+        unsafe { rdt_context_destroy(self.0) }
     }
 }
 
@@ -101,9 +131,9 @@ fn assert_fails(status: rdt_status, expected: rdt_status, needle: &str) {
 }
 
 #[test]
-fn abi_version_has_major_1() {
+fn abi_version_has_major_2() {
     assert_eq!(rdt_abi_version() >> 16, RDT_ABI_VERSION_MAJOR);
-    assert_eq!(RDT_ABI_VERSION_MAJOR, 1);
+    assert_eq!(RDT_ABI_VERSION_MAJOR, 2);
 }
 
 /// A decoded handle of `sample_metadata(seed)`; free it with `rdt_metadata_destroy`.
@@ -121,7 +151,7 @@ fn decoded_sample(seed: usize) -> *mut rdt_metadata {
 #[test]
 fn every_pointer_argument_is_null_checked() {
     let store = Store::new();
-    let s = store.0 as *const rdt_store;
+    let s = store.0 as *const rdt_context;
     let id = oid(1);
     let id = id.as_bytes().as_ptr();
     let record = sample_metadata(1).encode().unwrap();
@@ -140,7 +170,6 @@ fn every_pointer_argument_is_null_checked() {
     let (mut count, mut flag) = (0usize, false);
     let null_tensor: [*mut DLManagedTensor; 1] = [null_mut()];
     let null_versioned: [*mut DLManagedTensorVersioned; 1] = [null_mut()];
-    let msg = c"boom".as_ptr();
     let v = views.as_mut_ptr();
 
     // Each call has exactly one NULL pointer; the status and text must name it.
@@ -181,63 +210,70 @@ fn every_pointer_argument_is_null_checked() {
     );
     null_case!("out_desc", rdt_metadata_tensor(md, 0, null_mut()));
     null_case!("out_stats", rdt_stats_get(RDT_TRANSPORT_SHM, null_mut()));
-    null_case!("out_store", rdt_store_new(null_mut()));
+    let mut rec = rdt_buffer {
+        data: null_mut(),
+        len: 0,
+    };
+    let shm = RDT_TRANSPORT_SHM;
+    null_case!("out_ctx", rdt_context_new(null(), 0, null(), 0, null_mut()));
     null_case!(
-        "store",
-        rdt_store_put(null(), id, null(), 0, RDT_COPY_PRIMARY)
+        "ctx",
+        rdt_context_put(null(), id, shm, null(), null(), 0, &mut rec)
     );
     null_case!(
         "object_id",
-        rdt_store_put(s, null(), null(), 0, RDT_COPY_PRIMARY)
-    );
-    null_case!("tensors", rdt_store_put(s, id, null(), 1, RDT_COPY_PRIMARY));
-    null_case!(
-        "tensor 0",
-        rdt_store_put(s, id, null_tensor.as_ptr(), 1, RDT_COPY_PRIMARY)
-    );
-    null_case!(
-        "store",
-        rdt_store_put_versioned(null(), id, null(), 0, RDT_COPY_PRIMARY)
-    );
-    null_case!(
-        "object_id",
-        rdt_store_put_versioned(s, null(), null(), 0, RDT_COPY_PRIMARY)
+        rdt_context_put(s, null(), shm, null(), null(), 0, &mut rec)
     );
     null_case!(
         "tensors",
-        rdt_store_put_versioned(s, id, null(), 1, RDT_COPY_PRIMARY)
+        rdt_context_put(s, id, shm, null(), null(), 1, &mut rec)
+    );
+    null_case!(
+        "out_metadata",
+        rdt_context_put(s, id, shm, null(), null(), 0, null_mut())
     );
     null_case!(
         "tensor 0",
-        rdt_store_put_versioned(s, id, null_versioned.as_ptr(), 1, RDT_COPY_PRIMARY)
+        rdt_context_put(s, id, shm, null(), null_tensor.as_ptr(), 1, &mut rec)
     );
-    null_case!("store", rdt_store_put_error(null(), id, msg));
-    null_case!("object_id", rdt_store_put_error(s, null(), msg));
-    null_case!("message", rdt_store_put_error(s, id, null()));
-    null_case!("store", rdt_store_get(null(), id, 0, v, 1, &mut count));
-    null_case!("object_id", rdt_store_get(s, null(), 0, v, 1, &mut count));
-    null_case!("out_count", rdt_store_get(s, id, 0, v, 1, null_mut()));
-    null_case!("store", rdt_store_pop(null(), id, 0, v, 1, &mut count));
-    null_case!("object_id", rdt_store_pop(s, null(), 0, v, 1, &mut count));
-    null_case!("out_count", rdt_store_pop(s, id, 0, v, 1, null_mut()));
-    null_case!("store", rdt_store_wait(null(), id, 0));
-    null_case!("object_id", rdt_store_wait(s, null(), 0));
-    null_case!("store", rdt_store_free_object(null(), id, &mut flag));
-    null_case!("object_id", rdt_store_free_object(s, null(), &mut flag));
-    null_case!("out_found", rdt_store_free_object(s, id, null_mut()));
-    null_case!("store", rdt_store_wait_tensor_freed(null(), null(), 0));
-    null_case!("store", rdt_store_contains(null(), id, &mut flag));
-    null_case!("object_id", rdt_store_contains(s, null(), &mut flag));
-    null_case!("out_present", rdt_store_contains(s, id, null_mut()));
-    null_case!("store", rdt_store_counts(null(), &mut n, &mut bytes));
-    null_case!("out_objects", rdt_store_counts(s, null_mut(), &mut bytes));
-    null_case!("out_bytes", rdt_store_counts(s, &mut n, null_mut()));
+    null_case!(
+        "ctx",
+        rdt_context_put_versioned(null(), id, shm, null(), null(), 0, &mut rec)
+    );
+    null_case!(
+        "object_id",
+        rdt_context_put_versioned(s, null(), shm, null(), null(), 0, &mut rec)
+    );
+    null_case!(
+        "tensors",
+        rdt_context_put_versioned(s, id, shm, null(), null(), 1, &mut rec)
+    );
+    null_case!(
+        "tensor 0",
+        rdt_context_put_versioned(s, id, shm, null(), null_versioned.as_ptr(), 1, &mut rec)
+    );
+    null_case!("ctx", rdt_context_get(null(), id, v, 1, &mut count));
+    null_case!("object_id", rdt_context_get(s, null(), v, 1, &mut count));
+    null_case!("out_count", rdt_context_get(s, id, v, 1, null_mut()));
+    null_case!("ctx", rdt_context_record_get(null(), id, &mut rec));
+    null_case!("object_id", rdt_context_record_get(s, null(), &mut rec));
+    null_case!("out_record", rdt_context_record_get(s, id, null_mut()));
+    null_case!("ctx", rdt_context_free(null(), id, &mut flag));
+    null_case!("object_id", rdt_context_free(s, null(), &mut flag));
+    null_case!("out_found", rdt_context_free(s, id, null_mut()));
+    null_case!("ctx", rdt_context_wait_tensor_freed(null(), null(), 0));
+    null_case!("ctx", rdt_context_contains(null(), id, &mut flag));
+    null_case!("object_id", rdt_context_contains(s, null(), &mut flag));
+    null_case!("out_held", rdt_context_contains(s, id, null_mut()));
+    null_case!("ctx", rdt_context_counts(null(), &mut n, &mut bytes));
+    null_case!("out_objects", rdt_context_counts(s, null_mut(), &mut bytes));
+    null_case!("out_bytes", rdt_context_counts(s, &mut n, null_mut()));
 
     // SAFETY: md came from rdt_metadata_decode; NULL handles are ignored.
     unsafe {
         rdt_metadata_destroy(md);
         rdt_metadata_destroy(null_mut());
-        rdt_store_destroy(null_mut());
+        rdt_context_destroy(null_mut());
     }
     assert!(!store.contains(1), "no failed call stored anything");
 }
@@ -246,17 +282,13 @@ fn every_pointer_argument_is_null_checked() {
 fn a_pointer_check_failure_with_a_valid_object_id_leaves_the_object_alone() {
     let store = Store::new();
     let deletions = Deletions::new();
-    assert_eq!(
-        store.put(1, &[counting_tensor(&deletions, &[2])], RDT_COPY_PRIMARY),
-        RDT_OK
-    );
+    assert_eq!(store.put(1, &[counting_tensor(&deletions, &[2])]), RDT_OK);
     let mut views = [null_mut(); 1];
     // SAFETY: NULL out_count with otherwise valid arguments.
     let status = unsafe {
-        rdt_store_pop(
+        rdt_context_get(
             store.0,
             oid(1).as_bytes().as_ptr(),
-            0,
             views.as_mut_ptr(),
             1,
             null_mut(),
@@ -288,28 +320,30 @@ fn refused_tensors_stay_with_the_caller() {
         (bad_dtype, "dtype"),
         (too_many_dims, "ndim"),
     ] {
-        assert_fails(
-            store.put(1, &[good, bad], RDT_COPY_PRIMARY),
-            RDT_ERR_INVALID_ARGUMENT,
-            needle,
-        );
+        assert_fails(store.put(1, &[good, bad]), RDT_ERR_INVALID_ARGUMENT, needle);
         assert!(last_error().starts_with("tensor 1:"), "{}", last_error());
     }
     assert_fails(
-        store.put(1, &[good], 7),
+        store.put_over(1, &[good], 7),
         RDT_ERR_INVALID_ARGUMENT,
-        "copy kind 7",
+        "transport code 7",
     );
 
     let wrong_major = counting_tensor_versioned(&deletions, &[2], 2);
     // SAFETY: a valid versioned tensor, refused for its version.
+    let mut record = rdt_buffer {
+        data: null_mut(),
+        len: 0,
+    };
     let status = unsafe {
-        rdt_store_put_versioned(
+        rdt_context_put_versioned(
             store.0,
             oid(1).as_bytes().as_ptr(),
+            RDT_TRANSPORT_SHM,
+            null(),
             &wrong_major,
             1,
-            RDT_COPY_PRIMARY,
+            &mut record,
         )
     };
     assert_fails(status, RDT_ERR_INVALID_ARGUMENT, "major version 2");
@@ -330,13 +364,10 @@ fn refused_tensors_stay_with_the_caller() {
 fn an_existing_object_refuses_a_second_put() {
     let store = Store::new();
     let (kept, refused) = (Deletions::new(), Deletions::new());
-    assert_eq!(
-        store.put(1, &[counting_tensor(&kept, &[1])], RDT_COPY_PRIMARY),
-        RDT_OK
-    );
+    assert_eq!(store.put(1, &[counting_tensor(&kept, &[1])]), RDT_OK);
     let again = counting_tensor(&refused, &[1]);
     assert_fails(
-        store.put(1, &[again], RDT_COPY_SECONDARY),
+        store.put(1, &[again]),
         RDT_ERR_ALREADY_EXISTS,
         "already stored",
     );
@@ -359,7 +390,7 @@ fn views_share_memory_and_outlive_the_object_and_the_store() {
         .iter()
         .map(|&t| unsafe { (*t).dl_tensor.data })
         .collect();
-    assert_eq!(store.put(1, &put, RDT_COPY_PRIMARY), RDT_OK);
+    assert_eq!(store.put(1, &put), RDT_OK);
 
     let (status, count, small) = store.get(1, 2, false);
     assert_eq!(
@@ -397,18 +428,63 @@ fn views_share_memory_and_outlive_the_object_and_the_store() {
 }
 
 #[test]
-fn stored_errors_and_timeouts_have_their_status_and_text() {
+fn records_are_looked_up_by_object_id_and_absent_objects_are_not_found() {
     let store = Store::new();
+    let deletions = Deletions::new();
+    let mut put_record = rdt_buffer {
+        data: null_mut(),
+        len: 0,
+    };
+    let tensors = [counting_tensor(&deletions, &[4])];
     // SAFETY: valid arguments.
-    let status =
-        unsafe { rdt_store_put_error(store.0, oid(1).as_bytes().as_ptr(), c"actor died".as_ptr()) };
+    let status = unsafe {
+        rdt_context_put(
+            store.0,
+            oid(1).as_bytes().as_ptr(),
+            RDT_TRANSPORT_SHM,
+            null(),
+            tensors.as_ptr(),
+            1,
+            &mut put_record,
+        )
+    };
     assert_eq!(status, RDT_OK);
-    let (status, _, _) = store.get(1, 1, false);
-    assert_fails(status, RDT_ERR_OBJECT_FAILED, "actor died");
+    let mut looked_up = rdt_buffer {
+        data: null_mut(),
+        len: 0,
+    };
+    // SAFETY: valid arguments; both buffers were written by the plugin.
+    unsafe {
+        assert_eq!(
+            rdt_context_record_get(store.0, oid(1).as_bytes().as_ptr(), &mut looked_up),
+            RDT_OK
+        );
+        assert_eq!(
+            std::slice::from_raw_parts(looked_up.data, looked_up.len),
+            std::slice::from_raw_parts(put_record.data, put_record.len)
+        );
+        rdt_buffer_free(&mut looked_up);
+        rdt_buffer_free(&mut put_record);
+        assert_fails(
+            rdt_context_record_get(store.0, oid(2).as_bytes().as_ptr(), &mut looked_up),
+            RDT_ERR_NOT_FOUND,
+            "not held",
+        );
+        assert!(looked_up.data.is_null());
+    }
+    let (status, _, views) = store.get(1, 1, true);
+    assert_eq!(status, RDT_OK);
+    // SAFETY: each view is deleted exactly once.
+    views.into_iter().for_each(|v| unsafe { delete(v) });
+    assert_eq!(deletions.count(), 1);
+    // SAFETY: valid arguments; a freed object has no record.
+    let status =
+        unsafe { rdt_context_record_get(store.0, oid(1).as_bytes().as_ptr(), &mut looked_up) };
+    assert_fails(status, RDT_ERR_NOT_FOUND, "not held");
     let (status, _, _) = store.get(2, 1, false);
-    assert_fails(status, RDT_ERR_TIMEOUT, "did not arrive");
+    assert_fails(status, RDT_ERR_NOT_FOUND, "not held");
     // SAFETY: valid arguments; the address was never stored.
-    let status = unsafe { rdt_store_wait_tensor_freed(store.0, 0x1000 as *const _, 0) };
+    let status = unsafe { rdt_context_wait_tensor_freed(store.0, 0x1000 as *const _, 0) };
     assert_eq!(status, RDT_OK);
 }
 
@@ -416,10 +492,10 @@ fn stored_errors_and_timeouts_have_their_status_and_text() {
 fn last_error_belongs_to_the_calling_thread() {
     let store = Store::new();
     let (status, _, _) = store.get(1, 1, false);
-    assert_eq!(status, RDT_ERR_TIMEOUT);
+    assert_eq!(status, RDT_ERR_NOT_FOUND);
     let other = std::thread::spawn(last_error).join().unwrap();
     assert_eq!(other, "");
-    assert!(last_error().contains("did not arrive"));
+    assert!(last_error().contains("not held"));
 }
 
 #[test]

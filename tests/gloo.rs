@@ -8,6 +8,7 @@ use ray_rdt::dlpack::{kDLBfloat, kDLBool, kDLComplex, kDLFloat, kDLInt, DLDataTy
 use ray_rdt::engine::{Context, Fetched};
 use ray_rdt::{stats, ObjectId, Tensor, TransportKind};
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout};
 use std::time::{Duration, Instant};
 
@@ -92,19 +93,11 @@ impl Node {
         }
     }
 
-    fn put(&self, seed: u8, bytes: Option<usize>, group: &str) -> String {
+    fn put(&self, seed: u8, group: &str) -> String {
         let id = object_id(self.rank, seed);
-        let tensors = match bytes {
-            Some(n) => vec![tensor_from_bytes(
-                dtype(kDLInt, 8),
-                vec![n as i64],
-                vec![1; n],
-            )],
-            None => sample(seed).0,
-        };
         let record = self
             .ctx
-            .put(id, TransportKind::Gloo, Some(group), tensors)
+            .put(id, TransportKind::Gloo, Some(group), sample(seed).0)
             .map_err(|r| r.error)
             .unwrap();
         format!("RECORD {} {}", hex(id.as_bytes()), hex(&record))
@@ -134,10 +127,7 @@ impl Node {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.as_slice() {
             ["JOIN", name, world, addr] => self.join(name, world.parse().unwrap(), addr),
-            ["PUT", seed, group] => self.put(seed.parse().unwrap(), None, group),
-            ["PUTBIG", seed, bytes, group] => {
-                self.put(seed.parse().unwrap(), Some(bytes.parse().unwrap()), group)
-            }
+            ["PUT", seed, group] => self.put(seed.parse().unwrap(), group),
             ["FETCH", id, record, seed] => self.fetch(id, record, seed.parse().unwrap()),
             ["FREE", id] => format!(
                 "FREED {}",
@@ -162,7 +152,12 @@ struct ChildRank {
 
 impl ChildRank {
     fn spawn(test: &str, rank: usize) -> ChildRank {
-        let mut child = spawn_child(test, &rank.to_string(), &[]);
+        ChildRank::spawn_with(test, rank, &[])
+    }
+
+    /// [`ChildRank::spawn`] with extra environment variables.
+    fn spawn_with(test: &str, rank: usize, env: &[(&str, String)]) -> ChildRank {
+        let mut child = spawn_child(test, &rank.to_string(), env);
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         ChildRank {
@@ -229,7 +224,7 @@ fn exchange(world: usize, test: &str) {
     join_all(&node, &mut children, "g");
 
     // Every child fetches two objects from rank 0 at once (concurrent transfers).
-    let records: Vec<String> = (0..2).map(|s| node.put(s, None, "g")).collect();
+    let records: Vec<String> = (0..2).map(|s| node.put(s, "g")).collect();
     for c in children.iter_mut() {
         for (s, r) in records.iter().enumerate() {
             let parts: Vec<&str> = r.split_whitespace().collect();
@@ -303,23 +298,94 @@ fn gloo_faults_and_recreate() {
     let parts: Vec<&str> = rec.split_whitespace().collect();
     assert_eq!(node.fetch(parts[1], parts[2], 3), "OK");
 
-    // The producer is killed mid-transfer: the consumer errors within its timeout.
-    let rec = c.call(&format!("PUTBIG 4 {} f", 1usize << 30));
+    // Leave group "f"'s producer: the kill below needs one that holds.
+    c.child.kill().unwrap();
+    let _ = c.child.wait();
+    producer_killed_mid_transfer(&node);
+}
+
+/// Waits (at most 30 s) for hold point `point` of process `pid` in `dir`.
+fn wait_reached(dir: &Path, point: &str, pid: u32) {
+    let reached = dir.join(format!("{point}-{pid}.reached"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reached.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            reached.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A producer that stops at hold point `serve` (request accepted, its reply
+/// sent, no tensor byte sent yet) is killed there: the transfer is under way
+/// by construction. The same object, released instead, arrives complete, so
+/// the error is the kill's and not a mismatch.
+fn producer_killed_mid_transfer(node: &Node) {
+    let dir = std::env::temp_dir().join(format!("ray-rdt-gloo-hold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [
+        (ray_rdt::hold::DIR_ENV, dir.display().to_string()),
+        (ray_rdt::hold::POINTS_ENV, "serve".to_string()),
+    ];
+    let mut children = vec![ChildRank::spawn_with("gloo_faults_and_recreate", 1, &env)];
+    join_all(node, &mut children, "k");
+    let c = &mut children[0];
+    let pid = c.child.id();
+    let release = dir.join(format!("serve-{pid}.release"));
+
+    // Held, then released: the object arrives whole.
+    let rec = c.call("PUT 4 k");
+    let parts: Vec<String> = rec.split_whitespace().map(String::from).collect();
+    let result = std::thread::scope(|s| {
+        let fetch = s.spawn(|| node.fetch(&parts[1], &parts[2], 4));
+        wait_reached(&dir, "serve", pid);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !fetch.is_finished(),
+            "the fetch ended while its producer held"
+        );
+        std::fs::write(&release, b"").unwrap();
+        fetch.join().unwrap()
+    });
+    assert_eq!(result, "OK");
+
+    // Held again, and killed there: the consumer errors within its timeout.
+    let rec = c.call("PUT 5 k");
     let parts: Vec<String> = rec.split_whitespace().map(String::from).collect();
     let start = Instant::now();
     let result = std::thread::scope(|s| {
-        let fetch = s.spawn(|| node.fetch(&parts[1], &parts[2], 4));
-        std::thread::sleep(Duration::from_millis(100));
+        let fetch = s.spawn(|| node.fetch(&parts[1], &parts[2], 5));
+        wait_reached(&dir, "serve", pid);
+        assert!(
+            !fetch.is_finished(),
+            "the fetch ended while its producer held"
+        );
         c.child.kill().unwrap();
         fetch.join().unwrap()
     });
-    assert!(result.starts_with("ERR"), "{result}");
+    let _ = c.child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("producer killed mid-transfer: {result}");
+    // PeerGone when the endpoint is found closed too (usually), else Transport.
+    assert!(
+        result.starts_with("ERR PeerGone ") || result.starts_with("ERR Transport "),
+        "{result}"
+    );
+    // The peer's connection died under a receive (Gloo's I/O error, or the
+    // context broken by it first), not a timeout or a mismatch.
+    assert!(
+        ["Connection closed by peer", "Connection reset by peer"]
+            .iter()
+            .any(|m| result.contains(m)),
+        "{result}"
+    );
     assert!(start.elapsed() < TIMEOUT + Duration::from_secs(5));
     // The group is now broken, with a clear error.
-    let again = node.fetch(&parts[1], &parts[2], 4);
+    let again = node.fetch(&parts[1], &parts[2], 5);
     assert!(
         again.contains("destroyed by a system error") || again.contains("is gone"),
         "{again}"
     );
-    let _ = c.child.wait();
 }

@@ -195,7 +195,7 @@ impl Drop for DropFlag {
 
 #[test]
 fn destroying_a_context_frees_its_objects_while_peers_stay_connected() {
-    use ray_rdt::dlpack::{kDLCPU, DLDevice};
+    use ray_rdt::dlpack::DLDevice;
     let producer = Context::new(transport_only(b"node-a", b"p")).unwrap();
     let consumer = Context::new(transport_only(b"node-a", b"c")).unwrap();
     let freed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -204,10 +204,7 @@ fn destroying_a_context_frees_its_objects_while_peers_stay_connected() {
     let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
     let tensor = ray_rdt::Tensor::from_owner(
         meta,
-        DLDevice {
-            device_type: kDLCPU,
-            device_id: 0,
-        },
+        DLDevice::cpu(),
         ptr,
         Box::new((data, DropFlag(freed.clone()))),
     );

@@ -421,7 +421,27 @@ impl TcpStoreClient {
     }
 
     fn io_err(&self, e: io::Error) -> GlooError {
-        store_err(format!("rendezvous store at {}: {e}", self.addr))
+        io_error(self.addr, e)
+    }
+}
+
+/// A failed round trip with the store at `addr`: a read or write that ran out
+/// of time is a [`ErrorKind::Timeout`] (the server may still be alive, only
+/// slow or stuck), told apart from the server closing the connection (end of
+/// stream, reset) and other I/O failures ([`ErrorKind::Store`]).
+fn io_error(addr: SocketAddr, e: io::Error) -> GlooError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => GlooError::new(
+            ErrorKind::Timeout,
+            format!("rendezvous store at {addr}: no reply in time ({e})"),
+        ),
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => store_err(format!(
+            "rendezvous store at {addr} closed the connection ({e})"
+        )),
+        _ => store_err(format!("rendezvous store at {addr}: {e}")),
     }
 }
 
@@ -438,9 +458,19 @@ fn open(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// One request/reply round trip.
+/// One request/reply round trip; the server may take `wait` (plus
+/// [`IO_TIMEOUT`]) to reply.
 fn exchange(stream: &mut TcpStream, req: &[u8], wait: Duration) -> io::Result<(u8, Vec<u8>)> {
-    stream.set_read_timeout(Some(wait.saturating_add(IO_TIMEOUT)))?;
+    round_trip(stream, req, wait.saturating_add(IO_TIMEOUT))
+}
+
+/// Sends `req` and reads the reply, each read within `read_timeout`.
+fn round_trip(
+    stream: &mut TcpStream,
+    req: &[u8],
+    read_timeout: Duration,
+) -> io::Result<(u8, Vec<u8>)> {
+    stream.set_read_timeout(Some(read_timeout.max(Duration::from_millis(1))))?;
     stream.write_all(req)?;
     let mut status = [0u8; 1];
     stream.read_exact(&mut status)?;
@@ -579,6 +609,52 @@ mod tests {
         drop(server);
         let err = waiter.join().unwrap().unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(5), "{err}");
+        // The server closed the connection: not a timeout.
+        assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+        assert!(err.to_string().contains("closed the connection"), "{err}");
+    }
+
+    /// A server that accepts one connection, reads what comes, and then
+    /// either stays silent (`close: false`) or closes it.
+    fn fake_server(close: bool) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            if !close {
+                // Silent until the client gives up and closes its side.
+                let _ = s.read(&mut buf);
+            }
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn a_silent_server_is_a_timeout_and_a_closed_one_is_not() {
+        let mut req = vec![OP_GET];
+        put_blob(&mut req, b"k");
+        req.extend_from_slice(&0u64.to_le_bytes());
+        let wait = Duration::from_millis(200);
+
+        let (addr, server) = fake_server(false);
+        let mut s = open(addr, Duration::from_secs(5)).unwrap();
+        let err = io_error(addr, round_trip(&mut s, &req, wait).unwrap_err());
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.to_string().contains("no reply in time"), "{err}");
+        drop(s);
+        server.join().unwrap();
+
+        let (addr, server) = fake_server(true);
+        let mut s = open(addr, Duration::from_secs(5)).unwrap();
+        server.join().unwrap();
+        let err = io_error(
+            addr,
+            round_trip(&mut s, &req, Duration::from_secs(30)).unwrap_err(),
+        );
+        assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+        assert!(err.to_string().contains("closed the connection"), "{err}");
     }
 
     #[test]
@@ -588,10 +664,15 @@ mod tests {
         s.write_all(b"HTTP/1.1 GET /\r\n\r\n").unwrap();
         let mut buf = [0u8; 1];
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // Closed (EOF, or a reset because our extra bytes were never read).
+        // Closed (EOF, or a reset because our extra bytes were never read);
+        // a read that timed out means the server kept the connection open.
+        let read = s.read(&mut buf);
         assert!(
-            matches!(s.read(&mut buf), Ok(0) | Err(_)),
-            "server should close the connection"
+            match &read {
+                Ok(n) => *n == 0,
+                Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
+            },
+            "server should close the connection, got {read:?}"
         );
         // The server still works for real clients.
         let client = TcpStoreClient::connect(server.local_addr(), Duration::from_secs(5)).unwrap();

@@ -13,9 +13,10 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-ABI_MAJOR = 1
-# The binding needs the functions of this minor version (rdt_cuda_set_current, ...).
-ABI_MINOR = 2
+ABI_MAJOR = 2
+# The binding needs the functions of this minor version (2.0: one handle family,
+# the context; rdt_context_record_get).
+ABI_MINOR = 0
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
 TRANSPORT_GLOO = 0
@@ -282,6 +283,7 @@ _SIGNATURES = {
         _status,
         [_c_void_p, _c_u8p, ctypes.POINTER(_c_void_p), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
     ),
+    "rdt_context_record_get": (_status, [_c_void_p, _c_u8p, ctypes.POINTER(Buffer)]),
     "rdt_context_free_remote": (_status, [_c_void_p, _c_u8p, _c_u8p, ctypes.c_size_t]),
     "rdt_context_flush_frees": (_status, [_c_void_p, ctypes.c_uint64, ctypes.POINTER(ctypes.c_bool)]),
     "rdt_context_wait_tensor_freed": (_status, [_c_void_p, _c_void_p, ctypes.c_uint64]),

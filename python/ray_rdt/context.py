@@ -152,6 +152,16 @@ class Context:
             "rdt_context_get",
         )
 
+    def record(self, object_id) -> bytes:
+        """The metadata record of an object this process holds (what :meth:`put`
+        returned for it; raises ``RdtNotFoundError`` when it holds none)."""
+        buf = _ffi.Buffer()
+        _ffi.check(
+            self._lib.rdt_context_record_get(self._handle, _object_id_bytes(object_id), ctypes.byref(buf)),
+            "rdt_context_record_get",
+        )
+        return _ffi.take_buffer(buf)
+
     def contains(self, object_id) -> bool:
         """Whether this process holds the object (a primary copy it produced)."""
         held = ctypes.c_bool(False)

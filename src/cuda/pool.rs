@@ -62,7 +62,7 @@ pub fn rounded(len: usize) -> usize {
 
 fn limits() -> (usize, usize) {
     (
-        crate::settings::u64_or(POOL_BYTES_ENV, 1 << 30) as usize,
+        crate::settings::bytes_or(POOL_BYTES_ENV, 1 << 30),
         crate::settings::u64_or(POOL_BLOCKS_ENV, 16) as usize,
     )
 }

@@ -7,7 +7,7 @@
 //! the method returned: in the guide's words, none of the later in-place changes
 //! are seen (it promises only that "some or all of the changes may be seen").
 
-use crate::dlpack::{kDLCPU, DLDevice};
+use crate::dlpack::DLDevice;
 use crate::error::{Error, Result};
 use crate::metadata::Metadata;
 use crate::tensor::{is_host, Tensor, TensorMeta};
@@ -57,10 +57,7 @@ pub fn unpack(meta: &Metadata, bytes: &[u8]) -> Result<Vec<Tensor>> {
     let mut owned = bytes.to_vec().into_boxed_slice();
     let base = owned.as_mut_ptr();
     let owner = std::sync::Arc::new(owned);
-    let cpu = DLDevice {
-        device_type: kDLCPU,
-        device_id: 0,
-    };
+    let cpu = DLDevice::cpu();
     Ok(metas
         .into_iter()
         .zip(offsets)

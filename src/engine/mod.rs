@@ -16,7 +16,7 @@ mod serve;
 
 pub use inline::{DEFAULT_THRESHOLD as DEFAULT_INLINE_BYTES, THRESHOLD_ENV as INLINE_BYTES_ENV};
 
-use crate::dlpack::{kDLCPU, DLDevice};
+use crate::dlpack::DLDevice;
 use crate::endpoint::{Addresses, ClientPool, ClusterToken, Contact, Endpoint, Limits};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::{Metadata, Producer};
@@ -72,7 +72,7 @@ impl ContextConfig {
             node_ip: None,
             token: ClusterToken::default(),
             limits: Limits::from_env(),
-            same_host_path: crate::settings::u64_or(SAME_HOST_PATH_ENV, 1) != 0,
+            same_host_path: crate::settings::flag_or(SAME_HOST_PATH_ENV, true),
             inline_bytes: inline::threshold(),
         }
     }
@@ -89,6 +89,8 @@ pub enum Fetched {
 /// State shared between the context and its endpoint's connection threads.
 struct Shared {
     store: ObjectStore,
+    /// The metadata record of each object in `store` (what its put returned).
+    records: Mutex<HashMap<ObjectId, Vec<u8>>>,
     node_id: Vec<u8>,
     actor_id: Vec<u8>,
     host_id: Vec<u8>,
@@ -122,6 +124,7 @@ impl Shared {
 
     fn free(&self, id: &ObjectId) -> bool {
         self.transports.iter().for_each(|t| t.release(id));
+        self.records.lock().remove(id);
         self.store.free(id)
     }
 
@@ -145,10 +148,13 @@ pub struct Context {
     group_stores: Mutex<HashMap<(TransportKind, String), String>>,
     token_set: bool,
     frees: RemoteFrees,
+    /// This context's own fetches (the process-wide table counts all contexts).
+    fetch_stats: stats::ContextCounters,
 }
 
 impl Drop for Context {
     fn drop(&mut self) {
+        self.shared.records.lock().clear();
         self.shared.store.clear();
         let groups: Vec<_> = self.group_stores.lock().keys().cloned().collect();
         for (kind, name) in groups {
@@ -165,6 +171,7 @@ impl Context {
         let limits = config.limits;
         let shared = Arc::new(Shared {
             store: ObjectStore::new(),
+            records: Mutex::new(HashMap::new()),
             node_id: config.node_id,
             actor_id: config.actor_id,
             host_id: crate::endpoint::host::identity(),
@@ -188,7 +195,15 @@ impl Context {
             group_stores: Mutex::new(HashMap::new()),
             token_set,
             frees,
+            fetch_stats: stats::ContextCounters::default(),
         })
+    }
+
+    /// What this context's own fetches over `kind` received and how many
+    /// failed (see [`stats::ContextCounters`]; [`stats::snapshot`] counts the
+    /// whole process).
+    pub fn fetch_stats(&self, kind: TransportKind) -> stats::Snapshot {
+        self.fetch_stats.snapshot(kind)
     }
 
     /// This process's object store.
@@ -199,6 +214,17 @@ impl Context {
     /// The object `id` this process holds (a primary copy it produced).
     pub fn held(&self, id: &ObjectId) -> Result<Arc<StoredObject>> {
         self.shared.held(id)
+    }
+
+    /// The metadata record of object `id`, which this process holds (what
+    /// [`Context::put`] returned for it).
+    pub fn record(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        self.shared.records.lock().get(id).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("object {id} is not held by this process (freed, or never stored)"),
+            )
+        })
     }
 
     /// The same-host address peers on this host fetch from.
@@ -237,10 +263,10 @@ impl Context {
             Ok(t) => t,
             Err(error) => return Err(PutRejected { error, tensors }),
         };
-        let device = tensors.first().map(Tensor::device).unwrap_or(DLDevice {
-            device_type: kDLCPU,
-            device_id: 0,
-        });
+        let device = tensors
+            .first()
+            .map(Tensor::device)
+            .unwrap_or(DLDevice::cpu());
         if let Some((i, t)) = tensors
             .iter()
             .enumerate()
@@ -287,6 +313,9 @@ impl Context {
                 }
                 .encode()
             });
+        if let Ok(record) = &exported {
+            self.shared.records.lock().insert(id, record.clone());
+        }
         exported.map_err(|error| {
             // Undo the export and hand the tensors back: take the object out again.
             transport.release(&id);
@@ -343,9 +372,14 @@ impl Context {
         };
         match &result {
             Ok(_) => {
-                stats::record_received(meta.transport, path, meta.total_bytes(), start.elapsed())
+                stats::record_received(meta.transport, path, meta.total_bytes(), start.elapsed());
+                self.fetch_stats
+                    .record_received(meta.transport, meta.total_bytes());
             }
-            Err(_) => stats::record_error(meta.transport, path),
+            Err(_) => {
+                stats::record_error(meta.transport, path);
+                self.fetch_stats.record_error(meta.transport);
+            }
         }
         result.map(Fetched::Received).map_err(|e| match path {
             Path::Inline => e,

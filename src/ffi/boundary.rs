@@ -1,31 +1,37 @@
 //! The panic boundary and the per-thread last error, plus the pointer checks every
 //! exported function uses on its arguments.
+//!
+//! Every function the library exports, and every callback it hands out (DLPack
+//! deleters), runs its body under one of two guards: [`guard`] for functions that
+//! return an [`rdt_status`], [`guard_plain`] (and its void form [`guard_void`])
+//! for functions that return a plain value or nothing. A caught panic never
+//! unwinds into C: it is logged at error level, counted ([`panics_caught`]) and
+//! left as the thread's last error.
 
 use super::status::rdt_status;
 use crate::error::{Error, ErrorKind, Result};
 use crate::object_id::{ObjectId, OBJECT_ID_LEN};
+use std::any::Any;
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Panics caught at the C ABI in this process, by every guard.
+static PANICS_CAUGHT: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-/// Runs `f`, turning its error or panic into a status and the thread's last error.
+/// Runs `f`, turning its error or panic into a status and the thread's last error
+/// (a panic is also logged and counted, named by the caller's source location).
+#[track_caller]
 pub(crate) fn guard(f: impl FnOnce() -> Result<()>) -> rdt_status {
-    let outcome = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(Error::new(
-            ErrorKind::Internal,
-            format!("internal error (panic caught at the C ABI): {what}"),
-        ))
-    });
+    let at = std::panic::Location::caller();
+    let outcome = catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(caught(&format!("the function at {at}"), panic)));
     match outcome {
         Ok(()) => rdt_status::RDT_OK,
         Err(e) => {
@@ -33,6 +39,45 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<()>) -> rdt_status {
             e.kind().into()
         }
     }
+}
+
+/// Runs the body of an exported function that returns a plain value (or of a
+/// callback handed out, such as a DLPack deleter), named `name` in the report:
+/// a panic gives `fallback`, is logged at error level, counted and left as the
+/// thread's last error.
+pub(crate) fn guard_plain<T>(name: &str, fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        set_last_error(&caught(name, panic));
+        fallback
+    })
+}
+
+/// [`guard_plain`] for a function or callback that returns nothing (destroy
+/// and free functions, deleters).
+pub(crate) fn guard_void(name: &str, f: impl FnOnce()) {
+    guard_plain(name, (), f)
+}
+
+/// How many panics the guards caught in this process (for tests; outside them
+/// each caught panic is reported by its error log line and last error).
+#[cfg(test)]
+pub(crate) fn panics_caught() -> u64 {
+    PANICS_CAUGHT.load(Ordering::Relaxed)
+}
+
+/// Records a caught panic (counted, logged) and returns it as an internal error.
+fn caught(name: &str, panic: Box<dyn Any + Send>) -> Error {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    PANICS_CAUGHT.fetch_add(1, Ordering::Relaxed);
+    log::error!("ray-rdt: panic caught at the C ABI in {name}: {what}");
+    Error::new(
+        ErrorKind::Internal,
+        format!("internal error (panic caught at the C ABI in {name}): {what}"),
+    )
 }
 
 fn set_last_error(e: &Error) {

@@ -2,15 +2,14 @@
 //! (`rdt_context_put`), at argument resolution (`rdt_context_fetch`), when an
 //! object goes out of scope (`rdt_context_free`) and for `wait_tensor_freed`.
 
-use super::boundary::{arg, guard, object_id, out, slice, timeout};
+use super::boundary::{arg, guard, guard_void, object_id, out, slice, timeout};
 use super::stats::rdt_transport;
 use super::status::rdt_status;
-use super::store::{adopt, refused};
-use crate::dlpack::DLManagedTensor;
+use crate::dlpack::{DLManagedTensor, DLManagedTensorVersioned};
 use crate::endpoint::ClusterToken;
 use crate::engine::{Context, ContextConfig, Fetched};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::StoredObject;
+use crate::store::{PutRejected, StoredObject};
 use crate::tensor::{export, Tensor};
 use crate::transport_kind::TransportKind;
 use std::ffi::{c_char, c_void, CStr};
@@ -46,15 +45,40 @@ impl rdt_buffer {
 /// `buf` must be NULL or hold bytes handed out by this library (or be empty).
 #[no_mangle]
 pub unsafe extern "C" fn rdt_buffer_free(buf: *mut rdt_buffer) {
-    if let Some(b) = buf.as_mut() {
-        if !b.data.is_null() {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                b.data, b.len,
-            )));
+    guard_void("rdt_buffer_free", || {
+        if let Some(b) = buf.as_mut() {
+            if !b.data.is_null() {
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    b.data, b.len,
+                )));
+            }
+            b.data = std::ptr::null_mut();
+            b.len = 0;
         }
-        b.data = std::ptr::null_mut();
-        b.len = 0;
+    })
+}
+
+/// Adopts the caller's DLPack tensors, all or none: if any is invalid, none is
+/// kept (no deleter runs) and the error names its index.
+fn adopt<P: Copy>(ptrs: &[P], wrap: unsafe fn(P) -> Result<Tensor>) -> Result<Vec<Tensor>> {
+    let mut tensors = Vec::with_capacity(ptrs.len());
+    for (i, &p) in ptrs.iter().enumerate() {
+        // SAFETY: the caller guarantees each pointer is a valid DLPack tensor.
+        match unsafe { wrap(p) } {
+            Ok(t) => tensors.push(t),
+            Err(e) => {
+                tensors.into_iter().for_each(Tensor::disown);
+                return Err(Error::new(e.kind(), format!("tensor {i}: {}", e.message())));
+            }
+        }
     }
+    Ok(tensors)
+}
+
+/// Hands the tensors of a refused put back to the caller (no deleter runs).
+fn refused(rejected: PutRejected) -> Error {
+    rejected.tensors.into_iter().for_each(Tensor::disown);
+    rejected.error
 }
 
 /// Reads an optional NUL-terminated UTF-8 string.
@@ -164,9 +188,11 @@ pub unsafe extern "C" fn rdt_context_new(
 /// `ctx` must come from `rdt_context_new` and not be used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn rdt_context_destroy(ctx: *mut rdt_context) {
-    if !ctx.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(Box::from_raw(ctx))));
-    }
+    guard_void("rdt_context_destroy", || {
+        if !ctx.is_null() {
+            drop(Box::from_raw(ctx));
+        }
+    })
 }
 
 /// Writes the context's endpoint address (NUL-free bytes) to `*out_address`.
@@ -241,17 +267,90 @@ pub unsafe extern "C" fn rdt_context_put(
     out_metadata: *mut rdt_buffer,
 ) -> rdt_status {
     guard(|| {
+        put(
+            ctx,
+            object_id,
+            transport,
+            group,
+            slice(tensors, num_tensors, "tensors")?,
+            Tensor::from_managed,
+            out_metadata,
+        )
+    })
+}
+
+/// As `rdt_context_put`, for versioned DLPack tensors (major version 1; another
+/// major is refused and the tensors stay with the caller).
+///
+/// # Safety
+/// As `rdt_context_put`, with `DLManagedTensorVersioned` pointers.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_put_versioned(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    transport: rdt_transport,
+    group: *const c_char,
+    tensors: *const *mut DLManagedTensorVersioned,
+    num_tensors: usize,
+    out_metadata: *mut rdt_buffer,
+) -> rdt_status {
+    guard(|| {
+        put(
+            ctx,
+            object_id,
+            transport,
+            group,
+            slice(tensors, num_tensors, "tensors")?,
+            Tensor::from_versioned,
+            out_metadata,
+        )
+    })
+}
+
+/// The shared body of the two puts: every check before the tensors are adopted,
+/// so that a failure leaves them all with the caller.
+///
+/// # Safety
+/// As `rdt_context_put`.
+unsafe fn put<P: Copy>(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    transport: rdt_transport,
+    group: *const c_char,
+    ptrs: &[P],
+    wrap: unsafe fn(P) -> Result<Tensor>,
+    out_metadata: *mut rdt_buffer,
+) -> Result<()> {
+    let ctx = arg(ctx, "ctx")?;
+    let id = self::object_id(object_id)?;
+    let kind = TransportKind::from_code(transport)?;
+    let group = opt_str(group, "group")?;
+    let out = out(out_metadata, "out_metadata")?;
+    let record = ctx
+        .inner
+        .put(id, kind, group, adopt(ptrs, wrap)?)
+        .map_err(refused)?;
+    *out = rdt_buffer::from_vec(record);
+    Ok(())
+}
+
+/// Writes the metadata record of object `object_id`, which this context holds
+/// (the bytes `rdt_context_put` wrote for it), to `*out_record` (free it with
+/// `rdt_buffer_free`). Not held (never put, or freed): `RDT_ERR_NOT_FOUND`.
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `out_record` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_record_get(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    out_record: *mut rdt_buffer,
+) -> rdt_status {
+    guard(|| {
         let ctx = arg(ctx, "ctx")?;
         let id = self::object_id(object_id)?;
-        let kind = TransportKind::from_code(transport)?;
-        let group = opt_str(group, "group")?;
-        let out = out(out_metadata, "out_metadata")?;
-        let ptrs = slice(tensors, num_tensors, "tensors")?;
-        let record = ctx
-            .inner
-            .put(id, kind, group, adopt(ptrs, Tensor::from_managed)?)
-            .map_err(refused)?;
-        *out = rdt_buffer::from_vec(record);
+        let out = out(out_record, "out_record")?;
+        *out = rdt_buffer::from_vec(ctx.inner.record(&id)?);
         Ok(())
     })
 }

@@ -1,6 +1,6 @@
 //! Collective groups through the C ABI (the gloo transport's groups).
 
-use super::boundary::{arg, guard, out, slice, timeout};
+use super::boundary::{arg, guard, guard_void, out, slice, timeout};
 use super::context::{rdt_buffer, rdt_context, req_str};
 use super::stats::rdt_transport;
 use super::status::rdt_status;
@@ -188,10 +188,12 @@ pub unsafe extern "C" fn rdt_context_next_group_failure(
 /// `failure` NULL or written by `rdt_context_next_group_failure`.
 #[no_mangle]
 pub unsafe extern "C" fn rdt_group_failure_free(failure: *mut rdt_group_failure) {
-    if let Some(f) = failure.as_mut() {
-        super::context::rdt_buffer_free(&mut f.group);
-        super::context::rdt_buffer_free(&mut f.cause);
-    }
+    guard_void("rdt_group_failure_free", || {
+        if let Some(f) = failure.as_mut() {
+            super::context::rdt_buffer_free(&mut f.group);
+            super::context::rdt_buffer_free(&mut f.cause);
+        }
+    })
 }
 
 /// Leaves collective group `name`: pending transfers fail, connections close.

@@ -1,7 +1,7 @@
 //! Metadata records through the C ABI: decode and inspect a record (for example in
 //! a core worker deciding how to resolve an argument).
 
-use super::boundary::{arg, guard, out, slice};
+use super::boundary::{arg, guard, guard_void, out, slice};
 use super::context::rdt_buffer;
 use super::stats::rdt_transport;
 use super::status::rdt_status;
@@ -57,9 +57,11 @@ pub unsafe extern "C" fn rdt_metadata_decode(
 /// `metadata` must come from `rdt_metadata_decode` and not be used afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn rdt_metadata_destroy(metadata: *mut rdt_metadata) {
-    if !metadata.is_null() {
-        drop(Box::from_raw(metadata));
-    }
+    guard_void("rdt_metadata_destroy", || {
+        if !metadata.is_null() {
+            drop(Box::from_raw(metadata));
+        }
+    })
 }
 
 /// Writes the record's transport, device, tensor count and total tensor bytes.

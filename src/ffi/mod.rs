@@ -4,29 +4,33 @@
 //! value that cannot fail); failures leave a message for [`rdt_last_error`]; no
 //! panic crosses the boundary; handles are opaque with create/destroy pairs; every
 //! pointer argument is NULL-checked; tensors cross as DLPack.
+//!
+//! One handle family: a process's [`context::rdt_context`] and the object
+//! store it holds (ABI 2.0 removed the separate `rdt_store_*` handles).
 #![allow(non_camel_case_types)]
 
-mod boundary;
+pub(crate) mod boundary;
 pub mod context;
 pub mod cuda;
 pub mod group;
 pub mod metadata;
 pub mod stats;
 pub mod status;
-pub mod store;
 
 pub use status::rdt_status;
 use std::ffi::c_char;
 
 /// Major version of the C ABI; a loader refuses a library with another major.
-pub const RDT_ABI_VERSION_MAJOR: u32 = 1;
+pub const RDT_ABI_VERSION_MAJOR: u32 = 2;
 /// Minor version of the C ABI; grows when functions are added.
-pub const RDT_ABI_VERSION_MINOR: u32 = 2;
+pub const RDT_ABI_VERSION_MINOR: u32 = 0;
 
 /// The C ABI version of this library: `(major << 16) | minor`.
 #[no_mangle]
 pub extern "C" fn rdt_abi_version() -> u32 {
-    (RDT_ABI_VERSION_MAJOR << 16) | RDT_ABI_VERSION_MINOR
+    boundary::guard_plain("rdt_abi_version", 0, || {
+        (RDT_ABI_VERSION_MAJOR << 16) | RDT_ABI_VERSION_MINOR
+    })
 }
 
 /// The message of the last failed call on the calling thread, NUL-terminated
@@ -34,5 +38,5 @@ pub extern "C" fn rdt_abi_version() -> u32 {
 /// thread; copy it to keep it.
 #[no_mangle]
 pub extern "C" fn rdt_last_error() -> *const c_char {
-    boundary::last_error_ptr()
+    boundary::guard_plain("rdt_last_error", c"".as_ptr(), boundary::last_error_ptr)
 }

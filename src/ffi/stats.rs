@@ -135,10 +135,12 @@ pub unsafe extern "C" fn rdt_stats_path_get(
 /// for the last (unbounded) bucket and beyond.
 #[no_mangle]
 pub extern "C" fn rdt_stats_latency_bound_us(bucket: usize) -> u64 {
-    stats::LATENCY_BOUNDS_US
-        .get(bucket)
-        .copied()
-        .unwrap_or(u64::MAX)
+    super::boundary::guard_plain("rdt_stats_latency_bound_us", u64::MAX, || {
+        stats::LATENCY_BOUNDS_US
+            .get(bucket)
+            .copied()
+            .unwrap_or(u64::MAX)
+    })
 }
 
 /// What this process holds in NIXL (see `transport::nixl::NixlStats`).

@@ -11,8 +11,8 @@
 //! with a clear error until the group is destroyed and created again.
 
 use super::group::{
-    decode_location, encode_location, is_system_error, CollectiveGroups, GroupFailure, GroupSpec,
-    OwnerReport, PullRequest,
+    already_in_group, decode_location, encode_location, is_system_error, CollectiveGroups,
+    GroupFailure, GroupSpec, OwnerReport, PullRequest,
 };
 use super::{fetch_request, Local, Peer, Transport};
 use crate::dlpack::DLDevice;
@@ -101,15 +101,7 @@ fn chunks(meta: &TensorMeta) -> Result<Vec<(u64, u64)>> {
 
 impl CollectiveGroups for Gloo {
     fn create_group(&self, spec: &GroupSpec<'_>) -> Result<()> {
-        let already = || {
-            Error::new(
-                ErrorKind::AlreadyExists,
-                format!(
-                    "this process is already in collective group {:?}",
-                    spec.name
-                ),
-            )
-        };
+        let already = || already_in_group(spec.name);
         if self.groups.read().contains_key(spec.name) {
             return Err(already());
         }

@@ -8,10 +8,18 @@
 //! group can be created again under the same name.
 
 use crate::endpoint::Contact;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::object_id::{ObjectId, OBJECT_ID_LEN};
 use crate::transport_kind::TransportKind;
 use std::time::Duration;
+
+/// The error of joining group `name` a second time in one process.
+pub fn already_in_group(name: &str) -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        format!("this process is already in collective group {name:?}"),
+    )
+}
 
 /// What it takes to join a group.
 #[derive(Clone, Copy)]

@@ -50,10 +50,7 @@ impl Ctx {
     fn dl_tensor(&mut self) -> DLTensor {
         DLTensor {
             data: self.data.as_mut_ptr() as *mut c_void,
-            device: DLDevice {
-                device_type: kDLCPU,
-                device_id: 0,
-            },
+            device: DLDevice::cpu(),
             ndim: self.shape.len() as i32,
             dtype: DLDataType {
                 code: kDLFloat,
@@ -167,10 +164,7 @@ pub fn sample_metadata(n: usize) -> Metadata {
     };
     Metadata {
         transport: TransportKind::Shm,
-        device: DLDevice {
-            device_type: kDLCPU,
-            device_id: 0,
-        },
+        device: DLDevice::cpu(),
         tensors: (0..n)
             .map(|_| TensorMeta::compact(dtype, vec![1024, 256]).expect("valid shape"))
             .collect(),

@@ -98,41 +98,46 @@ ObjectId::ObjectId(uint64_t n) {
 }
 
 Store::Store() {
-  if (rdt_store_new(&store_) != RDT_OK) fail(__FILE__, __LINE__, "rdt_store_new: " + last_error());
+  if (rdt_context_new(nullptr, 0, nullptr, 0, &ctx_) != RDT_OK) {
+    fail(__FILE__, __LINE__, "rdt_context_new: " + last_error());
+  }
 }
 
-Store::~Store() { rdt_store_destroy(store_); }
+Store::~Store() { rdt_context_destroy(ctx_); }
 
-rdt_status Store::put(uint64_t id, const std::vector<DLManagedTensor*>& tensors,
-                      rdt_copy_kind kind) const {
-  return rdt_store_put(store_, ObjectId(id).get(), tensors.data(), tensors.size(), kind);
+rdt_status Store::put(uint64_t id, const std::vector<DLManagedTensor*>& tensors, rdt_transport transport) const {
+  rdt_buffer record{nullptr, 0};
+  rdt_status s =
+      rdt_context_put(ctx_, ObjectId(id).get(), transport, nullptr, tensors.data(), tensors.size(), &record);
+  rdt_buffer_free(&record);
+  return s;
 }
 
-rdt_status Store::get(uint64_t id, uint64_t timeout_ms, std::vector<DLManagedTensor*>& views,
-                      bool pop, size_t capacity, size_t* count) const {
-  auto fn = pop ? rdt_store_pop : rdt_store_get;
+rdt_status Store::get(uint64_t id, std::vector<DLManagedTensor*>& views, bool pop, size_t capacity,
+                      size_t* count) const {
   views.assign(capacity, nullptr);
   size_t n = 0;
-  rdt_status s = fn(store_, ObjectId(id).get(), timeout_ms, views.data(), capacity, &n);
+  rdt_status s = rdt_context_get(ctx_, ObjectId(id).get(), views.data(), capacity, &n);
   views.resize(s == RDT_OK ? n : 0);
   if (count) *count = n;
+  if (pop && s == RDT_OK && !free(id)) fail(__FILE__, __LINE__, "popped object was not held");
   return s;
 }
 
 bool Store::free(uint64_t id) const {
   bool found = false;
-  if (rdt_store_free_object(store_, ObjectId(id).get(), &found) != RDT_OK) {
-    fail(__FILE__, __LINE__, "rdt_store_free_object: " + last_error());
+  if (rdt_context_free(ctx_, ObjectId(id).get(), &found) != RDT_OK) {
+    fail(__FILE__, __LINE__, "rdt_context_free: " + last_error());
   }
   return found;
 }
 
 bool Store::contains(uint64_t id) const {
-  bool present = false;
-  if (rdt_store_contains(store_, ObjectId(id).get(), &present) != RDT_OK) {
-    fail(__FILE__, __LINE__, "rdt_store_contains: " + last_error());
+  bool held = false;
+  if (rdt_context_contains(ctx_, ObjectId(id).get(), &held) != RDT_OK) {
+    fail(__FILE__, __LINE__, "rdt_context_contains: " + last_error());
   }
-  return present;
+  return held;
 }
 
 std::vector<uint8_t> shm_record() {

@@ -46,7 +46,8 @@ struct ObjectId {
   uint8_t bytes[28];
 };
 
-// An rdt_store destroyed with the object, plus shorthands for common calls.
+// An rdt_context (the one handle family) destroyed with the object, plus
+// shorthands for common calls.
 class Store {
  public:
   Store();
@@ -54,22 +55,24 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  const rdt_store* get() const { return store_; }
+  const rdt_context* get() const { return ctx_; }
 
-  // rdt_store_put of `tensors` under ObjectId(id).
+  // rdt_context_put of `tensors` under ObjectId(id) over `transport` (no
+  // group); the record is freed at once.
   rdt_status put(uint64_t id, const std::vector<DLManagedTensor*>& tensors,
-                 rdt_copy_kind kind = RDT_COPY_PRIMARY) const;
-  // rdt_store_get (or rdt_store_pop) into an array of `capacity`; on RDT_OK
-  // `views` holds the views, otherwise it is empty. `count` gets *out_count.
-  rdt_status get(uint64_t id, uint64_t timeout_ms, std::vector<DLManagedTensor*>& views,
-                 bool pop = false, size_t capacity = 8, size_t* count = nullptr) const;
-  // rdt_store_free_object; returns whether the object was present.
+                 rdt_transport transport = RDT_TRANSPORT_SHM) const;
+  // rdt_context_get into an array of `capacity`, then (`pop`) rdt_context_free
+  // when it succeeded; on RDT_OK `views` holds the views, otherwise it is
+  // empty. `count` gets *out_count.
+  rdt_status get(uint64_t id, std::vector<DLManagedTensor*>& views, bool pop = false, size_t capacity = 8,
+                 size_t* count = nullptr) const;
+  // rdt_context_free; returns whether the object was held.
   bool free(uint64_t id) const;
-  // rdt_store_contains.
+  // rdt_context_contains.
   bool contains(uint64_t id) const;
 
  private:
-  rdt_store* store_ = nullptr;
+  rdt_context* ctx_ = nullptr;
 };
 
 }  // namespace rdt_test

@@ -9,15 +9,17 @@
 
 using namespace rdt_test;
 
-TEST(abi_version_has_major_1) {
+TEST(abi_version_has_major_2) {
   CHECK(rdt_abi_version() >> 16 == RDT_ABI_VERSION_MAJOR);
-  CHECK(RDT_ABI_VERSION_MAJOR == 1);
+  CHECK(RDT_ABI_VERSION_MAJOR == 2);
   CHECK((rdt_abi_version() & 0xffff) == RDT_ABI_VERSION_MINOR);
 }
 
 TEST(every_pointer_argument_is_null_checked) {
   Store store;
-  const rdt_store* s = store.get();
+  const rdt_context* s = store.get();
+  rdt_buffer rec{nullptr, 0};
+  const rdt_transport shm = RDT_TRANSPORT_SHM;
   ObjectId oid(1);
   const uint8_t* id = oid.get();
   std::vector<uint8_t> record = shm_record();
@@ -45,36 +47,32 @@ TEST(every_pointer_argument_is_null_checked) {
       {"metadata", [&] { return rdt_metadata_tensor(nullptr, 0, &desc); }},
       {"out_desc", [&] { return rdt_metadata_tensor(md, 0, nullptr); }},
       {"out_stats", [&] { return rdt_stats_get(RDT_TRANSPORT_GLOO, nullptr); }},
-      {"out_store", [&] { return rdt_store_new(nullptr); }},
-      {"store", [&] { return rdt_store_put(nullptr, id, nullptr, 0, RDT_COPY_PRIMARY); }},
-      {"object_id", [&] { return rdt_store_put(s, nullptr, nullptr, 0, RDT_COPY_PRIMARY); }},
-      {"tensors", [&] { return rdt_store_put(s, id, nullptr, 1, RDT_COPY_PRIMARY); }},
-      {"tensor 0", [&] { return rdt_store_put(s, id, null_tensor, 1, RDT_COPY_PRIMARY); }},
-      {"store", [&] { return rdt_store_put_versioned(nullptr, id, nullptr, 0, RDT_COPY_PRIMARY); }},
-      {"object_id", [&] { return rdt_store_put_versioned(s, nullptr, nullptr, 0, RDT_COPY_PRIMARY); }},
-      {"tensors", [&] { return rdt_store_put_versioned(s, id, nullptr, 1, RDT_COPY_PRIMARY); }},
-      {"tensor 0", [&] { return rdt_store_put_versioned(s, id, null_versioned, 1, RDT_COPY_PRIMARY); }},
-      {"store", [&] { return rdt_store_put_error(nullptr, id, "x"); }},
-      {"object_id", [&] { return rdt_store_put_error(s, nullptr, "x"); }},
-      {"message", [&] { return rdt_store_put_error(s, id, nullptr); }},
-      {"store", [&] { return rdt_store_get(nullptr, id, 0, views, 1, &n); }},
-      {"object_id", [&] { return rdt_store_get(s, nullptr, 0, views, 1, &n); }},
-      {"out_count", [&] { return rdt_store_get(s, id, 0, views, 1, nullptr); }},
-      {"store", [&] { return rdt_store_pop(nullptr, id, 0, views, 1, &n); }},
-      {"object_id", [&] { return rdt_store_pop(s, nullptr, 0, views, 1, &n); }},
-      {"out_count", [&] { return rdt_store_pop(s, id, 0, views, 1, nullptr); }},
-      {"store", [&] { return rdt_store_wait(nullptr, id, 0); }},
-      {"object_id", [&] { return rdt_store_wait(s, nullptr, 0); }},
-      {"store", [&] { return rdt_store_free_object(nullptr, id, &flag); }},
-      {"object_id", [&] { return rdt_store_free_object(s, nullptr, &flag); }},
-      {"out_found", [&] { return rdt_store_free_object(s, id, nullptr); }},
-      {"store", [&] { return rdt_store_wait_tensor_freed(nullptr, &flag, 0); }},
-      {"store", [&] { return rdt_store_contains(nullptr, id, &flag); }},
-      {"object_id", [&] { return rdt_store_contains(s, nullptr, &flag); }},
-      {"out_present", [&] { return rdt_store_contains(s, id, nullptr); }},
-      {"store", [&] { return rdt_store_counts(nullptr, &n, &bytes); }},
-      {"out_objects", [&] { return rdt_store_counts(s, nullptr, &bytes); }},
-      {"out_bytes", [&] { return rdt_store_counts(s, &n, nullptr); }},
+      {"out_ctx", [&] { return rdt_context_new(nullptr, 0, nullptr, 0, nullptr); }},
+      {"ctx", [&] { return rdt_context_put(nullptr, id, shm, nullptr, nullptr, 0, &rec); }},
+      {"object_id", [&] { return rdt_context_put(s, nullptr, shm, nullptr, nullptr, 0, &rec); }},
+      {"tensors", [&] { return rdt_context_put(s, id, shm, nullptr, nullptr, 1, &rec); }},
+      {"tensor 0", [&] { return rdt_context_put(s, id, shm, nullptr, null_tensor, 1, &rec); }},
+      {"out_metadata", [&] { return rdt_context_put(s, id, shm, nullptr, nullptr, 0, nullptr); }},
+      {"ctx", [&] { return rdt_context_put_versioned(nullptr, id, shm, nullptr, nullptr, 0, &rec); }},
+      {"object_id", [&] { return rdt_context_put_versioned(s, nullptr, shm, nullptr, nullptr, 0, &rec); }},
+      {"tensors", [&] { return rdt_context_put_versioned(s, id, shm, nullptr, nullptr, 1, &rec); }},
+      {"tensor 0", [&] { return rdt_context_put_versioned(s, id, shm, nullptr, null_versioned, 1, &rec); }},
+      {"ctx", [&] { return rdt_context_get(nullptr, id, views, 1, &n); }},
+      {"object_id", [&] { return rdt_context_get(s, nullptr, views, 1, &n); }},
+      {"out_count", [&] { return rdt_context_get(s, id, views, 1, nullptr); }},
+      {"ctx", [&] { return rdt_context_record_get(nullptr, id, &rec); }},
+      {"object_id", [&] { return rdt_context_record_get(s, nullptr, &rec); }},
+      {"out_record", [&] { return rdt_context_record_get(s, id, nullptr); }},
+      {"ctx", [&] { return rdt_context_free(nullptr, id, &flag); }},
+      {"object_id", [&] { return rdt_context_free(s, nullptr, &flag); }},
+      {"out_found", [&] { return rdt_context_free(s, id, nullptr); }},
+      {"ctx", [&] { return rdt_context_wait_tensor_freed(nullptr, &flag, 0); }},
+      {"ctx", [&] { return rdt_context_contains(nullptr, id, &flag); }},
+      {"object_id", [&] { return rdt_context_contains(s, nullptr, &flag); }},
+      {"out_held", [&] { return rdt_context_contains(s, id, nullptr); }},
+      {"ctx", [&] { return rdt_context_counts(nullptr, &n, &bytes); }},
+      {"out_objects", [&] { return rdt_context_counts(s, nullptr, &bytes); }},
+      {"out_bytes", [&] { return rdt_context_counts(s, &n, nullptr); }},
   };
   for (const auto& c : cases) {
     rdt_status s = c.second();
@@ -87,7 +85,8 @@ TEST(every_pointer_argument_is_null_checked) {
   CHECK_STATUS(rdt_stats_get(RDT_TRANSPORT_GLOO, &stats), RDT_OK);
   CHECK(!store.contains(1));
   rdt_metadata_destroy(nullptr);  // ignored
-  rdt_store_destroy(nullptr);     // ignored
+  rdt_context_destroy(nullptr);   // ignored
+  rdt_buffer_free(nullptr);       // ignored
 }
 
 TEST(unknown_codes_are_invalid_arguments) {
@@ -103,8 +102,8 @@ TEST(unknown_codes_are_invalid_arguments) {
   Deletions deletions;
   Store store;
   DLManagedTensor* tensor = make_tensor(deletions, {2});
-  CHECK_STATUS(store.put(1, {tensor}, 2), RDT_ERR_INVALID_ARGUMENT);
-  CHECK(last_error().find("copy kind 2") != std::string::npos);
+  CHECK_STATUS(store.put(1, {tensor}, 7), RDT_ERR_INVALID_ARGUMENT);
+  CHECK(last_error().find("transport code 7") != std::string::npos);
   CHECK(deletions.count == 0 && !store.contains(1));
   release(tensor);
 }
@@ -124,7 +123,8 @@ TEST(invalid_tensors_stay_with_the_caller) {
     CHECK(last_error().rfind("tensor 1:", 0) == 0);
   }
   DLManagedTensorVersioned* major2 = make_versioned(deletions, {2}, 2);
-  CHECK_STATUS(rdt_store_put_versioned(store.get(), ObjectId(1).get(), &major2, 1, RDT_COPY_PRIMARY),
+  rdt_buffer record{nullptr, 0};
+  CHECK_STATUS(rdt_context_put_versioned(store.get(), ObjectId(1).get(), RDT_TRANSPORT_SHM, nullptr, &major2, 1, &record),
                RDT_ERR_INVALID_ARGUMENT);
   CHECK(last_error().find("major version 2") != std::string::npos);
   CHECK(deletions.count == 0 && !store.contains(1));

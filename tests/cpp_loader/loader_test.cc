@@ -545,8 +545,8 @@ void TestLoaderErrors(const std::string &lib, const std::string &fake_dir) {
   // Not a shared object at all.
   EXPECT_ERR(Plugin::Load("/proc/self/status"), StatusCode::kLibraryNotLoaded, "cannot load");
   // The ABI major differs: both versions named.
-  auto wrong = Plugin::Load(fake_dir + "/libfake_rdt_abi2.so");
-  EXPECT_ERR(wrong, StatusCode::kAbiMismatch, "version 2.3");
+  auto wrong = Plugin::Load(fake_dir + "/libfake_rdt_abi3.so");
+  EXPECT_ERR(wrong, StatusCode::kAbiMismatch, "version 3.3");
   EXPECT_ERR(wrong, StatusCode::kAbiMismatch,
              "built for major version " + std::to_string(RDT_ABI_VERSION_MAJOR));
   // Right major, missing functions: the first missing one is named.

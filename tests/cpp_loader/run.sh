@@ -35,8 +35,8 @@ flags=(-std=c++17 -g -Wall -Wextra -Werror -I"$root/include" -I"$root/ray-patche
 sources=("$root/ray-patches/core_worker/rdt_plugin_loader.cc" "$here/loader_test.cc")
 
 # Two libraries the loader must refuse: wrong ABI major, and missing functions.
-"$cc" -shared -fPIC -DFAKE_MAJOR=2 "$here/fake_plugin.c" -o "$out/libfake_rdt_abi2.so"
-"$cc" -shared -fPIC -DFAKE_MAJOR=1 "$here/fake_plugin.c" -o "$out/libfake_rdt_missing.so"
+"$cc" -shared -fPIC -DFAKE_MAJOR=3 "$here/fake_plugin.c" -o "$out/libfake_rdt_abi3.so"
+"$cc" -shared -fPIC -DFAKE_MAJOR=2 "$here/fake_plugin.c" -o "$out/libfake_rdt_missing.so"
 
 valgrind_supp=(--suppressions="$here/valgrind.supp")
 

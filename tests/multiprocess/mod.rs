@@ -3,7 +3,7 @@
 //! Each test crate uses a part of it.
 #![allow(dead_code)]
 
-use ray_rdt::dlpack::{kDLCPU, kDLFloat, kDLInt, kDLUInt, DLDataType, DLDevice};
+use ray_rdt::dlpack::{kDLFloat, kDLInt, kDLUInt, DLDataType, DLDevice};
 use ray_rdt::engine::ContextConfig;
 use ray_rdt::{Tensor, TensorMeta};
 use std::process::{Child, Command, Stdio};
@@ -52,15 +52,7 @@ pub fn tensor_from_bytes(dtype: DLDataType, shape: Vec<i64>, data: Vec<u8>) -> T
     assert_eq!(meta.nbytes as usize, data.len());
     let mut data = data.into_boxed_slice();
     let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
-    Tensor::from_owner(
-        meta,
-        DLDevice {
-            device_type: kDLCPU,
-            device_id: 0,
-        },
-        ptr,
-        Box::new(data),
-    )
+    Tensor::from_owner(meta, DLDevice::cpu(), ptr, Box::new(data))
 }
 
 /// A CPU view of `data` with explicit element `strides` (e.g. a transpose).
@@ -73,15 +65,7 @@ pub fn strided_tensor(
     let meta = TensorMeta::new(dtype, shape, strides).expect("valid layout");
     let mut data = data.into_boxed_slice();
     let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
-    Tensor::from_owner(
-        meta,
-        DLDevice {
-            device_type: kDLCPU,
-            device_id: 0,
-        },
-        ptr,
-        Box::new(data),
-    )
+    Tensor::from_owner(meta, DLDevice::cpu(), ptr, Box::new(data))
 }
 
 /// Deterministic test bytes: `len` bytes derived from `seed`.

@@ -120,6 +120,18 @@ def test_errors(producer, consumer):
     assert torch.equal(t, torch.ones(3))
 
 
+def test_record_lookup_by_object_id(producer, consumer):
+    key = oid()
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [torch.randn(1 << 16)])
+    assert producer.record(key) == record
+    assert torch.equal(consumer.fetch(key, producer.record(key))[0], producer.get(key)[0])
+    with pytest.raises(ray_rdt.RdtNotFoundError, match="not held by this process"):
+        consumer.record(key)
+    assert producer.free(key)
+    with pytest.raises(ray_rdt.RdtNotFoundError):
+        producer.record(key)
+
+
 def test_wait_tensor_freed(producer):
     t = torch.randn(8)
     key = oid()

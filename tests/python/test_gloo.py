@@ -175,8 +175,12 @@ def test_large_cpu_payload_in_plasma(pair):
     sender, receiver, _ = pair
     t = torch.randn(10)
     data = [t, b"x" * (2 * 1024 * 1024)]
+    r0 = actor_stats(receiver, "gloo")
     got = ray.get(receiver.describe.remote(sender.echo.remote(data)))
     assert torch.equal(got[0][1], t) and got[1] == data[1]
+    # The tensor went through the plugin; the 2 MiB of bytes through plasma.
+    r1 = actor_stats(receiver, "gloo")
+    assert delta(r1, r0) == t.nbytes and r1["transfers"] - r0["transfers"] == 1
 
 
 def test_pass_back_to_producer_is_same_memory(pair):
@@ -200,6 +204,8 @@ def test_ray_get_errors_with_guide_message_and_object_store_works(pair):
     sender, _, _ = pair
     t = torch.randn(50, 50)
     ref = sender.echo.remote(t)
+    ray.wait([ref])
+    s0 = actor_stats(sender, "gloo")
     with pytest.raises(ValueError) as e:
         ray.get(ref)
     assert GUIDE_GET_ERROR in str(e.value)
@@ -210,13 +216,20 @@ def test_ray_get_errors_with_guide_message_and_object_store_works(pair):
     for name in ("nccl", "bogus"):
         with pytest.raises(ValueError, match=re.escape(f"got TensorTransportEnum.{name.upper()}, please")):
             ray.get(ref, _tensor_transport=name)
+    # The object store reads went past the plugin: no gloo send.
+    s1 = actor_stats(sender, "gloo")
+    assert delta(s1, s0, "bytes_sent") == 0 and s1["transfers"] == s0["transfers"]
 
 
 def test_mutability_visible_to_receiver(pair):
     sender, receiver, _ = pair
+    r0 = actor_stats(receiver, "gloo")
     ref = sender.keep_and_return.remote(200)
     tensor1 = ray.get(sender.increment_and_sum_stored_tensor.remote(False))
     tensor2 = ray.get(receiver.increment_and_sum.remote(ref))
+    # The update travelled through the plugin.
+    r1 = actor_stats(receiver, "gloo")
+    assert delta(r1, r0) == 200 * 200 * 4 and r1["transfers"] - r0["transfers"] == 1
     # The receiver saw the in-place update: its +1 lands on top of it.
     assert not torch.allclose(tensor1, tensor2)
     assert torch.allclose(tensor2, tensor1 + 200 * 200, rtol=1e-3)
@@ -239,6 +252,8 @@ def test_wait_tensor_freed(pair):
 def test_warning_when_passed_back_and_to_another_actor(pair):
     sender, receiver, _ = pair
     t = sender.random_tensor.remote(10)
+    ray.wait([t])
+    r0, s0 = actor_stats(receiver, "gloo"), actor_stats(sender, "gloo")
     pattern = (
         r"GPU ObjectRef\(" + t.hex() + r"\) is being passed back to the actor that created it Actor\(MyActor, "
         r".*\)\. Note that GPU objects are mutable\. If the tensor is modified, Ray's internal copy will also be "
@@ -252,6 +267,11 @@ def test_warning_when_passed_back_and_to_another_actor(pair):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ray.get(receiver.sum.remote(t))
+    # The receiver's two tasks each fetched through the plugin; the producer's
+    # own task read its memory (no transfer).
+    r1, s1 = actor_stats(receiver, "gloo"), actor_stats(sender, "gloo")
+    assert delta(r1, r0) == 2 * 10 * 10 * 4 and r1["transfers"] - r0["transfers"] == 2
+    assert delta(s1, s0) == 0 and delta(s1, s0, "bytes_sent") == 2 * 10 * 10 * 4
 
 
 def test_several_refs_to_one_task_and_same_ref_twice(pair):
@@ -286,7 +306,9 @@ def test_store_api_and_free_on_out_of_scope(pair):
     before = 0
     t = torch.arange(6.0)
     ref = sender.echo.remote(t)
+    r0 = actor_stats(receiver, "gloo")
     ray.get(receiver.sum.remote(ref))
+    assert delta(actor_stats(receiver, "gloo"), r0) == t.nbytes
     obj_id = ref.hex()
     # 2.60's RDTStore API sees the plugin-held object.
     assert ray.get(sender.has_object.remote(obj_id))
@@ -311,7 +333,10 @@ def test_application_error_propagates_and_group_survives(pair):
         ray.get(ref, _tensor_transport="object_store")
     assert get_collective_groups([sender, receiver])
     t = torch.randn(5)
+    r0 = actor_stats(receiver, "gloo")
     assert torch.allclose(ray.get(receiver.sum.remote(sender.echo.remote(t))), t.sum())
+    r1 = actor_stats(receiver, "gloo")
+    assert delta(r1, r0) == t.nbytes and r1["errors"] == r0["errors"]
 
 
 def test_destroy_and_recreate_group(ray_cluster):
@@ -328,7 +353,9 @@ def test_destroy_and_recreate_group(ray_cluster):
     # Reverse the ranks on a new group.
     create_collective_group([b, a], backend="torch_gloo")
     t = torch.randn(8)
+    r0 = actor_stats(a, "gloo")
     assert torch.allclose(ray.get(a.sum.remote(b.echo.remote(t))), t.sum())
+    assert delta(actor_stats(a, "gloo"), r0) == t.nbytes
 
 
 def test_system_error_destroys_group(ray_cluster):
@@ -355,7 +382,9 @@ def test_system_error_destroys_group(ray_cluster):
     create_collective_group([receiver, other], backend="torch_gloo")
     assert group.name not in [g.name for g in get_collective_groups([receiver])]
     t = torch.randn(16)
+    o0 = actor_stats(other, "gloo")
     assert torch.allclose(ray.get(other.sum.remote(receiver.echo.remote(t))), t.sum())
+    assert delta(actor_stats(other, "gloo"), o0) == t.nbytes
 
 
 def _process_exists(pid):
@@ -411,7 +440,10 @@ def test_retried_task(ray_cluster):
     sender, receiver = Flaky.remote(), Flaky.remote()
     create_collective_group([sender, receiver], backend="torch_gloo")
     ref = sender.fail_first_attempt.remote()
+    r0 = actor_stats(receiver, "gloo")
     assert torch.allclose(ray.get(receiver.sum.remote(ref)), torch.tensor(6.0))
+    # The retry's tensor came through the plugin (3 float32).
+    assert delta(actor_stats(receiver, "gloo"), r0) == 3 * 4
     assert num_rdt_objects(sender) == 1
     ok, held = ray.get(sender.serialize_twice.remote())
     assert ok and torch.equal(held, torch.ones(3))
@@ -435,5 +467,9 @@ def test_consumer_outside_the_group(ray_cluster):
     with pytest.raises(ray.exceptions.RayError, match="RDT transfer of ObjectRef"):
         ray.get(total.remote(ref))
     t = torch.randn(4)
+    w0, y0 = actor_stats(w, "gloo"), actor_stats(y, "gloo")
     assert torch.allclose(ray.get(w.sum.remote(z.echo.remote(t))), t.sum())
     assert torch.allclose(ray.get(y.sum.remote(ref)), ray.get(x.sum.remote(ref)))
+    # Both groups still move bytes through the plugin.
+    assert delta(actor_stats(w, "gloo"), w0) == t.nbytes
+    assert delta(actor_stats(y, "gloo"), y0) == 10 * 10 * 4

@@ -202,8 +202,12 @@ def test_nested_dtypes_and_layouts(actors):
         "strided": torch.arange(64, dtype=torch.uint8).reshape(8, 8).t(),
         "bf16": torch.randn(17, dtype=torch.bfloat16),
     }
+    nbytes = sum(t.nbytes for t in (data["f32"], data["rest"][0], data["i64_scalar"], data["strided"], data["bf16"]))
+    r0, d0 = actor_stats(receiver, "nixl"), driver_nixl()
     ref = sender.echo.remote(data)
     got = ray.get(receiver.describe.remote(ref))
+    r1 = actor_stats(receiver, "nixl")
+    assert delta(r1, r0) == nbytes and r1["transfers"] - r0["transfers"] == 1
     assert got["rest"][1:] == ["text", 7]
     for key, expected in [
         ("f32", data["f32"]),
@@ -219,6 +223,7 @@ def test_nested_dtypes_and_layouts(actors):
     # The driver sees the same.
     local = ray.get(ref)
     assert torch.equal(local["strided"], data["strided"]) and torch.equal(local["bf16"], data["bf16"])
+    assert delta(driver_nixl(), d0) == nbytes
 
 
 def test_pass_back_to_producer_same_memory(actors):

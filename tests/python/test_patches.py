@@ -4,9 +4,13 @@ the wheel's bytes, refuses other Ray versions and modified installations.
 The pristine files are the real ray-2.60.0 wheel's (downloaded once): each test
 gets a real interpreter environment (a venv) whose site-packages holds that
 whole wheel, so the command inspects it, patches it and imports the patched Ray
-there exactly as it would in a user's environment. Only ``--check`` runs against
-the test environment itself."""
+there exactly as it would in a user's environment; those bytes are checked
+against the sha256 entries of Ray's own RECORD, and the command's import check
+is shown to run in that interpreter after patching. Only ``--check`` runs
+against the test environment itself."""
 
+import base64
+import hashlib
 import os
 import subprocess
 import sys
@@ -66,6 +70,33 @@ def env(wheel_env, ray_wheel):
 def read(site, f):
     with open(os.path.join(site, f), "rb") as fh:
         return fh.read()
+
+
+def record_hashes(site):
+    """``path -> sha256=<urlsafe b64>`` from ``ray-2.60.0.dist-info/RECORD`` in ``site``."""
+    hashes = {}
+    with open(os.path.join(site, "ray-2.60.0.dist-info", "RECORD")) as fh:
+        for line in fh:
+            path, digest, _ = line.rstrip("\n").rsplit(",", 2)
+            hashes[path] = digest
+    return hashes
+
+
+def record_hash(data):
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def test_pristine_files_are_the_wheels_by_ray_record(env, ray_wheel):
+    """The pristine bytes the tests use hash to the entries Ray's own wheel
+    recorded, in the wheel env and in the test environment's install (which
+    ci/setup installed from PyPI and then patched): not reverse-applied copies."""
+    _, site = env
+    for where in (site, SITE):
+        recorded = record_hashes(where)
+        for f in RAY_FILES:
+            assert record_hash(wheel_file(ray_wheel, f)) == recorded[f], (where, f)
+            if where == site:
+                assert record_hash(read(site, f)) == recorded[f], f
 
 
 def test_installed_environment_is_patched():
@@ -148,6 +179,36 @@ def test_refuses_other_ray_versions(env, ray_wheel, version):
     finally:
         with open(metadata, "wb") as fh:
             fh.write(original)
+
+
+def test_the_import_check_runs_in_the_target_interpreter_after_patching(env, ray_wheel):
+    """``ray-rdt patch`` imports the patched Ray in the target interpreter: where
+    that import fails (here a startup hook of that interpreter only makes
+    ``ray._private.worker`` unimportable), the command fails and says so, after
+    the files were patched."""
+    python, site = env
+    hook = os.path.join(site, "zz_break_worker.pth")
+    with open(hook, "w") as fh:
+        fh.write(
+            "import sys; sys.meta_path.insert(0, type('B', (), {'find_spec': staticmethod("
+            "lambda name, *a: (_ for _ in ()).throw(ImportError('blocked by the test')) "
+            "if name == 'ray._private.worker' else None)})())\n"
+        )
+    try:
+        probe = subprocess.run([python, "-c", "import ray._private.worker"], capture_output=True, text=True)
+        assert probe.returncode != 0 and "blocked by the test" in probe.stderr, probe.stderr
+        proc = ray_rdt("patch", "--python", python)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stdout.count(" applied") == N  # patched first, then imported
+        assert "Ray does not import in" in proc.stderr and "blocked by the test" in proc.stderr, proc.stderr
+    finally:
+        os.remove(hook)
+    # Without the hook the same interpreter imports the patched Ray.
+    proc = ray_rdt("patch", "--python", python)
+    assert proc.returncode == 0 and proc.stdout.count("already applied") == N, proc.stdout + proc.stderr
+    assert "warning" not in proc.stderr
+    assert ray_rdt("patch", "--revert", "--python", python).returncode == 0
+    assert all(read(site, f) == wheel_file(ray_wheel, f) for f in RAY_FILES)
 
 
 def test_refuses_an_environment_without_ray(tmp_path):

@@ -144,14 +144,21 @@ def test_nixl_next_to_custom_transport(mixed):
 
 @pytest.mark.parametrize("method", ["via_nixl", "via_shm"])
 def test_set_target_for_ref(mixed, method):
+    import ray_rdt
+
     a, _ = mixed
+    transport = method[len("via_") :]
     t = torch.randn(32)
     ref = getattr(a, method).remote(t)
     target = torch.empty(32)
     set_target_for_ref(ref, [target])
+    d0 = ray_rdt.stats()[transport]
     got = ray.get(ref)
     assert torch.equal(target, t)
     assert got.data_ptr() == target.data_ptr()
+    # The driver's fetch went through the plugin's transport.
+    d1 = ray_rdt.stats()[transport]
+    assert delta(d1, d0) == t.nbytes and d1["transfers"] - d0["transfers"] == 1
 
 
 def test_driver_store_api_and_wait_tensor_freed(ray_cluster):

@@ -30,8 +30,8 @@
 pub mod turn;
 
 use super::group::{
-    decode_location, encode_location, is_system_error, CollectiveGroups, GroupFailure, GroupSpec,
-    OwnerReport, PullRequest,
+    already_in_group, decode_location, encode_location, is_system_error, CollectiveGroups,
+    GroupFailure, GroupSpec, OwnerReport, PullRequest,
 };
 use super::{deadline_after, fetch_request, packed_layout, Local, Peer, Transport};
 use crate::cuda::driver::{self, Event, RawStream};
@@ -185,15 +185,7 @@ impl Nccl {
 
 impl CollectiveGroups for Nccl {
     fn create_group(&self, spec: &GroupSpec<'_>) -> Result<()> {
-        let already = || {
-            Error::new(
-                ErrorKind::AlreadyExists,
-                format!(
-                    "this process is already in collective group {:?}",
-                    spec.name
-                ),
-            )
-        };
+        let already = || already_in_group(spec.name);
         if self.groups.read().contains_key(spec.name) {
             return Err(already());
         }

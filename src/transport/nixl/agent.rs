@@ -36,15 +36,7 @@ const PROGRESS_THREAD_DEFAULT: bool = false;
 
 /// Whether this process's fetching agent runs NIXL's progress thread.
 pub fn progress_thread_enabled() -> bool {
-    match std::env::var(PROGRESS_THREAD_ENV)
-        .ok()
-        .as_deref()
-        .map(str::trim)
-    {
-        Some("0") | Some("false") | Some("off") => false,
-        Some("1") | Some("true") | Some("on") => true,
-        _ => PROGRESS_THREAD_DEFAULT,
-    }
+    crate::settings::flag_or(PROGRESS_THREAD_ENV, PROGRESS_THREAD_DEFAULT)
 }
 
 /// Wraps a NIXL failure with what was being done.

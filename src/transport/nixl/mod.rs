@@ -36,7 +36,7 @@ pub mod remote;
 use super::{deadline_after, packed_layout, Local, Peer, Transport};
 use crate::cuda::pool::{self, Lease};
 use crate::cuda::{self as cuda_layer, current};
-use crate::dlpack::{kDLCPU, kDLCUDA, DLDevice};
+use crate::dlpack::{kDLCUDA, DLDevice};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
@@ -238,10 +238,7 @@ impl Transport for Nixl {
             .tensors
             .first()
             .map(Tensor::device)
-            .unwrap_or(DLDevice {
-                device_type: kDLCPU,
-                device_id: 0,
-            });
+            .unwrap_or(DLDevice::cpu());
         let (cuda, dev) = memory_of(device)?;
         if object.tensors.iter().all(|t| t.meta().nbytes == 0) {
             let descs = object
@@ -466,10 +463,7 @@ impl Transport for Nixl {
                 device_type: kDLCUDA,
                 device_id: b.device(),
             },
-            Buffer::Host(_) | Buffer::Heap(_) => DLDevice {
-                device_type: kDLCPU,
-                device_id: 0,
-            },
+            Buffer::Host(_) | Buffer::Heap(_) => DLDevice::cpu(),
         };
         let base = buffer.addr();
         let mut owner = Received {

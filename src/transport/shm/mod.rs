@@ -13,7 +13,7 @@ mod segment;
 mod written;
 
 use super::{fetch_request, packed_layout, Local, Peer, Transport};
-use crate::dlpack::{kDLCPU, DLDevice};
+use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::Metadata;
@@ -146,10 +146,7 @@ impl Transport for Shm {
             return metas.iter().map(Tensor::alloc_host).collect();
         };
         let lease = self.pool.lease(segment);
-        let cpu = DLDevice {
-            device_type: kDLCPU,
-            device_id: 0,
-        };
+        let cpu = DLDevice::cpu();
         let tensors = metas
             .into_iter()
             .zip(offsets)

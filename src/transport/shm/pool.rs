@@ -38,10 +38,7 @@ pub struct SegmentPool {
 
 impl Default for SegmentPool {
     fn default() -> Self {
-        let limit = std::env::var("RAY_RDT_SHM_POOL_BYTES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_POOL_BYTES);
+        let limit = crate::settings::bytes_or("RAY_RDT_SHM_POOL_BYTES", DEFAULT_POOL_BYTES);
         SegmentPool {
             idle: Arc::new(Mutex::new(Idle {
                 segments: Vec::new(),

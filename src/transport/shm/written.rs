@@ -32,10 +32,7 @@ pub struct WrittenMappings {
 
 impl Default for WrittenMappings {
     fn default() -> Self {
-        let limit = std::env::var("RAY_RDT_SHM_PRODUCER_CACHE_BYTES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_LIMIT);
+        let limit = crate::settings::bytes_or("RAY_RDT_SHM_PRODUCER_CACHE_BYTES", DEFAULT_LIMIT);
         WrittenMappings {
             entries: Mutex::new(VecDeque::new()),
             limit,
