@@ -104,12 +104,12 @@ def _failure(e: "_ffi.RdtError", key, record: bytes, transport: str, object_ref,
     except _ffi.RdtError:
         pid, src_actor = 0, None
     transfer = errors.describe(what, src_actor, pid, worker.actor_id.hex() if in_actor else None)
-    if e.status == _ffi.ERR_PEER_GONE or (e.status in SYSTEM_ERRORS and _actor_dead(src_actor)):
+    if e.status == _ffi.ERR_PEER_GONE or (e.status in SYSTEM_ERRORS and actor_dead(src_actor)):
         return errors.actor_died(transfer, str(e))
     return errors.RDTTransferError(f"{transfer} failed: {e}")
 
 
-def _actor_dead(actor_hex: Optional[str]) -> bool:
+def actor_dead(actor_hex: Optional[str]) -> bool:
     """Whether Ray reports actor ``actor_hex`` dead (one GCS read, on failures only)."""
     if not actor_hex:
         return False

@@ -7,7 +7,9 @@ member knows the group's owner (the creating process) by its plugin contact.
 
 A transfer that fails with a system error breaks the group in the member that
 saw it, which reports it to the owner over the owner's plugin endpoint before
-its failing call returns. The owner (:func:`handle_reported_failures`, from a
+its failing call returns; a member whose group noticed a peer gone outside
+any transfer (the plugin's group watch, ``src/engine/group_watch.rs``) reports
+it too, and the owner acts on that only if Ray reports a member dead. The owner (:func:`handle_reported_failures`, from a
 watcher thread that looks at the plugin's local queue five times a second, and
 at the next ``create_collective_group``) logs what stock Ray logs and destroys the group
 everywhere: on every live member (the plugin's group, Ray's collective group
@@ -26,6 +28,7 @@ import ray
 
 from ray_rdt import _ffi
 from ray_rdt import context as _context
+from ray_rdt.consumer import actor_dead
 
 logger = logging.getLogger(__name__)
 # Stock 2.60 logs failed RDT transfers here; operators' searches keep working.
@@ -152,20 +155,31 @@ class _FailureHandler:
         comm = next((c for c in manager.get_collective_groups() if c.name == failure["group"]), None)
         if comm is None:
             return  # destroyed already
-        manager.remove_remote_communicator(comm.name)
         actors = comm.actors
 
         def actor(rank):
             return actors[rank] if rank < len(actors) else f"rank {rank}"
 
+        reporter = failure["reporter_rank"]
+        if failure["src_rank"] == failure["dst_rank"] == reporter and set(failure["object_id"]) <= {"0"}:
+            # A member noticed a peer gone outside any transfer: destroy the
+            # group only if Ray reports a member dead (a peer that merely left
+            # the group, e.g. a destroy in progress, closes its connections too).
+            dead = [rank for rank, a in enumerate(actors) if actor_dead(a._actor_id.hex())]
+            if not dead:
+                return
+            src, dst, what = reporter, dead[0], "no transfer can complete in this group"
+        else:
+            src, dst, what = failure["src_rank"], failure["dst_rank"], f"object {failure['object_id']}"
+        manager.remove_remote_communicator(comm.name)
         _rdt_logger.error(
             "RDT transfer with src actor %s and dst actor %s failed. The plugin aborted the transfer; "
-            "both actors stay alive. Transfer failed with exception: %s (object %s, reported by rank %d)",
-            actor(failure["src_rank"]),
-            actor(failure["dst_rank"]),
+            "both actors stay alive. Transfer failed with exception: %s (%s, reported by rank %d)",
+            actor(src),
+            actor(dst),
             failure["cause"],
-            failure["object_id"],
-            failure["reporter_rank"],
+            what,
+            reporter,
         )
         tasks = [
             a.__ray_call__.options(concurrency_group="_ray_system").remote(_leave_broken_group, comm.name)

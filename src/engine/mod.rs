@@ -10,6 +10,7 @@
 //! contract check; anything else goes over the declared transport.
 
 mod group_events;
+mod group_watch;
 mod inline;
 mod remote_free;
 mod serve;
@@ -148,6 +149,8 @@ pub struct Context {
     group_stores: Mutex<HashMap<(TransportKind, String), String>>,
     token_set: bool,
     frees: RemoteFrees,
+    /// Reports groups a peer's death broke outside a transfer (started with the first group).
+    group_watch: group_watch::GroupWatch,
     /// This context's own fetches (the process-wide table counts all contexts).
     fetch_stats: stats::ContextCounters,
 }
@@ -195,6 +198,7 @@ impl Context {
             group_stores: Mutex::new(HashMap::new()),
             token_set,
             frees,
+            group_watch: Default::default(),
             fetch_stats: stats::ContextCounters::default(),
         })
     }
@@ -464,7 +468,7 @@ impl Context {
         self.group_stores
             .lock()
             .insert((kind, name.to_owned()), rendezvous.to_owned());
-        Ok(())
+        self.group_watch.ensure_started(&self.shared)
     }
 
     /// Leaves collective group `name` of transport `kind` (and stops its

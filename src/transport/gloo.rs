@@ -156,6 +156,29 @@ impl CollectiveGroups for Gloo {
         self.groups.read().keys().cloned().collect()
     }
 
+    fn report_broken(&self, local: &Local<'_>) {
+        let broken: Vec<(String, String)> = self
+            .groups
+            .read()
+            .iter()
+            .filter(|(_, g)| !g.report.done())
+            .filter_map(|(name, g)| g.ctx.broken_reason().map(|r| (name.clone(), r)))
+            .collect();
+        for (name, reason) in broken {
+            let cause = Error::new(
+                ErrorKind::PeerGone,
+                format!("a member of the group is gone ({reason})"),
+            );
+            self.break_group(
+                local,
+                &name,
+                &ObjectId([0; crate::object_id::OBJECT_ID_LEN]),
+                None,
+                &cause,
+            );
+        }
+    }
+
     fn break_group(
         &self,
         local: &Local<'_>,

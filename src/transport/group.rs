@@ -141,6 +141,12 @@ impl OwnerReport {
         }
     }
 
+    /// Whether there is nothing (more) to report: a failure was reported, or
+    /// the group has no owner to report to.
+    pub fn done(&self) -> bool {
+        self.owner.is_none() || self.reported.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Sends `failure` to the owner through `local`, if this is the first.
     pub fn report(&self, local: &super::Local<'_>, failure: GroupFailure) {
         use std::sync::atomic::Ordering;
@@ -166,6 +172,13 @@ pub trait CollectiveGroups: Send + Sync {
         ranks: Option<(usize, usize)>,
         cause: &Error,
     );
+
+    /// Breaks and reports to their owners the groups whose transport noticed,
+    /// outside any transfer, that a peer is gone (each group once; see
+    /// `engine::group_watch`). The report names no object and this rank as
+    /// both ends: the owner finds the dead member itself. Transports that
+    /// cannot notice do nothing.
+    fn report_broken(&self, _local: &super::Local<'_>) {}
 
     /// Joins group `spec.name`; blocks until every rank joined or the timeout passed.
     fn create_group(&self, spec: &GroupSpec<'_>) -> Result<()>;
