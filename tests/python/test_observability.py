@@ -19,6 +19,7 @@ import torch
 import ray
 
 from conftest import REPO, actor_stats, wait_for
+from ray_rdt import _ffi
 
 NBYTES = 1_234_567  # uint8: one byte per element, a size no other test moves
 
@@ -147,7 +148,7 @@ def test_doctor_checks_every_node(cluster):
     assert len(result["reports"]) == len(nodes) and result["problems"] == []
     (rep,) = result["reports"]
     assert rep["pid"] != os.getpid()  # a task on the node, not this driver
-    assert rep["plugin"]["library"].endswith("libray_rdt.so") and rep["plugin"]["abi"].startswith("1.")
+    assert rep["plugin"]["library"].endswith("libray_rdt.so") and rep["plugin"]["abi"].startswith(f"{_ffi.ABI_MAJOR}.")
     assert rep["ray"] == {"version": "2.60.0", "patches": "applied", "error": None, "files": rep["ray"]["files"]}
     assert rep["transports"]["shm"]["ok"] and rep["transports"]["gloo"]["ok"]
     assert rep["endpoint"]["unix"].startswith("unix:") and rep["endpoint"]["tcp"]
