@@ -115,20 +115,6 @@ pub fn nccl() -> Result<&'static Loaded> {
         .map_err(|m| unavailable(m))
 }
 
-/// What each probe found, without probing anything not yet probed:
-/// `(name, Some(path or error))`, `None` for a probe that has not run.
-pub fn probed() -> [(&'static str, Option<Result<PathBuf, String>>); 3] {
-    let state = |cell: &OnceLock<Result<Loaded, String>>| {
-        cell.get()
-            .map(|r| r.as_ref().map(|l| l.path.clone()).map_err(|e| e.clone()))
-    };
-    [
-        ("driver", state(&DRIVER)),
-        ("runtime", state(&RUNTIME)),
-        ("nccl", state(&NCCL)),
-    ]
-}
-
 const DRIVER_HINT: &str = "CUDA tensors need an NVIDIA GPU with its driver installed (libcuda.so.1 is part of \
      the driver, not of the Python wheels); set RAY_RDT_CUDA_DRIVER_LIB to its full path if it is installed \
      somewhere the dynamic linker does not look";

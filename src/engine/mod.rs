@@ -15,8 +15,6 @@ mod inline;
 mod remote_free;
 mod serve;
 
-pub use inline::{DEFAULT_THRESHOLD as DEFAULT_INLINE_BYTES, THRESHOLD_ENV as INLINE_BYTES_ENV};
-
 use crate::dlpack::DLDevice;
 use crate::endpoint::{Addresses, ClientPool, ClusterToken, Contact, Endpoint, Limits};
 use crate::error::{Error, ErrorKind, Result};

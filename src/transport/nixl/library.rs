@@ -48,11 +48,6 @@ pub fn load() -> Result<&'static Path> {
     }
 }
 
-/// Whether [`load`] already ran and succeeded (does not probe).
-pub fn is_loaded() -> bool {
-    matches!(LOADED.get(), Some(Ok(_)))
-}
-
 fn probe() -> Result<PathBuf, String> {
     let candidates = candidates();
     // A copy already in the process (Python's `nixl` module was imported first:
