@@ -91,7 +91,7 @@ fn unavailable(message: &str) -> Error {
     Error::new(ErrorKind::Unavailable, message.to_owned())
 }
 
-/// The CUDA driver, loaded and checked for [`DRIVER_SYMBOLS`]; after `Ok`,
+/// The CUDA driver, loaded and checked for `DRIVER_SYMBOLS`; after `Ok`,
 /// cudarc's driver calls cannot fail for a missing library or symbol.
 pub fn driver() -> Result<&'static Loaded> {
     DRIVER
