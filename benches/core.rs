@@ -16,7 +16,7 @@ use ray_rdt::dlpack::*;
 use ray_rdt::ffi::context::*;
 use ray_rdt::ffi::stats::RDT_TRANSPORT_SHM;
 use ray_rdt::ffi::status::rdt_status::RDT_OK;
-use ray_rdt::Metadata;
+use ray_rdt::testing::Metadata;
 use std::hint::black_box;
 use std::os::raw::c_void;
 use std::ptr::{null, null_mut};

@@ -28,9 +28,9 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::engine::{Context, Fetched};
-use ray_rdt::transport::nixl;
-use ray_rdt::{ObjectId, TransportKind};
+use ray_rdt::testing::nixl;
+use ray_rdt::testing::{Context, Fetched};
+use ray_rdt::testing::{ObjectId, TransportKind};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -259,9 +259,9 @@ fn loop_medians(sizes: &[usize], iters: &[usize]) -> Vec<(usize, f64)> {
                     24,
                     25,
                 ]);
-                let meta = ray_rdt::TensorMeta::compact(U8, vec![size as i64]).unwrap();
+                let meta = ray_rdt::testing::TensorMeta::compact(U8, vec![size as i64]).unwrap();
                 let cpu = ray_rdt::dlpack::DLDevice::cpu();
-                let t = ray_rdt::Tensor::from_owner(
+                let t = ray_rdt::testing::Tensor::from_owner(
                     meta,
                     cpu,
                     buffer.as_ptr() as *mut _,

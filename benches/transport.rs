@@ -8,8 +8,8 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::engine::{Context, Fetched};
-use ray_rdt::{ObjectId, TransportKind};
+use ray_rdt::testing::{Context, Fetched};
+use ray_rdt::testing::{ObjectId, TransportKind};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};

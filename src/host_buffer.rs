@@ -42,8 +42,7 @@ fn cache_limit() -> usize {
 #[derive(Debug)]
 pub struct HostBuffer {
     ptr: NonNull<u8>,
-    len: usize,
-    /// Length of the underlying mapping (>= len), or None for heap memory.
+    /// Length of the underlying mapping (>= the requested length), or None for heap memory.
     mapped: Option<usize>,
     layout: Option<std::alloc::Layout>,
 }
@@ -69,7 +68,6 @@ impl HostBuffer {
         })?;
         Ok(HostBuffer {
             ptr,
-            len,
             mapped: None,
             layout: Some(layout),
         })
@@ -88,7 +86,6 @@ impl HostBuffer {
                 let c = cache.swap_remove(i);
                 return Ok(HostBuffer {
                     ptr: c.ptr,
-                    len,
                     mapped: Some(c.len),
                     layout: None,
                 });
@@ -116,7 +113,6 @@ impl HostBuffer {
         // SAFETY: mmap succeeded, so raw is non-null.
         Ok(HostBuffer {
             ptr: unsafe { NonNull::new_unchecked(raw as *mut u8) },
-            len,
             mapped: Some(len),
             layout: None,
         })
@@ -125,16 +121,6 @@ impl HostBuffer {
     /// Start of the buffer.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the buffer is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

@@ -3,36 +3,36 @@
 //! The crate keeps RDT objects (tensors that stay in the producing process), moves
 //! them between processes over real transports, and gives Ray a compact metadata
 //! record to store instead of the tensor bytes. Everything a C or C++ caller uses is
-//! in [`ffi`] and in the generated `include/ray_rdt.h`.
+//! in [`ffi`] and in the generated `include/ray_rdt.h`; [`dlpack`] holds the DLPack
+//! types the C ABI names.
 //!
-//! Layers: [`ffi`] (C ABI) over the core ([`store`], [`tensor`], [`metadata`],
-//! [`stats`]) over the transports.
+//! Layers: [`ffi`] (C ABI) over a private core (object store, tensors, metadata
+//! codec, stats) over the transports. Nothing of the core is a public Rust API; the
+//! hidden `testing` module is the surface the crate's own integration tests and
+//! benchmarks use.
 
 #![warn(missing_docs)]
 
-pub mod cuda;
+mod cuda;
 pub mod dlpack;
-pub mod dylib;
-pub mod endpoint;
-pub mod engine;
-pub mod error;
+mod dylib;
+mod endpoint;
+mod engine;
+mod error;
 pub mod ffi;
-pub mod hold;
-pub mod host_buffer;
+mod hold;
+mod host_buffer;
 mod logging;
-pub mod metadata;
-pub mod object_id;
-pub mod rendezvous;
+mod metadata;
+mod object_id;
+mod rendezvous;
 mod settings;
-pub mod stats;
-pub mod store;
-pub mod tensor;
-pub mod transport;
-pub mod transport_kind;
+mod stats;
+mod store;
+mod tensor;
+#[doc(hidden)]
+pub mod testing;
+mod transport;
+mod transport_kind;
 
-pub use error::{Error, ErrorKind, Result};
-pub use metadata::{Metadata, Producer};
-pub use object_id::ObjectId;
-pub use store::{CopyKind, ObjectStore};
-pub use tensor::{Tensor, TensorMeta};
-pub use transport_kind::TransportKind;
+pub(crate) use error::{Error, ErrorKind, Result};

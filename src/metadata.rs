@@ -51,7 +51,7 @@ pub struct Producer {
     pub pid: u32,
     /// Ray actor ID (binary) of the producer; empty for the driver.
     pub actor_id: Vec<u8>,
-    /// The producer's host identity ([`crate::endpoint::host`]): a consumer with
+    /// The producer's host identity (`crate::endpoint::host`): a consumer with
     /// the same identity uses the same-host endpoint.
     pub host_id: Vec<u8>,
     /// The producer plugin's same-host endpoint (`unix:@…`).

@@ -30,15 +30,6 @@ pub enum Path {
 impl Path {
     /// Every path, in code order.
     pub const ALL: [Path; 3] = [Path::SameHost, Path::Network, Path::Inline];
-
-    /// The lower-case name, as `ray_rdt.stats()` keys it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Path::SameHost => "same_host",
-            Path::Network => "network",
-            Path::Inline => "inline",
-        }
-    }
 }
 
 /// Upper bounds (inclusive, microseconds) of the latency histogram's buckets;

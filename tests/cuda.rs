@@ -8,11 +8,11 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::cuda::{self, driver, library, pool};
 use ray_rdt::dlpack::{kDLCUDA, DLDevice};
-use ray_rdt::engine::{Context, ContextConfig, Fetched};
-use ray_rdt::transport::cuda_ipc;
-use ray_rdt::{stats, ErrorKind, Metadata, ObjectId, Tensor, TensorMeta, TransportKind};
+use ray_rdt::testing::cuda::{self, driver, library, pool};
+use ray_rdt::testing::cuda_ipc;
+use ray_rdt::testing::{stats, ErrorKind, Metadata, ObjectId, Tensor, TensorMeta, TransportKind};
+use ray_rdt::testing::{Context, ContextConfig, Fetched};
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -228,7 +228,7 @@ fn the_finder_looks_in_the_wheels_of_the_python_prefix() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"").unwrap();
     }
-    ray_rdt::dylib::add_python_prefix(&prefix);
+    ray_rdt::testing::dylib::add_python_prefix(&prefix);
     let nccl = library::nccl_candidates();
     let ours = nccl
         .iter()

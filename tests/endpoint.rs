@@ -7,9 +7,9 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::endpoint::{ClientPool, ClusterToken, Limits};
-use ray_rdt::engine::{Context, ContextConfig, Fetched};
-use ray_rdt::{ErrorKind, Metadata, ObjectId, Tensor, TransportKind};
+use ray_rdt::testing::{ClientPool, ClusterToken, Limits};
+use ray_rdt::testing::{Context, ContextConfig, Fetched};
+use ray_rdt::testing::{ErrorKind, Metadata, ObjectId, Tensor, TransportKind};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::linux::net::SocketAddrExt;

@@ -5,8 +5,8 @@ mod multiprocess;
 
 use multiprocess::*;
 use ray_rdt::dlpack::{kDLBfloat, kDLBool, kDLComplex, kDLFloat, kDLInt, DLDataType};
-use ray_rdt::engine::{Context, Fetched};
-use ray_rdt::{stats, ObjectId, Tensor, TransportKind};
+use ray_rdt::testing::{stats, ObjectId, Tensor, TransportKind};
+use ray_rdt::testing::{Context, Fetched};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout};
@@ -326,8 +326,8 @@ fn producer_killed_mid_transfer(node: &Node) {
     let dir = std::env::temp_dir().join(format!("ray-rdt-gloo-hold-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let env = [
-        (ray_rdt::hold::DIR_ENV, dir.display().to_string()),
-        (ray_rdt::hold::POINTS_ENV, "serve".to_string()),
+        (ray_rdt::testing::hold::DIR_ENV, dir.display().to_string()),
+        (ray_rdt::testing::hold::POINTS_ENV, "serve".to_string()),
     ];
     let mut children = vec![ChildRank::spawn_with("gloo_faults_and_recreate", 1, &env)];
     join_all(node, &mut children, "k");

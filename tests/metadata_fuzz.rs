@@ -12,9 +12,11 @@
 
 use proptest::prelude::*;
 use ray_rdt::dlpack::{DLDataType, DLDevice};
-use ray_rdt::metadata::{MAX_ENDPOINT_LEN, MAX_HOST_ID_LEN, MAX_ID_LEN, MAX_TENSORS, VERSION};
-use ray_rdt::tensor::MAX_NDIM;
-use ray_rdt::{ErrorKind, Metadata, Producer, TensorMeta, TransportKind};
+use ray_rdt::testing::metadata::{
+    MAX_ENDPOINT_LEN, MAX_HOST_ID_LEN, MAX_ID_LEN, MAX_TENSORS, VERSION,
+};
+use ray_rdt::testing::MAX_NDIM;
+use ray_rdt::testing::{ErrorKind, Metadata, Producer, TensorMeta, TransportKind};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// splitmix64: a small, fast, seedable generator (Steele, Lea, Flood 2014).

@@ -11,9 +11,11 @@ mod multiprocess;
 
 use multiprocess::*;
 use ray_rdt::dlpack::{kDLUInt, DLDataType, DLDevice};
-use ray_rdt::engine::{Context, Fetched};
-use ray_rdt::transport::nixl;
-use ray_rdt::{stats, ErrorKind, Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind};
+use ray_rdt::testing::nixl;
+use ray_rdt::testing::{
+    stats, ErrorKind, Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind,
+};
+use ray_rdt::testing::{Context, Fetched};
 use std::io::{BufRead, BufReader, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -484,7 +486,7 @@ fn without_nixl() {
         )
         .expect_err("put must fail without NIXL");
     assert_eq!(err.tensors.len(), 5, "the tensors are handed back");
-    let unavailable = |e: &ray_rdt::Error| {
+    let unavailable = |e: &ray_rdt::testing::Error| {
         e.kind() == ErrorKind::Unavailable
             && e.message().contains("pip install nixl==1.5.1")
             && e.message().contains("RAY_RDT_NIXL_LIB")

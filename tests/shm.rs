@@ -4,14 +4,14 @@
 mod multiprocess;
 
 use multiprocess::*;
-use ray_rdt::engine::{Context, Fetched};
-use ray_rdt::{stats, ErrorKind, Metadata, ObjectId, TransportKind};
+use ray_rdt::testing::{stats, ErrorKind, Metadata, ObjectId, TransportKind};
+use ray_rdt::testing::{Context, Fetched};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 /// The tensors of a test object: several dtypes, a 0-d and an empty tensor, and
 /// for odd seeds a strided view (which takes the segment path).
-fn sample_tensors(seed: u8) -> Vec<ray_rdt::Tensor> {
+fn sample_tensors(seed: u8) -> Vec<ray_rdt::testing::Tensor> {
     let mut tensors = vec![
         tensor_from_bytes(F32, vec![3, 5], pattern(60, seed)),
         tensor_from_bytes(I64, vec![], pattern(8, seed + 1)),
@@ -54,7 +54,7 @@ fn consumer() {
         Ok(Fetched::Local(_)) => Err("local".to_string()),
         Err(e) => Err(format!("err {:?} {}", e.kind(), e.message())),
     };
-    let bytes = |tensors: &[ray_rdt::Tensor]| {
+    let bytes = |tensors: &[ray_rdt::testing::Tensor]| {
         tensors
             .iter()
             .map(|t| t.host_bytes().unwrap().to_vec())
@@ -200,9 +200,9 @@ fn destroying_a_context_frees_its_objects_while_peers_stay_connected() {
     let consumer = Context::new(transport_only(b"node-a", b"c")).unwrap();
     let freed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut data = vec![7u8; 64].into_boxed_slice();
-    let meta = ray_rdt::TensorMeta::compact(U8, vec![64]).unwrap();
+    let meta = ray_rdt::testing::TensorMeta::compact(U8, vec![64]).unwrap();
     let ptr = data.as_mut_ptr() as *mut std::ffi::c_void;
-    let tensor = ray_rdt::Tensor::from_owner(
+    let tensor = ray_rdt::testing::Tensor::from_owner(
         meta,
         DLDevice::cpu(),
         ptr,

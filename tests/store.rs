@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use ray_rdt::{CopyKind, ErrorKind, ObjectStore};
+use ray_rdt::testing::{CopyKind, ErrorKind, ObjectStore};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
@@ -199,7 +199,7 @@ fn wait_tensor_freed_waits_for_every_object_sharing_the_memory() {
     // because neither deleter frees through `data`.
     let alias = unsafe {
         (*alias).dl_tensor.data = ptr as *mut _;
-        ray_rdt::Tensor::from_managed(alias).unwrap()
+        ray_rdt::testing::Tensor::from_managed(alias).unwrap()
     };
     store.put(oid(2), vec![alias], CopyKind::Primary).unwrap();
 

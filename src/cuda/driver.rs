@@ -467,16 +467,6 @@ pub fn ipc_close(ordinal: i32, ptr: DevicePtr) -> Result<()> {
     })
 }
 
-/// The driver's CUDA version (e.g. 13000), for reports.
-pub fn driver_version() -> Result<i32> {
-    let mut v = 0;
-    // SAFETY: out-pointer to a local.
-    call("cuDriverGetVersion", || unsafe {
-        sys::cuDriverGetVersion(&mut v)
-    })?;
-    Ok(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,9 +156,4 @@ impl Mappings {
     pub fn len(&self) -> usize {
         self.entries.lock().0.len()
     }
-
-    /// Whether no mapping is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -91,7 +91,7 @@ fn unavailable(message: &str) -> Error {
     Error::new(ErrorKind::Unavailable, message.to_owned())
 }
 
-/// The CUDA driver, loaded and checked for [`DRIVER_SYMBOLS`]; after `Ok`,
+/// The CUDA driver, loaded and checked for `DRIVER_SYMBOLS`; after `Ok`,
 /// cudarc's driver calls cannot fail for a missing library or symbol.
 pub fn driver() -> Result<&'static Loaded> {
     DRIVER
@@ -113,20 +113,6 @@ pub fn nccl() -> Result<&'static Loaded> {
     NCCL.get_or_init(probe_nccl)
         .as_ref()
         .map_err(|m| unavailable(m))
-}
-
-/// What each probe found, without probing anything not yet probed:
-/// `(name, Some(path or error))`, `None` for a probe that has not run.
-pub fn probed() -> [(&'static str, Option<Result<PathBuf, String>>); 3] {
-    let state = |cell: &OnceLock<Result<Loaded, String>>| {
-        cell.get()
-            .map(|r| r.as_ref().map(|l| l.path.clone()).map_err(|e| e.clone()))
-    };
-    [
-        ("driver", state(&DRIVER)),
-        ("runtime", state(&RUNTIME)),
-        ("nccl", state(&NCCL)),
-    ]
 }
 
 const DRIVER_HINT: &str = "CUDA tensors need an NVIDIA GPU with its driver installed (libcuda.so.1 is part of \

@@ -162,10 +162,6 @@ fn nccl_error(api: &Api, rc: c_int, what: &str, comm: Option<ncclComm_t>) -> Err
 pub struct Comm {
     raw: ncclComm_t,
     api: &'static Api,
-    /// This process's rank.
-    pub rank: usize,
-    /// Number of ranks.
-    pub size: usize,
     /// The device it was created on (its buffers must live there).
     pub device: i32,
     aborted: bool,
@@ -208,8 +204,6 @@ impl Comm {
         let mut comm = Comm {
             raw,
             api,
-            rank,
-            size,
             device,
             aborted: false,
         };
@@ -326,11 +320,6 @@ impl Comm {
             // SAFETY: a live communicator, aborted once.
             unsafe { (self.api.abort)(self.raw) };
         }
-    }
-
-    /// Whether [`Comm::abort`] ran.
-    pub fn is_aborted(&self) -> bool {
-        self.aborted
     }
 }
 

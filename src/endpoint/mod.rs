@@ -25,7 +25,7 @@ pub mod unix;
 pub mod wire;
 
 pub use auth::ClusterToken;
-pub use channel::{Channel, Frame};
+pub use channel::Channel;
 pub use client::ClientPool;
 pub use contact::Contact;
 

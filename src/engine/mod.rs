@@ -15,8 +15,6 @@ mod inline;
 mod remote_free;
 mod serve;
 
-pub use inline::{DEFAULT_THRESHOLD as DEFAULT_INLINE_BYTES, THRESHOLD_ENV as INLINE_BYTES_ENV};
-
 use crate::dlpack::DLDevice;
 use crate::endpoint::{Addresses, ClientPool, ClusterToken, Contact, Endpoint, Limits};
 use crate::error::{Error, ErrorKind, Result};
@@ -60,7 +58,7 @@ pub struct ContextConfig {
     /// path whatever transport was declared (`RAY_RDT_SAME_HOST_PATH`, default on).
     pub same_host_path: bool,
     /// Objects of at most this many bytes travel inside their record
-    /// (`RAY_RDT_INLINE_BYTES`, default [`DEFAULT_INLINE_BYTES`]; 0: never).
+    /// (`RAY_RDT_INLINE_BYTES`, default `inline::DEFAULT_THRESHOLD`; 0: never).
     pub inline_bytes: u64,
 }
 

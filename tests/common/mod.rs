@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use ray_rdt::dlpack::*;
-use ray_rdt::{Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind};
+use ray_rdt::testing::{Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind};
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use ray_rdt::dlpack::{kDLFloat, kDLInt, kDLUInt, DLDataType, DLDevice};
-use ray_rdt::engine::ContextConfig;
-use ray_rdt::{Tensor, TensorMeta};
+use ray_rdt::testing::ContextConfig;
+use ray_rdt::testing::{Tensor, TensorMeta};
 use std::process::{Child, Command, Stdio};
 
 /// A one-lane element type of `code` and `bits`.

@@ -33,7 +33,6 @@ pub struct HeapBuffer {
     raw: NonNull<u8>,
     layout: Layout,
     offset: usize,
-    len: usize,
 }
 
 // SAFETY: a plain allocation with a unique owner.
@@ -60,7 +59,6 @@ impl HeapBuffer {
             raw,
             layout,
             offset,
-            len,
         })
     }
 
@@ -68,16 +66,6 @@ impl HeapBuffer {
     pub fn as_ptr(&self) -> *mut u8 {
         // SAFETY: offset + len is within the allocation (see `new`).
         unsafe { self.raw.as_ptr().add(self.offset) }
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the buffer is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -97,7 +85,6 @@ mod tests {
         for len in [0usize, 1, 63, 64, 4096, 1 << 20, (2 << 20) - 1] {
             let b = HeapBuffer::new(len).unwrap();
             assert_eq!(b.as_ptr() as usize % ALIGN, 0, "len {len}");
-            assert_eq!(b.len(), len);
             // SAFETY: the buffer is len bytes long and owned here.
             unsafe { std::ptr::write_bytes(b.as_ptr(), 0xa5, len) };
         }

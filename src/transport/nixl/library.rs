@@ -48,11 +48,6 @@ pub fn load() -> Result<&'static Path> {
     }
 }
 
-/// Whether [`load`] already ran and succeeded (does not probe).
-pub fn is_loaded() -> bool {
-    matches!(LOADED.get(), Some(Ok(_)))
-}
-
 fn probe() -> Result<PathBuf, String> {
     let candidates = candidates();
     // A copy already in the process (Python's `nixl` module was imported first:
@@ -106,9 +101,9 @@ fn probe() -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Where to look for `libnixl_capi.so`, in order: [`LIB_ENV`]; unless
-/// [`NO_SEARCH_ENV`] is set, the wheels' library folders ([`WHEEL_LIB_DIRS`]) in
-/// each `site-packages` folder [`crate::dylib::site_packages`] lists (the
+/// Where to look for `libnixl_capi.so`, in order: `LIB_ENV`; unless
+/// `NO_SEARCH_ENV` is set, the wheels' library folders (`WHEEL_LIB_DIRS`) in
+/// each `site-packages` folder `crate::dylib::site_packages` lists (the
 /// running Python's, the binding's `sys.prefix`, `VIRTUAL_ENV`, the source
 /// tree's `.venv`).
 pub fn candidates() -> Vec<PathBuf> {

@@ -126,13 +126,6 @@ pub struct Nixl {
     exports: Mutex<HashMap<ObjectId, Export>>,
 }
 
-impl Nixl {
-    /// A transport with nothing exported.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
 /// NIXL's view of a device: (CUDA?, device ID).
 fn memory_of(device: DLDevice) -> Result<(bool, u64)> {
     if is_host(device) {
