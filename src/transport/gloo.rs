@@ -11,8 +11,8 @@
 //! with a clear error until the group is destroyed and created again.
 
 use super::group::{
-    already_in_group, decode_location, encode_location, is_system_error, CollectiveGroups,
-    GroupFailure, GroupSpec, OwnerReport, PullRequest,
+    already_in_group, break_on_system_error, broken_group, decode_location, encode_location,
+    CollectiveGroups, GroupFailure, GroupSpec, OwnerReport, PullRequest,
 };
 use super::{fetch_request, Local, Peer, Transport};
 use crate::dlpack::DLDevice;
@@ -44,9 +44,7 @@ impl Group {
     fn usable(&self, name: &str) -> Result<()> {
         match self.ctx.broken_reason() {
             None => Ok(()),
-            Some(reason) => Err(Error::transport(format!(
-                "collective group {name:?} was destroyed by a system error ({reason}); destroy it and create it again"
-            ))),
+            Some(reason) => Err(broken_group(name, &reason)),
         }
     }
 }
@@ -280,13 +278,8 @@ impl Transport for Gloo {
         let sent = group
             .usable(req.group)
             .and_then(|()| self.send_object(&group, &req, object, channel));
-        if let Err(e) = &sent {
-            if is_system_error(e) {
-                let ranks = (group.ctx.rank(), req.consumer_rank);
-                self.break_group(local, req.group, id, Some(ranks), e);
-            }
-        }
-        sent
+        let ranks = (group.ctx.rank(), req.consumer_rank);
+        break_on_system_error(self, local, req.group, id, ranks, sent)
     }
 
     fn fetch(
@@ -302,13 +295,8 @@ impl Transport for Gloo {
         let received = group.usable(name).and_then(|()| {
             self.receive_object(&group, peer, id, meta, producer_rank, name, timeout)
         });
-        if let Err(e) = &received {
-            if is_system_error(e) {
-                let ranks = (producer_rank, group.ctx.rank());
-                self.break_group(local, name, id, Some(ranks), e);
-            }
-        }
-        received
+        let ranks = (producer_rank, group.ctx.rank());
+        break_on_system_error(self, local, name, id, ranks, received)
     }
 
     fn check_consumer(&self, meta: &Metadata) -> Result<()> {

@@ -125,6 +125,32 @@ pub fn is_system_error(e: &Error) -> bool {
     )
 }
 
+/// Passes `result` on; a system error first breaks group `name` of `groups`
+/// (after a transfer of `object` from rank `src` to rank `dst`) and reports it.
+pub fn break_on_system_error<T, G: CollectiveGroups + ?Sized>(
+    groups: &G,
+    local: &super::Local<'_>,
+    name: &str,
+    object: &ObjectId,
+    (src, dst): (usize, usize),
+    result: Result<T>,
+) -> Result<T> {
+    if let Err(e) = &result {
+        if is_system_error(e) {
+            groups.break_group(local, name, object, Some((src, dst)), e);
+        }
+    }
+    result
+}
+
+/// The refusal of a transfer on group `name`, which a system error broke
+/// (`reason`, as the transport gave it).
+pub fn broken_group(name: &str, reason: &str) -> Error {
+    Error::transport(format!(
+        "collective group {name:?} was destroyed by a system error ({reason}); destroy it and create it again"
+    ))
+}
+
 /// A member's reports to its group's owner: at most one per group (the first
 /// failure breaks the group; later ones are consequences).
 pub struct OwnerReport {

@@ -30,8 +30,8 @@
 pub mod turn;
 
 use super::group::{
-    already_in_group, decode_location, encode_location, is_system_error, CollectiveGroups,
-    GroupFailure, GroupSpec, OwnerReport, PullRequest,
+    already_in_group, break_on_system_error, broken_group, decode_location, encode_location,
+    CollectiveGroups, GroupFailure, GroupSpec, OwnerReport, PullRequest,
 };
 use super::{deadline_after, fetch_request, packed_layout, Local, Peer, Transport};
 use crate::cuda::driver::{self, Event, RawStream};
@@ -155,29 +155,10 @@ impl Nccl {
         })
     }
 
-    /// Breaks the group after a system error of a transfer and reports it.
-    fn on_failure<T>(
-        &self,
-        local: &Local<'_>,
-        name: &str,
-        object: &ObjectId,
-        ranks: (usize, usize),
-        result: Result<T>,
-    ) -> Result<T> {
-        if let Err(e) = &result {
-            if is_system_error(e) {
-                self.break_group(local, name, object, Some(ranks), e);
-            }
-        }
-        result
-    }
-
     fn group(&self, name: &str) -> Result<Arc<Group>> {
         let group = self.joined(name)?;
         if let Some(reason) = group.broken_reason() {
-            return Err(Error::transport(format!(
-                "collective group {name:?} was destroyed by a system error ({reason}); destroy it and create it again"
-            )));
+            return Err(broken_group(name, &reason));
         }
         Ok(group)
     }
@@ -358,7 +339,7 @@ impl Transport for Nccl {
         let group = self.joined(req.group)?;
         let ranks = (group.rank, req.consumer_rank);
         let result = self.serve_pull(&req, id, object, channel);
-        self.on_failure(local, req.group, id, ranks, result)
+        break_on_system_error(self, local, req.group, id, ranks, result)
     }
 
     fn fetch(
@@ -373,7 +354,7 @@ impl Transport for Nccl {
         let group = self.joined(name)?;
         let ranks = (producer_rank, group.rank);
         let result = self.fetch_pull(peer, id, meta, timeout);
-        self.on_failure(local, name, id, ranks, result)
+        break_on_system_error(self, local, name, id, ranks, result)
     }
 
     fn groups(&self) -> Option<&dyn CollectiveGroups> {
