@@ -132,18 +132,13 @@ def main(argv=None):
     child_args = ["--workloads", ",".join(f"{n}:{c}" for n, c in workloads), "--in-flight", str(args.in_flight),
                   "--rounds", str(args.rounds), "--configs"]
     rates, paths = {}, {}
-    stock = [c for c in CONFIGS if c in configs and c in rb.STOCK]
-    if stock:
-        out = rb.run_child(__file__, child_args + [",".join(stock)], rb.STOCK_ENV,
-                           f"stock Ray 2.60 {stock} (RAY_RDT_PLUGIN=0)")
-        rates.update({c: rb.int_keys(r) for c, r in out["rates"].items()})
     env = dict(kv.split("=", 1) for kv in args.env)
-    on = [c for c in ("object_store",) + rb.PLUGIN if c in configs]
-    if on:
-        label = f"patched Ray with the plugin {on}" + "".join(f" {k}={v}" for k, v in env.items())
-        out = rb.run_child(__file__, child_args + [",".join(on)], env, label)
-        rates.update({c: rb.int_keys(r) for c, r in out["rates"].items()})
-        paths.update({c: rb.int_keys(r) for c, r in out["paths"].items() if r})
+    stock, plugin = rb.run_stock_and_plugin(__file__, child_args, [c for c in CONFIGS if c in configs], env)
+    for out in (stock, plugin):
+        if out:
+            rates.update({c: rb.int_keys(r) for c, r in out["rates"].items()})
+    if plugin:
+        paths.update({c: rb.int_keys(r) for c, r in plugin["paths"].items() if r})
 
     header = (f"run {started}; transfers per second, median of {args.rounds} rounds, {args.in_flight} in flight, "
               "one producer and one consumer actor")

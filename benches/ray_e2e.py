@@ -126,19 +126,14 @@ def main(argv=None):
     started = time.strftime("%Y-%m-%d %H:%M")
     medians, paths, moved = {}, {}, {}
     child_args = ["--sizes", ",".join(str(n) for n in sizes), "--configs"]
-    stock = [c for c in CONFIGS if c in configs and c in rb.STOCK]
-    if stock:
-        out = rb.run_child(__file__, child_args + [",".join(stock)], rb.STOCK_ENV,
-                           f"stock Ray 2.60 {stock} (RAY_RDT_PLUGIN=0)")
-        medians.update({c: rb.int_keys(r) for c, r in out["medians"].items()})
     env = dict(kv.split("=", 1) for kv in args.env)
-    on = [c for c in ("object_store",) + rb.PLUGIN if c in configs]
-    if on:
-        label = f"patched Ray with the plugin {on}" + "".join(f" {k}={v}" for k, v in env.items())
-        out = rb.run_child(__file__, child_args + [",".join(on)], env, label)
-        medians.update({c: rb.int_keys(r) for c, r in out["medians"].items()})
-        paths.update({c: rb.int_keys(r) for c, r in out["paths"].items() if r})
-        moved = out["bytes_received"]
+    stock, plugin = rb.run_stock_and_plugin(__file__, child_args, [c for c in CONFIGS if c in configs], env)
+    for out in (stock, plugin):
+        if out:
+            medians.update({c: rb.int_keys(r) for c, r in out["medians"].items()})
+    if plugin:
+        paths.update({c: rb.int_keys(r) for c, r in plugin["paths"].items() if r})
+        moved = plugin["bytes_received"]
     if "memcpy" in configs:
         medians["memcpy"] = rb.memcpy_medians(sizes)
 

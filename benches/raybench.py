@@ -234,6 +234,23 @@ def run_child(script, args, env=None, label=None):
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def run_stock_and_plugin(script, child_args, configs, env):
+    """Runs ``script``'s stock columns (``STOCK``) in a child with the plugin
+    off, then the object store and the plugin columns (``PLUGIN``) in a child
+    with ``env`` added; each child gets ``child_args`` and its columns (comma
+    separated) last. Returns ``(stock, plugin)``: each child's result
+    (:func:`run_child`), ``None`` where ``configs`` names none of its columns."""
+    stock = [c for c in configs if c in STOCK]
+    on = [c for c in ("object_store",) + PLUGIN if c in configs]
+    results = []
+    for columns, child_env, label in (
+        (stock, STOCK_ENV, f"stock Ray 2.60 {stock} (RAY_RDT_PLUGIN=0)"),
+        (on, env, f"patched Ray with the plugin {on}" + "".join(f" {k}={v}" for k, v in env.items())),
+    ):
+        results.append(run_child(script, child_args + [",".join(columns)], child_env, label) if columns else None)
+    return tuple(results)
+
+
 def child_result(result):
     """Ends a ``--child`` run: prints its ``RESULT`` line and exits at once.
 
