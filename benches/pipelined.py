@@ -15,7 +15,8 @@ Default workloads: 10,000 x 4 KiB and 1,000 x 1 MiB (``--workloads 4KiB:10000,1M
 ``--scale 0.1`` divides every count by 10 for a quick run). Columns, all from one
 run: ``object_store`` (no RDT), ``stock_gloo`` and ``stock_nixl`` (stock Ray 2.60,
 a subprocess with ``RAY_RDT_PLUGIN=0``), ``plugin_gloo``, ``plugin_shm``,
-``plugin_nixl`` (a second subprocess, plugin on, object_store first). Printed: the
+``plugin_nixl`` (a second subprocess, plugin on, with object_store; in each
+cluster every round runs each column once, in a new random order). Printed: the
 table of transfers per second, the paths the plugin columns took (consumer's
 per-path counters) and throughput ratios (higher is better; above 1x the plugin
 column moves more transfers per second): every plugin column / the object store,
@@ -30,6 +31,7 @@ and / its stock counterpart (stock gloo for shm).
 import argparse
 import collections
 import json
+import random
 import statistics
 import sys
 import time
@@ -66,25 +68,32 @@ def pipeline(method, consumer, nbytes, count, in_flight):
 
 def bench_cluster(configs, workloads, in_flight, rounds):
     """In a child: ``{"rates": {config: {n: transfers/s}}, "spread": {config: {n: [min, max]}},
-    "paths": {config: {n: path}}}`` for ``configs`` on one fresh cluster."""
+    "paths": {config: {n: path}}}`` for ``configs`` on one fresh cluster. Per
+    workload the configs' rounds are interleaved: every round runs each config
+    once, in a new random order."""
     sizes = [n for n, _ in workloads]
     producer, consumer = rb.start_cluster(configs, sizes)
-    rates, spread, paths = {}, {}, {}
-    for config in configs:
-        method = rb.producer_method(producer, config)
-        rates[config], spread[config], paths[config] = {}, {}, {}
-        for n, count in workloads:
-            before = rb.consumer_stats(consumer) if config in rb.PLUGIN else None
-            pipeline(method, consumer, n, min(count, 2 * in_flight), in_flight)
-            per_round = max(1, count // rounds)
-            samples = [per_round / pipeline(method, consumer, n, per_round, in_flight) for _ in range(rounds)]
-            rates[config][n] = statistics.median(samples)
-            spread[config][n] = [min(samples), max(samples)]
-            if before is not None:
-                paths[config][n] = rb.path_taken(before, rb.consumer_stats(consumer), config)
+    methods = {config: rb.producer_method(producer, config) for config in configs}
+    order = random.Random(0)
+    rates, spread, paths = {c: {} for c in configs}, {c: {} for c in configs}, {c: {} for c in configs}
+    for n, count in workloads:
+        before = rb.consumer_stats(consumer)
+        for config in configs:
+            pipeline(methods[config], consumer, n, min(count, 2 * in_flight), in_flight)
+        per_round = max(1, count // rounds)
+        samples = {config: [] for config in configs}
+        for _ in range(rounds):
+            for config in order.sample(configs, len(configs)):
+                samples[config].append(per_round / pipeline(methods[config], consumer, n, per_round, in_flight))
+        after = rb.consumer_stats(consumer)
+        for config in configs:
+            rates[config][n] = statistics.median(samples[config])
+            spread[config][n] = [min(samples[config]), max(samples[config])]
+            if config in rb.PLUGIN:
+                paths[config][n] = rb.path_taken(before, after, config)
             via = f"  ({paths[config][n]})" if paths[config].get(n) else ""
             print(f"  {config:<13} {per_round * rounds:>6} x {rb.fmt_size(n):>7}: {rates[config][n]:8.0f} /s "
-                  f"[{min(samples):.0f}-{max(samples):.0f}]{via}", file=sys.stderr, flush=True)
+                  f"[{spread[config][n][0]:.0f}-{spread[config][n][1]:.0f}]{via}", file=sys.stderr, flush=True)
     return {"rates": rates, "spread": spread, "paths": paths}
 
 

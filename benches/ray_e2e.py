@@ -12,8 +12,9 @@ rounds, then the median of 50 samples up to 1 MiB, 20 up to 16 MiB, 10 up to
   ``__ray_recv__`` tasks; NIXL's Python API), in a subprocess with
   ``RAY_RDT_PLUGIN=0`` and its own cluster;
 * ``plugin_gloo``, ``plugin_shm``, ``plugin_nixl`` - RDT through libray_rdt,
-  in that order on one cluster (a second subprocess, plugin on; object_store
-  runs first on it);
+  on one cluster (a second subprocess, plugin on), together with
+  ``object_store``: per size, each round samples every column of that cluster
+  once, in a new random order;
 * ``memcpy`` - one single-threaded copy of the same bytes (numpy), the
   physical reference on one host.
 
@@ -34,6 +35,7 @@ the declared transport's own path), and time ratios (lower is better; below
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -53,22 +55,29 @@ TITLES = {
 
 
 def bench_cluster(configs, sizes):
-    """In a child: runs ``configs`` (in the given order) on one fresh cluster.
-    Returns ``{"medians": {config: {n: seconds}}, "paths": {config: {n: path}},
-    "bytes_received": {transport: bytes}}``."""
+    """In a child: runs ``configs`` on one fresh cluster, interleaved: per size,
+    every round samples each config once, in a new random order (so drift and
+    other load hit all columns alike). Returns ``{"medians": {config: {n:
+    seconds}}, "paths": {config: {n: path}}, "bytes_received": {transport:
+    bytes}}``."""
     producer, consumer = rb.start_cluster(configs, sizes)
-    medians, paths = {}, {}
-    for config in configs:
-        method = rb.producer_method(producer, config)
-        medians[config], paths[config] = {}, {}
-        for n in sizes:
-            before = rb.consumer_stats(consumer) if config in rb.PLUGIN else None
-            for _ in range(rb.WARMUPS):
-                rb.one_transfer(method, consumer, n)
-            medians[config][n] = statistics.median(rb.one_transfer(method, consumer, n)
-                                                   for _ in range(rb.iterations(n)))
-            if before is not None:
-                paths[config][n] = rb.path_taken(before, rb.consumer_stats(consumer), config)
+    methods = {config: rb.producer_method(producer, config) for config in configs}
+    order = random.Random(0)
+    medians, paths = {c: {} for c in configs}, {c: {} for c in configs}
+    for n in sizes:
+        before = rb.consumer_stats(consumer)
+        for _ in range(rb.WARMUPS):
+            for config in configs:
+                rb.one_transfer(methods[config], consumer, n)
+        samples = {config: [] for config in configs}
+        for _ in range(rb.iterations(n)):
+            for config in order.sample(configs, len(configs)):
+                samples[config].append(rb.one_transfer(methods[config], consumer, n))
+        after = rb.consumer_stats(consumer)
+        for config in configs:
+            medians[config][n] = statistics.median(samples[config])
+            if config in rb.PLUGIN:
+                paths[config][n] = rb.path_taken(before, after, config)
             via = f"  ({paths[config][n]})" if paths[config].get(n) else ""
             print(f"  {config:<13} {rb.fmt_size(n):>8}: {medians[config][n] * 1e3:9.2f} ms{via}", file=sys.stderr,
                   flush=True)

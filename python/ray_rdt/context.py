@@ -61,6 +61,8 @@ class Context:
         self._handle = handle
         self._watcher = None
         self._pid = os.getpid()
+        # The Ray core worker get_context last checked this context against.
+        self._core_worker = None
         self.node_id = node_id
         self.actor_id = actor_id
         #: Same-host endpoint (``unix:@...``).
@@ -398,9 +400,12 @@ def get_context() -> Context:
     """
     global _context
     ctx = _context
-    node_id, actor_id = _ray_ids()
-    if ctx is not None and ctx._pid == os.getpid() and ctx.node_id == node_id:
+    core_worker = _ray_core_worker()
+    if ctx is not None and core_worker is not None and ctx._core_worker is core_worker and ctx._pid == os.getpid():
+        # The same Ray connection as when the context was checked last: the
+        # same node (one dictionary read instead of asking Ray for its IDs).
         return ctx
+    node_id, actor_id = _ray_ids()
     with _context_lock:
         ctx = _context
         if ctx is None or ctx._pid != os.getpid() or ctx.node_id != node_id:
@@ -408,7 +413,17 @@ def get_context() -> Context:
                 ctx.close()
             _context = Context(node_id, actor_id, _ray_node_ip(), ray_auth_token() if node_id else None)
             reporter.start()
+        # Held, so a later connection's core worker can never be mistaken for it.
+        _context._core_worker = core_worker
         return _context
+
+
+def _ray_core_worker():
+    """The core worker of this process's Ray connection (None when not connected)."""
+    import ray._private.worker as ray_worker
+
+    worker = ray_worker.global_worker
+    return getattr(worker, "core_worker", None) if worker.connected else None
 
 
 def peek_context() -> Optional[Context]:

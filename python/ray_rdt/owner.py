@@ -30,11 +30,10 @@ def free_primary_copy(obj_id: str, src_actor, transport: str, meta) -> bool:
     over the producer's plugin endpoint (batched, no Ray task). Returns False to
     leave the free to stock 2.60 (objects of other transports, and objects this
     process produced itself, which 2.60 frees in place)."""
-    from ray.experimental.rdt.rdt_manager import RDTSource
-
-    if not is_plugin_transport(transport) or not isinstance(meta, PluginTransportMetadata) or not meta.record:
+    if not isinstance(meta, PluginTransportMetadata) or not meta.record or not is_plugin_transport(transport):
         return False
-    if src_actor == RDTSource.DRIVER or src_actor._actor_id == ray._private.worker.global_worker.actor_id:
+    actor_id = getattr(src_actor, "_actor_id", None)  # RDTSource.DRIVER has none
+    if actor_id is None or actor_id == ray._private.worker.global_worker.actor_id:
         return False
     _context.get_context().free_remote(meta.key, meta.record)
     return True

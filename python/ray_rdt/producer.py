@@ -3,8 +3,11 @@
 At task return, Ray's ``serialize_rdt_objects`` pulls the tensors out of the
 value; :func:`serialize_with_record` stores them in the plugin under the
 return's ObjectID (``rdt_context_put``) and serializes the value again with
-placeholders that carry the plugin's metadata record. :func:`store_rdt_objects`
-gives the owner its metadata; :func:`claim_pending_put` binds a ``ray.put``.
+placeholders that carry the plugin's metadata record. For the common values
+(a tensor; a list, tuple or dict of tensors) :func:`serialize_in_one_pass`
+finds the tensors without pickling and serializes once.
+:func:`store_rdt_objects` gives the owner its metadata;
+:func:`claim_pending_put` binds a ``ray.put``.
 """
 
 import logging
@@ -64,6 +67,59 @@ def serialize_with_record(serialization_context, value: Any, tensors: List[Any],
     """Stores ``tensors`` in the plugin and re-serializes ``value`` with placeholders
     that carry the plugin's metadata record. Returns the new serialized value, or
     None to keep Ray's (a ``ray.put`` without tensors)."""
+    serialized = _store_and_serialize(serialization_context, value, tensors, transport, for_put)
+    if serialized is _TENSORS_CHANGED:
+        raise RuntimeError("ray_rdt: the value's tensors changed between two serialization passes")
+    return serialized
+
+
+def _tensors_of(value: Any) -> Optional[List[Any]]:
+    """The tensors of a value that is a tensor, or a list, tuple or dict (of any
+    keys) whose items are all distinct tensors, in the order pickling meets
+    them; None for any other value (or one without tensors)."""
+    import torch
+
+    kind = type(value)
+    if kind is torch.Tensor:
+        return [value]
+    if kind is list or kind is tuple:
+        items = value
+    elif kind is dict:
+        items = value.values()
+    else:
+        return None
+    tensors = list(items)
+    if not tensors or any(type(t) is not torch.Tensor for t in tensors):
+        return None
+    if len({id(t) for t in tensors}) != len(tensors):
+        return None  # pickling meets a tensor given twice only once
+    return tensors
+
+
+def serialize_in_one_pass(serialization_context, value: Any, transport: str, for_put: bool):
+    """Task return or ``ray.put`` of a value whose tensors :func:`_tensors_of`
+    finds: stores them in the plugin and serializes the value once, with the
+    placeholders. Returns ``(serialized value, tensors)`` as Ray's
+    ``serialize_rdt_objects`` does, or None for Ray's two passes (any other
+    value, or one whose pickling met other tensors than those found, e.g. one
+    tensor twice)."""
+    tensors = _tensors_of(value)
+    if tensors is None:
+        return None
+    serialized = _store_and_serialize(serialization_context, value, tensors, transport, for_put)
+    if serialized is _TENSORS_CHANGED:
+        return None
+    return serialized, tensors
+
+
+# _store_and_serialize's answer when pickling met other tensors than given.
+_TENSORS_CHANGED = object()
+
+
+def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], transport: str, for_put: bool):
+    """Stores ``tensors`` in the plugin, then serializes ``value`` with the
+    placeholders; the serialized value, None (a ``ray.put`` without tensors), or
+    ``_TENSORS_CHANGED`` (nothing is left stored then)."""
     cls = transport_class(transport)
     _drop_pending()
     if for_put and not tensors:
@@ -106,7 +162,7 @@ def serialize_with_record(serialization_context, value: Any, tensors: List[Any],
         tl.rdt_plugin_record = None
     if len(again) != len(tensors) or any(a is not b for a, b in zip(again, tensors)):
         ctx.free(key)
-        raise RuntimeError("ray_rdt: the value's tensors changed between two serialization passes")
+        return _TENSORS_CHANGED
     _tls.pending = _PendingPut(key, record, tensors, transport)
     return serialized
 

@@ -259,17 +259,30 @@ def register_transports(transport_manager_info: dict, info_cls) -> None:
         transport_manager_info[name] = info_cls(cls, list(cls.DEVICES), torch.Tensor)
 
 
+# transport_class's answers. A name's answer never changes once Ray's default
+# transports are registered: plugin transports are registered only then, and
+# Ray refuses to register a name twice.
+_classes: dict = {}
+
+
 def transport_class(name: Optional[str]):
     """The plugin transport class registered under ``name``, or None."""
+    try:
+        return _classes[name]
+    except KeyError:
+        pass
     if not name:
         return None
     from ray.experimental.rdt import util
 
     util._ensure_default_transports_registered()
     info = util.transport_manager_info.get(name)
+    cls = None
     if info is not None and issubclass(info.transport_manager_class, PluginTensorTransport):
-        return info.transport_manager_class
-    return None
+        cls = info.transport_manager_class
+    if info is not None:
+        _classes[name] = cls
+    return cls
 
 
 def is_plugin_transport(name: Optional[str]) -> bool:

@@ -17,8 +17,11 @@ use std::time::Duration;
 
 /// Most object IDs in one free request (28 bytes each, well inside a frame).
 pub(crate) const MAX_BATCH: usize = 4096;
-/// How long the sender waits for more frees to join a batch.
-const GATHER: Duration = Duration::from_millis(1);
+/// How long the sender waits for more frees to join a batch. A round trip
+/// wakes a thread on each side; with transfers every few milliseconds (one at
+/// a time or pipelined, `docs/performance.md`) 10 ms gathers several frees
+/// per request, while memory comes back well within any Ray free's latency.
+const GATHER: Duration = Duration::from_millis(10);
 /// Bound on one free request's exchange.
 const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -40,6 +40,34 @@ class ShmActor(ReceivingActor):
     def consume(self, refs):
         return sum(ray.get(ref).sum().item() for ref in refs)
 
+    def count_serialization_passes(self):
+        """From now on, records how many serialization passes each RDT return takes."""
+        ctx = ray._private.worker.global_worker.get_serialization_context()
+        self.passes, calls = [], [0]
+        to_msgpack, rdt_objects = ctx._serialize_to_msgpack, ctx.serialize_rdt_objects
+
+        def counted_to_msgpack(value):
+            calls[0] += 1
+            return to_msgpack(value)
+
+        def counted_rdt_objects(value, tensor_transport, _for_put=False):
+            before = calls[0]
+            try:
+                return rdt_objects(value, tensor_transport, _for_put)
+            finally:
+                self.passes.append(calls[0] - before)
+
+        ctx._serialize_to_msgpack = counted_to_msgpack
+        ctx.serialize_rdt_objects = counted_rdt_objects
+
+    def serialization_passes(self):
+        passes, self.passes = self.passes, []
+        return passes
+
+    def tensor_sums(self, value):
+        tensors = value.values() if isinstance(value, dict) else value
+        return [float(t.sum()) for t in tensors]
+
 
 @pytest.fixture(scope="module")
 def actors(ray_cluster):
@@ -71,6 +99,36 @@ def test_nested_and_several_tensors(actors):
     pair = sender.echo.remote((a, a * 2))
     assert torch.allclose(ray.get(receiver.sum.remote(pair)), 3 * a.sum())
     assert delta(actor_stats(receiver, "shm"), r0) == 2 * a.nbytes
+
+
+def test_common_values_serialized_once(actors):
+    # A tensor, or a list, tuple or dict of tensors: the producer finds the
+    # tensors without pickling and serializes the value once. Anything else
+    # (here one tensor twice, and tensors inside other values) takes Ray's two
+    # passes. Every value arrives intact either way, through the plugin.
+    sender, receiver = actors
+    ray.get(sender.count_serialization_passes.remote())
+    a, b = torch.randn(64), torch.arange(8, dtype=torch.float32)
+    cases = [
+        ([a, b], 1, [a, b]),
+        ((a, b), 1, [a, b]),
+        ({"x": a, "y": b}, 1, [a, b]),
+        ([a, a], 2, [a, a]),
+        ([a, "text"], 2, None),
+    ]
+    for value, passes, tensors in cases:
+        r0 = actor_stats(receiver, "shm")
+        ref = sender.echo.remote(value)
+        if tensors is None:
+            got = ray.get(ref)
+            assert torch.equal(got[0], a) and got[1] == "text"
+        else:
+            assert ray.get(receiver.tensor_sums.remote(ref)) == pytest.approx([float(t.sum()) for t in tensors])
+            assert actor_stats(receiver, "shm")["transfers"] - r0["transfers"] == 1
+        assert ray.get(sender.serialization_passes.remote()) == [passes], value
+    single = torch.randn(16)
+    assert torch.allclose(ray.get(receiver.sum.remote(sender.echo.remote(single))), single.sum())
+    assert ray.get(sender.serialization_passes.remote()) == [1]
 
 
 def test_driver_get_and_receiver_consistent(actors):
@@ -160,3 +218,23 @@ def test_put_without_tensors_is_a_plain_object(ray_cluster):
     assert ray.get(ref) == {"no": "tensors"}
     assert not ray._private.worker.global_worker.rdt_manager.is_managed_object(ref.hex())
     assert ray._private.worker.global_worker.rdt_manager.rdt_store.get_num_objects() == before
+
+
+def test_core_worker_thread_keeps_its_python_state(actors):
+    # The owner's RDT callbacks run on Ray's core-worker thread, which Python
+    # did not start: the plugin keeps that thread's Python state (one per such
+    # thread) instead of Python building a new one for every callback. Python's
+    # own threads are left alone.
+    import threading
+
+    from ray_rdt import threads
+
+    sender, receiver = actors
+    threads.keep_thread_state()  # the main thread: nothing to keep
+    assert threading.get_ident() not in threads._kept
+    refs = [sender.echo.remote(torch.randn(8)) for _ in range(3)]
+    ray.get([receiver.sum.remote(r) for r in refs])
+    del refs
+    assert wait_for(lambda: num_rdt_objects(sender) == 0)
+    kept = [threading._active.get(ident) for ident in threads._kept]
+    assert kept and all(isinstance(t, threading._DummyThread) for t in kept), kept
