@@ -6,7 +6,7 @@ returns a float32 tensor of n bytes it already holds) and passes the ref straigh
 to ``consumer.read`` (which reads one element), dropping its own ref at once; it
 keeps ``--in-flight`` (16) consumer tasks outstanding, waiting for the oldest
 before it submits the next pair. A workload of COUNT transfers is timed in
-``--rounds`` (5) equal rounds, each from its first submit to the ``ray.get`` of
+``--rounds`` (10) equal rounds, each from its first submit to the ``ray.get`` of
 its last result, after a warm-up of 2 x in-flight transfers; the number given is
 the median of the rounds' transfers per second (min-max in brackets in the log).
 Frees are part of the load: refs go out of scope while later transfers run.
@@ -23,7 +23,7 @@ column moves more transfers per second): every plugin column / the object store,
 and / its stock counterpart (stock gloo for shm).
 
     python benches/pipelined.py [--workloads 4KiB:10000,1MiB:1000] [--scale S] [--in-flight 16]
-                                [--rounds 5] [--configs ...] [--env KEY=VALUE ...] [--json FILE]
+                                [--rounds 10] [--configs ...] [--env KEY=VALUE ...] [--json FILE]
                                 [--markdown FILE]
     ci/bench pipelined [same options]
 """
@@ -121,7 +121,7 @@ def main(argv=None):
     parser.add_argument("--workloads", default=DEFAULT_WORKLOADS, help="SIZE:COUNT,...")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every count (quick runs: 0.1)")
     parser.add_argument("--in-flight", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="a subset of the default")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="set in the plugin cluster (repeatable)")
