@@ -5,9 +5,10 @@ on node B, the two Ray nodes in two network namespaces joined by a veth pair
 Method (as benches/ray_e2e.py, BASELINE.md; actors from benches/raybench.py):
 the producer returns a tensor it already holds, the consumer reads one element;
 a sample is the time from submitting the producer's task to ``ray.get`` of the
-consumer's result; 3 warm-ups, then the median of ray_e2e's sample count per
-size. Two
-clusters, one after the other, each with its own namespaces:
+consumer's result; 3 warm-up rounds, then the median of ray_e2e's sample
+count per size, the columns of a cluster interleaved (every round samples each
+once, in a new random order; ``raybench.interleaved_samples``). Two clusters,
+one after the other, each with its own namespaces:
 
 * stock (``RAY_RDT_PLUGIN=0``): ``object_store`` (plain return through Ray's
   object store), ``stock_gloo``, ``stock_nixl`` (stock Ray 2.60 RDT);
@@ -32,6 +33,7 @@ same-host transport (faster than the veth; not what two real hosts do).
 import argparse
 import json
 import os
+import random
 import re
 import socket
 import statistics
@@ -48,9 +50,8 @@ from raybench import (  # noqa: E402
     child_result,
     fmt_ms,
     fmt_size,
-    iterations,
+    interleaved_samples,
     markdown_table,
-    one_transfer,
     parse_size,
     producer_method,
     start_cluster,
@@ -93,23 +94,19 @@ def bench_child(configs, sizes):
                                        address=os.environ["RAY_ADDRESS"])
     assert ray.get(consumer.node_ip.remote()) == os.environ["RDT_NODE_B_IP"]
 
-    results = {}
-    for config in configs:
-        method = producer_method(producer, config)
-        results[config] = {}
-        for n in sizes:
-            try:
-                for _ in range(WARMUPS):
-                    one_transfer(method, consumer, n, SAMPLE_TIMEOUT)
-                results[config][n] = statistics.median(one_transfer(method, consumer, n, SAMPLE_TIMEOUT)
-                                                       for _ in range(iterations(n)))
-                print(f"  {config:<13} {fmt_size(n):>8}: {results[config][n] * 1e3:9.2f} ms", file=sys.stderr,
-                      flush=True)
-            except Exception as e:
-                results[config] = {"error": short_error(e)}
-                print(f"  {config:<13} {fmt_size(n):>8}: fails: {results[config]['error']}", file=sys.stderr,
-                      flush=True)
-                break
+    methods = {config: producer_method(producer, config) for config in configs}
+    rng = random.Random(0)
+    results = {config: {} for config in configs}
+    for n in sizes:
+        samples, errors = interleaved_samples(methods, consumer, n, rng, SAMPLE_TIMEOUT)
+        for config, error in errors.items():
+            results[config] = {"error": short_error(error)}
+            del methods[config]  # a failed config leaves the larger sizes too
+            print(f"  {config:<13} {fmt_size(n):>8}: fails: {results[config]['error']}", file=sys.stderr, flush=True)
+        for config, seconds in samples.items():
+            results[config][n] = statistics.median(seconds)
+            print(f"  {config:<13} {fmt_size(n):>8}: {results[config][n] * 1e3:9.2f} ms", file=sys.stderr,
+                  flush=True)
     counters = None
     if os.environ.get("RAY_RDT_PLUGIN", "1") != "0":
         counters = ray.get(consumer.__ray_call__.remote(lambda self: __import__("ray_rdt").stats()))

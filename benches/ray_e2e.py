@@ -62,17 +62,14 @@ def bench_cluster(configs, sizes):
     bytes}}``."""
     producer, consumer = rb.start_cluster(configs, sizes)
     methods = {config: rb.producer_method(producer, config) for config in configs}
-    order = random.Random(0)
+    rng = random.Random(0)
     medians, paths = {c: {} for c in configs}, {c: {} for c in configs}
     for n in sizes:
         before = rb.consumer_stats(consumer)
-        for _ in range(rb.WARMUPS):
-            for config in configs:
-                rb.one_transfer(methods[config], consumer, n)
-        samples = {config: [] for config in configs}
-        for _ in range(rb.iterations(n)):
-            for config in order.sample(configs, len(configs)):
-                samples[config].append(rb.one_transfer(methods[config], consumer, n))
+        samples, errors = rb.interleaved_samples(methods, consumer, n, rng)
+        if errors:
+            config, error = next(iter(errors.items()))
+            raise RuntimeError(f"{config} at {rb.fmt_size(n)} failed") from error
         after = rb.consumer_stats(consumer)
         for config in configs:
             medians[config][n] = statistics.median(samples[config])

@@ -12,8 +12,8 @@
   and :func:`start_cluster` (a fresh local cluster, ``ray.init(num_cpus=8)``,
   and a pair);
 * one sample: :func:`one_transfer` (submit of the producer's task to
-  ``ray.get`` of the consumer's result); the physical reference:
-  :func:`memcpy_medians`;
+  ``ray.get`` of the consumer's result); many, interleaved across configs:
+  :func:`interleaved_samples`; the physical reference: :func:`memcpy_medians`;
 * the consumer's plugin counters: :func:`consumer_stats`, and :func:`path_taken`,
   which names the path (``same_host``, ``network``, ``inline``) that the
   transfers between two snapshots took;
@@ -187,6 +187,29 @@ def one_transfer(method, consumer, nbytes, timeout=None):
     dt = time.perf_counter() - t0
     assert value == 1.0, value
     return dt
+
+
+def interleaved_samples(methods, consumer, nbytes, rng, timeout=None):
+    """One size, every config in turn: :data:`WARMUPS` rounds, then
+    :func:`iterations` rounds, each taking one :func:`one_transfer` of every
+    config (``methods``: config -> producer method) in a new random order from
+    ``rng`` (a ``random.Random``), so drift and other load hit all configs
+    alike. A config whose transfer raises leaves the later rounds. Returns
+    ``({config: [seconds, ...]}, {config: exception})``."""
+    samples = {config: [] for config in methods}
+    errors = {}
+    for round_no in range(WARMUPS + iterations(nbytes)):
+        for config in rng.sample(list(samples), len(samples)):
+            if config in errors:
+                continue
+            try:
+                seconds = one_transfer(methods[config], consumer, nbytes, timeout)
+            except Exception as e:  # the caller reports it as the config's result
+                errors[config] = e
+                continue
+            if round_no >= WARMUPS:
+                samples[config].append(seconds)
+    return {c: v for c, v in samples.items() if c not in errors}, errors
 
 
 def plugin_on() -> bool:

@@ -10,6 +10,7 @@ import ctypes
 import os
 import sys
 import threading
+import weakref
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from ray_rdt import _ffi, dlpack, reporter
@@ -61,8 +62,9 @@ class Context:
         self._handle = handle
         self._watcher = None
         self._pid = os.getpid()
-        # The Ray core worker get_context last checked this context against.
-        self._core_worker = None
+        # The Ray connection get_context last checked this context against
+        # (a weak reference to Ray's Node object; see _ray_connection).
+        self._connection = _no_connection
         self.node_id = node_id
         self.actor_id = actor_id
         #: Same-host endpoint (``unix:@...``).
@@ -400,10 +402,10 @@ def get_context() -> Context:
     """
     global _context
     ctx = _context
-    core_worker = _ray_core_worker()
-    if ctx is not None and core_worker is not None and ctx._core_worker is core_worker and ctx._pid == os.getpid():
+    connection = _ray_connection()
+    if ctx is not None and connection is not None and ctx._connection() is connection and ctx._pid == os.getpid():
         # The same Ray connection as when the context was checked last: the
-        # same node (one dictionary read instead of asking Ray for its IDs).
+        # same node (two attribute reads instead of asking Ray for its IDs).
         return ctx
     node_id, actor_id = _ray_ids()
     with _context_lock:
@@ -413,17 +415,22 @@ def get_context() -> Context:
                 ctx.close()
             _context = Context(node_id, actor_id, _ray_node_ip(), ray_auth_token() if node_id else None)
             reporter.start()
-        # Held, so a later connection's core worker can never be mistaken for it.
-        _context._core_worker = core_worker
+        if connection is not None:
+            _context._connection = weakref.ref(connection)
         return _context
 
 
-def _ray_core_worker():
-    """The core worker of this process's Ray connection (None when not connected)."""
+def _ray_connection():
+    """What stands for this process's Ray connection: Ray's ``Node`` object of
+    it (a new one for every ``ray.init``; None when not connected)."""
     import ray._private.worker as ray_worker
 
     worker = ray_worker.global_worker
-    return getattr(worker, "core_worker", None) if worker.connected else None
+    return getattr(worker, "node", None) if worker.connected else None
+
+
+def _no_connection():
+    return None
 
 
 def peek_context() -> Optional[Context]:

@@ -6,6 +6,7 @@ import ray
 
 from ray_rdt import context as _context
 from ray_rdt import errors
+from ray_rdt.threads import keep_thread_state
 from ray_rdt.transports import PluginTransportMetadata, is_plugin_transport
 
 
@@ -29,7 +30,12 @@ def free_primary_copy(obj_id: str, src_actor, transport: str, meta) -> bool:
     """When an RDT object goes out of scope: frees the producer's primary copy
     over the producer's plugin endpoint (batched, no Ray task). Returns False to
     leave the free to stock 2.60 (objects of other transports, and objects this
-    process produced itself, which 2.60 frees in place)."""
+    process produced itself, which 2.60 frees in place).
+
+    Ray calls this on its core-worker thread, which also delivers the owner's
+    transport metadata: that thread keeps its Python state from here on
+    (:func:`ray_rdt.threads.keep_thread_state`)."""
+    keep_thread_state()
     if not isinstance(meta, PluginTransportMetadata) or not meta.record or not is_plugin_transport(transport):
         return False
     actor_id = getattr(src_actor, "_actor_id", None)  # RDTSource.DRIVER has none

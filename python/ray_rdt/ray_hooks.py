@@ -12,8 +12,7 @@ patches use; each concern lives in its own module:
 - :mod:`ray_rdt.consumer`: argument resolution, ``ray.get``, failed transfers;
 - :mod:`ray_rdt.owner`: ``ray.get`` options, frees over the producer's endpoint;
 - :mod:`ray_rdt.groups`: collective groups and their failures;
-- :mod:`ray_rdt.errors`: the errors and warnings users see;
-- :mod:`ray_rdt.threads`: Python thread states of Ray's core-worker threads.
+- :mod:`ray_rdt.errors`: the errors and warnings users see.
 """
 
 import ray_rdt
@@ -35,7 +34,6 @@ from ray_rdt.producer import (  # noqa: F401
     store_rdt_objects,
 )
 from ray_rdt.serializer import tensor_deserializer, tensor_serializer  # noqa: F401
-from ray_rdt.threads import keep_thread_state  # noqa: F401
 from ray_rdt.transports import (  # noqa: F401
     is_one_sided_plugin_transport,
     is_plugin_transport,

@@ -8,7 +8,8 @@ frame stack mapped and unmapped, page faults included. That was a measurable
 share of the owner's CPU per transfer (``docs/performance.md``).
 :func:`keep_thread_state` takes one extra hold on the calling thread's state
 (``PyGILState_Ensure`` without a matching release), so later callbacks on
-that thread reuse it. It keeps one thread state per such thread, for the
+that thread reuse it; the owner's free (``owner.free_primary_copy``) calls it
+on that thread, so the metadata callbacks after the first free reuse it too. It keeps one thread state per such thread, for the
 life of the process, which is what a Python-started thread has anyway.
 """
 
