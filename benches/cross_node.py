@@ -98,7 +98,7 @@ def bench_child(configs, sizes):
     rng = random.Random(0)
     results = {config: {} for config in configs}
     for n in sizes:
-        samples, errors = interleaved_samples(methods, consumer, n, rng, SAMPLE_TIMEOUT)
+        samples, errors = interleaved_samples(methods, consumer, n, rng, SAMPLE_TIMEOUT, keep_going=True)
         for config, error in errors.items():
             results[config] = {"error": short_error(error)}
             del methods[config]  # a failed config leaves the larger sizes too

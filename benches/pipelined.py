@@ -81,10 +81,9 @@ def bench_cluster(configs, workloads, in_flight, rounds):
         for config in configs:
             pipeline(methods[config], consumer, n, min(count, 2 * in_flight), in_flight)
         per_round = max(1, count // rounds)
-        samples = {config: [] for config in configs}
-        for _ in range(rounds):
-            for config in order.sample(configs, len(configs)):
-                samples[config].append(per_round / pipeline(methods[config], consumer, n, per_round, in_flight))
+        samples, _ = rb.interleaved(
+            configs, lambda config: per_round / pipeline(methods[config], consumer, n, per_round, in_flight),
+            rounds, order)
         after = rb.consumer_stats(consumer)
         for config in configs:
             rates[config][n] = statistics.median(samples[config])
@@ -140,14 +139,9 @@ def main(argv=None):
     started = time.strftime("%Y-%m-%d %H:%M")
     child_args = ["--workloads", ",".join(f"{n}:{c}" for n, c in workloads), "--in-flight", str(args.in_flight),
                   "--rounds", str(args.rounds), "--configs"]
-    rates, paths = {}, {}
     env = dict(kv.split("=", 1) for kv in args.env)
     stock, plugin = rb.run_stock_and_plugin(__file__, child_args, [c for c in CONFIGS if c in configs], env)
-    for out in (stock, plugin):
-        if out:
-            rates.update({c: rb.int_keys(r) for c, r in out["rates"].items()})
-    if plugin:
-        paths.update({c: rb.int_keys(r) for c, r in plugin["paths"].items() if r})
+    rates, paths = rb.merged((stock, plugin), "rates"), rb.merged((plugin,), "paths")
 
     header = (f"run {started}; transfers per second, median of {args.rounds} rounds, {args.in_flight} in flight, "
               "one producer and one consumer actor")

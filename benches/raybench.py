@@ -13,13 +13,15 @@
   and a pair);
 * one sample: :func:`one_transfer` (submit of the producer's task to
   ``ray.get`` of the consumer's result); many, interleaved across configs:
-  :func:`interleaved_samples`; the physical reference: :func:`memcpy_medians`;
+  :func:`interleaved` (any sample), :func:`interleaved_samples` (one
+  transfer each); the physical reference: :func:`memcpy_medians`;
 * the consumer's plugin counters: :func:`consumer_stats`, and :func:`path_taken`,
   which names the path (``same_host``, ``network``, ``inline``) that the
   transfers between two snapshots took;
 * the stock side: :func:`run_child` runs a benchmark script again with
   ``--child`` in a subprocess with its own environment (``RAY_RDT_PLUGIN=0`` for
-  stock Ray) and its own cluster; the child ends with :func:`child_result`;
+  stock Ray) and its own cluster; the child ends with :func:`child_result`,
+  and :func:`merged` joins the children's results;
 * output: :func:`markdown_table`, :func:`ratio_lines`, :func:`fmt_ms`.
 
 Every benchmark measures and prints; none asserts anything about time.
@@ -189,27 +191,44 @@ def one_transfer(method, consumer, nbytes, timeout=None):
     return dt
 
 
-def interleaved_samples(methods, consumer, nbytes, rng, timeout=None):
-    """One size, every config in turn: :data:`WARMUPS` rounds, then
-    :func:`iterations` rounds, each taking one :func:`one_transfer` of every
-    config (``methods``: config -> producer method) in a new random order from
-    ``rng`` (a ``random.Random``), so drift and other load hit all configs
-    alike. A config whose transfer raises leaves the later rounds. Returns
-    ``({config: [seconds, ...]}, {config: exception})``."""
-    samples = {config: [] for config in methods}
+def interleaved(configs, sample, rounds, rng, warmups=0, keep_going=False):
+    """``warmups`` then ``rounds`` rounds, each calling ``sample(config)`` once
+    for every config, in a new random order from ``rng`` (a ``random.Random``),
+    so drift and other load hit all configs alike; the warm-ups' values are
+    dropped. An exception propagates, unless ``keep_going``: then the config
+    leaves the later rounds. Returns ``({config: [value, ...]}, {config:
+    exception})`` (the configs that failed only in the second)."""
+    values = {config: [] for config in configs}
     errors = {}
-    for round_no in range(WARMUPS + iterations(nbytes)):
-        for config in rng.sample(list(samples), len(samples)):
+    for round_no in range(warmups + rounds):
+        for config in rng.sample(list(values), len(values)):
             if config in errors:
                 continue
             try:
-                seconds = one_transfer(methods[config], consumer, nbytes, timeout)
-            except Exception as e:  # the caller reports it as the config's result
-                errors[config] = e
+                value = sample(config)
+            except Exception as e:
+                if not keep_going:
+                    raise
+                errors[config] = e  # the caller reports it as the config's result
                 continue
-            if round_no >= WARMUPS:
-                samples[config].append(seconds)
-    return {c: v for c, v in samples.items() if c not in errors}, errors
+            if round_no >= warmups:
+                values[config].append(value)
+    return {c: v for c, v in values.items() if c not in errors}, errors
+
+
+def interleaved_samples(methods, consumer, nbytes, rng, timeout=None, keep_going=False):
+    """:func:`interleaved` :func:`one_transfer` samples of one size:
+    :data:`WARMUPS` warm-up rounds, then :func:`iterations` rounds, of every
+    config (``methods``: config -> producer method)."""
+    return interleaved(list(methods), lambda config: one_transfer(methods[config], consumer, nbytes, timeout),
+                       iterations(nbytes), rng, WARMUPS, keep_going)
+
+
+def merged(results, key):
+    """One field of several children's results (:func:`child_result`; ``None``
+    for a child that did not run), merged: ``{config: {size: value}}`` with the
+    sizes as ints, configs without values left out."""
+    return {c: int_keys(r) for out in results if out for c, r in out[key].items() if r}
 
 
 def plugin_on() -> bool:
