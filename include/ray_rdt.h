@@ -37,7 +37,7 @@
 /**
  * Minor version of the C ABI; grows when functions are added.
  */
-#define RDT_ABI_VERSION_MINOR 0
+#define RDT_ABI_VERSION_MINOR 1
 
 /**
  * Buckets of the fetch-latency histogram (the last one is unbounded).
@@ -748,6 +748,32 @@ rdt_status rdt_context_fetch(const struct rdt_context *ctx,
                              uintptr_t *out_count);
 
 /**
+ * `ray.get` into the caller's tensors (`set_target_for_ref`): fetches the
+ * object the metadata record describes straight into `targets[0..num_targets]`
+ * (borrowed: the plugin reads their descriptions and writes their bytes, and
+ * never calls a deleter; they must stay valid until this returns). The targets
+ * are checked before any byte moves, as Ray 2.60 checks them: their count, and
+ * each one's shape and dtype against the record's tensor at the same index,
+ * row-major contiguity, CPU memory, no two overlapping; a mismatch is
+ * `RDT_ERR_INVALID_ARGUMENT` naming the index. When this process produced the
+ * object its bytes are copied from the stored tensors. Waits at most
+ * `timeout_ms` (`UINT64_MAX`: no limit).
+ *
+ * # Safety
+ * `ctx` valid; `object_id` 28 bytes; `metadata` `metadata_len` bytes;
+ * `targets` an array of `num_targets` valid `DLTensor` pointers (a
+ * `DLManagedTensor*` may be passed: its `dl_tensor` comes first) whose memory
+ * is writable for the whole call.
+ */
+rdt_status rdt_context_fetch_into(const struct rdt_context *ctx,
+                                  const uint8_t *object_id,
+                                  const uint8_t *metadata,
+                                  uintptr_t metadata_len,
+                                  const struct DLTensor *const *targets,
+                                  uintptr_t num_targets,
+                                  uint64_t timeout_ms);
+
+/**
  * Writes whether this context holds object `object_id` (a primary copy it
  * produced and has not freed) to `*out_held`.
  *
@@ -1013,6 +1039,30 @@ rdt_status rdt_metadata_producer(const struct rdt_metadata *metadata,
 rdt_status rdt_metadata_tensor(const struct rdt_metadata *metadata,
                                uintptr_t index,
                                struct rdt_tensor_desc *out_desc);
+
+/**
+ * Writes the record's number of extents (the byte ranges its transfers move)
+ * and their total length in bytes.
+ *
+ * # Safety
+ * `metadata` valid; outputs valid for writes.
+ */
+rdt_status rdt_metadata_extents(const struct rdt_metadata *metadata,
+                                uintptr_t *out_num_extents,
+                                uint64_t *out_extent_bytes);
+
+/**
+ * Writes where tensor `index` is: the extent holding it and the byte offset
+ * of its first element there. A tensor of no bytes has no place:
+ * `*out_extent` is `UINT32_MAX` and `*out_offset` 0.
+ *
+ * # Safety
+ * `metadata` valid; outputs valid for writes.
+ */
+rdt_status rdt_metadata_place(const struct rdt_metadata *metadata,
+                              uintptr_t index,
+                              uint32_t *out_extent,
+                              uint64_t *out_offset);
 
 /**
  * Reads the counters of `transport` in this process into `*out`.

@@ -49,6 +49,9 @@ pub struct HostBuffer {
 
 // SAFETY: a plain allocation with a unique owner.
 unsafe impl Send for HostBuffer {}
+// SAFETY: shared access only hands out the address; writes go through raw
+// pointers whose users order them (receivers write before handing tensors out).
+unsafe impl Sync for HostBuffer {}
 
 impl HostBuffer {
     /// Allocates `len` bytes (contents unspecified).

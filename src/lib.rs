@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+mod copy;
 mod cuda;
 pub mod dlpack;
 mod dylib;
@@ -22,6 +23,7 @@ mod error;
 pub mod ffi;
 mod hold;
 mod host_buffer;
+mod layout;
 mod logging;
 mod metadata;
 mod object_id;

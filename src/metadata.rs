@@ -1,34 +1,43 @@
 //! The metadata record: what a receiver needs to fetch an RDT object, stored in
 //! Ray's object store in place of the tensor bytes.
 //!
-//! Wire format, version 2, all integers little-endian:
+//! Wire format, version 3. Fixed-width integers are little-endian; `v` is an
+//! unsigned LEB128 varint in its shortest form:
 //!
 //! ```text
 //! magic "RDTM" | version u16 | transport u8 | device_type i32 | device_id i32
+//! object ID (28 bytes: the key the producer holds the object under)
 //! node_id (u16 len + bytes) | pid u32 | actor_id (u16 len + bytes)
 //! host_id (u16 len + bytes) | endpoint (u16 len + UTF-8) | tcp_endpoint (u16 len + UTF-8)
-//! tensor count u32, then per tensor:
-//!     dtype code u8 | bits u8 | lanes u16 | ndim u8 | shape i64 x ndim | strides i64 x ndim | nbytes u64
-//! transport data (u32 len + bytes)
-//! flags u8 (bit 0: inline) [| inline tensor bytes (u32 len + bytes), packed as `transport::packed_layout` places them]
+//! extent count v, then per extent: length v
+//! tensor count v, then per tensor:
+//!     flags u8 (bit 0: same dtype and shape as the previous tensor)
+//!     [dtype code u8 | bits u8 | lanes v | ndim u8 | shape v x ndim]   (unless bit 0)
+//!     [extent index v | byte offset v]                                   (tensors of one byte or more)
+//! transport data (v len + bytes)
+//! flags u8 (bit 0: inline) [| inline bytes (v len + bytes): the extents laid out as `layout::packed_extents` places them]
 //! ```
 //!
-//! Decoding never panics: every length is bounds-checked against the input and
-//! against the limits below, every tensor descriptor is validated, and trailing
-//! bytes are rejected.
+//! Every tensor is row-major contiguous at its place (see [`crate::layout`]).
+//! A record is bounded by its own length, never by a tensor count: each count
+//! is checked against the bytes left before anything is allocated for it.
+//! Decoding never panics: every place is checked against its extent, every
+//! descriptor is validated, non-canonical forms (a longer varint than needed,
+//! a shape spelled out that repeats the previous one) and trailing bytes are
+//! rejected, so a record re-encodes to exactly its own bytes.
 
 use crate::dlpack::{DLDataType, DLDevice};
 use crate::error::{Error, Result};
-use crate::tensor::{TensorMeta, MAX_NDIM};
+use crate::layout::Place;
+use crate::object_id::{ObjectId, OBJECT_ID_LEN};
+use crate::tensor::{TensorMeta, MAX_NDIM, MAX_TENSOR_BYTES};
 use crate::transport_kind::TransportKind;
 
 /// Leading magic bytes of every record.
 pub const MAGIC: &[u8; 4] = b"RDTM";
-/// The format version this build writes and reads (2: the producer's host
-/// identity and TCP endpoint).
-pub const VERSION: u16 = 2;
-/// Most tensors in one record.
-pub const MAX_TENSORS: usize = 4096;
+/// The format version this build writes and reads (3: extents and a tensor
+/// table, no fixed tensor count, the object's key).
+pub const VERSION: u16 = 3;
 /// Longest node or actor ID.
 pub const MAX_ID_LEN: usize = 64;
 /// Longest host identity.
@@ -41,6 +50,8 @@ pub const MAX_TRANSPORT_DATA: usize = 16 << 20;
 pub const MAX_INLINE: usize = 16 << 20;
 /// Flag bit: the record carries the tensors' bytes.
 const FLAG_INLINE: u8 = 1;
+/// Tensor flag bit: same dtype and shape as the previous tensor.
+const FLAG_REPEAT: u8 = 1;
 
 /// Who holds the primary copy and how to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,14 +90,21 @@ pub struct Metadata {
     pub transport: TransportKind,
     /// The device holding the tensors.
     pub device: DLDevice,
-    /// One descriptor per tensor, in order.
+    /// The key the producer holds the object under.
+    pub object: ObjectId,
+    /// One descriptor per tensor, in order (compact row-major strides).
     pub tensors: Vec<TensorMeta>,
+    /// The length of each extent of the object.
+    pub extents: Vec<u64>,
+    /// Where each tensor is; `None` exactly for tensors of no bytes.
+    pub places: Vec<Option<Place>>,
     /// The producer's identity and endpoint.
     pub producer: Producer,
     /// Transport-specific bytes (registration descriptors, segment names, ...).
     pub transport_data: Vec<u8>,
-    /// The tensors' bytes, packed, for small objects carried inside the record
-    /// (the consumer needs no transfer); `None` for objects fetched from the producer.
+    /// The extents' bytes, laid out by [`crate::layout::packed_extents`], for
+    /// small objects carried inside the record (the consumer needs no
+    /// transfer); `None` for objects fetched from the producer.
     pub inline: Option<Vec<u8>>,
 }
 
@@ -96,9 +114,17 @@ impl Metadata {
         self.tensors.iter().map(|t| t.nbytes).sum()
     }
 
-    /// Encodes the record. Fails when a field exceeds the format's limits.
+    /// Sum of all extents' lengths (what a transfer moves).
+    pub fn extent_bytes(&self) -> u64 {
+        self.extents.iter().sum()
+    }
+
+    /// Encodes the record. Fails when a field exceeds the format's limits or
+    /// the places do not fit their extents.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(64 + self.tensors.len() * 48 + self.transport_data.len());
+        let mut out = Vec::with_capacity(
+            128 + self.tensors.len() * 8 + self.extents.len() * 4 + self.transport_data.len(),
+        );
         self.encode_into(&mut out)?;
         Ok(out)
     }
@@ -114,43 +140,68 @@ impl Metadata {
             self.producer.tcp_endpoint.len(),
             MAX_ENDPOINT_LEN,
         )?;
-        check_len("tensor list", self.tensors.len(), MAX_TENSORS)?;
         check_len(
             "transport data",
             self.transport_data.len(),
             MAX_TRANSPORT_DATA,
         )?;
+        if let Some(i) = self.extents.iter().position(|&len| len > MAX_TENSOR_BYTES) {
+            return Err(Error::invalid(format!(
+                "extent {i} is {} bytes, the limit is {MAX_TENSOR_BYTES}",
+                self.extents[i]
+            )));
+        }
+        if self.places.len() != self.tensors.len() {
+            return Err(Error::invalid(format!(
+                "{} places for {} tensors",
+                self.places.len(),
+                self.tensors.len()
+            )));
+        }
+        check_places(&self.tensors, &self.places, &self.extents)
+            .map_err(|e| Error::invalid(e.message().to_owned()))?;
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.push(self.transport.code());
         out.extend_from_slice(&self.device.device_type.to_le_bytes());
         out.extend_from_slice(&self.device.device_id.to_le_bytes());
+        out.extend_from_slice(self.object.as_bytes());
         put_short_bytes(out, &self.producer.node_id);
         out.extend_from_slice(&self.producer.pid.to_le_bytes());
         put_short_bytes(out, &self.producer.actor_id);
         put_short_bytes(out, &self.producer.host_id);
         put_short_bytes(out, self.producer.endpoint.as_bytes());
         put_short_bytes(out, self.producer.tcp_endpoint.as_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
-        for t in &self.tensors {
+        put_varint(out, self.extents.len() as u64);
+        self.extents.iter().for_each(|&len| put_varint(out, len));
+        put_varint(out, self.tensors.len() as u64);
+        let mut previous: Option<&TensorMeta> = None;
+        for (t, place) in self.tensors.iter().zip(&self.places) {
             check_len("tensor dimensions", t.shape.len(), MAX_NDIM)?;
-            out.extend_from_slice(&[t.dtype.code, t.dtype.bits]);
-            out.extend_from_slice(&t.dtype.lanes.to_le_bytes());
-            out.push(t.shape.len() as u8);
-            t.shape
-                .iter()
-                .chain(&t.strides)
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-            out.extend_from_slice(&t.nbytes.to_le_bytes());
+            let repeat = previous.is_some_and(|p| p.dtype == t.dtype && p.shape == t.shape);
+            if repeat {
+                out.push(FLAG_REPEAT);
+            } else {
+                out.push(0);
+                out.extend_from_slice(&[t.dtype.code, t.dtype.bits]);
+                put_varint(out, t.dtype.lanes.into());
+                out.push(t.shape.len() as u8);
+                t.shape.iter().for_each(|&d| put_varint(out, d as u64));
+            }
+            if let Some(p) = place {
+                put_varint(out, p.extent.into());
+                put_varint(out, p.offset);
+            }
+            previous = Some(t);
         }
-        out.extend_from_slice(&(self.transport_data.len() as u32).to_le_bytes());
+        put_varint(out, self.transport_data.len() as u64);
         out.extend_from_slice(&self.transport_data);
         match &self.inline {
             None => out.push(0),
             Some(bytes) => {
                 check_len("inline data", bytes.len(), MAX_INLINE)?;
                 out.push(FLAG_INLINE);
-                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                put_varint(out, bytes.len() as u64);
                 out.extend_from_slice(bytes);
             }
         }
@@ -175,37 +226,44 @@ impl Metadata {
             device_type: r.i32()?,
             device_id: r.i32()?,
         };
+        let object = ObjectId::from_slice(r.take(OBJECT_ID_LEN)?)?;
         let node_id = r.short_bytes("node_id", MAX_ID_LEN)?.to_vec();
         let pid = r.u32()?;
         let actor_id = r.short_bytes("actor_id", MAX_ID_LEN)?.to_vec();
         let host_id = r.short_bytes("host_id", MAX_HOST_ID_LEN)?.to_vec();
         let endpoint = r.short_str("endpoint", MAX_ENDPOINT_LEN)?;
         let tcp_endpoint = r.short_str("tcp_endpoint", MAX_ENDPOINT_LEN)?;
-        let count = r.u32()? as usize;
-        check_len("tensor list", count, MAX_TENSORS).map_err(|e| Error::malformed(e.message()))?;
-        // Each tensor takes at least 13 bytes: refuse counts the input cannot hold
-        // before allocating for them.
-        if count.saturating_mul(13) > r.buf.len() {
+        // Every extent and every tensor takes at least one byte: a count the
+        // input cannot hold is refused before anything is allocated for it.
+        let extent_count = r.count("extent")?;
+        let extents = (0..extent_count)
+            .map(|_| r.varint())
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(i) = extents.iter().position(|&len| len > MAX_TENSOR_BYTES) {
             return Err(Error::malformed(format!(
-                "record claims {count} tensors but is only {} bytes long",
-                bytes.len()
+                "extent {i} is {} bytes, the limit is {MAX_TENSOR_BYTES}",
+                extents[i]
             )));
         }
-        let mut tensors = Vec::with_capacity(count);
+        let count = r.count("tensor")?;
+        let mut tensors: Vec<TensorMeta> = Vec::with_capacity(count);
+        let mut places = Vec::with_capacity(count);
         for i in 0..count {
-            tensors.push(
-                r.tensor()
-                    .map_err(|e| Error::malformed(format!("tensor {i}: {}", e.message())))?,
-            );
+            let (meta, place) = r
+                .tensor(tensors.last())
+                .map_err(|e| Error::malformed(format!("tensor {i}: {}", e.message())))?;
+            tensors.push(meta);
+            places.push(place);
         }
-        let data_len = r.u32()? as usize;
+        check_places(&tensors, &places, &extents)?;
+        let data_len = r.varint()? as usize;
         check_len("transport data", data_len, MAX_TRANSPORT_DATA)
             .map_err(|e| Error::malformed(e.message()))?;
         let transport_data = r.take(data_len)?.to_vec();
         let inline = match r.u8()? {
             0 => None,
             FLAG_INLINE => {
-                let len = r.u32()? as usize;
+                let len = r.varint()? as usize;
                 check_len("inline data", len, MAX_INLINE)
                     .map_err(|e| Error::malformed(e.message()))?;
                 Some(r.take(len)?.to_vec())
@@ -221,7 +279,10 @@ impl Metadata {
         Ok(Metadata {
             transport,
             device,
+            object,
             tensors,
+            extents,
+            places,
             producer: Producer {
                 node_id,
                 pid,
@@ -236,6 +297,43 @@ impl Metadata {
     }
 }
 
+/// Every tensor of one byte or more has a place inside its extent; empty ones
+/// have none.
+fn check_places(tensors: &[TensorMeta], places: &[Option<Place>], extents: &[u64]) -> Result<()> {
+    for (i, (t, place)) in tensors.iter().zip(places).enumerate() {
+        match place {
+            None if t.nbytes == 0 => {}
+            None => {
+                return Err(Error::malformed(format!(
+                    "tensor {i} has {} bytes but no place",
+                    t.nbytes
+                )))
+            }
+            Some(_) if t.nbytes == 0 => {
+                return Err(Error::malformed(format!(
+                    "tensor {i} has no bytes but a place"
+                )))
+            }
+            Some(p) => {
+                let len = extents.get(p.extent as usize).ok_or_else(|| {
+                    Error::malformed(format!(
+                        "tensor {i} is in extent {}, the object has {}",
+                        p.extent,
+                        extents.len()
+                    ))
+                })?;
+                if p.offset.checked_add(t.nbytes).is_none_or(|end| end > *len) {
+                    return Err(Error::malformed(format!(
+                        "tensor {i} ({} bytes at offset {}) does not fit extent {} ({len} bytes)",
+                        t.nbytes, p.offset, p.extent
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_len(what: &str, len: usize, max: usize) -> Result<()> {
     if len > max {
         return Err(Error::invalid(format!(
@@ -248,6 +346,15 @@ fn check_len(what: &str, len: usize, max: usize) -> Result<()> {
 fn put_short_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
     out.extend_from_slice(bytes);
+}
+
+/// Appends `v` as an unsigned LEB128 varint (shortest form).
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// A bounds-checked cursor over the input.
@@ -290,8 +397,36 @@ impl<'a> Reader<'a> {
         Ok(i32::from_le_bytes(self.array()?))
     }
 
-    fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.array()?))
+    /// An unsigned LEB128 varint in its shortest form.
+    fn varint(&mut self) -> Result<u64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && bits > 1 {
+                return Err(Error::malformed("varint overflows 64 bits"));
+            }
+            value |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                if b == 0 && i > 0 {
+                    return Err(Error::malformed("varint is not in its shortest form"));
+                }
+                return Ok(value);
+            }
+        }
+        Err(Error::malformed("varint is longer than 10 bytes"))
+    }
+
+    /// A count of items that take at least one byte each.
+    fn count(&mut self, what: &str) -> Result<usize> {
+        let n = self.varint()?;
+        if n > self.buf.len() as u64 {
+            return Err(Error::malformed(format!(
+                "record claims {n} {what}s but has only {} bytes left",
+                self.buf.len()
+            )));
+        }
+        Ok(n as usize)
     }
 
     fn short_bytes(&mut self, what: &str, max: usize) -> Result<&'a [u8]> {
@@ -310,33 +445,70 @@ impl<'a> Reader<'a> {
             .map_err(|_| Error::malformed(format!("{what} is not UTF-8")))
     }
 
-    fn tensor(&mut self) -> Result<TensorMeta> {
-        let [code, bits] = self.array::<2>()?;
-        let dtype = DLDataType {
-            code,
-            bits,
-            lanes: self.u16()?,
+    /// One tensor's entry; `previous` is the tensor before it, if any.
+    fn tensor(&mut self, previous: Option<&TensorMeta>) -> Result<(TensorMeta, Option<Place>)> {
+        let meta = match self.u8()? {
+            FLAG_REPEAT => previous
+                .cloned()
+                .ok_or_else(|| Error::malformed("the first tensor repeats a previous one"))?,
+            0 => {
+                let [code, bits] = self.array::<2>()?;
+                let lanes = u16::try_from(self.varint()?)
+                    .map_err(|_| Error::malformed("lanes does not fit 16 bits"))?;
+                let dtype = DLDataType { code, bits, lanes };
+                let ndim = self.u8()? as usize;
+                if ndim > MAX_NDIM {
+                    return Err(Error::malformed(format!(
+                        "{ndim} dimensions, the limit is {MAX_NDIM}"
+                    )));
+                }
+                let shape = (0..ndim)
+                    .map(|_| {
+                        i64::try_from(self.varint()?)
+                            .map_err(|_| Error::malformed("a dimension does not fit 63 bits"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                if previous.is_some_and(|p| p.dtype == dtype && p.shape == shape) {
+                    return Err(Error::malformed(
+                        "dtype and shape repeat the previous tensor's without saying so",
+                    ));
+                }
+                TensorMeta::compact(dtype, shape)?
+            }
+            flags => return Err(Error::malformed(format!("unknown tensor flags {flags:#x}"))),
         };
-        let ndim = self.u8()? as usize;
-        if ndim > MAX_NDIM {
-            return Err(Error::malformed(format!(
-                "{ndim} dimensions, the limit is {MAX_NDIM}"
-            )));
-        }
-        let shape = (0..ndim).map(|_| self.i64()).collect::<Result<Vec<_>>>()?;
-        let strides = (0..ndim).map(|_| self.i64()).collect::<Result<Vec<_>>>()?;
-        let nbytes = self.u64()?;
-        let meta = TensorMeta::new(dtype, shape, strides)?;
-        if meta.nbytes != nbytes {
-            return Err(Error::malformed(format!(
-                "byte size {nbytes} does not match dtype and shape ({} bytes)",
-                meta.nbytes
-            )));
-        }
-        Ok(meta)
+        let place = if meta.nbytes == 0 {
+            None
+        } else {
+            let extent = u32::try_from(self.varint()?)
+                .map_err(|_| Error::malformed("extent index does not fit 32 bits"))?;
+            Some(Place {
+                extent,
+                offset: self.varint()?,
+            })
+        };
+        Ok((meta, place))
     }
+}
 
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_and_refuse_longer_forms() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX.into(), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            let mut r = Reader { buf: &out };
+            assert_eq!(r.varint().unwrap(), v);
+            assert!(r.buf.is_empty());
+        }
+        // 0 spelled in two bytes.
+        assert!(Reader { buf: &[0x80, 0x00] }.varint().is_err());
+        // More than 64 bits.
+        let mut long = vec![0xffu8; 9];
+        long.push(0x02);
+        assert!(Reader { buf: &long }.varint().is_err());
     }
 }

@@ -12,6 +12,7 @@
 //! handle goes, and always outside the store's lock.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::layout::ObjectLayout;
 use crate::object_id::ObjectId;
 use crate::tensor::Tensor;
 use parking_lot::{Condvar, Mutex};
@@ -35,6 +36,8 @@ pub struct StoredObject {
     pub tensors: Vec<Tensor>,
     /// Primary or secondary copy.
     pub kind: CopyKind,
+    /// Where the tensors' bytes are: the extents transports move.
+    pub layout: ObjectLayout,
 }
 
 impl StoredObject {
@@ -109,14 +112,19 @@ impl ObjectStore {
         Self::default()
     }
 
-    /// Stores `tensors` under `id`. Fails (handing the tensors back) when the ID is
-    /// already present.
+    /// Stores `tensors` under `id`, grouped into extents
+    /// ([`ObjectLayout::of`]). Fails (handing the tensors back) when the ID is
+    /// already present or the tensors cannot be laid out.
     pub fn put(
         &self,
         id: ObjectId,
         tensors: Vec<Tensor>,
         kind: CopyKind,
     ) -> Result<(), PutRejected> {
+        let layout = match ObjectLayout::of(&tensors) {
+            Ok(layout) => layout,
+            Err(error) => return Err(PutRejected { error, tensors }),
+        };
         let mut s = self.state.lock();
         if s.objects.contains_key(&id) {
             return Err(PutRejected {
@@ -127,7 +135,11 @@ impl ObjectStore {
                 tensors,
             });
         }
-        let obj = StoredObject { tensors, kind };
+        let obj = StoredObject {
+            tensors,
+            kind,
+            layout,
+        };
         s.bytes += obj.nbytes();
         for t in obj.tensors.iter().filter(|t| t.meta().nbytes > 0) {
             *s.held.entry(t.data_ptr()).or_insert(0) += 1;

@@ -6,8 +6,10 @@
 //! (with the DLPack types of [`crate::dlpack`]).
 
 pub use crate::endpoint::{ClientPool, ClusterToken, Limits};
+pub use crate::engine::Target;
 pub use crate::engine::{Context, ContextConfig, Fetched};
 pub use crate::error::{Error, ErrorKind};
+pub use crate::layout::Place;
 pub use crate::metadata::{Metadata, Producer};
 pub use crate::object_id::ObjectId;
 pub use crate::store::{CopyKind, ObjectStore};
@@ -16,9 +18,7 @@ pub use crate::transport_kind::TransportKind;
 
 /// Limits of the metadata record.
 pub mod metadata {
-    pub use crate::metadata::{
-        MAX_ENDPOINT_LEN, MAX_HOST_ID_LEN, MAX_ID_LEN, MAX_TENSORS, VERSION,
-    };
+    pub use crate::metadata::{MAX_ENDPOINT_LEN, MAX_HOST_ID_LEN, MAX_ID_LEN, VERSION};
 }
 
 /// Per-transport counters.

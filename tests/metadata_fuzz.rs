@@ -12,11 +12,9 @@
 
 use proptest::prelude::*;
 use ray_rdt::dlpack::{DLDataType, DLDevice};
-use ray_rdt::testing::metadata::{
-    MAX_ENDPOINT_LEN, MAX_HOST_ID_LEN, MAX_ID_LEN, MAX_TENSORS, VERSION,
-};
+use ray_rdt::testing::metadata::{MAX_ENDPOINT_LEN, MAX_HOST_ID_LEN, MAX_ID_LEN, VERSION};
 use ray_rdt::testing::MAX_NDIM;
-use ray_rdt::testing::{ErrorKind, Metadata, Producer, TensorMeta, TransportKind};
+use ray_rdt::testing::{ErrorKind, Metadata, ObjectId, Place, Producer, TensorMeta, TransportKind};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// splitmix64: a small, fast, seedable generator (Steele, Lea, Flood 2014).
@@ -103,13 +101,45 @@ fn random_tensor(rng: &mut Rng) -> TensorMeta {
         .map(|_| {
             if ndim > 8 {
                 rng.below(2) as i64
+            } else if rng.chance(40) {
+                (rng.next() >> 40) as i64 // a large dimension: a multi-byte varint
             } else {
                 rng.below(300) as i64
             }
         })
         .collect();
-    let strides = (0..ndim).map(|_| rng.next() as i64).collect();
-    TensorMeta::new(dtype, shape, strides).expect("generated shapes are valid")
+    TensorMeta::compact(dtype, shape)
+        .unwrap_or_else(|_| TensorMeta::compact(dtype, vec![1]).expect("valid"))
+}
+
+/// Random tensors (sometimes repeating the previous one's dtype and shape, as
+/// the rows of a matrix do), placed in a few random extents.
+fn random_tensors(rng: &mut Rng, n: usize) -> (Vec<TensorMeta>, Vec<u64>, Vec<Option<Place>>) {
+    let mut tensors: Vec<TensorMeta> = Vec::with_capacity(n);
+    for _ in 0..n {
+        match tensors.last() {
+            Some(prev) if rng.chance(2) => tensors.push(prev.clone()),
+            _ => tensors.push(random_tensor(rng)),
+        }
+    }
+    let mut extents = vec![0u64; 1 + rng.below(3)];
+    let places = tensors
+        .iter()
+        .map(|t| {
+            (t.nbytes > 0).then(|| {
+                let extent = rng.below(extents.len());
+                let offset = (rng.next() % 4096) * if rng.chance(8) { 1 << 30 } else { 1 };
+                let end = &mut extents[extent];
+                *end = (*end).max(offset + t.nbytes);
+                Place {
+                    extent: extent as u32,
+                    offset,
+                }
+            })
+        })
+        .collect();
+    extents.iter_mut().for_each(|e| *e += rng.below(100) as u64);
+    (tensors, extents, places)
 }
 
 /// A random valid record.
@@ -127,14 +157,24 @@ fn random_metadata(rng: &mut Rng) -> Metadata {
             .map(|_| char::from(b' ' + rng.below(95) as u8))
             .collect()
     };
-    let data_len = rng.below(64);
+    let data_len = if rng.chance(10) { 200 } else { rng.below(64) };
+    let n = rng.below(9);
+    let (tensors, extents, places) = loop {
+        let drawn = random_tensors(rng, n);
+        if drawn.1.iter().all(|&len| len <= 1 << 47) {
+            break drawn;
+        }
+    };
     Metadata {
         transport: TransportKind::ALL[rng.below(TransportKind::ALL.len())],
         device: DLDevice {
             device_type: rng.next() as i32,
             device_id: rng.next() as i32,
         },
-        tensors: (0..rng.below(9)).map(|_| random_tensor(rng)).collect(),
+        object: ObjectId(rng.bytes(28).try_into().unwrap()),
+        tensors,
+        extents,
+        places,
         producer: Producer {
             node_id: rng.bytes(node_len),
             pid: rng.next() as u32,
@@ -145,7 +185,7 @@ fn random_metadata(rng: &mut Rng) -> Metadata {
         },
         transport_data: rng.bytes(data_len),
         inline: if rng.chance(2) {
-            let n = rng.below(128);
+            let n = if rng.chance(10) { 300 } else { rng.below(128) };
             Some(rng.bytes(n))
         } else {
             None
@@ -153,32 +193,65 @@ fn random_metadata(rng: &mut Rng) -> Metadata {
     }
 }
 
-/// Offsets and widths of every length or size field in a valid record, found by
-/// walking the wire format (see `src/metadata.rs`).
+/// Length of the varint at the start of `bytes`.
+fn varint_len(bytes: &[u8]) -> usize {
+    bytes.iter().position(|b| b & 0x80 == 0).unwrap() + 1
+}
+
+/// The value of the varint at the start of `bytes`.
+fn varint(bytes: &[u8]) -> u64 {
+    bytes[..varint_len(bytes)]
+        .iter()
+        .rev()
+        .fold(0, |v, b| (v << 7) | u64::from(b & 0x7f))
+}
+
+/// Offsets and widths of every length, count, size or index field in a valid
+/// record, found by walking the wire format (see `src/metadata.rs`).
 fn length_fields(record: &[u8]) -> Vec<(usize, usize)> {
+    let meta = Metadata::decode(record).unwrap();
     let u16_at = |at: usize| u16::from_le_bytes([record[at], record[at + 1]]) as usize;
     let mut fields = Vec::new();
-    let mut at = 15; // magic, version, transport, device
+    let mut at = 15 + 28; // magic, version, transport, device, object ID
     for skip_after in [4, 0, 0, 0, 0] {
         // node_id (then pid), actor_id, host_id, endpoint, tcp_endpoint
         fields.push((at, 2));
         at += 2 + u16_at(at) + skip_after;
     }
-    fields.push((at, 4));
-    let count = u32::from_le_bytes(record[at..at + 4].try_into().unwrap());
-    at += 4;
-    for _ in 0..count {
-        at += 4; // dtype
-        fields.push((at, 1));
-        at += 1 + 16 * record[at] as usize;
-        fields.push((at, 8));
-        at += 8;
+    let field = |fields: &mut Vec<(usize, usize)>, at: &mut usize| {
+        let n = varint_len(&record[*at..]);
+        fields.push((*at, n));
+        *at += n;
+    };
+    field(&mut fields, &mut at); // extent count
+    for _ in 0..meta.extents.len() {
+        field(&mut fields, &mut at);
     }
-    fields.push((at, 4));
-    at += 4 + u32::from_le_bytes(record[at..at + 4].try_into().unwrap()) as usize;
+    field(&mut fields, &mut at); // tensor count
+    for (t, place) in meta.tensors.iter().zip(&meta.places) {
+        let repeat = record[at] == 1;
+        fields.push((at, 1)); // flags
+        at += 1;
+        if !repeat {
+            at += 2; // dtype code, bits
+            field(&mut fields, &mut at); // lanes
+            fields.push((at, 1)); // ndim
+            at += 1;
+            for _ in 0..t.shape.len() {
+                field(&mut fields, &mut at);
+            }
+        }
+        if place.is_some() {
+            field(&mut fields, &mut at); // extent index
+            field(&mut fields, &mut at); // offset
+        }
+    }
+    let data_len = varint(&record[at..]) as usize;
+    field(&mut fields, &mut at);
+    at += data_len;
     fields.push((at, 1)); // flags
     if record[at] != 0 {
-        fields.push((at + 1, 4)); // inline data
+        fields.push((at + 1, varint_len(&record[at + 1..]))); // inline data
     }
     fields
 }
@@ -274,26 +347,58 @@ fn fields_past_their_limits_are_refused() {
     let mut m = random_metadata(&mut rng);
     m.producer.node_id = vec![1; MAX_ID_LEN + 1];
     assert_eq!(m.encode().unwrap_err().kind(), ErrorKind::InvalidArgument);
-
     m.producer.node_id.clear();
-    m.tensors = vec![
-        TensorMeta::compact(
-            DLDataType {
-                code: 2,
-                bits: 32,
-                lanes: 1
-            },
-            vec![]
-        )
-        .unwrap();
-        MAX_TENSORS
-    ];
-    let mut record = m.encode().unwrap();
+    // A place outside its extent is refused on both sides.
+    let (tensors, extents, mut places) = random_tensors(&mut rng, 1);
+    m.tensors = vec![TensorMeta::compact(tensors[0].dtype, vec![4]).unwrap()];
+    m.extents = extents;
+    places[0] = Some(Place {
+        extent: 0,
+        offset: m.extents[0],
+    });
+    m.places = places;
+    assert_eq!(m.encode().unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn a_hundred_thousand_tensors_fit_and_counts_are_bounded_by_the_record() {
+    // The rows of one matrix: one extent, one place each, mostly repeated shapes.
+    let mut rng = Rng(5);
+    let mut m = random_metadata(&mut rng);
+    let row = TensorMeta::compact(
+        DLDataType {
+            code: 2,
+            bits: 16,
+            lanes: 1,
+        },
+        vec![1280],
+    )
+    .unwrap();
+    let n = 100_000u64;
+    m.tensors = vec![row; n as usize];
+    m.extents = vec![n * 2560];
+    m.places = (0..n)
+        .map(|i| {
+            Some(Place {
+                extent: 0,
+                offset: i * 2560,
+            })
+        })
+        .collect();
+    let record = m.encode().unwrap();
+    assert!(record.len() < 700_000, "{} bytes", record.len());
     assert_eq!(Metadata::decode(&record).unwrap(), m);
-    let count_at = length_fields(&record)[3].0;
-    record[count_at..count_at + 4].copy_from_slice(&(MAX_TENSORS as u32 + 1).to_le_bytes());
-    let e = Metadata::decode(&record).unwrap_err();
-    assert!(e.message().contains("limit"), "{e}");
+    // A tensor count larger than the bytes left is refused before anything is
+    // allocated for it.
+    let fields = length_fields(&record);
+    let extent_count_at = fields[5].0;
+    let tensor_count_at = extent_count_at + 1 + varint_len(&record[extent_count_at + 1..]);
+    let mut forged = record[..tensor_count_at].to_vec();
+    forged.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    forged.extend_from_slice(&record[tensor_count_at + varint_len(&record[tensor_count_at..])..]);
+    let e = Metadata::decode(&forged).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::MalformedMetadata);
+    assert!(e.message().contains("claims"), "{e}");
 }
 
 prop_compose! {
@@ -301,10 +406,9 @@ prop_compose! {
         code in prop::sample::select(vec![0u8, 1, 2, 4, 5, 6]),
         bits in prop::sample::select(vec![8u8, 16, 32, 64]),
         lanes in 1u16..3,
-        dims in prop::collection::vec((0i64..100, any::<i64>()), 0..6),
+        shape in prop::collection::vec(0i64..100, 0..6),
     ) -> TensorMeta {
-        let (shape, strides) = dims.into_iter().unzip();
-        TensorMeta::new(DLDataType { code, bits, lanes }, shape, strides).unwrap()
+        TensorMeta::compact(DLDataType { code, bits, lanes }, shape).unwrap()
     }
 }
 
@@ -313,6 +417,7 @@ prop_compose! {
         transport in prop::sample::select(TransportKind::ALL.to_vec()),
         device in any::<(i32, i32)>(),
         tensors in prop::collection::vec(tensor_meta(), 0..10),
+        object in any::<[u8; 28]>(),
         node_id in prop::collection::vec(any::<u8>(), 0..=MAX_ID_LEN),
         pid in any::<u32>(),
         actor_id in prop::collection::vec(any::<u8>(), 0..=MAX_ID_LEN),
@@ -323,7 +428,29 @@ prop_compose! {
         inline in prop::option::of(prop::collection::vec(any::<u8>(), 0..256)),
     ) -> Metadata {
         let device = DLDevice { device_type: device.0, device_id: device.1 };
-        Metadata { transport, device, tensors, producer: Producer { node_id, pid, actor_id, host_id, endpoint, tcp_endpoint }, transport_data, inline }
+        // Tensors one after another in one extent, as the rows of a matrix.
+        let mut end = 0;
+        let places = tensors
+            .iter()
+            .map(|t| {
+                (t.nbytes > 0).then(|| {
+                    end += t.nbytes;
+                    Place { extent: 0, offset: end - t.nbytes }
+                })
+            })
+            .collect();
+        let extents = if end > 0 { vec![end] } else { vec![] };
+        Metadata {
+            transport,
+            device,
+            object: ObjectId(object),
+            tensors,
+            extents,
+            places,
+            producer: Producer { node_id, pid, actor_id, host_id, endpoint, tcp_endpoint },
+            transport_data,
+            inline,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use multiprocess::*;
 use ray_rdt::dlpack::{kDLUInt, DLDataType, DLDevice};
 use ray_rdt::testing::nixl;
 use ray_rdt::testing::{
-    stats, ErrorKind, Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind,
+    stats, ErrorKind, Metadata, ObjectId, Place, Producer, Tensor, TensorMeta, TransportKind,
 };
 use ray_rdt::testing::{Context, Fetched};
 use std::io::{BufRead, BufReader, Write};
@@ -509,7 +509,13 @@ fn without_nixl() {
     let record = Metadata {
         transport: TransportKind::Nixl,
         device: DLDevice::cpu(),
+        object: ObjectId([8; 28]),
         tensors: vec![TensorMeta::compact(U8, vec![16]).unwrap()],
+        extents: vec![16],
+        places: vec![Some(Place {
+            extent: 0,
+            offset: 0,
+        })],
         producer: Producer {
             node_id: b"node-a".to_vec(),
             pid: 1,

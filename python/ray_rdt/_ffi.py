@@ -7,6 +7,7 @@ blocking calls release the GIL; the few in ``_KEEP_GIL`` keep it.
 """
 
 import ctypes
+import struct
 import os
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import Optional
 ABI_MAJOR = 2
 # The binding needs the functions of this minor version (2.0: one handle family,
 # the context; rdt_context_record_get).
-ABI_MINOR = 0
+ABI_MINOR = 1
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
 TRANSPORT_GLOO = 0
@@ -56,9 +57,11 @@ STATUS_NAMES = {
     15: "RDT_ERR_PEER_GONE",
 }
 OK = 0
+ERR_INVALID_ARGUMENT = 2
 ERR_NOT_FOUND = 3
 ERR_ALREADY_EXISTS = 4
 ERR_TIMEOUT = 5
+ERR_MALFORMED_METADATA = 6
 ERR_UNSUPPORTED = 7
 ERR_TRANSPORT = 8
 ERR_UNAVAILABLE = 10
@@ -277,6 +280,18 @@ _SIGNATURES = {
             ctypes.POINTER(ctypes.c_size_t),
         ],
     ),
+    "rdt_context_fetch_into": (
+        _status,
+        [
+            _c_void_p,
+            _c_u8p,
+            _c_u8p,
+            ctypes.c_size_t,
+            ctypes.POINTER(_c_void_p),
+            ctypes.c_size_t,
+            ctypes.c_uint64,
+        ],
+    ),
     "rdt_context_free": (_status, [_c_void_p, _c_u8p, ctypes.POINTER(ctypes.c_bool)]),
     "rdt_context_contains": (_status, [_c_void_p, _c_u8p, ctypes.POINTER(ctypes.c_bool)]),
     "rdt_context_get": (
@@ -331,6 +346,14 @@ _SIGNATURES = {
     "rdt_cuda_libraries": (_status, [ctypes.POINTER(Buffer)]),
     "rdt_metadata_decode": (_status, [_c_u8p, ctypes.c_size_t, ctypes.POINTER(_c_void_p)]),
     "rdt_metadata_destroy": (None, [_c_void_p]),
+    "rdt_metadata_extents": (
+        _status,
+        [_c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_uint64)],
+    ),
+    "rdt_metadata_place": (
+        _status,
+        [_c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint64)],
+    ),
     "rdt_metadata_summary": (
         _status,
         [
@@ -494,6 +517,27 @@ def _summary(record: bytes):
         lib().rdt_metadata_destroy(handle)
 
 
+# The record's fixed header (src/metadata.rs): magic, version, transport code,
+# device type and id, at fixed offsets.
+_MAGIC = b"RDTM"
+_RECORD_VERSION = 3
+_HEADER = struct.Struct("<4sHBii")
+
+
+def record_header(record: bytes):
+    """(transport code, device type, device id) of a metadata record, read from
+    its fixed header without decoding the rest (the plugin validates the whole
+    record where it is used); raises ``RdtError`` for something that is not a
+    record of this version."""
+    try:
+        magic, version, transport, device_type, device_id = _HEADER.unpack_from(record)
+    except struct.error:
+        magic, version = b"", 0
+    if magic != _MAGIC or version != _RECORD_VERSION:
+        raise RdtError(ERR_MALFORMED_METADATA, "not an RDT metadata record of version 3")
+    return transport, device_type, device_id
+
+
 def record_summary(record: bytes):
     """(transport code, number of tensors, total bytes) of a metadata record."""
     transport, _, count, total = _summary(record)
@@ -507,8 +551,8 @@ DEVICE_CUDA = 2
 
 def record_device(record: bytes):
     """(device type, device id) of a metadata record's tensors (``DEVICE_CPU``, ``DEVICE_CUDA``)."""
-    _, device, _, _ = _summary(record)
-    return device.device_type, device.device_id
+    _, device_type, device_id = record_header(record)
+    return device_type, device_id
 
 
 def cuda_libraries() -> dict:

@@ -147,6 +147,21 @@ class Context:
             "rdt_context_fetch",
         )
 
+    def fetch_into(self, object_id, record: bytes, targets: Sequence["torch.Tensor"], timeout_s: Optional[float] = None):
+        """Fetches the object a metadata record describes straight into
+        ``targets`` (CPU tensors, checked against the record before any byte
+        moves: ``RdtError`` with ``ERR_INVALID_ARGUMENT`` naming the index)."""
+        oid = _object_id_bytes(object_id)
+        # Borrowed for the call: the capsules keep the tensors alive and, never
+        # consumed, call their deleters when they go.
+        borrowed = dlpack.Borrowed(targets)
+        _ffi.check(
+            self._lib.rdt_context_fetch_into(
+                self._handle, oid, record, len(record), borrowed.array, borrowed.count, _ffi.timeout_ms(timeout_s)
+            ),
+            "rdt_context_fetch_into",
+        )
+
     def get(self, object_id) -> List["torch.Tensor"]:
         """Views of the tensors of an object this process holds (raises
         ``RdtNotFoundError`` when it holds none)."""

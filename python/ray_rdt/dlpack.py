@@ -33,6 +33,29 @@ _DLTENSOR = b"dltensor"
 _USED_DLTENSOR = ctypes.create_string_buffer(b"used_dltensor")
 
 
+def _capsules(tensors: Sequence["torch.Tensor"]):
+    """DLPack capsules of ``tensors`` and a C array of their ``DLManagedTensor`` pointers."""
+    from torch.utils.dlpack import to_dlpack
+
+    # detach(): the same memory; DLPack refuses tensors that need grad.
+    capsules = [to_dlpack(t.detach() if t.requires_grad else t) for t in tensors]
+    array = (ctypes.c_void_p * max(len(capsules), 1))()
+    get = _api.PyCapsule_GetPointer
+    for i, cap in enumerate(capsules):
+        array[i] = get(cap, _DLTENSOR)
+    return capsules, array
+
+
+class Borrowed:
+    """DLPack views of tensors the plugin only reads and writes during one call
+    (targets of a fetch): it never takes them, so the capsules, dropped with
+    this object, release them."""
+
+    def __init__(self, tensors: Sequence["torch.Tensor"]):
+        self.capsules, self.array = _capsules(tensors)
+        self.count = len(self.capsules)
+
+
 class Exported:
     """DLPack capsules for a list of tensors, and the C array of their pointers.
 
@@ -41,18 +64,8 @@ class Exported:
     """
 
     def __init__(self, tensors: Sequence["torch.Tensor"]):
-        from torch.utils.dlpack import to_dlpack
-
-        self.capsules = []
-        for t in tensors:
-            if t.requires_grad:
-                t = t.detach()  # same memory; DLPack refuses tensors needing grad
-            self.capsules.append(to_dlpack(t))
-        n = len(self.capsules)
-        self.array = (ctypes.c_void_p * max(n, 1))()
-        for i, cap in enumerate(self.capsules):
-            self.array[i] = _api.PyCapsule_GetPointer(cap, _DLTENSOR)
-        self.count = n
+        self.capsules, self.array = _capsules(tensors)
+        self.count = len(self.capsules)
 
     def commit(self):
         for cap in self.capsules:

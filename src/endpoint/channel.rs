@@ -144,6 +144,17 @@ impl Channel {
         matches!(self.stream, Stream::Unix(_))
     }
 
+    /// The peer's process ID as this process sees it (same-host channels
+    /// only: the kernel's record of who connected), for reading its memory.
+    pub fn peer_pid(&self) -> Option<u32> {
+        match &self.stream {
+            Stream::Unix(s) => super::unix::peer_credentials(s)
+                .ok()
+                .and_then(|c| u32::try_from(c.pid).ok()),
+            Stream::Tcp(_) => None,
+        }
+    }
+
     pub(crate) fn stream(&self) -> &Stream {
         &self.stream
     }

@@ -48,9 +48,9 @@ pub(crate) fn connect(address: &str) -> Result<Channel> {
     Ok(Channel::new(Stream::Unix(stream), address.to_owned()))
 }
 
-/// Admits a connected peer by its credentials: the same uid as this process, or
-/// root. Returns the reason for a refusal.
-pub(crate) fn check_peer(stream: &UnixStream) -> std::result::Result<(), String> {
+/// The kernel-checked credentials (`SO_PEERCRED`) of the process at the other
+/// end of `stream`, its process ID as this process's PID namespace sees it.
+pub(crate) fn peer_credentials(stream: &UnixStream) -> std::io::Result<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -68,11 +68,16 @@ pub(crate) fn check_peer(stream: &UnixStream) -> std::result::Result<(), String>
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "cannot read the peer's credentials: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(cred)
+}
+
+/// Admits a connected peer by its credentials: the same uid as this process, or
+/// root. Returns the reason for a refusal.
+pub(crate) fn check_peer(stream: &UnixStream) -> std::result::Result<(), String> {
+    let cred =
+        peer_credentials(stream).map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
     // SAFETY: getuid cannot fail.
     let mine = unsafe { libc::getuid() };
     if cred.uid == mine || cred.uid == 0 {

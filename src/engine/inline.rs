@@ -1,5 +1,5 @@
 //! Small objects carried inside their metadata record: the producer packs the
-//! tensors' bytes into the record at put; a consumer builds its tensors from
+//! extents' bytes into the record at put; a consumer builds its tensors from
 //! them with no transfer (`RAY_RDT_INLINE_BYTES`, see [`threshold`]).
 //!
 //! The producer still keeps the primary copy, so passing the ref back to it
@@ -9,11 +9,12 @@
 
 use crate::dlpack::DLDevice;
 use crate::error::{Error, Result};
+use crate::layout::{packed_extents, Runs};
 use crate::metadata::Metadata;
-use crate::tensor::{is_host, Tensor, TensorMeta};
-use crate::transport::packed_layout;
+use crate::store::StoredObject;
+use crate::tensor::{is_host, Tensor};
 
-/// Environment variable: objects whose tensors total at most this many bytes
+/// Environment variable: objects whose extents total at most this many bytes
 /// travel inside their record (0 turns inlining off).
 pub const THRESHOLD_ENV: &str = "RAY_RDT_INLINE_BYTES";
 
@@ -27,45 +28,61 @@ pub fn threshold() -> u64 {
     crate::settings::u64_or(THRESHOLD_ENV, DEFAULT_THRESHOLD)
 }
 
-/// The tensors' bytes packed one after another (as [`packed_layout`] places
-/// them), when the object is small enough and in host memory (a threshold of
-/// 0 turns inlining off, for empty objects too).
-pub fn pack(tensors: &[Tensor], threshold: u64) -> Result<Option<Vec<u8>>> {
-    let total: u64 = tensors.iter().map(|t| t.meta().nbytes).sum();
-    if threshold == 0 || total > threshold || !tensors.iter().all(|t| is_host(t.device())) {
-        return Ok(None);
+/// The object's extents laid out one after another (as
+/// [`packed_extents`] places them), when the object is small enough and in
+/// host memory (a threshold of 0 turns inlining off, for empty objects too).
+pub fn pack(object: &StoredObject, threshold: u64) -> Option<Vec<u8>> {
+    let layout = &object.layout;
+    let host = object.tensors.iter().all(|t| is_host(t.device()));
+    if threshold == 0 || layout.total() > threshold || !host {
+        return None;
     }
-    let (offsets, size) = packed_layout(tensors.iter().map(|t| t.meta().nbytes));
+    let (offsets, size) = packed_extents(&layout.lengths());
     let mut bytes = vec![0u8; size as usize];
-    for (t, off) in tensors.iter().zip(offsets) {
-        let n = t.meta().nbytes as usize;
-        t.pack_into(&mut bytes[off as usize..off as usize + n])?;
+    for (i, off) in offsets.into_iter().enumerate() {
+        // SAFETY: a host extent of a stored object, which `object` keeps alive.
+        let src = unsafe { layout.host_bytes(i) };
+        bytes[off as usize..off as usize + src.len()].copy_from_slice(src);
     }
-    Ok(Some(bytes))
+    Some(bytes)
+}
+
+/// Checks that the inline bytes are the record's extents laid out.
+fn check(meta: &Metadata, bytes: &[u8]) -> Result<Vec<u64>> {
+    let (offsets, size) = packed_extents(&meta.extents);
+    if size != bytes.len() as u64 {
+        return Err(Error::malformed(format!(
+            "the record's inline data is {} bytes, its extents need {size}",
+            bytes.len()
+        )));
+    }
+    Ok(offsets)
 }
 
 /// The record's tensors, built from its inline bytes (views of one buffer).
 pub fn unpack(meta: &Metadata, bytes: &[u8]) -> Result<Vec<Tensor>> {
-    let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
-    let (offsets, size) = packed_layout(metas.iter().map(|m| m.nbytes));
-    if size != bytes.len() as u64 {
-        return Err(Error::malformed(format!(
-            "the record's inline data is {} bytes, its tensors need {size}",
-            bytes.len()
-        )));
-    }
+    let offsets = check(meta, bytes)?;
     let mut owned = bytes.to_vec().into_boxed_slice();
-    let base = owned.as_mut_ptr();
-    let owner = std::sync::Arc::new(owned);
-    let cpu = DLDevice::cpu();
-    Ok(metas
-        .into_iter()
-        .zip(offsets)
-        .map(|(m, off)| {
-            // SAFETY: the offset lies inside the buffer (its size was checked),
-            // which the tensors keep alive.
-            let data = unsafe { base.add(off as usize) } as *mut _;
-            Tensor::from_owner(m, cpu, data, Box::new(owner.clone()))
-        })
-        .collect())
+    let base = owned.as_mut_ptr() as usize;
+    Ok(crate::layout::views(
+        meta,
+        base,
+        &offsets,
+        DLDevice::cpu(),
+        std::sync::Arc::new(owned),
+    ))
+}
+
+/// Copies the record's inline bytes into the caller's tensors (`runs`).
+pub fn unpack_into(meta: &Metadata, bytes: &[u8], runs: &Runs) -> Result<()> {
+    let offsets = check(meta, bytes)?;
+    for r in &runs.runs {
+        let from = (offsets[r.extent as usize] + r.offset) as usize;
+        // SAFETY: the runs were checked against the targets (host memory of
+        // at least `len` bytes each) and the record's extents.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes[from..].as_ptr(), r.dst as *mut u8, r.len as usize)
+        };
+    }
+    Ok(())
 }

@@ -14,7 +14,11 @@ mod group_watch;
 mod inline;
 mod remote_free;
 mod serve;
+mod targets;
 
+pub use targets::Target;
+
+use crate::copy::{copy_pieces, Piece};
 use crate::dlpack::DLDevice;
 use crate::endpoint::{Addresses, ClientPool, ClusterToken, Contact, Endpoint, Limits};
 use crate::error::{Error, ErrorKind, Result};
@@ -25,7 +29,7 @@ use crate::stats::{self, Path};
 use crate::store::{CopyKind, ObjectStore, PutRejected, StoredObject};
 use crate::tensor::{is_host, Tensor};
 use crate::transport::group::GroupSpec;
-use crate::transport::{CollectiveGroups, Local, Peer, Registry};
+use crate::transport::{CollectiveGroups, Local, Peer, Registry, Transport};
 use crate::transport_kind::TransportKind;
 use parking_lot::Mutex;
 use remote_free::RemoteFrees;
@@ -134,6 +138,17 @@ impl Shared {
             failures: self,
         }
     }
+}
+
+/// Refuses a record that describes another object than the one asked for.
+fn check_key(id: &ObjectId, meta: &Metadata) -> Result<()> {
+    if meta.object != *id {
+        return Err(Error::invalid(format!(
+            "the metadata record describes object {}, not {id}",
+            meta.object
+        )));
+    }
+    Ok(())
 }
 
 /// One process's plugin: store, endpoint, transports. Dropping it closes the
@@ -291,24 +306,24 @@ impl Context {
             return Err(PutRejected { error, tensors });
         }
         let tensor_metas = tensors.iter().map(|t| t.meta().clone()).collect();
-        let inline = match inline::pack(&tensors, self.shared.inline_bytes) {
-            Ok(bytes) => bytes,
-            Err(error) => return Err(PutRejected { error, tensors }),
-        };
         self.shared.store.put(id, tensors, CopyKind::Primary)?;
         let exported = self
             .shared
             .store
             .get(&id, Duration::ZERO)
-            .and_then(|object| match inline {
-                Some(_) => transport.export_inline(&id, &object, group),
-                None => transport.export(&id, &object, group),
-            })
-            .and_then(|transport_data| {
+            .and_then(|object| {
+                let inline = inline::pack(&object, self.shared.inline_bytes);
+                let transport_data = match inline {
+                    Some(_) => transport.export_inline(&id, &object, group),
+                    None => transport.export(&id, &object, group),
+                }?;
                 Metadata {
                     transport: kind,
                     device,
+                    object: id,
                     tensors: tensor_metas,
+                    extents: object.layout.lengths(),
+                    places: object.layout.places.clone(),
                     producer: self.producer(),
                     transport_data,
                     inline,
@@ -336,18 +351,85 @@ impl Context {
     /// Argument resolution: fetches the tensors described by the metadata record,
     /// from this process's store when it produced them, else over the transport.
     pub fn fetch(&self, id: &ObjectId, record: &[u8], timeout: Duration) -> Result<Fetched> {
-        let meta = Metadata::decode(record)?;
+        self.fetch_decoded(id, &Metadata::decode(record)?, timeout)
+    }
+
+    /// [`Context::fetch`] of a record already decoded.
+    pub fn fetch_decoded(
+        &self,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Fetched> {
+        check_key(id, meta)?;
         if meta.producer.endpoint == self.endpoint() {
             return self.shared.held(id).map(Fetched::Local);
         }
+        self.transfer(meta, |path, transport, peer| match (path, &meta.inline) {
+            (Path::Inline, Some(bytes)) => inline::unpack(meta, bytes),
+            _ => transport.fetch(&self.shared.local(), peer, id, meta, timeout),
+        })
+        .map(Fetched::Received)
+    }
+
+    /// `ray.get` into the caller's tensors (`set_target_for_ref`): checks the
+    /// targets against the record (before any byte moves), then lands the
+    /// object's bytes straight in them. The caller keeps the targets valid
+    /// until this returns.
+    pub fn fetch_into(
+        &self,
+        id: &ObjectId,
+        meta: &Metadata,
+        targets: &[Target],
+        timeout: Duration,
+    ) -> Result<()> {
+        check_key(id, meta)?;
+        let runs = targets::runs(meta, targets)?;
+        if meta.producer.endpoint == self.endpoint() {
+            let object = self.shared.held(id)?;
+            if object.layout.lengths() != meta.extents {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("object {id} is held with another layout than its record describes (stored again since)"),
+                ));
+            }
+            let pieces: Vec<Piece> = runs
+                .runs
+                .iter()
+                .map(|r| Piece {
+                    dst: r.dst,
+                    src: object.layout.extents[r.extent as usize].addr + r.offset as usize,
+                    len: r.len as usize,
+                })
+                .collect();
+            // SAFETY: the sources lie in the held object's extents (same
+            // layout as the record, checked above), which `object` keeps
+            // alive; the destinations are the caller's checked targets.
+            unsafe { copy_pieces(&pieces) };
+            return Ok(());
+        }
+        self.transfer(meta, |path, transport, peer| match (path, &meta.inline) {
+            (Path::Inline, Some(bytes)) => inline::unpack_into(meta, bytes, &runs),
+            _ => transport.fetch_into(&self.shared.local(), peer, id, meta, &runs, timeout),
+        })
+    }
+
+    /// Moves the bytes of `meta`'s object from its producer with `op`, given
+    /// the path and the transport that serve it (see the module docs), and
+    /// counts the outcome.
+    fn transfer<T>(
+        &self,
+        meta: &Metadata,
+        op: impl FnOnce(Path, &dyn Transport, &Peer<'_>) -> Result<T>,
+    ) -> Result<T> {
         let declared = self.shared.transports.get(meta.transport)?;
         let contact = meta.producer.contact();
         let peer = self.peer(&meta.producer, &contact);
         let start = Instant::now();
-        let (path, result) = if let Some(bytes) = &meta.inline {
+        let (path, result) = if meta.inline.is_some() {
             let r = declared
-                .check_consumer(&meta)
-                .and_then(|()| inline::unpack(&meta, bytes));
+                .check_consumer(meta)
+                .and_then(|()| op(Path::Inline, declared, &peer));
             (Path::Inline, r)
         } else if peer.same_host
             && self.shared.same_host_path
@@ -356,8 +438,8 @@ impl Context {
         {
             let shm = self.shared.transports.get(TransportKind::Shm)?;
             let r = declared
-                .check_consumer(&meta)
-                .and_then(|()| shm.fetch(&self.shared.local(), &peer, id, &meta, timeout));
+                .check_consumer(meta)
+                .and_then(|()| op(Path::SameHost, shm, &peer));
             (Path::SameHost, r)
         } else {
             // The declared transport moves the bytes itself: its network path,
@@ -367,10 +449,7 @@ impl Context {
             } else {
                 Path::Network
             };
-            (
-                path,
-                declared.fetch(&self.shared.local(), &peer, id, &meta, timeout),
-            )
+            (path, op(path, declared, &peer))
         };
         match &result {
             Ok(_) => {
@@ -383,7 +462,7 @@ impl Context {
                 self.fetch_stats.record_error(meta.transport);
             }
         }
-        result.map(Fetched::Received).map_err(|e| match path {
+        result.map_err(|e| match path {
             Path::Inline => e,
             _ => peer.explain(e),
         })

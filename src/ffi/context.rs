@@ -5,9 +5,9 @@
 use super::boundary::{arg, guard, guard_void, object_id, out, slice, timeout};
 use super::stats::rdt_transport;
 use super::status::rdt_status;
-use crate::dlpack::{DLManagedTensor, DLManagedTensorVersioned};
+use crate::dlpack::{DLManagedTensor, DLManagedTensorVersioned, DLTensor};
 use crate::endpoint::ClusterToken;
-use crate::engine::{Context, ContextConfig, Fetched};
+use crate::engine::{Context, ContextConfig, Fetched, Target};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{PutRejected, StoredObject};
 use crate::tensor::{export, Tensor};
@@ -382,7 +382,8 @@ pub unsafe extern "C" fn rdt_context_fetch(
         let id = self::object_id(object_id)?;
         let record = slice(metadata, metadata_len, "metadata")?;
         let count = out(out_count, "out_count")?;
-        let needed = crate::metadata::Metadata::decode(record)?.tensors.len();
+        let meta = crate::metadata::Metadata::decode(record)?;
+        let needed = meta.tensors.len();
         *count = needed;
         if capacity < needed {
             return Err(Error::new(
@@ -397,7 +398,7 @@ pub unsafe extern "C" fn rdt_context_fetch(
             ));
         }
         let handed: Vec<*mut DLManagedTensor> =
-            match ctx.inner.fetch(&id, record, timeout(timeout_ms))? {
+            match ctx.inner.fetch_decoded(&id, &meta, timeout(timeout_ms))? {
                 Fetched::Local(object) => views(&object),
                 Fetched::Received(tensors) => {
                     tensors.into_iter().map(Tensor::into_managed).collect()
@@ -405,6 +406,51 @@ pub unsafe extern "C" fn rdt_context_fetch(
             };
         hand_out(handed, out_tensors, capacity, count);
         Ok(())
+    })
+}
+
+/// `ray.get` into the caller's tensors (`set_target_for_ref`): fetches the
+/// object the metadata record describes straight into `targets[0..num_targets]`
+/// (borrowed: the plugin reads their descriptions and writes their bytes, and
+/// never calls a deleter; they must stay valid until this returns). The targets
+/// are checked before any byte moves, as Ray 2.60 checks them: their count, and
+/// each one's shape and dtype against the record's tensor at the same index,
+/// row-major contiguity, CPU memory, no two overlapping; a mismatch is
+/// `RDT_ERR_INVALID_ARGUMENT` naming the index. When this process produced the
+/// object its bytes are copied from the stored tensors. Waits at most
+/// `timeout_ms` (`UINT64_MAX`: no limit).
+///
+/// # Safety
+/// `ctx` valid; `object_id` 28 bytes; `metadata` `metadata_len` bytes;
+/// `targets` an array of `num_targets` valid `DLTensor` pointers (a
+/// `DLManagedTensor*` may be passed: its `dl_tensor` comes first) whose memory
+/// is writable for the whole call.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_context_fetch_into(
+    ctx: *const rdt_context,
+    object_id: *const u8,
+    metadata: *const u8,
+    metadata_len: usize,
+    targets: *const *const DLTensor,
+    num_targets: usize,
+    timeout_ms: u64,
+) -> rdt_status {
+    guard(|| {
+        let ctx = arg(ctx, "ctx")?;
+        let id = self::object_id(object_id)?;
+        let meta = crate::metadata::Metadata::decode(slice(metadata, metadata_len, "metadata")?)?;
+        let targets = slice(targets, num_targets, "targets")?
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let t = t.as_ref().ok_or_else(|| {
+                    Error::new(ErrorKind::NullArgument, format!("target {i} is NULL"))
+                })?;
+                Target::from_dl(t)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        ctx.inner
+            .fetch_into(&id, &meta, &targets, timeout(timeout_ms))
     })
 }
 

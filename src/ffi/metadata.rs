@@ -139,3 +139,53 @@ pub unsafe extern "C" fn rdt_metadata_tensor(
         Ok(())
     })
 }
+
+/// Writes the record's number of extents (the byte ranges its transfers move)
+/// and their total length in bytes.
+///
+/// # Safety
+/// `metadata` valid; outputs valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_metadata_extents(
+    metadata: *const rdt_metadata,
+    out_num_extents: *mut usize,
+    out_extent_bytes: *mut u64,
+) -> rdt_status {
+    guard(|| {
+        let m = &arg(metadata, "metadata")?.inner;
+        *out(out_num_extents, "out_num_extents")? = m.extents.len();
+        *out(out_extent_bytes, "out_extent_bytes")? = m.extent_bytes();
+        Ok(())
+    })
+}
+
+/// Writes where tensor `index` is: the extent holding it and the byte offset
+/// of its first element there. A tensor of no bytes has no place:
+/// `*out_extent` is `UINT32_MAX` and `*out_offset` 0.
+///
+/// # Safety
+/// `metadata` valid; outputs valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_metadata_place(
+    metadata: *const rdt_metadata,
+    index: usize,
+    out_extent: *mut u32,
+    out_offset: *mut u64,
+) -> rdt_status {
+    guard(|| {
+        let m = &arg(metadata, "metadata")?.inner;
+        let place = m.places.get(index).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "tensor index {index} out of range ({} tensors)",
+                    m.tensors.len()
+                ),
+            )
+        })?;
+        let (extent, offset) = place.map_or((u32::MAX, 0), |p| (p.extent, p.offset));
+        *out(out_extent, "out_extent")? = extent;
+        *out(out_offset, "out_offset")? = offset;
+        Ok(())
+    })
+}

@@ -23,7 +23,7 @@ use std::ffi::c_char;
 /// Major version of the C ABI; a loader refuses a library with another major.
 pub const RDT_ABI_VERSION_MAJOR: u32 = 2;
 /// Minor version of the C ABI; grows when functions are added.
-pub const RDT_ABI_VERSION_MINOR: u32 = 0;
+pub const RDT_ABI_VERSION_MINOR: u32 = 1;
 
 /// The C ABI version of this library: `(major << 16) | minor`.
 #[no_mangle]

@@ -18,12 +18,13 @@ use super::{fetch_request, Local, Peer, Transport};
 use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, ErrorKind, Result};
+use crate::layout::{packed_extents, Run, Runs};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
 use crate::store::StoredObject;
-use crate::tensor::{element_size, is_host, Tensor, TensorMeta};
+use crate::tensor::{is_host, HostBuffer, Tensor};
 use crate::transport_kind::TransportKind;
-use gloo_sys::ContextOptions;
+use gloo_sys::{ContextOptions, PendingOp};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -76,25 +77,18 @@ fn local_ip_towards(target: SocketAddr) -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-/// Largest message a tensor is split into (rounded down to whole elements).
+/// Largest message an extent is split into.
 const CHUNK: u64 = 4 << 20;
 
-/// The (first byte, length) of each message the producer's tensor `meta` travels
-/// as: one message when it is contiguous (Gloo pipelines it), else chunks of at
-/// most [`CHUNK`] bytes. Both sides derive the same split from the record.
-fn chunks(meta: &TensorMeta) -> Result<Vec<(u64, u64)>> {
-    if meta.is_contiguous() {
-        return Ok(if meta.nbytes == 0 {
-            Vec::new()
-        } else {
-            vec![(0, meta.nbytes)]
-        });
-    }
-    let step = CHUNK / element_size(meta.dtype)? * element_size(meta.dtype)?;
-    Ok((0..meta.nbytes)
-        .step_by(step as usize)
-        .map(|first| (first, step.min(meta.nbytes - first)))
-        .collect())
+/// The messages an object travels as: (extent, first byte, length) of each
+/// piece of at most [`CHUNK`] bytes, extent after extent. Both sides derive
+/// the same split from the record's extents.
+fn chunks(extents: &[u64]) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+    extents.iter().enumerate().flat_map(|(e, &len)| {
+        (0..len)
+            .step_by(CHUNK as usize)
+            .map(move |first| (e, first, CHUNK.min(len - first)))
+    })
 }
 
 impl CollectiveGroups for Gloo {
@@ -230,6 +224,35 @@ impl Gloo {
         group.usable(name)?;
         Ok(group)
     }
+
+    /// Consumer side: receives the object of `meta` into `landing` over the
+    /// group the record names; a system error breaks the group.
+    fn receive(
+        &self,
+        local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+        landing: &mut dyn Landing,
+    ) -> Result<()> {
+        let (producer_rank, name) = decode_location(&meta.transport_data, "gloo")?;
+        let group = self.joined(name)?;
+        let received = group.usable(name).and_then(|()| {
+            self.receive_object(
+                &group,
+                peer,
+                id,
+                meta,
+                producer_rank,
+                name,
+                timeout,
+                landing,
+            )
+        });
+        let ranks = (producer_rank, group.ctx.rank());
+        break_on_system_error(self, local, name, id, ranks, received)
+    }
 }
 
 impl Transport for Gloo {
@@ -290,13 +313,34 @@ impl Transport for Gloo {
         meta: &Metadata,
         timeout: Duration,
     ) -> Result<Vec<Tensor>> {
-        let (producer_rank, name) = decode_location(&meta.transport_data, "gloo")?;
-        let group = self.joined(name)?;
-        let received = group.usable(name).and_then(|()| {
-            self.receive_object(&group, peer, id, meta, producer_rank, name, timeout)
-        });
-        let ranks = (producer_rank, group.ctx.rank());
-        break_on_system_error(self, local, name, id, ranks, received)
+        let (offsets, total) = packed_extents(&meta.extents);
+        let buffer = HostBuffer::new(total as usize)?;
+        let mut fresh = Fresh {
+            base: buffer.as_ptr(),
+            offsets,
+        };
+        self.receive(local, peer, id, meta, timeout, &mut fresh)?;
+        let base = buffer.as_ptr() as usize;
+        Ok(crate::layout::views(
+            meta,
+            base,
+            &fresh.offsets,
+            DLDevice::cpu(),
+            Arc::new(buffer),
+        ))
+    }
+
+    fn fetch_into(
+        &self,
+        local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        runs: &Runs,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut into = IntoRuns { runs: &runs.runs };
+        self.receive(local, peer, id, meta, timeout, &mut into)
     }
 
     fn check_consumer(&self, meta: &Metadata) -> Result<()> {
@@ -310,7 +354,8 @@ impl Transport for Gloo {
 }
 
 impl Gloo {
-    /// Producer side of a fetch: acknowledges, sends every tensor, confirms.
+    /// Producer side of a fetch: acknowledges, sends every extent (in
+    /// [`chunks`]), confirms.
     fn send_object(
         &self,
         group: &Group,
@@ -320,37 +365,24 @@ impl Gloo {
     ) -> Result<()> {
         channel.send(&[wire::REPLY_OK], req.timeout)?;
         crate::hold::point("serve");
-        // Contiguous tensors are posted at once and overlap; a strided one goes as
-        // chunks packed into one bounded staging buffer. Messages on a slot arrive
-        // in the order they were posted.
+        // Every piece is posted at once and they overlap; messages on a slot
+        // arrive in the order they were posted.
         let send_err = |e| gloo_error(req.group, e);
+        let lengths = object.layout.lengths();
         let mut pending = Vec::new();
-        let mut staging = Vec::new();
-        for t in object.tensors.iter() {
-            for (first, len) in chunks(t.meta())? {
-                match t.host_bytes() {
-                    // SAFETY: the object (and so its memory) outlives the wait below.
-                    Some(b) => pending.push(
-                        unsafe {
-                            group.ctx.post_send(
-                                req.consumer_rank,
-                                req.slot,
-                                b.as_ptr().add(first as usize),
-                                len as usize,
-                            )
-                        }
-                        .map_err(send_err)?,
-                    ),
-                    None => {
-                        staging.resize(len as usize, 0);
-                        t.pack_range(first, &mut staging)?;
-                        group
-                            .ctx
-                            .send(req.consumer_rank, req.slot, &staging, req.timeout)
-                            .map_err(send_err)?;
-                    }
-                }
-            }
+        for (e, first, len) in chunks(&lengths) {
+            // SAFETY: a host extent of the object, which outlives the waits below.
+            let bytes = unsafe { object.layout.host_bytes(e) };
+            // SAFETY: as above; [first, first + len) lies inside the extent.
+            let op = unsafe {
+                group.ctx.post_send(
+                    req.consumer_rank,
+                    req.slot,
+                    bytes.as_ptr().add(first as usize),
+                    len as usize,
+                )
+            };
+            pending.push(op.map_err(send_err)?);
         }
         pending
             .into_iter()
@@ -360,7 +392,7 @@ impl Gloo {
     }
 
     /// Consumer side of a fetch: asks the producer to send the object on a
-    /// fresh slot and receives straight into new tensors.
+    /// fresh slot and lands every piece where `landing` says.
     #[allow(clippy::too_many_arguments)]
     fn receive_object(
         &self,
@@ -371,12 +403,8 @@ impl Gloo {
         producer_rank: usize,
         name: &str,
         timeout: Duration,
-    ) -> Result<Vec<Tensor>> {
-        let mut tensors = meta
-            .tensors
-            .iter()
-            .map(Tensor::alloc_host)
-            .collect::<Result<Vec<_>>>()?;
+        landing: &mut dyn Landing,
+    ) -> Result<()> {
         let request = PullRequest {
             slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
             consumer_rank: group.ctx.rank(),
@@ -391,31 +419,119 @@ impl Gloo {
             wire::parse_reply(&channel.recv(timeout)?.payload)?;
             let recv_err = |e| gloo_error(name, e);
             let mut pending = Vec::new();
-            for (t, producer_meta) in tensors.iter_mut().zip(&meta.tensors) {
-                let buf = t
-                    .host_bytes_mut()
-                    .expect("freshly allocated host tensors are contiguous")
-                    .as_mut_ptr();
-                for (first, len) in chunks(producer_meta)? {
-                    // SAFETY: the tensors outlive the waits below; ranges are disjoint.
-                    let op = unsafe {
-                        group.ctx.post_recv(
-                            producer_rank,
-                            request.slot,
-                            buf.add(first as usize),
-                            len as usize,
-                        )
-                    };
-                    pending.push(op.map_err(recv_err)?);
+            let mut staged: Option<(PendingOp<'_>, (usize, u64, u64))> = None;
+            let mut staging = Vec::new();
+            for piece in chunks(&meta.extents) {
+                let (e, first, len) = piece;
+                let direct = landing.direct(e, first, len);
+                let ptr = match direct {
+                    Some(ptr) => ptr,
+                    None => {
+                        // Scattered targets: through a bounded staging buffer,
+                        // one piece at a time.
+                        if let Some((op, done)) = staged.take() {
+                            op.wait(timeout).map_err(recv_err)?;
+                            landing.scatter(done, &staging);
+                        }
+                        staging.resize(len as usize, 0);
+                        staging.as_mut_ptr()
+                    }
+                };
+                // SAFETY: the destination (landing memory or the staging
+                // buffer) holds `len` bytes and outlives the waits below.
+                let op = unsafe {
+                    group
+                        .ctx
+                        .post_recv(producer_rank, request.slot, ptr, len as usize)
+                }
+                .map_err(recv_err)?;
+                match direct {
+                    Some(_) => pending.push(op),
+                    None => staged = Some((op, piece)),
                 }
             }
             crate::hold::point("fetch");
+            if let Some((op, done)) = staged.take() {
+                op.wait(timeout).map_err(recv_err)?;
+                landing.scatter(done, &staging);
+            }
             pending
                 .into_iter()
                 .try_for_each(|op| op.wait(timeout))
                 .map_err(recv_err)?;
             wire::parse_reply(&channel.recv(timeout)?.payload).map(|_| ())
-        })?;
-        Ok(tensors)
+        })
+    }
+}
+
+/// Where received pieces go.
+trait Landing {
+    /// The address piece `(extent, first, len)` can be received at directly,
+    /// or `None` when it must be staged and scattered.
+    fn direct(&mut self, extent: usize, first: u64, len: u64) -> Option<*mut u8>;
+    /// Places a staged piece.
+    fn scatter(&mut self, piece: (usize, u64, u64), bytes: &[u8]);
+}
+
+/// New memory: the extents laid out in one buffer.
+struct Fresh {
+    base: *mut u8,
+    offsets: Vec<u64>,
+}
+
+impl Landing for Fresh {
+    fn direct(&mut self, extent: usize, first: u64, _len: u64) -> Option<*mut u8> {
+        // SAFETY: the offset lies inside the buffer, sized for every extent.
+        Some(unsafe { self.base.add((self.offsets[extent] + first) as usize) })
+    }
+
+    fn scatter(&mut self, _piece: (usize, u64, u64), _bytes: &[u8]) {
+        unreachable!("every piece of a fresh buffer is received in place")
+    }
+}
+
+/// The caller's tensors: a piece one run covers whole is received in place,
+/// any other is staged and scattered to the runs it overlaps (bytes of the
+/// extent that no tensor uses are dropped).
+struct IntoRuns<'a> {
+    runs: &'a [Run],
+}
+
+impl IntoRuns<'_> {
+    /// The runs overlapping `[first, first + len)` of `extent`.
+    fn overlapping(&self, extent: usize, first: u64, len: u64) -> &[Run] {
+        let key = |r: &Run| (r.extent as usize, r.offset + r.len);
+        let lo = self.runs.partition_point(|r| key(r) <= (extent, first));
+        let hi = self
+            .runs
+            .partition_point(|r| (r.extent as usize, r.offset) < (extent, first + len));
+        &self.runs[lo..hi.max(lo)]
+    }
+}
+
+impl Landing for IntoRuns<'_> {
+    fn direct(&mut self, extent: usize, first: u64, len: u64) -> Option<*mut u8> {
+        match self.overlapping(extent, first, len) {
+            [r] if r.offset <= first && first + len <= r.offset + r.len => {
+                Some((r.dst + (first - r.offset) as usize) as *mut u8)
+            }
+            _ => None,
+        }
+    }
+
+    fn scatter(&mut self, (extent, first, len): (usize, u64, u64), bytes: &[u8]) {
+        for r in self.overlapping(extent, first, len) {
+            let from = r.offset.max(first);
+            let to = (r.offset + r.len).min(first + len);
+            // SAFETY: [from, to) lies in both the run (a checked target) and
+            // the staged piece.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr().add((from - first) as usize),
+                    (r.dst + (from - r.offset) as usize) as *mut u8,
+                    (to - from) as usize,
+                )
+            };
+        }
     }
 }

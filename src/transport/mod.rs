@@ -21,6 +21,7 @@ pub use registry::Registry;
 use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel, ClientPool};
 use crate::error::Result;
+use crate::layout::Runs;
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
 use crate::store::{ObjectStore, StoredObject};
@@ -189,6 +190,27 @@ pub trait Transport: Send + Sync {
         meta: &Metadata,
         timeout: Duration,
     ) -> Result<Vec<Tensor>>;
+
+    /// Consumer side: fetches the object straight into the caller's tensors
+    /// (`runs`, checked against the record). Transports that cannot refuse
+    /// with [`crate::ErrorKind::Unsupported`].
+    fn fetch_into(
+        &self,
+        _local: &Local<'_>,
+        _peer: &Peer<'_>,
+        _id: &ObjectId,
+        _meta: &Metadata,
+        _runs: &Runs,
+        _timeout: Duration,
+    ) -> Result<()> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!(
+                "the {} transport cannot receive into target tensors",
+                self.kind().name()
+            ),
+        ))
+    }
 
     /// The transport's collective groups, if it is two-sided.
     fn groups(&self) -> Option<&dyn CollectiveGroups> {

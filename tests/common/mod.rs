@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use ray_rdt::dlpack::*;
-use ray_rdt::testing::{Metadata, ObjectId, Producer, Tensor, TensorMeta, TransportKind};
+use ray_rdt::testing::{Metadata, ObjectId, Place, Producer, Tensor, TensorMeta, TransportKind};
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -154,8 +154,8 @@ pub const SLACK: Duration = Duration::from_secs(2);
 /// A wait the tests expect to be cut short by another thread.
 pub const LONG: Duration = Duration::from_secs(10);
 
-/// A realistic record: `n` float32 tensors of shape `[1024, 256]` on CPU, served
-/// over shared memory.
+/// A realistic record: `n` float32 tensors of shape `[1024, 256]` on CPU, rows
+/// of one allocation (one extent), served over shared memory.
 pub fn sample_metadata(n: usize) -> Metadata {
     let dtype = DLDataType {
         code: kDLFloat,
@@ -165,8 +165,22 @@ pub fn sample_metadata(n: usize) -> Metadata {
     Metadata {
         transport: TransportKind::Shm,
         device: DLDevice::cpu(),
+        object: oid(n as u64),
         tensors: (0..n)
             .map(|_| TensorMeta::compact(dtype, vec![1024, 256]).expect("valid shape"))
+            .collect(),
+        extents: if n == 0 {
+            vec![]
+        } else {
+            vec![n as u64 * 1024 * 1024]
+        },
+        places: (0..n as u64)
+            .map(|i| {
+                Some(Place {
+                    extent: 0,
+                    offset: i * 1024 * 1024,
+                })
+            })
             .collect(),
         producer: Producer {
             node_id: vec![7; 28],

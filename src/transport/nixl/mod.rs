@@ -33,15 +33,17 @@ pub mod record;
 pub mod registry;
 pub mod remote;
 
-use super::{deadline_after, packed_layout, Local, Peer, Transport};
+use super::{deadline_after, Local, Peer, Transport};
+use crate::copy::split_at_bytes;
 use crate::cuda::pool::{self, Lease};
 use crate::cuda::{self as cuda_layer, current};
 use crate::dlpack::{kDLCUDA, DLDevice};
 use crate::error::{Error, ErrorKind, Result};
+use crate::layout::{packed_extents, Runs};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
 use crate::store::StoredObject;
-use crate::tensor::{is_host, HostBuffer, Tensor, TensorMeta};
+use crate::tensor::{is_host, HostBuffer, Tensor};
 use crate::transport_kind::TransportKind;
 use agent::{ReadError, Region};
 use heap::HeapBuffer;
@@ -113,11 +115,10 @@ pub fn stats() -> NixlStats {
     }
 }
 
-/// What the producer keeps for one exported object.
+/// What the producer keeps for one exported object: the regions it holds
+/// references on.
 struct Export {
     regions: Vec<Region>,
-    /// Packed copies of non-contiguous host tensors (registered instead of them).
-    _staging: Vec<HostBuffer>,
 }
 
 /// The nixl transport of one context.
@@ -233,22 +234,12 @@ impl Transport for Nixl {
             .map(Tensor::device)
             .unwrap_or(DLDevice::cpu());
         let (cuda, dev) = memory_of(device)?;
-        if object.tensors.iter().all(|t| t.meta().nbytes == 0) {
-            let descs = object
-                .tensors
-                .iter()
-                .map(|_| Desc {
-                    addr: 0,
-                    len: 0,
-                    dev: 0,
-                    reg_id: 0,
-                })
-                .collect();
+        if object.layout.extents.is_empty() {
             return Record {
                 agent: String::new(),
                 conn_md: Vec::new(),
                 sections_md: Vec::new(),
-                descs,
+                descs: Vec::new(),
             }
             .encode();
         }
@@ -265,90 +256,50 @@ impl Transport for Nixl {
             )?;
         }
         let rt = agent::serving()?;
-        // Where each tensor's bytes are: the tensor itself, or a packed copy.
-        let mut staging = Vec::new();
-        let mut per_tensor: Vec<Option<Region>> = Vec::with_capacity(object.tensors.len());
-        for (i, t) in object.tensors.iter().enumerate() {
-            let n = t.meta().nbytes;
-            if n == 0 {
-                per_tensor.push(None);
-            } else if t.meta().is_contiguous() {
-                per_tensor.push(Some(Region {
-                    addr: t.data_ptr(),
-                    len: n as usize,
-                    dev,
-                    cuda,
-                }));
-            } else if !cuda {
-                let buf = HostBuffer::new(n as usize)?;
-                // SAFETY: the buffer is n bytes long and owned here.
-                t.pack_into(unsafe { std::slice::from_raw_parts_mut(buf.as_ptr(), n as usize) })?;
-                per_tensor.push(Some(Region {
-                    addr: buf.as_ptr() as usize,
-                    len: n as usize,
-                    dev: 0,
-                    cuda: false,
-                }));
-                staging.push(buf);
-            } else {
-                return Err(Error::new(ErrorKind::Unsupported, format!("tensor {i} is a non-contiguous CUDA tensor: the nixl transport needs contiguous CUDA tensors")));
-            }
-        }
-        let mut distinct: Vec<Region> = Vec::new();
-        let mut index: HashMap<Region, usize> = HashMap::new();
-        for r in per_tensor.iter().flatten() {
-            index.entry(*r).or_insert_with(|| {
-                distinct.push(*r);
-                distinct.len() - 1
-            });
-        }
-        let registered = REGISTRY.acquire(rt, &distinct)?;
-        let regions: Vec<Region> = registered.iter().map(|r| r.region).collect();
-        let encoded = rt.sections_md(&regions).and_then(|sections_md| {
-            let descs = per_tensor
-                .iter()
-                .map(|r| match r.and_then(|r| index.get(&r).copied()) {
-                    None => Desc {
-                        addr: 0,
-                        len: 0,
-                        dev: 0,
-                        reg_id: 0,
-                    },
-                    Some(i) => {
-                        let reg = registered[i];
-                        Desc {
-                            addr: reg.region.addr as u64,
-                            len: reg.region.len as u64,
+        // One registration per extent (a view of an allocation another object
+        // or a pinned registration already covers reuses that registration).
+        let regions: Vec<Region> = object
+            .layout
+            .extents
+            .iter()
+            .map(|e| Region {
+                addr: e.addr,
+                len: e.len as usize,
+                dev,
+                cuda,
+            })
+            .collect();
+        let registered = REGISTRY.acquire(rt, &regions)?;
+        let encoded = rt
+            .sections_md(&registered.iter().map(|r| r.region).collect::<Vec<_>>())
+            .and_then(|sections_md| {
+                Record {
+                    agent: rt.name().to_owned(),
+                    conn_md: rt.conn_md().to_vec(),
+                    sections_md,
+                    descs: regions
+                        .iter()
+                        .zip(&registered)
+                        .map(|(r, reg)| Desc {
+                            addr: r.addr as u64,
+                            len: r.len as u64,
                             dev: reg.region.dev,
                             reg_id: reg.id,
-                        }
-                    }
-                })
-                .collect();
-            Record {
-                agent: rt.name().to_owned(),
-                conn_md: rt.conn_md().to_vec(),
-                sections_md,
-                descs,
-            }
-            .encode()
-        });
+                        })
+                        .collect(),
+                }
+                .encode()
+            });
         match encoded {
             Ok(bytes) => {
-                let previous = self.exports.lock().insert(
-                    *id,
-                    Export {
-                        regions: distinct,
-                        _staging: staging,
-                    },
-                );
+                let previous = self.exports.lock().insert(*id, Export { regions });
                 if let Some(old) = previous {
                     REGISTRY.release(&old.regions);
                 }
                 Ok(bytes)
             }
             Err(e) => {
-                REGISTRY.release(&distinct);
+                REGISTRY.release(&regions);
                 Err(e)
             }
         }
@@ -406,39 +357,15 @@ impl Transport for Nixl {
         timeout: Duration,
     ) -> Result<Vec<Tensor>> {
         let deadline = deadline_after(timeout);
-        let record = Record::decode(&meta.transport_data)?;
-        if record.descs.len() != meta.tensors.len() {
-            return Err(Error::malformed(format!(
-                "nixl transport data describes {} tensors, the record {}",
-                record.descs.len(),
-                meta.tensors.len()
-            )));
-        }
-        if let Some((i, (d, t))) = record
-            .descs
-            .iter()
-            .zip(&meta.tensors)
-            .enumerate()
-            .find(|(_, (d, t))| d.len != t.nbytes)
-        {
-            return Err(Error::malformed(format!(
-                "nixl descriptor {i} is {} bytes, the tensor {}",
-                d.len, t.nbytes
-            )));
-        }
+        let record = checked_record(meta)?;
         let (cuda, _) = memory_of(meta.device)?;
-        let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
-        let (offsets, total) = packed_layout(metas.iter().map(|m| m.nbytes));
-        if meta.total_bytes() > 0 && record.agent.is_empty() {
-            return Err(Error::malformed(
-                "nixl transport data names no producer agent for a non-empty object",
-            ));
-        }
-        if cuda && meta.total_bytes() == 0 {
+        let (offsets, total) = packed_extents(&meta.extents);
+        if cuda && total == 0 {
             let device = DLDevice {
                 device_type: kDLCUDA,
                 device_id: current::device(),
             };
+            let metas = meta.tensors.clone();
             return Ok(pool::empty_tensors(metas, device));
         }
         let buffer = if cuda {
@@ -464,7 +391,7 @@ impl Transport for Nixl {
             _buffer: buffer,
         };
         // Objects whose tensors are all empty never touch NIXL.
-        if meta.total_bytes() > 0 {
+        if total > 0 {
             let rt = agent::fetching()?;
             owner._registration = Some(Registration::new(rt.register(Region {
                 addr: base,
@@ -472,56 +399,172 @@ impl Transport for Nixl {
                 dev: local_dev.device_id as u64,
                 cuda,
             })?));
-            let mut local_regions = Vec::new();
-            let mut remote_regions = Vec::new();
-            for (d, &off) in record.descs.iter().zip(&offsets).filter(|(d, _)| d.len > 0) {
-                local_regions.push(Region {
+            let local: Vec<Region> = record
+                .descs
+                .iter()
+                .zip(&offsets)
+                .map(|(d, &off)| Region {
                     addr: base + off as usize,
                     len: d.len as usize,
                     dev: local_dev.device_id as u64,
                     cuda,
-                });
-                remote_regions.push(Region {
-                    addr: d.addr as usize,
-                    len: d.len as usize,
-                    dev: d.dev,
-                    cuda,
-                });
-            }
-            crate::hold::point("fetch");
-            let result = PEERS
-                .with_loaded(rt, &record, |_| {
-                    read_in_parallel(rt, &local_regions, &remote_regions, &record.agent, deadline)
                 })
-                .map_err(|error| ReadError {
-                    error,
-                    in_flight: false,
-                })
-                .and_then(|r| r);
-            if let Err(ReadError { error, in_flight }) = result {
+                .collect();
+            let remote = remote_regions(cuda, record.descs.iter().map(|d| (d, 0, d.len)));
+            if let Err(ReadError { error, in_flight }) =
+                read_from(rt, &record, &local, &remote, deadline)
+            {
                 if in_flight {
                     log::warn!("ray-rdt: a timed-out NIXL read of {id} may still be writing: keeping its {total}-byte buffer");
                     std::mem::forget(owner);
                 }
-                PEERS.forget(rt, &record.agent);
                 return Err(error);
             }
         }
-        let owner = Arc::new(owner);
-        let tensors = metas
+        Ok(crate::layout::views(
+            meta,
+            base,
+            &offsets,
+            local_dev,
+            Arc::new(owner),
+        ))
+    }
+
+    fn fetch_into(
+        &self,
+        _local: &Local<'_>,
+        _peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        runs: &Runs,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = deadline_after(timeout);
+        let record = checked_record(meta)?;
+        if memory_of(meta.device)?.0 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "the plugin's nixl receives CUDA objects into new tensors only",
+            ));
+        }
+        if runs.total() == 0 {
+            return Ok(());
+        }
+        let rt = agent::fetching()?;
+        // The targets are registered for this read (what they span, one
+        // registration per stretch of neighbouring targets).
+        let spans: Vec<(usize, usize)> = runs
+            .runs
+            .iter()
+            .map(|r| (r.dst, r.dst + r.len as usize))
+            .collect();
+        let _registrations = crate::layout::coalesce(&spans, false)
             .into_iter()
-            .zip(offsets)
-            .map(|(m, off)| {
-                Tensor::from_owner(
-                    m,
-                    local_dev,
-                    (base + off as usize) as *mut _,
-                    Box::new(owner.clone()),
-                )
+            .map(|(start, end)| {
+                rt.register(Region {
+                    addr: start,
+                    len: end - start,
+                    dev: 0,
+                    cuda: false,
+                })
+                .map(Registration::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let local: Vec<Region> = runs
+            .runs
+            .iter()
+            .map(|r| Region {
+                addr: r.dst,
+                len: r.len as usize,
+                dev: 0,
+                cuda: false,
             })
             .collect();
-        Ok(tensors)
+        let remote = remote_regions(
+            false,
+            runs.runs
+                .iter()
+                .map(|r| (&record.descs[r.extent as usize], r.offset, r.len)),
+        );
+        read_from(rt, &record, &local, &remote, deadline).map_err(|ReadError { error, in_flight }| {
+            if in_flight {
+                // The caller's tensors cannot be kept: they may still receive
+                // bytes after this error (as with any timed-out one-sided read).
+                log::warn!("ray-rdt: a timed-out NIXL read of {id} into target tensors may still be writing into them");
+            }
+            error
+        })
     }
+}
+
+/// The record's nixl part, checked against its extents.
+fn checked_record(meta: &Metadata) -> Result<Record> {
+    let record = Record::decode(&meta.transport_data)?;
+    if record.descs.len() != meta.extents.len() {
+        return Err(Error::malformed(format!(
+            "nixl transport data describes {} extents, the record {}",
+            record.descs.len(),
+            meta.extents.len()
+        )));
+    }
+    if let Some(i) = record
+        .descs
+        .iter()
+        .zip(&meta.extents)
+        .position(|(d, &len)| d.len != len)
+    {
+        return Err(Error::malformed(format!(
+            "nixl descriptor {i} is {} bytes, extent {i} {}",
+            record.descs[i].len, meta.extents[i]
+        )));
+    }
+    if meta.extent_bytes() > 0 && record.agent.is_empty() {
+        return Err(Error::malformed(
+            "nixl transport data names no producer agent for a non-empty object",
+        ));
+    }
+    Ok(record)
+}
+
+/// The producer's regions to read: `(descriptor, offset, length)` pieces of
+/// its extents.
+fn remote_regions<'a>(
+    cuda: bool,
+    pieces: impl Iterator<Item = (&'a Desc, u64, u64)>,
+) -> Vec<Region> {
+    pieces
+        .map(|(d, offset, len)| Region {
+            addr: (d.addr + offset) as usize,
+            len: len as usize,
+            dev: d.dev,
+            cuda,
+        })
+        .collect()
+}
+
+/// Reads `remote` of the record's producer into `local`, loading the producer
+/// first; a failed read forgets the producer (it may be gone or restarted).
+fn read_from(
+    rt: &agent::Runtime,
+    record: &Record,
+    local: &[Region],
+    remote: &[Region],
+    deadline: Instant,
+) -> Result<(), ReadError> {
+    crate::hold::point("fetch");
+    let result = PEERS
+        .with_loaded(rt, record, |_| {
+            read_in_parallel(rt, local, remote, &record.agent, deadline)
+        })
+        .map_err(|error| ReadError {
+            error,
+            in_flight: false,
+        })
+        .and_then(|r| r);
+    if result.is_err() {
+        PEERS.forget(rt, &record.agent);
+    }
+    result
 }
 
 /// Objects at least this large are read as two halves from two threads: one
@@ -540,10 +583,31 @@ fn read_in_parallel(
     if total < PARALLEL_READ_FROM || local.iter().any(|r| r.cuda) {
         return rt.read(local, remote, agent, deadline);
     }
-    let (first, second) = split_at_bytes(local, remote, total / 2 / 4096 * 4096);
+    let pairs: Vec<(Region, Region)> = local.iter().copied().zip(remote.iter().copied()).collect();
+    let cut = |r: &Region, head: usize| {
+        (
+            Region { len: head, ..*r },
+            Region {
+                addr: r.addr + head,
+                len: r.len - head,
+                ..*r
+            },
+        )
+    };
+    let (first, second) = split_at_bytes(
+        &pairs,
+        total / 2 / 4096 * 4096,
+        |p| p.0.len,
+        |p, head| {
+            let ((l0, l1), (r0, r1)) = (cut(&p.0, head), cut(&p.1, head));
+            ((l0, r0), (l1, r1))
+        },
+    );
+    let unzip = |v: Vec<(Region, Region)>| -> (Vec<Region>, Vec<Region>) { v.into_iter().unzip() };
+    let ((l0, r0), (l1, r1)) = (unzip(first), unzip(second));
     std::thread::scope(|scope| {
-        let other = scope.spawn(|| rt.read(&second.0, &second.1, agent, deadline));
-        let mine = rt.read(&first.0, &first.1, agent, deadline);
+        let other = scope.spawn(|| rt.read(&l1, &r1, agent, deadline));
+        let mine = rt.read(&l0, &r0, agent, deadline);
         let theirs = other.join().unwrap_or_else(|_| {
             Err(agent::ReadError {
                 error: Error::new(ErrorKind::Internal, "a NIXL read thread panicked"),
@@ -552,34 +616,4 @@ fn read_in_parallel(
         });
         mine.and(theirs)
     })
-}
-
-/// Paired (local, remote) region lists.
-type Regions = (Vec<Region>, Vec<Region>);
-
-/// Splits paired region lists so that the first part holds `at` bytes.
-fn split_at_bytes(local: &[Region], remote: &[Region], at: usize) -> (Regions, Regions) {
-    let (mut first, mut second): (Regions, Regions) = Default::default();
-    let mut seen = 0usize;
-    for (l, r) in local.iter().zip(remote) {
-        let head = at.saturating_sub(seen).min(l.len);
-        if head > 0 {
-            first.0.push(Region { len: head, ..*l });
-            first.1.push(Region { len: head, ..*r });
-        }
-        if head < l.len {
-            second.0.push(Region {
-                addr: l.addr + head,
-                len: l.len - head,
-                ..*l
-            });
-            second.1.push(Region {
-                addr: r.addr + head,
-                len: r.len - head,
-                ..*r
-            });
-        }
-        seen += l.len;
-    }
-    (first, second)
 }

@@ -1,25 +1,25 @@
 //! The nixl transport's part of the metadata record (`Metadata::transport_data`).
 //!
-//! Format version 1, integers little-endian:
+//! Format version 2 (one descriptor per extent, not per tensor), integers
+//! little-endian:
 //!
 //! ```text
-//! version u8 (= 1)
+//! version u8 (= 2)
 //! agent name     u16 len + UTF-8        the producer's NIXL agent (empty: all tensors are empty)
 //! conn md        u32 len + bytes        its connection info (for load_remote_md, once per peer)
-//! sections md    u32 len + bytes        the registrations of this object's tensors (rkeys)
-//! tensor count   u32                    equals the record's tensor count
-//! per tensor:    addr u64 | len u64 | dev u64 | registration id u64
+//! sections md    u32 len + bytes        the registrations of this object's extents (rkeys)
+//! extent count   u32                    equals the record's extent count
+//! per extent:    addr u64 | len u64 | dev u64 | registration id u64
 //! ```
 //!
-//! An empty tensor has `len = 0` (its address and registration are ignored).
 //! Decoding never panics: every length is checked against the input and the
-//! limits below, and trailing bytes are rejected.
+//! limits below (the descriptor count against the bytes left), and trailing
+//! bytes are rejected.
 
 use crate::error::{Error, Result};
-use crate::metadata::MAX_TENSORS;
 
 /// The format version this build writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Longest agent name.
 pub const MAX_NAME: usize = 256;
 /// Largest connection-info blob.
@@ -27,12 +27,12 @@ pub const MAX_CONN_MD: usize = 1 << 20;
 /// Largest sections blob.
 pub const MAX_SECTIONS_MD: usize = 8 << 20;
 
-/// Where one tensor's bytes are in the producer.
+/// Where one extent's bytes are in the producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Desc {
     /// Address in the producer.
     pub addr: u64,
-    /// Length in bytes (the tensor's `nbytes`).
+    /// Length in bytes (the extent's).
     pub len: u64,
     /// NIXL device ID of the registration (host memory: the registration ID; CUDA:
     /// the device ordinal).
@@ -50,7 +50,7 @@ pub struct Record {
     pub conn_md: Vec<u8>,
     /// Metadata of the registrations this object's tensors live in.
     pub sections_md: Vec<u8>,
-    /// One per tensor, in order.
+    /// One per extent, in order.
     pub descs: Vec<Desc>,
 }
 
@@ -60,7 +60,6 @@ impl Record {
         check("agent name", self.agent.len(), MAX_NAME)?;
         check("connection info", self.conn_md.len(), MAX_CONN_MD)?;
         check("sections metadata", self.sections_md.len(), MAX_SECTIONS_MD)?;
-        check("descriptor list", self.descs.len(), MAX_TENSORS)?;
         let mut out = Vec::with_capacity(
             16 + self.agent.len()
                 + self.conn_md.len()
@@ -103,7 +102,7 @@ impl Record {
         let conn_md = r.blob("connection info", MAX_CONN_MD)?.to_vec();
         let sections_md = r.blob("sections metadata", MAX_SECTIONS_MD)?.to_vec();
         let count = u32::from_le_bytes(r.array()?) as usize;
-        if count > MAX_TENSORS || count.saturating_mul(32) != r.0.len() {
+        if count.saturating_mul(32) != r.0.len() {
             return Err(Error::malformed(format!(
                 "nixl descriptor count {count} does not match the {} bytes left",
                 r.0.len()

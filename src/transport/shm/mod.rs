@@ -1,29 +1,39 @@
 //! `shm`: same-host, one-sided transport for CPU tensors; no collective group.
 //!
-//! The consumer asks the producer's endpoint for the object; the producer copies
-//! its tensors into a shared-memory segment and passes the descriptor back over
-//! the Unix socket; the consumer's tensors are views of its mapping, released by
-//! their DLPack deleters. One memory copy in total. When the consumer has an idle
-//! segment from an earlier transfer ([`pool`]) it sends that one along with the
-//! request and the producer writes into it, so repeated transfers skip the kernel's
-//! page zeroing and faulting. Across hosts it is a clear error.
+//! Into new tensors: the consumer asks the producer's endpoint for the object;
+//! the producer copies its extents into a shared-memory segment and passes the
+//! descriptor back over the Unix socket; the consumer's tensors are views of
+//! its mapping, released by their DLPack deleters. One memory copy in total.
+//! When the consumer has an idle segment from an earlier transfer ([`pool`]) it
+//! sends that one along with the request and the producer writes into it, so
+//! repeated transfers skip the kernel's page zeroing and faulting.
+//!
+//! Into the caller's tensors (targets): the producer answers with its extents'
+//! addresses and holds the object until the consumer has read them straight
+//! into the targets ([`cma`]); where the kernel forbids that, the segment path
+//! and one more copy. Across hosts it is a clear error.
 
+mod cma;
 mod pool;
 mod segment;
 mod written;
 
-use super::{fetch_request, packed_layout, Local, Peer, Transport};
+use super::{fetch_request, Local, Peer, Transport};
+use crate::copy::{copy_pieces, Piece};
 use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, ErrorKind, Result};
+use crate::layout::{packed_extents, Runs};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
 use crate::store::StoredObject;
-use crate::tensor::{is_host, Tensor, TensorMeta};
+use crate::tensor::{is_host, Tensor};
 use crate::transport_kind::TransportKind;
-use pool::{Segment, SegmentPool};
+use pool::{Lease, Segment, SegmentPool};
 use segment::Mapping;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use written::WrittenMappings;
 
@@ -31,6 +41,17 @@ use written::WrittenMappings;
 /// and a descriptor: the socket buffer takes it at once unless the consumer is
 /// gone or stuck).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request mode: write the extents into a segment.
+const MODE_SEGMENT: u8 = 0;
+/// Request mode: answer with the extents' addresses, hold the object until the
+/// consumer says it has read them.
+const MODE_READ: u8 = 1;
+/// Most extent addresses per reply frame (8 bytes each, well under a frame).
+const ADDRESSES_PER_FRAME: usize = 65_536;
+
+/// Whether this process may read other processes' memory (cleared, once, at
+/// the first refusal).
+static READ_PERMITTED: AtomicBool = AtomicBool::new(true);
 
 /// The shm transport: the consumer's pool of idle segments and the producer's
 /// mappings of segments it wrote.
@@ -38,6 +59,13 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Shm {
     pool: SegmentPool,
     written: WrittenMappings,
+}
+
+fn other_host_error() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "the shm transport only works between processes on the same host: the producer is on another host (another node); use gloo or nixl",
+    )
 }
 
 impl Transport for Shm {
@@ -67,7 +95,7 @@ impl Transport for Shm {
         _local: &Local<'_>,
         _id: &ObjectId,
         object: &StoredObject,
-        _request: &[u8],
+        request: &[u8],
         fd: Option<OwnedFd>,
         channel: &mut Channel,
     ) -> Result<()> {
@@ -77,9 +105,100 @@ impl Transport for Shm {
                 format!("the shm transport only works between processes on the same host: {} reached this producer from another host; use gloo or nixl", channel.peer()),
             ));
         }
-        let (_, total) = packed_layout(object.tensors.iter().map(|t| t.meta().nbytes));
-        // Write into the consumer's segment if it sent one, else into a new one
-        // whose descriptor goes back with the reply.
+        match request {
+            [MODE_READ, timeout @ ..] => {
+                let timeout = Duration::from_millis(u64::from_le_bytes(
+                    timeout
+                        .try_into()
+                        .map_err(|_| Error::transport("malformed shm read request"))?,
+                ));
+                serve_read(object, channel, timeout)
+            }
+            [] | [MODE_SEGMENT, ..] => self.serve_segment(object, fd, channel),
+            [mode, ..] => Err(Error::transport(format!(
+                "unknown shm request mode {mode} (a plugin of another version?)"
+            ))),
+        }
+    }
+
+    fn fetch(
+        &self,
+        _local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        timeout: Duration,
+    ) -> Result<Vec<Tensor>> {
+        let (offsets, lease) = self.fetch_segment(peer, id, meta, timeout)?;
+        let Some(lease) = lease else {
+            return Ok(crate::layout::views(
+                meta,
+                std::ptr::NonNull::<u64>::dangling().as_ptr() as usize,
+                &offsets,
+                DLDevice::cpu(),
+                Arc::new(()),
+            ));
+        };
+        let base = lease.as_ptr() as usize;
+        Ok(crate::layout::views(
+            meta,
+            base,
+            &offsets,
+            DLDevice::cpu(),
+            lease,
+        ))
+    }
+
+    fn fetch_into(
+        &self,
+        _local: &Local<'_>,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        runs: &Runs,
+        timeout: Duration,
+    ) -> Result<()> {
+        if !peer.same_host {
+            return Err(other_host_error());
+        }
+        if READ_PERMITTED.load(Ordering::Relaxed) {
+            match read_into(peer, id, meta, runs, timeout) {
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    READ_PERMITTED.store(false, Ordering::Relaxed);
+                    log::warn!("ray-rdt: {e}; same-host transfers into targets go through a shared-memory segment and one more copy");
+                }
+                done => return done,
+            }
+        }
+        let (offsets, lease) = self.fetch_segment(peer, id, meta, timeout)?;
+        let Some(lease) = lease else { return Ok(()) };
+        let base = lease.as_ptr() as usize;
+        let pieces: Vec<Piece> = runs
+            .runs
+            .iter()
+            .map(|r| Piece {
+                dst: r.dst,
+                src: base + (offsets[r.extent as usize] + r.offset) as usize,
+                len: r.len as usize,
+            })
+            .collect();
+        // SAFETY: the sources lie in the segment (the runs were checked against
+        // the record's extents), the destinations in the caller's targets.
+        unsafe { copy_pieces(&pieces) };
+        Ok(())
+    }
+}
+
+impl Shm {
+    /// Producer: writes the extents into the consumer's segment if it sent one,
+    /// else into a new one whose descriptor goes back with the reply.
+    fn serve_segment(
+        &self,
+        object: &StoredObject,
+        fd: Option<OwnedFd>,
+        channel: &mut Channel,
+    ) -> Result<()> {
+        let (_, total) = packed_extents(&object.layout.lengths());
         let (fd, fresh) = match fd {
             Some(fd) => (Some(fd), false),
             None if total == 0 => (None, false),
@@ -95,29 +214,26 @@ impl Transport for Shm {
         Ok(())
     }
 
-    fn fetch(
+    /// Consumer: the object's extents in a segment (the extents' offsets in it,
+    /// and the segment; none for an object of no bytes).
+    fn fetch_segment(
         &self,
-        _local: &Local<'_>,
         peer: &Peer<'_>,
         id: &ObjectId,
         meta: &Metadata,
         timeout: Duration,
-    ) -> Result<Vec<Tensor>> {
+    ) -> Result<(Vec<u64>, Option<Arc<Lease>>)> {
         if !peer.same_host {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "the shm transport only works between processes on the same host: the producer is on another host (another node); use gloo or nixl",
-            ));
+            return Err(other_host_error());
         }
-        let metas: Vec<TensorMeta> = meta.tensors.iter().map(TensorMeta::to_compact).collect();
-        let (offsets, total) = packed_layout(metas.iter().map(|m| m.nbytes));
+        let (offsets, total) = packed_extents(&meta.extents);
         // An object of no bytes still asks the producer: it must still hold it.
         let reused = if total == 0 {
             None
         } else {
             self.pool.take(total as usize)
         };
-        let request = fetch_request(TransportKind::Shm, meta, id, &[]);
+        let request = fetch_request(TransportKind::Shm, meta, id, &[MODE_SEGMENT]);
         let segment = peer.exchange(timeout, |channel| {
             channel.send_with_fd(&request, reused.as_ref().map(|s| &s.fd), timeout)?;
             crate::hold::point("fetch");
@@ -142,20 +258,96 @@ impl Transport for Shm {
                 )),
             }
         })?;
-        let Some(segment) = segment else {
-            return metas.iter().map(Tensor::alloc_host).collect();
-        };
-        let lease = self.pool.lease(segment);
-        let cpu = DLDevice::cpu();
-        let tensors = metas
-            .into_iter()
-            .zip(offsets)
-            .map(|(m, off)| {
-                // SAFETY: the offset lies inside the segment (its size was checked).
-                let data = unsafe { lease.as_ptr().add(off as usize) } as *mut _;
-                Tensor::from_owner(m, cpu, data, Box::new(lease.clone()))
+        Ok((offsets, segment.map(|s| self.pool.lease(s))))
+    }
+}
+
+/// Producer: sends the extents' addresses and holds the object until the
+/// consumer has read them (or `timeout` passed).
+fn serve_read(object: &StoredObject, channel: &mut Channel, timeout: Duration) -> Result<()> {
+    crate::hold::point("serve");
+    let addrs: Vec<u64> = object
+        .layout
+        .extents
+        .iter()
+        .map(|e| e.addr as u64)
+        .collect();
+    let mut first = vec![wire::REPLY_OK];
+    first.extend_from_slice(&(addrs.len() as u64).to_le_bytes());
+    let mut chunks = addrs.chunks(ADDRESSES_PER_FRAME);
+    let mut frame = first;
+    loop {
+        if let Some(chunk) = chunks.next() {
+            chunk
+                .iter()
+                .for_each(|a| frame.extend_from_slice(&a.to_le_bytes()));
+        }
+        channel.send(&frame, REPLY_TIMEOUT)?;
+        if chunks.len() == 0 {
+            break;
+        }
+        frame = Vec::with_capacity(8 * ADDRESSES_PER_FRAME);
+    }
+    // The consumer reads now; the object (and its memory) stays alive until it
+    // says it is done.
+    channel.recv(timeout)?;
+    channel.send(&[wire::REPLY_OK], REPLY_TIMEOUT)
+}
+
+/// Consumer: reads the producer's extents straight into the caller's tensors.
+fn read_into(
+    peer: &Peer<'_>,
+    id: &ObjectId,
+    meta: &Metadata,
+    runs: &Runs,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = super::deadline_after(timeout);
+    let mut body = vec![MODE_READ];
+    body.extend_from_slice(&(timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes());
+    let request = fetch_request(TransportKind::Shm, meta, id, &body);
+    peer.exchange(timeout, |channel| {
+        channel.send(&request, timeout)?;
+        let reply = channel.recv(timeout)?;
+        let body = wire::parse_reply(&reply.payload)?;
+        let (count, mut rest) = body
+            .split_first_chunk::<8>()
+            .map(|(c, rest)| (u64::from_le_bytes(*c), rest.to_vec()))
+            .ok_or_else(|| Error::transport("malformed shm read reply"))?;
+        if count != meta.extents.len() as u64 {
+            return Err(Error::transport(format!(
+                "the producer holds {count} extents, the record describes {}",
+                meta.extents.len()
+            )));
+        }
+        while (rest.len() as u64) < 8 * count {
+            rest.extend_from_slice(&channel.recv(timeout)?.payload);
+        }
+        if rest.len() as u64 != 8 * count {
+            return Err(Error::transport("malformed shm read reply"));
+        }
+        let addrs: Vec<usize> = rest
+            .chunks_exact(8)
+            .map(|a| u64::from_le_bytes(a.try_into().expect("8 bytes")) as usize)
+            .collect();
+        let pid = channel
+            .peer_pid()
+            .ok_or_else(|| Error::transport("the same-host channel names no peer process"))?;
+        let pieces: Vec<Piece> = runs
+            .runs
+            .iter()
+            .map(|r| Piece {
+                dst: r.dst,
+                src: addrs[r.extent as usize] + r.offset as usize,
+                len: r.len as usize,
             })
             .collect();
-        Ok(tensors)
-    }
+        crate::hold::point("fetch");
+        // SAFETY: the destinations are the caller's targets, checked against
+        // the runs; the kernel checks the sources against the producer's memory.
+        let read = unsafe { cma::read(pid, &pieces, deadline) };
+        channel.send(&[u8::from(read.is_err())], timeout)?;
+        wire::parse_reply(&channel.recv(timeout)?.payload)?;
+        read
+    })
 }

@@ -1,9 +1,10 @@
 //! A shared-memory segment: an anonymous memory file (memfd) and, on the
 //! consumer, its mapping. Nothing on disk, so nothing can leak when a process dies.
 
+use crate::copy::{copy_pieces, Piece};
 use crate::error::{Error, Result};
+use crate::layout::packed_extents;
 use crate::store::StoredObject;
-use crate::transport::packed_layout;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Creates an anonymous memory file of `len` bytes.
@@ -25,46 +26,32 @@ pub fn create(len: u64) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Producer: writes `object`'s tensors into `mapping` at their layout offsets.
+/// Producer: writes `object`'s extents into `mapping`, laid out as
+/// [`packed_extents`] places them.
 pub fn fill(mapping: &Mapping, object: &StoredObject) -> Result<()> {
-    let (offsets, total) = packed_layout(object.tensors.iter().map(|t| t.meta().nbytes));
+    let layout = &object.layout;
+    let (offsets, total) = packed_extents(&layout.lengths());
     if (mapping.len() as u64) < total {
         return Err(Error::transport(format!(
             "shm segment of {} bytes cannot hold {total}",
             mapping.len()
         )));
     }
-    for (t, &off) in object.tensors.iter().zip(&offsets) {
-        // SAFETY: [off, off + nbytes) lies inside the mapping (checked above).
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(
-                mapping.as_ptr().add(off as usize),
-                t.meta().nbytes as usize,
-            )
-        };
-        match t.host_bytes() {
-            Some(src) => copy(dst, src),
-            None => t.pack_into(dst)?,
-        }
-    }
+    let base = mapping.as_ptr() as usize;
+    let pieces: Vec<Piece> = layout
+        .extents
+        .iter()
+        .zip(offsets)
+        .map(|(e, off)| Piece {
+            dst: base + off as usize,
+            src: e.addr,
+            len: e.len as usize,
+        })
+        .collect();
+    // SAFETY: every destination lies inside the mapping (checked above); the
+    // sources are host extents of a stored object, which `object` keeps alive.
+    unsafe { copy_pieces(&pieces) };
     Ok(())
-}
-
-/// Copies `src` into `dst` (equal lengths), splitting large copies over two
-/// threads: one core rarely saturates memory bandwidth.
-fn copy(dst: &mut [u8], src: &[u8]) {
-    const PARALLEL_FROM: usize = 8 << 20;
-    if src.len() < PARALLEL_FROM {
-        dst.copy_from_slice(src);
-        return;
-    }
-    let half = src.len() / 2;
-    let (d0, d1) = dst.split_at_mut(half);
-    let (s0, s1) = src.split_at(half);
-    std::thread::scope(|scope| {
-        scope.spawn(|| d1.copy_from_slice(s1));
-        d0.copy_from_slice(s0);
-    });
 }
 
 /// Identity of the memory file behind `fd` (device and inode) and its size.
