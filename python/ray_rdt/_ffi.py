@@ -139,6 +139,18 @@ class DLTensor(ctypes.Structure):
     ]
 
 
+class TensorDesc(ctypes.Structure):
+    """``rdt_tensor_desc``: one tensor of a decoded record."""
+
+    _fields_ = [
+        ("dtype", DLDataType),
+        ("ndim", ctypes.c_int32),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("nbytes", ctypes.c_uint64),
+    ]
+
+
 class DLManagedTensor(ctypes.Structure):
     pass
 
@@ -346,6 +358,7 @@ _SIGNATURES = {
     "rdt_cuda_libraries": (_status, [ctypes.POINTER(Buffer)]),
     "rdt_metadata_decode": (_status, [_c_u8p, ctypes.c_size_t, ctypes.POINTER(_c_void_p)]),
     "rdt_metadata_destroy": (None, [_c_void_p]),
+    "rdt_metadata_tensor": (_status, [_c_void_p, ctypes.c_size_t, ctypes.POINTER(TensorDesc)]),
     "rdt_metadata_extents": (
         _status,
         [_c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_uint64)],
@@ -493,6 +506,29 @@ def record_producer(record: bytes):
         check(lib().rdt_metadata_producer(handle, ctypes.byref(pid), ctypes.byref(actor)), "rdt_metadata_producer")
         actor_id = take_buffer(actor)
         return pid.value, (actor_id.hex() if actor_id else None)
+    finally:
+        lib().rdt_metadata_destroy(handle)
+
+
+def record_tensors(record: bytes):
+    """``[(shape tuple, (dtype code, bits, lanes))]`` of a metadata record's tensors."""
+    handle = ctypes.c_void_p()
+    check(lib().rdt_metadata_decode(record, len(record), ctypes.byref(handle)), "rdt_metadata_decode")
+    try:
+        transport, device, count, total = ctypes.c_uint32(), DLDevice(), ctypes.c_size_t(), ctypes.c_uint64()
+        check(
+            lib().rdt_metadata_summary(
+                handle, ctypes.byref(transport), ctypes.byref(device), ctypes.byref(count), ctypes.byref(total)
+            ),
+            "rdt_metadata_summary",
+        )
+        out = []
+        desc = TensorDesc()
+        for i in range(count.value):
+            check(lib().rdt_metadata_tensor(handle, i, ctypes.byref(desc)), "rdt_metadata_tensor")
+            shape = tuple(desc.shape[d] for d in range(desc.ndim))
+            out.append((shape, (desc.dtype.code, desc.dtype.bits, desc.dtype.lanes)))
+        return out
     finally:
         lib().rdt_metadata_destroy(handle)
 

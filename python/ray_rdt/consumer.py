@@ -20,7 +20,7 @@ from typing import Any, List, Optional
 
 import ray
 
-from ray_rdt import _ffi, errors
+from ray_rdt import _ffi, errors, targets
 from ray_rdt import context as _context
 from ray_rdt.transports import transport_class
 
@@ -36,27 +36,28 @@ def fetch_timeout_s() -> float:
 
 
 def record_transport(record: bytes) -> str:
-    """The transport name a metadata record names ("" if it cannot be decoded)."""
+    """The transport name a metadata record names ("" if it is not a record)."""
     try:
-        return _ffi.TRANSPORT_NAMES.get(_ffi.record_summary(record)[0], "")
+        return _ffi.TRANSPORT_NAMES.get(_ffi.record_header(record)[0], "")
     except _ffi.RdtError:
         return ""
 
 
-def resolve(key, record: bytes, put: bool = False) -> List[Any]:
+def resolve(key, record: bytes, put: bool = False, ref=None) -> List[Any]:
     """A placeholder's object (see :func:`fetch`).
 
     A read of the value (a driver's, or an ``await``/``ref.future()``, whose
     callbacks resolve on a thread Ray's core worker made) of an object of a
     collective transport raises the guide's ``ValueError``, as ``ray.get``
     does; an argument resolution fetches. The record is decoded here only for
-    reads (and for a fetch that failed)."""
+    reads (and for a fetch that failed). ``ref`` is the ObjectRef being
+    resolved, whose targets (``set_target_for_ref``) the bytes land in."""
     if _is_read():
         transport = record_transport(record)
         cls = transport_class(transport)
         if cls is not None and not cls.ONE_SIDED:
             raise errors.read_outside_group(transport)
-    return fetch(key, record, None, put=put)
+    return fetch(key, record, None, put=put, ref_hex=None if ref is None else ref.hex())
 
 
 def _is_read() -> bool:
@@ -74,19 +75,57 @@ def _is_read() -> bool:
 
 
 def fetch(
-    key, record: bytes, transport: Optional[str] = None, object_ref: Optional[str] = None, put: bool = False
+    key,
+    record: bytes,
+    transport: Optional[str] = None,
+    object_ref: Optional[str] = None,
+    put: bool = False,
+    ref_hex: Optional[str] = None,
 ) -> List[Any]:
-    """Fetches an object's tensors through the plugin.
+    """Fetches an object's tensors through the plugin: into the targets set
+    for ``ref_hex`` (its ObjectRef, hex) when there are, which it then returns
+    themselves; onto its target device when one is set.
 
     ``transport`` (None: the record's) and ``object_ref`` (hex) name the object
     in errors; without ``object_ref`` the plugin key does, which is the
     ObjectRef's ID for task returns and a key of its own for ``ray.put``
     objects (``put``)."""
     ctx = _context.get_context()
+    into, device = targets.take(ref_hex) if ref_hex is not None else (None, None)
     try:
-        return ctx.fetch(key, record, fetch_timeout_s())
+        if into is not None and _lands_in_place(record, into):
+            ctx.fetch_into(key, record, into, fetch_timeout_s())
+            return list(into)
+        fetched = ctx.fetch(key, record, fetch_timeout_s())
     except _ffi.RdtError as e:
+        if e.status == _ffi.ERR_INVALID_ARGUMENT and into is not None:
+            raise errors.targets_refused(into, record, e) from None
         raise _failure(e, key, record, transport or record_transport(record), object_ref, put) from None
+    if into is not None:
+        return _copy_into(into, fetched)
+    if device is not None:
+        return [t.to(device) for t in fetched]
+    return fetched
+
+
+def _lands_in_place(record: bytes, into: List[Any]) -> bool:
+    """Whether the plugin lands the object straight in ``into``: CPU objects
+    into CPU tensors (the plugin checks every target; CUDA objects, and
+    targets on another device, are fetched, then copied, as 2.60's transports
+    do)."""
+    _, device_type, _ = _ffi.record_header(record)
+    return device_type == _ffi.DEVICE_CPU and (not into or into[0].device.type == "cpu")
+
+
+def _copy_into(into: List[Any], fetched: List[Any]) -> List[Any]:
+    """Copies fetched tensors into targets after 2.60's checks (a ValueError
+    before any copy)."""
+    from ray.experimental.rdt.rdt_store import validate_tensor_buffers
+
+    validate_tensor_buffers(into, [(t.shape, t.dtype) for t in fetched])
+    for dst, src in zip(into, fetched):
+        dst.copy_(src)
+    return list(into)
 
 
 def _failure(e: "_ffi.RdtError", key, record: bytes, transport: str, object_ref, put: bool) -> Exception:

@@ -31,6 +31,7 @@ _api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _DLTENSOR = b"dltensor"
 # PyCapsule_SetName keeps the pointer: the name must outlive the capsule.
 _USED_DLTENSOR = ctypes.create_string_buffer(b"used_dltensor")
+_USED_NAME = ctypes.cast(_USED_DLTENSOR, ctypes.c_char_p)
 
 
 def _capsules(tensors: Sequence["torch.Tensor"]):
@@ -68,9 +69,18 @@ class Exported:
         self.count = len(self.capsules)
 
     def commit(self):
+        rename = _api.PyCapsule_SetName
         for cap in self.capsules:
-            _api.PyCapsule_SetName(cap, ctypes.cast(_USED_DLTENSOR, ctypes.c_char_p))
+            rename(cap, _USED_NAME)
         self.capsules = []
+
+
+def _from_capsule():
+    """torch's DLPack capsule importer (what ``torch.utils.dlpack.from_dlpack``
+    calls for a capsule, without its per-call argument handling)."""
+    import torch
+
+    return getattr(torch._C, "_from_dlpack", torch.utils.dlpack.from_dlpack)
 
 
 def to_torch(ptr: int) -> "torch.Tensor":
@@ -79,15 +89,7 @@ def to_torch(ptr: int) -> "torch.Tensor":
     Ownership moves to torch (the deleter runs when the tensor is released). If
     torch refuses the tensor, its deleter is called here and the error re-raised.
     """
-    import torch
-
-    capsule = _api.PyCapsule_New(ptr, _DLTENSOR, None)
-    try:
-        return torch.utils.dlpack.from_dlpack(capsule)
-    except BaseException:
-        if _api.PyCapsule_IsValid(capsule, _DLTENSOR):
-            release(ptr)
-        raise
+    return adopt_all([ptr])[0]
 
 
 def release(ptr: int):
@@ -100,17 +102,59 @@ def release(ptr: int):
 
 
 def adopt_all(ptrs: Sequence[int]) -> List["torch.Tensor"]:
-    """:func:`to_torch` for each pointer; releases the rest if one fails."""
+    """Wraps each ``DLManagedTensor*`` the plugin handed out into a torch
+    tensor (ownership moves to torch: the deleter runs when the tensor is
+    released). If torch refuses one, its deleter and those of the rest are
+    called here and the error re-raised."""
+    importer = _from_capsule()
+    new = _api.PyCapsule_New
     out = []
+    capsule = None
     try:
-        for i, p in enumerate(ptrs):
-            out.append(to_torch(p))
+        for p in ptrs:
+            capsule = None
+            capsule = new(p, _DLTENSOR, None)
+            out.append(importer(capsule))
     except BaseException:
-        for p in ptrs[len(out) + 1 :]:
+        failed = len(out)
+        # The one that failed is still ours unless torch took it.
+        if failed < len(ptrs) and (capsule is None or _api.PyCapsule_IsValid(capsule, _DLTENSOR)):
+            release(ptrs[failed])
+        for p in ptrs[failed + 1 :]:
             release(p)
         raise
     return out
 
 
-def describe(tensors: Sequence["torch.Tensor"]) -> List[Tuple["torch.Size", "torch.dtype"]]:
-    return [(t.shape, t.dtype) for t in tensors]
+# DLPack (code, bits) of single-lane types -> torch dtype name.
+_TORCH_DTYPES = {
+    (0, 8): "int8",
+    (0, 16): "int16",
+    (0, 32): "int32",
+    (0, 64): "int64",
+    (1, 8): "uint8",
+    (1, 16): "uint16",
+    (1, 32): "uint32",
+    (1, 64): "uint64",
+    (2, 16): "float16",
+    (2, 32): "float32",
+    (2, 64): "float64",
+    (4, 16): "bfloat16",
+    (5, 64): "complex64",
+    (5, 128): "complex128",
+    (6, 8): "bool",
+}
+
+
+def record_tensor_meta(record: bytes) -> List[Tuple["torch.Size", "torch.dtype"]]:
+    """A record's tensors as Ray 2.60's ``tensor_meta`` lists them
+    (``(torch.Size, torch.dtype)``; a dtype torch has no name for is None)."""
+    import torch
+
+    out = []
+    for shape, (code, bits, lanes) in _ffi.record_tensors(record):
+        name = _TORCH_DTYPES.get((code, bits)) if lanes == 1 else None
+        out.append((torch.Size(shape), getattr(torch, name) if name else None))
+    return out
+
+

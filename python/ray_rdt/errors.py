@@ -22,10 +22,12 @@ class RDTTransferError(RuntimeError):
     """A plugin transfer of an RDT object failed (a system error)."""
 
 
-class RDTReadError(RayError, ValueError):
-    """The guide's ``ValueError`` for reading an object of a collective transport
-    outside its group, as a ``RayError`` so that every way of reading a ref
-    (``ray.get``, ``await``, ``ref.future()``) raises it rather than wrapping it."""
+class RDTValueError(RayError, ValueError):
+    """A ``ValueError`` the plugin raises while Ray reads a value (the guide's
+    for reading an object of a collective transport outside its group; 2.60's
+    for targets that do not match the object), as a ``RayError`` so that every
+    way of reading a ref (``ray.get``, ``await``, ``ref.future()``) raises it
+    rather than wrapping it."""
 
     _ray_rdt = True
 
@@ -50,9 +52,24 @@ def ray_get_error(transport: str) -> ValueError:
     return ValueError(RAY_GET_ERROR.format(transport=transport))
 
 
-def read_outside_group(transport: str) -> RDTReadError:
+def read_outside_group(transport: str) -> RDTValueError:
     """:func:`ray_get_error`'s text, raised where Ray reads a value (await, futures)."""
-    return RDTReadError(RAY_GET_ERROR.format(transport=transport))
+    return RDTValueError(RAY_GET_ERROR.format(transport=transport))
+
+
+def targets_refused(targets: list, record: bytes, refusal: Exception) -> RDTValueError:
+    """Targets the plugin refused (before any byte moved): Ray 2.60's own
+    message where 2.60 checks the same thing (count, shape, dtype, contiguity),
+    else the plugin's (device, overlap)."""
+    from ray.experimental.rdt.rdt_store import validate_tensor_buffers
+
+    from ray_rdt import dlpack
+
+    try:
+        validate_tensor_buffers(targets, dlpack.record_tensor_meta(record))
+    except ValueError as e:
+        return RDTValueError(str(e))
+    return RDTValueError(getattr(refusal, "message", str(refusal)))
 
 
 def describe(what: str, src_actor: Optional[str], src_pid: int, dst_actor: Optional[str]) -> str:

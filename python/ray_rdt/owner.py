@@ -5,7 +5,7 @@ from typing import Optional
 import ray
 
 from ray_rdt import context as _context
-from ray_rdt import errors
+from ray_rdt import errors, targets
 from ray_rdt.threads import keep_thread_state
 from ray_rdt.transports import PluginTransportMetadata, is_plugin_transport
 
@@ -38,6 +38,7 @@ def free_primary_copy(obj_id: str, src_actor, transport: str, meta) -> bool:
     keep_thread_state()
     if not isinstance(meta, PluginTransportMetadata) or not meta.record or not is_plugin_transport(transport):
         return False
+    targets.drop(obj_id)
     actor_id = getattr(src_actor, "_actor_id", None)  # RDTSource.DRIVER has none
     if actor_id is None or actor_id == ray._private.worker.global_worker.actor_id:
         return False

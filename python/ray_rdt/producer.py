@@ -4,8 +4,9 @@ At task return, Ray's ``serialize_rdt_objects`` pulls the tensors out of the
 value; :func:`serialize_with_record` stores them in the plugin under the
 return's ObjectID (``rdt_context_put``) and serializes the value again with
 placeholders that carry the plugin's metadata record. For the common values
-(a tensor; a list, tuple or dict of tensors) :func:`serialize_in_one_pass`
-finds the tensors without pickling and serializes once.
+(a tensor; a list, tuple or dict of tensors: a model's weights)
+:func:`serialize_in_one_pass` finds the tensors without pickling and
+serializes one small stand-in for the whole value.
 :func:`store_rdt_objects` gives the owner its metadata;
 :func:`claim_pending_put` binds a ``ray.put``.
 """
@@ -14,13 +15,13 @@ import logging
 import os
 import struct
 import threading
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import ray
 
-from ray_rdt import _ffi, groups
+from ray_rdt import _ffi, groups, serializer
 from ray_rdt import context as _context
-from ray_rdt.transports import PluginTransportMetadata, transport_class
+from ray_rdt.transports import PluginTransportMetadata, RecordTensorMeta, transport_class
 
 logger = logging.getLogger(__name__)
 
@@ -67,63 +68,65 @@ def serialize_with_record(serialization_context, value: Any, tensors: List[Any],
     """Stores ``tensors`` in the plugin and re-serializes ``value`` with placeholders
     that carry the plugin's metadata record. Returns the new serialized value, or
     None to keep Ray's (a ``ray.put`` without tensors)."""
-    serialized = _store_and_serialize(serialization_context, value, tensors, transport, for_put)
-    if serialized is _TENSORS_CHANGED:
-        raise RuntimeError("ray_rdt: the value's tensors changed between two serialization passes")
-    return serialized
+    return _store_and_serialize(serialization_context, value, tensors, transport, for_put)
 
 
-def _tensors_of(value: Any) -> Optional[List[Any]]:
-    """The tensors of a value that is a tensor, or a list, tuple or dict (of any
-    keys) whose items are all distinct tensors, in the order pickling meets
-    them; None for any other value (or one without tensors)."""
+def _shape_of(value: Any) -> Optional[Tuple[int, Optional[list], List[Any]]]:
+    """``(kind, dict keys or None, tensors)`` of a value that is a tensor, or a
+    list, tuple or dict whose items are all distinct tensors (and whose keys
+    are none); None for any other value (or one without tensors)."""
     import torch
 
     kind = type(value)
     if kind is torch.Tensor:
-        return [value]
-    if kind is list or kind is tuple:
-        items = value
+        return serializer.TENSOR, None, [value]
+    keys = None
+    if kind is list:
+        code, tensors = serializer.LIST, list(value)
+    elif kind is tuple:
+        code, tensors = serializer.TUPLE, list(value)
     elif kind is dict:
-        items = value.values()
+        keys = list(value)
+        if any(type(k) is torch.Tensor for k in keys):
+            return None
+        code, tensors = serializer.DICT, list(value.values())
     else:
         return None
-    tensors = list(items)
     if not tensors or any(type(t) is not torch.Tensor for t in tensors):
         return None
     if len({id(t) for t in tensors}) != len(tensors):
         return None  # pickling meets a tensor given twice only once
-    return tensors
+    return code, keys, tensors
 
 
 def serialize_in_one_pass(serialization_context, value: Any, transport: str, for_put: bool):
-    """Task return or ``ray.put`` of a value whose tensors :func:`_tensors_of`
-    finds: stores them in the plugin and serializes the value once, with the
-    placeholders. Returns ``(serialized value, tensors)`` as Ray's
-    ``serialize_rdt_objects`` does, or None for Ray's two passes (any other
-    value, or one whose pickling met other tensors than those found, e.g. one
-    tensor twice)."""
-    tensors = _tensors_of(value)
-    if tensors is None:
+    """Task return or ``ray.put`` of a value that is a tensor, or a list,
+    tuple or dict of distinct tensors: stores the tensors in the plugin and
+    serializes, in their place, one small :class:`~ray_rdt.serializer.PluginValue`
+    that rebuilds the value from the fetched tensors (whatever their number:
+    no per-tensor pickling on either side). Returns ``(serialized value,
+    tensors)`` as Ray's ``serialize_rdt_objects`` does, or None for Ray's two
+    passes (any other value)."""
+    shape = _shape_of(value)
+    if shape is None:
         return None
-    serialized = _store_and_serialize(serialization_context, value, tensors, transport, for_put)
-    if serialized is _TENSORS_CHANGED:
-        return None
+    kind, keys, tensors = shape
+    key, record = _store(tensors, transport, for_put)
+    placeholder = (key, record, "put") if for_put else (key, record)
+    try:
+        serialized = serialization_context._serialize_to_msgpack(serializer.PluginValue(kind, keys, placeholder))
+    except BaseException:
+        _context.get_context().free(key)
+        raise
+    _tls.pending = _PendingPut(key, record, tensors, transport)
     return serialized, tensors
 
 
-# _store_and_serialize's answer when pickling met other tensors than given.
-_TENSORS_CHANGED = object()
-
-
-def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], transport: str, for_put: bool):
-    """Stores ``tensors`` in the plugin, then serializes ``value`` with the
-    placeholders; the serialized value, None (a ``ray.put`` without tensors), or
-    ``_TENSORS_CHANGED`` (nothing is left stored then)."""
+def _store(tensors: List[Any], transport: str, for_put: bool) -> Tuple[bytes, bytes]:
+    """Stores ``tensors`` in the plugin; returns ``(plugin key, record)``: the
+    key is the task's return ID, or a fresh one for a ``ray.put``."""
     cls = transport_class(transport)
     _drop_pending()
-    if for_put and not tensors:
-        return None  # ray.put of a value without tensors is no RDT object (stock)
     ctx = _context.get_context()
     key = os.urandom(_context.OBJECT_ID_SIZE) if for_put else return_object_id()
     group = None
@@ -144,6 +147,19 @@ def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], 
         # replace the earlier attempt's (consumers fetch by the record Ray keeps).
         ctx.free(key)
         record = ctx.put(key, cls.CODE, tensors, group)
+    return key, record
+
+
+def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], transport: str, for_put: bool):
+    """Stores ``tensors`` in the plugin, then serializes ``value`` with the
+    placeholders; the serialized value, None (a ``ray.put`` without tensors),
+    or raises when pickling met other tensors than given (nothing is left
+    stored then)."""
+    if for_put and not tensors:
+        _drop_pending()
+        return None  # ray.put of a value without tensors is no RDT object (stock)
+    key, record = _store(tensors, transport, for_put)
+    ctx = _context.get_context()
     tl = serialization_context._thread_local
     tl.use_external_transport = True
     tl.rdt_tensors = []
@@ -162,7 +178,7 @@ def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], 
         tl.rdt_plugin_record = None
     if len(again) != len(tensors) or any(a is not b for a, b in zip(again, tensors)):
         ctx.free(key)
-        return _TENSORS_CHANGED
+        raise RuntimeError("ray_rdt: the value's tensors changed between two serialization passes")
     _tls.pending = _PendingPut(key, record, tensors, transport)
     return serialized
 
@@ -170,7 +186,7 @@ def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], 
 def _metadata(pending: _PendingPut) -> PluginTransportMetadata:
     device = pending.tensors[0].device.type if pending.tensors else None
     return PluginTransportMetadata(
-        tensor_meta=[(t.shape, t.dtype) for t in pending.tensors],
+        tensor_meta=RecordTensorMeta(pending.record),
         tensor_device=device,
         record=pending.record,
         key=pending.key.hex(),

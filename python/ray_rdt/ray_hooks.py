@@ -10,6 +10,7 @@ patches use; each concern lives in its own module:
 - :mod:`ray_rdt.serializer`: the tensor serializer and the plugin's placeholders;
 - :mod:`ray_rdt.producer`: task return and ``ray.put``;
 - :mod:`ray_rdt.consumer`: argument resolution, ``ray.get``, failed transfers;
+- :mod:`ray_rdt.targets`: ``set_target_for_ref`` and ``set_target_device_for_ref``;
 - :mod:`ray_rdt.owner`: ``ray.get`` options, frees over the producer's endpoint;
 - :mod:`ray_rdt.groups`: collective groups and their failures;
 - :mod:`ray_rdt.errors`: the errors and warnings users see.
@@ -34,6 +35,7 @@ from ray_rdt.producer import (  # noqa: F401
     store_rdt_objects,
 )
 from ray_rdt.serializer import tensor_deserializer, tensor_serializer  # noqa: F401
+from ray_rdt.targets import set_target_device, set_targets  # noqa: F401
 from ray_rdt.transports import (  # noqa: F401
     is_one_sided_plugin_transport,
     is_plugin_transport,

@@ -1,11 +1,16 @@
-"""The custom serializer of RDT data types (``torch.Tensor``) and the plugin's
-placeholders.
+"""The custom serializer of RDT data types (``torch.Tensor``), the plugin's
+placeholders, and the stand-in for whole values.
 
 Stock 2.60 registers two closures; Ray pickles the deserializer *by value* with
 every tensor it serializes (hundreds of microseconds each). These module-level
 functions speak the same thread-local protocol, are pickled by reference, and
 understand the plugin's placeholders ``(index, key, record[, "put"])``, which
 carry the metadata record inside the value Ray stores.
+
+A value that is a tensor, or a list, tuple or dict of tensors (a model's
+weights: up to 100,000 of them) is stored as one :class:`PluginValue` instead:
+no per-tensor pickling on either side; unpickling rebuilds the value from the
+object's tensors.
 """
 
 import pickle
@@ -42,15 +47,56 @@ def tensor_deserializer(val):
 def resolve_placeholder(serialization_context, placeholder: tuple):
     """A plugin placeholder ``(index, key, record[, "put"])``: the tensor, from
     the tensors fetched (once per object) through the plugin."""
-    index, key, record = placeholder[:3]
+    return object_tensors(serialization_context, placeholder[1:])[placeholder[0]]
+
+
+def object_tensors(serialization_context, where: tuple) -> list:
+    """The tensors of the plugin object ``where`` = ``(key, record[, "put"])``
+    names: those Ray fetched before deserialization (an owner's ``ray.get``),
+    else fetched through the plugin, once per object being deserialized."""
+    key, record = where[:2]
     tl = serialization_context._thread_local
     provided = getattr(tl, "rdt_tensors", None)
     if provided:
-        # ray.get: the tensors were fetched before deserialization.
-        return provided[index]
+        return provided
     cached = getattr(tl, "rdt_plugin_fetched", None)
     if cached is None or cached[0] != key:
-        tensors = consumer.resolve(key, record, put=len(placeholder) > 3)
+        stack = getattr(tl, "object_ref_stack", None)
+        ref = stack[-1] if stack else None
+        tensors = consumer.resolve(key, record, put=len(where) > 2, ref=ref)
         cached = (key, tensors)
         tl.rdt_plugin_fetched = cached
-    return cached[1][index]
+    return cached[1]
+
+
+# PluginValue kinds.
+TENSOR, LIST, TUPLE, DICT = range(4)
+
+
+class PluginValue:
+    """Stands for a value made of one plugin object's tensors (a tensor, or a
+    list, tuple or dict of them) in what Ray stores; unpickled, it is that
+    value again (:func:`rebuild_value`)."""
+
+    __slots__ = ("kind", "keys", "where")
+
+    def __init__(self, kind: int, keys, where: tuple):
+        self.kind = kind
+        self.keys = keys
+        self.where = where
+
+    def __reduce__(self):
+        return rebuild_value, (self.kind, self.keys, self.where)
+
+
+def rebuild_value(kind: int, keys, where: tuple):
+    """The value a :class:`PluginValue` stands for."""
+    ctx = ray._private.worker.global_worker.get_serialization_context()
+    tensors = object_tensors(ctx, where)
+    if kind == TENSOR:
+        return tensors[0]
+    if kind == TUPLE:
+        return tuple(tensors)
+    if kind == DICT:
+        return dict(zip(keys, tensors))
+    return list(tensors)

@@ -10,6 +10,7 @@ bytes straight from the producer's plugin.
 """
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, List, Optional
 
 from ray.experimental.rdt.tensor_transport_manager import (
@@ -19,6 +20,34 @@ from ray.experimental.rdt.tensor_transport_manager import (
 )
 
 from ray_rdt import _ffi
+
+
+class RecordTensorMeta(Sequence):
+    """2.60's ``tensor_meta`` (``[(torch.Size, torch.dtype)]``) of a plugin
+    object, read from its metadata record when first used: listing a model's
+    100,000 shapes at every put, and pickling them to the owner, would cost
+    more than the transfer. Pickles as the record (which the metadata carries
+    anyway, so the pickle shares it)."""
+
+    def __init__(self, record: bytes):
+        self._record = record
+        self._meta = None
+
+    def _decoded(self) -> list:
+        if self._meta is None:
+            from ray_rdt import dlpack
+
+            self._meta = dlpack.record_tensor_meta(self._record)
+        return self._meta
+
+    def __getitem__(self, index):
+        return self._decoded()[index]
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __reduce__(self):
+        return RecordTensorMeta, (self._record,)
 
 
 @dataclass
@@ -85,17 +114,12 @@ class PluginTensorTransport(TensorTransportManager):
     ) -> List[Any]:
         from ray_rdt import consumer
 
+        # Targets of plugin objects never reach here: the plugin holds them
+        # (ray_rdt.targets) and the fetch lands in them.
         meta = tensor_transport_metadata
         if not isinstance(meta, PluginTransportMetadata) or not meta.record:
             raise ValueError(f"RDT object {obj_id} has no plugin metadata record; it cannot be fetched over {self.NAME}")
-        tensors = consumer.fetch(meta.key, meta.record, self.NAME, object_ref=obj_id)
-        if target_buffers is None:
-            return tensors
-        if len(target_buffers) != len(tensors):
-            raise ValueError(f"got {len(target_buffers)} target buffers for {len(tensors)} tensors")
-        for buf, t in zip(target_buffers, tensors):
-            buf.copy_(t)
-        return list(target_buffers)
+        return consumer.fetch(meta.key, meta.record, self.NAME, object_ref=obj_id, ref_hex=obj_id)
 
     def send_multiple_tensors(self, tensors, tensor_transport_metadata, communicator_metadata):
         raise NotImplementedError(f"{self.NAME} moves bytes inside libray_rdt; Ray never sends them")

@@ -238,8 +238,11 @@ def test_the_package_carries_the_patch_set():
 
 
 def test_patches_are_small():
+    """The patch set stays a thin set of call sites into ray_rdt (every body of
+    logic lives in the package). The budget grew from 200 to 240 added lines
+    with weight sync: the targets hooks and the prefetch of several refs."""
     added = 0
     for p in os.listdir(PATCH_DIR):
         with open(os.path.join(PATCH_DIR, p)) as fh:
             added += sum(1 for line in fh if line.startswith("+") and not line.startswith("+++"))
-    assert added < 200, added
+    assert added < 240, added

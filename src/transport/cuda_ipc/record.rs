@@ -17,8 +17,6 @@ use crate::cuda::ipc::Exported;
 use crate::error::{Error, Result};
 
 const VERSION: u8 = 1;
-/// Most tensors in one record (as the metadata record allows).
-const MAX_TENSORS: usize = 4096;
 const PER_TENSOR: usize = 64 + 8 * 3;
 const HEADER: usize = 1 + 16 + 4 + 64 + 4;
 
@@ -75,11 +73,9 @@ impl Record {
         let ordinal = i32::from_le_bytes(data[17..21].try_into().expect("4 bytes"));
         let event: IpcHandle = data[21..85].try_into().expect("64 bytes");
         let count = u32::from_le_bytes(data[85..89].try_into().expect("4 bytes")) as usize;
-        if count > MAX_TENSORS {
-            return Err(bad(&format!("{count} tensors (at most {MAX_TENSORS})")));
-        }
+        // Bounded by the record's own length, not by a tensor count.
         let rest = &data[HEADER..];
-        if rest.len() != count * PER_TENSOR {
+        if count.checked_mul(PER_TENSOR) != Some(rest.len()) {
             return Err(bad(&format!(
                 "{} bytes of tensor descriptors for {count} tensors",
                 rest.len()
