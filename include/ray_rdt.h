@@ -490,6 +490,28 @@ typedef struct rdt_endpoint_stats {
 } rdt_endpoint_stats;
 
 /**
+ * How many transfers this process runs at once (all contexts together).
+ */
+typedef struct rdt_concurrency_stats {
+  /**
+   * Consumer: fetches under way now.
+   */
+  uint64_t fetching;
+  /**
+   * Consumer: the most fetches under way at once so far.
+   */
+  uint64_t fetching_peak;
+  /**
+   * Producer: fetch requests its endpoint serves now.
+   */
+  uint64_t serving;
+  /**
+   * Producer: the most fetch requests served at once so far.
+   */
+  uint64_t serving_peak;
+} rdt_concurrency_stats;
+
+/**
  * The type code of a tensor element (`DLDataTypeCode` in dlpack.h).
  */
 typedef uint8_t DLDataTypeCode;
@@ -1104,6 +1126,14 @@ rdt_status rdt_stats_nixl_get(struct rdt_nixl_stats *out_stats);
  * `out_stats` must be valid for writes.
  */
 rdt_status rdt_stats_endpoint_get(struct rdt_endpoint_stats *out_stats);
+
+/**
+ * Reads how many transfers this process runs at once into `*out_stats`.
+ *
+ * # Safety
+ * `out_stats` must be valid for writes.
+ */
+rdt_status rdt_stats_concurrency_get(struct rdt_concurrency_stats *out_stats);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -5,8 +5,10 @@
 //! directory, a process reaching hold point `P` that is listed in
 //! `RAY_RDT_TEST_HOLD_POINTS` (comma-separated; all points when unset) creates
 //! `DIR/P-<pid>.reached` and waits until `DIR/P-<pid>.release` exists, at most
-//! [`MAX_HOLD`]. Unset (production), a hold point costs one load of an
-//! initialized `OnceLock`.
+//! [`MAX_HOLD`]. Several threads may wait at one point at once (several
+//! fetches of one `ray.get`): the release lets them all go, and the last one
+//! to leave removes both files. Unset (production), a hold point costs one
+//! load of an initialized `OnceLock`.
 //!
 //! Points: `serve` (producer: the request was accepted, no tensor byte sent
 //! yet) and `fetch` (consumer: the transfer is under way, the bytes have not
@@ -62,10 +64,26 @@ pub fn point(point: &str) {
         );
         return;
     }
+    let waiters = {
+        let mut all = WAITERS.lock();
+        let n = all.entry(point.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    log::debug!("ray-rdt: hold point {point}: {waiters} waiting");
     let start = Instant::now();
     while !release.exists() && start.elapsed() < MAX_HOLD {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = std::fs::remove_file(&release);
-    let _ = std::fs::remove_file(&reached);
+    let mut all = WAITERS.lock();
+    let n = all.get_mut(point).expect("counted above");
+    *n -= 1;
+    if *n == 0 {
+        let _ = std::fs::remove_file(&release);
+        let _ = std::fs::remove_file(&reached);
+    }
 }
+
+/// Threads waiting at each hold point now.
+static WAITERS: parking_lot::Mutex<std::collections::BTreeMap<String, usize>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());

@@ -211,3 +211,50 @@ pub fn endpoint_snapshot() -> EndpointSnapshot {
         objects_freed: OBJECTS_FREED.load(Ordering::Relaxed),
     }
 }
+
+/// A count of operations under way in this process and the most seen at once.
+#[derive(Debug)]
+pub struct Gauge {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Gauge {
+    const fn new() -> Gauge {
+        Gauge {
+            now: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one operation until the returned guard drops.
+    pub fn enter(&'static self) -> GaugeGuard {
+        let now = self.now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        GaugeGuard(self)
+    }
+
+    /// (under way now, most at once so far).
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.now.load(Ordering::Relaxed),
+            self.peak.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One operation counted by a [`Gauge`].
+#[derive(Debug)]
+pub struct GaugeGuard(&'static Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Fetches this process runs now (consumers: several refs at once).
+pub static FETCHING: Gauge = Gauge::new();
+/// Fetch requests this process's endpoint serves now (producers: several
+/// consumers at once).
+pub static SERVING: Gauge = Gauge::new();

@@ -24,6 +24,7 @@ __all__ = [
     "stats",
     "endpoint_stats",
     "nixl_stats",
+    "concurrency_stats",
     "library_path",
     "cuda_libraries",
     "RdtError",
@@ -110,10 +111,9 @@ def stats() -> dict:
     return out
 
 
-def endpoint_stats() -> dict:
-    """What peers asked of this process's plugin endpoint:
-    ``{"fetches_served", "free_requests", "objects_freed"}`` (monotonic; zeros
-    with the plugin off and the library missing)."""
+def _read_stats(function: str, struct) -> dict:
+    """A stats struct of the plugin as a dict (zeros with the plugin off and
+    the library missing)."""
     import ctypes
 
     try:
@@ -121,10 +121,16 @@ def endpoint_stats() -> dict:
     except PluginUnavailableError:
         if enabled():
             raise
-        return {"fetches_served": 0, "free_requests": 0, "objects_freed": 0}
-    e = _ffi.EndpointStats()
-    _ffi.check(lib.rdt_stats_endpoint_get(ctypes.byref(e)), "rdt_stats_endpoint_get")
-    return {"fetches_served": e.fetches_served, "free_requests": e.free_requests, "objects_freed": e.objects_freed}
+        return {k: 0 for k, _ in struct._fields_}
+    s = struct()
+    _ffi.check(getattr(lib, function)(ctypes.byref(s)), function)
+    return {k: getattr(s, k) for k, _ in struct._fields_}
+
+
+def endpoint_stats() -> dict:
+    """What peers asked of this process's plugin endpoint:
+    ``{"fetches_served", "free_requests", "objects_freed"}`` (monotonic)."""
+    return _read_stats("rdt_stats_endpoint_get", _ffi.EndpointStats)
 
 
 def nixl_stats() -> dict:
@@ -134,15 +140,13 @@ def nixl_stats() -> dict:
     (a consumer's registrations of received objects' memory, alive until their
     tensors are dropped) and ``"loaded_peers"``, ``"loaded_ranges"`` (producers
     and their registrations a consumer loaded; bounded). Zeros in a process
-    that never used nixl, with the plugin off or the library missing."""
-    import ctypes
+    that never used nixl."""
+    return _read_stats("rdt_stats_nixl_get", _ffi.NixlStats)
 
-    try:
-        lib = _ffi.lib()
-    except PluginUnavailableError:
-        if enabled():
-            raise
-        return {k: 0 for k, _ in _ffi.NixlStats._fields_}
-    s = _ffi.NixlStats()
-    _ffi.check(lib.rdt_stats_nixl_get(ctypes.byref(s)), "rdt_stats_nixl_get")
-    return {k: getattr(s, k) for k, _ in _ffi.NixlStats._fields_}
+
+def concurrency_stats() -> dict:
+    """How many transfers this process runs at once: ``{"fetching",
+    "fetching_peak"}`` (a consumer's fetches now, and the most at once so
+    far: several refs of one ``ray.get``), ``{"serving", "serving_peak"}``
+    (a producer's endpoint serving several consumers)."""
+    return _read_stats("rdt_stats_concurrency_get", _ffi.ConcurrencyStats)

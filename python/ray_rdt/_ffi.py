@@ -6,6 +6,7 @@ plugin's ``rdt_last_error()`` text. Functions are loaded with ``ctypes.CDLL`` so
 blocking calls release the GIL; the few in ``_KEEP_GIL`` keep it.
 """
 
+import contextlib
 import ctypes
 import struct
 import os
@@ -212,6 +213,17 @@ class EndpointStats(ctypes.Structure):
     ]
 
 
+class ConcurrencyStats(ctypes.Structure):
+    """``rdt_concurrency_stats``."""
+
+    _fields_ = [
+        ("fetching", ctypes.c_uint64),
+        ("fetching_peak", ctypes.c_uint64),
+        ("serving", ctypes.c_uint64),
+        ("serving_peak", ctypes.c_uint64),
+    ]
+
+
 class Buffer(ctypes.Structure):
     _fields_ = [("data", ctypes.POINTER(ctypes.c_uint8)), ("len", ctypes.c_size_t)]
 
@@ -257,6 +269,7 @@ _SIGNATURES = {
     "rdt_stats_latency_bound_us": (ctypes.c_uint64, [ctypes.c_size_t]),
     "rdt_stats_endpoint_get": (_status, [ctypes.POINTER(EndpointStats)]),
     "rdt_stats_nixl_get": (_status, [ctypes.POINTER(NixlStats)]),
+    "rdt_stats_concurrency_get": (_status, [ctypes.POINTER(ConcurrencyStats)]),
     "rdt_buffer_free": (None, [ctypes.POINTER(Buffer)]),
     "rdt_context_new": (
         _status,
@@ -496,25 +509,30 @@ def timeout_ms(timeout_s: Optional[float]) -> int:
     return max(0, int(timeout_s * 1000))
 
 
-def record_producer(record: bytes):
-    """(pid, Ray actor ID hex or None for a driver) of a metadata record's producer."""
+@contextlib.contextmanager
+def _decoded(record: bytes):
+    """A decoded metadata record's handle, destroyed after the block."""
     handle = ctypes.c_void_p()
     check(lib().rdt_metadata_decode(record, len(record), ctypes.byref(handle)), "rdt_metadata_decode")
     try:
+        yield handle
+    finally:
+        lib().rdt_metadata_destroy(handle)
+
+
+def record_producer(record: bytes):
+    """(pid, Ray actor ID hex or None for a driver) of a metadata record's producer."""
+    with _decoded(record) as handle:
         pid = ctypes.c_uint32()
         actor = Buffer()
         check(lib().rdt_metadata_producer(handle, ctypes.byref(pid), ctypes.byref(actor)), "rdt_metadata_producer")
         actor_id = take_buffer(actor)
         return pid.value, (actor_id.hex() if actor_id else None)
-    finally:
-        lib().rdt_metadata_destroy(handle)
 
 
 def record_tensors(record: bytes):
     """``[(shape tuple, (dtype code, bits, lanes))]`` of a metadata record's tensors."""
-    handle = ctypes.c_void_p()
-    check(lib().rdt_metadata_decode(record, len(record), ctypes.byref(handle)), "rdt_metadata_decode")
-    try:
+    with _decoded(record) as handle:
         transport, device, count, total = ctypes.c_uint32(), DLDevice(), ctypes.c_size_t(), ctypes.c_uint64()
         check(
             lib().rdt_metadata_summary(
@@ -529,15 +547,20 @@ def record_tensors(record: bytes):
             shape = tuple(desc.shape[d] for d in range(desc.ndim))
             out.append((shape, (desc.dtype.code, desc.dtype.bits, desc.dtype.lanes)))
         return out
-    finally:
-        lib().rdt_metadata_destroy(handle)
+
+
+def record_extents(record: bytes):
+    """(number of extents, their total bytes) of a metadata record: the byte
+    ranges its transfers move (views of one allocation are one)."""
+    with _decoded(record) as handle:
+        count, total = ctypes.c_size_t(), ctypes.c_uint64()
+        check(lib().rdt_metadata_extents(handle, ctypes.byref(count), ctypes.byref(total)), "rdt_metadata_extents")
+        return count.value, total.value
 
 
 def _summary(record: bytes):
     """(transport code, DLDevice, number of tensors, total bytes) of a metadata record."""
-    handle = ctypes.c_void_p()
-    check(lib().rdt_metadata_decode(record, len(record), ctypes.byref(handle)), "rdt_metadata_decode")
-    try:
+    with _decoded(record) as handle:
         transport = ctypes.c_uint32()
         device = DLDevice()
         count = ctypes.c_size_t()
@@ -549,8 +572,6 @@ def _summary(record: bytes):
             "rdt_metadata_summary",
         )
         return transport.value, device, count.value, total.value
-    finally:
-        lib().rdt_metadata_destroy(handle)
 
 
 # The record's fixed header (src/metadata.rs): magic, version, transport code,

@@ -90,6 +90,9 @@ def fetch(
     in errors; without ``object_ref`` the plugin key does, which is the
     ObjectRef's ID for task returns and a key of its own for ``ray.put``
     objects (``put``)."""
+    started = _claim(ref_hex, record)
+    if started is not None:
+        return started.result()
     ctx = _context.get_context()
     into, device = targets.take(ref_hex) if ref_hex is not None else (None, None)
     try:
@@ -106,6 +109,73 @@ def fetch(
     if device is not None:
         return [t.to(device) for t in fetched]
     return fetched
+
+
+# The fetches started together for the ray.get running on this thread:
+# {ref hex: (record, future)}.
+_batch = threading.local()
+_executor = None
+_executor_lock = threading.Lock()
+# Most fetches of one ray.get under way at once.
+MAX_PARALLEL_FETCHES = 8
+
+
+def prefetch(serialized_objects, object_refs, use_object_store: bool = False) -> None:
+    """``ray.get`` of several plugin objects (a model sent in chunks): starts
+    their fetches at once, on a small pool of threads, so that they overlap;
+    :func:`fetch` then takes each one's result. Only objects whose record this
+    process already knows (owned refs, and refs borrowed with their metadata)
+    are started; the rest are fetched as they are deserialized."""
+    _batch.fetches = None
+    if use_object_store:
+        return
+    from ray_rdt.transports import PluginTransportMetadata, is_one_sided_plugin_transport
+
+    manager = ray._private.worker.global_worker.rdt_manager
+    found = []
+    for ref, (_, _, transport) in zip(object_refs, serialized_objects):
+        if transport is None or not is_one_sided_plugin_transport(transport):
+            continue
+        ref_hex = ref.hex()
+        if not manager.is_managed_object(ref_hex):
+            continue
+        meta = manager.get_rdt_metadata(ref_hex).tensor_transport_meta
+        if isinstance(meta, PluginTransportMetadata) and meta.record:
+            found.append((ref_hex, meta))
+    if len(found) < 2:
+        return
+    pool = _pool()
+    _batch.fetches = {
+        ref_hex: (meta.record, pool.submit(fetch, meta.key, meta.record, None, ref_hex, False, ref_hex))
+        for ref_hex, meta in found
+    }
+
+
+def end_prefetch() -> None:
+    """Forgets the fetches :func:`prefetch` started that nobody took."""
+    _batch.fetches = None
+
+
+def _pool():
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _executor = ThreadPoolExecutor(MAX_PARALLEL_FETCHES, thread_name_prefix="ray-rdt-fetch")
+        return _executor
+
+
+def _claim(ref_hex: Optional[str], record: bytes):
+    """The fetch :func:`prefetch` started for ``ref_hex`` (and this record), if any."""
+    fetches = getattr(_batch, "fetches", None)
+    if not fetches or ref_hex is None:
+        return None
+    started = fetches.get(ref_hex)
+    if started is None or started[0] != record:
+        return None
+    del fetches[ref_hex]
+    return started[1]
 
 
 def _lands_in_place(record: bytes, into: List[Any]) -> bool:

@@ -17,7 +17,7 @@ patches use; each concern lives in its own module:
 """
 
 import ray_rdt
-from ray_rdt.consumer import fetch  # noqa: F401
+from ray_rdt.consumer import end_prefetch, fetch, prefetch  # noqa: F401
 from ray_rdt.errors import RDTTransferError, is_passthrough, mutable_warning, ray_get_error  # noqa: F401
 from ray_rdt.groups import (  # noqa: F401
     destroy_local_group,

@@ -425,6 +425,7 @@ impl Context {
         let declared = self.shared.transports.get(meta.transport)?;
         let contact = meta.producer.contact();
         let peer = self.peer(&meta.producer, &contact);
+        let _fetching = stats::FETCHING.enter();
         let start = Instant::now();
         let (path, result) = if meta.inline.is_some() {
             let r = declared

@@ -25,6 +25,7 @@ impl Handler for Shared {
                     Path::Network
                 };
                 stats::record_fetch_served();
+                let _serving = stats::SERVING.enter();
                 let transport = self.transports.get(req.serving)?;
                 let object = self.held(&req.id)?;
                 match transport.serve(&self.local(), &req.id, &object, req.body, fd, channel) {

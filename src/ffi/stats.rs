@@ -225,3 +225,38 @@ mod tests {
         }
     }
 }
+
+/// How many transfers this process runs at once (all contexts together).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct rdt_concurrency_stats {
+    /// Consumer: fetches under way now.
+    pub fetching: u64,
+    /// Consumer: the most fetches under way at once so far.
+    pub fetching_peak: u64,
+    /// Producer: fetch requests its endpoint serves now.
+    pub serving: u64,
+    /// Producer: the most fetch requests served at once so far.
+    pub serving_peak: u64,
+}
+
+/// Reads how many transfers this process runs at once into `*out_stats`.
+///
+/// # Safety
+/// `out_stats` must be valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_stats_concurrency_get(
+    out_stats: *mut rdt_concurrency_stats,
+) -> rdt_status {
+    guard(|| {
+        let (fetching, fetching_peak) = crate::stats::FETCHING.read();
+        let (serving, serving_peak) = crate::stats::SERVING.read();
+        *out(out_stats, "out_stats")? = rdt_concurrency_stats {
+            fetching,
+            fetching_peak,
+            serving,
+            serving_peak,
+        };
+        Ok(())
+    })
+}

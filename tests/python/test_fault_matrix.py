@@ -60,7 +60,7 @@ import pytest
 import ray
 from ray.experimental.collective import create_collective_group, destroy_collective_group
 
-from conftest import REPO, TRANSPORT_ONLY, wait_for
+from conftest import REPO, TRANSPORT_ONLY, Holds, wait_for
 
 BENCHES = os.path.join(REPO, "benches")
 sys.path.insert(0, BENCHES)
@@ -88,53 +88,6 @@ PATH = {"gloo": "network", "shm": "same_host", "nixl": "network"}
 # What the survivors must not hold more of after a fault than after the warm-up.
 COUNTS = ("threads_not_grpc", "memfd_fds", "memfd_maps")
 NIXL_COUNTS = ("exported_ranges", "exported_refs", "received")
-
-
-class Holds:
-    """The driver's side of the hold points: releases every point nobody armed,
-    keeps armed ones held until :meth:`release`."""
-
-    def __init__(self, directory):
-        self.dir = directory
-        self._armed = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._release_unarmed, name="hold-releaser", daemon=True)
-        self._thread.start()
-
-    def _path(self, key, suffix):
-        return os.path.join(self.dir, f"{key}.{suffix}")
-
-    def _release_unarmed(self):
-        while not self._stop.wait(0.005):
-            for name in os.listdir(self.dir):
-                if not name.endswith(".reached"):
-                    continue
-                key = name[: -len(".reached")]
-                with self._lock:
-                    if key not in self._armed and not os.path.exists(self._path(key, "release")):
-                        open(self._path(key, "release"), "w").close()
-
-    def arm(self, point, pid):
-        """Makes the next arrival of ``pid`` at ``point`` wait for :meth:`release`."""
-        key = f"{point}-{pid}"
-        with self._lock:
-            self._armed.add(key)
-            if os.path.exists(self._path(key, "release")):
-                os.remove(self._path(key, "release"))  # a stale one would let it pass
-
-    def wait_reached(self, point, pid):
-        key = f"{point}-{pid}"
-        if not wait_for(lambda: os.path.exists(self._path(key, "reached")), timeout=HOLD_TIMEOUT_S, interval=0.005):
-            raise AssertionError(f"process {pid} did not reach hold point {point} within {HOLD_TIMEOUT_S} s")
-
-    def release(self, point, pid):
-        with self._lock:
-            self._armed.discard(f"{point}-{pid}")
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join()
 
 
 @ray.remote(num_cpus=0)
@@ -206,7 +159,7 @@ class Pool:
 
 @pytest.fixture(scope="module")
 def holds(ray_cluster):
-    h = Holds(HOLD_DIR)
+    h = Holds(HOLD_DIR, HOLD_TIMEOUT_S)
     yield h
     h.stop()
 

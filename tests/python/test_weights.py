@@ -1,0 +1,329 @@
+"""Weight sync at the shape RL uses, through the plugin on a local cluster: a
+model of 100,000 tensors (the rows of one matrix), every transport and path,
+``set_target_for_ref`` landing the bytes in the generator's own weights (in
+the owner and in a borrower), 2.60's target checks, several refs of one
+``ray.get`` fetched at once, and several generators served at once.
+
+Every transfer is checked byte for byte and against the plugin's counters;
+concurrency is shown with the plugin's hold points and in-flight gauges,
+never with timing."""
+
+import os
+import tempfile
+import threading
+
+import pytest
+import torch
+
+import ray
+from ray.experimental import set_target_for_ref
+from ray.experimental.collective import create_collective_group
+
+from conftest import Holds, actor_stats, delta, wait_for
+
+N = 100_000  # tensors
+ROW = 8  # int32 elements per tensor: 32 bytes, 3.2 MB in all
+
+HOLD_DIR = tempfile.mkdtemp(prefix="rdt-weights-holds-")
+# Environments of the actors, by path: the same-host path (default), the
+# declared transport's own path (network, over loopback here), inline.
+PATH_ENV = {
+    "same_host": {},
+    "network": {"RAY_RDT_SAME_HOST_PATH": "0", "RAY_RDT_INLINE_BYTES": "0"},
+    "inline": {"RAY_RDT_INLINE_BYTES": str(8 << 20)},
+}
+# Where each transport's bytes go on each path (shm has only the same host).
+CASES = [
+    ("shm", "same_host"),
+    ("shm", "inline"),
+    ("nixl", "same_host"),
+    ("nixl", "network"),
+    ("nixl", "inline"),
+    ("gloo", "same_host"),
+    ("gloo", "network"),
+    ("gloo", "inline"),
+]
+HOLDS = {"RAY_RDT_TEST_HOLD_DIR": HOLD_DIR}
+
+
+def expected_rows(seed=0):
+    return (torch.arange(N * ROW, dtype=torch.int32) + seed).view(N, ROW)
+
+
+@ray.remote(max_concurrency=4)
+class Trainer:
+    """Holds a model (one matrix) and returns or puts its rows."""
+
+    def __init__(self):
+        self.w = expected_rows()
+
+    def step(self, seed):
+        self.w.copy_(expected_rows(seed))
+
+    def _rows(self):
+        return [self.w[i] for i in range(N)]
+
+    @ray.method(tensor_transport="shm")
+    def rows_shm(self):
+        return self._rows()
+
+    @ray.method(tensor_transport="nixl")
+    def rows_nixl(self):
+        return self._rows()
+
+    @ray.method(tensor_transport="gloo")
+    def rows_gloo(self):
+        return self._rows()
+
+    @ray.method(tensor_transport="shm")
+    def separate_shm(self):
+        # Separate allocations, not views of one.
+        return [row.clone() for row in self._rows()]
+
+    def put(self, transport, chunks=1):
+        """The rows as ``chunks`` refs (ray.put; one-sided transports)."""
+        rows = self._rows()
+        step = N // chunks
+        return [ray.put(rows[i * step : (i + 1) * step], _tensor_transport=transport) for i in range(chunks)]
+
+    def extents(self, ref_hex):
+        """(extents, bytes) of the record this process holds for a task return."""
+        import ray_rdt
+        from ray_rdt import _ffi, context
+
+        record = context.get_context().record(ref_hex)
+        return _ffi.record_extents(record), ray_rdt.nixl_stats()
+
+    def concurrency(self):
+        import ray_rdt
+
+        return ray_rdt.concurrency_stats()
+
+    def pid(self):
+        return os.getpid()
+
+
+@ray.remote(max_concurrency=4)
+class Generator:
+    """Holds its own copy of the model and syncs it from the trainer."""
+
+    def __init__(self):
+        self.w = torch.zeros(N, ROW, dtype=torch.int32)
+
+    def check(self, rows, seed=0):
+        """A task argument: every byte of every row."""
+        return len(rows) == N and bool(torch.equal(torch.stack(rows), expected_rows(seed)))
+
+    def sync(self, refs, seed=0, temporary=False):
+        """Pulls the weights straight into ``self.w``'s rows (a borrower's
+        set_target_for_ref); returns whether ray.get returned the very
+        targets, and whether every weight arrived."""
+        views = [self.w[i] for i in range(N)]
+        if temporary:
+            # Only temporaries: 2.60's weak references would drop them.
+            set_target_for_ref(refs[0], [self.w[i] for i in range(N)])
+        else:
+            set_target_for_ref(refs[0], views)
+        got = ray.get(refs[0])
+        same = all(a.data_ptr() == b.data_ptr() for a, b in zip(got, views))
+        identical = temporary or all(a is b for a, b in zip(got, views))
+        return same and identical, bool(torch.equal(self.w, expected_rows(seed)))
+
+    def get_chunks(self, refs, seed=0):
+        """ray.get of several refs at once (a model in chunks)."""
+        got = ray.get(refs)
+        rows = [row for chunk in got for row in chunk]
+        return bool(torch.equal(torch.stack(rows), expected_rows(seed)))
+
+    def concurrency(self):
+        import ray_rdt
+
+        return ray_rdt.concurrency_stats()
+
+    def pid(self):
+        return os.getpid()
+
+
+def make(cls, path, extra=None):
+    env = dict(PATH_ENV[path], **(extra or {}))
+    return cls.options(runtime_env={"env_vars": env}).remote()
+
+
+@pytest.fixture(scope="module")
+def pairs(ray_cluster):
+    """A trainer and a generator per path, the gloo ones in a group."""
+    out = {}
+    for path in PATH_ENV:
+        trainer, generator = make(Trainer, path), make(Generator, path)
+        create_collective_group([trainer, generator], backend="torch_gloo")
+        out[path] = (trainer, generator)
+    return out
+
+
+@pytest.mark.parametrize("transport,path", CASES)
+def test_a_hundred_thousand_rows_arrive_byte_exact(pairs, transport, path):
+    trainer, generator = pairs[path]
+    before = actor_stats(generator, transport)["paths"][path]
+    ref = getattr(trainer, f"rows_{transport}").remote()
+    assert ray.get(generator.check.remote(ref))
+    after = actor_stats(generator, transport)["paths"][path]
+    assert delta(after, before) == N * ROW * 4
+    assert delta(after, before, "transfers") == 1
+    # The rows of one matrix are one extent of the record (one mapping, one
+    # registration, one message stream), not 100,000.
+    (extents, nbytes), _ = ray.get(trainer.extents.remote(ref.hex()))
+    assert (extents, nbytes) == (1, N * ROW * 4)
+
+
+def test_nixl_registers_the_rows_of_one_matrix_once(pairs):
+    trainer, generator = pairs["network"]
+    ref = trainer.rows_nixl.remote()
+    assert ray.get(generator.check.remote(ref))
+    _, nixl = ray.get(trainer.extents.remote(ref.hex()))
+    # This object's registration, and no other one is alive in the trainer.
+    assert nixl["exported_ranges"] == 1 and nixl["exported_refs"] == 1
+
+
+def test_separate_allocations_arrive_byte_exact(pairs):
+    trainer, generator = pairs["same_host"]
+    before = actor_stats(generator, "shm")
+    assert ray.get(generator.check.remote(trainer.separate_shm.remote()))
+    assert delta(actor_stats(generator, "shm"), before) == N * ROW * 4
+
+
+@pytest.mark.parametrize("transport", ["shm", "nixl"])
+@pytest.mark.parametrize("path", ["same_host", "network"])
+def test_a_borrower_syncs_straight_into_its_weights(pairs, transport, path):
+    if transport == "shm" and path == "network":
+        pytest.skip("shm has only the same-host path")
+    trainer, generator = pairs[path]
+    for seed, temporary in ((1, False), (2, True)):
+        ray.get(trainer.step.remote(seed))
+        before = actor_stats(generator, transport)["paths"][path]
+        refs = ray.get(trainer.put.remote(transport))
+        returned_targets, synced = ray.get(generator.sync.remote(refs, seed, temporary))
+        assert synced and returned_targets
+        assert delta(actor_stats(generator, transport)["paths"][path], before) == N * ROW * 4
+
+
+@pytest.mark.parametrize("transport", ["shm", "nixl"])
+def test_the_owner_gets_into_its_targets(pairs, transport):
+    trainer, _ = pairs["same_host"]
+    ray.get(trainer.step.remote(3))
+    ref = getattr(trainer, f"rows_{transport}").remote()
+    weights = torch.zeros(N, ROW, dtype=torch.int32)
+    targets = [weights[i] for i in range(N)]
+    set_target_for_ref(ref, targets)
+    got = ray.get(ref)
+    assert all(a is b for a, b in zip(got, targets))
+    assert torch.equal(weights, expected_rows(3))
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (lambda w: [w[i] for i in range(N - 1)], "Length of tensor_buffers (99999) does not match"),
+        (
+            lambda w: [w[i] for i in range(N - 1)] + [torch.zeros(ROW + 1, dtype=torch.int32)],
+            "Shape of tensor_buffer at index 99999",
+        ),
+        (
+            lambda w: [w[i] for i in range(N - 1)] + [torch.zeros(ROW, dtype=torch.float32)],
+            "Dtype of tensor_buffer at index 99999",
+        ),
+        (lambda w: [w[i] for i in range(N - 1)] + [w[0]], "Tensor buffers at index 0 and 99999 overlap"),
+    ],
+    ids=["count", "shape", "dtype", "overlap"],
+)
+def test_targets_that_do_not_match_are_refused_before_any_byte_moves(pairs, bad, message):
+    trainer, _ = pairs["same_host"]
+    ref = trainer.rows_shm.remote()
+    weights = torch.full((N, ROW), -7, dtype=torch.int32)
+    set_target_for_ref(ref, bad(weights))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ray.get(ref)
+    assert bool((weights == -7).all())
+
+
+def test_gloo_objects_are_still_refused_by_ray_get(pairs):
+    trainer, _ = pairs["same_host"]
+    ref = trainer.rows_gloo.remote()
+    set_target_for_ref(ref, [torch.zeros(ROW, dtype=torch.int32) for _ in range(N)])
+    with pytest.raises(ValueError, match="ray.get\\(\\) only supports OBJECT_STORE and NIXL"):
+        ray.get(ref)
+
+
+@pytest.fixture(scope="module")
+def held(ray_cluster):
+    """A trainer and generators whose processes stop at the plugin's hold
+    points (the generator before its bytes arrive, the trainer before it
+    serves), driven by :class:`conftest.Holds`."""
+    holds = Holds(HOLD_DIR)
+    env = dict(HOLDS)
+    trainer = make(Trainer, "same_host", env)
+    generators = [make(Generator, "same_host", env) for _ in range(3)]
+    yield holds, trainer, generators
+    holds.stop()
+
+
+def test_the_refs_of_one_get_are_fetched_at_once(held):
+    holds, trainer, (generator, *_) = held
+    pid = ray.get(generator.pid.remote())
+    refs = ray.get(trainer.put.remote("shm", chunks=2))
+    holds.arm("fetch", pid)
+    result = generator.get_chunks.remote(refs)
+    try:
+        holds.wait_reached("fetch", pid)
+        # Both fetches are under way while the first is held: a get that
+        # fetched one ref after the other would never show two.
+        assert wait_for(lambda: ray.get(generator.concurrency.remote())["fetching"] == 2, timeout=30), ray.get(
+            generator.concurrency.remote()
+        )
+    finally:
+        holds.release("fetch", pid)
+    assert ray.get(result)
+
+
+def test_generators_are_served_at_once(held):
+    holds, trainer, generators = held
+    pid = ray.get(trainer.pid.remote())
+    ref = trainer.rows_shm.remote()
+    holds.arm("serve", pid)
+    results = [g.check.remote(ref) for g in generators]
+    try:
+        holds.wait_reached("serve", pid)
+        # Every generator's request is being served while the first is held.
+        assert wait_for(lambda: ray.get(trainer.concurrency.remote())["serving"] == len(generators), timeout=30), ray.get(
+            trainer.concurrency.remote()
+        )
+    finally:
+        holds.release("serve", pid)
+    assert all(ray.get(results))
+
+
+def test_a_temporary_target_list_is_not_dropped(pairs):
+    # 2.60 keeps weak references: a list made on the spot dies before the get.
+    trainer, generator = pairs["same_host"]
+    ray.get(trainer.step.remote(4))
+    refs = ray.get(trainer.put.remote("nixl"))
+    returned_targets, synced = ray.get(generator.sync.remote(refs, 4, True))
+    assert synced and returned_targets
+
+
+def test_many_threads_share_nothing(pairs):
+    """Two threads of one process get into their own targets at once."""
+    trainer, _ = pairs["same_host"]
+    ray.get(trainer.step.remote(5))
+    outcomes = []
+
+    def one():
+        ref = trainer.rows_shm.remote()
+        weights = torch.zeros(N, ROW, dtype=torch.int32)
+        set_target_for_ref(ref, [weights[i] for i in range(N)])
+        ray.get(ref)
+        outcomes.append(torch.equal(weights, expected_rows(5)))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert outcomes == [True, True]
