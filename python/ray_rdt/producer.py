@@ -138,6 +138,10 @@ def _store(tensors: List[Any], transport: str, for_put: bool) -> Tuple[bytes, by
                 "ray.experimental.collective.create_collective_group before returning "
                 f'tensors with tensor_transport="{transport.lower()}".'
             )
+    if cls.NAME == "NIXL":
+        from ray_rdt import nixl_pool
+
+        tensors = nixl_pool.pooled(key.hex(), tensors)
     try:
         record = ctx.put(key, cls.CODE, tensors, group)
     except _ffi.RdtError as e:

@@ -196,17 +196,22 @@ class PluginNixlTransport(PluginTensorTransport):
     ONE_SIDED = True
     DEVICES = ["cuda", "cpu"]
 
-    # 2.60's NIXL-specific helpers (ray.experimental.register_nixl_memory, ...).
-    # The plugin registers memory when an object is stored and caches
-    # registrations itself, so these optimizations have nothing left to do.
+    # 2.60's NIXL helpers (ray.experimental.register_nixl_memory, ...): see
+    # ray_rdt.nixl_pool for what each means on the plugin.
     def register_nixl_memory(self, tensor):
-        pass
+        from ray_rdt import nixl_pool
+
+        nixl_pool.register(tensor)
 
     def deregister_nixl_memory(self, tensor):
-        pass
+        from ray_rdt import nixl_pool
+
+        nixl_pool.deregister(tensor)
 
     def register_nixl_memory_pool(self, size, device):
-        pass
+        from ray_rdt import nixl_pool
+
+        nixl_pool.register_pool(size, device)
 
     def set_cuda_stream(self, stream):
         # ray.experimental.set_nixl_cuda_stream: puts of CUDA tensors wait for

@@ -129,6 +129,9 @@ class Generator:
         identical = temporary or all(a is b for a, b in zip(got, views))
         return same and identical, bool(torch.equal(self.w, expected_rows(seed)))
 
+    def weights(self):
+        return self.w
+
     def get_chunks(self, refs, seed=0):
         """ray.get of several refs at once (a model in chunks)."""
         got = ray.get(refs)
@@ -327,3 +330,80 @@ def test_many_threads_share_nothing(pairs):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert outcomes == [True, True]
+
+
+@ray.remote
+class PoolTrainer:
+    """A trainer that registers a NIXL memory pool, as Ray's weight-transfer
+    script does (``register_nixl_memory_pool``)."""
+
+    def __init__(self, pool_bytes):
+        from ray.experimental import register_nixl_memory_pool
+
+        self.w = expected_rows()
+        register_nixl_memory_pool(pool_bytes, torch.device("cpu"))
+
+    def put_then_change(self, seed, registered=False):
+        """Puts the rows, then changes the weights before anyone reads them."""
+        from ray.experimental import deregister_nixl_memory, register_nixl_memory
+
+        self.w.copy_(expected_rows(seed))
+        if registered:
+            register_nixl_memory(self.w)
+        try:
+            refs = [ray.put([self.w[i] for i in range(N)], _tensor_transport="nixl")]
+        finally:
+            if registered:
+                deregister_nixl_memory(self.w)
+        self.w.add_(1000)
+        return refs
+
+    def second_pool(self):
+        from ray.experimental import register_nixl_memory_pool
+
+        try:
+            register_nixl_memory_pool(1 << 20, torch.device("cpu"))
+        except ValueError as e:
+            return str(e)
+
+
+def test_a_nixl_pool_keeps_2_60_meaning(pairs):
+    _, generator = pairs["same_host"]
+    nbytes = N * ROW * 4
+    # Room for two objects: a third put while two are alive fills it.
+    trainer = PoolTrainer.remote(2 * nbytes + (1 << 20))
+    assert ray.get(trainer.second_pool.remote()) == (
+        "A memory pool is already registered. Only one memory pool is supported."
+    )
+    # Puts copy into the pool: the generator gets the weights of the put,
+    # not those changed after it.
+    first = ray.get(trainer.put_then_change.remote(6))
+    assert ray.get(generator.sync.remote(first, 6)) == (True, True)
+    second = ray.get(trainer.put_then_change.remote(7))
+    from ray.experimental.rdt.nixl_memory_pool import NixlOutOfMemoryError
+
+    with pytest.raises(NixlOutOfMemoryError, match="NIXL memory pool out of memory"):
+        try:
+            ray.get(trainer.put_then_change.remote(8))
+        except ray.exceptions.RayTaskError as e:
+            raise e.cause
+    # Freed objects give their blocks back: steps go on once refs are gone
+    # (a free reaches the trainer a moment after the last ref goes).
+    del first, second
+
+    def step(seed):
+        try:
+            refs = ray.get(trainer.put_then_change.remote(seed))
+        except ray.exceptions.RayTaskError as e:
+            assert isinstance(e.cause, NixlOutOfMemoryError), e
+            return False
+        return ray.get(generator.sync.remote(refs, seed)) == (True, True)
+
+    for seed in (9, 10, 11):
+        assert wait_for(lambda: step(seed), timeout=30)
+    # Registered memory is sent in place (not pooled, as in 2.60): the change
+    # made after the put is what the generator reads.
+    refs = ray.get(trainer.put_then_change.remote(12, registered=True))
+    returned_targets, _ = ray.get(generator.sync.remote(refs, 12))
+    assert returned_targets
+    assert bool(torch.equal(ray.get(generator.weights.remote()), expected_rows(12) + 1000))
