@@ -1,10 +1,12 @@
 //! Weight-sync shapes between real processes, over shm, nixl and gloo: an
 //! object of 100,000 tensors that are the rows of one matrix (one extent, one
-//! registration) and one of 100,000 separate allocations, fetched by a
-//! consumer process into new tensors, into the rows of one target matrix (the
-//! direct case) and into separate targets in a shuffled order (the scattered
-//! case), every byte checked; and the checks on targets (count, shape, dtype,
-//! contiguity, device, overlap) refusing before any byte moves.
+//! registration), one of 100,000 separate allocations, and two whose tensors
+//! overlap (a matrix twice, as tied weights are, with views of some of its
+//! rows; views nested in one another), fetched by a consumer process into new
+//! tensors, into targets laid out back to back in one buffer (the direct case)
+//! and into separate targets in a shuffled order (the scattered case), every
+//! byte checked and the bytes counted; and the checks on targets (count,
+//! shape, dtype, contiguity, device, overlap) refusing before any byte moves.
 //!
 //! The producer is the test process; the consumer is a child driven line by
 //! line over its stdin and stdout (replies tagged `>> `), as in tests/gloo.rs.
@@ -42,9 +44,11 @@ const FILLER: usize = 64 << 10;
 /// What target memory holds before a fetch.
 const SENTINEL: u8 = 0xa5;
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// Seeds of the two objects' contents.
+/// Seeds of the objects' contents.
 const MATRIX_SEED: u8 = 3;
 const SEPARATE_SEED: u8 = 101;
+const TIED_SEED: u8 = 57;
+const NESTED_SEED: u8 = 77;
 
 /// Environment variable that lets the nixl test skip where NIXL is missing.
 const ALLOW_MISSING: &str = "RAY_RDT_ALLOW_MISSING_NIXL";
@@ -63,6 +67,87 @@ fn row(seed: u8, j: usize) -> [u8; ROW_BYTES] {
     r
 }
 
+/// Views of one matrix, as (first row, rows): the matrix and rows of it
+/// with the matrix again (tied weights): one row in gloo's first 4 MiB piece,
+/// the row that straddles the pieces' boundary, the last row.
+const TIED: [(usize, usize); 5] = [
+    (0, ROWS),
+    (5, 1),
+    ((4 << 20) / ROW_BYTES, 1),
+    (ROWS - 1, 1),
+    (0, ROWS),
+];
+/// Views of one matrix that contain one another: the matrix, row 5, the
+/// matrix from row 6 and from row 7 on, row 8.
+const NESTED: [(usize, usize); 5] = [(0, ROWS), (5, 1), (6, ROWS - 6), (7, ROWS - 7), (8, 1)];
+
+/// The objects a producer puts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The rows of one matrix.
+    Matrix,
+    /// Separate allocations.
+    Separate,
+    /// Overlapping views of one matrix: [`TIED`].
+    Tied,
+    /// Views of one matrix nested in one another: [`NESTED`].
+    Nested,
+}
+
+impl Shape {
+    const ALL: [Shape; 4] = [Shape::Matrix, Shape::Separate, Shape::Tied, Shape::Nested];
+
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Matrix => "matrix",
+            Shape::Separate => "separate",
+            Shape::Tied => "tied",
+            Shape::Nested => "nested",
+        }
+    }
+
+    fn from_name(name: &str) -> Shape {
+        Shape::ALL.into_iter().find(|s| s.name() == name).unwrap()
+    }
+
+    /// The views of one matrix an object of this shape is.
+    fn views(self) -> Option<&'static [(usize, usize)]> {
+        match self {
+            Shape::Matrix | Shape::Separate => None,
+            Shape::Tied => Some(&TIED),
+            Shape::Nested => Some(&NESTED),
+        }
+    }
+
+    /// Tensor `j`'s bytes in the object of this shape and `seed`.
+    fn expected(self, seed: u8, j: usize) -> Vec<u8> {
+        match self.views() {
+            None => row(seed, j).to_vec(),
+            Some(views) => {
+                let (first, rows) = views[j];
+                (first..first + rows).flat_map(|r| row(seed, r)).collect()
+            }
+        }
+    }
+
+    /// Tensor `j`'s shape.
+    fn shape(self, j: usize) -> Vec<i64> {
+        match self.views().map(|v| v[j].1) {
+            Some(rows) if rows > 1 => vec![rows as i64, COLS],
+            _ => vec![COLS],
+        }
+    }
+}
+
+/// The ROWS x COLS matrix of `seed`: row `j` is `row(seed, j)`.
+fn matrix_bytes(seed: u8) -> Vec<u8> {
+    let mut m = vec![0u8; ROWS * ROW_BYTES];
+    for (j, r) in m.chunks_exact_mut(ROW_BYTES).enumerate() {
+        fill_row(seed, j, r);
+    }
+    m
+}
+
 /// A permutation of `0..n` (Fisher-Yates over xorshift64), fixed by `seed`.
 fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -79,33 +164,37 @@ fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
-/// Consecutive views of one shared buffer, each `shape` of `dtype` (the rows of
-/// a matrix); every view keeps the buffer alive.
-fn views_of(buffer: Arc<Vec<u8>>, dtype: DLDataType, shape: &[i64]) -> Vec<Tensor> {
-    let meta = TensorMeta::compact(dtype, shape.to_vec()).unwrap();
-    let n = meta.nbytes as usize;
-    assert_eq!(buffer.len() % n, 0, "the buffer is not whole views");
-    (0..buffer.len() / n)
-        .map(|i| {
-            // The producer only reads through the pointer.
-            let data = buffer[i * n..].as_ptr() as *mut std::ffi::c_void;
-            Tensor::from_owner(
-                meta.clone(),
-                DLDevice::cpu(),
-                data,
-                Box::new(buffer.clone()),
-            )
-        })
+/// A compact float16 view of `shape` at byte `offset` of a shared buffer; it
+/// keeps the buffer alive.
+fn view(buffer: &Arc<Vec<u8>>, offset: usize, shape: Vec<i64>) -> Tensor {
+    let meta = TensorMeta::compact(F16, shape).unwrap();
+    assert!(offset + meta.nbytes as usize <= buffer.len());
+    // The producer only reads through the pointer.
+    let data = buffer[offset..].as_ptr() as *mut std::ffi::c_void;
+    Tensor::from_owner(meta, DLDevice::cpu(), data, Box::new(buffer.clone()))
+}
+
+/// The rows of one ROWS x COLS float16 matrix, as views of it.
+fn matrix_object(seed: u8) -> Vec<Tensor> {
+    let m = Arc::new(matrix_bytes(seed));
+    (0..ROWS)
+        .map(|j| view(&m, j * ROW_BYTES, vec![COLS]))
         .collect()
 }
 
-/// The rows of one ROWS x COLS float16 matrix.
-fn matrix_object(seed: u8) -> Vec<Tensor> {
-    let mut m = vec![0u8; ROWS * ROW_BYTES];
-    for (j, r) in m.chunks_exact_mut(ROW_BYTES).enumerate() {
-        fill_row(seed, j, r);
-    }
-    views_of(Arc::new(m), F16, &[COLS])
+/// `views` (first row, rows) of one matrix.
+fn views_object(seed: u8, views: &[(usize, usize)]) -> Vec<Tensor> {
+    let m = Arc::new(matrix_bytes(seed));
+    views
+        .iter()
+        .map(|&(first, rows)| {
+            let shape = match rows {
+                1 => vec![COLS],
+                _ => vec![rows as i64, COLS],
+            };
+            view(&m, first * ROW_BYTES, shape)
+        })
+        .collect()
 }
 
 /// ROWS tensors of their own allocation each, put in an order other than
@@ -131,6 +220,24 @@ fn separate_object(seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
         })
         .collect();
     (tensors, fillers)
+}
+
+/// How many extents `ObjectLayout::of` documents for host tensors at `spans`
+/// (start, end): spans that overlap, touch, or leave a gap within the last page
+/// of one and the first page of the next share one.
+fn extents_by_rule(mut spans: Vec<(usize, usize)>) -> usize {
+    const PAGE: usize = 4096;
+    spans.sort_unstable();
+    let mut extents = 0;
+    let mut end = 0;
+    for (start, stop) in spans {
+        let joins = extents > 0 && (start < end || start / PAGE <= (end - 1) / PAGE + 1);
+        if !joins {
+            extents += 1;
+        }
+        end = if joins { end.max(stop) } else { stop };
+    }
+    extents
 }
 
 /// Whether NIXL can be used here (as tests/nixl.rs decides): where it cannot,
@@ -166,12 +273,15 @@ fn describe(e: &ray_rdt::testing::Error) -> String {
     format!("{:?}: {}", e.kind(), e.message())
 }
 
-/// Targets at `addrs`, one per tensor of the object (each a [COLS] float16).
-fn targets_at(addrs: impl Iterator<Item = usize>) -> Vec<Target> {
-    let meta = TensorMeta::compact(F16, vec![COLS]).unwrap();
-    addrs
-        .map(|addr| Target {
-            meta: meta.clone(),
+/// CPU targets for tensors of `metas` at `addrs`.
+fn targets_at<'m>(
+    metas: impl Iterator<Item = &'m TensorMeta>,
+    addrs: impl Iterator<Item = usize>,
+) -> Vec<Target> {
+    metas
+        .zip(addrs)
+        .map(|(meta, addr)| Target {
+            meta: meta.to_compact(),
             device: DLDevice::cpu(),
             addr,
         })
@@ -186,10 +296,31 @@ struct Check<'a> {
     id: ObjectId,
     record: Vec<u8>,
     meta: Metadata,
+    shape: Shape,
     seed: u8,
 }
 
 impl Check<'_> {
+    fn expected(&self, j: usize) -> Vec<u8> {
+        self.shape.expected(self.seed, j)
+    }
+
+    /// Each tensor's byte offset when they are laid out back to back, and the
+    /// total.
+    fn back_to_back(&self) -> (Vec<usize>, usize) {
+        let mut at = 0;
+        let offsets = self
+            .meta
+            .tensors
+            .iter()
+            .map(|t| {
+                at += t.nbytes as usize;
+                at - t.nbytes as usize
+            })
+            .collect();
+        (offsets, at)
+    }
+
     fn received(&self) -> u64 {
         stats::snapshot(self.kind).bytes_received
     }
@@ -211,25 +342,31 @@ impl Check<'_> {
         Ok(out)
     }
 
+    /// Every check; all of them run, and every failure is reported.
     fn all(&self) -> Result<String, String> {
-        let t0 = Instant::now();
-        self.new_tensors()?;
-        let t1 = Instant::now();
-        self.refused_targets()?;
-        let t2 = Instant::now();
-        self.into_matrix_rows()?;
-        let t3 = Instant::now();
-        self.into_scattered()?;
-        let t4 = Instant::now();
+        let mut failures = Vec::new();
+        let mut timings = Vec::new();
+        let mut step = |name: &str, check: &dyn Fn() -> Result<(), String>| {
+            let start = Instant::now();
+            if let Err(e) = check() {
+                failures.push(e);
+            }
+            timings.push(format!("{name} {:?}", start.elapsed()));
+        };
+        step("new", &|| self.new_tensors());
+        if self.meta.tensors.len() == ROWS {
+            step("refused", &|| self.refused_targets());
+        }
+        step("one-buffer", &|| self.fetch_into_one_buffer());
+        step("scattered", &|| self.fetch_into_scattered());
         let own = self.ctx.fetch_stats(self.kind);
-        ensure!(own.errors == 0, "the context counted errors: {own:?}");
-        Ok(format!(
-            "new {:?} refused {:?} rows {:?} scattered {:?}",
-            t1 - t0,
-            t2 - t1,
-            t3 - t2,
-            t4 - t3
-        ))
+        if own.errors != 0 {
+            failures.push(format!("the context counted errors: {own:?}"));
+        }
+        match failures.is_empty() {
+            true => Ok(timings.join(" ")),
+            false => Err(failures.join("; ")),
+        }
     }
 
     /// (a) Into new tensors: views of one buffer in which every extent is laid
@@ -242,19 +379,23 @@ impl Check<'_> {
                 Err(e) => Err(describe(&e)),
             }
         })?;
-        ensure!(tensors.len() == ROWS, "{} tensors", tensors.len());
+        ensure!(
+            tensors.len() == self.meta.tensors.len(),
+            "{} tensors",
+            tensors.len()
+        );
         // Where each extent starts in the consumer's buffer, from its tensors.
         let mut bases: Vec<Option<usize>> = vec![None; self.meta.extents.len()];
         for (j, (t, place)) in tensors.iter().zip(&self.meta.places).enumerate() {
             ensure!(
-                t.meta().shape == [COLS] && t.meta().dtype == F16,
+                t.meta().shape == self.shape.shape(j) && t.meta().dtype == F16,
                 "tensor {j} is {:?}",
                 t.meta()
             );
             let bytes = t
                 .host_bytes()
                 .ok_or_else(|| format!("tensor {j} is not a contiguous CPU tensor"))?;
-            ensure!(bytes == row(self.seed, j), "tensor {j}'s bytes differ");
+            ensure!(bytes == self.expected(j), "tensor {j}'s bytes differ");
             let place = place.ok_or_else(|| format!("tensor {j} has no place"))?;
             let base = t.data_ptr() - place.offset as usize;
             let known = bases[place.extent as usize].get_or_insert(base);
@@ -280,30 +421,51 @@ impl Check<'_> {
         Ok(())
     }
 
-    /// (b) Into the rows of one contiguous matrix, in the record's order.
-    fn into_matrix_rows(&self) -> Result<(), String> {
-        let mut matrix = vec![SENTINEL; ROWS * ROW_BYTES];
-        let base = matrix.as_mut_ptr() as usize;
-        let targets = targets_at((0..ROWS).map(|j| base + j * ROW_BYTES));
-        self.counted("fetch_into matrix rows", || {
+    /// (b) Into one buffer, the targets back to back in the record's order
+    /// (the rows of one matrix for the matrix object).
+    fn fetch_into_one_buffer(&self) -> Result<(), String> {
+        let (offsets, total) = self.back_to_back();
+        let mut buffer = vec![SENTINEL; total];
+        let base = buffer.as_mut_ptr() as usize;
+        let targets = targets_at(self.meta.tensors.iter(), offsets.iter().map(|&o| base + o));
+        self.counted("fetch_into one buffer", || {
             self.ctx
                 .fetch_into(&self.id, &self.meta, &targets, TIMEOUT)
                 .map_err(|e| describe(&e))
         })?;
-        for (j, r) in matrix.chunks_exact(ROW_BYTES).enumerate() {
-            ensure!(r == row(self.seed, j), "matrix row {j} differs");
+        for (j, (&o, t)) in offsets.iter().zip(&self.meta.tensors).enumerate() {
+            let got = &buffer[o..o + t.nbytes as usize];
+            if got != self.expected(j) {
+                let first = got
+                    .iter()
+                    .zip(self.expected(j))
+                    .position(|(a, b)| *a != b)
+                    .unwrap_or_default();
+                return Err(format!(
+                    "fetch_into one buffer: target {j} differs from byte {first} of {}",
+                    got.len()
+                ));
+            }
         }
         Ok(())
     }
 
     /// (c) Into separate allocations, tensor `j` into allocation `order[j]`:
     /// target addresses in no relation to the record's order.
-    fn into_scattered(&self) -> Result<(), String> {
-        let mut boxes: Vec<Box<[u8]>> = (0..ROWS)
-            .map(|_| vec![SENTINEL; ROW_BYTES].into_boxed_slice())
+    fn fetch_into_scattered(&self) -> Result<(), String> {
+        let n = self.meta.tensors.len();
+        let order = shuffled(n, 7 + u64::from(self.seed));
+        // Allocation k is for tensor inverse[k].
+        let mut inverse = vec![0; n];
+        order.iter().enumerate().for_each(|(j, &k)| inverse[k] = j);
+        let mut boxes: Vec<Box<[u8]>> = inverse
+            .iter()
+            .map(|&j| vec![SENTINEL; self.meta.tensors[j].nbytes as usize].into_boxed_slice())
             .collect();
-        let order = shuffled(ROWS, 7 + u64::from(self.seed));
-        let targets = targets_at(order.iter().map(|&k| boxes[k].as_mut_ptr() as usize));
+        let targets = targets_at(
+            self.meta.tensors.iter(),
+            order.iter().map(|&k| boxes[k].as_mut_ptr() as usize),
+        );
         self.counted("fetch_into scattered targets", || {
             self.ctx
                 .fetch_into(&self.id, &self.meta, &targets, TIMEOUT)
@@ -311,8 +473,8 @@ impl Check<'_> {
         })?;
         for (j, &k) in order.iter().enumerate() {
             ensure!(
-                *boxes[k] == row(self.seed, j),
-                "scattered target of tensor {j} differs"
+                *boxes[k] == *self.expected(j),
+                "fetch_into scattered targets: target {j} differs"
             );
         }
         Ok(())
@@ -324,14 +486,22 @@ impl Check<'_> {
         let mut matrix = vec![SENTINEL; ROWS * ROW_BYTES];
         let mut extra = vec![SENTINEL; ROW_BYTES];
         let base = matrix.as_mut_ptr() as usize;
-        let rows = || targets_at((0..ROWS).map(|j| base + j * ROW_BYTES));
+        let rows = || {
+            targets_at(
+                self.meta.tensors.iter(),
+                (0..ROWS).map(|j| base + j * ROW_BYTES),
+            )
+        };
         let with = |i: usize, change: &dyn Fn(&mut Target)| {
             let mut t = rows();
             change(&mut t[i]);
             t
         };
         let mut one_more = rows();
-        one_more.extend(targets_at(std::iter::once(extra.as_mut_ptr() as usize)));
+        one_more.extend(targets_at(
+            self.meta.tensors.iter().take(1),
+            std::iter::once(extra.as_mut_ptr() as usize),
+        ));
         let cases: Vec<(&str, Vec<Target>, &str)> = vec![
             (
                 "one target too few",
@@ -424,7 +594,7 @@ fn handle(ctx: &Context, line: &str) -> String {
                 Err(e) => format!("ERR {}", describe(&e)),
             }
         }
-        ["CHECK", kind, id, record, seed] => {
+        ["CHECK", kind, shape, id, record, seed] => {
             let record = unhex(record);
             let meta = match Metadata::decode(&record) {
                 Ok(meta) => meta,
@@ -436,6 +606,7 @@ fn handle(ctx: &Context, line: &str) -> String {
                 id: ObjectId::from_slice(&unhex(id)).unwrap(),
                 record,
                 meta,
+                shape: Shape::from_name(shape),
                 seed: seed.parse().unwrap(),
             };
             match check.all() {
@@ -485,19 +656,25 @@ impl Consumer {
         stdin.flush().unwrap();
     }
 
-    /// The next protocol reply (lines tagged `>> `), skipping libtest's output.
-    fn reply(&mut self) -> String {
+    /// The next protocol reply (lines tagged `>> `), skipping libtest's
+    /// output; `None` when the consumer is gone.
+    fn reply(&mut self) -> Option<String> {
         let mut line = String::new();
         loop {
             line.clear();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "the consumer exited"
-            );
+            if self.stdout.read_line(&mut line).unwrap() == 0 {
+                return None;
+            }
             if let Some(i) = line.find(">> ") {
-                return line[i + 3..].trim().to_string();
+                return Some(line[i + 3..].trim().to_string());
             }
         }
+    }
+
+    /// How the consumer ended, once its output closed.
+    fn died(&mut self) -> String {
+        drop(self.stdin.take());
+        format!("the consumer died: {:?}", self.child.wait().unwrap())
     }
 
     /// Closes its stdin and waits for it to exit cleanly.
@@ -508,7 +685,7 @@ impl Consumer {
     }
 }
 
-/// A producer puts both objects over `kind`, a consumer process fetches each
+/// A producer puts the objects over `kind`, a consumer process fetches each
 /// three ways and checks the refusals.
 fn weights_over(kind: TransportKind, test: &str) {
     if role().as_deref() == Some("consumer") {
@@ -526,7 +703,7 @@ fn weights_over(kind: TransportKind, test: &str) {
         consumer.send(&format!("JOIN {name} {addr}"));
         ctx.create_group(kind, name, 0, 2, &addr, TIMEOUT, None)
             .unwrap();
-        assert_eq!(consumer.reply(), "JOINED");
+        assert_eq!(consumer.reply().as_deref(), Some("JOINED"));
     }
     let registrations = || (kind == TransportKind::Nixl).then(nixl::registration_stats);
     let (ranges0, refs0) = registrations().unwrap_or_default();
@@ -540,7 +717,8 @@ fn weights_over(kind: TransportKind, test: &str) {
         .unwrap();
     let meta = Metadata::decode(&matrix_record).unwrap();
     assert_eq!(meta.tensors.len(), ROWS);
-    assert_eq!(meta.extents, [(ROWS * ROW_BYTES) as u64], "one extent");
+    let one_extent = (1, (ROWS * ROW_BYTES) as u64);
+    assert_eq!((meta.extents.len(), meta.extent_bytes()), one_extent);
     assert!(meta
         .places
         .iter()
@@ -560,6 +738,10 @@ fn weights_over(kind: TransportKind, test: &str) {
     // apart do not; (nixl) one registered range per extent.
     let separate_id = ObjectId([0x20 + kind.code(); 28]);
     let (tensors, fillers) = separate_object(SEPARATE_SEED);
+    let spans: Vec<(usize, usize)> = tensors
+        .iter()
+        .map(|t| (t.data_ptr(), t.data_ptr() + t.meta().nbytes as usize))
+        .collect();
     let separate_record = ctx
         .put(separate_id, kind, group, tensors)
         .map_err(|r| r.error)
@@ -567,10 +749,14 @@ fn weights_over(kind: TransportKind, test: &str) {
     let meta = Metadata::decode(&separate_record).unwrap();
     let extents = meta.extents.len();
     assert_eq!(meta.tensors.len(), ROWS);
+    assert_eq!(
+        extents,
+        extents_by_rule(spans),
+        "extents of separate allocations"
+    );
     assert!(
-        extents >= ROWS / GROUP && extents < ROWS / 10,
-        "{extents} extents for {ROWS} allocations in {} groups",
-        ROWS / GROUP
+        extents > 1,
+        "the fillers must split the allocations into groups"
     );
     assert!(meta.extent_bytes() >= meta.total_bytes());
     if let Some(stats) = registrations() {
@@ -584,24 +770,60 @@ fn weights_over(kind: TransportKind, test: &str) {
         separate_record.len()
     );
 
-    for (id, record, seed) in [
-        (matrix_id, &matrix_record, MATRIX_SEED),
-        (separate_id, &separate_record, SEPARATE_SEED),
-    ] {
+    // Views of one matrix that overlap (tied weights, views next to their
+    // base): one extent, every tensor at its offset in it; (nixl) one range.
+    let mut objects = vec![
+        (Shape::Matrix, matrix_id, matrix_record, MATRIX_SEED),
+        (Shape::Separate, separate_id, separate_record, SEPARATE_SEED),
+    ];
+    for (shape, seed) in [(Shape::Tied, TIED_SEED), (Shape::Nested, NESTED_SEED)] {
+        let views = shape.views().unwrap();
+        let id = ObjectId([0x30 + seed + kind.code(); 28]);
+        let record = ctx
+            .put(id, kind, group, views_object(seed, views))
+            .map_err(|r| r.error)
+            .unwrap();
+        let meta = Metadata::decode(&record).unwrap();
+        assert_eq!((meta.extents.len(), meta.extent_bytes()), one_extent);
+        let offsets: Vec<u64> = meta.places.iter().map(|p| p.unwrap().offset).collect();
+        let expected: Vec<u64> = views.iter().map(|v| (v.0 * ROW_BYTES) as u64).collect();
+        assert_eq!(offsets, expected);
+        objects.push((shape, id, record, seed));
+    }
+    if let Some(stats) = registrations() {
+        assert_eq!(stats, (ranges0 + 3 + extents, refs0 + 3 + extents));
+    }
+
+    // The nested object last: a consumer that dies on it loses no other check.
+    let mut failures = Vec::new();
+    let mut alive = true;
+    for (shape, id, record, seed) in &objects {
         consumer.send(&format!(
-            "CHECK {} {} {} {seed}",
+            "CHECK {} {} {} {} {seed}",
             kind.name(),
+            shape.name(),
             hex(id.as_bytes()),
             hex(record)
         ));
         let reply = consumer.reply();
-        assert!(reply.starts_with("OK "), "{}: {reply}", kind.name());
-        println!("{} seed {seed}: {reply}", kind.name());
+        println!("{} {}: {reply:?}", kind.name(), shape.name());
+        match reply {
+            Some(r) if r.starts_with("OK ") => {}
+            Some(r) => failures.push(format!("{} object: {r}", shape.name())),
+            None => {
+                failures.push(format!("{} object: {}", shape.name(), consumer.died()));
+                alive = false;
+                break;
+            }
+        }
     }
-    consumer.finish();
+    if alive {
+        consumer.finish();
+    }
 
-    assert!(ctx.free(&matrix_id));
-    assert!(ctx.free(&separate_id));
+    for (_, id, _, _) in &objects {
+        assert!(ctx.free(id));
+    }
     drop(fillers);
     if let Some(stats) = registrations() {
         assert_eq!(
@@ -611,6 +833,7 @@ fn weights_over(kind: TransportKind, test: &str) {
         );
     }
     println!("{}: {:?} in all", kind.name(), start.elapsed());
+    assert!(failures.is_empty(), "over {}: {failures:#?}", kind.name());
 }
 
 #[test]

@@ -339,7 +339,7 @@ impl Transport for Gloo {
         runs: &Runs,
         timeout: Duration,
     ) -> Result<()> {
-        let mut into = IntoRuns { runs: &runs.runs };
+        let mut into = IntoRuns::new(&runs.runs);
         self.receive(local, peer, id, meta, timeout, &mut into)
     }
 
@@ -492,27 +492,46 @@ impl Landing for Fresh {
 
 /// The caller's tensors: a piece one run covers whole is received in place,
 /// any other is staged and scattered to the runs it overlaps (bytes of the
-/// extent that no tensor uses are dropped).
+/// extent that no tensor uses are dropped). Runs may overlap in the source
+/// (tied weights: one tensor's bytes in two targets, a view inside its base).
 struct IntoRuns<'a> {
     runs: &'a [Run],
+    /// Per run: its extent and the furthest end of it and the runs before it
+    /// in that extent (sorted, unlike the runs' own ends).
+    reach: Vec<(usize, u64)>,
 }
 
-impl IntoRuns<'_> {
-    /// The runs overlapping `[first, first + len)` of `extent`.
-    fn overlapping(&self, extent: usize, first: u64, len: u64) -> &[Run] {
-        let key = |r: &Run| (r.extent as usize, r.offset + r.len);
-        let lo = self.runs.partition_point(|r| key(r) <= (extent, first));
+impl<'a> IntoRuns<'a> {
+    fn new(runs: &'a [Run]) -> IntoRuns<'a> {
+        let mut reach: Vec<(usize, u64)> = Vec::with_capacity(runs.len());
+        for r in runs {
+            let (extent, end) = (r.extent as usize, r.offset + r.len);
+            let furthest = match reach.last() {
+                Some(&(e, before)) if e == extent => before.max(end),
+                _ => end,
+            };
+            reach.push((extent, furthest));
+        }
+        IntoRuns { runs, reach }
+    }
+
+    /// The runs that share bytes with `[first, first + len)` of `extent`.
+    fn overlapping(&self, extent: usize, first: u64, len: u64) -> impl Iterator<Item = &Run> + '_ {
+        let lo = self.reach.partition_point(|&k| k <= (extent, first));
         let hi = self
             .runs
             .partition_point(|r| (r.extent as usize, r.offset) < (extent, first + len));
-        &self.runs[lo..hi.max(lo)]
+        self.runs[lo..hi.max(lo)]
+            .iter()
+            .filter(move |r| r.extent as usize == extent && r.offset + r.len > first)
     }
 }
 
 impl Landing for IntoRuns<'_> {
     fn direct(&mut self, extent: usize, first: u64, len: u64) -> Option<*mut u8> {
-        match self.overlapping(extent, first, len) {
-            [r] if r.offset <= first && first + len <= r.offset + r.len => {
+        let mut overlapping = self.overlapping(extent, first, len);
+        match (overlapping.next(), overlapping.next()) {
+            (Some(r), None) if r.offset <= first && first + len <= r.offset + r.len => {
                 Some((r.dst + (first - r.offset) as usize) as *mut u8)
             }
             _ => None,
