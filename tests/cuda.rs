@@ -1,9 +1,12 @@
 //! CUDA tensors through the plugin: the `nccl` and `cuda_ipc` transports, the
 //! CUDA layer's library search and its errors.
 //!
-//! Tests named `gpu_*` need an NVIDIA GPU with its driver: without one they
-//! print "skipped ..." with the reason and pass (`ci/gpu-nightly` runs them on a
-//! GPU machine). Every other test runs everywhere, GPU or not.
+//! Tests named `gpu_*` need an NVIDIA GPU with its driver. They are
+//! `#[ignore = "needs a CUDA GPU"]`: `cargo test` lists them as ignored, and
+//! `cargo test --test cuda -- --include-ignored` (or `--ignored`), which is what
+//! `ci/gpu-nightly` runs on a GPU machine, runs them; without a GPU they fail,
+//! saying why, rather than pass having tested nothing. Every other test runs
+//! everywhere, GPU or not.
 
 mod multiprocess;
 
@@ -13,7 +16,8 @@ use ray_rdt::testing::cuda::{self, driver, library, pool};
 use ray_rdt::testing::cuda_ipc;
 use ray_rdt::testing::{stats, ErrorKind, Metadata, ObjectId, Tensor, TensorMeta, TransportKind};
 use ray_rdt::testing::{Context, ContextConfig, Fetched};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,19 +32,40 @@ fn context(name: &[u8]) -> Context {
     Context::new(ContextConfig::same_host(b"node-a", name)).expect("context")
 }
 
-/// Whether this machine has a usable GPU; prints why not.
-fn gpu_or_skip(test: &str) -> bool {
+/// The number of CUDA devices; panics, saying why, where there is none: a
+/// `gpu_*` test must fail without a GPU, never pass having tested nothing.
+fn require_gpu(test: &str) -> i32 {
     match driver::init().and_then(|_| driver::device_count()) {
-        Ok(n) if n > 0 => true,
-        Ok(_) => {
-            println!("skipped {test}: the CUDA driver sees no device");
-            false
-        }
-        Err(e) => {
-            println!("skipped {test}: no usable GPU on this machine: {e}");
-            false
-        }
+        Ok(n) if n > 0 => n,
+        Ok(_) => panic!(
+            "{test} needs a CUDA GPU: the CUDA driver loaded but sees no device \
+             (run the gpu_* tests on a GPU machine: ci/gpu-nightly)"
+        ),
+        Err(e) => panic!(
+            "{test} needs a CUDA GPU: no usable GPU on this machine: {e} \
+             (run the gpu_* tests on a GPU machine: ci/gpu-nightly)"
+        ),
     }
+}
+
+/// [`spawn_child`] for the ignored `gpu_*` tests: the child runs its test with
+/// `--include-ignored`, without which libtest would skip it and print no RESULT.
+fn spawn_gpu_child(test_name: &str, role: &str, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args([
+        "--exact",
+        test_name,
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE, role)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn child test process")
 }
 
 /// Counts drops of what a fake tensor owns.
@@ -363,36 +388,38 @@ fn ipc_consumer() {
     let expected = pattern(3 << 20, 5);
     for round in 0..2 {
         match ctx.fetch(&oid(7), &record, TIMEOUT) {
-            Ok(Fetched::Received(t)) if bytes_of(&t[1]) == expected && t[0].meta().nbytes == 0 => {}
+            Ok(Fetched::Received(t))
+                if t.len() == 2 && t[0].meta().nbytes == 0 && bytes_of(&t[1]) == expected => {}
             Ok(_) => return println!("RESULT wrong bytes in round {round}"),
             Err(e) => return println!("RESULT err {:?} {e}", e.kind()),
         }
     }
     let s = stats::snapshot(TransportKind::CudaIpc);
     println!(
-        "RESULT ok mappings={} bytes={} transfers={}",
+        "RESULT ok mappings={} bytes={} transfers={} errors={}",
         cuda_ipc::open_mappings(),
         s.bytes_received,
-        s.transfers
+        s.transfers,
+        s.errors
     );
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_cuda_ipc_between_processes() {
     if role().as_deref() == Some("ipc-consumer") {
         return ipc_consumer();
     }
-    if !gpu_or_skip("gpu_cuda_ipc_between_processes") {
-        return;
-    }
+    require_gpu("gpu_cuda_ipc_between_processes");
     let producer = context(b"p");
     let data = pattern(3 << 20, 5);
     let tensors = vec![tensor_from_bytes_cuda_empty(), cuda_tensor(0, &data)];
+    let sent_before = stats::snapshot(TransportKind::CudaIpc).bytes_sent;
     let record = producer
         .put(oid(7), TransportKind::CudaIpc, None, tensors)
         .map_err(|r| r.error)
         .unwrap();
-    let out = spawn_child(
+    let out = spawn_gpu_child(
         "gpu_cuda_ipc_between_processes",
         "ipc-consumer",
         &[("RECORD", hex(&record))],
@@ -400,15 +427,37 @@ fn gpu_cuda_ipc_between_processes() {
     .wait_with_output()
     .unwrap();
     let line = result_line(&out.stdout);
+    // Two fetches of one object: one mapping of the producer's allocation,
+    // every byte twice, nothing failed.
     assert_eq!(
         line,
-        format!("RESULT ok mappings=1 bytes={} transfers=2", 2 * data.len())
+        format!(
+            "RESULT ok mappings=1 bytes={} transfers=2 errors=0",
+            2 * data.len()
+        ),
+        "child: {:?}",
+        out.status
+    );
+    // One-sided: the producer's process sent nothing itself.
+    assert_eq!(
+        stats::snapshot(TransportKind::CudaIpc).bytes_sent,
+        sent_before
     );
     // Another context of this process copies without IPC.
-    let Fetched::Received(t) = context(b"c2").fetch(&oid(7), &record, TIMEOUT).unwrap() else {
+    let c2 = context(b"c2");
+    let Fetched::Received(t) = c2.fetch(&oid(7), &record, TIMEOUT).unwrap() else {
         panic!("expected a copy");
     };
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[0].meta().nbytes, 0);
+    assert_eq!(t[1].device().device_type, kDLCUDA);
     assert_eq!(bytes_of(&t[1]), data);
+    let s = c2.fetch_stats(TransportKind::CudaIpc);
+    assert_eq!(
+        (s.bytes_received, s.transfers, s.errors),
+        (data.len() as u64, 1, 0)
+    );
+    drop(t);
     assert!(producer.free(&oid(7)));
 }
 
@@ -417,66 +466,118 @@ fn tensor_from_bytes_cuda_empty() -> Tensor {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_pool_reuses_blocks() {
-    if !gpu_or_skip("gpu_pool_reuses_blocks") {
-        return;
-    }
-    let first = pool::Lease::take(0, 3 << 20).unwrap();
+    require_gpu("gpu_pool_reuses_blocks");
+    // 5 MiB (a 6 MiB block): no other test here receives a size served by it,
+    // so the counts below are relative to what the process cached before.
+    let (blocks, _) = pool::cached(0);
+    let data = pattern(5 << 20, 3);
+    let first = pool::Lease::take(0, data.len()).unwrap();
     let ptr = first.ptr();
+    driver::upload(ptr, 0, &data).unwrap();
     drop(first);
-    assert_eq!(pool::cached(0).0, 1);
-    let again = pool::Lease::take(0, 3 << 20).unwrap();
+    assert_eq!(pool::cached(0).0, blocks + 1, "a returned block is cached");
+    let again = pool::Lease::take(0, data.len()).unwrap();
     assert_eq!(again.ptr(), ptr, "the cached block is reused");
+    assert_eq!(pool::cached(0).0, blocks);
+    let mut back = vec![0u8; data.len()];
+    driver::download(&mut back, again.ptr(), 0).unwrap();
+    assert!(
+        back == data,
+        "the block's memory is the same, untouched while cached"
+    );
     let bigger = pool::Lease::take(0, 64 << 20).unwrap();
     assert_ne!(bigger.ptr(), ptr);
     drop((again, bigger));
-    assert_eq!(pool::cached(0).0, 2);
+    assert_eq!(pool::cached(0).0, blocks + 2);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_nccl_single_rank_group() {
-    if !gpu_or_skip("gpu_nccl_single_rank_group") {
-        return;
-    }
+    require_gpu("gpu_nccl_single_rank_group");
+    cuda::current::set(0, 0);
     let ctx = context(b"p");
     let address = ctx.serve_rendezvous("127.0.0.1").unwrap();
     ctx.create_group(TransportKind::Nccl, "solo", 0, 1, &address, TIMEOUT, None)
         .unwrap();
+    let tensor = cuda_tensor(0, &[1, 2, 3]);
+    let ptr = tensor.data_ptr();
     let record = ctx
-        .put(
-            oid(3),
-            TransportKind::Nccl,
-            Some("solo"),
-            vec![cuda_tensor(0, &[1, 2, 3])],
-        )
+        .put(oid(3), TransportKind::Nccl, Some("solo"), vec![tensor])
         .map_err(|r| r.error)
         .unwrap();
-    assert_eq!(
-        Metadata::decode(&record).unwrap().transport,
-        TransportKind::Nccl
-    );
+    let meta = Metadata::decode(&record).unwrap();
+    assert_eq!(meta.transport, TransportKind::Nccl);
+    assert_eq!(meta.device.device_type, kDLCUDA);
     // Passing it back to its producer is the same memory, no transfer.
-    assert!(matches!(
-        ctx.fetch(&oid(3), &record, TIMEOUT).unwrap(),
-        Fetched::Local(_)
-    ));
-    // A CPU tensor is refused with the guide's meaning.
-    let e = ctx
+    match ctx.fetch(&oid(3), &record, TIMEOUT).unwrap() {
+        Fetched::Local(obj) => {
+            assert_eq!(obj.tensors.len(), 1);
+            assert_eq!(obj.tensors[0].data_ptr(), ptr, "the producer's own tensor");
+            assert_eq!(bytes_of(&obj.tensors[0]), [1, 2, 3]);
+        }
+        Fetched::Received(_) => panic!("passed back to its producer, it was copied"),
+    }
+    let s = ctx.fetch_stats(TransportKind::Nccl);
+    assert_eq!((s.bytes_received, s.transfers, s.errors), (0, 0, 0));
+    // A CPU tensor is refused with the guide's meaning, and handed back.
+    let rejected = ctx
         .put(
             oid(4),
             TransportKind::Nccl,
             Some("solo"),
             vec![tensor_from_bytes(U8, vec![1], vec![0])],
         )
-        .unwrap_err()
-        .error;
-    assert_eq!(e.kind(), ErrorKind::Unsupported);
+        .unwrap_err();
+    let e = &rejected.error;
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(
+        e.message()
+            .contains("is a cpu tensor, which the nccl transport does not move"),
+        "{e}"
+    );
+    assert_eq!(rejected.tensors.len(), 1, "the tensor is handed back");
+    assert!(ctx.free(&oid(3)));
     ctx.destroy_group(TransportKind::Nccl, "solo").unwrap();
+    assert!(ctx
+        .groups(TransportKind::Nccl)
+        .unwrap()
+        .group_names()
+        .is_empty());
     ctx.create_group(TransportKind::Nccl, "solo", 0, 1, &address, TIMEOUT, None)
         .expect("a destroyed group can be created again");
+    // ... and used again.
+    let record = ctx
+        .put(
+            oid(5),
+            TransportKind::Nccl,
+            Some("solo"),
+            vec![cuda_tensor(0, &[4, 5])],
+        )
+        .map_err(|r| r.error)
+        .unwrap();
+    assert!(matches!(
+        ctx.fetch(&oid(5), &record, TIMEOUT).unwrap(),
+        Fetched::Local(_)
+    ));
+    ctx.destroy_group(TransportKind::Nccl, "solo").unwrap();
 }
 
-/// Child role: rank 1 of group "pair" on DEVICE; fetches RECORD and checks it.
+/// What the plugin says when a rank cannot join an NCCL group because another
+/// rank of it is on the same device (`src/transport/nccl/mod.rs`).
+const ONE_GPU_REFUSAL: &str = "(NCCL cannot form a communicator with two ranks on one GPU)";
+
+/// The bytes of rank 0's object (ID 5) and of rank 1's (ID 6).
+const RANK0_BYTES: usize = 8 << 20;
+const RANK1_BYTES: usize = 4 << 20;
+
+/// Child role: rank 1 of group "pair" on DEVICE. On one GPU it only tries to
+/// join (and prints why it could not). Otherwise it puts its own object (ID
+/// 6), prints its record, reads rank 0's record (ID 5) from stdin and fetches
+/// it while rank 0 fetches this rank's object (crossing transfers), checks the
+/// bytes, serves until rank 0 writes "done", and prints its counters.
 fn nccl_rank1() {
     let device: i32 = std::env::var("DEVICE").unwrap().parse().unwrap();
     cuda::current::set(device, 0);
@@ -491,36 +592,59 @@ fn nccl_rank1() {
         Duration::from_secs(20),
         None,
     ) {
-        return println!("RESULT join {:?} {e}", e.kind());
+        // On one line (NCCL's own detail, inside the message, may hold newlines).
+        return println!(
+            "RESULT join {:?} {}",
+            e.kind(),
+            e.message().replace('\n', " ")
+        );
     }
+    let record = match ctx.put(
+        oid(6),
+        TransportKind::Nccl,
+        Some("pair"),
+        vec![cuda_tensor(device, &pattern(RANK1_BYTES, 11))],
+    ) {
+        Ok(record) => record,
+        Err(r) => return println!("RESULT put {:?} {}", r.error.kind(), r.error),
+    };
+    println!("RECORD {}", hex(&record));
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
-    let record = unhex(line.trim());
-    match ctx.fetch(&oid(5), &record, TIMEOUT) {
-        Ok(Fetched::Received(t)) if bytes_of(&t[0]) == pattern(8 << 20, 9) => {
-            println!(
-                "RESULT ok {}",
-                stats::snapshot(TransportKind::Nccl).bytes_received
-            )
+    let theirs = unhex(line.trim());
+    let outcome = match ctx.fetch(&oid(5), &theirs, TIMEOUT) {
+        Ok(Fetched::Received(t))
+            if t.len() == 1
+                && t[0].device().device_id == device
+                && bytes_of(&t[0]) == pattern(RANK0_BYTES, 9) =>
+        {
+            "ok".to_string()
         }
-        Ok(_) => println!("RESULT wrong bytes"),
-        Err(e) => println!("RESULT err {:?} {e}", e.kind()),
-    }
+        Ok(_) => "wrong bytes".to_string(),
+        Err(e) => format!("err {:?} {e}", e.kind()),
+    };
+    // Rank 0 may still be fetching this rank's object: serve until it is done.
+    line.clear();
+    let _ = std::io::stdin().read_line(&mut line);
+    let s = stats::snapshot(TransportKind::Nccl);
+    println!(
+        "RESULT {outcome} received={} sent={} transfers={} errors={}",
+        s.bytes_received, s.bytes_sent, s.transfers, s.errors
+    );
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_nccl_two_ranks() {
     if role().as_deref() == Some("nccl-rank1") {
         return nccl_rank1();
     }
-    if !gpu_or_skip("gpu_nccl_two_ranks") {
-        return;
-    }
-    let devices = driver::device_count().unwrap();
+    let devices = require_gpu("gpu_nccl_two_ranks");
+    cuda::current::set(0, 0);
     let ctx = context(b"p");
     let address = ctx.serve_rendezvous("127.0.0.1").unwrap();
     let other = if devices >= 2 { 1 } else { 0 };
-    let mut child = spawn_child(
+    let mut child = spawn_gpu_child(
         "gpu_nccl_two_ranks",
         "nccl-rank1",
         &[
@@ -544,29 +668,118 @@ fn gpu_nccl_two_ranks() {
             "one GPU here: NCCL cannot form a two-rank communicator on one device; checking that it fails clearly"
         );
         let e = joined.expect_err("two ranks on one GPU");
-        assert!(e.message().contains("NCCL"), "{e}");
+        assert!(
+            matches!(e.kind(), ErrorKind::Transport | ErrorKind::Timeout),
+            "{e}"
+        );
+        assert!(
+            e.message()
+                .starts_with("joining NCCL group \"pair\" as rank 0 of 2 on cuda:0: ")
+                && e.message().ends_with(ONE_GPU_REFUSAL),
+            "{e}"
+        );
         drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
+        let line = result_line(&out.stdout);
         assert!(
-            result_line(&out.stdout).starts_with("RESULT join"),
-            "{:?}",
-            out
+            (line.starts_with("RESULT join Transport ")
+                || line.starts_with("RESULT join Timeout "))
+                && line.contains("joining NCCL group \"pair\" as rank 1 of 2 on cuda:0: ")
+                && line.ends_with(ONE_GPU_REFUSAL),
+            "rank 1: {line:?} ({:?})",
+            out.status
         );
+        assert!(ctx
+            .groups(TransportKind::Nccl)
+            .unwrap()
+            .group_names()
+            .is_empty());
         return;
     }
-    joined.unwrap();
+    if let Err(e) = joined {
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "rank 0 could not join: {e}; rank 1: {:?}",
+            result_line(&out.stdout)
+        );
+    }
+    let before = stats::snapshot(TransportKind::Nccl);
     let record = ctx
         .put(
             oid(5),
             TransportKind::Nccl,
             Some("pair"),
-            vec![cuda_tensor(0, &pattern(8 << 20, 9))],
+            vec![cuda_tensor(0, &pattern(RANK0_BYTES, 9))],
         )
         .map_err(|r| r.error)
         .unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.as_mut().unwrap(), "{}", hex(&record)).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(result_line(&out.stdout), format!("RESULT ok {}", 8 << 20));
-    assert_eq!(stats::snapshot(TransportKind::Nccl).bytes_sent, 8 << 20);
+    // Rank 1's record, from its stdout.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let theirs = loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            drop(child.stdin.take());
+            panic!(
+                "rank 1 ended without a record ({:?}): {seen:?}",
+                child.wait()
+            );
+        }
+        if let Some(i) = line.find("RECORD ") {
+            break unhex(line[i + "RECORD ".len()..].trim());
+        }
+        assert!(!line.contains("RESULT"), "rank 1: {line}");
+        seen.push(line);
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", hex(&record)).unwrap();
+    // Crossing transfers: rank 1 fetches ours while we fetch theirs; each
+    // rank takes one NCCL transfer at a time (a producer busy with its own
+    // fetch answers "busy", and the consumer retries).
+    let fetched = ctx.fetch(&oid(6), &theirs, TIMEOUT);
+    let _ = writeln!(stdin, "done");
+    drop(stdin);
+    let rest: Vec<String> = stdout.lines().map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    let line = rest
+        .iter()
+        .find_map(|l| l.find("RESULT").map(|i| l[i..].to_string()))
+        .unwrap_or_default();
+    let Fetched::Received(t) = fetched.unwrap() else {
+        panic!("expected a copy from rank 1");
+    };
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].device().device_type, kDLCUDA);
+    assert_eq!(t[0].device().device_id, 0);
+    assert!(
+        bytes_of(&t[0]) == pattern(RANK1_BYTES, 11),
+        "rank 1's bytes"
+    );
+    // Rank 1: received our object whole, sent its own once, nothing failed.
+    assert_eq!(
+        line,
+        format!("RESULT ok received={RANK0_BYTES} sent={RANK1_BYTES} transfers=2 errors=0"),
+        "rank 1 ({status:?}): {rest:?}"
+    );
+    // Rank 0 (this process): the same, the other way round.
+    let s = ctx.fetch_stats(TransportKind::Nccl);
+    assert_eq!(
+        (s.bytes_received, s.transfers, s.errors),
+        (RANK1_BYTES as u64, 1, 0)
+    );
+    let after = stats::snapshot(TransportKind::Nccl);
+    assert_eq!(
+        (
+            after.bytes_sent - before.bytes_sent,
+            after.bytes_received - before.bytes_received,
+            after.transfers - before.transfers,
+            after.errors - before.errors
+        ),
+        (RANK0_BYTES as u64, RANK1_BYTES as u64, 2, 0),
+        "rank 0's counters: one object sent, one received"
+    );
+    drop(t);
+    assert!(ctx.free(&oid(5)));
+    ctx.destroy_group(TransportKind::Nccl, "pair").unwrap();
 }

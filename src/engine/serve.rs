@@ -8,7 +8,7 @@ use crate::endpoint::{wire, Channel, Handler};
 use crate::error::{Error, Result};
 use crate::stats::{self, Path};
 use crate::transport::group::GroupFailure;
-use crate::transport::parse_fetch_request;
+use crate::transport::{parse_fetch_request, Served};
 use crate::transport_kind::TransportKind;
 use std::os::fd::OwnedFd;
 
@@ -29,10 +29,11 @@ impl Handler for Shared {
                 let transport = self.transports.get(req.serving)?;
                 let object = self.held(&req.id)?;
                 match transport.serve(&self.local(), &req.id, &object, req.body, fd, channel) {
-                    Ok(()) => {
+                    Ok(Served::Sent) => {
                         stats::record_sent(req.declared, path, object.nbytes());
                         Ok(())
                     }
+                    Ok(Served::Declined) => Ok(()),
                     Err(e) => {
                         stats::record_error(req.declared, path);
                         Err(e)

@@ -14,7 +14,7 @@ use super::group::{
     already_in_group, break_on_system_error, broken_group, decode_location, encode_location,
     CollectiveGroups, GroupFailure, GroupSpec, OwnerReport, PullRequest,
 };
-use super::{fetch_request, Local, Peer, Transport};
+use super::{fetch_request, Local, Peer, Served, Transport};
 use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, ErrorKind, Result};
@@ -287,7 +287,7 @@ impl Transport for Gloo {
         body: &[u8],
         _fd: Option<OwnedFd>,
         channel: &mut Channel,
-    ) -> Result<()> {
+    ) -> Result<Served> {
         let req = PullRequest::decode(body)?;
         let group = self.joined(req.group)?;
         if req.consumer_rank >= group.ctx.size() || req.consumer_rank == group.ctx.rank() {
@@ -302,7 +302,7 @@ impl Transport for Gloo {
             .usable(req.group)
             .and_then(|()| self.send_object(&group, &req, object, channel));
         let ranks = (group.ctx.rank(), req.consumer_rank);
-        break_on_system_error(self, local, req.group, id, ranks, sent)
+        break_on_system_error(self, local, req.group, id, ranks, sent).map(|()| Served::Sent)
     }
 
     fn fetch(

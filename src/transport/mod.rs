@@ -131,6 +131,15 @@ impl Peer<'_> {
     }
 }
 
+/// What serving a fetch request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The object's bytes went to the consumer (or it was handed access).
+    Sent,
+    /// The producer declined for now (busy); the consumer asks again.
+    Declined,
+}
+
 /// One tensor transport backend.
 pub trait Transport: Send + Sync {
     /// Which transport this is.
@@ -170,7 +179,8 @@ pub trait Transport: Send + Sync {
     /// Producer side: serves a fetch request for `object` that arrived on the
     /// endpoint; `request` is the transport-specific part and `fd` a descriptor
     /// sent with it, if any (same-host channels only). Writes its replies on
-    /// `channel`.
+    /// `channel`, and says whether it sent the object (only then is it
+    /// counted as sent).
     fn serve(
         &self,
         local: &Local<'_>,
@@ -179,7 +189,7 @@ pub trait Transport: Send + Sync {
         request: &[u8],
         fd: Option<OwnedFd>,
         channel: &mut Channel,
-    ) -> Result<()>;
+    ) -> Result<Served>;
 
     /// Consumer side: fetches the tensors `meta` describes from the producer.
     fn fetch(

@@ -22,8 +22,31 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "gpu: needs a CUDA GPU (skipped with the reason when torch.cuda.is_available() is False; "
+        "with RAY_RDT_REQUIRE_GPU=1, as ci/gpu-nightly sets it, a failure instead; "
         "ci/gpu-nightly runs `pytest -m gpu`)",
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """With ``RAY_RDT_REQUIRE_GPU=1`` (ci/gpu-nightly, not rehearsing), a ``gpu``
+    test on a machine without a usable CUDA GPU fails, saying why, instead of
+    skipping: a GPU run that ran no GPU test must not pass. A wrapper, so that
+    this runs before the ``skipif`` marks of the test modules are evaluated."""
+    if os.environ.get("RAY_RDT_REQUIRE_GPU", "0") not in ("", "0") and item.get_closest_marker("gpu"):
+        try:
+            import torch
+
+            reason = None if torch.cuda.is_available() else "torch.cuda.is_available() is False on this machine"
+        except ImportError as e:
+            reason = f"torch cannot be imported ({e})"
+        if reason is not None:
+            pytest.fail(
+                f"needs a CUDA GPU: {reason}; RAY_RDT_REQUIRE_GPU=1 makes that a failure, not a skip "
+                "(unset it to skip the gpu tests here)",
+                pytrace=False,
+            )
+    yield
 
 
 # Settings for modules that test a transport itself: the same-host path and

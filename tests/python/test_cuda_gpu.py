@@ -10,6 +10,7 @@ which cannot put two ranks of one communicator on one device, runs only its
 single-device tests (a one-rank group; two ranks on one GPU fail clearly). The
 two-GPU NCCL tests skip there, saying so."""
 
+import hashlib
 import os
 import sys
 
@@ -20,7 +21,7 @@ import ray
 import ray_rdt
 from ray.experimental.collective import create_collective_group, destroy_collective_group
 
-from conftest import REPO, ReceivingActor, actor_stats, cluster_with_env, delta
+from conftest import REPO, ReceivingActor, actor_stats, cluster_with_env
 
 CUDA = torch.cuda.is_available()
 DEVICES = torch.cuda.device_count() if CUDA else 0
@@ -47,6 +48,31 @@ ENV = {
     "RAY_RDT_GROUP_TIMEOUT_S": "30",
 }
 TENSOR_BYTES = 1000 * 1000 * 4
+COUNTERS = ("bytes_sent", "bytes_received", "transfers", "errors")
+# About a second of GPU time for torch.cuda._sleep (clock cycles).
+LONG_WORK_CYCLES = 2_000_000_000
+# What the plugin says when a rank cannot join an NCCL group because another
+# rank of the group is on its device (src/transport/nccl/mod.rs).
+ONE_GPU_REFUSAL = (
+    r'(?s)joining NCCL group ".+" as rank [01] of 2 on cuda:0: .*'
+    r"\(NCCL cannot form a communicator with two ranks on one GPU\)"
+)
+
+
+def counters(after, before):
+    """What a process's counters of one transport grew by."""
+    return {k: after[k] - before[k] for k in COUNTERS}
+
+
+def grew(sent=0, received=0, transfers=0, errors=0):
+    return {"bytes_sent": sent, "bytes_received": received, "transfers": transfers, "errors": errors}
+
+
+def digest(tensor):
+    """Every byte of a tensor (a checksum would let permuted or partly stale
+    bytes pass), with its shape and dtype."""
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
+    return hashlib.sha256(raw).hexdigest(), tuple(tensor.shape), str(tensor.dtype)
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +97,31 @@ class CudaActor(ReceivingActor):
         return self.tensor
 
     @ray.method(tensor_transport="cuda_ipc")
-    def after_long_work(self, n):
-        # Queued on the current stream and still running when the method
-        # returns: the plugin's event must order the consumer's copy after it.
-        a = torch.randn(4096, 4096, device="cuda")
-        for _ in range(30):
-            a = torch.tanh(a @ a)
-        out = torch.full((n,), 3.0, device="cuda")
-        out += a[0, 0] * 0
+    def after_long_work(self, n, value):
+        # The returned memory first holds a sentinel (-1), written and finished
+        # before anything else is queued; `value` is written by the last of the
+        # work queued on the current stream, still running when the method
+        # returns: only the plugin's event can order the consumer's copy after
+        # it. A copy that did not wait reads -1 (or a mix), never `value`; each
+        # round's value is new, so a block reused from an earlier round (torch's
+        # caching allocator here, the plugin's pool in the consumer) cannot
+        # pass for it.
+        out = torch.full((n,), -1.0, device="cuda")
+        torch.cuda.synchronize()
+        stream = torch.cuda.current_stream()
+        if hasattr(torch.cuda, "_sleep"):
+            torch.cuda._sleep(LONG_WORK_CYCLES)
+        else:
+            a = torch.randn(4096, 4096, device="cuda")
+            for _ in range(60):
+                a = torch.tanh(a @ a)
+        out.fill_(value)
+        self.pending_at_return = not stream.query()
+        self.tensor = out
         return out
+
+    def was_pending_at_return(self):
+        return self.pending_at_return
 
     @ray.method(tensor_transport="nccl")
     def make_nccl(self, n, seed):
@@ -91,12 +133,12 @@ class CudaActor(ReceivingActor):
     def cpu_over_nccl(self):
         return torch.ones(4)
 
-    def checksum(self, tensor):
-        assert tensor.device.type == "cuda", tensor.device
-        return tensor.double().sum().item(), tuple(tensor.shape), tensor.dtype
-
     def values(self, tensor):
         return tensor.cpu()
+
+    def digest(self, tensor):
+        assert tensor.device.type == "cuda", tensor.device
+        return digest(tensor)
 
     def produce_ipc(self, tensors):
         return [ray.put(t.cuda(), _tensor_transport="cuda_ipc") for t in tensors]
@@ -106,7 +148,7 @@ class CudaActor(ReceivingActor):
         for ref in refs:
             t = ray.get(ref)
             assert t.device.type == "cuda", t.device
-            out.append(t.double().sum().item())
+            out.append(t.cpu())
         return out
 
     def device_uuid(self):
@@ -123,39 +165,58 @@ def pair(gpu_cluster):
 
 def test_cuda_ipc_between_actors(pair):
     sender, receiver = pair
-    r0 = actor_stats(receiver, "cuda_ipc")
+    r0, s0 = actor_stats(receiver, "cuda_ipc"), actor_stats(sender, "cuda_ipc")
     ref = sender.make_ipc.remote(1 << 20, 3)
-    total, shape, dtype = ray.get(receiver.checksum.remote(ref))
-    expected = ray.get(sender.checksum.remote(ref))[0]  # its own tensor, no transfer
-    assert shape == (1 << 20,) and dtype == torch.float32
-    assert total == pytest.approx(expected)
-    r1 = actor_stats(receiver, "cuda_ipc")
-    assert delta(r1, r0) == (1 << 20) * 4 and r1["transfers"] - r0["transfers"] == 1
+    got = ray.get(receiver.digest.remote(ref))
+    own = ray.get(sender.digest.remote(ref))  # its own tensor, no transfer
+    assert own[1:] == ((1 << 20,), "torch.float32")
+    assert got == own, "the receiver's copy differs from the producer's tensor"
+    assert counters(actor_stats(receiver, "cuda_ipc"), r0) == grew(received=(1 << 20) * 4, transfers=1)
+    # One-sided: the producer's process neither sends nor counts anything.
+    assert counters(actor_stats(sender, "cuda_ipc"), s0) == grew()
 
 
 def test_cuda_ipc_waits_for_the_producers_stream(pair):
     sender, receiver = pair
-    for _ in range(3):
-        values = ray.get(receiver.values.remote(sender.after_long_work.remote(1 << 16)))
-        assert torch.equal(values, torch.full((1 << 16,), 3.0))
+    n = 1 << 20
+    for i in range(3):
+        value = 3.0 + i
+        r0, s0 = actor_stats(receiver, "cuda_ipc"), actor_stats(sender, "cuda_ipc")
+        values = ray.get(receiver.values.remote(sender.after_long_work.remote(n, value)))
+        assert ray.get(sender.was_pending_at_return.remote()), (
+            "the producer's work had finished when its method returned: this round tested no ordering "
+            "(make LONG_WORK_CYCLES larger)"
+        )
+        assert torch.equal(values, torch.full((n,), value)), (
+            f"round {i}: the consumer read {values.unique()[:8].tolist()}, not only {value}: "
+            "its copy did not wait for the producer's stream"
+        )
+        assert counters(actor_stats(receiver, "cuda_ipc"), r0) == grew(received=n * 4, transfers=1)
+        assert counters(actor_stats(sender, "cuda_ipc"), s0) == grew()
 
 
 def test_cuda_ipc_driver_get_and_actor_put(pair):
     sender, receiver = pair
     d0 = ray_rdt.stats()["cuda_ipc"]
-    got = ray.get(sender.make_ipc.remote(4096, 5))  # one-sided: ray.get copies over CUDA IPC
+    ref = sender.make_ipc.remote(4096, 5)
+    got = ray.get(ref)  # one-sided: ray.get copies over CUDA IPC
     assert got.device.type == "cuda"
-    assert delta(ray_rdt.stats()["cuda_ipc"], d0) == 4096 * 4
+    assert digest(got) == ray.get(sender.digest.remote(ref))
+    assert counters(ray_rdt.stats()["cuda_ipc"], d0) == grew(received=4096 * 4, transfers=1)
     a, b = torch.randn(1000, 1000), torch.randn(1000, 1000)
-    sums = ray.get(receiver.consume.remote(sender.produce_ipc.remote([a, b])))
-    assert sums == pytest.approx([a.double().sum().item(), b.double().sum().item()], rel=1e-6)
+    r0 = actor_stats(receiver, "cuda_ipc")
+    got = ray.get(receiver.consume.remote(sender.produce_ipc.remote([a, b])))
+    assert len(got) == 2 and torch.equal(got[0], a) and torch.equal(got[1], b)
+    assert counters(actor_stats(receiver, "cuda_ipc"), r0) == grew(received=2 * TENSOR_BYTES, transfers=2)
 
 
 def test_cuda_ipc_pass_back_is_the_same_memory(pair):
     sender, _ = pair
+    s0 = actor_stats(sender, "cuda_ipc")
     ref = sender.make_ipc.remote(1024, 1)
     ptr, _ = ray.get(sender.ptr_and_sum.remote(ref))
     assert ptr == ray.get(sender.stored_ptr.remote())
+    assert counters(actor_stats(sender, "cuda_ipc"), s0) == grew(), "no transfer"
 
 
 def test_cuda_ipc_many_objects_one_allocation(pair):
@@ -164,10 +225,11 @@ def test_cuda_ipc_many_objects_one_allocation(pair):
     sender, receiver = pair
     r0 = actor_stats(receiver, "cuda_ipc")
     refs = [sender.make_ipc.remote(256, i) for i in range(20)]
-    sums = ray.get([receiver.checksum.remote(r) for r in refs])
-    own = ray.get([sender.checksum.remote(r) for r in refs])
-    assert [s[0] for s in sums] == pytest.approx([s[0] for s in own])
-    assert delta(actor_stats(receiver, "cuda_ipc"), r0) == 20 * 256 * 4
+    got = ray.get([receiver.digest.remote(r) for r in refs])
+    own = ray.get([sender.digest.remote(r) for r in refs])
+    assert len(set(own)) == 20, "20 different objects"
+    assert got == own
+    assert counters(actor_stats(receiver, "cuda_ipc"), r0) == grew(received=20 * 256 * 4, transfers=20)
 
 
 def test_cuda_ipc_walkthrough(gpu_cluster, capsys):
@@ -177,6 +239,7 @@ def test_cuda_ipc_walkthrough(gpu_cluster, capsys):
     float(lines[-1])
     received = {name: s["cuda_ipc"]["bytes_received"] for name, (_, s) in stats.items()}
     assert received == {"receiver": 3 * TENSOR_BYTES, "sender": 0, run_walkthrough.DRIVER: TENSOR_BYTES}
+    assert {name: s["cuda_ipc"]["errors"] for name, (_, s) in stats.items()} == dict.fromkeys(stats, 0)
 
 
 # -- nccl, one device -------------------------------------------------------------
@@ -186,11 +249,13 @@ def test_nccl_one_rank_group(gpu_cluster):
     (actor,) = [CudaActor.remote()]
     group = create_collective_group([actor], backend="nccl")
     try:
+        s0 = actor_stats(actor, "nccl")
         ref = actor.make_nccl.remote(1024, 2)
         ptr, _ = ray.get(actor.ptr_and_sum.remote(ref))
         assert ptr == ray.get(actor.stored_ptr.remote()), "passed back to its producer: the same memory"
         with pytest.raises(ValueError, match=r"ray.get\(\) only supports OBJECT_STORE and NIXL"):
             ray.get(ref)
+        assert counters(actor_stats(actor, "nccl"), s0) == grew(), "no transfer"
     finally:
         destroy_collective_group(group)
 
@@ -210,10 +275,14 @@ def test_nccl_cpu_tensor_is_a_system_error(gpu_cluster):
 
 @ONE_GPU
 def test_nccl_two_ranks_on_one_gpu_fail_clearly(gpu_cluster):
+    from ray_rdt._ffi import RdtTimeoutError, RdtTransportError
+
     a, b = CudaActor.remote(), CudaActor.remote()
-    with pytest.raises(Exception) as info:
+    # The plugin's own refusal, from the member's join (not, say, stock Ray's
+    # "Backend NCCL is not available" where cupy is missing).
+    with pytest.raises(ray.exceptions.RayTaskError, match=ONE_GPU_REFUSAL) as info:
         create_collective_group([a, b], backend="nccl")
-    assert "NCCL" in str(info.value)
+    assert isinstance(info.value.cause, (RdtTransportError, RdtTimeoutError)), repr(info.value.cause)
     # Both actors live on.
     assert ray.get(a.device_uuid.remote()) == ray.get(b.device_uuid.remote())
 
@@ -228,15 +297,26 @@ def test_nccl_between_two_gpus(gpu_cluster):
     try:
         s0, r0 = actor_stats(sender, "nccl"), actor_stats(receiver, "nccl")
         ref = sender.make_nccl.remote(1 << 22, 4)
-        total, shape, _ = ray.get(receiver.checksum.remote(ref))
-        assert total == pytest.approx(ray.get(sender.checksum.remote(ref))[0])
-        assert delta(actor_stats(receiver, "nccl"), r0) == (1 << 22) * 4
-        assert delta(actor_stats(sender, "nccl"), s0, "bytes_sent") == (1 << 22) * 4
-        # Crossing transfers do not deadlock (one NCCL transfer per rank at a time).
-        back = receiver.make_nccl.remote(1 << 20, 6)
-        refs = [sender.make_nccl.remote(1 << 20, i) for i in range(4)]
-        results = ray.get([receiver.checksum.remote(r) for r in refs] + [sender.checksum.remote(back)])
-        assert len(results) == 5
+        got = ray.get(receiver.digest.remote(ref))
+        own = ray.get(sender.digest.remote(ref))  # its own tensor, no transfer
+        assert own[1:] == ((1 << 22,), "torch.float32")
+        assert got == own, "the receiver's copy differs from the sender's tensor"
+        size = (1 << 22) * 4
+        assert counters(actor_stats(receiver, "nccl"), r0) == grew(received=size, transfers=1)
+        assert counters(actor_stats(sender, "nccl"), s0) == grew(sent=size, transfers=1)
+        # Crossing transfers (one NCCL transfer per rank at a time; a rank busy
+        # with its own fetch answers "busy" and is asked again): no deadlock,
+        # every byte right, each object counted once on each side.
+        s1, r1 = actor_stats(sender, "nccl"), actor_stats(receiver, "nccl")
+        n = 1 << 20
+        back = receiver.make_nccl.remote(n, 6)
+        refs = [sender.make_nccl.remote(n, i) for i in range(4)]
+        got = ray.get([receiver.digest.remote(r) for r in refs] + [sender.digest.remote(back)])
+        own = ray.get([sender.digest.remote(r) for r in refs] + [receiver.digest.remote(back)])
+        assert len(set(own)) == 5, "5 different objects"
+        assert got == own
+        assert counters(actor_stats(receiver, "nccl"), r1) == grew(sent=n * 4, received=4 * n * 4, transfers=5)
+        assert counters(actor_stats(sender, "nccl"), s1) == grew(sent=4 * n * 4, received=n * 4, transfers=5)
     finally:
         destroy_collective_group(group)
 
@@ -244,5 +324,8 @@ def test_nccl_between_two_gpus(gpu_cluster):
 @TWO_GPUS
 def test_nccl_guide_example(gpu_cluster, capsys):
     stats = run_walkthrough.run_example(os.path.join(REPO, "examples", "gpu", "nccl_01_walkthrough.py"))
-    received = {name: s["nccl"]["bytes_received"] for name, (_, s) in stats.items()}
-    assert received["receiver"] == TENSOR_BYTES and received["sender"] == 0
+    nccl = {name: s["nccl"] for name, (_, s) in stats.items()}
+    assert nccl["receiver"]["bytes_received"] == TENSOR_BYTES and nccl["sender"]["bytes_received"] == 0
+    assert nccl["sender"]["bytes_sent"] == TENSOR_BYTES and nccl["receiver"]["bytes_sent"] == 0
+    assert (nccl["sender"]["transfers"], nccl["receiver"]["transfers"]) == (1, 1)
+    assert nccl["sender"]["errors"] == nccl["receiver"]["errors"] == 0

@@ -8,6 +8,7 @@ cluster declares two GPUs and sets ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES
 so that both actors (and the driver) use device 0; NIXL then moves the bytes
 between two processes on one device (UCX cuda_ipc)."""
 
+import hashlib
 import os
 import sys
 
@@ -17,7 +18,7 @@ import torch
 import ray
 import ray_rdt
 
-from conftest import REPO, actor_stats, delta
+from conftest import REPO, actor_stats
 
 CUDA = torch.cuda.is_available()
 pytestmark = [
@@ -33,6 +34,19 @@ import run_walkthrough  # noqa: E402
 
 TENSOR_BYTES = 1000 * 1000 * 4
 NOSET = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+COUNTERS = ("bytes_sent", "bytes_received", "transfers", "errors")
+
+
+def counters(after, before):
+    """What a process's counters of one transport grew by."""
+    return {k: after[k] - before[k] for k in COUNTERS}
+
+
+def digest(tensor):
+    """Every byte of a tensor (a checksum would let permuted or partly stale
+    bytes pass), with its shape and dtype."""
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
+    return hashlib.sha256(raw).hexdigest(), tuple(tensor.shape), str(tensor.dtype)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +75,9 @@ class CudaActor:
     def echo(self, data):
         return data
 
-    def checksum(self, tensor):
+    def digest(self, tensor):
         assert tensor.device.type == "cuda", tensor.device
-        return tensor.double().sum().item(), tensor.dtype, tuple(tensor.shape)
+        return digest(tensor)
 
     def produce(self, tensors):
         return [ray.put(t.cuda(), _tensor_transport="nixl") for t in tensors]
@@ -73,7 +87,7 @@ class CudaActor:
         for ref in refs:
             t = ray.get(ref)
             assert t.device.type == "cuda", t.device
-            out.append(t.double().sum().item())
+            out.append(t.cpu())
         return out
 
 
@@ -89,26 +103,43 @@ def test_guide_walkthrough_cuda(gpu_cluster, capsys):
     float(lines[-1])
     received = {name: s["nixl"]["bytes_received"] for name, (_, s) in stats.items()}
     assert received == {"receiver": 3 * TENSOR_BYTES, "sender": 0, run_walkthrough.DRIVER: TENSOR_BYTES}
+    assert {name: s["nixl"]["errors"] for name, (_, s) in stats.items()} == dict.fromkeys(stats, 0)
 
 
 def test_cuda_tensor_between_actors(actors):
     sender, receiver = actors
     r0 = actor_stats(receiver, "nixl")
+    d0 = ray_rdt.stats()["nixl"]
     ref = sender.make.remote(1 << 20, 7)
-    total, dtype, shape = ray.get(receiver.checksum.remote(ref))
+    got = ray.get(receiver.digest.remote(ref))
+    own = ray.get(sender.digest.remote(ref))  # its own tensor, no transfer
     local = ray.get(ref)  # the driver reads over NIXL into its own GPU memory
-    assert local.device.type == "cuda" and shape == (1 << 20,) and dtype == torch.float32
-    assert total == pytest.approx(local.double().sum().item())
-    assert delta(actor_stats(receiver, "nixl"), r0) == (1 << 20) * 4
+    assert local.device.type == "cuda"
+    assert own[1:] == ((1 << 20,), "torch.float32")
+    assert got == own, "the receiver's copy differs from the producer's tensor"
+    assert digest(local) == own, "the driver's copy differs from the producer's tensor"
+    size = (1 << 20) * 4
+    assert counters(actor_stats(receiver, "nixl"), r0) == {
+        "bytes_sent": 0,
+        "bytes_received": size,
+        "transfers": 1,
+        "errors": 0,
+    }
+    assert counters(ray_rdt.stats()["nixl"], d0) == {"bytes_sent": 0, "bytes_received": size, "transfers": 1, "errors": 0}
 
 
 def test_cuda_put_and_consume_with_nixl(actors):
     sender, receiver = actors
     a, b = torch.randn(1000, 1000), torch.randn(1000, 1000)
     r0 = actor_stats(receiver, "nixl")
-    sums = ray.get(receiver.consume_with_nixl.remote(sender.produce.remote([a, b])))
-    assert sums == pytest.approx([a.double().sum().item(), b.double().sum().item()], rel=1e-6)
-    assert delta(actor_stats(receiver, "nixl"), r0) == 2 * TENSOR_BYTES
+    got = ray.get(receiver.consume_with_nixl.remote(sender.produce.remote([a, b])))
+    assert len(got) == 2 and torch.equal(got[0], a) and torch.equal(got[1], b)
+    assert counters(actor_stats(receiver, "nixl"), r0) == {
+        "bytes_sent": 0,
+        "bytes_received": 2 * TENSOR_BYTES,
+        "transfers": 2,
+        "errors": 0,
+    }
 
 
 def test_cuda_driver_get_and_stats(actors):
@@ -118,5 +149,10 @@ def test_cuda_driver_get_and_stats(actors):
     ref = sender.echo.remote({k: v.cuda() if torch.is_tensor(v) else [t.cuda() for t in v] for k, v in data.items()})
     got = ray.get(ref)
     assert got["x"].device.type == "cuda" and torch.equal(got["x"].cpu(), data["x"])
-    assert torch.equal(got["y"][0].cpu(), data["y"][0])
-    assert delta(ray_rdt.stats()["nixl"], d0) == data["x"].nbytes + data["y"][0].nbytes
+    assert got["y"][0].device.type == "cuda" and torch.equal(got["y"][0].cpu(), data["y"][0])
+    assert counters(ray_rdt.stats()["nixl"], d0) == {
+        "bytes_sent": 0,
+        "bytes_received": data["x"].nbytes + data["y"][0].nbytes,
+        "transfers": 1,
+        "errors": 0,
+    }

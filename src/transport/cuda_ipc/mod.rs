@@ -22,7 +22,7 @@
 
 pub mod record;
 
-use super::{deadline_after, packed_layout, Local, Peer, Transport};
+use super::{deadline_after, packed_layout, Local, Peer, Served, Transport};
 use crate::cuda::driver::{self, Event, IpcHandle};
 use crate::cuda::ipc::{self, Mappings};
 use crate::cuda::pool::{self, Lease};
@@ -135,7 +135,7 @@ impl Transport for CudaIpc {
         _request: &[u8],
         _fd: Option<OwnedFd>,
         _channel: &mut Channel,
-    ) -> Result<()> {
+    ) -> Result<Served> {
         Err(Error::new(
             ErrorKind::Unsupported,
             "cuda_ipc transfers are one-sided copies: the producer's endpoint serves no cuda_ipc requests",

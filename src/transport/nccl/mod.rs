@@ -33,7 +33,7 @@ use super::group::{
     already_in_group, break_on_system_error, broken_group, decode_location, encode_location,
     CollectiveGroups, GroupFailure, GroupSpec, OwnerReport, PullRequest,
 };
-use super::{deadline_after, fetch_request, packed_layout, Local, Peer, Transport};
+use super::{deadline_after, fetch_request, packed_layout, Local, Peer, Served, Transport};
 use crate::cuda::driver::{self, Event, RawStream};
 use crate::cuda::nccl::{self as nccl_api, Comm};
 use crate::cuda::pool::{self, Lease};
@@ -334,7 +334,7 @@ impl Transport for Nccl {
         body: &[u8],
         _fd: Option<OwnedFd>,
         channel: &mut Channel,
-    ) -> Result<()> {
+    ) -> Result<Served> {
         let req = PullRequest::decode(body)?;
         let group = self.joined(req.group)?;
         let ranks = (group.rank, req.consumer_rank);
@@ -363,14 +363,15 @@ impl Transport for Nccl {
 }
 
 impl Nccl {
-    /// Producer side of a fetch: answers go (or busy), sends, confirms.
+    /// Producer side of a fetch: answers go (or busy: declined, the consumer
+    /// asks again), sends, confirms.
     fn serve_pull(
         &self,
         req: &PullRequest<'_>,
         id: &ObjectId,
         object: &StoredObject,
         channel: &mut Channel,
-    ) -> Result<()> {
+    ) -> Result<Served> {
         let group = self.group(req.group)?;
         if req.consumer_rank >= group.size || req.consumer_rank == group.rank {
             return Err(Error::invalid(format!(
@@ -380,7 +381,9 @@ impl Nccl {
         }
         let deadline = deadline_after(req.timeout);
         let Some(_turn) = group.turns.serve(deadline)? else {
-            return channel.send(&[wire::REPLY_OK, BUSY], req.timeout);
+            return channel
+                .send(&[wire::REPLY_OK, BUSY], req.timeout)
+                .map(|()| Served::Declined);
         };
         channel.send(&[wire::REPLY_OK, GO], req.timeout)?;
         let bufs = buffers(&object.tensors);
@@ -396,7 +399,7 @@ impl Nccl {
             group.transfer(true, &bufs, req.consumer_rank, deadline)?;
         }
         channel.send(&[wire::REPLY_OK], time_left(deadline))?;
-        Ok(())
+        Ok(Served::Sent)
     }
 
     /// Consumer side of a fetch: takes this rank's turn and receive memory,

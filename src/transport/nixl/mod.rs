@@ -341,7 +341,7 @@ impl Transport for Nixl {
         _request: &[u8],
         _fd: Option<std::os::fd::OwnedFd>,
         _channel: &mut crate::endpoint::Channel,
-    ) -> Result<()> {
+    ) -> Result<super::Served> {
         Err(Error::new(
             ErrorKind::Unsupported,
             "nixl transfers are one-sided reads: the producer's endpoint serves no nixl requests",

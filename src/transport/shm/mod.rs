@@ -18,7 +18,7 @@ mod pool;
 mod segment;
 mod written;
 
-use super::{fetch_request, Local, Peer, Transport};
+use super::{fetch_request, Local, Peer, Served, Transport};
 use crate::copy::{copy_pieces, Piece};
 use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel};
@@ -98,7 +98,7 @@ impl Transport for Shm {
         request: &[u8],
         fd: Option<OwnedFd>,
         channel: &mut Channel,
-    ) -> Result<()> {
+    ) -> Result<Served> {
         if !channel.passes_descriptors() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -112,9 +112,11 @@ impl Transport for Shm {
                         .try_into()
                         .map_err(|_| Error::transport("malformed shm read request"))?,
                 ));
-                serve_read(object, channel, timeout)
+                serve_read(object, channel, timeout).map(|()| Served::Sent)
             }
-            [] | [MODE_SEGMENT, ..] => self.serve_segment(object, fd, channel),
+            [] | [MODE_SEGMENT, ..] => self
+                .serve_segment(object, fd, channel)
+                .map(|()| Served::Sent),
             [mode, ..] => Err(Error::transport(format!(
                 "unknown shm request mode {mode} (a plugin of another version?)"
             ))),
