@@ -70,7 +70,7 @@ def actor_classes():
     import ray
     import torch
 
-    @ray.remote
+    @ray.remote(enable_tensor_transport=True)
     class Trainer:
         def make(self, size, count, layout):
             self.tensors, self.allocations = model(size, count, layout)
@@ -97,7 +97,7 @@ def actor_classes():
         def rows_gloo(self):
             return self.tensors
 
-    @ray.remote
+    @ray.remote(enable_tensor_transport=True)
     class Generator:
         def make(self, size, count, layout):
             self.tensors, _ = model(size, count, layout, -1.0)
