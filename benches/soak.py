@@ -224,9 +224,22 @@ def nixl_registrations():
     return None if reader is None else reader()
 
 
-def fill_value(i):
-    """The byte value of transfer ``i``'s tensor."""
-    return i % 251
+def contents(i, nbytes):
+    """Transfer ``i``'s bytes: a position-dependent pattern (so a lost,
+    duplicated or misplaced chunk shows), shifted by ``i`` (so a stale one
+    shows)."""
+    return _pattern(nbytes).add(i % 256)
+
+
+_patterns = {}
+
+
+def _pattern(nbytes):
+    """``nbytes`` bytes that differ from their neighbours and repeat only every
+    251 bytes (a prime: no chunk size lines up with it)."""
+    if nbytes not in _patterns:
+        _patterns[nbytes] = (torch.arange(nbytes, dtype=torch.int64) % 251).to(torch.uint8)
+    return _patterns[nbytes]
 
 
 @ray.remote
@@ -238,7 +251,7 @@ class SoakActor:
         """Transfer ``i``'s tensor: a fresh one, or (``pooled``) one of
         ``PRODUCER_POOL`` kept tensors, reused once Ray freed its last object."""
         if not pooled:
-            return torch.full((nbytes,), fill_value(i), dtype=torch.uint8)
+            return contents(i, nbytes)
         pool = self.__dict__.setdefault("_pool", {})
         key = (nbytes, i % PRODUCER_POOL)
         tensor = pool.get(key)
@@ -246,7 +259,7 @@ class SoakActor:
             tensor = pool[key] = torch.empty(nbytes, dtype=torch.uint8)
         else:
             ray.experimental.wait_tensor_freed(tensor, timeout=120)
-        return tensor.fill_(fill_value(i))
+        return tensor.copy_(contents(i, nbytes))
 
     @ray.method(tensor_transport="gloo")
     def make_gloo(self, i, nbytes=TENSOR_BYTES, pooled=False):
@@ -261,14 +274,8 @@ class SoakActor:
         return self._make(i, nbytes, pooled)
 
     def take(self, tensor, i, nbytes=TENSOR_BYTES):
-        """Checks the received bytes (first, middle and last) and their count."""
-        want = fill_value(i)
-        return (
-            tensor.numel() == nbytes
-            and int(tensor[0]) == want
-            and int(tensor[nbytes // 2]) == want
-            and int(tensor[-1]) == want
-        )
+        """Checks every received byte against transfer ``i``'s contents."""
+        return tensor.numel() == nbytes and bool(torch.equal(tensor, contents(i, nbytes)))
 
     def pid(self):
         return os.getpid()

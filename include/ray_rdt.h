@@ -446,7 +446,7 @@ typedef struct rdt_path_stats {
 } rdt_path_stats;
 
 /**
- * What this process holds in NIXL (see `transport::nixl::NixlStats`).
+ * What this process holds in NIXL.
  */
 typedef struct rdt_nixl_stats {
   /**
@@ -1134,6 +1134,25 @@ rdt_status rdt_stats_endpoint_get(struct rdt_endpoint_stats *out_stats);
  * `out_stats` must be valid for writes.
  */
 rdt_status rdt_stats_concurrency_get(struct rdt_concurrency_stats *out_stats);
+
+/**
+ * The lower-case name of transport `transport` (`"gloo"`, `"nccl"`,
+ * `"nixl"`, `"cuda_ipc"`, `"shm"`), a static NUL-terminated string; NULL for
+ * a code no transport has.
+ */
+const char *rdt_transport_name(rdt_transport transport);
+
+/**
+ * The name of path `path` (`"same_host"`, `"network"`, `"inline"`), a
+ * static NUL-terminated string; NULL for a code no path has.
+ */
+const char *rdt_path_name(rdt_path path);
+
+/**
+ * The name of `status` (`"RDT_OK"`, `"RDT_ERR_TIMEOUT"`, ...), a static
+ * NUL-terminated string; NULL for a value no status has.
+ */
+const char *rdt_status_name(uint32_t status);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -2,45 +2,46 @@
 //! maps [`ErrorKind`] onto `rdt_status` codes and keeps the message for
 //! `rdt_last_error()`.
 
+use crate::ffi::rdt_status as S;
 use std::fmt;
 
 /// What class of failure happened. The discriminant is the kind's code: the
-/// `rdt_status` of the C ABI (`RDT_ERR_*`, checked by a test) and the byte an
+/// `rdt_status` of the C ABI (`RDT_ERR_*`, the one numbering) and the byte an
 /// error reply carries on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ErrorKind {
     /// A required pointer argument was NULL.
-    NullArgument = 1,
+    NullArgument = S::RDT_ERR_NULL_ARGUMENT as u8,
     /// An argument was out of range or inconsistent.
-    InvalidArgument = 2,
+    InvalidArgument = S::RDT_ERR_INVALID_ARGUMENT as u8,
     /// The object (or group, or peer) is not known.
-    NotFound = 3,
+    NotFound = S::RDT_ERR_NOT_FOUND as u8,
     /// An object with this ID is already stored.
-    AlreadyExists = 4,
+    AlreadyExists = S::RDT_ERR_ALREADY_EXISTS as u8,
     /// A blocking call ran past its timeout.
-    Timeout = 5,
+    Timeout = S::RDT_ERR_TIMEOUT as u8,
     /// A metadata record could not be decoded.
-    MalformedMetadata = 6,
+    MalformedMetadata = S::RDT_ERR_MALFORMED_METADATA as u8,
     /// The operation is not supported for this transport, device or dtype.
-    Unsupported = 7,
+    Unsupported = S::RDT_ERR_UNSUPPORTED as u8,
     /// The transport failed (peer died, connection broke, library error).
-    Transport = 8,
+    Transport = S::RDT_ERR_TRANSPORT as u8,
     /// The object holds an error instead of tensors (for example a failed receive).
-    ObjectFailed = 9,
+    ObjectFailed = S::RDT_ERR_OBJECT_FAILED as u8,
     /// A library the transport needs is not installed or could not be loaded.
-    Unavailable = 10,
+    Unavailable = S::RDT_ERR_UNAVAILABLE as u8,
     /// The caller's output buffer is too small; the needed size was reported.
-    BufferTooSmall = 11,
+    BufferTooSmall = S::RDT_ERR_BUFFER_TOO_SMALL as u8,
     /// An operating-system call failed.
-    Io = 12,
+    Io = S::RDT_ERR_IO as u8,
     /// A bug inside the plugin was caught at the C ABI boundary.
-    Internal = 13,
+    Internal = S::RDT_ERR_INTERNAL as u8,
     /// A peer was refused, or refused us: wrong or missing proof of Ray's
     /// cluster token, or (same host) another user's process.
-    AuthRefused = 14,
+    AuthRefused = S::RDT_ERR_AUTH_REFUSED as u8,
     /// The peer process is gone: nothing listens at its endpoint any more.
-    PeerGone = 15,
+    PeerGone = S::RDT_ERR_PEER_GONE as u8,
 }
 
 impl ErrorKind {

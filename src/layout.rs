@@ -153,6 +153,7 @@ pub fn coalesce_indexed(spans: &[(usize, usize)], cuda: bool) -> (Vec<(usize, us
 }
 
 /// The extents byte ranges `(start, end)` group into (see [`coalesce_indexed`]).
+#[cfg_attr(not(feature = "nixl"), allow(dead_code))]
 pub fn coalesce(spans: &[(usize, usize)], cuda: bool) -> Vec<(usize, usize)> {
     coalesce_indexed(spans, cuda).0
 }
@@ -236,6 +237,7 @@ impl Runs {
     }
 
     /// Total bytes the runs move.
+    #[cfg_attr(not(feature = "nixl"), allow(dead_code))]
     pub fn total(&self) -> u64 {
         self.runs.iter().map(|r| r.len).sum()
     }

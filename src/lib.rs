@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod copy;
+#[cfg(feature = "cuda")]
 mod cuda;
 pub mod dlpack;
 mod dylib;

@@ -102,7 +102,7 @@ pub struct Metadata {
     pub producer: Producer,
     /// Transport-specific bytes (registration descriptors, segment names, ...).
     pub transport_data: Vec<u8>,
-    /// The extents' bytes, laid out by [`crate::layout::packed_extents`], for
+    /// The extents' bytes, laid out by `layout::packed_extents`, for
     /// small objects carried inside the record (the consumer needs no
     /// transfer); `None` for objects fetched from the producer.
     pub inline: Option<Vec<u8>>,
@@ -227,34 +227,9 @@ impl Metadata {
             device_id: r.i32()?,
         };
         let object = ObjectId::from_slice(r.take(OBJECT_ID_LEN)?)?;
-        let node_id = r.short_bytes("node_id", MAX_ID_LEN)?.to_vec();
-        let pid = r.u32()?;
-        let actor_id = r.short_bytes("actor_id", MAX_ID_LEN)?.to_vec();
-        let host_id = r.short_bytes("host_id", MAX_HOST_ID_LEN)?.to_vec();
-        let endpoint = r.short_str("endpoint", MAX_ENDPOINT_LEN)?;
-        let tcp_endpoint = r.short_str("tcp_endpoint", MAX_ENDPOINT_LEN)?;
-        // Every extent and every tensor takes at least one byte: a count the
-        // input cannot hold is refused before anything is allocated for it.
-        let extent_count = r.count("extent")?;
-        let extents = (0..extent_count)
-            .map(|_| r.varint())
-            .collect::<Result<Vec<_>>>()?;
-        if let Some(i) = extents.iter().position(|&len| len > MAX_TENSOR_BYTES) {
-            return Err(Error::malformed(format!(
-                "extent {i} is {} bytes, the limit is {MAX_TENSOR_BYTES}",
-                extents[i]
-            )));
-        }
-        let count = r.count("tensor")?;
-        let mut tensors: Vec<TensorMeta> = Vec::with_capacity(count);
-        let mut places = Vec::with_capacity(count);
-        for i in 0..count {
-            let (meta, place) = r
-                .tensor(tensors.last())
-                .map_err(|e| Error::malformed(format!("tensor {i}: {}", e.message())))?;
-            tensors.push(meta);
-            places.push(place);
-        }
+        let producer = r.producer()?;
+        let extents = r.extents()?;
+        let (tensors, places) = r.tensor_table()?;
         check_places(&tensors, &places, &extents)?;
         let data_len = r.varint()? as usize;
         check_len("transport data", data_len, MAX_TRANSPORT_DATA)
@@ -283,17 +258,55 @@ impl Metadata {
             tensors,
             extents,
             places,
-            producer: Producer {
-                node_id,
-                pid,
-                actor_id,
-                host_id,
-                endpoint,
-                tcp_endpoint,
-            },
+            producer,
             transport_data,
             inline,
         })
+    }
+}
+
+impl Reader<'_> {
+    /// The producer's identity and addresses.
+    fn producer(&mut self) -> Result<Producer> {
+        Ok(Producer {
+            node_id: self.short_bytes("node_id", MAX_ID_LEN)?.to_vec(),
+            pid: self.u32()?,
+            actor_id: self.short_bytes("actor_id", MAX_ID_LEN)?.to_vec(),
+            host_id: self.short_bytes("host_id", MAX_HOST_ID_LEN)?.to_vec(),
+            endpoint: self.short_str("endpoint", MAX_ENDPOINT_LEN)?,
+            tcp_endpoint: self.short_str("tcp_endpoint", MAX_ENDPOINT_LEN)?,
+        })
+    }
+
+    /// The extents' lengths (every extent takes at least one byte: a count
+    /// the input cannot hold is refused before anything is allocated for it).
+    fn extents(&mut self) -> Result<Vec<u64>> {
+        let count = self.count("extent")?;
+        let extents = (0..count)
+            .map(|_| self.varint())
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(i) = extents.iter().position(|&len| len > MAX_TENSOR_BYTES) {
+            return Err(Error::malformed(format!(
+                "extent {i} is {} bytes, the limit is {MAX_TENSOR_BYTES}",
+                extents[i]
+            )));
+        }
+        Ok(extents)
+    }
+
+    /// The tensor table: each tensor's descriptor and place.
+    fn tensor_table(&mut self) -> Result<(Vec<TensorMeta>, Vec<Option<Place>>)> {
+        let count = self.count("tensor")?;
+        let mut tensors: Vec<TensorMeta> = Vec::with_capacity(count);
+        let mut places = Vec::with_capacity(count);
+        for i in 0..count {
+            let (meta, place) = self
+                .tensor(tensors.last())
+                .map_err(|e| Error::malformed(format!("tensor {i}: {}", e.message())))?;
+            tensors.push(meta);
+            places.push(place);
+        }
+        Ok((tensors, places))
     }
 }
 

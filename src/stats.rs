@@ -9,22 +9,23 @@
 //! fetch latencies. Everything is a relaxed atomic: recording costs a few
 //! nanoseconds and never takes a lock.
 
+use crate::ffi::stats as codes;
 use crate::transport_kind::TransportKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How an object travelled.
+/// How an object travelled. The discriminant is the C ABI's `RDT_PATH_*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Path {
     /// Producer and consumer on one host: shared memory over the same-host
     /// channel (the shm transport, or the same-host path of another one).
-    SameHost = 0,
+    SameHost = codes::RDT_PATH_SAME_HOST as u8,
     /// The declared transport's own path: TCP, Gloo or NIXL between hosts (or
     /// over loopback on one host, when the same-host path is off).
-    Network = 1,
+    Network = codes::RDT_PATH_NETWORK as u8,
     /// Inside the metadata record (small objects): no transfer.
-    Inline = 2,
+    Inline = codes::RDT_PATH_INLINE as u8,
 }
 
 impl Path {

@@ -94,6 +94,8 @@ impl State {
 pub struct ObjectStore {
     state: Mutex<State>,
     changed: Condvar,
+    /// Threads blocked in a wait now.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for ObjectStore {
@@ -235,6 +237,12 @@ impl ObjectStore {
         self.state.lock().bytes
     }
 
+    /// Threads blocked in a wait on this store now (counted while they wait
+    /// on its condition variable).
+    pub fn waiters(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn take(
         &self,
         id: &ObjectId,
@@ -268,15 +276,20 @@ impl ObjectStore {
         timeout: Duration,
         pending: impl Fn(&State) -> bool,
     ) -> Result<(), ()> {
+        use std::sync::atomic::Ordering;
         let deadline = Instant::now().checked_add(timeout);
         while pending(s) {
-            match deadline {
-                Some(d) => {
-                    if self.changed.wait_until(s, d).timed_out() && pending(s) {
-                        return Err(());
-                    }
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let timed_out = match deadline {
+                Some(d) => self.changed.wait_until(s, d).timed_out(),
+                None => {
+                    self.changed.wait(s);
+                    false
                 }
-                None => self.changed.wait(s),
+            };
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if timed_out && pending(s) {
+                return Err(());
             }
         }
         Ok(())

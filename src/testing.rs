@@ -37,6 +37,7 @@ pub mod dylib {
 }
 
 /// The CUDA driver, its libraries and the device memory pool.
+#[cfg(feature = "cuda")]
 pub mod cuda {
     pub use crate::cuda::report;
 
@@ -69,11 +70,13 @@ pub mod cuda {
 }
 
 /// The CUDA IPC transport.
+#[cfg(feature = "cuda")]
 pub mod cuda_ipc {
     pub use crate::transport::cuda_ipc::open_mappings;
 }
 
 /// The NIXL transport.
+#[cfg(feature = "nixl")]
 pub mod nixl {
     pub use crate::transport::nixl::{available, registration_stats};
 

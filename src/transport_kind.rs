@@ -1,22 +1,23 @@
 //! The transports the plugin knows, by name and wire code.
 
 use crate::error::{Error, Result};
+use crate::ffi::stats as codes;
 
 /// A tensor transport. The discriminant is the wire code used in metadata records
-/// and the C ABI (`RDT_TRANSPORT_*`).
+/// and the C ABI: its `RDT_TRANSPORT_*` (the one numbering).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum TransportKind {
     /// Gloo collective group, CPU tensors.
-    Gloo = 0,
+    Gloo = codes::RDT_TRANSPORT_GLOO as u8,
     /// NCCL collective group, CUDA tensors.
-    Nccl = 1,
+    Nccl = codes::RDT_TRANSPORT_NCCL as u8,
     /// NIXL one-sided reads, CPU or CUDA tensors.
-    Nixl = 2,
+    Nixl = codes::RDT_TRANSPORT_NIXL as u8,
     /// CUDA IPC handles, same node.
-    CudaIpc = 3,
+    CudaIpc = codes::RDT_TRANSPORT_CUDA_IPC as u8,
     /// Shared memory, same host, CPU tensors.
-    Shm = 4,
+    Shm = codes::RDT_TRANSPORT_SHM as u8,
 }
 
 impl TransportKind {

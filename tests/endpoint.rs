@@ -4,6 +4,10 @@
 //! mutated frames) against a producer in a child process whose threads and
 //! descriptors are read from /proc.
 
+// The tests that need collective groups (gloo) and their helpers only run
+// in a build with the gloo feature.
+#![cfg_attr(not(feature = "gloo"), allow(dead_code))]
+
 mod multiprocess;
 
 use multiprocess::*;
@@ -56,6 +60,7 @@ fn received_bytes(fetched: Fetched) -> Vec<u8> {
     }
 }
 
+#[cfg(feature = "gloo")]
 /// Joins `a` (rank 0) and `b` (rank 1) into gloo group `name`.
 fn join_pair(a: &Context, b: &Context, name: &str) {
     let addr = a.serve_rendezvous("127.0.0.1").unwrap();
@@ -68,6 +73,7 @@ fn join_pair(a: &Context, b: &Context, name: &str) {
     });
 }
 
+#[cfg(feature = "gloo")]
 #[test]
 fn gloo_fetch_over_tcp_proves_the_token_and_refuses_peers_without_it() {
     let producer = Context::new(config(b"p", Some(TOKEN))).unwrap();
@@ -221,6 +227,7 @@ struct Producer {
     gloo: (ObjectId, Vec<u8>),
 }
 
+#[cfg(feature = "gloo")]
 /// Child role: a producer with small limits in group "g" (rank 0) holding one
 /// shm and one gloo object; prints its addresses and records, then serves
 /// until its stdin closes.
@@ -350,6 +357,7 @@ fn closed_by_peer(
     }
 }
 
+#[cfg(feature = "gloo")]
 #[test]
 fn idle_and_slow_peers_cannot_exhaust_the_endpoint() {
     if role().as_deref() == Some("producer") {
@@ -474,6 +482,7 @@ fn fuzz_frame(rng: &mut Rng) -> Vec<u8> {
     }
 }
 
+#[cfg(feature = "gloo")]
 #[test]
 fn random_and_mutated_frames_leave_the_producer_serving() {
     if role().as_deref() == Some("producer") {

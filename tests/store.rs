@@ -148,7 +148,8 @@ fn waiters_wake_when_another_thread_puts() {
         })
         .collect();
     barrier.wait();
-    thread::sleep(SHORT / 2);
+    // Every waiter is blocked in the store before the object arrives.
+    wait_until(|| store.waiters() == 3);
     store
         .put(oid(1), tensors(&deletions, 2, &[1]), CopyKind::Primary)
         .unwrap();
@@ -174,7 +175,8 @@ fn wait_tensor_freed_blocks_until_another_thread_frees() {
     let freer = {
         let store = store.clone();
         thread::spawn(move || {
-            thread::sleep(SHORT);
+            // Frees once the main thread waits for the memory.
+            wait_until(|| store.waiters() == 1);
             store.free(&oid(1))
         })
     };
@@ -222,7 +224,7 @@ fn put_error_reaches_every_waiter_and_replaces_tensors() {
             thread::spawn(move || store.get(&oid(1), LONG).map(drop).unwrap_err())
         })
         .collect();
-    thread::sleep(SHORT / 2);
+    wait_until(|| store.waiters() == 3);
     store.put_error(oid(1), "receive from actor 3 failed");
     for w in waiters {
         let e = w.join().unwrap();

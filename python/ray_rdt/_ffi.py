@@ -27,36 +27,11 @@ TRANSPORT_NIXL = 2
 TRANSPORT_CUDA_IPC = 3
 TRANSPORT_SHM = 4
 
-TRANSPORT_CODES = {
-    "gloo": TRANSPORT_GLOO,
-    "nccl": TRANSPORT_NCCL,
-    "nixl": TRANSPORT_NIXL,
-    "cuda_ipc": TRANSPORT_CUDA_IPC,
-    "shm": TRANSPORT_SHM,
-}
+# Every transport code, in order.
+TRANSPORTS = (TRANSPORT_GLOO, TRANSPORT_NCCL, TRANSPORT_NIXL, TRANSPORT_CUDA_IPC, TRANSPORT_SHM)
 
-# Transport names by code, upper case as Ray names them.
-TRANSPORT_NAMES = {code: name.upper() for name, code in TRANSPORT_CODES.items()}
-
-# rdt_status codes.
-STATUS_NAMES = {
-    0: "RDT_OK",
-    1: "RDT_ERR_NULL_ARGUMENT",
-    2: "RDT_ERR_INVALID_ARGUMENT",
-    3: "RDT_ERR_NOT_FOUND",
-    4: "RDT_ERR_ALREADY_EXISTS",
-    5: "RDT_ERR_TIMEOUT",
-    6: "RDT_ERR_MALFORMED_METADATA",
-    7: "RDT_ERR_UNSUPPORTED",
-    8: "RDT_ERR_TRANSPORT",
-    9: "RDT_ERR_OBJECT_FAILED",
-    10: "RDT_ERR_UNAVAILABLE",
-    11: "RDT_ERR_BUFFER_TOO_SMALL",
-    12: "RDT_ERR_IO",
-    13: "RDT_ERR_INTERNAL",
-    14: "RDT_ERR_AUTH_REFUSED",
-    15: "RDT_ERR_PEER_GONE",
-}
+# rdt_status codes the binding tells apart (RDT_ERR_* in ray_rdt.h; the names
+# come from the library: status_name).
 OK = 0
 ERR_INVALID_ARGUMENT = 2
 ERR_NOT_FOUND = 3
@@ -80,7 +55,7 @@ class RdtError(RuntimeError):
 
     def __init__(self, status: int, message: str, call: str = ""):
         self.status = status
-        self.status_name = STATUS_NAMES.get(status, f"status {status}")
+        self.status_name = status_name(status)
         self.message = message
         self.call = call
         text = f"{message} ({self.status_name}"
@@ -173,7 +148,8 @@ class TransportStats(ctypes.Structure):
 
 
 # Paths an object can take (rdt_path), by the name ray_rdt.stats() uses.
-PATH_CODES = {"same_host": 0, "network": 1, "inline": 2}
+# rdt_path codes (RDT_PATH_* in ray_rdt.h; the names come from the library).
+PATHS = (0, 1, 2)
 # Buckets of the fetch-latency histogram (RDT_LATENCY_BUCKETS).
 LATENCY_BUCKETS = 16
 
@@ -263,6 +239,9 @@ _status = ctypes.c_uint32
 # name: (restype, argtypes)
 _SIGNATURES = {
     "rdt_abi_version": (ctypes.c_uint32, []),
+    "rdt_status_name": (ctypes.c_char_p, [ctypes.c_uint32]),
+    "rdt_transport_name": (ctypes.c_char_p, [ctypes.c_uint32]),
+    "rdt_path_name": (ctypes.c_char_p, [ctypes.c_uint32]),
     "rdt_last_error": (ctypes.c_char_p, []),
     "rdt_stats_get": (_status, [ctypes.c_uint32, ctypes.POINTER(TransportStats)]),
     "rdt_stats_path_get": (_status, [ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(PathStats)]),
@@ -500,6 +479,26 @@ def take_buffer(buf: Buffer) -> bytes:
         return ctypes.string_at(buf.data, buf.len)
     finally:
         lib().rdt_buffer_free(ctypes.byref(buf))
+
+
+def status_name(status: int) -> str:
+    """The C ABI's name of ``status`` (``"RDT_ERR_TIMEOUT"``), from the library;
+    ``"status N"`` for a value it does not know or when it cannot be loaded."""
+    try:
+        name = lib().rdt_status_name(status)
+    except PluginUnavailableError:
+        name = None
+    return name.decode() if name else f"status {status}"
+
+
+def transport_names() -> dict:
+    """``{code: name}`` of the plugin's transports (``"gloo"``...), from the library."""
+    return {code: lib().rdt_transport_name(code).decode() for code in TRANSPORTS}
+
+
+def path_names() -> dict:
+    """``{code: name}`` of the paths an object takes (``"same_host"``...), from the library."""
+    return {code: lib().rdt_path_name(code).decode() for code in PATHS}
 
 
 def timeout_ms(timeout_s: Optional[float]) -> int:

@@ -20,9 +20,10 @@ from typing import Any, List, Optional
 
 import ray
 
-from ray_rdt import _ffi, errors, targets
-from ray_rdt import context as _context
-from ray_rdt.transports import transport_class
+from ray_rdt import _ffi, errors, stock_path, targets
+from ray_rdt import process
+from ray_rdt.plugin_metadata import PluginTransportMetadata
+from ray_rdt.transport_facts import is_one_sided_plugin_transport, registered
 
 # Statuses of a failed transfer itself (peer died, connection broke, timeout).
 SYSTEM_ERRORS = (_ffi.ERR_TRANSPORT, _ffi.ERR_TIMEOUT, _ffi.ERR_IO, _ffi.ERR_PEER_GONE)
@@ -38,7 +39,7 @@ def fetch_timeout_s() -> float:
 def record_transport(record: bytes) -> str:
     """The transport name a metadata record names ("" if it is not a record)."""
     try:
-        return _ffi.TRANSPORT_NAMES.get(_ffi.record_header(record)[0], "")
+        return _ffi.transport_names().get(_ffi.record_header(record)[0], "").upper()
     except _ffi.RdtError:
         return ""
 
@@ -54,8 +55,8 @@ def resolve(key, record: bytes, put: bool = False, ref=None) -> List[Any]:
     resolved, whose targets (``set_target_for_ref``) the bytes land in."""
     if _is_read():
         transport = record_transport(record)
-        cls = transport_class(transport)
-        if cls is not None and not cls.ONE_SIDED:
+        facts = registered(transport)
+        if facts is not None and not facts.one_sided:
             raise errors.read_outside_group(transport)
     return fetch(key, record, None, put=put, ref_hex=None if ref is None else ref.hex())
 
@@ -93,8 +94,11 @@ def fetch(
     started = _claim(ref_hex, record)
     if started is not None:
         return started.result()
-    ctx = _context.get_context()
     into, device = targets.take(ref_hex) if ref_hex is not None else (None, None)
+    if stock_path.is_record(record):
+        key_hex = key.hex() if isinstance(key, bytes) else key
+        return _on_device(stock_path.fetch(key_hex, record, into), device)
+    ctx = process.get_context()
     try:
         if into is not None and _lands_in_place(record, into):
             ctx.fetch_into(key, record, into, fetch_timeout_s())
@@ -106,9 +110,12 @@ def fetch(
         raise _failure(e, key, record, transport or record_transport(record), object_ref, put) from None
     if into is not None:
         return _copy_into(into, fetched)
-    if device is not None:
-        return [t.to(device) for t in fetched]
-    return fetched
+    return _on_device(fetched, device)
+
+
+def _on_device(tensors: List[Any], device: Optional[str]) -> List[Any]:
+    """The tensors on the target device (``set_target_device_for_ref``), if any."""
+    return tensors if device is None else [t.to(device) for t in tensors]
 
 
 # The fetches started together for the ray.get running on this thread:
@@ -129,8 +136,6 @@ def prefetch(serialized_objects, object_refs, use_object_store: bool = False) ->
     _batch.fetches = None
     if use_object_store:
         return
-    from ray_rdt.transports import PluginTransportMetadata, is_one_sided_plugin_transport
-
     manager = ray._private.worker.global_worker.rdt_manager
     found = []
     for ref, (_, _, transport) in zip(object_refs, serialized_objects):
@@ -213,9 +218,14 @@ def _failure(e: "_ffi.RdtError", key, record: bytes, transport: str, object_ref,
     except _ffi.RdtError:
         pid, src_actor = 0, None
     transfer = errors.describe(what, src_actor, pid, worker.actor_id.hex() if in_actor else None)
+    message, cause = e.message, str(e)
+    if transport.upper() == "NIXL" and e.status in SYSTEM_ERRORS:
+        # Stock 2.60's words for a failed NIXL read, before the plugin's own.
+        suspect = errors.nixl_source_may_have_died(key_hex)
+        message, cause = f"{suspect} {message}", f"{suspect} {cause}"
     if e.status == _ffi.ERR_PEER_GONE or (e.status in SYSTEM_ERRORS and actor_dead(src_actor)):
-        return errors.actor_died(transfer, str(e))
-    return errors.RDTTransferError(f"{transfer} failed: {e}")
+        return errors.actor_died(transfer, cause)
+    return errors.RDTTransferError(e.status, f"{transfer} failed: {message}", e.call)
 
 
 def actor_dead(actor_hex: Optional[str]) -> bool:

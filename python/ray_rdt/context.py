@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from ray_rdt import _ffi, dlpack, reporter
+from ray_rdt import _ffi, dlpack
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +64,7 @@ class Context:
         self._pid = os.getpid()
         # The Ray connection get_context last checked this context against
         # (a weak reference to Ray's Node object; see _ray_connection).
-        self._connection = _no_connection
+        self._connection = lambda: None
         self.node_id = node_id
         self.actor_id = actor_id
         #: Same-host endpoint (``unix:@...``).
@@ -311,7 +311,7 @@ class Context:
             return None
         try:
             return {
-                "transport": _ffi.TRANSPORT_NAMES.get(failure.transport, str(failure.transport)),
+                "transport": _ffi.transport_names().get(failure.transport, str(failure.transport)).upper(),
                 "group": ctypes.string_at(failure.group.data, failure.group.len).decode("utf-8", "replace"),
                 "object_id": bytes(failure.object_id).hex(),
                 "src_rank": failure.src_rank,
@@ -357,98 +357,3 @@ def tell_cuda_current(device: Optional[int] = None, stream=None) -> None:
     if stream is None:
         stream = torch.cuda.current_stream(device)
     _ffi.check(_ffi.lib().rdt_cuda_set_current(device, stream.cuda_stream), "rdt_cuda_set_current")
-
-
-_context: Optional[Context] = None
-_context_lock = threading.Lock()
-
-
-def _ray_ids():
-    """(node_id, actor_id) of this process in Ray, as binary; empty when unknown."""
-    try:
-        import ray._private.worker as ray_worker
-
-        worker = ray_worker.global_worker
-        if not worker.connected:
-            return b"", b""
-        node = worker.current_node_id
-        actor = worker.actor_id
-        return node.binary(), (b"" if actor.is_nil() else actor.binary())
-    except Exception:
-        return b"", b""
-
-
-def _ray_node_ip() -> Optional[str]:
-    """The IP Ray uses for this process's node, or None outside a Ray cluster."""
-    try:
-        import ray._private.worker as ray_worker
-
-        worker = ray_worker.global_worker
-        return worker.node_ip_address if worker.connected else None
-    except Exception:
-        return None
-
-
-def ray_auth_token() -> Optional[bytes]:
-    """Ray's cluster token when Ray's token authentication is on, else None.
-
-    Read through Ray's own loader (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
-    ``~/.ray/auth_token``), so the plugin's peers prove exactly what Ray's do.
-    """
-    from ray._private.authentication.authentication_utils import is_token_auth_enabled
-
-    if not is_token_auth_enabled():
-        return None
-    from ray._raylet import AuthenticationTokenLoader
-
-    loader = AuthenticationTokenLoader.instance()
-    if not loader.has_token():
-        return None
-    token = loader.get_raw_token()
-    return token.encode("utf-8") if isinstance(token, str) else bytes(token)
-
-
-def get_context() -> Context:
-    """This process's plugin context, created on first use.
-
-    A driver can leave one Ray cluster and join another (``ray.shutdown()`` then
-    ``ray.init()``): the context is recreated when the Ray node changes, so the
-    identity it gives to its records stays true.
-    """
-    global _context
-    ctx = _context
-    connection = _ray_connection()
-    if ctx is not None and connection is not None and ctx._connection() is connection and ctx._pid == os.getpid():
-        # The same Ray connection as when the context was checked last: the
-        # same node (two attribute reads instead of asking Ray for its IDs).
-        return ctx
-    node_id, actor_id = _ray_ids()
-    with _context_lock:
-        ctx = _context
-        if ctx is None or ctx._pid != os.getpid() or ctx.node_id != node_id:
-            if ctx is not None and ctx._pid == os.getpid():
-                ctx.close()
-            _context = Context(node_id, actor_id, _ray_node_ip(), ray_auth_token() if node_id else None)
-            reporter.start()
-        if connection is not None:
-            _context._connection = weakref.ref(connection)
-        return _context
-
-
-def _ray_connection():
-    """What stands for this process's Ray connection: Ray's ``Node`` object of
-    it (a new one for every ``ray.init``; None when not connected)."""
-    import ray._private.worker as ray_worker
-
-    worker = ray_worker.global_worker
-    return getattr(worker, "node", None) if worker.connected else None
-
-
-def _no_connection():
-    return None
-
-
-def peek_context() -> Optional[Context]:
-    """The context if this process created one, else None (never creates)."""
-    ctx = _context
-    return ctx if ctx is not None and ctx._pid == os.getpid() else None

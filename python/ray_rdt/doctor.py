@@ -119,11 +119,21 @@ def report() -> dict:
         "ray": _ray(),
     }
     try:
-        from ray_rdt.transports import enabled_transports
+        from ray_rdt.transport_facts import routed
 
-        out["routed"] = sorted(n.lower() for n in enabled_transports())
+        out["routed"] = sorted(n.lower() for n in routed())
     except Exception as e:
         out["routed"] = f"error: {e}"
+    from ray_rdt import stock_path
+
+    devices = stock_path.plugin_devices()
+    out["nixl_devices"] = {
+        "plugin": list(devices),
+        "why": (
+            f"{stock_path.DEVICES_ENV}={','.join(devices)}: nixl objects on other devices move through stock Ray's "
+            "NIXL code (the plugin's CUDA paths wait for a ci/gpu-nightly run on a GPU)"
+        ),
+    }
     cuda = _cuda_devices()
     libraries = {
         "cudart": _find(["libcudart.so*"]),
@@ -136,10 +146,10 @@ def report() -> dict:
     endpoint = {"unix": None, "tcp": None, "authenticated": None}
     ctx = None
     if out["plugin"]["library"]:
-        from ray_rdt import context
+        from ray_rdt import process
 
         try:
-            ctx = context.get_context()
+            ctx = process.get_context()
         except Exception as e:
             out["plugin"]["error"] = f"the plugin context cannot start: {e}"
     if ctx is not None:
@@ -206,6 +216,8 @@ def format_report(rep: dict) -> str:
         + (f"library {p['library']}, C ABI {p['abi']}" if p["library"] else f"NOT LOADED: {p['error']}"),
         f"  ray            {r['version'] or 'not installed'}, patches {r['patches']}",
         f"  routed         {', '.join(rep['routed']) if isinstance(rep['routed'], list) else rep['routed']}",
+        f"  nixl moves     {', '.join(rep['nixl_devices']['plugin']) or 'nothing'} through the plugin "
+        f"({rep['nixl_devices']['why']})",
     ]
     for name, t in rep["transports"].items():
         lines.append(f"  {name:<14} {'ok' if t['ok'] else 'NO':<3} {t['detail']}")

@@ -1,9 +1,16 @@
 """The errors and warnings the plugin raises through Ray, with the texts users
-see (the guide's where it gives them)."""
+see (the guide's where it gives them).
+
+One family: every error of the plugin is a :class:`~ray_rdt._ffi.RdtError`
+(with the ``rdt_status`` it stands for), raised by the C ABI binding or, for
+what Ray users see, by the classes below; a dead producer is Ray's own
+``ActorDiedError``."""
 
 from typing import Optional
 
 from ray.exceptions import ActorDiedError, RayError
+
+from ray_rdt import _ffi
 
 MUTABLE_WARNING = (
     "GPU ObjectRef({obj_id}) is being passed back to the actor that created it {actor}. "
@@ -18,11 +25,12 @@ RAY_GET_ERROR = (
 )
 
 
-class RDTTransferError(RuntimeError):
-    """A plugin transfer of an RDT object failed (a system error)."""
+class RDTTransferError(_ffi.RdtError):
+    """A plugin transfer of an RDT object failed (a system error): the failed
+    call's status, and a message naming the object, both ends and the cause."""
 
 
-class RDTValueError(RayError, ValueError):
+class RDTValueError(RayError, ValueError, _ffi.RdtError):
     """A ``ValueError`` the plugin raises while Ray reads a value (the guide's
     for reading an object of a collective transport outside its group; 2.60's
     for targets that do not match the object), as a ``RayError`` so that every
@@ -32,8 +40,7 @@ class RDTValueError(RayError, ValueError):
     _ray_rdt = True
 
     def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+        _ffi.RdtError.__init__(self, _ffi.ERR_INVALID_ARGUMENT, message)
 
     def __str__(self):
         return self.message
@@ -77,6 +84,13 @@ def describe(what: str, src_actor: Optional[str], src_pid: int, dst_actor: Optio
     src = f"actor {src_actor}" if src_actor else "the driver"
     dst = f"actor {dst_actor}" if dst_actor else "the driver"
     return f"RDT transfer of {what} from {src} (pid {src_pid}) to {dst}"
+
+
+def nixl_source_may_have_died(obj_id: str) -> str:
+    """Stock 2.60's text for a failed NIXL transfer."""
+    return (
+        f"The NIXL transfer failed for object id: {obj_id}. The source actor may have died during the transfer."
+    )
 
 
 def actor_died(transfer: str, cause: str) -> ActorDiedError:

@@ -27,7 +27,7 @@ from typing import Optional
 import ray
 
 from ray_rdt import _ffi
-from ray_rdt import context as _context
+from ray_rdt import process
 from ray_rdt.consumer import actor_dead
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def group_timeout_s() -> float:
 
 
 def _serve_rendezvous(self_actor) -> str:
-    return _context.get_context().rendezvous_serve(ray.util.get_node_ip_address())
+    return process.get_context().rendezvous_serve(ray.util.get_node_ip_address())
 
 
 def serve_rendezvous(actor) -> str:
@@ -63,17 +63,17 @@ def serve_rendezvous(actor) -> str:
 def owner_contact() -> bytes:
     """Owner side of ``create_collective_group``: how the members reach this
     process to report failed transfers; starts the owner's failure watcher."""
-    ctx = _context.get_context()
+    ctx = process.get_context()
     ctx.watch_group_failures(handle_reported_failures)
     return ctx.contact()
 
 
 def join_group(name: str, backend: str, rank: int, world_size: int, address: str, owner: bytes = b""):
     """Runs in each member: joins the plugin's collective group ``name``."""
-    from ray_rdt.transports import PLUGIN_TRANSPORTS
+    from ray_rdt.transport_facts import FACTS
 
-    ctx = _context.get_context()
-    ctx.group_create(name, PLUGIN_TRANSPORTS[backend].CODE, rank, world_size, address, group_timeout_s(), owner)
+    ctx = process.get_context()
+    ctx.group_create(name, FACTS[backend].code, rank, world_size, address, group_timeout_s(), owner)
     with _local_groups_lock:
         _local_groups[backend] = name
 
@@ -83,7 +83,7 @@ def destroy_local_group(name: str):
     with _local_groups_lock:
         for backend in [b for b, n in _local_groups.items() if n == name]:
             del _local_groups[backend]
-    ctx = _context.peek_context()
+    ctx = process.peek_context()
     if ctx is None:
         return
     try:
@@ -198,7 +198,7 @@ class _FailureHandler:
 def handle_reported_failures(manager=None):
     """Owner side, at ``create_collective_group``: handles the failures already
     reported, so that survivors of a failed transfer can form a new group at once."""
-    ctx = _context.peek_context()
+    ctx = process.peek_context()
     if ctx is None:
         return
     # Taken and handled under one lock: a caller finds every reported failure

@@ -101,9 +101,9 @@ class Pool:
 
     def _reclaim(self) -> None:
         """Returns the blocks of objects the plugin has freed."""
-        from ray_rdt import context
+        from ray_rdt import process
 
-        ctx = context.peek_context()
+        ctx = process.peek_context()
         for key in [k for k in self.keys if ctx is None or not ctx.contains(k)]:
             self.manager.free_object(key)
             self.keys.discard(key)

@@ -4,10 +4,11 @@ from typing import Optional
 
 import ray
 
-from ray_rdt import context as _context
-from ray_rdt import errors, targets
+from ray_rdt import process
+from ray_rdt import errors, stock_path, targets
 from ray_rdt.threads import keep_thread_state
-from ray_rdt.transports import PluginTransportMetadata, is_plugin_transport
+from ray_rdt.plugin_metadata import PluginTransportMetadata
+from ray_rdt.transport_facts import is_plugin_transport
 
 
 def get_use_object_store(tensor_transport: Optional[str], use_object_store: bool) -> bool:
@@ -39,8 +40,10 @@ def free_primary_copy(obj_id: str, src_actor, transport: str, meta) -> bool:
     if not isinstance(meta, PluginTransportMetadata) or not meta.record or not is_plugin_transport(transport):
         return False
     targets.drop(obj_id)
+    if stock_path.is_record(meta.record):
+        return False  # stock Ray's __ray_free__ task frees it (stock_path)
     actor_id = getattr(src_actor, "_actor_id", None)  # RDTSource.DRIVER has none
     if actor_id is None or actor_id == ray._private.worker.global_worker.actor_id:
         return False
-    _context.get_context().free_remote(meta.key, meta.record)
+    process.get_context().free_remote(meta.key, meta.record)
     return True

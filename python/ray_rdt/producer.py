@@ -19,9 +19,11 @@ from typing import Any, List, Optional, Tuple
 
 import ray
 
-from ray_rdt import _ffi, groups, serializer
-from ray_rdt import context as _context
-from ray_rdt.transports import PluginTransportMetadata, RecordTensorMeta, transport_class
+from ray_rdt import _ffi, groups, serializer, stock_path
+from ray_rdt import process
+from ray_rdt.context import OBJECT_ID_SIZE
+from ray_rdt.plugin_metadata import PluginTransportMetadata, RecordTensorMeta
+from ray_rdt.transport_facts import registered
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def _drop_pending():
     if pending is not None:
         # A put that Ray never completed (e.g. an error between serialization and
         # storing the value): free the plugin's copy.
-        ctx = _context.peek_context()
+        ctx = process.peek_context()
         if ctx is not None:
             try:
                 ctx.free(pending.key)
@@ -116,7 +118,7 @@ def serialize_in_one_pass(serialization_context, value: Any, transport: str, for
     try:
         serialized = serialization_context._serialize_to_msgpack(serializer.PluginValue(kind, keys, placeholder))
     except BaseException:
-        _context.get_context().free(key)
+        process.get_context().free(key)
         raise
     _tls.pending = _PendingPut(key, record, tensors, transport)
     return serialized, tensors
@@ -125,12 +127,12 @@ def serialize_in_one_pass(serialization_context, value: Any, transport: str, for
 def _store(tensors: List[Any], transport: str, for_put: bool) -> Tuple[bytes, bytes]:
     """Stores ``tensors`` in the plugin; returns ``(plugin key, record)``: the
     key is the task's return ID, or a fresh one for a ``ray.put``."""
-    cls = transport_class(transport)
+    facts = registered(transport)
     _drop_pending()
-    ctx = _context.get_context()
-    key = os.urandom(_context.OBJECT_ID_SIZE) if for_put else return_object_id()
+    ctx = process.get_context()
+    key = os.urandom(OBJECT_ID_SIZE) if for_put else return_object_id()
     group = None
-    if not cls.ONE_SIDED:
+    if not facts.one_sided:
         group = groups.local_group(transport)
         if group is None:
             raise ValueError(
@@ -138,19 +140,21 @@ def _store(tensors: List[Any], transport: str, for_put: bool) -> Tuple[bytes, by
                 "ray.experimental.collective.create_collective_group before returning "
                 f'tensors with tensor_transport="{transport.lower()}".'
             )
-    if cls.NAME == "NIXL":
+    if stock_path.takes(facts.name, tensors):
+        return key, stock_path.put(key.hex(), tensors, facts.name)
+    if facts.name == "NIXL":
         from ray_rdt import nixl_pool
 
         tensors = nixl_pool.pooled(key.hex(), tensors)
     try:
-        record = ctx.put(key, cls.CODE, tensors, group)
+        record = ctx.put(key, facts.code, tensors, group)
     except _ffi.RdtError as e:
         if e.status != _ffi.ERR_ALREADY_EXISTS:
             raise
         # A retry of a task whose earlier reply was lost: this attempt's tensors
         # replace the earlier attempt's (consumers fetch by the record Ray keeps).
         ctx.free(key)
-        record = ctx.put(key, cls.CODE, tensors, group)
+        record = ctx.put(key, facts.code, tensors, group)
     return key, record
 
 
@@ -163,7 +167,7 @@ def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], 
         _drop_pending()
         return None  # ray.put of a value without tensors is no RDT object (stock)
     key, record = _store(tensors, transport, for_put)
-    ctx = _context.get_context()
+    ctx = process.get_context()
     tl = serialization_context._thread_local
     tl.use_external_transport = True
     tl.rdt_tensors = []
@@ -189,8 +193,12 @@ def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], 
 
 def _metadata(pending: _PendingPut) -> PluginTransportMetadata:
     device = pending.tensors[0].device.type if pending.tensors else None
+    if stock_path.is_record(pending.record):
+        tensor_meta = stock_path.metadata(pending.record)[1].tensor_meta
+    else:
+        tensor_meta = RecordTensorMeta(pending.record)
     return PluginTransportMetadata(
-        tensor_meta=RecordTensorMeta(pending.record),
+        tensor_meta=tensor_meta,
         tensor_device=device,
         record=pending.record,
         key=pending.key.hex(),
@@ -226,5 +234,8 @@ def claim_pending_put(obj_id: str, tensors: List[Any], transport: str, store) ->
     pending = _take_pending(tensors)
     if pending is None:
         return None
-    store.add_alias(obj_id, pending.key.hex())
+    if stock_path.is_record(pending.record):
+        stock_path.rename(pending.key.hex(), obj_id)
+    else:
+        store.add_alias(obj_id, pending.key.hex())
     return _metadata(pending)

@@ -36,12 +36,8 @@ from ray_rdt.producer import (  # noqa: F401
 )
 from ray_rdt.serializer import tensor_deserializer, tensor_serializer  # noqa: F401
 from ray_rdt.targets import set_target_device, set_targets  # noqa: F401
-from ray_rdt.transports import (  # noqa: F401
-    is_one_sided_plugin_transport,
-    is_plugin_transport,
-    register_transports,
-    transport_class,
-)
+from ray_rdt.transport_facts import is_one_sided_plugin_transport, is_plugin_transport  # noqa: F401
+from ray_rdt.transports import register_transports  # noqa: F401
 
 
 def enabled() -> bool:

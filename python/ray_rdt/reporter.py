@@ -3,7 +3,7 @@
 ``ray-rdt stats`` (:mod:`ray_rdt.registry`).
 
 :func:`start` runs once per process, when the plugin context is created
-(``context.get_context``): a daemon thread reads ``ray_rdt.stats()`` every
+(``process.get_context``): a daemon thread reads ``ray_rdt.stats()`` every
 ``RAY_RDT_REPORT_INTERVAL_S`` seconds (default 5; ``0`` turns the reporter off)
 and once more at interpreter exit. Transfers never wait for it: it only reads
 the plugin's atomic counters.
@@ -63,11 +63,13 @@ def _identity_or_none() -> Optional[dict]:
 
 
 class Reporter:
-    """One process's reporting state: the metrics exporter and what it knows about itself."""
+    """One process's reporting state: the metrics exporter and what it knows
+    about itself (``addresses()``: its plugin endpoint's addresses)."""
 
-    def __init__(self):
+    def __init__(self, addresses):
         from ray_rdt import metrics, registry
 
+        self._addresses = addresses
         self._exporter = metrics.Exporter()
         self._registry = registry
         self._start_time = registry.process_start_time(os.getpid())
@@ -96,22 +98,21 @@ class Reporter:
 
     def _report(self):
         import ray_rdt
-        from ray_rdt import context
 
         who = _identity()
         if who is None:
             return
         snapshot = ray_rdt.stats()
         self._exporter.update(snapshot, {"ActorId": who["actor_id"] or ""})
-        ctx = context.peek_context()
+        endpoint, tcp_endpoint = self._addresses()
         self._registry.write(
             dict(
                 who,
                 pid=os.getpid(),
                 start_time=self._start_time,
                 actor_class=self._actor_class,
-                endpoint=getattr(ctx, "endpoint", None),
-                tcp_endpoint=getattr(ctx, "tcp_endpoint", None),
+                endpoint=endpoint,
+                tcp_endpoint=tcp_endpoint,
                 library=ray_rdt.library_path(),
                 time=time.time(),
                 stats=snapshot,
@@ -130,8 +131,9 @@ def _loop(reporter: Reporter, period: float):
             return
 
 
-def start():
-    """Starts this process's reporter once (a no-op when it runs or is turned off)."""
+def start(addresses):
+    """Starts this process's reporter once (a no-op when it runs or is turned
+    off); ``addresses()`` gives the plugin endpoint's addresses when it reports."""
     global _started_pid
     period = interval_s()
     if period <= 0:
@@ -140,7 +142,7 @@ def start():
         if _started_pid == os.getpid():
             return
         _started_pid = os.getpid()
-        reporter = Reporter()
+        reporter = Reporter(addresses)
         reporter.note_caller()
         threading.Thread(target=_loop, args=(reporter, period), name="ray-rdt-reporter", daemon=True).start()
         atexit.register(_final_report, reporter)

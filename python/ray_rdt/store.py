@@ -16,12 +16,13 @@ from typing import Any, Dict, List, Optional
 from ray.experimental.rdt.rdt_store import RDTStore
 
 from ray_rdt import _ffi
-from ray_rdt import context as _context
+from ray_rdt import process
+from ray_rdt.context import OBJECT_ID_SIZE
 from ray_rdt._ffi import RdtNotFoundError, RdtTimeoutError
 
 
 def _is_object_id_hex(obj_id: str) -> bool:
-    if not isinstance(obj_id, str) or len(obj_id) != 2 * _context.OBJECT_ID_SIZE:
+    if not isinstance(obj_id, str) or len(obj_id) != 2 * OBJECT_ID_SIZE:
         return False
     try:
         bytes.fromhex(obj_id)
@@ -51,19 +52,19 @@ class PluginRDTStore(RDTStore):
                 self._aliases[obj_id] = key
 
     def _plugin_has(self, obj_id: str) -> bool:
-        ctx = _context.peek_context()
+        ctx = process.peek_context()
         key = self._key(obj_id)
         return ctx is not None and key is not None and ctx.contains(key)
 
     def _plugin_get(self, obj_id: str) -> List[Any]:
-        ctx = _context.peek_context()
+        ctx = process.peek_context()
         key = self._key(obj_id)
         if ctx is None or key is None:
             raise RdtNotFoundError(_ffi.ERR_NOT_FOUND, f"object {obj_id} is not held by this process's plugin")
         return ctx.get(key)
 
     def _plugin_free(self, obj_id: str) -> bool:
-        ctx = _context.peek_context()
+        ctx = process.peek_context()
         key = self._key(obj_id)
         with self._plugin_lock:
             self._aliases.pop(obj_id, None)
@@ -72,7 +73,7 @@ class PluginRDTStore(RDTStore):
         return ctx.free(key)
 
     def _plugin_count(self) -> int:
-        ctx = _context.peek_context()
+        ctx = process.peek_context()
         return 0 if ctx is None else ctx.counts()[0]
 
     # -- RDTStore API -----------------------------------------------------------
@@ -122,7 +123,7 @@ class PluginRDTStore(RDTStore):
     def wait_tensor_freed(self, tensor: Any, timeout: Optional[float] = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         super().wait_tensor_freed(tensor, timeout)
-        ctx = _context.peek_context()
+        ctx = process.peek_context()
         if ctx is None or not hasattr(tensor, "data_ptr"):
             return
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -27,7 +27,7 @@ _held: Dict[str, Tuple[Optional[List[Any]], Optional[str]]] = {}
 
 def _plugin_ref(ref) -> bool:
     """Whether ``ref`` names an object a plugin transport moves."""
-    from ray_rdt.transports import is_plugin_transport
+    from ray_rdt.transport_facts import is_plugin_transport
 
     transport = ref.tensor_transport()
     return transport is not None and is_plugin_transport(str(transport).upper())

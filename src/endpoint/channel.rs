@@ -93,6 +93,8 @@ pub struct Frame {
 pub struct Channel {
     stream: Stream,
     peer: String,
+    /// A descriptor that came with the request being served (same host only).
+    received: Option<OwnedFd>,
 }
 
 /// A point in time after which a read or write fails with a timeout.
@@ -131,7 +133,23 @@ impl Deadline {
 
 impl Channel {
     pub(crate) fn new(stream: Stream, peer: String) -> Channel {
-        Channel { stream, peer }
+        Channel {
+            stream,
+            peer,
+            received: None,
+        }
+    }
+
+    /// Keeps the descriptor that came with the request about to be served.
+    pub(crate) fn set_received_descriptor(&mut self, fd: Option<OwnedFd>) {
+        self.received = fd;
+    }
+
+    /// Takes the descriptor the peer sent with the request being served, if
+    /// any: a capability of same-host channels (a transport that needs one
+    /// asks [`Channel::passes_descriptors`] first).
+    pub fn take_received_descriptor(&mut self) -> Option<OwnedFd> {
+        self.received.take()
     }
 
     /// The peer's address, for messages.

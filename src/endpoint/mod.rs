@@ -31,7 +31,6 @@ pub use contact::Contact;
 
 use crate::error::Result;
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +39,9 @@ use std::time::Duration;
 /// `channel` (some requests get several, or a file descriptor); an error it
 /// returns is sent to the peer as an error reply.
 pub trait Handler: Send + Sync + 'static {
-    /// Handles one request and the file descriptor sent with it, if any.
-    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, channel: &mut Channel) -> Result<()>;
+    /// Handles one request (a descriptor sent with it waits in the channel:
+    /// [`Channel::take_received_descriptor`]).
+    fn handle(&self, request: &[u8], channel: &mut Channel) -> Result<()>;
 }
 
 /// Bounds on what peers may hold of an endpoint (environment variables in

@@ -251,7 +251,10 @@ fn serve(channel: &mut Channel, conn: &Conn, svc: &Service) {
                     .is_ok()
             });
         let Ok(frame) = frame else { return };
-        if let Err(e) = svc.handler.handle(&frame.payload, frame.fd, channel) {
+        channel.set_received_descriptor(frame.fd);
+        let handled = svc.handler.handle(&frame.payload, channel);
+        channel.set_received_descriptor(None);
+        if let Err(e) = handled {
             if channel
                 .send(&super::wire::error_reply(&e), limits.frame_timeout)
                 .is_err()

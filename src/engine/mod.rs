@@ -432,20 +432,15 @@ impl Context {
                 .check_consumer(meta)
                 .and_then(|()| op(Path::Inline, declared, &peer));
             (Path::Inline, r)
-        } else if peer.same_host
-            && self.shared.same_host_path
-            && meta.transport != TransportKind::Shm
-            && is_host(meta.device)
-        {
-            let shm = self.shared.transports.get(TransportKind::Shm)?;
+        } else if let Some(same_host) = self.same_host_path_for(meta, &peer, declared) {
             let r = declared
                 .check_consumer(meta)
-                .and_then(|()| op(Path::SameHost, shm, &peer));
+                .and_then(|()| op(Path::SameHost, same_host, &peer));
             (Path::SameHost, r)
         } else {
             // The declared transport moves the bytes itself: its network path,
-            // also on one host (loopback), except shm, which is the same-host path.
-            let path = if meta.transport == TransportKind::Shm {
+            // also on one host (loopback), unless it is the same-host path.
+            let path = if declared.is_same_host_path() {
                 Path::SameHost
             } else {
                 Path::Network
@@ -467,6 +462,24 @@ impl Context {
             Path::Inline => e,
             _ => peer.explain(e),
         })
+    }
+
+    /// The same-host path's transport when it carries `meta`'s object in place
+    /// of the declared transport: CPU tensors from a producer on this host,
+    /// with the same-host path on.
+    fn same_host_path_for(
+        &self,
+        meta: &Metadata,
+        peer: &Peer<'_>,
+        declared: &dyn Transport,
+    ) -> Option<&dyn Transport> {
+        let applies = peer.same_host
+            && self.shared.same_host_path
+            && !declared.is_same_host_path()
+            && is_host(meta.device);
+        applies
+            .then(|| self.shared.transports.same_host_path())
+            .flatten()
     }
 
     /// The owner's free of object `id` described by `record`: sent to the

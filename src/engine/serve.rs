@@ -9,26 +9,25 @@ use crate::error::{Error, Result};
 use crate::stats::{self, Path};
 use crate::transport::group::GroupFailure;
 use crate::transport::{parse_fetch_request, Served};
-use crate::transport_kind::TransportKind;
-use std::os::fd::OwnedFd;
 
 impl Handler for Shared {
-    fn handle(&self, request: &[u8], fd: Option<OwnedFd>, channel: &mut Channel) -> Result<()> {
+    fn handle(&self, request: &[u8], channel: &mut Channel) -> Result<()> {
         match wire::split_op(request)? {
             (wire::OP_FETCH, body) => {
                 let req = parse_fetch_request(body)?;
-                // Shared memory is the same-host path; every other transport
-                // moves the bytes over its network path (loopback on one host).
-                let path = if req.serving == TransportKind::Shm {
+                stats::record_fetch_served();
+                let _serving = stats::SERVING.enter();
+                let transport = self.transports.get(req.serving)?;
+                // The same-host path's transport serves the same-host path;
+                // every other one moves the bytes over its network path
+                // (loopback on one host).
+                let path = if transport.is_same_host_path() {
                     Path::SameHost
                 } else {
                     Path::Network
                 };
-                stats::record_fetch_served();
-                let _serving = stats::SERVING.enter();
-                let transport = self.transports.get(req.serving)?;
                 let object = self.held(&req.id)?;
-                match transport.serve(&self.local(), &req.id, &object, req.body, fd, channel) {
+                match transport.serve(&self.local(), &req.id, &object, req.body, channel) {
                     Ok(Served::Sent) => {
                         stats::record_sent(req.declared, path, object.nbytes());
                         Ok(())

@@ -19,7 +19,11 @@ use std::path::Path;
 #[no_mangle]
 pub extern "C" fn rdt_cuda_set_current(device: i32, stream: u64) -> rdt_status {
     guard(|| {
+        #[cfg(feature = "cuda")]
         crate::cuda::current::set(device, stream);
+        // Without the cuda feature the plugin moves no CUDA memory: nothing to tell.
+        #[cfg(not(feature = "cuda"))]
+        let _ = (device, stream);
         Ok(())
     })
 }
@@ -52,7 +56,14 @@ pub unsafe extern "C" fn rdt_library_search_prefix(prefix: *const c_char) -> rdt
 pub unsafe extern "C" fn rdt_cuda_libraries(out_json: *mut rdt_buffer) -> rdt_status {
     guard(|| {
         let out = out(out_json, "out_json")?;
-        *out = rdt_buffer::from_vec(crate::cuda::report().into_bytes());
+        #[cfg(feature = "cuda")]
+        let report = crate::cuda::report();
+        #[cfg(not(feature = "cuda"))]
+        let report = {
+            let none = r#"{"error": "this build of the plugin has no CUDA layer (built without the cuda feature)"}"#;
+            format!(r#"{{"driver": {none}, "runtime": {none}, "nccl": {none}}}"#)
+        };
+        *out = rdt_buffer::from_vec(report.into_bytes());
         Ok(())
     })
 }

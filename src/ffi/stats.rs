@@ -1,9 +1,10 @@
 //! Per-transport counters through the C ABI.
 
-use super::boundary::{guard, out};
+use super::boundary::{guard, guard_plain, out};
 use super::status::rdt_status;
 use crate::stats;
 use crate::transport_kind::TransportKind;
+use std::ffi::c_char;
 
 /// A transport identifier (`RDT_TRANSPORT_*`).
 pub type rdt_transport = u32;
@@ -143,7 +144,7 @@ pub extern "C" fn rdt_stats_latency_bound_us(bucket: usize) -> u64 {
     })
 }
 
-/// What this process holds in NIXL (see `transport::nixl::NixlStats`).
+/// What this process holds in NIXL.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct rdt_nixl_stats {
@@ -167,7 +168,7 @@ pub struct rdt_nixl_stats {
 #[no_mangle]
 pub unsafe extern "C" fn rdt_stats_nixl_get(out_stats: *mut rdt_nixl_stats) -> rdt_status {
     guard(|| {
-        let s = crate::transport::nixl::stats();
+        let s = crate::transport::registry::nixl_stats();
         *out(out_stats, "out_stats")? = rdt_nixl_stats {
             exported_ranges: s.exported_ranges as u64,
             exported_refs: s.exported_refs as u64,
@@ -194,36 +195,6 @@ pub unsafe extern "C" fn rdt_stats_endpoint_get(out_stats: *mut rdt_endpoint_sta
         };
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The C ABI's transport and path codes are the core's: checked, one numbering.
-    #[test]
-    fn codes_are_the_cores() {
-        let transports = [
-            (RDT_TRANSPORT_GLOO, TransportKind::Gloo),
-            (RDT_TRANSPORT_NCCL, TransportKind::Nccl),
-            (RDT_TRANSPORT_NIXL, TransportKind::Nixl),
-            (RDT_TRANSPORT_CUDA_IPC, TransportKind::CudaIpc),
-            (RDT_TRANSPORT_SHM, TransportKind::Shm),
-        ];
-        assert_eq!(transports.len(), TransportKind::ALL.len());
-        for (code, kind) in transports {
-            assert_eq!(code, u32::from(kind.code()), "{kind:?}");
-        }
-        let paths = [
-            (RDT_PATH_SAME_HOST, stats::Path::SameHost),
-            (RDT_PATH_NETWORK, stats::Path::Network),
-            (RDT_PATH_INLINE, stats::Path::Inline),
-        ];
-        assert_eq!(paths.len(), stats::Path::ALL.len());
-        for (code, path) in paths {
-            assert_eq!(code, path as u32, "{path:?}");
-        }
-    }
 }
 
 /// How many transfers this process runs at once (all contexts together).
@@ -259,4 +230,70 @@ pub unsafe extern "C" fn rdt_stats_concurrency_get(
         };
         Ok(())
     })
+}
+
+/// The lower-case name of transport `transport` (`"gloo"`, `"nccl"`,
+/// `"nixl"`, `"cuda_ipc"`, `"shm"`), a static NUL-terminated string; NULL for
+/// a code no transport has.
+#[no_mangle]
+pub extern "C" fn rdt_transport_name(transport: rdt_transport) -> *const c_char {
+    guard_plain(
+        "rdt_transport_name",
+        std::ptr::null(),
+        || match u8::try_from(transport)
+            .ok()
+            .and_then(|c| TransportKind::from_code(c.into()).ok())
+        {
+            Some(TransportKind::Gloo) => c"gloo".as_ptr(),
+            Some(TransportKind::Nccl) => c"nccl".as_ptr(),
+            Some(TransportKind::Nixl) => c"nixl".as_ptr(),
+            Some(TransportKind::CudaIpc) => c"cuda_ipc".as_ptr(),
+            Some(TransportKind::Shm) => c"shm".as_ptr(),
+            None => std::ptr::null(),
+        },
+    )
+}
+
+/// The name of path `path` (`"same_host"`, `"network"`, `"inline"`), a
+/// static NUL-terminated string; NULL for a code no path has.
+#[no_mangle]
+pub extern "C" fn rdt_path_name(path: rdt_path) -> *const c_char {
+    guard_plain("rdt_path_name", std::ptr::null(), || match path {
+        RDT_PATH_SAME_HOST => c"same_host".as_ptr(),
+        RDT_PATH_NETWORK => c"network".as_ptr(),
+        RDT_PATH_INLINE => c"inline".as_ptr(),
+        _ => std::ptr::null(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn name(p: *const c_char) -> Option<&'static str> {
+        // SAFETY: the functions return static C strings or NULL.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap())
+    }
+
+    #[test]
+    fn every_transport_and_path_has_its_name_and_nothing_else_has_one() {
+        for kind in TransportKind::ALL {
+            assert_eq!(
+                name(rdt_transport_name(kind.code().into())),
+                Some(kind.name())
+            );
+        }
+        assert_eq!(
+            name(rdt_transport_name(TransportKind::ALL.len() as u32)),
+            None
+        );
+        assert_eq!(name(rdt_transport_name(u32::MAX)), None);
+        let paths: Vec<_> = stats::Path::ALL
+            .iter()
+            .map(|&p| name(rdt_path_name(p as u32)))
+            .collect();
+        assert_eq!(paths, [Some("same_host"), Some("network"), Some("inline")]);
+        assert_eq!(name(rdt_path_name(3)), None);
+    }
 }

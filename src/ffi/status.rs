@@ -65,20 +65,56 @@ impl From<ErrorKind> for rdt_status {
     }
 }
 
+/// The name of `status` (`"RDT_OK"`, `"RDT_ERR_TIMEOUT"`, ...), a static
+/// NUL-terminated string; NULL for a value no status has.
+#[no_mangle]
+pub extern "C" fn rdt_status_name(status: u32) -> *const std::ffi::c_char {
+    super::boundary::guard_plain("rdt_status_name", std::ptr::null(), || {
+        let kind = u8::try_from(status).ok().and_then(ErrorKind::from_code);
+        match (status, kind) {
+            (0, _) => c"RDT_OK".as_ptr(),
+            (_, Some(kind)) => match kind {
+                ErrorKind::NullArgument => c"RDT_ERR_NULL_ARGUMENT",
+                ErrorKind::InvalidArgument => c"RDT_ERR_INVALID_ARGUMENT",
+                ErrorKind::NotFound => c"RDT_ERR_NOT_FOUND",
+                ErrorKind::AlreadyExists => c"RDT_ERR_ALREADY_EXISTS",
+                ErrorKind::Timeout => c"RDT_ERR_TIMEOUT",
+                ErrorKind::MalformedMetadata => c"RDT_ERR_MALFORMED_METADATA",
+                ErrorKind::Unsupported => c"RDT_ERR_UNSUPPORTED",
+                ErrorKind::Transport => c"RDT_ERR_TRANSPORT",
+                ErrorKind::ObjectFailed => c"RDT_ERR_OBJECT_FAILED",
+                ErrorKind::Unavailable => c"RDT_ERR_UNAVAILABLE",
+                ErrorKind::BufferTooSmall => c"RDT_ERR_BUFFER_TOO_SMALL",
+                ErrorKind::Io => c"RDT_ERR_IO",
+                ErrorKind::Internal => c"RDT_ERR_INTERNAL",
+                ErrorKind::AuthRefused => c"RDT_ERR_AUTH_REFUSED",
+                ErrorKind::PeerGone => c"RDT_ERR_PEER_GONE",
+            }
+            .as_ptr(),
+            (_, None) => std::ptr::null(),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CStr;
 
-    /// Each error kind's code is its status code: one numbering, checked.
     #[test]
-    fn status_codes_are_the_error_kinds_codes() {
+    fn every_status_has_its_name_and_nothing_else_has_one() {
+        let name = |s: u32| {
+            let p = rdt_status_name(s);
+            // SAFETY: a static C string or NULL.
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_owned())
+        };
+        assert_eq!(name(0).as_deref(), Some("RDT_OK"));
         for kind in ErrorKind::ALL {
-            assert_eq!(
-                rdt_status::from(kind) as u32,
-                u32::from(kind.code()),
-                "{kind:?}"
-            );
+            let status = rdt_status::from(kind);
+            // The variant's own name, as cbindgen writes it into the header.
+            assert_eq!(name(status as u32), Some(format!("{status:?}")), "{kind:?}");
         }
-        assert_eq!(rdt_status::RDT_OK as u32, 0);
+        assert_eq!(name(ErrorKind::ALL.len() as u32 + 1), None);
+        assert_eq!(name(u32::MAX), None);
     }
 }

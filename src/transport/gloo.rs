@@ -11,9 +11,10 @@
 //! with a clear error until the group is destroyed and created again.
 
 use super::group::{
-    already_in_group, break_on_system_error, broken_group, decode_location, encode_location,
-    CollectiveGroups, GroupFailure, GroupSpec, OwnerReport, PullRequest,
+    break_on_system_error, decode_location, encode_location, CollectiveGroups, GroupSpec,
+    OwnerReport, PullRequest, RendezvousStore,
 };
+use super::group_table::{check_peer_rank, usable, GroupTable, Member};
 use super::{fetch_request, Local, Peer, Served, Transport};
 use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel};
@@ -25,10 +26,7 @@ use crate::store::StoredObject;
 use crate::tensor::{is_host, HostBuffer, Tensor};
 use crate::transport_kind::TransportKind;
 use gloo_sys::{ContextOptions, PendingOp};
-use parking_lot::RwLock;
-use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,21 +38,46 @@ struct Group {
     report: OwnerReport,
 }
 
-impl Group {
-    /// Refuses transfers on a group a system error broke.
-    fn usable(&self, name: &str) -> Result<()> {
-        match self.ctx.broken_reason() {
-            None => Ok(()),
-            Some(reason) => Err(broken_group(name, &reason)),
-        }
+impl Member for Group {
+    fn rank(&self) -> usize {
+        self.ctx.rank()
+    }
+
+    fn size(&self) -> usize {
+        self.ctx.size()
+    }
+
+    fn broken_reason(&self) -> Option<String> {
+        self.ctx.broken_reason()
+    }
+
+    fn break_with(&self, _cause: &Error) {
+        // Aborting closes the connections, so the peers' contexts break too.
+        self.ctx.abort();
+    }
+
+    fn leave(&self) {
+        self.ctx.abort();
+    }
+
+    fn owner_report(&self) -> &OwnerReport {
+        &self.report
     }
 }
 
 /// The gloo transport: this process's groups.
-#[derive(Default)]
 pub struct Gloo {
-    groups: RwLock<HashMap<String, Arc<Group>>>,
+    groups: GroupTable<Group>,
     next_slot: AtomicU64,
+}
+
+impl Default for Gloo {
+    fn default() -> Self {
+        Gloo {
+            groups: GroupTable::new(TransportKind::Gloo),
+            next_slot: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Environment variable naming the network interface Gloo binds, as
@@ -67,6 +90,32 @@ fn gloo_error(group: &str, e: gloo_sys::GlooError) -> Error {
         _ => ErrorKind::Transport,
     };
     Error::new(kind, format!("gloo group {group:?}: {e}"))
+}
+
+/// A group's rendezvous store as Gloo asks it.
+struct GlooStore<'a>(&'a dyn RendezvousStore);
+
+impl gloo_sys::Store for GlooStore<'_> {
+    fn set(&self, key: &str, value: &[u8]) -> std::result::Result<(), gloo_sys::GlooError> {
+        self.0.set(key, value).map_err(to_gloo)
+    }
+
+    fn get(
+        &self,
+        key: &str,
+        timeout: Duration,
+    ) -> std::result::Result<Vec<u8>, gloo_sys::GlooError> {
+        self.0.get(key, timeout).map_err(to_gloo)
+    }
+}
+
+/// A store failure as Gloo reports it (a timeout stays a timeout).
+fn to_gloo(e: Error) -> gloo_sys::GlooError {
+    let kind = match e.kind() {
+        ErrorKind::Timeout => gloo_sys::ErrorKind::Timeout,
+        _ => gloo_sys::ErrorKind::Store,
+    };
+    gloo_sys::GlooError::new(kind, e.message())
 }
 
 /// The local address this host uses to reach `target` (what peers can reach us on).
@@ -93,16 +142,7 @@ fn chunks(extents: &[u64]) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
 
 impl CollectiveGroups for Gloo {
     fn create_group(&self, spec: &GroupSpec<'_>) -> Result<()> {
-        let already = || already_in_group(spec.name);
-        if self.groups.read().contains_key(spec.name) {
-            return Err(already());
-        }
-        if spec.rank >= spec.world_size {
-            return Err(Error::invalid(format!(
-                "rank {} is out of range for a group of {}",
-                spec.rank, spec.world_size
-            )));
-        }
+        self.groups.check_join(spec)?;
         // Bind what peers on other hosts can reach: the interface torch names
         // (GLOO_SOCKET_IFNAME), else the node's IP, else the local address that
         // routes to the rendezvous store.
@@ -117,44 +157,33 @@ impl CollectiveGroups for Gloo {
             iface,
             timeout: spec.timeout,
         };
-        let ctx =
-            gloo_sys::Context::connect(spec.rank, spec.world_size, spec.store, spec.name, &opts)
-                .map_err(|e| gloo_error(spec.name, e))?;
-        let mut groups = self.groups.write();
-        if groups.contains_key(spec.name) {
-            return Err(already());
-        }
-        groups.insert(
-            spec.name.to_owned(),
-            Arc::new(Group {
+        let store = GlooStore(spec.store);
+        let ctx = gloo_sys::Context::connect(spec.rank, spec.world_size, &store, spec.name, &opts)
+            .map_err(|e| gloo_error(spec.name, e))?;
+        self.groups.insert(
+            spec.name,
+            Group {
                 ctx,
                 report: OwnerReport::new(spec.owner),
-            }),
-        );
-        Ok(())
+            },
+        )
     }
 
     fn destroy_group(&self, name: &str) -> Result<()> {
-        let group = self
-            .groups
-            .write()
-            .remove(name)
-            .ok_or_else(|| not_in_group(name))?;
-        group.ctx.abort();
-        Ok(())
+        self.groups.destroy(name)
     }
 
     fn group_names(&self) -> Vec<String> {
-        self.groups.read().keys().cloned().collect()
+        self.groups.names()
     }
 
     fn report_broken(&self, local: &Local<'_>) {
         let broken: Vec<(String, String)> = self
             .groups
-            .read()
-            .iter()
+            .all()
+            .into_iter()
             .filter(|(_, g)| !g.report.done())
-            .filter_map(|(name, g)| g.ctx.broken_reason().map(|r| (name.clone(), r)))
+            .filter_map(|(name, g)| g.ctx.broken_reason().map(|r| (name, r)))
             .collect();
         for (name, reason) in broken {
             let cause = Error::new(
@@ -179,52 +208,11 @@ impl CollectiveGroups for Gloo {
         ranks: Option<(usize, usize)>,
         cause: &Error,
     ) {
-        let Ok(group) = self.joined(name) else { return };
-        // Aborting closes the connections, so the peers' contexts break too.
-        group.ctx.abort();
-        let rank = group.ctx.rank();
-        let (src, dst) = ranks.unwrap_or((rank, rank));
-        group.report.report(
-            local,
-            GroupFailure {
-                transport: TransportKind::Gloo,
-                group: name.to_owned(),
-                object: *object,
-                src_rank: src as u32,
-                dst_rank: dst as u32,
-                reporter_rank: rank as u32,
-                cause: cause.message().to_owned(),
-            },
-        );
+        self.groups.break_group(local, name, object, ranks, cause);
     }
-}
-
-fn not_in_group(name: &str) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        format!("this process is not in collective group {name:?}"),
-    )
 }
 
 impl Gloo {
-    /// The group this process joined as `name`, broken or not.
-    fn joined(&self, name: &str) -> Result<Arc<Group>> {
-        self.groups.read().get(name).cloned().ok_or_else(|| {
-            let e = not_in_group(name);
-            Error::new(
-                e.kind(),
-                format!("{e}: create the group on both actors before passing gloo objects"),
-            )
-        })
-    }
-
-    /// The group `name`, usable for transfers (not broken).
-    fn group(&self, name: &str) -> Result<Arc<Group>> {
-        let group = self.joined(name)?;
-        group.usable(name)?;
-        Ok(group)
-    }
-
     /// Consumer side: receives the object of `meta` into `landing` over the
     /// group the record names; a system error breaks the group.
     fn receive(
@@ -237,8 +225,8 @@ impl Gloo {
         landing: &mut dyn Landing,
     ) -> Result<()> {
         let (producer_rank, name) = decode_location(&meta.transport_data, "gloo")?;
-        let group = self.joined(name)?;
-        let received = group.usable(name).and_then(|()| {
+        let group = self.groups.joined(name)?;
+        let received = usable(&*group, name).and_then(|()| {
             self.receive_object(
                 &group,
                 peer,
@@ -276,7 +264,7 @@ impl Transport for Gloo {
     ) -> Result<Vec<u8>> {
         let name = group
             .ok_or_else(|| Error::invalid("the gloo transport needs a collective group name"))?;
-        Ok(encode_location(self.group(name)?.ctx.rank(), name))
+        Ok(encode_location(self.groups.usable(name)?.ctx.rank(), name))
     }
 
     fn serve(
@@ -285,21 +273,12 @@ impl Transport for Gloo {
         id: &ObjectId,
         object: &StoredObject,
         body: &[u8],
-        _fd: Option<OwnedFd>,
         channel: &mut Channel,
     ) -> Result<Served> {
         let req = PullRequest::decode(body)?;
-        let group = self.joined(req.group)?;
-        if req.consumer_rank >= group.ctx.size() || req.consumer_rank == group.ctx.rank() {
-            return Err(Error::invalid(format!(
-                "rank {} cannot receive from rank {} in group {:?}",
-                req.consumer_rank,
-                group.ctx.rank(),
-                req.group
-            )));
-        }
-        let sent = group
-            .usable(req.group)
+        let group = self.groups.joined(req.group)?;
+        check_peer_rank(&*group, req.consumer_rank, req.group)?;
+        let sent = usable(&*group, req.group)
             .and_then(|()| self.send_object(&group, &req, object, channel));
         let ranks = (group.ctx.rank(), req.consumer_rank);
         break_on_system_error(self, local, req.group, id, ranks, sent).map(|()| Served::Sent)
@@ -345,7 +324,7 @@ impl Transport for Gloo {
 
     fn check_consumer(&self, meta: &Metadata) -> Result<()> {
         let (_, name) = decode_location(&meta.transport_data, "gloo")?;
-        self.group(name).map(|_| ())
+        self.groups.usable(name).map(|_| ())
     }
 
     fn groups(&self) -> Option<&dyn CollectiveGroups> {

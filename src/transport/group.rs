@@ -7,6 +7,10 @@
 //! transfer on it fails and says so) or it is *destroyed* (left); a destroyed
 //! group can be created again under the same name.
 
+// Most of what follows serves the two-sided transports (gloo, and nccl with
+// it): unused in a build without them.
+#![cfg_attr(not(feature = "gloo"), allow(dead_code))]
+
 use crate::endpoint::Contact;
 use crate::error::{Error, ErrorKind, Result};
 use crate::object_id::{ObjectId, OBJECT_ID_LEN};
@@ -21,6 +25,18 @@ pub fn already_in_group(name: &str) -> Error {
     )
 }
 
+/// A rendezvous store through which the ranks of a group meet (rank 0
+/// publishes what the others wait for): the plugin's own interface, whatever
+/// serves it ([`crate::rendezvous`]).
+pub trait RendezvousStore: Send + Sync {
+    /// Stores `value` under `key`, replacing any previous value.
+    fn set(&self, key: &str, value: &[u8]) -> Result<()>;
+
+    /// The value of `key`, waiting up to `timeout` for it to be set (a key
+    /// still missing then is an [`ErrorKind::Timeout`] error).
+    fn get(&self, key: &str, timeout: Duration) -> Result<Vec<u8>>;
+}
+
 /// What it takes to join a group.
 #[derive(Clone, Copy)]
 pub struct GroupSpec<'a> {
@@ -31,7 +47,7 @@ pub struct GroupSpec<'a> {
     /// Number of ranks.
     pub world_size: usize,
     /// The rendezvous store every rank joins through.
-    pub store: &'a dyn gloo_sys::Store,
+    pub store: &'a dyn RendezvousStore,
     /// The store's address (a local address that routes there is what this
     /// host advertises when the node's IP is not known).
     pub store_addr: std::net::SocketAddr,

@@ -7,10 +7,16 @@
 //! bytes over their collective group while the control channel synchronises;
 //! one-sided ones (shm, nixl) need the producer only to hand out access.
 
+#[cfg(feature = "cuda")]
 pub mod cuda_ipc;
+#[cfg(feature = "gloo")]
 pub mod gloo;
 pub mod group;
+#[cfg(feature = "gloo")]
+pub mod group_table;
+#[cfg(feature = "cuda")]
 pub mod nccl;
+#[cfg(feature = "nixl")]
 pub mod nixl;
 pub mod registry;
 pub mod shm;
@@ -27,7 +33,6 @@ use crate::object_id::ObjectId;
 use crate::store::{ObjectStore, StoredObject};
 use crate::tensor::Tensor;
 use crate::transport_kind::TransportKind;
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 /// What a transport sees of the process it runs in.
@@ -137,6 +142,7 @@ pub enum Served {
     /// The object's bytes went to the consumer (or it was handed access).
     Sent,
     /// The producer declined for now (busy); the consumer asks again.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Declined,
 }
 
@@ -150,6 +156,14 @@ pub trait Transport: Send + Sync {
 
     /// What it moves, for refusals ("CUDA tensors (...)").
     fn devices(&self) -> &'static str;
+
+    /// Whether this transport is the same-host path: it moves bytes only
+    /// between processes of one host, through memory they share, and carries
+    /// the CPU objects of the other transports between processes of one host
+    /// (see [`crate::stats::Path::SameHost`]).
+    fn is_same_host_path(&self) -> bool {
+        false
+    }
 
     /// Producer side, at put: the transport-specific bytes for the object's
     /// metadata record (group and rank, registration descriptors, ...).
@@ -177,17 +191,16 @@ pub trait Transport: Send + Sync {
     fn release(&self, _id: &ObjectId) {}
 
     /// Producer side: serves a fetch request for `object` that arrived on the
-    /// endpoint; `request` is the transport-specific part and `fd` a descriptor
-    /// sent with it, if any (same-host channels only). Writes its replies on
-    /// `channel`, and says whether it sent the object (only then is it
-    /// counted as sent).
+    /// endpoint; `request` is the transport-specific part. Writes its replies
+    /// on `channel` (which holds a descriptor sent with the request, on
+    /// channels that pass them), and says whether it sent the object (only
+    /// then is it counted as sent).
     fn serve(
         &self,
         local: &Local<'_>,
         id: &ObjectId,
         object: &StoredObject,
         request: &[u8],
-        fd: Option<OwnedFd>,
         channel: &mut Channel,
     ) -> Result<Served>;
 

@@ -4,11 +4,33 @@
 //! engine and the C ABI look transports up by [`TransportKind`] and never name
 //! a backend.
 
-use super::{
-    cuda_ipc::CudaIpc, gloo::Gloo, nccl::Nccl, nixl::Nixl, shm::Shm, CollectiveGroups, Transport,
-};
+#[cfg(feature = "nixl")]
+pub use super::nixl::stats as nixl_stats;
+use super::{shm::Shm, CollectiveGroups, Transport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport_kind::TransportKind;
+
+/// What this process holds in NIXL: nothing in a build without nixl.
+#[cfg(not(feature = "nixl"))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NixlStats {
+    /// Producer: ranges registered for exported objects.
+    pub exported_ranges: usize,
+    /// Producer: references exported objects hold on those ranges.
+    pub exported_refs: usize,
+    /// Consumer: registrations of received objects' memory.
+    pub received: usize,
+    /// Consumer: producer agents loaded.
+    pub loaded_peers: usize,
+    /// Consumer: producer registrations loaded.
+    pub loaded_ranges: usize,
+}
+
+/// What this process holds in NIXL: nothing in a build without nixl.
+#[cfg(not(feature = "nixl"))]
+pub fn nixl_stats() -> NixlStats {
+    NixlStats::default()
+}
 
 /// A context's transports.
 pub struct Registry {
@@ -16,17 +38,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Every transport built into this plugin.
+    /// Every transport built into this plugin (shm always; the others with
+    /// their Cargo features).
     pub fn builtin() -> Registry {
-        Registry {
-            transports: vec![
-                Box::new(Shm::default()),
-                Box::new(Gloo::default()),
-                Box::new(Nixl::default()),
-                Box::new(Nccl::default()),
-                Box::new(CudaIpc::default()),
-            ],
-        }
+        #[allow(unused_mut)] // shm alone in a build without the other features
+        let mut transports: Vec<Box<dyn Transport>> = vec![Box::new(Shm::default())];
+        #[cfg(feature = "gloo")]
+        transports.push(Box::new(super::gloo::Gloo::default()));
+        #[cfg(feature = "nixl")]
+        transports.push(Box::new(super::nixl::Nixl::default()));
+        #[cfg(feature = "cuda")]
+        transports.push(Box::new(super::nccl::Nccl::default()));
+        #[cfg(feature = "cuda")]
+        transports.push(Box::new(super::cuda_ipc::CudaIpc::default()));
+        Registry { transports }
     }
 
     /// The transport of `kind`, or [`ErrorKind::Unavailable`] when this build
@@ -59,6 +84,12 @@ impl Registry {
                 ),
             )
         })
+    }
+
+    /// The transport that is the same-host path (see
+    /// [`Transport::is_same_host_path`]), if this build has one.
+    pub fn same_host_path(&self) -> Option<&dyn Transport> {
+        self.iter().find(|t| t.is_same_host_path())
     }
 
     /// Every transport.

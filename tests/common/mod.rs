@@ -193,3 +193,13 @@ pub fn sample_metadata(n: usize) -> Metadata {
         inline: None,
     }
 }
+
+/// Polls `condition` until it holds; panics after [`LONG`] (a condition that
+/// never comes is a failure, not a hang).
+pub fn wait_until(condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < LONG, "condition not met within {LONG:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

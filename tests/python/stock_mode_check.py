@@ -45,10 +45,10 @@ class MyActor:
 
     def plugin_state(self):
         import ray_rdt
-        import ray_rdt.context
+        import ray_rdt.process
 
         store = ray._private.worker.global_worker.rdt_manager.rdt_store
-        return ray_rdt.stats(), ray_rdt.context.peek_context() is None, type(store) is RDTStore
+        return ray_rdt.stats(), ray_rdt.process.peek_context() is None, type(store) is RDTStore
 
 
 sender, receiver = MyActor.remote(), MyActor.remote()

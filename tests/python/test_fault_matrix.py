@@ -32,7 +32,10 @@ Every cell asserts:
   src actor ... and dst actor ... failed.`` and ``Destroyed collective group
   ... due to a hanging/failed RDT transfer`` (stock Ray 2.60's lines), also
   *after* a completed transfer: the survivor's group watch noticed the peer
-  gone (stock logs them once a transfer hangs);
+  gone (stock logs them once a transfer hangs); in every cell some result
+  depends on what died: the consumer's task of the transfer, or, where the
+  owner died before it or the transfer was done, a consumer task the driver
+  submits after the fault with its (own or borrowed) ref;
 - the survivors hold no RDT object, no more shm segments (memfds open or
   mapped), NIXL registrations (``ray_rdt.nixl_stats()``) or threads than after
   the warm-up transfer that preceded the fault; where the owner died, exactly
@@ -103,11 +106,12 @@ class Owner:
         return os.getpid()
 
     def produce(self, i):
-        """Runs the producer's method to completion; keeps its ref."""
+        """Runs the producer's method to completion; keeps its ref and returns
+        it (in a list, so the caller borrows the ref itself)."""
         ref = getattr(self.producer, f"make_{self.transport}").remote(i, NBYTES)
         ray.wait([ref], timeout=RESULT_TIMEOUT_S, fetch_local=False)
         self.refs.append(ref)
-        return True
+        return [ref]
 
     def consume(self, i):
         """Submits the consumer's task on the last produced object; returns its
@@ -273,11 +277,12 @@ class Cell:
         return getattr(producer, f"make_{self.transport}").remote(self.i, NBYTES)
 
     def produce(self):
-        """The producer's method has returned (through the owner)."""
+        """The producer's method has returned (through the owner: the driver
+        borrows the ref)."""
         if self.owner:
-            ray.get(self.owner.produce.remote(self.i + 1), timeout=RESULT_TIMEOUT_S)
+            (ref,) = ray.get(self.owner.produce.remote(self.i + 1), timeout=RESULT_TIMEOUT_S)
             self.i += 1
-            return None
+            return ref
         ref = self._make(self.producer)
         ray.wait([ref], timeout=RESULT_TIMEOUT_S, fetch_local=False)
         return ref
@@ -286,7 +291,7 @@ class Cell:
         """Submits the consumer's task (through the owner); returns its result's ref."""
         if self.owner:
             return ray.get(self.owner.consume.remote(self.i), timeout=RESULT_TIMEOUT_S)[0]
-        return self.consumer.take.remote(ref, self.i, NBYTES)
+        return self.consume_directly(ref)
 
     def transfer(self):
         out = self.consume(self.produce())
@@ -317,14 +322,21 @@ class Cell:
         kill(self.pids[self.victim])
         self.killed = True
 
+    def consume_directly(self, ref):
+        """The consumer's task on object ``ref`` (the driver's own or borrowed
+        ref), submitted by the driver itself; its result's ref."""
+        return self.consumer.take.remote(ref, self.i, NBYTES)
+
     def run_fault(self):
-        """Kills the victim at the cell's time; returns the dependent result's
-        ref (``None`` where no task depends on the failed object)."""
+        """Kills the victim at the cell's time; returns the ref of a result
+        that depends on what died: the consumer's task of the transfer, or
+        (the owner dead before it, or the transfer done) one the driver
+        submits after the fault."""
         if self.timing == "before":
             ref = self.produce()
             self.kill_victim()
             if self.victim == "owner":
-                return None
+                return self.consume_directly(ref)
             return self.consume(ref)
         if self.timing == "during":
             point, role = self.hold_point()
@@ -337,14 +349,13 @@ class Cell:
             finally:
                 self.holds.release(point, pid)
             return out
-        out = self.consume(self.produce())
+        ref = self.produce()
+        out = self.consume(ref)
         assert ray.get(out, timeout=RESULT_TIMEOUT_S), f"{self.name}: the consumer received wrong bytes"
         self.kill_victim()
-        return None
+        return self.consume_directly(ref)
 
     def check_error(self, out):
-        if out is None:
-            return
         if self.victim == "owner":
             expect_error(out, ray.exceptions.OwnerDiedError, [], f"{self.name}: the result borrowed from the dead owner")
         else:

@@ -28,9 +28,9 @@ RAY_LINE = r"^\[\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} {level} {pid} \d+\] {fi
 @ray.remote
 class LoggingActor:
     def start_plugin(self):
-        from ray_rdt import context
+        from ray_rdt import process
 
-        context.get_context()
+        process.get_context()
         return os.getpid()
 
     @ray.method(tensor_transport="nixl")

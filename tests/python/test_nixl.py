@@ -103,7 +103,7 @@ def test_nixl_is_the_plugin_by_default(actors):
 
 
 def test_opt_out_leaves_nixl_stock(monkeypatch):
-    from ray_rdt.transports import enabled_transports
+    from ray_rdt.transport_facts import routed as enabled_transports
 
     monkeypatch.delenv("RAY_RDT_PLUGIN_TRANSPORTS", raising=False)
     assert set(enabled_transports()) == {"GLOO", "SHM", "NIXL"}
@@ -255,8 +255,10 @@ def test_free_when_out_of_scope(actors):
 def assert_names_failed_transfer(text: str, obj_hex: str, pid: int):
     assert f"RDT transfer of ObjectRef({obj_hex}) from actor" in text, text
     assert f"(pid {pid}) to " in text and "failed: the producer died" in text, text
-    # The plugin's diagnosis: the producer's process is gone.
+    # The plugin's diagnosis: the producer's process is gone; stock 2.60's
+    # words for a failed NIXL read come first.
     assert f"the producer (pid {pid}) is gone" in text, text
+    assert "The source actor may have died during the transfer." in text, text
 
 
 def pid_gone(pid: int) -> bool:

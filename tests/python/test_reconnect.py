@@ -24,13 +24,13 @@ def one_transfer():
 
 
 def test_context_follows_the_ray_connection():
-    from ray_rdt import context
+    from ray_rdt import process
 
     contexts = []
     for _ in range(2):
         with cluster_with_env({}, num_cpus=8):
-            ctx = context.get_context()
-            assert context.get_context() is ctx  # the same connection: the same context
+            ctx = process.get_context()
+            assert process.get_context() is ctx  # the same connection: the same context
             assert ctx.node_id == bytes.fromhex(ray.get_runtime_context().get_node_id())
             one_transfer()
             contexts.append(ctx)

@@ -45,6 +45,18 @@ class Producer:
         ray.experimental.wait_tensor_freed(self.tensor, timeout=timeout)
         return True
 
+    def holds(self, ref_hex):
+        """Whether this process's plugin still holds the object ``ref_hex``."""
+        from ray_rdt import process
+
+        return process.get_context().contains(ref_hex)
+
+    def objects_freed(self):
+        """Objects the owner's free requests freed here so far."""
+        import ray_rdt
+
+        return ray_rdt.endpoint_stats()["objects_freed"]
+
 
 @ray.remote(max_concurrency=4)
 class Consumer:
@@ -187,17 +199,31 @@ def test_asyncio_actor_reads_one_sided_objects(actors, transport, how):
 
 @pytest.mark.parametrize("transport", ["nixl", "shm"])
 def test_every_way_of_reading_in_the_driver(actors, transport):
+    """Each read of a fresh ref moves its bytes through the plugin into the
+    driver (its own counters)."""
     producer = actors[0]
-    ref = getattr(producer, transport).remote()
-    assert float(ray.get(ref).sum()) == EXPECTED
-    ready, _ = ray.wait([ref], timeout=60)
-    assert float(ray.get(ready[0]).sum()) == EXPECTED
-    assert float(ref.future().result(timeout=60).sum()) == EXPECTED
+    import ray_rdt
 
-    async def awaited():
-        return await ref
+    def read(how):
+        ref = getattr(producer, transport).remote()
+        before = ray_rdt.stats()[transport]
+        if how == "get":
+            value = ray.get(ref)
+        elif how == "wait":
+            ready, _ = ray.wait([ref], timeout=60)
+            value = ray.get(ready[0])
+        elif how == "future":
+            value = ref.future().result(timeout=60)
+        else:
 
-    assert float(asyncio.run(awaited()).sum()) == EXPECTED
+            async def awaited():
+                return await ref
+
+            value = asyncio.run(awaited())
+        return float(value.sum()), delta(ray_rdt.stats()[transport], before)
+
+    for how in ("get", "wait", "future", "await"):
+        assert read(how) == (EXPECTED, N * 4), how
 
 
 GUIDE_GET_ERROR = (
@@ -260,15 +286,29 @@ def test_a_process_that_did_not_create_the_group_submits_rdt_tasks(actors, trans
 
 
 def test_borrowed_refs_are_freed_once_after_the_last_borrower(actors):
-    """``wait_tensor_freed`` in the producer unblocks only when the driver and
-    every borrower have let go of the ref."""
+    """The producer keeps the object while the driver still holds the ref
+    after every borrower let go, frees it once the driver lets go too
+    (``wait_tensor_freed`` unblocks then), exactly once."""
     producer, final, middle, *_ = actors
     ref = producer.shm.remote()
+    key = ref.hex()
     nested = {"inner": [ref]}
+    freed_before = ray.get(producer.objects_freed.remote())
     assert ray.get(middle.pass_nested.remote(nested, final)) == EXPECTED
+    # The borrowers are done; Ray's borrowing protocol has told the owner. The
+    # producer still holds the object (the driver holds the ref).
+    assert ray.get(producer.holds.remote(key))
     waiting = producer.wait_freed.remote(60)
-    ready, _ = ray.wait([waiting], timeout=1)
-    assert not ready, "freed while the driver still held the ref"
     del ref, nested
     gc.collect()
     assert ray.get(waiting, timeout=60)
+    assert not ray.get(producer.holds.remote(key))
+    assert wait_for(lambda: ray.get(producer.objects_freed.remote()) >= freed_before + 1, timeout=30)
+    # A second object's free counts one more, and nothing else was freed
+    # meanwhile: the first was freed once.
+    second = producer.shm.remote()
+    assert ray.get(final.total.remote(second)) == EXPECTED
+    del second
+    gc.collect()
+    assert wait_for(lambda: ray.get(producer.objects_freed.remote()) >= freed_before + 2, timeout=30)
+    assert ray.get(producer.objects_freed.remote()) == freed_before + 2

@@ -242,8 +242,8 @@ def check_fault(result, cause: re.Pattern, cause_name: str):
         pytest.fail(f"the control transfer (no fault) did not arrive ({kind}): {message(err, tail=1200)}")
     assert control["completed"] == [1.0, result["nbytes"]]
     assert_plugin_moved(control, result["nbytes"])
-    when = (f"kill {result['kill_after_s']:.3f} s after the consumer's task was submitted; "
-            f"the control transfer took {control['seconds']:.3f} s")
+    when = (f"kill {result['kill_after_s']:.3f} s after the consumer's task was submitted, the "
+            f"{result['held_at']} (a hold point); the control transfer took {control['seconds']:.3f} s")
     fault = result["fault"]
     assert "completed" not in fault, f"the transfer finished before the fault ({when}): cannot test it"
     assert "hang" not in fault, f"the consumer's task hung ({when}): {message(fault['hang'])}"
@@ -260,8 +260,8 @@ def test_killing_the_producer_mid_transfer_is_a_clear_error(cluster, transport, 
     """512 MiB from node A to node B; the producer actor is killed (``ray.kill``)
     while the transfer is in flight. The consumer's task raises within 30 s
     (the driver's bounded ``ray.get``), saying the producer is gone, and the
-    consumer actor survives. Until the plugin has a hold point, "in flight" is
-    timing (the output says when the kill came)."""
+    consumer actor survives. The transfer is held in flight at a hold point
+    while the kill comes (fault_mid_transfer.py)."""
     result = run(cluster, "fault_mid_transfer.py", transport, str(FAULT_BYTES), "producer", timeout=200)
     assert_on_nodes(cluster, result, "producer", "consumer", producer_node="a")
     line = check_fault(result, PRODUCER_GONE, "that the producer process is gone (issue 8, item 6)")

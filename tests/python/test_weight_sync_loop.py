@@ -44,9 +44,9 @@ class Trainer:
 
     def held(self):
         import ray_rdt
-        from ray_rdt import context
+        from ray_rdt import process
 
-        return context.get_context().counts()[0], ray_rdt.nixl_stats()["exported_ranges"]
+        return process.get_context().counts()[0], ray_rdt.nixl_stats()["exported_ranges"]
 
 
 @ray.remote

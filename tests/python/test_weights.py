@@ -89,9 +89,9 @@ class Trainer:
     def extents(self, ref_hex):
         """(extents, bytes) of the record this process holds for a task return."""
         import ray_rdt
-        from ray_rdt import _ffi, context
+        from ray_rdt import _ffi, process
 
-        record = context.get_context().record(ref_hex)
+        record = process.get_context().record(ref_hex)
         return _ffi.record_extents(record), ray_rdt.nixl_stats()
 
     def concurrency(self):

@@ -14,9 +14,9 @@ ray.init(num_cpus=2, include_dashboard=False)
 @ray.remote
 class PluginActor:
     def start_plugin(self):
-        from ray_rdt import context
+        from ray_rdt import process
 
-        context.get_context()
+        process.get_context()
         return os.getpid()
 
 

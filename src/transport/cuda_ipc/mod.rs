@@ -38,7 +38,6 @@ use crate::transport_kind::TransportKind;
 use parking_lot::Mutex;
 use record::Record;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -80,16 +79,8 @@ impl Transport for CudaIpc {
         object: &StoredObject,
         _group: Option<&str>,
     ) -> Result<Vec<u8>> {
-        if let Some(i) = object
-            .tensors
-            .iter()
-            .position(|t| !t.meta().is_contiguous())
-        {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("tensor {i} is a non-contiguous CUDA tensor: the cuda_ipc transport copies contiguous tensors (call .contiguous())"),
-            ));
-        }
+        // Non-contiguous CUDA tensors were refused when the object was stored
+        // (`layout::ObjectLayout::of`).
         if object.nbytes() == 0 {
             return Ok(Record {
                 uuid: [0; 16],
@@ -133,7 +124,6 @@ impl Transport for CudaIpc {
         _id: &ObjectId,
         _object: &StoredObject,
         _request: &[u8],
-        _fd: Option<OwnedFd>,
         _channel: &mut Channel,
     ) -> Result<Served> {
         Err(Error::new(

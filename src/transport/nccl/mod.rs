@@ -30,9 +30,10 @@
 pub mod turn;
 
 use super::group::{
-    already_in_group, break_on_system_error, broken_group, decode_location, encode_location,
-    CollectiveGroups, GroupFailure, GroupSpec, OwnerReport, PullRequest,
+    break_on_system_error, decode_location, encode_location, CollectiveGroups, GroupSpec,
+    OwnerReport, PullRequest,
 };
+use super::group_table::{check_peer_rank, GroupTable, Member};
 use super::{deadline_after, fetch_request, packed_layout, Local, Peer, Served, Transport};
 use crate::cuda::driver::{self, Event, RawStream};
 use crate::cuda::nccl::{self as nccl_api, Comm};
@@ -46,9 +47,8 @@ use crate::object_id::ObjectId;
 use crate::store::StoredObject;
 use crate::tensor::{Tensor, TensorMeta};
 use crate::transport_kind::TransportKind;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use turn::Turns;
@@ -76,7 +76,15 @@ struct Group {
     report: OwnerReport,
 }
 
-impl Group {
+impl Member for Group {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
     fn broken_reason(&self) -> Option<String> {
         self.broken.lock().clone()
     }
@@ -88,6 +96,17 @@ impl Group {
         log::error!("ray-rdt: NCCL group {:?} is broken: {reason}", self.name);
     }
 
+    fn leave(&self) {
+        // Pending transfers end (they fail); resources go.
+        self.comm.lock().abort();
+    }
+
+    fn owner_report(&self) -> &OwnerReport {
+        &self.report
+    }
+}
+
+impl Group {
     /// Issues one grouped send or receive of `buffers` with `peer` on the
     /// group's stream, then waits on the host until it completed. Any failure
     /// breaks the group (an issued NCCL operation cannot be taken back).
@@ -116,26 +135,19 @@ impl Group {
 }
 
 /// The nccl transport: this process's groups and the events of its exports.
-#[derive(Default)]
 pub struct Nccl {
-    groups: RwLock<HashMap<String, Arc<Group>>>,
+    groups: GroupTable<Group>,
     /// Per exported object: the event marking the work that produced it.
     exports: Mutex<HashMap<ObjectId, Arc<Event>>>,
 }
 
-fn not_in_group(name: &str) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        format!("this process is not in NCCL collective group {name:?}"),
-    )
-}
-
-fn store_error(e: gloo_sys::GlooError) -> Error {
-    let kind = match e.kind() {
-        gloo_sys::ErrorKind::Timeout => ErrorKind::Timeout,
-        _ => ErrorKind::Transport,
-    };
-    Error::new(kind, format!("rendezvous store: {e}"))
+impl Default for Nccl {
+    fn default() -> Self {
+        Nccl {
+            groups: GroupTable::new(TransportKind::Nccl),
+            exports: Mutex::default(),
+        }
+    }
 }
 
 /// The store key rank 0 publishes the unique ID under.
@@ -143,39 +155,9 @@ fn unique_id_key(group: &str) -> String {
     format!("ray-rdt/nccl/{group}/unique-id")
 }
 
-impl Nccl {
-    /// The group this process joined as `name`, broken or not.
-    fn joined(&self, name: &str) -> Result<Arc<Group>> {
-        self.groups.read().get(name).cloned().ok_or_else(|| {
-            let e = not_in_group(name);
-            Error::new(
-                e.kind(),
-                format!("{e}: create the group on both actors before passing nccl objects"),
-            )
-        })
-    }
-
-    fn group(&self, name: &str) -> Result<Arc<Group>> {
-        let group = self.joined(name)?;
-        if let Some(reason) = group.broken_reason() {
-            return Err(broken_group(name, &reason));
-        }
-        Ok(group)
-    }
-}
-
 impl CollectiveGroups for Nccl {
     fn create_group(&self, spec: &GroupSpec<'_>) -> Result<()> {
-        let already = || already_in_group(spec.name);
-        if self.groups.read().contains_key(spec.name) {
-            return Err(already());
-        }
-        if spec.rank >= spec.world_size {
-            return Err(Error::invalid(format!(
-                "rank {} is out of range for a group of {}",
-                spec.rank, spec.world_size
-            )));
-        }
+        self.groups.check_join(spec)?;
         let deadline = deadline_after(spec.timeout);
         // Fail early, and the same on every rank, where CUDA or NCCL is missing.
         driver::init()?;
@@ -183,10 +165,10 @@ impl CollectiveGroups for Nccl {
         let key = unique_id_key(spec.name);
         let id: nccl_api::UniqueId = if spec.rank == 0 {
             let id = nccl_api::unique_id()?;
-            spec.store.set(&key, &id).map_err(store_error)?;
+            spec.store.set(&key, &id)?;
             id
         } else {
-            let bytes = spec.store.get(&key, spec.timeout).map_err(store_error)?;
+            let bytes = spec.store.get(&key, spec.timeout)?;
             bytes.as_slice().try_into().map_err(|_| {
                 Error::malformed(format!(
                     "the NCCL unique ID of group {:?} has {} bytes, not 128",
@@ -218,23 +200,11 @@ impl CollectiveGroups for Nccl {
             report: OwnerReport::new(spec.owner),
             comm: Mutex::new(comm),
         };
-        let mut groups = self.groups.write();
-        if groups.contains_key(spec.name) {
-            return Err(already());
-        }
-        groups.insert(spec.name.to_owned(), Arc::new(group));
-        Ok(())
+        self.groups.insert(spec.name, group)
     }
 
     fn destroy_group(&self, name: &str) -> Result<()> {
-        let group = self
-            .groups
-            .write()
-            .remove(name)
-            .ok_or_else(|| not_in_group(name))?;
-        // Pending transfers end (they fail); resources go.
-        group.comm.lock().abort();
-        Ok(())
+        self.groups.destroy(name)
     }
 
     fn break_group(
@@ -245,25 +215,11 @@ impl CollectiveGroups for Nccl {
         ranks: Option<(usize, usize)>,
         cause: &Error,
     ) {
-        let Ok(group) = self.joined(name) else { return };
-        group.break_with(cause);
-        let (src, dst) = ranks.unwrap_or((group.rank, group.rank));
-        group.report.report(
-            local,
-            GroupFailure {
-                transport: TransportKind::Nccl,
-                group: name.to_owned(),
-                object: *object,
-                src_rank: src as u32,
-                dst_rank: dst as u32,
-                reporter_rank: group.rank as u32,
-                cause: cause.message().to_owned(),
-            },
-        );
+        self.groups.break_group(local, name, object, ranks, cause);
     }
 
     fn group_names(&self) -> Vec<String> {
-        self.groups.read().keys().cloned().collect()
+        self.groups.names()
     }
 }
 
@@ -296,7 +252,7 @@ impl Transport for Nccl {
     fn export(&self, id: &ObjectId, object: &StoredObject, group: Option<&str>) -> Result<Vec<u8>> {
         let name = group
             .ok_or_else(|| Error::invalid("the nccl transport needs a collective group name"))?;
-        let g = self.group(name)?;
+        let g = self.groups.usable(name)?;
         for (i, t) in object.tensors.iter().enumerate() {
             if t.device().device_id != g.device {
                 return Err(Error::new(
@@ -306,12 +262,6 @@ impl Transport for Nccl {
                         t.device().device_id,
                         g.device
                     ),
-                ));
-            }
-            if !t.meta().is_contiguous() {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!("tensor {i} is a non-contiguous CUDA tensor: the nccl transport sends contiguous tensors (call .contiguous())"),
                 ));
             }
         }
@@ -332,11 +282,10 @@ impl Transport for Nccl {
         id: &ObjectId,
         object: &StoredObject,
         body: &[u8],
-        _fd: Option<OwnedFd>,
         channel: &mut Channel,
     ) -> Result<Served> {
         let req = PullRequest::decode(body)?;
-        let group = self.joined(req.group)?;
+        let group = self.groups.joined(req.group)?;
         let ranks = (group.rank, req.consumer_rank);
         let result = self.serve_pull(&req, id, object, channel);
         break_on_system_error(self, local, req.group, id, ranks, result)
@@ -351,7 +300,7 @@ impl Transport for Nccl {
         timeout: Duration,
     ) -> Result<Vec<Tensor>> {
         let (producer_rank, name) = decode_location(&meta.transport_data, "nccl")?;
-        let group = self.joined(name)?;
+        let group = self.groups.joined(name)?;
         let ranks = (producer_rank, group.rank);
         let result = self.fetch_pull(peer, id, meta, timeout);
         break_on_system_error(self, local, name, id, ranks, result)
@@ -372,13 +321,8 @@ impl Nccl {
         object: &StoredObject,
         channel: &mut Channel,
     ) -> Result<Served> {
-        let group = self.group(req.group)?;
-        if req.consumer_rank >= group.size || req.consumer_rank == group.rank {
-            return Err(Error::invalid(format!(
-                "rank {} cannot receive from rank {} in group {:?}",
-                req.consumer_rank, group.rank, req.group
-            )));
-        }
+        let group = self.groups.usable(req.group)?;
+        check_peer_rank(&*group, req.consumer_rank, req.group)?;
         let deadline = deadline_after(req.timeout);
         let Some(_turn) = group.turns.serve(deadline)? else {
             return channel
@@ -403,7 +347,8 @@ impl Nccl {
     }
 
     /// Consumer side of a fetch: takes this rank's turn and receive memory,
-    /// asks the producer to send, receives on the group's stream.
+    /// asks the producer to send ([`Pull::once`]), receives on the group's
+    /// stream; asks again, backing off, while the producer is busy.
     fn fetch_pull(
         &self,
         peer: &Peer<'_>,
@@ -412,7 +357,7 @@ impl Nccl {
         timeout: Duration,
     ) -> Result<Vec<Tensor>> {
         let (producer_rank, name) = decode_location(&meta.transport_data, "nccl")?;
-        let group = self.group(name)?;
+        let group = self.groups.usable(name)?;
         if meta.device.device_type != kDLCUDA {
             return Err(Error::malformed(
                 "an nccl record names a device that is not CUDA",
@@ -435,42 +380,21 @@ impl Nccl {
                 0 => None,
                 n => Some(Lease::take(group.device, n as usize)?),
             };
-            let request = PullRequest {
-                slot: 0,
-                consumer_rank: group.rank,
-                timeout: time_left(deadline),
-                group: name,
-            };
-            let outcome = peer.exchange(time_left(deadline), |channel| {
-                channel.send(
-                    &fetch_request(TransportKind::Nccl, meta, id, &request.encode()),
-                    time_left(deadline),
-                )?;
-                match wire::parse_reply(&channel.recv(time_left(deadline))?.payload)? {
-                    [BUSY] => return Ok(false),
-                    [GO] => {}
-                    _ => return Err(Error::transport("malformed nccl reply from the producer")),
-                }
-                if let Some(lease) = &lease {
-                    let bufs: Vec<(u64, usize)> = metas
-                        .iter()
-                        .zip(&offsets)
-                        .filter(|(m, _)| m.nbytes > 0)
-                        .map(|(m, &off)| (lease.ptr() + off, m.nbytes as usize))
-                        .collect();
-                    lease
-                        .order_after_previous_use(group.stream)
-                        .inspect_err(|e| group.break_with(e))?;
-                    group.transfer(false, &bufs, producer_rank, deadline)?;
-                    // The consumer's stream waits for the receive (complete
-                    // already; this orders stream-side use after it all the
-                    // same), while this rank's turn keeps `done` unchanged.
-                    group
-                        .done
-                        .wait_on(current::stream(group.device), group.device)?;
-                }
-                wire::parse_reply(&channel.recv(time_left(deadline))?.payload).map(|_| true)
+            let bufs: Vec<(u64, usize)> = lease.as_ref().map_or_else(Vec::new, |lease| {
+                metas
+                    .iter()
+                    .zip(&offsets)
+                    .filter(|(m, _)| m.nbytes > 0)
+                    .map(|(m, &off)| (lease.ptr() + off, m.nbytes as usize))
+                    .collect()
             });
+            let pull = Pull {
+                group: &group,
+                name,
+                producer_rank,
+                deadline,
+            };
+            let outcome = pull.once(peer, id, meta, lease.as_ref().map(|l| (l, &bufs[..])));
             match outcome {
                 Ok(true) => break lease,
                 Ok(false) => {
@@ -502,5 +426,58 @@ impl Nccl {
         };
         lease.release_on(current::stream(group.device));
         Ok(lease.into_tensors(metas, &offsets))
+    }
+}
+
+/// One consumer's pull of one object over a group.
+struct Pull<'a> {
+    group: &'a Group,
+    name: &'a str,
+    producer_rank: usize,
+    deadline: Instant,
+}
+
+impl Pull<'_> {
+    /// Asks the producer once: `Ok(false)` when it is busy; else receives
+    /// into `into` (the lease and its buffers; none for an object of no
+    /// bytes) and returns `Ok(true)`.
+    fn once(
+        &self,
+        peer: &Peer<'_>,
+        id: &ObjectId,
+        meta: &Metadata,
+        into: Option<(&Lease, &[(u64, usize)])>,
+    ) -> Result<bool> {
+        let group = self.group;
+        let request = PullRequest {
+            slot: 0,
+            consumer_rank: group.rank,
+            timeout: time_left(self.deadline),
+            group: self.name,
+        };
+        peer.exchange(time_left(self.deadline), |channel| {
+            channel.send(
+                &fetch_request(TransportKind::Nccl, meta, id, &request.encode()),
+                time_left(self.deadline),
+            )?;
+            match wire::parse_reply(&channel.recv(time_left(self.deadline))?.payload)? {
+                [BUSY] => return Ok(false),
+                [GO] => {}
+                _ => return Err(Error::transport("malformed nccl reply from the producer")),
+            }
+            if let Some((lease, bufs)) = into {
+                lease
+                    .order_after_previous_use(group.stream)
+                    .inspect_err(|e| group.break_with(e))?;
+                group.transfer(false, bufs, self.producer_rank, self.deadline)?;
+                // The consumer's stream waits for the receive (complete
+                // already; this orders stream-side use after it all the
+                // same), while this rank's turn keeps `done` unchanged.
+                group
+                    .done
+                    .wait_on(current::stream(group.device), group.device)?;
+            }
+            wire::parse_reply(&channel.recv(time_left(self.deadline))?.payload).map(|_| true)
+        })
     }
 }

@@ -35,7 +35,9 @@ pub mod remote;
 
 use super::{deadline_after, Local, Peer, Transport};
 use crate::copy::split_at_bytes;
+#[cfg(feature = "cuda")]
 use crate::cuda::pool::{self, Lease};
+#[cfg(feature = "cuda")]
 use crate::cuda::{self as cuda_layer, current};
 use crate::dlpack::{kDLCUDA, DLDevice};
 use crate::error::{Error, ErrorKind, Result};
@@ -131,6 +133,11 @@ pub struct Nixl {
 fn memory_of(device: DLDevice) -> Result<(bool, u64)> {
     if is_host(device) {
         Ok((false, 0))
+    } else if device.device_type == kDLCUDA && !cfg!(feature = "cuda") {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this build of the plugin moves no CUDA tensors (built without the cuda feature)",
+        ))
     } else if device.device_type == kDLCUDA {
         Ok((
             true,
@@ -153,6 +160,7 @@ fn memory_of(device: DLDevice) -> Result<(bool, u64)> {
 enum Buffer {
     Host(HostBuffer),
     Heap(HeapBuffer),
+    #[cfg(feature = "cuda")]
     Cuda(Lease),
 }
 
@@ -170,6 +178,7 @@ impl Buffer {
         match self {
             Buffer::Host(b) => b.as_ptr() as usize,
             Buffer::Heap(b) => b.as_ptr() as usize,
+            #[cfg(feature = "cuda")]
             Buffer::Cuda(b) => b.ptr() as usize,
         }
     }
@@ -243,17 +252,9 @@ impl Transport for Nixl {
             }
             .encode();
         }
+        #[cfg(feature = "cuda")]
         if cuda {
-            // A one-sided read cannot wait on the producer's stream: the work
-            // that produces the tensors completes before they are registered
-            // (an event on the producer's current stream, waited on here).
-            let timeout =
-                crate::settings::millis_or(CUDA_SYNC_TIMEOUT_ENV, Duration::from_secs(60));
-            cuda_layer::mark_current_work(dev as i32, false)?.wait(
-                deadline_after(timeout),
-                "the work producing the CUDA tensors put for nixl",
-                || Ok(()),
-            )?;
+            wait_for_producing_work(dev)?;
         }
         let rt = agent::serving()?;
         // One registration per extent (a view of an allocation another object
@@ -339,7 +340,6 @@ impl Transport for Nixl {
         _id: &ObjectId,
         _object: &StoredObject,
         _request: &[u8],
-        _fd: Option<std::os::fd::OwnedFd>,
         _channel: &mut crate::endpoint::Channel,
     ) -> Result<super::Served> {
         Err(Error::new(
@@ -360,6 +360,7 @@ impl Transport for Nixl {
         let record = checked_record(meta)?;
         let (cuda, _) = memory_of(meta.device)?;
         let (offsets, total) = packed_extents(&meta.extents);
+        #[cfg(feature = "cuda")]
         if cuda && total == 0 {
             let device = DLDevice {
                 device_type: kDLCUDA,
@@ -368,23 +369,7 @@ impl Transport for Nixl {
             let metas = meta.tensors.clone();
             return Ok(pool::empty_tensors(metas, device));
         }
-        let buffer = if cuda {
-            // NIXL writes outside any stream of ours: the block's previous
-            // user must be done with it first.
-            let mut lease = Lease::take(current::device(), total as usize)?;
-            lease.wait_previous_use(deadline)?;
-            lease.release_on(current::stream(lease.device()));
-            Buffer::Cuda(lease)
-        } else {
-            Buffer::host(total as usize)?
-        };
-        let local_dev = match &buffer {
-            Buffer::Cuda(b) => DLDevice {
-                device_type: kDLCUDA,
-                device_id: b.device(),
-            },
-            Buffer::Host(_) | Buffer::Heap(_) => DLDevice::cpu(),
-        };
+        let (buffer, local_dev) = receive_buffer(cuda, total, deadline)?;
         let base = buffer.addr();
         let mut owner = Received {
             _registration: None,
@@ -495,6 +480,56 @@ impl Transport for Nixl {
             error
         })
     }
+}
+
+/// A one-sided read cannot wait on the producer's stream: the work that
+/// produces CUDA tensors completes before they are registered (an event on the
+/// producer's current stream of device `dev`, waited on here).
+#[cfg(feature = "cuda")]
+fn wait_for_producing_work(dev: u64) -> Result<()> {
+    let timeout = crate::settings::millis_or(CUDA_SYNC_TIMEOUT_ENV, Duration::from_secs(60));
+    cuda_layer::mark_current_work(dev as i32, false)?.wait(
+        deadline_after(timeout),
+        "the work producing the CUDA tensors put for nixl",
+        || Ok(()),
+    )
+}
+
+/// New memory for an object of `total` bytes, on the consumer's current CUDA
+/// device for CUDA objects, else host memory; and its device.
+fn receive_buffer(cuda: bool, total: u64, deadline: Instant) -> Result<(Buffer, DLDevice)> {
+    if cuda {
+        cuda_buffer(total, deadline)
+    } else {
+        Ok((Buffer::host(total as usize)?, DLDevice::cpu()))
+    }
+}
+
+/// A block of the CUDA pool on the consumer's current device, once its
+/// previous user is done with it (NIXL writes outside any stream of ours).
+#[cfg(feature = "cuda")]
+fn cuda_buffer(total: u64, deadline: Instant) -> Result<(Buffer, DLDevice)> {
+    let mut lease = Lease::take(current::device(), total as usize)?;
+    lease.wait_previous_use(deadline)?;
+    lease.release_on(current::stream(lease.device()));
+    let device = DLDevice {
+        device_type: kDLCUDA,
+        device_id: lease.device(),
+    };
+    Ok((Buffer::Cuda(lease), device))
+}
+
+/// No CUDA memory without the cuda feature ([`memory_of`] refuses CUDA objects first).
+#[cfg(not(feature = "cuda"))]
+fn cuda_buffer(_total: u64, _deadline: Instant) -> Result<(Buffer, DLDevice)> {
+    memory_of(DLDevice {
+        device_type: kDLCUDA,
+        device_id: 0,
+    })
+    .and(Err(Error::new(
+        ErrorKind::Internal,
+        "no CUDA memory in this build",
+    )))
 }
 
 /// The record's nixl part, checked against its extents.

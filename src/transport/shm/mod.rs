@@ -81,6 +81,10 @@ impl Transport for Shm {
         "CPU tensors of one host (CUDA tensors go with tensor_transport=\"cuda_ipc\", \"nccl\" or \"nixl\")"
     }
 
+    fn is_same_host_path(&self) -> bool {
+        true
+    }
+
     fn export(
         &self,
         _id: &ObjectId,
@@ -96,7 +100,6 @@ impl Transport for Shm {
         _id: &ObjectId,
         object: &StoredObject,
         request: &[u8],
-        fd: Option<OwnedFd>,
         channel: &mut Channel,
     ) -> Result<Served> {
         if !channel.passes_descriptors() {
@@ -114,9 +117,11 @@ impl Transport for Shm {
                 ));
                 serve_read(object, channel, timeout).map(|()| Served::Sent)
             }
-            [] | [MODE_SEGMENT, ..] => self
-                .serve_segment(object, fd, channel)
-                .map(|()| Served::Sent),
+            [] | [MODE_SEGMENT, ..] => {
+                let fd = channel.take_received_descriptor();
+                self.serve_segment(object, fd, channel)
+                    .map(|()| Served::Sent)
+            }
             [mode, ..] => Err(Error::transport(format!(
                 "unknown shm request mode {mode} (a plugin of another version?)"
             ))),

@@ -7,25 +7,30 @@ killed (``ray.kill``). ``node-b``: producer on node B, consumer on node A; the
 harness kills the whole of node B (every process in its namespace, at once).
 
 First a warm-up and a control transfer of the same tensor (they must arrive,
-counted by the consumer's ``ray_rdt.stats()``; the control times a warm
-transfer: the first one also sets up connections and registrations). Then the same
-transfer again, and the fault at KILL_AT of the control's time after the
-consumer's task was submitted. Reports how the consumer's task ended (error
-text, seconds after the fault), whether it hung past FETCH_TIMEOUT, and whether
-the consumer still answers afterwards. Until the plugin has a test-only hold
-point, "in flight" is this timing: the report says when the kill came."""
+counted by the consumer's ``ray_rdt.stats()``). Then the same transfer again,
+held in flight at one of the plugin's test-only hold points (src/hold.rs) while
+the fault happens: gloo's producer at ``serve`` (the request accepted, no byte
+sent), nixl's consumer at ``fetch`` (the read about to start; the producer takes
+no part in a one-sided read). The producer and the consumer have the hold
+directory in their environment; this driver releases every point it did not
+arm (the warm-up and control transfers). Reports how the consumer's task ended
+(error text, seconds after the fault), whether it hung past FETCH_TIMEOUT, and
+whether the consumer still answers afterwards."""
 
+import os
 import sys
-import time
+import tempfile
 
 import torch
 
 import ray
 from ray.experimental.collective import create_collective_group
 
+from holds import Holds
 from rdt_driver import FETCH_TIMEOUT, ask_harness, connect, error_info, now, on, report, stats, where
 
-KILL_AT = 0.3  # fraction of the control transfer's time
+HOLD_DIR = tempfile.mkdtemp(prefix="rdt-two-node-holds-")
+HOLDS = {"env_vars": {"RAY_RDT_TEST_HOLD_DIR": HOLD_DIR, "RAY_RDT_TEST_HOLD_POINTS": "serve,fetch"}}
 
 transport, nbytes, kill = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
@@ -39,6 +44,9 @@ class Producer:
     def get(self):
         return self.tensor
 
+    def pid(self):
+        return os.getpid()
+
 
 @ray.remote
 class Consumer:
@@ -47,6 +55,9 @@ class Consumer:
 
     def ping(self):
         return "pong"
+
+    def pid(self):
+        return os.getpid()
 
 
 def submit_transfer():
@@ -69,8 +80,9 @@ def outcome(result, since):
 
 producer_node, consumer_node = ("a", "b") if kill == "producer" else ("b", "a")
 connect()
-producer = Producer.options(**on(producer_node)).remote()
-consumer = Consumer.options(**on(consumer_node)).remote()
+producer = Producer.options(runtime_env=HOLDS, **on(producer_node)).remote()
+consumer = Consumer.options(runtime_env=HOLDS, **on(consumer_node)).remote()
+holds = Holds(HOLD_DIR)
 out = {"producer": where(producer), "consumer": where(consumer), "nbytes": nbytes, "transport": transport}
 if transport == "gloo":
     create_collective_group([producer, consumer], backend="torch_gloo")
@@ -88,18 +100,26 @@ for name in ("warm_up", "control"):
         sys.exit(0)
 
 before = stats(consumer, transport)
-ref, result, t0 = submit_transfer()
-time.sleep(KILL_AT * out["control"]["seconds"])
-t_kill = now()
-if kill == "producer":
-    ray.kill(producer, no_restart=True)
-else:
-    ask_harness("kill-node-b")
+point, held = ("serve", producer) if transport == "gloo" else ("fetch", consumer)
+pid = ray.get(held.pid.remote(), timeout=FETCH_TIMEOUT)
+holds.arm(point, pid)
+try:
+    ref, result, t0 = submit_transfer()
+    holds.wait_reached(point, pid)
+    t_kill = now()
+    if kill == "producer":
+        ray.kill(producer, no_restart=True)
+    else:
+        ask_harness("kill-node-b")
+finally:
+    holds.release(point, pid)
 out["kill_after_s"] = t_kill - t0
+out["held_at"] = f"{'producer' if held is producer else 'consumer'} at {point}"
 out["fault"] = outcome(result, t_kill)
 try:
     out["consumer_after"] = {"ping": ray.get(consumer.ping.remote(), timeout=FETCH_TIMEOUT),
                              "receiver_before": before, "receiver_after": stats(consumer, transport)}
 except Exception as e:
     out["consumer_after"] = {"error": error_info(e)}
+holds.stop()
 report(out)
