@@ -108,6 +108,7 @@ def measure_cluster(plugin, transports, sizes, rounds, gpus):
 
     os.environ["RAY_RDT_PLUGIN"] = "1" if plugin else "0"
     os.environ["RAY_RDT_PLUGIN_TRANSPORTS"] = PLUGIN_TRANSPORTS
+    os.environ["RAY_RDT_NIXL_DEVICES"] = "cpu,cuda"  # the plugin's own CUDA path
     ray.init(num_cpus=4, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
     results = {}
     try:

@@ -6,7 +6,12 @@ paths on the GPU. Marked ``gpu``; skipped, with the reason, where
 The guide's actors ask for ``num_gpus=1`` each. On a one-GPU machine the module's
 cluster declares two GPUs and sets ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES=1``
 so that both actors (and the driver) use device 0; NIXL then moves the bytes
-between two processes on one device (UCX cuda_ipc)."""
+between two processes on one device (UCX cuda_ipc).
+
+By default CUDA tensors on nixl take stock Ray's NIXL code
+(``ray_rdt.stock_path``) until these tests have passed on a GPU; the module's
+cluster turns the plugin's CUDA path on (``RAY_RDT_NIXL_DEVICES=cpu,cuda``), and
+one test checks the default on the GPU."""
 
 import hashlib
 import os
@@ -34,6 +39,7 @@ import run_walkthrough  # noqa: E402
 
 TENSOR_BYTES = 1000 * 1000 * 4
 NOSET = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+DEVICES = "RAY_RDT_NIXL_DEVICES"
 COUNTERS = ("bytes_sent", "bytes_received", "transfers", "errors")
 
 
@@ -57,9 +63,12 @@ def gpu_cluster():
     shared = devices < 2
     if shared:
         os.environ[NOSET] = "1"
+    # The plugin's own CUDA path, in the driver and (inherited) every worker.
+    os.environ[DEVICES] = "cpu,cuda"
     ray.init(num_cpus=8, num_gpus=max(2, devices), include_dashboard=False)
     yield ray
     ray.shutdown()
+    os.environ.pop(DEVICES, None)
     if shared:
         os.environ.pop(NOSET, None)
 
@@ -156,3 +165,15 @@ def test_cuda_driver_get_and_stats(actors):
         "transfers": 1,
         "errors": 0,
     }
+
+
+def test_cuda_objects_take_stock_rays_nixl_by_default(actors):
+    """A producer with the default setting leaves its CUDA tensors to stock
+    Ray's NIXL code: the bytes arrive, and no plugin counter moves."""
+    _, receiver = actors
+    sender = CudaActor.options(runtime_env={"env_vars": {DEVICES: "cpu"}}).remote()
+    r0, s0 = actor_stats(receiver, "nixl"), actor_stats(sender, "nixl")
+    ref = sender.make.remote(1 << 20, 11)
+    assert ray.get(receiver.digest.remote(ref)) == ray.get(sender.digest.remote(ref))
+    assert counters(actor_stats(receiver, "nixl"), r0) == dict.fromkeys(COUNTERS, 0)
+    assert counters(actor_stats(sender, "nixl"), s0) == dict.fromkeys(COUNTERS, 0)
