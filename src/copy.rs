@@ -15,6 +15,27 @@ pub struct Piece {
 /// Copies of at least this many bytes in all use two threads.
 const PARALLEL_FROM: usize = 8 << 20;
 
+/// Splits `pieces` into two parts of half the bytes each (give or take one),
+/// one for each of two threads; a piece across the middle is cut in two.
+pub fn halves(pieces: &[Piece]) -> (Vec<Piece>, Vec<Piece>) {
+    let total: usize = pieces.iter().map(|p| p.len).sum();
+    split_at_bytes(
+        pieces,
+        total / 2,
+        |p| p.len,
+        |p, head| {
+            (
+                Piece { len: head, ..*p },
+                Piece {
+                    dst: p.dst + head,
+                    src: p.src + head,
+                    len: p.len - head,
+                },
+            )
+        },
+    )
+}
+
 /// Splits `pieces` so that the first part holds `at` bytes (a piece that
 /// straddles the point is cut in two).
 pub fn split_at_bytes<T: Copy>(
@@ -54,21 +75,7 @@ pub unsafe fn copy_pieces(pieces: &[Piece]) {
         copy_serial(pieces);
         return;
     }
-    let (first, second) = split_at_bytes(
-        pieces,
-        total / 2,
-        |p| p.len,
-        |p, head| {
-            (
-                Piece { len: head, ..*p },
-                Piece {
-                    dst: p.dst + head,
-                    src: p.src + head,
-                    len: p.len - head,
-                },
-            )
-        },
-    );
+    let (first, second) = halves(pieces);
     std::thread::scope(|scope| {
         // SAFETY: as the caller promised, for disjoint halves of the pieces.
         scope.spawn(|| unsafe { copy_serial(&second) });

@@ -259,3 +259,24 @@ pub static FETCHING: Gauge = Gauge::new();
 /// Fetch requests this process's endpoint serves now (producers: several
 /// consumers at once).
 pub static SERVING: Gauge = Gauge::new();
+
+/// What this process holds in NIXL (all zero in a build without nixl): its
+/// registrations on both sides and the producers it has loaded. Every field
+/// returns to its earlier value once the objects involved are freed (the
+/// loaded producers and ranges stay, bounded by the nixl transport's peer
+/// limits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NixlStats {
+    /// Producer: ranges registered for exported objects.
+    pub exported_ranges: usize,
+    /// Producer: references exported objects hold on those ranges.
+    pub exported_refs: usize,
+    /// Consumer: registrations of received objects' memory, alive until their
+    /// tensors are dropped (and kept for good by a read that timed out while it
+    /// might still be writing).
+    pub received: usize,
+    /// Consumer: producer agents loaded (connected or not).
+    pub loaded_peers: usize,
+    /// Consumer: producer registrations loaded, over all peers.
+    pub loaded_ranges: usize,
+}

@@ -17,7 +17,7 @@ use ray_rdt::testing::cuda_ipc;
 use ray_rdt::testing::{stats, ErrorKind, Metadata, ObjectId, Tensor, TensorMeta, TransportKind};
 use ray_rdt::testing::{Context, ContextConfig, Fetched};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,21 +51,7 @@ fn require_gpu(test: &str) -> i32 {
 /// [`spawn_child`] for the ignored `gpu_*` tests: the child runs its test with
 /// `--include-ignored`, without which libtest would skip it and print no RESULT.
 fn spawn_gpu_child(test_name: &str, role: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
-    cmd.args([
-        "--exact",
-        test_name,
-        "--include-ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE, role)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn child test process")
+    spawn_child_with(test_name, role, env, &["--include-ignored"])
 }
 
 /// Counts drops of what a fake tensor owns.

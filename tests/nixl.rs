@@ -26,27 +26,6 @@ const U16: DLDataType = DLDataType {
     lanes: 1,
 };
 
-/// Environment variable that lets the transfer tests skip where NIXL is missing.
-const ALLOW_MISSING: &str = "RAY_RDT_ALLOW_MISSING_NIXL";
-
-/// Whether NIXL can be used here. Where it cannot, fails the test, unless
-/// [`ALLOW_MISSING`] is `1`: then says so on the process's real stderr (not
-/// through `eprintln!`, which libtest captures) and returns false.
-fn nixl_or_skip(test: &str) -> bool {
-    let Err(e) = nixl::available() else {
-        return true;
-    };
-    let why = format!("NIXL is not available on this machine: {e}");
-    assert!(
-        std::env::var(ALLOW_MISSING).as_deref() == Ok("1"),
-        "{test}: {why} (set {ALLOW_MISSING}=1 to skip the NIXL transfer tests)"
-    );
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "SKIPPED {test}: {why} ({ALLOW_MISSING}=1)");
-    let _ = err.flush();
-    false
-}
-
 /// Held by the tests that put NIXL objects in this process: the registration
 /// cache they change is process-wide, and one of them counts it exactly.
 fn registry_lock() -> MutexGuard<'static, ()> {

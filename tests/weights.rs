@@ -50,9 +50,6 @@ const SEPARATE_SEED: u8 = 101;
 const TIED_SEED: u8 = 57;
 const NESTED_SEED: u8 = 77;
 
-/// Environment variable that lets the nixl test skip where NIXL is missing.
-const ALLOW_MISSING: &str = "RAY_RDT_ALLOW_MISSING_NIXL";
-
 /// Tensor `j`'s bytes in the object of `seed`: its index first (so every row
 /// differs), then a pattern.
 fn fill_row(seed: u8, j: usize, out: &mut [u8]) {
@@ -238,23 +235,6 @@ fn extents_by_rule(mut spans: Vec<(usize, usize)>) -> usize {
         end = if joins { end.max(stop) } else { stop };
     }
     extents
-}
-
-/// Whether NIXL can be used here (as tests/nixl.rs decides): where it cannot,
-/// fails, unless [`ALLOW_MISSING`] is `1`: then says so on the real stderr.
-fn nixl_or_skip(test: &str) -> bool {
-    let Err(e) = nixl::available() else {
-        return true;
-    };
-    let why = format!("NIXL is not available on this machine: {e}");
-    assert!(
-        std::env::var(ALLOW_MISSING).as_deref() == Ok("1"),
-        "{test}: {why} (set {ALLOW_MISSING}=1 to skip the NIXL transfer tests)"
-    );
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "SKIPPED {test}: {why} ({ALLOW_MISSING}=1)");
-    let _ = err.flush();
-    false
 }
 
 // ---------------------------------------------------------------------------

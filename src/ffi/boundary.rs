@@ -5,7 +5,7 @@
 //! deleters), runs its body under one of two guards: [`guard`] for functions that
 //! return an [`rdt_status`], [`guard_plain`] (and its void form [`guard_void`])
 //! for functions that return a plain value or nothing. A caught panic never
-//! unwinds into C: it is logged at error level, counted ([`panics_caught`]) and
+//! unwinds into C: it is logged at error level, counted (`PANICS_CAUGHT`) and
 //! left as the thread's last error.
 
 use super::status::rdt_status;

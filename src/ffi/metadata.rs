@@ -120,15 +120,7 @@ pub unsafe extern "C" fn rdt_metadata_tensor(
     guard(|| {
         let m = &arg(metadata, "metadata")?.inner;
         let desc = out(out_desc, "out_desc")?;
-        let t = m.tensors.get(index).ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "tensor index {index} out of range ({} tensors)",
-                    m.tensors.len()
-                ),
-            )
-        })?;
+        let t = m.tensors.get(index).ok_or_else(|| out_of_range(index, m))?;
         *desc = rdt_tensor_desc {
             dtype: t.dtype,
             ndim: t.shape.len() as i32,
@@ -174,18 +166,21 @@ pub unsafe extern "C" fn rdt_metadata_place(
 ) -> rdt_status {
     guard(|| {
         let m = &arg(metadata, "metadata")?.inner;
-        let place = m.places.get(index).ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "tensor index {index} out of range ({} tensors)",
-                    m.tensors.len()
-                ),
-            )
-        })?;
+        let place = m.places.get(index).ok_or_else(|| out_of_range(index, m))?;
         let (extent, offset) = place.map_or((u32::MAX, 0), |p| (p.extent, p.offset));
         *out(out_extent, "out_extent")? = extent;
         *out(out_offset, "out_offset")? = offset;
         Ok(())
     })
+}
+
+/// The error for a tensor index past the record's tensors.
+fn out_of_range(index: usize, m: &Metadata) -> Error {
+    Error::new(
+        ErrorKind::InvalidArgument,
+        format!(
+            "tensor index {index} out of range ({} tensors)",
+            m.tensors.len()
+        ),
+    )
 }

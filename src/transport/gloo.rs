@@ -1,7 +1,7 @@
 //! `gloo`: two-sided transport over a Gloo collective group (CPU tensors).
 //!
 //! Groups are created per process with a name, rank and size; rank 0's process
-//! serves the rendezvous store ([`Gloo::serve_rendezvous`]) and every rank joins
+//! serves the rendezvous store ([`crate::engine::Context::serve_rendezvous`]) and every rank joins
 //! with its address. A fetch is pulled by the consumer: it asks the producer's
 //! endpoint to send object X on a fresh slot, the producer acknowledges (or
 //! refuses: unknown object, unknown group), sends each tensor over Gloo, and

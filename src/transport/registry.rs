@@ -12,24 +12,8 @@ use crate::transport_kind::TransportKind;
 
 /// What this process holds in NIXL: nothing in a build without nixl.
 #[cfg(not(feature = "nixl"))]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NixlStats {
-    /// Producer: ranges registered for exported objects.
-    pub exported_ranges: usize,
-    /// Producer: references exported objects hold on those ranges.
-    pub exported_refs: usize,
-    /// Consumer: registrations of received objects' memory.
-    pub received: usize,
-    /// Consumer: producer agents loaded.
-    pub loaded_peers: usize,
-    /// Consumer: producer registrations loaded.
-    pub loaded_ranges: usize,
-}
-
-/// What this process holds in NIXL: nothing in a build without nixl.
-#[cfg(not(feature = "nixl"))]
-pub fn nixl_stats() -> NixlStats {
-    NixlStats::default()
+pub fn nixl_stats() -> crate::stats::NixlStats {
+    crate::stats::NixlStats::default()
 }
 
 /// A context's transports.

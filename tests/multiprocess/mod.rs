@@ -35,8 +35,20 @@ pub fn role() -> Option<String> {
 /// Starts this test binary again as a child running `test_name` with `role` and
 /// extra environment variables; its stdin and stdout are piped.
 pub fn spawn_child(test_name: &str, role: &str, env: &[(&str, String)]) -> Child {
+    spawn_child_with(test_name, role, env, &[])
+}
+
+/// [`spawn_child`] with more libtest arguments (`--include-ignored` for an
+/// ignored test, which libtest would otherwise skip in the child).
+pub fn spawn_child_with(
+    test_name: &str,
+    role: &str,
+    env: &[(&str, String)],
+    libtest_args: &[&str],
+) -> Child {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
     cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .args(libtest_args)
         .env(ROLE, role)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
@@ -44,6 +56,31 @@ pub fn spawn_child(test_name: &str, role: &str, env: &[(&str, String)]) -> Child
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn child test process")
+}
+
+/// Environment variable that lets the NIXL transfer tests skip where NIXL is
+/// missing.
+#[cfg(feature = "nixl")]
+pub const ALLOW_MISSING_NIXL: &str = "RAY_RDT_ALLOW_MISSING_NIXL";
+
+/// Whether NIXL can be used here. Where it cannot, fails the test, unless
+/// [`ALLOW_MISSING_NIXL`] is `1`: then says so on the process's real stderr
+/// (not through `eprintln!`, which libtest captures) and returns false.
+#[cfg(feature = "nixl")]
+pub fn nixl_or_skip(test: &str) -> bool {
+    use std::io::Write;
+    let Err(e) = ray_rdt::testing::nixl::available() else {
+        return true;
+    };
+    let why = format!("NIXL is not available on this machine: {e}");
+    assert!(
+        std::env::var(ALLOW_MISSING_NIXL).as_deref() == Ok("1"),
+        "{test}: {why} (set {ALLOW_MISSING_NIXL}=1 to skip the NIXL transfer tests)"
+    );
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "SKIPPED {test}: {why} ({ALLOW_MISSING_NIXL}=1)");
+    let _ = err.flush();
+    false
 }
 
 /// A CPU tensor holding `data` with `dtype` and `shape` (data length must match).

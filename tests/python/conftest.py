@@ -3,11 +3,10 @@
 import contextlib
 import os
 import sys
-import time
 
 import pytest
 
-from holds import Holds  # noqa: F401 (shared with the scripts of two-node tests)
+from holds import Holds, wait_for  # noqa: F401 (shared with the scripts of two-node tests)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -86,15 +85,6 @@ def num_rdt_objects(actor):
         return ray._private.worker.global_worker.rdt_manager.rdt_store.get_num_objects()
 
     return ray.get(actor.__ray_call__.remote(_count))
-
-
-def wait_for(predicate, timeout=20.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def delta(after, before, field="bytes_received"):

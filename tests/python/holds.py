@@ -6,7 +6,9 @@ import threading
 import time
 
 
-def _wait_for(predicate, timeout, interval=0.005):
+def wait_for(predicate, timeout=20.0, interval=0.05):
+    """Polls ``predicate`` until it holds or ``timeout`` seconds have passed;
+    returns its last value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -52,7 +54,7 @@ class Holds:
 
     def wait_reached(self, point, pid):
         key = f"{point}-{pid}"
-        if not _wait_for(lambda: os.path.exists(self._path(key, "reached")), self.timeout_s):
+        if not wait_for(lambda: os.path.exists(self._path(key, "reached")), self.timeout_s, interval=0.005):
             raise AssertionError(f"process {pid} did not reach hold point {point} within {self.timeout_s} s")
 
     def release(self, point, pid):

@@ -1,8 +1,8 @@
-//! Host destination memory for NIXL reads of objects below [`HostBuffer`]'s
+//! Host destination memory for NIXL reads of objects below [`crate::host_buffer::HostBuffer`]'s
 //! mapping threshold: plain `malloc` memory, 64-byte aligned by rounding up
 //! inside an allocation 48 bytes longer.
 //!
-//! Why not [`HostBuffer`] (64-byte aligned heap memory below 2 MiB): a consumer
+//! Why not [`crate::host_buffer::HostBuffer`] (64-byte aligned heap memory below 2 MiB): a consumer
 //! keeps what NIXL allocates when it loads a producer's registrations (small,
 //! long-lived allocations made by the fetching thread, between one fetch's
 //! destination and the next) until the peer is reloaded

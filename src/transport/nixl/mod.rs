@@ -15,7 +15,7 @@
 //!   destination buffer for the object (host memory: from [`HostBuffer`], 2 MiB
 //!   aligned and huge-page advised, for objects of [`MAPPED_FROM`] bytes and more,
 //!   else from [`heap`], which keeps a long-running consumer's memory flat; CUDA
-//!   memory from [`cuda`] for `kDLCUDA` objects), registers it, posts one READ for
+//!   memory from `cuda.rs` for `kDLCUDA` objects), registers it, posts one READ for
 //!   all tensors and waits until the timeout. The destination's registration
 //!   lives as long as the received tensors.
 //!
@@ -83,32 +83,12 @@ pub fn registration_stats() -> (usize, usize) {
     REGISTRY.stats()
 }
 
-/// What this process holds in NIXL: its registrations on both sides and the
-/// producers it has loaded. Every field returns to its earlier value once the
-/// objects involved are freed (the loaded producers and ranges stay, bounded by
-/// [`remote::MAX_PEERS`] and [`remote::MAX_LOADED_PER_PEER`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NixlStats {
-    /// Producer: ranges registered for exported objects.
-    pub exported_ranges: usize,
-    /// Producer: references exported objects hold on those ranges.
-    pub exported_refs: usize,
-    /// Consumer: registrations of received objects' memory, alive until their
-    /// tensors are dropped (and kept for good by a read that timed out while it
-    /// might still be writing).
-    pub received: usize,
-    /// Consumer: producer agents loaded (connected or not).
-    pub loaded_peers: usize,
-    /// Consumer: producer registrations loaded, over all peers.
-    pub loaded_ranges: usize,
-}
-
-/// This process's [`NixlStats`]. Touches no NIXL state: a process that never
+/// This process's [`crate::stats::NixlStats`]. Touches no NIXL state: a process that never
 /// used nixl reads zeros.
-pub fn stats() -> NixlStats {
+pub fn stats() -> crate::stats::NixlStats {
     let (exported_ranges, exported_refs) = REGISTRY.stats();
     let (loaded_peers, loaded_ranges) = PEERS.stats();
-    NixlStats {
+    crate::stats::NixlStats {
         exported_ranges,
         exported_refs,
         received: RECEIVED.load(Ordering::Relaxed),
@@ -188,7 +168,7 @@ impl Buffer {
 /// (`RAY_RDT_CUDA_SYNC_TIMEOUT_MS`, default 60 s).
 pub const CUDA_SYNC_TIMEOUT_ENV: &str = "RAY_RDT_CUDA_SYNC_TIMEOUT_MS";
 
-/// A received object's destination registration, counted in [`NixlStats::received`].
+/// A received object's destination registration, counted in [`crate::stats::NixlStats::received`].
 struct Registration {
     /// Deregisters on drop.
     _handle: RegistrationHandle,
