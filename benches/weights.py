@@ -250,6 +250,19 @@ def report(results, limits, models, generator_counts, configs):
     return "\n".join(lines)
 
 
+def model_grid(sizes, counts, layouts):
+    """The models to measure, from the comma-separated options: (bytes,
+    tensors, layout); one tensor is measured once (its two layouts are the
+    same model)."""
+    return [
+        (s, c, l)
+        for s in rb.parse_sizes(sizes)
+        for c in map(int, counts.split(","))
+        for l in layouts.split(",")
+        if not (c == 1 and l == "separate")
+    ]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="256MiB,1GiB")
@@ -265,15 +278,13 @@ def main():
     if args.child:
         sizes, counts, layouts, gens, rounds_configs = args.child
         rounds, configs = rounds_configs.split(":", 1)
-        models = [(s, c, l) for s in rb.parse_sizes(sizes) for c in map(int, counts.split(",")) for l in layouts.split(",")]
+        models = model_grid(sizes, counts, layouts)
         out, errors = bench_cluster(configs.split(","), models, [int(g) for g in gens.split(",")], int(rounds))
         rb.child_result({"results": out, "errors": errors})
     sizes = rb.parse_sizes(args.sizes)
-    counts = [int(c) for c in args.counts.split(",")]
-    layouts = args.layouts.split(",")
     generator_counts = [int(g) for g in args.generators.split(",")]
     configs = [c for c in args.configs.split(",") if c]
-    models = [(s, c, l) for s in sizes for c in counts for l in layouts if not (c == 1 and l == "separate")]
+    models = model_grid(args.sizes, args.counts, args.layouts)
     started = time.strftime("%Y-%m-%d %H:%M")
     print(f"weight sync, {started}: models {args.sizes} x {args.counts} x {args.layouts}, generators {args.generators}", file=sys.stderr)
     limits = {str(s): {str(n): parallel_copy_medians(s, n) for n in sorted(set([1] + generator_counts))} for s in sizes}
