@@ -36,21 +36,62 @@ trainer's ``ray.put`` time.
                               [--layouts views,separate] [--generators 1,2,4]
                               [--configs ...] [--rounds 3] [--json FILE] [--markdown FILE]
     ci/bench weights [same options]
+
+Cross-node mode (``--cross-node``; needs root): the same steps across two Ray
+nodes in two network namespaces joined by a veth (``benches/cross_node.py``,
+``tests/python/netns.py``), the trainer on node A and every generator on node
+B. Each stock column runs on a two-node cluster of its own with the plugin
+off, the others on one with the plugin on, where the veth's line rate (one
+TCP stream) is measured first. Every Ray process of both clusters gets
+``UCX_TLS=tcp,self`` (``--env KEY=VALUE`` adds or overrides): the namespaces
+share one kernel, and UCX would otherwise move NIXL's bytes through shared
+memory instead of the veth. Each step also reads the veth's transmit counter
+in namespace A before and after, so the table shows the bytes that really
+left node A per step (about N times the model for N generators). Defaults:
+``--sizes 256MiB --counts 1,10000 --layouts views --generators 1,2 --configs
+object_store,stock_nixl,stock_gloo,plugin_nixl,plugin_gloo`` (plugin shm
+cannot cross hosts). Printed per model: per generator count and column, the
+median step, the slowest get, aggregate GB/s, the step over the time the
+line rate needs for N models, and the bytes out of node A per step over the
+model's size.
+
+    python benches/weights.py --cross-node [--sizes ...] [--counts ...] [--layouts ...]
+                              [--generators ...] [--configs ...] [--rounds 3]
+                              [--env KEY=VALUE ...] [--json FILE] [--markdown FILE]
+    ci/bench weights --cross-node [same options]
 """
 
 import argparse
 import json
 import multiprocessing
+import os
 import random
 import statistics
 import sys
 import time
 
+import cross_node
 import raybench as rb
 
 CONFIGS = ["object_store", "stock_gloo", "stock_nixl", "plugin_gloo", "plugin_shm", "plugin_nixl"]
 ONE_SIDED = {"stock_nixl": "nixl", "plugin_nixl": "nixl", "plugin_shm": "shm"}
 STEP_TIMEOUT_S = 900
+# The options' defaults on one host and across two nodes.
+DEFAULTS = {"sizes": "256MiB,1GiB", "counts": "1,1000,10000,100000", "layouts": "views,separate",
+            "generators": "1,2,4", "configs": ",".join(CONFIGS)}
+CROSS_NODE_DEFAULTS = {"sizes": "256MiB", "counts": "1,10000", "layouts": "views", "generators": "1,2",
+                       "configs": "object_store,stock_nixl,stock_gloo,plugin_nixl,plugin_gloo"}
+# Every Ray process of both two-node clusters: NIXL's UCX over the veth (TCP),
+# not through the shared memory the two namespaces of one kernel also offer.
+CROSS_NODE_ENV = {"UCX_TLS": "tcp,self"}
+FIELDS = ("step", "get", "put", "tx")
+# The driver of one two-node cluster: every step of every column it runs.
+CROSS_NODE_DRIVER_TIMEOUT_S = 6 * 3600
+
+
+def model_key(size, count, layout):
+    """A model's key in the results: ``"bytes/tensors/layout"``."""
+    return f"{size}/{count}/{layout}"
 
 
 def model(size, count, layout, fill=0.0):
@@ -125,37 +166,62 @@ def actor_classes():
     return Trainer, Generator
 
 
-def one_step(config, trainer, generators):
+def one_step(config, trainer, generators, tx_bytes=None):
     """One step of ``config`` to ``generators``: (step s, slowest get s or
-    None, trainer put s or None)."""
+    None, trainer put s or None, bytes that ``tx_bytes()`` (a counter, see
+    :func:`veth_tx_bytes`) grew by during the step, or None without one)."""
     import ray
 
     expected = ray.get(trainer.advance.remote())
+    sent = tx_bytes() if tx_bytes else None
     t0 = time.perf_counter()
     if config in ONE_SIDED:
         refs, put_s = ray.get(trainer.put.remote(ONE_SIDED[config]), timeout=STEP_TIMEOUT_S)
         gets = ray.get([g.sync.remote(refs, expected) for g in generators], timeout=STEP_TIMEOUT_S)
-        return time.perf_counter() - t0, max(gets), put_s
-    ref = trainer.rows_gloo.remote() if config.endswith("gloo") else trainer.rows.remote()
-    ray.get([g.take.remote(ref, expected) for g in generators], timeout=STEP_TIMEOUT_S)
-    return time.perf_counter() - t0, None, None
+        step, get = time.perf_counter() - t0, max(gets)
+    else:
+        ref = trainer.rows_gloo.remote() if config.endswith("gloo") else trainer.rows.remote()
+        ray.get([g.take.remote(ref, expected) for g in generators], timeout=STEP_TIMEOUT_S)
+        step, get, put_s = time.perf_counter() - t0, None, None
+    return step, get, put_s, (tx_bytes() - sent if tx_bytes else None)
 
 
-def bench_cluster(configs, models, generator_counts, rounds):
+def veth_tx_bytes():
+    """Bytes sent so far over the veth of the namespace this process runs in
+    (node A's, for the cross-node driver; tests/python/netns.py names it in
+    ``RDT_VETH``)."""
+    with open(f"/sys/class/net/{os.environ['RDT_VETH']}/statistics/tx_bytes") as fh:
+        return int(fh.read())
+
+
+def placement(cross_node_mode):
+    """Connects to the cluster and says where the actors go: ``(trainer
+    options, generator options, the bytes-out counter or None)``. Locally a
+    fresh cluster, anywhere; across two nodes the one at ``RAY_ADDRESS``, the
+    trainer on node A, the generators on node B, counting A's veth."""
+    if not cross_node_mode:
+        rb.init_ray()
+        return {}, {}, None
+    rb.init_ray(address=os.environ["RAY_ADDRESS"])
+    return {"resources": {"node_a": 1}}, {"resources": {"node_b": 1}}, veth_tx_bytes
+
+
+def bench_cluster(configs, models, generator_counts, rounds, cross_node_mode=False):
     """In a child: every model, every generator count, every config, on one
-    cluster. Returns ``{model key: {n: {config: {"step", "get", "put"}}}}`` of
-    medians (seconds), and errors."""
+    cluster (:func:`placement`). Returns ``{model key: {n: {config: {"step",
+    "get", "put", "tx"}}}}`` of medians (seconds; bytes for ``tx``), and
+    errors."""
     import ray
     from ray.experimental.collective import create_collective_group, destroy_collective_group
 
-    rb.init_ray()
+    trainer_options, generator_options, tx_bytes = placement(cross_node_mode)
     Trainer, Generator = actor_classes()
     rng = random.Random(0)
     out, errors = {}, {}
     for size, count, layout in models:
-        key = f"{size}/{count}/{layout}"
-        trainer = Trainer.remote()
-        generators = [Generator.remote() for _ in range(max(generator_counts))]
+        key = model_key(size, count, layout)
+        trainer = Trainer.options(**trainer_options).remote()
+        generators = [Generator.options(**generator_options).remote() for _ in range(max(generator_counts))]
         ray.get([a.make.remote(size, count, layout) for a in [trainer] + generators])
         group = None
         if any(c.endswith("gloo") for c in configs):
@@ -164,12 +230,13 @@ def bench_cluster(configs, models, generator_counts, rounds):
         out[key] = {}
         for n in generator_counts:
             values, failed = rb.interleaved(
-                configs, lambda c: one_step(c, trainer, generators[:n]), rounds, rng, warmups=1, keep_going=True
+                configs, lambda c: one_step(c, trainer, generators[:n], tx_bytes), rounds, rng, warmups=1,
+                keep_going=True
             )
             out[key][n] = {
                 c: {
                     field: (statistics.median(v[i] for v in vals) if vals[0][i] is not None else None)
-                    for i, field in enumerate(("step", "get", "put"))
+                    for i, field in enumerate(FIELDS)
                 }
                 for c, vals in values.items()
             }
@@ -211,12 +278,18 @@ def parallel_copy_medians(size, streams):
     return statistics.median(max(s[i] for s in per_proc) for i in range(5))
 
 
+def model_heading(size, count, layout):
+    """A model's heading in the report."""
+    return f"\n### {rb.fmt_size(size)} as {count:,} tensors ({layout})\n"
+
+
 def report(results, limits, models, generator_counts, configs):
+    """The one-host report: per model a table of step and get times per
+    generator count, then GB/s and the ratios against the copy limits."""
     lines = []
     for size, count, layout in models:
-        key = f"{size}/{count}/{layout}"
-        by_n = results.get(key, {})
-        lines.append(f"\n### {rb.fmt_size(size)} as {count:,} tensors ({layout})\n")
+        by_n = results.get(model_key(size, count, layout), {})
+        lines.append(model_heading(size, count, layout))
         header = ["generators"] + [f"{c} step" for c in configs] + [f"{c} get" for c in configs if c in ONE_SIDED]
         rows = []
         for n in generator_counts:
@@ -250,6 +323,44 @@ def report(results, limits, models, generator_counts, configs):
     return "\n".join(lines)
 
 
+def cross_node_report(results, rate, models, generator_counts, configs):
+    """The cross-node report: per model a table, a row per generator count
+    and column: median step and slowest get, aggregate GB/s, the step over
+    the time the veth's line rate (``rate``, bytes/s) needs for N models, and
+    the bytes that left node A per step over the model's size."""
+    header = ["generators", "config", "step", "get", "GB/s", "step / line time", "out of A / model"]
+    lines = []
+    for size, count, layout in models:
+        by_n = results.get(model_key(size, count, layout), {})
+        rows = []
+        for n in generator_counts:
+            for c in configs:
+                cell = by_n.get(n, {}).get(c)
+                if cell is None:
+                    rows.append([str(n), c] + ["-"] * (len(header) - 2))
+                    continue
+                step, get, tx = cell["step"], cell["get"], cell["tx"]
+                rows.append([str(n), c, rb.fmt_ms(step), rb.fmt_ms(get) if get is not None else "-",
+                             f"{n * size / step / 1e9:.2f}", rb.fmt_ratio(step / (n * size / rate)),
+                             rb.fmt_ratio(tx / size)])
+        lines += [model_heading(size, count, layout), rb.markdown_table(header, rows)]
+    return "\n".join(lines)
+
+
+def cross_node_notes(rate, env, rounds):
+    """What the cross-node table's columns mean, and the run's line rate."""
+    return [
+        f"trainer on node A, generators on node B (two network namespaces joined by a veth); "
+        f"medians of {rounds} rounds after a warm-up, the columns interleaved",
+        f"veth line rate: {rate / 1e9:.2f} GB/s (one TCP stream, {rb.fmt_size(cross_node.LINE_RATE_BYTES)}, "
+        f"median of {cross_node.LINE_RATE_ROUNDS}); line time = N x model / line rate; issue 18's target, "
+        "nixl and gloo at 0.8x the line rate or better, is step / line time <= 1.25",
+        "out of A: the veth's tx_bytes in namespace A across a step (the model's bytes and Ray's own "
+        "traffic), median per step; about N for N generators when each pulls the model once",
+        "environment of every Ray process of both clusters: " + " ".join(f"{k}={v}" for k, v in env.items()),
+    ]
+
+
 def model_grid(sizes, counts, layouts):
     """The models to measure, from the comma-separated options: (bytes,
     tensors, layout); one tensor is measured once (its two layouts are the
@@ -263,48 +374,106 @@ def model_grid(sizes, counts, layouts):
     ]
 
 
-def main():
+def clusters(configs):
+    """The clusters the columns run on, in order: ``(columns, plugin on,
+    label)``. Each stock column on a cluster of its own: a stock transfer
+    that times out kills its actors (2.60), which must not take another
+    column down; the other columns on one cluster with the plugin."""
+    out = [([c], False, f"stock Ray 2.60, {c} (RAY_RDT_PLUGIN=0)") for c in configs if c.startswith("stock")]
+    rest = [c for c in configs if not c.startswith("stock")]
+    return out + ([(rest, True, "patched Ray with the plugin")] if rest else [])
+
+
+def child_args(args, columns):
+    """The ``--child`` arguments of a cluster running ``columns``."""
+    return [args.sizes, args.counts, args.layouts, args.generators, f"{args.rounds}:{','.join(columns)}"] + (
+        ["--cross-node"] if args.cross_node else [])
+
+
+def merge(results, errors, out):
+    """Adds one child's ``RESULT`` (results and errors) to the run's."""
+    for key, by_n in out["results"].items():
+        for n, cells in by_n.items():
+            results.setdefault(key, {}).setdefault(int(n), {}).update(cells)
+    errors.update(out["errors"])
+
+
+def measure_one_host(args, configs):
+    """Every column on local clusters (:func:`clusters`), each in a child
+    process: ``(results, errors)``."""
+    results, errors = {}, {}
+    for columns, plugin, label in clusters(configs):
+        env = {} if plugin else rb.STOCK_ENV
+        merge(results, errors, rb.run_child(__file__, child_args(args, columns), env, label))
+    return results, errors
+
+
+def measure_cross_node(args, configs, env):
+    """Every column on two-node clusters (:func:`clusters`), ``env`` for all
+    their processes, the veth's line rate measured on the last one:
+    ``(results, errors, line rate in bytes/s)``."""
+    results, errors, rate = {}, {}, None
+    plan = clusters(configs)
+    for i, (columns, plugin, label) in enumerate(plan):
+        out, measured = cross_node.run_on_two_nodes(
+            plugin, env, __file__, ["--child", *child_args(args, columns)], label, line_rate=i == len(plan) - 1,
+            timeout=CROSS_NODE_DRIVER_TIMEOUT_S)
+        merge(results, errors, out)
+        rate = measured or rate
+    return results, errors, rate
+
+
+def parse_args():
+    """The options, with the defaults of the mode (one host or ``--cross-node``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="256MiB,1GiB")
-    p.add_argument("--counts", default="1,1000,10000,100000")
-    p.add_argument("--layouts", default="views,separate")
-    p.add_argument("--generators", default="1,2,4")
-    p.add_argument("--configs", default=",".join(CONFIGS))
+    for name in DEFAULTS:
+        p.add_argument(f"--{name}", help=f"default {DEFAULTS[name]}; --cross-node: {CROSS_NODE_DEFAULTS[name]}")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cross-node", action="store_true", help="trainer on node A, generators on node B (needs root)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"--cross-node: for every Ray process of both clusters (repeatable; default {CROSS_NODE_ENV})")
     p.add_argument("--json")
     p.add_argument("--markdown")
     p.add_argument("--child", nargs=5, metavar=("SIZES", "COUNTS", "LAYOUTS", "GENERATORS", "ROUNDS_CONFIGS"))
     args = p.parse_args()
+    for name, default in (CROSS_NODE_DEFAULTS if args.cross_node else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.cross_node and "plugin_shm" in args.configs.split(","):
+        p.error("plugin_shm cannot cross hosts: leave it out of --configs with --cross-node")
+    return args
+
+
+def main():
+    args = parse_args()
     if args.child:
         sizes, counts, layouts, gens, rounds_configs = args.child
         rounds, configs = rounds_configs.split(":", 1)
         models = model_grid(sizes, counts, layouts)
-        out, errors = bench_cluster(configs.split(","), models, [int(g) for g in gens.split(",")], int(rounds))
+        out, errors = bench_cluster(configs.split(","), models, [int(g) for g in gens.split(",")], int(rounds),
+                                    args.cross_node)
         rb.child_result({"results": out, "errors": errors})
     sizes = rb.parse_sizes(args.sizes)
     generator_counts = [int(g) for g in args.generators.split(",")]
     configs = [c for c in args.configs.split(",") if c]
     models = model_grid(args.sizes, args.counts, args.layouts)
     started = time.strftime("%Y-%m-%d %H:%M")
-    print(f"weight sync, {started}: models {args.sizes} x {args.counts} x {args.layouts}, generators {args.generators}", file=sys.stderr)
-    limits = {str(s): {str(n): parallel_copy_medians(s, n) for n in sorted(set([1] + generator_counts))} for s in sizes}
-    results, errors = {}, {}
-    # Each stock column in a cluster of its own: a stock transfer that times
-    # out kills its actors (2.60), which must not take the other column down.
-    children = [([c], rb.STOCK_ENV, f"stock Ray 2.60, {c} (RAY_RDT_PLUGIN=0)") for c in configs if c.startswith("stock")]
-    children.append(([c for c in configs if not c.startswith("stock")], {}, "patched Ray with the plugin"))
-    for columns, env, label in children:
-        if not columns:
-            continue
-        child_args = [args.sizes, args.counts, args.layouts, args.generators, f"{args.rounds}:{','.join(columns)}"]
-        out = rb.run_child(__file__, child_args, env, label)
-        for key, by_n in out["results"].items():
-            for n, cells in by_n.items():
-                results.setdefault(key, {}).setdefault(int(n), {}).update(cells)
-        errors.update(out["errors"])
-    text = f"Weight sync ({started}; medians of {args.rounds} rounds; ms)\n" + report(
-        results, limits, models, generator_counts, configs
-    )
+    where = "across two nodes" if args.cross_node else "on one host"
+    print(f"weight sync {where}, {started}: models {args.sizes} x {args.counts} x {args.layouts}, "
+          f"generators {args.generators}", file=sys.stderr)
+    if args.cross_node:
+        env = dict(CROSS_NODE_ENV, **dict(kv.split("=", 1) for kv in args.env))
+        results, errors, rate = measure_cross_node(args, configs, env)
+        body = cross_node_report(results, rate, models, generator_counts, configs)
+        body += "\n\n" + "\n".join(f"- {n}" for n in cross_node_notes(rate, env, args.rounds))
+        extra = {"line_rate_bytes_per_s": rate, "env": env}
+    else:
+        limits = {str(s): {str(n): parallel_copy_medians(s, n) for n in sorted(set([1] + generator_counts))}
+                  for s in sizes}
+        results, errors = measure_one_host(args, configs)
+        body = report(results, limits, models, generator_counts, configs)
+        extra = {"limits": limits}
+    text = f"Weight sync {where} ({started}; medians of {args.rounds} rounds; ms)\n" + body
     if errors:
         text += "\n\nFailed cells:\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items())
     print(text)
@@ -313,7 +482,7 @@ def main():
             fh.write(text + "\n")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"started": started, "results": results, "limits": limits, "errors": errors}, fh, indent=1)
+            json.dump({"started": started, "results": results, "errors": errors, **extra}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ What it does (see /work/shared/NOTES.md, "Multi-node on one machine"):
 * ``GLOO_SOCKET_IFNAME`` = that namespace's veth for each node: both namespaces
   share one hostname that resolves to loopback, and stock torch.distributed gloo
   binds the hostname's address otherwise (real hosts do not need this);
+* ``RDT_NODE_A_IP``, ``RDT_NODE_B_IP`` (both addresses) and ``RDT_VETH`` (this
+  namespace's veth, e.g. for its ``/sys/class/net/<veth>/statistics``) for
+  every process;
 * ``RAY_RDT_PLUGIN`` passed through from the caller (or forced by ``plugin=``),
   so the same harness runs stock and plugin clusters; ``RAY_RDT_LIB`` likewise
   (unset: the binding finds the library itself); ``ray_rdt`` is imported as the
@@ -276,6 +279,7 @@ class TwoNodeCluster:
             RAY_ADDRESS=self.address,
             RDT_NODE_A_IP=self.a.ip,
             RDT_NODE_B_IP=self.b.ip,
+            RDT_VETH=node.veth,
         )
         if self.plugin is not None:
             env["RAY_RDT_PLUGIN"] = "1" if self.plugin else "0"
