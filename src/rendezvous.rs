@@ -106,9 +106,12 @@ mod none {
     use crate::transport::group::RendezvousStore;
     use std::time::Duration;
 
-    /// No rendezvous store in a build without the gloo feature.
+    /// No rendezvous store in a build without the gloo feature (a field, so
+    /// that both builds construct it the same way: `Rendezvous::default()`).
     #[derive(Default)]
-    pub struct Rendezvous;
+    pub struct Rendezvous {
+        _none: (),
+    }
 
     fn unavailable() -> Error {
         Error::new(
