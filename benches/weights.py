@@ -222,32 +222,37 @@ def bench_cluster(configs, models, generator_counts, rounds, cross_node_mode=Fal
         key = model_key(size, count, layout)
         trainer = Trainer.options(**trainer_options).remote()
         generators = [Generator.options(**generator_options).remote() for _ in range(max(generator_counts))]
-        ray.get([a.make.remote(size, count, layout) for a in [trainer] + generators])
-        group = None
-        if any(c.endswith("gloo") for c in configs):
-            group = create_collective_group([trainer] + generators, backend="torch_gloo")
         print(f"  model {rb.fmt_size(size)} as {count} {layout}", file=sys.stderr, flush=True)
         out[key] = {}
-        for n in generator_counts:
-            values, failed = rb.interleaved(
-                configs, lambda c: one_step(c, trainer, generators[:n], tx_bytes), rounds, rng, warmups=1,
-                keep_going=True
-            )
-            out[key][n] = {
-                c: {
-                    field: (statistics.median(v[i] for v in vals) if vals[0][i] is not None else None)
-                    for i, field in enumerate(FIELDS)
+        group = None
+        try:
+            ray.get([a.make.remote(size, count, layout) for a in [trainer] + generators])
+            if any(c.endswith("gloo") for c in configs):
+                group = create_collective_group([trainer] + generators, backend="torch_gloo")
+            for n in generator_counts:
+                values, failed = rb.interleaved(
+                    configs, lambda c: one_step(c, trainer, generators[:n], tx_bytes), rounds, rng, warmups=1,
+                    keep_going=True
+                )
+                out[key][n] = {
+                    c: {
+                        field: (statistics.median(v[i] for v in vals) if vals[0][i] is not None else None)
+                        for i, field in enumerate(FIELDS)
+                    }
+                    for c, vals in values.items()
                 }
-                for c, vals in values.items()
-            }
-            errors.update({f"{key}/{n}/{c}": repr(e)[:300] for c, e in failed.items()})
-        if group is not None:
-            try:
-                destroy_collective_group(group)
-            except ValueError:
-                pass  # destroyed by a failed transfer already
-        for a in [trainer] + generators:
-            ray.kill(a)
+                errors.update({f"{key}/{n}/{c}": repr(e)[:300] for c, e in failed.items()})
+        except Exception as e:  # noqa: BLE001 (the model's cells fail; the next model runs)
+            errors[key] = repr(e)[:300]
+            print(f"  model {key} failed: {errors[key]}", file=sys.stderr, flush=True)
+        finally:
+            if group is not None:
+                try:
+                    destroy_collective_group(group)
+                except Exception:  # noqa: BLE001 (destroyed by a failed transfer or a dead member)
+                    pass
+            for a in [trainer] + generators:
+                ray.kill(a)
     return out, errors
 
 
@@ -398,13 +403,18 @@ def merge(results, errors, out):
     errors.update(out["errors"])
 
 
-def measure_one_host(args, configs):
+def measure_one_host(args, configs, checkpoint):
     """Every column on local clusters (:func:`clusters`), each in a child
-    process: ``(results, errors)``."""
+    process: ``(results, errors)``. A child that fails is an error of its
+    columns; ``checkpoint(results, errors)`` runs after each child."""
     results, errors = {}, {}
     for columns, plugin, label in clusters(configs):
         env = {} if plugin else rb.STOCK_ENV
-        merge(results, errors, rb.run_child(__file__, child_args(args, columns), env, label))
+        try:
+            merge(results, errors, rb.run_child(__file__, child_args(args, columns), env, label))
+        except RuntimeError as e:
+            errors[",".join(columns)] = str(e)[-600:]
+        checkpoint(results, errors)
     return results, errors
 
 
@@ -470,7 +480,9 @@ def main():
     else:
         limits = {str(s): {str(n): parallel_copy_medians(s, n) for n in sorted(set([1] + generator_counts))}
                   for s in sizes}
-        results, errors = measure_one_host(args, configs)
+        results, errors = measure_one_host(
+            args, configs, lambda r, e: save_json(args.json, {"started": started, "results": r, "errors": e,
+                                                             "limits": limits, "partial": True}))
         body = report(results, limits, models, generator_counts, configs)
         extra = {"limits": limits}
     text = f"Weight sync {where} ({started}; medians of {args.rounds} rounds; ms)\n" + body
@@ -480,9 +492,14 @@ def main():
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(text + "\n")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"started": started, "results": results, "errors": errors, **extra}, fh, indent=1)
+    save_json(args.json, {"started": started, "results": results, "errors": errors, **extra})
+
+
+def save_json(path, data):
+    """Writes ``data`` to ``path`` as JSON (nothing when ``path`` is None)."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(data, fh, indent=1)
 
 
 if __name__ == "__main__":
