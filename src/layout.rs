@@ -120,6 +120,32 @@ impl ObjectLayout {
         self.extents.iter().map(|e| e.len).sum()
     }
 
+    /// The byte ranges of the extents that the tensors (of byte sizes `sizes`)
+    /// cover, as `(extent, offset, len)`, sorted and merged: an extent merged
+    /// across a gap between two allocations (see [`ObjectLayout::of`]) covers
+    /// two ranges, and a copy of the object's bytes made by this process reads
+    /// only these (the gap belongs to neither tensor).
+    pub fn covered(&self, sizes: &[u64]) -> Vec<(u32, u64, u64)> {
+        let mut spans: Vec<(u32, u64, u64)> = self
+            .places
+            .iter()
+            .zip(sizes)
+            .filter_map(|(p, &n)| {
+                p.filter(|_| n > 0)
+                    .map(|p| (p.extent, p.offset, p.offset + n))
+            })
+            .collect();
+        spans.sort_unstable();
+        let mut out: Vec<(u32, u64, u64)> = Vec::with_capacity(spans.len());
+        for (e, start, end) in spans {
+            match out.last_mut() {
+                Some(last) if last.0 == e && start <= last.2 => last.2 = last.2.max(end),
+                _ => out.push((e, start, end)),
+            }
+        }
+        out.into_iter().map(|(e, s, end)| (e, s, end - s)).collect()
+    }
+
     /// The bytes of extent `i` (host objects only).
     ///
     /// # Safety
@@ -289,6 +315,37 @@ mod tests {
         // CUDA: only overlapping spans.
         assert!(!mergeable(true, (0, 100), 100));
         assert!(mergeable(true, (0, 100), 50));
+    }
+
+    #[test]
+    fn covered_ranges_leave_out_the_gaps_between_allocations() {
+        let layout = ObjectLayout {
+            extents: vec![extent(0, 300), extent(8192, 8200)],
+            places: vec![
+                Some(Place {
+                    extent: 0,
+                    offset: 0,
+                }),
+                Some(Place {
+                    extent: 0,
+                    offset: 50,
+                }), // overlaps the first
+                Some(Place {
+                    extent: 0,
+                    offset: 200,
+                }), // after a gap
+                None,
+                Some(Place {
+                    extent: 1,
+                    offset: 0,
+                }),
+            ],
+            _staging: Vec::new(),
+        };
+        assert_eq!(
+            layout.covered(&[100, 60, 100, 0, 8]),
+            vec![(0, 0, 110), (0, 200, 100), (1, 0, 8)]
+        );
     }
 
     #[test]

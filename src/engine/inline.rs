@@ -39,10 +39,14 @@ pub fn pack(object: &StoredObject, threshold: u64) -> Option<Vec<u8>> {
     }
     let (offsets, size) = packed_extents(&layout.lengths());
     let mut bytes = vec![0u8; size as usize];
-    for (i, off) in offsets.into_iter().enumerate() {
+    let sizes: Vec<u64> = object.tensors.iter().map(|t| t.meta().nbytes).collect();
+    // Only the bytes the tensors cover: a gap between two allocations merged
+    // into one extent stays zero (it is neither tensor's to read or send).
+    for (e, offset, len) in layout.covered(&sizes) {
         // SAFETY: a host extent of a stored object, which `object` keeps alive.
-        let src = unsafe { layout.host_bytes(i) };
-        bytes[off as usize..off as usize + src.len()].copy_from_slice(src);
+        let src = unsafe { layout.host_bytes(e as usize) };
+        let (from, to) = (offset as usize, (offsets[e as usize] + offset) as usize);
+        bytes[to..to + len as usize].copy_from_slice(&src[from..from + len as usize]);
     }
     Some(bytes)
 }

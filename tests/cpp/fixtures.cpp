@@ -142,26 +142,25 @@ bool Store::contains(uint64_t id) const {
 
 std::vector<uint8_t> shm_record() {
   std::vector<uint8_t> r = {'R', 'D', 'T', 'M'};
-  put<uint16_t>(r, 2);
+  put<uint16_t>(r, 3);
   put<uint8_t>(r, RDT_TRANSPORT_SHM);
   put<int32_t>(r, kDLCPU);
   put<int32_t>(r, 0);
+  ObjectId key(7);
+  r.insert(r.end(), key.bytes, key.bytes + sizeof(key.bytes));
   put_short_bytes(r, "node-0001");
   put<uint32_t>(r, 4242);
   put_short_bytes(r, "actor-7");
   put_short_bytes(r, "boot-id/net:4026531840");
   put_short_bytes(r, "unix:@ray-rdt-4242");
   put_short_bytes(r, "tcp:10.0.0.7:40001");
-  put<uint32_t>(r, 1);
-  r.insert(r.end(), {kDLFloat, 32});
-  put<uint16_t>(r, 1);
-  put<uint8_t>(r, 2);
-  for (int64_t v : {2, 3, 3, 1}) put<int64_t>(r, v);  // shape, then strides
-  put<uint64_t>(r, 24);
-  put<uint32_t>(r, 0);  // no transport data
-  put<uint8_t>(r, 0);   // flags: not inline
+  // Every count, length and offset below is a one-byte varint.
+  r.insert(r.end(), {1, 24});                  // one extent of 24 bytes
+  r.insert(r.end(), {1, 0});                   // one tensor, flags: its own shape
+  r.insert(r.end(), {kDLFloat, 32, 1, 2, 2, 3});  // float32, lanes 1, ndim 2, shape [2, 3]
+  r.insert(r.end(), {0, 0});                   // extent 0, offset 0
+  r.insert(r.end(), {0, 0});                   // no transport data; flags: not inline
   return r;
 }
-
 
 }  // namespace rdt_test

@@ -35,9 +35,12 @@ int live_tensors();
 // The address of a tensor's first element.
 float* data_of(const DLManagedTensor* t);
 
-// A valid version 1 metadata record written by hand in the documented wire
-// format: shm transport, CPU, producer pid 4242, one float32 [2, 3] tensor.
+// A valid version 3 metadata record written by hand in the documented wire
+// format (src/metadata.rs): shm transport, CPU, producer pid 4242, one extent
+// of 24 bytes holding one float32 [2, 3] tensor. Its extent length is the byte
+// at kExtentLengthFromEnd before the end.
 std::vector<uint8_t> shm_record();
+constexpr size_t kExtentLengthFromEnd = 13;
 
 // A 28-byte binary ObjectID derived from `n`.
 struct ObjectId {

@@ -37,9 +37,9 @@ TEST(malformed_records_are_refused) {
   inputs.push_back(record);
   inputs.back().push_back(0);  // trailing byte
   inputs.push_back(record);
-  inputs.back()[4] = 3;  // unknown version
+  inputs.back()[4] = 9;  // unknown version
   inputs.push_back(record);
-  inputs.back()[record.size() - 13] = 25;  // nbytes does not match the shape
+  inputs.back()[record.size() - kExtentLengthFromEnd] = 23;  // the tensor runs past its extent
   for (const auto& input : inputs) {
     rdt_metadata* md = nullptr;
     CHECK_STATUS(rdt_metadata_decode(input.empty() ? nullptr : input.data(), input.size(), &md),
