@@ -224,11 +224,12 @@ def nixl_registrations():
     return None if reader is None else reader()
 
 
-def contents(i, nbytes):
+def contents(i, nbytes, out=None):
     """Transfer ``i``'s bytes: a position-dependent pattern (so a lost,
     duplicated or misplaced chunk shows), shifted by ``i`` (so a stale one
-    shows)."""
-    return _pattern(nbytes).add(i % 256)
+    shows). Written into ``out`` when given: a soak allocates nothing per
+    transfer that the allocator could keep and show as growth."""
+    return torch.add(_pattern(nbytes), i % 256, out=out)
 
 
 _patterns = {}
@@ -259,7 +260,7 @@ class SoakActor:
             tensor = pool[key] = torch.empty(nbytes, dtype=torch.uint8)
         else:
             ray.experimental.wait_tensor_freed(tensor, timeout=120)
-        return tensor.copy_(contents(i, nbytes))
+        return contents(i, nbytes, out=tensor)
 
     @ray.method(tensor_transport="gloo")
     def make_gloo(self, i, nbytes=TENSOR_BYTES, pooled=False):
@@ -275,7 +276,12 @@ class SoakActor:
 
     def take(self, tensor, i, nbytes=TENSOR_BYTES):
         """Checks every received byte against transfer ``i``'s contents."""
-        return tensor.numel() == nbytes and bool(torch.equal(tensor, contents(i, nbytes)))
+        if tensor.numel() != nbytes:
+            return False
+        scratch = self.__dict__.setdefault("_expected", {})
+        if nbytes not in scratch:
+            scratch[nbytes] = torch.empty(nbytes, dtype=torch.uint8)
+        return bool(torch.equal(tensor, contents(i, nbytes, out=scratch[nbytes])))
 
     def pid(self):
         return os.getpid()
