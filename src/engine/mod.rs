@@ -73,7 +73,7 @@ pub struct ContextConfig {
     /// ([`NodeShareSettings::from_env`] by default).
     pub node_share: NodeShareSettings,
     /// This process's host identity, which decides whether a producer is on
-    /// this host ([`crate::endpoint::host::identity`] by default; tests give
+    /// this host (`endpoint::host::identity` by default; tests give
     /// contexts of one host different identities to make a producer look
     /// remote).
     pub host_id: Vec<u8>,
