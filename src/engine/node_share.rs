@@ -148,6 +148,7 @@ impl NodeCopy {
         self.ready.notify_all();
     }
 
+    /// Counts the copy as used now (its linger starts again).
     fn touch(&self) {
         *self.last_use.lock() = Instant::now();
     }
@@ -325,9 +326,9 @@ impl NodeShare {
         }
     }
 
-    /// Whether `meta`'s object is shared on this node: sharing is on, the
+    /// Whether `meta`'s object is shared on this node: sharing is on and the
     /// object would take the network path (producer on another host, host
-    /// memory, bytes to move) and this build has a same-host path.
+    /// memory, bytes to move).
     pub(super) fn applies(
         &self,
         meta: &Metadata,
