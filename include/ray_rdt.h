@@ -35,9 +35,10 @@
 #define RDT_ABI_VERSION_MAJOR 2
 
 /**
- * Minor version of the C ABI; grows when functions are added.
+ * Minor version of the C ABI; grows when functions or codes are added (2.2:
+ * `RDT_PATH_NODE_COPY`).
  */
-#define RDT_ABI_VERSION_MINOR 1
+#define RDT_ABI_VERSION_MINOR 2
 
 /**
  * Buckets of the fetch-latency histogram (the last one is unbounded).
@@ -617,6 +618,12 @@ typedef uint8_t DLDataTypeCode;
  */
 #define RDT_PATH_INLINE 2
 
+/**
+ * From a copy another consumer of this node read over the network (node-local
+ * sharing): nothing crossed the network for this consumer (ABI 2.2).
+ */
+#define RDT_PATH_NODE_COPY 3
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1143,8 +1150,9 @@ rdt_status rdt_stats_concurrency_get(struct rdt_concurrency_stats *out_stats);
 const char *rdt_transport_name(rdt_transport transport);
 
 /**
- * The name of path `path` (`"same_host"`, `"network"`, `"inline"`), a
- * static NUL-terminated string; NULL for a code no path has.
+ * The name of path `path` (`"same_host"`, `"network"`, `"inline"`,
+ * `"node_copy"`), a static NUL-terminated string; NULL for a code no path
+ * has.
  */
 const char *rdt_path_name(rdt_path path);
 

@@ -11,8 +11,10 @@
 //! load of an initialized `OnceLock`.
 //!
 //! Points: `serve` (producer: the request was accepted, no tensor byte sent
-//! yet) and `fetch` (consumer: the transfer is under way, the bytes have not
-//! all arrived).
+//! yet), `fetch` (consumer: the transfer is under way, the bytes have not
+//! all arrived) and `share_wait` (a node copy's leader: a follower's request
+//! arrived while the leader still reads the object; see
+//! `crate::engine::node_share`).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

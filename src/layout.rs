@@ -16,6 +16,7 @@
 //! when the object is stored (a strided view's span holds bytes that are not
 //! its own, so it cannot travel in place).
 
+use crate::copy::Piece;
 use crate::dlpack::{kDLCUDA, DLDevice};
 use crate::error::{Error, ErrorKind, Result};
 use crate::tensor::{is_host, HostBuffer, Tensor};
@@ -108,6 +109,59 @@ impl ObjectLayout {
             places,
             _staging: staging,
         })
+    }
+
+    /// The layout of tensors received as a record describes them (`places`
+    /// and extent `lengths`): extent `i` starts where a tensor placed in it
+    /// starts, less that tensor's offset. For the tensors of a fetch (views
+    /// laid out by [`packed_extents`]), whose extents must stay the record's
+    /// ([`ObjectLayout::of`] may group neighbours differently).
+    pub fn received(
+        tensors: &[Tensor],
+        places: &[Option<Place>],
+        lengths: &[u64],
+    ) -> Result<ObjectLayout> {
+        let mut starts: Vec<Option<usize>> = vec![None; lengths.len()];
+        for (t, place) in tensors.iter().zip(places) {
+            let Some(p) = place else { continue };
+            let start = starts.get_mut(p.extent as usize).ok_or_else(|| {
+                Error::malformed(format!(
+                    "a tensor is placed in extent {}, which the record lacks",
+                    p.extent
+                ))
+            })?;
+            start.get_or_insert(t.data_ptr().wrapping_sub(p.offset as usize));
+        }
+        let extents = starts
+            .iter()
+            .zip(lengths)
+            .enumerate()
+            .map(|(i, (start, &len))| {
+                start.map(|addr| SourceExtent { addr, len }).ok_or_else(|| {
+                    Error::malformed(format!("extent {i} of the record holds no tensor"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ObjectLayout {
+            extents,
+            places: places.to_vec(),
+            _staging: Vec::new(),
+        })
+    }
+
+    /// Copy pieces that lay the extents out one after another in a buffer at
+    /// `base`, as [`packed_extents`] places them.
+    pub fn packed_pieces(&self, base: usize) -> Vec<Piece> {
+        let (offsets, _) = packed_extents(&self.lengths());
+        self.extents
+            .iter()
+            .zip(offsets)
+            .map(|(e, off)| Piece {
+                dst: base + off as usize,
+                src: e.addr,
+                len: e.len as usize,
+            })
+            .collect()
     }
 
     /// The extents' lengths, as a record carries them.
@@ -260,6 +314,19 @@ impl Runs {
             });
         }
         Runs { runs }
+    }
+
+    /// The runs as copy pieces from a source whose extent `i` starts at
+    /// `extent_starts[i]` (the runs were checked against the same extents).
+    pub fn pieces(&self, extent_starts: &[usize]) -> Vec<Piece> {
+        self.runs
+            .iter()
+            .map(|r| Piece {
+                dst: r.dst,
+                src: extent_starts[r.extent as usize] + r.offset as usize,
+                len: r.len as usize,
+            })
+            .collect()
     }
 
     /// Total bytes the runs move.

@@ -4,8 +4,9 @@
 //!
 //! Counters are kept per transport (as declared by the producer's method) and
 //! per [`Path`]: the same-host path (a same-host channel and shared memory), the
-//! network path (another host), or inline (a small object carried inside its
-//! metadata record, no transfer at all). Receivers also keep a histogram of
+//! network path (another host), inline (a small object carried inside its
+//! metadata record, no transfer at all), or a node copy (bytes another consumer
+//! of this node read over the network, taken from its shared copy). Receivers also keep a histogram of
 //! fetch latencies. Everything is a relaxed atomic: recording costs a few
 //! nanoseconds and never takes a lock.
 
@@ -26,11 +27,15 @@ pub enum Path {
     Network = codes::RDT_PATH_NETWORK as u8,
     /// Inside the metadata record (small objects): no transfer.
     Inline = codes::RDT_PATH_INLINE as u8,
+    /// From a copy another consumer of this node read over the network and
+    /// shares (node-local sharing, `crate::engine::node_share`): shared
+    /// memory between two consumers of one node, nothing crossed the network.
+    NodeCopy = codes::RDT_PATH_NODE_COPY as u8,
 }
 
 impl Path {
     /// Every path, in code order.
-    pub const ALL: [Path; 3] = [Path::SameHost, Path::Network, Path::Inline];
+    pub const ALL: [Path; 4] = [Path::SameHost, Path::Network, Path::Inline, Path::NodeCopy];
 }
 
 /// Upper bounds (inclusive, microseconds) of the latency histogram's buckets;

@@ -7,7 +7,7 @@
 
 pub use crate::endpoint::{ClientPool, ClusterToken, Limits};
 pub use crate::engine::Target;
-pub use crate::engine::{Context, ContextConfig, Fetched};
+pub use crate::engine::{Context, ContextConfig, Fetched, NodeShareSettings};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::layout::Place;
 pub use crate::metadata::{Metadata, Producer};
@@ -23,7 +23,7 @@ pub mod metadata {
 
 /// Per-transport counters.
 pub mod stats {
-    pub use crate::stats::snapshot;
+    pub use crate::stats::{endpoint_snapshot, snapshot, snapshot_path, Path};
 }
 
 /// The test-only hold points (environment variable names).

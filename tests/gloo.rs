@@ -7,9 +7,6 @@ use multiprocess::*;
 use ray_rdt::dlpack::{kDLBfloat, kDLBool, kDLComplex, kDLFloat, kDLInt, DLDataType};
 use ray_rdt::testing::{stats, ObjectId, Tensor, TransportKind};
 use ray_rdt::testing::{Context, Fetched};
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -143,67 +140,19 @@ impl Node {
     }
 }
 
-/// A child rank driven over pipes.
-struct ChildRank {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl ChildRank {
-    fn spawn(test: &str, rank: usize) -> ChildRank {
-        ChildRank::spawn_with(test, rank, &[])
-    }
-
-    /// [`ChildRank::spawn`] with extra environment variables.
-    fn spawn_with(test: &str, rank: usize, env: &[(&str, String)]) -> ChildRank {
-        let mut child = spawn_child(test, &rank.to_string(), env);
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        ChildRank {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
-    }
-
-    /// The next protocol reply (lines tagged `>>`), skipping libtest's output.
-    fn reply(&mut self) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "child exited"
-            );
-            if let Some(i) = line.find(">> ") {
-                return line[i + 3..].trim().to_string();
-            }
-        }
-    }
-
-    fn call(&mut self, line: &str) -> String {
-        self.send(line);
-        self.reply()
-    }
-}
-
 /// Child entry: serve protocol lines from stdin until it closes.
 fn child_main(rank: usize) {
     let node = Node::new(rank);
-    for line in std::io::stdin().lock().lines() {
-        println!(">> {}", node.handle(&line.unwrap()));
-    }
-    // The driver is gone: leave without libtest writing to a closed pipe.
-    std::process::exit(0);
+    serve_lines(|line| node.handle(line))
+}
+
+/// A child rank driven over pipes, with extra environment variables.
+fn spawn_rank(test: &str, rank: usize, env: &[(&str, String)]) -> Driven {
+    Driven::spawn(test, &rank.to_string(), env)
 }
 
 /// Joins `world` ranks into group `name`: rank 0 here, the rest in `children`.
-fn join_all(node: &Node, children: &mut [ChildRank], name: &str) {
+fn join_all(node: &Node, children: &mut [Driven], name: &str) {
     let addr = node.ctx.serve_rendezvous("127.0.0.1").unwrap();
     let world = children.len() + 1;
     children
@@ -220,7 +169,7 @@ fn exchange(world: usize, test: &str) {
         return child_main(rank.parse().unwrap());
     }
     let node = Node::new(0);
-    let mut children: Vec<ChildRank> = (1..world).map(|r| ChildRank::spawn(test, r)).collect();
+    let mut children: Vec<Driven> = (1..world).map(|r| spawn_rank(test, r, &[])).collect();
     join_all(&node, &mut children, "g");
 
     // Every child fetches two objects from rank 0 at once (concurrent transfers).
@@ -269,7 +218,7 @@ fn gloo_faults_and_recreate() {
         return child_main(rank.parse().unwrap());
     }
     let node = Node::new(0);
-    let mut children = vec![ChildRank::spawn("gloo_faults_and_recreate", 1)];
+    let mut children = vec![spawn_rank("gloo_faults_and_recreate", 1, &[])];
     join_all(&node, &mut children, "f");
     let c = &mut children[0];
 
@@ -304,20 +253,6 @@ fn gloo_faults_and_recreate() {
     producer_killed_mid_transfer(&node);
 }
 
-/// Waits (at most 30 s) for hold point `point` of process `pid` in `dir`.
-fn wait_reached(dir: &Path, point: &str, pid: u32) {
-    let reached = dir.join(format!("{point}-{pid}.reached"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reached.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            reached.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// A producer that stops at hold point `serve` (request accepted, its reply
 /// sent, no tensor byte sent yet) is killed there: the transfer is under way
 /// by construction. The same object, released instead, arrives complete, so
@@ -329,7 +264,7 @@ fn producer_killed_mid_transfer(node: &Node) {
         (ray_rdt::testing::hold::DIR_ENV, dir.display().to_string()),
         (ray_rdt::testing::hold::POINTS_ENV, "serve".to_string()),
     ];
-    let mut children = vec![ChildRank::spawn_with("gloo_faults_and_recreate", 1, &env)];
+    let mut children = vec![spawn_rank("gloo_faults_and_recreate", 1, &env)];
     join_all(node, &mut children, "k");
     let c = &mut children[0];
     let pid = c.child.id();

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 ABI_MAJOR = 2
-# The binding needs the functions of this minor version (2.0: one handle family,
-# the context; rdt_context_record_get).
-ABI_MINOR = 1
+# The binding needs the functions and codes of this minor version (2.0: one
+# handle family, the context; rdt_context_record_get; 2.2: RDT_PATH_NODE_COPY).
+ABI_MINOR = 2
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
 TRANSPORT_GLOO = 0
@@ -149,7 +149,7 @@ class TransportStats(ctypes.Structure):
 
 # Paths an object can take (rdt_path), by the name ray_rdt.stats() uses.
 # rdt_path codes (RDT_PATH_* in ray_rdt.h; the names come from the library).
-PATHS = (0, 1, 2)
+PATHS = (0, 1, 2, 3)
 # Buckets of the fetch-latency histogram (RDT_LATENCY_BUCKETS).
 LATENCY_BUCKETS = 16
 

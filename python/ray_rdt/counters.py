@@ -23,7 +23,9 @@ def stats() -> dict:
     as the producer declared it) and path ("same_host": shared memory between
     two processes of one host; "network": the declared transport's own path,
     to another host or, with the same-host path off, over loopback; "inline":
-    a small object carried in its record); the top-level counters are the sums over paths. ``latency_us`` is
+    a small object carried in its record; "node_copy": bytes taken from the
+    copy another consumer of this node read over the network); the top-level
+    counters are the sums over paths. ``latency_us`` is
     the receiver's histogram of fetch times: ``counts[i]`` fetches took at most
     ``bounds[i]`` microseconds (the last count is for slower ones). The
     counters are per process and monotonic:

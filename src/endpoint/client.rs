@@ -48,12 +48,18 @@ impl ClientPool {
             None => self.connect(address, timeout)?,
         };
         let result = exchange(&mut channel)?;
+        self.keep(address, channel);
+        Ok(result)
+    }
+
+    /// Pools `channel`, a connection to `address` between exchanges, for the
+    /// next exchange with that peer (closed if the pool holds enough).
+    pub fn keep(&self, address: &str, channel: Channel) {
         let mut idle = self.idle.lock();
         let list = idle.entry(address.to_owned()).or_default();
         if list.len() < MAX_IDLE_PER_PEER {
             list.push((channel, Instant::now()));
         }
-        Ok(result)
     }
 
     fn pooled(&self, address: &str) -> Option<Channel> {

@@ -106,6 +106,46 @@ impl Endpoint {
         if tcp.is_some() && !token.is_set() {
             log::warn!("ray-rdt: the data plane is unauthenticated: Ray's token authentication is off, so this process's TCP endpoint serves any peer that can reach it (as Ray itself does then)");
         }
+        let addresses = Addresses {
+            unix: unix_address,
+            tcp: tcp.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
+        };
+        let mut listeners = vec![server::Listener::Unix(unix_listener)];
+        listeners.extend(tcp.map(|(l, _)| server::Listener::Tcp(l)));
+        Self::serve(handler, token, limits, addresses, listeners)
+    }
+
+    /// Serves `listener`, a same-host socket bound at `address` (see
+    /// [`unix::claim`]), with `handler`: an endpoint of its own, with the same
+    /// admission rule and bounds as the process's endpoint.
+    pub(crate) fn on_unix(
+        listener: std::os::unix::net::UnixListener,
+        address: String,
+        handler: Arc<dyn Handler>,
+        limits: Limits,
+    ) -> Result<Endpoint> {
+        let addresses = Addresses {
+            unix: address,
+            tcp: String::new(),
+        };
+        let listeners = vec![server::Listener::Unix(listener)];
+        Self::serve(
+            handler,
+            ClusterToken::default(),
+            limits,
+            addresses,
+            listeners,
+        )
+    }
+
+    /// Starts an accept thread per listener, serving with `handler`.
+    fn serve(
+        handler: Arc<dyn Handler>,
+        token: ClusterToken,
+        limits: Limits,
+        addresses: Addresses,
+        listeners: Vec<server::Listener>,
+    ) -> Result<Endpoint> {
         let stopping = Arc::new(AtomicBool::new(false));
         let table = Arc::new(server::Table::new(limits));
         let service = Arc::new(server::Service {
@@ -115,17 +155,12 @@ impl Endpoint {
             stopping: stopping.clone(),
         });
         let mut endpoint = Endpoint {
-            addresses: Addresses {
-                unix: unix_address,
-                tcp: tcp.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
-            },
+            addresses,
             stopping,
             listeners: Vec::new(),
             table,
         };
         // From here on, dropping `endpoint` stops what was started.
-        let mut listeners = vec![server::Listener::Unix(unix_listener)];
-        listeners.extend(tcp.map(|(l, _)| server::Listener::Tcp(l)));
         for listener in listeners.into_iter().map(Arc::new) {
             endpoint.listeners.push(listener.clone());
             server::spawn_acceptor(listener, service.clone())?;

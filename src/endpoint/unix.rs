@@ -31,6 +31,18 @@ pub(crate) fn bind() -> Result<(UnixListener, String)> {
     Ok((listener, address))
 }
 
+/// Binds the abstract socket `name` (address `unix:@name`) unless a process
+/// of this network namespace holds it already: then `None`. The name is this
+/// process's until the listener is closed (or the process ends).
+pub(crate) fn claim(name: &str) -> Result<Option<(UnixListener, String)>> {
+    let address = format!("{PREFIX}{name}");
+    match UnixListener::bind_addr(&socket_addr(&address)?) {
+        Ok(listener) => Ok(Some((listener, address))),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(None),
+        Err(e) => Err(Error::io(&format!("binding {address}"), e)),
+    }
+}
+
 /// Connects to the same-host endpoint at `address` (connecting to an abstract
 /// socket never waits). A socket that does not exist means its process is gone.
 pub(crate) fn connect(address: &str) -> Result<Channel> {

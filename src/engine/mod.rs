@@ -7,18 +7,22 @@
 //! own record ([`inline`]); a producer on this host serves CPU tensors through
 //! shared memory whatever transport was declared (the same-host path, as NCCL
 //! and UCX pick theirs inside a node), after the declared transport's own
-//! contract check; anything else goes over the declared transport.
+//! contract check; CPU tensors from another host are read over the declared
+//! transport once per node and shared by the node's consumers
+//! ([`node_share`]); anything else goes over the declared transport.
 
 mod group_events;
 mod group_watch;
 mod inline;
+mod node_share;
+mod receive;
 mod remote_free;
 mod serve;
 mod targets;
 
+pub use node_share::Settings as NodeShareSettings;
 pub use targets::Target;
 
-use crate::copy::{copy_pieces, Piece};
 use crate::dlpack::DLDevice;
 use crate::endpoint::{Addresses, ClientPool, ClusterToken, Contact, Endpoint, Limits};
 use crate::error::{Error, ErrorKind, Result};
@@ -32,6 +36,7 @@ use crate::transport::group::GroupSpec;
 use crate::transport::{CollectiveGroups, Local, Peer, Registry, Transport};
 use crate::transport_kind::TransportKind;
 use parking_lot::Mutex;
+use receive::{IntoTargets, NewTensors, Receiver, Request};
 use remote_free::RemoteFrees;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -64,6 +69,14 @@ pub struct ContextConfig {
     /// Objects of at most this many bytes travel inside their record
     /// (`RAY_RDT_INLINE_BYTES`, default `inline::DEFAULT_THRESHOLD`; 0: never).
     pub inline_bytes: u64,
+    /// Node-local sharing of objects from other hosts
+    /// ([`NodeShareSettings::from_env`] by default).
+    pub node_share: NodeShareSettings,
+    /// This process's host identity, which decides whether a producer is on
+    /// this host (`endpoint::host::identity` by default; tests give
+    /// contexts of one host different identities to make a producer look
+    /// remote).
+    pub host_id: Vec<u8>,
 }
 
 impl ContextConfig {
@@ -77,6 +90,8 @@ impl ContextConfig {
             limits: Limits::from_env(),
             same_host_path: crate::settings::flag_or(SAME_HOST_PATH_ENV, true),
             inline_bytes: inline::threshold(),
+            node_share: NodeShareSettings::from_env(),
+            host_id: crate::endpoint::host::identity(),
         }
     }
 }
@@ -166,6 +181,8 @@ pub struct Context {
     group_watch: group_watch::GroupWatch,
     /// This context's own fetches (the process-wide table counts all contexts).
     fetch_stats: stats::ContextCounters,
+    /// Node copies of objects from other hosts, shared with this node's consumers.
+    node_share: node_share::NodeShare,
 }
 
 impl Drop for Context {
@@ -190,7 +207,7 @@ impl Context {
             records: Mutex::new(HashMap::new()),
             node_id: config.node_id,
             actor_id: config.actor_id,
-            host_id: crate::endpoint::host::identity(),
+            host_id: config.host_id,
             node_ip: config.node_ip,
             pool: Arc::new(ClientPool::new(config.token.clone(), limits)),
             transports: Registry::builtin(),
@@ -213,6 +230,7 @@ impl Context {
             frees,
             group_watch: Default::default(),
             fetch_stats: stats::ContextCounters::default(),
+            node_share: node_share::NodeShare::new(config.node_share, limits),
         })
     }
 
@@ -365,11 +383,9 @@ impl Context {
         if meta.producer.endpoint == self.endpoint() {
             return self.shared.held(id).map(Fetched::Local);
         }
-        self.transfer(meta, |path, transport, peer| match (path, &meta.inline) {
-            (Path::Inline, Some(bytes)) => inline::unpack(meta, bytes),
-            _ => transport.fetch(&self.shared.local(), peer, id, meta, timeout),
-        })
-        .map(Fetched::Received)
+        let receiver = NewTensors(self.request(id, meta));
+        self.transfer(meta, &receiver, timeout)
+            .map(Fetched::Received)
     }
 
     /// `ray.get` into the caller's tensors (`set_target_for_ref`): checks the
@@ -385,58 +401,52 @@ impl Context {
     ) -> Result<()> {
         check_key(id, meta)?;
         let runs = targets::runs(meta, targets)?;
+        let receiver = IntoTargets {
+            request: self.request(id, meta),
+            runs: &runs,
+        };
         if meta.producer.endpoint == self.endpoint() {
-            let object = self.shared.held(id)?;
-            if object.layout.lengths() != meta.extents {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("object {id} is held with another layout than its record describes (stored again since)"),
-                ));
-            }
-            let pieces: Vec<Piece> = runs
-                .runs
-                .iter()
-                .map(|r| Piece {
-                    dst: r.dst,
-                    src: object.layout.extents[r.extent as usize].addr + r.offset as usize,
-                    len: r.len as usize,
-                })
-                .collect();
-            // SAFETY: the sources lie in the held object's extents (same
-            // layout as the record, checked above), which `object` keeps
-            // alive; the destinations are the caller's checked targets.
-            unsafe { copy_pieces(&pieces) };
-            return Ok(());
+            return receiver.copy_of(&*self.shared.held(id)?);
         }
-        self.transfer(meta, |path, transport, peer| match (path, &meta.inline) {
-            (Path::Inline, Some(bytes)) => inline::unpack_into(meta, bytes, &runs),
-            _ => transport.fetch_into(&self.shared.local(), peer, id, meta, &runs, timeout),
-        })
+        self.transfer(meta, &receiver, timeout)
     }
 
-    /// Moves the bytes of `meta`'s object from its producer with `op`, given
-    /// the path and the transport that serve it (see the module docs), and
-    /// counts the outcome.
-    fn transfer<T>(
+    /// What a fetch of object `id` (record `meta`) asks for.
+    fn request<'a>(&'a self, id: &'a ObjectId, meta: &'a Metadata) -> Request<'a> {
+        Request {
+            local: self.shared.local(),
+            id,
+            meta,
+        }
+    }
+
+    /// Moves the bytes of `meta`'s object from its producer into `receiver`,
+    /// on the path and with the transport that serve it (see the module
+    /// docs), and counts the outcome.
+    fn transfer<R: Receiver>(
         &self,
         meta: &Metadata,
-        op: impl FnOnce(Path, &dyn Transport, &Peer<'_>) -> Result<T>,
-    ) -> Result<T> {
+        receiver: &R,
+        timeout: Duration,
+    ) -> Result<R::Output> {
         let declared = self.shared.transports.get(meta.transport)?;
         let contact = meta.producer.contact();
         let peer = self.peer(&meta.producer, &contact);
         let _fetching = stats::FETCHING.enter();
         let start = Instant::now();
-        let (path, result) = if meta.inline.is_some() {
+        let (path, result) = if let Some(bytes) = &meta.inline {
             let r = declared
                 .check_consumer(meta)
-                .and_then(|()| op(Path::Inline, declared, &peer));
+                .and_then(|()| receiver.inline(bytes));
             (Path::Inline, r)
         } else if let Some(same_host) = self.same_host_path_for(meta, &peer, declared) {
             let r = declared
                 .check_consumer(meta)
-                .and_then(|()| op(Path::SameHost, same_host, &peer));
+                .and_then(|()| receiver.receive(same_host, &peer, timeout));
             (Path::SameHost, r)
+        } else if self.node_share.applies(meta, &peer, declared) {
+            self.node_share
+                .fetch(&self.shared, meta, declared, &peer, receiver, timeout)
         } else {
             // The declared transport moves the bytes itself: its network path,
             // also on one host (loopback), unless it is the same-host path.
@@ -445,7 +455,7 @@ impl Context {
             } else {
                 Path::Network
             };
-            (path, op(path, declared, &peer))
+            (path, receiver.receive(declared, &peer, timeout))
         };
         match &result {
             Ok(_) => {

@@ -7,8 +7,9 @@ use super::Shared;
 use crate::endpoint::{wire, Channel, Handler};
 use crate::error::{Error, Result};
 use crate::stats::{self, Path};
+use crate::store::StoredObject;
 use crate::transport::group::GroupFailure;
-use crate::transport::{parse_fetch_request, Served};
+use crate::transport::{parse_fetch_request, FetchRequest, Served, Transport};
 
 impl Handler for Shared {
     fn handle(&self, request: &[u8], channel: &mut Channel) -> Result<()> {
@@ -27,17 +28,7 @@ impl Handler for Shared {
                     Path::Network
                 };
                 let object = self.held(&req.id)?;
-                match transport.serve(&self.local(), &req.id, &object, req.body, channel) {
-                    Ok(Served::Sent) => {
-                        stats::record_sent(req.declared, path, object.nbytes());
-                        Ok(())
-                    }
-                    Ok(Served::Declined) => Ok(()),
-                    Err(e) => {
-                        stats::record_error(req.declared, path);
-                        Err(e)
-                    }
-                }
+                self.serve_object(&req, transport, path, &object, channel)
             }
             (wire::OP_FREE, body) => {
                 let ids = parse_free_request(body)?;
@@ -52,6 +43,32 @@ impl Handler for Shared {
             (op, _) => Err(Error::transport(format!(
                 "unknown request operation {op} (a plugin of another version?)"
             ))),
+        }
+    }
+}
+
+impl Shared {
+    /// Serves fetch request `req` for `object` with `transport`, and counts
+    /// what it sent over `path` under the transport the object was declared
+    /// with.
+    pub(super) fn serve_object(
+        &self,
+        req: &FetchRequest<'_>,
+        transport: &dyn Transport,
+        path: Path,
+        object: &StoredObject,
+        channel: &mut Channel,
+    ) -> Result<()> {
+        match transport.serve(&self.local(), &req.id, object, req.body, channel) {
+            Ok(Served::Sent) => {
+                stats::record_sent(req.declared, path, object.nbytes());
+                Ok(())
+            }
+            Ok(Served::Declined) => Ok(()),
+            Err(e) => {
+                stats::record_error(req.declared, path);
+                Err(e)
+            }
         }
     }
 }

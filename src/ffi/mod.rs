@@ -22,8 +22,9 @@ use std::ffi::c_char;
 
 /// Major version of the C ABI; a loader refuses a library with another major.
 pub const RDT_ABI_VERSION_MAJOR: u32 = 2;
-/// Minor version of the C ABI; grows when functions are added.
-pub const RDT_ABI_VERSION_MINOR: u32 = 1;
+/// Minor version of the C ABI; grows when functions or codes are added (2.2:
+/// `RDT_PATH_NODE_COPY`).
+pub const RDT_ABI_VERSION_MINOR: u32 = 2;
 
 /// The C ABI version of this library: `(major << 16) | minor`.
 #[no_mangle]

@@ -28,6 +28,9 @@ pub const RDT_PATH_SAME_HOST: rdt_path = 0;
 pub const RDT_PATH_NETWORK: rdt_path = 1;
 /// Small object carried inside its metadata record: no transfer.
 pub const RDT_PATH_INLINE: rdt_path = 2;
+/// From a copy another consumer of this node read over the network (node-local
+/// sharing): nothing crossed the network for this consumer (ABI 2.2).
+pub const RDT_PATH_NODE_COPY: rdt_path = 3;
 
 /// Buckets of the fetch-latency histogram (the last one is unbounded).
 pub const RDT_LATENCY_BUCKETS: usize = 16;
@@ -254,14 +257,16 @@ pub extern "C" fn rdt_transport_name(transport: rdt_transport) -> *const c_char 
     )
 }
 
-/// The name of path `path` (`"same_host"`, `"network"`, `"inline"`), a
-/// static NUL-terminated string; NULL for a code no path has.
+/// The name of path `path` (`"same_host"`, `"network"`, `"inline"`,
+/// `"node_copy"`), a static NUL-terminated string; NULL for a code no path
+/// has.
 #[no_mangle]
 pub extern "C" fn rdt_path_name(path: rdt_path) -> *const c_char {
     guard_plain("rdt_path_name", std::ptr::null(), || match path {
         RDT_PATH_SAME_HOST => c"same_host".as_ptr(),
         RDT_PATH_NETWORK => c"network".as_ptr(),
         RDT_PATH_INLINE => c"inline".as_ptr(),
+        RDT_PATH_NODE_COPY => c"node_copy".as_ptr(),
         _ => std::ptr::null(),
     })
 }
@@ -293,7 +298,15 @@ mod tests {
             .iter()
             .map(|&p| name(rdt_path_name(p as u32)))
             .collect();
-        assert_eq!(paths, [Some("same_host"), Some("network"), Some("inline")]);
-        assert_eq!(name(rdt_path_name(3)), None);
+        assert_eq!(
+            paths,
+            [
+                Some("same_host"),
+                Some("network"),
+                Some("inline"),
+                Some("node_copy")
+            ]
+        );
+        assert_eq!(name(rdt_path_name(stats::Path::ALL.len() as u32)), None);
     }
 }

@@ -6,7 +6,10 @@
 use ray_rdt::dlpack::{kDLFloat, kDLInt, kDLUInt, DLDataType, DLDevice};
 use ray_rdt::testing::ContextConfig;
 use ray_rdt::testing::{Tensor, TensorMeta};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A one-lane element type of `code` and `bits`.
 pub const fn dtype(code: u8, bits: u8) -> DLDataType {
@@ -133,5 +136,81 @@ pub fn transport_only(node_id: &[u8], actor_id: &[u8]) -> ContextConfig {
         same_host_path: false,
         inline_bytes: 0,
         ..ContextConfig::same_host(node_id, actor_id)
+    }
+}
+
+/// A child test process driven line by line: commands on its stdin, replies
+/// on its stdout tagged `>> ` (libtest's own output is skipped). The child
+/// side is [`serve_lines`].
+pub struct Driven {
+    /// The process.
+    pub child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Driven {
+    /// Starts this test binary as a child running `test_name` with `role`
+    /// and extra environment variables.
+    pub fn spawn(test_name: &str, role: &str, env: &[(&str, String)]) -> Driven {
+        let mut child = spawn_child(test_name, role, env);
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Driven {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one command line.
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+    }
+
+    /// The next reply (panics when the child exited first).
+    pub fn reply(&mut self) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "child exited"
+            );
+            if let Some(i) = line.find(">> ") {
+                return line[i + 3..].trim().to_string();
+            }
+        }
+    }
+
+    /// Sends one command line and returns its reply.
+    pub fn call(&mut self, line: &str) -> String {
+        self.send(line);
+        self.reply()
+    }
+}
+
+/// Child side of [`Driven`]: answers each line of stdin with `handle`'s
+/// reply until stdin closes, then exits (without libtest writing to a closed
+/// pipe).
+pub fn serve_lines(mut handle: impl FnMut(&str) -> String) -> ! {
+    for line in std::io::stdin().lock().lines() {
+        println!(">> {}", handle(&line.unwrap()));
+    }
+    std::process::exit(0);
+}
+
+/// Waits (at most 30 s) for test hold point `point` of process `pid` in
+/// `dir` (src/hold.rs).
+pub fn wait_reached(dir: &Path, point: &str, pid: u32) {
+    let reached = dir.join(format!("{point}-{pid}.reached"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reached.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            reached.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

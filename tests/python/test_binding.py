@@ -148,7 +148,7 @@ def test_counts_and_stats(producer, consumer):
     before = ray_rdt.stats()
     assert set(before) == {"gloo", "nccl", "nixl", "cuda_ipc", "shm"}
     assert set(before["shm"]) == {"bytes_sent", "bytes_received", "transfers", "errors", "paths"}
-    assert set(before["shm"]["paths"]) == {"same_host", "network", "inline"}
+    assert set(before["shm"]["paths"]) == {"same_host", "network", "inline", "node_copy"}
     objects0, bytes0 = producer.counts()
     key = oid()
     n = 1 << 20  # above the inline threshold: fetched over shm

@@ -19,7 +19,7 @@ mod segment;
 mod written;
 
 use super::{fetch_request, Local, Peer, Served, Transport};
-use crate::copy::{copy_pieces, Piece};
+use crate::copy::copy_pieces;
 use crate::dlpack::DLDevice;
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, ErrorKind, Result};
@@ -180,15 +180,8 @@ impl Transport for Shm {
         let (offsets, lease) = self.fetch_segment(peer, id, meta, timeout)?;
         let Some(lease) = lease else { return Ok(()) };
         let base = lease.as_ptr() as usize;
-        let pieces: Vec<Piece> = runs
-            .runs
-            .iter()
-            .map(|r| Piece {
-                dst: r.dst,
-                src: base + (offsets[r.extent as usize] + r.offset) as usize,
-                len: r.len as usize,
-            })
-            .collect();
+        let starts: Vec<usize> = offsets.iter().map(|&o| base + o as usize).collect();
+        let pieces = runs.pieces(&starts);
         // SAFETY: the sources lie in the segment (the runs were checked against
         // the record's extents), the destinations in the caller's targets.
         unsafe { copy_pieces(&pieces) };
@@ -340,15 +333,7 @@ fn read_into(
         let pid = channel
             .peer_pid()
             .ok_or_else(|| Error::transport("the same-host channel names no peer process"))?;
-        let pieces: Vec<Piece> = runs
-            .runs
-            .iter()
-            .map(|r| Piece {
-                dst: r.dst,
-                src: addrs[r.extent as usize] + r.offset as usize,
-                len: r.len as usize,
-            })
-            .collect();
+        let pieces = runs.pieces(&addrs);
         crate::hold::point("fetch");
         // SAFETY: the destinations are the caller's targets, checked against
         // the runs; the kernel checks the sources against the producer's memory.

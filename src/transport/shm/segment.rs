@@ -1,7 +1,7 @@
 //! A shared-memory segment: an anonymous memory file (memfd) and, on the
 //! consumer, its mapping. Nothing on disk, so nothing can leak when a process dies.
 
-use crate::copy::{copy_pieces, Piece};
+use crate::copy::copy_pieces;
 use crate::error::{Error, Result};
 use crate::layout::packed_extents;
 use crate::store::StoredObject;
@@ -30,24 +30,14 @@ pub fn create(len: u64) -> Result<OwnedFd> {
 /// [`packed_extents`] places them.
 pub fn fill(mapping: &Mapping, object: &StoredObject) -> Result<()> {
     let layout = &object.layout;
-    let (offsets, total) = packed_extents(&layout.lengths());
+    let (_, total) = packed_extents(&layout.lengths());
     if (mapping.len() as u64) < total {
         return Err(Error::transport(format!(
             "shm segment of {} bytes cannot hold {total}",
             mapping.len()
         )));
     }
-    let base = mapping.as_ptr() as usize;
-    let pieces: Vec<Piece> = layout
-        .extents
-        .iter()
-        .zip(offsets)
-        .map(|(e, off)| Piece {
-            dst: base + off as usize,
-            src: e.addr,
-            len: e.len as usize,
-        })
-        .collect();
+    let pieces = layout.packed_pieces(mapping.as_ptr() as usize);
     // SAFETY: every destination lies inside the mapping (checked above); the
     // sources are host extents of a stored object, which `object` keeps alive.
     unsafe { copy_pieces(&pieces) };
