@@ -46,6 +46,8 @@ pub struct ObjectLayout {
     pub extents: Vec<SourceExtent>,
     /// One per tensor; `None` for a tensor of no bytes.
     pub places: Vec<Option<Place>>,
+    /// One per tensor: its bytes (0 for a tensor of no bytes).
+    sizes: Vec<u64>,
     /// Packed copies of non-contiguous host tensors (their extents point here).
     _staging: Vec<HostBuffer>,
 }
@@ -107,6 +109,7 @@ impl ObjectLayout {
         Ok(ObjectLayout {
             extents: merged.into_iter().map(|(s, e)| extent(s, e)).collect(),
             places,
+            sizes: tensors.iter().map(|t| t.meta().nbytes).collect(),
             _staging: staging,
         })
     }
@@ -145,21 +148,24 @@ impl ObjectLayout {
         Ok(ObjectLayout {
             extents,
             places: places.to_vec(),
+            sizes: tensors.iter().map(|t| t.meta().nbytes).collect(),
             _staging: Vec::new(),
         })
     }
 
     /// Copy pieces that lay the extents out one after another in a buffer at
-    /// `base`, as [`packed_extents`] places them.
+    /// `base`, as [`packed_extents`] places them: only the bytes the tensors
+    /// cover ([`ObjectLayout::covered`]); a gap merged between two
+    /// allocations is neither tensor's to read, and its bytes in the buffer
+    /// are left as they are.
     pub fn packed_pieces(&self, base: usize) -> Vec<Piece> {
         let (offsets, _) = packed_extents(&self.lengths());
-        self.extents
-            .iter()
-            .zip(offsets)
-            .map(|(e, off)| Piece {
-                dst: base + off as usize,
-                src: e.addr,
-                len: e.len as usize,
+        self.covered()
+            .into_iter()
+            .map(|(e, offset, len)| Piece {
+                dst: base + (offsets[e as usize] + offset) as usize,
+                src: self.extents[e as usize].addr + offset as usize,
+                len: len as usize,
             })
             .collect()
     }
@@ -174,30 +180,10 @@ impl ObjectLayout {
         self.extents.iter().map(|e| e.len).sum()
     }
 
-    /// The byte ranges of the extents that the tensors (of byte sizes `sizes`)
-    /// cover, as `(extent, offset, len)`, sorted and merged: an extent merged
-    /// across a gap between two allocations (see [`ObjectLayout::of`]) covers
-    /// two ranges, and a copy of the object's bytes made by this process reads
-    /// only these (the gap belongs to neither tensor).
-    pub fn covered(&self, sizes: &[u64]) -> Vec<(u32, u64, u64)> {
-        let mut spans: Vec<(u32, u64, u64)> = self
-            .places
-            .iter()
-            .zip(sizes)
-            .filter_map(|(p, &n)| {
-                p.filter(|_| n > 0)
-                    .map(|p| (p.extent, p.offset, p.offset + n))
-            })
-            .collect();
-        spans.sort_unstable();
-        let mut out: Vec<(u32, u64, u64)> = Vec::with_capacity(spans.len());
-        for (e, start, end) in spans {
-            match out.last_mut() {
-                Some(last) if last.0 == e && start <= last.2 => last.2 = last.2.max(end),
-                _ => out.push((e, start, end)),
-            }
-        }
-        out.into_iter().map(|(e, s, end)| (e, s, end - s)).collect()
+    /// The byte ranges of the extents that the tensors cover (see
+    /// [`covered`]).
+    pub fn covered(&self) -> Vec<(u32, u64, u64)> {
+        covered(&self.places, &self.sizes)
     }
 
     /// The bytes of extent `i` (host objects only).
@@ -212,6 +198,32 @@ impl ObjectLayout {
         }
         std::slice::from_raw_parts(e.addr as *const u8, e.len as usize)
     }
+}
+
+/// The byte ranges of an object's extents that its tensors (placed at
+/// `places`, of byte sizes `sizes`) cover, as `(extent, offset, len)`, sorted
+/// and merged. An extent merged across a gap between two allocations (see
+/// [`ObjectLayout::of`]) covers two ranges: the gap belongs to neither tensor,
+/// so no copy or message ever reads it. Producer and consumer derive the same
+/// ranges, the producer from its layout, the consumer from the record.
+pub fn covered(places: &[Option<Place>], sizes: &[u64]) -> Vec<(u32, u64, u64)> {
+    let mut spans: Vec<(u32, u64, u64)> = places
+        .iter()
+        .zip(sizes)
+        .filter_map(|(p, &n)| {
+            p.filter(|_| n > 0)
+                .map(|p| (p.extent, p.offset, p.offset + n))
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut out: Vec<(u32, u64, u64)> = Vec::with_capacity(spans.len());
+    for (e, start, end) in spans {
+        match out.last_mut() {
+            Some(last) if last.0 == e && start <= last.2 => last.2 = last.2.max(end),
+            _ => out.push((e, start, end)),
+        }
+    }
+    out.into_iter().map(|(e, s, end)| (e, s, end - s)).collect()
 }
 
 /// Groups byte ranges `(start, end)` into extents (see [`ObjectLayout::of`]
@@ -407,10 +419,11 @@ mod tests {
                     offset: 0,
                 }),
             ],
+            sizes: vec![100, 60, 100, 0, 8],
             _staging: Vec::new(),
         };
         assert_eq!(
-            layout.covered(&[100, 60, 100, 0, 8]),
+            layout.covered(),
             vec![(0, 0, 110), (0, 200, 100), (1, 0, 8)]
         );
     }

@@ -7,6 +7,7 @@
 //! the method returned: in the guide's words, none of the later in-place changes
 //! are seen (it promises only that "some or all of the changes may be seen").
 
+use crate::copy::copy_pieces;
 use crate::dlpack::DLDevice;
 use crate::error::{Error, Result};
 use crate::layout::{packed_extents, Runs};
@@ -37,17 +38,13 @@ pub fn pack(object: &StoredObject, threshold: u64) -> Option<Vec<u8>> {
     if threshold == 0 || layout.total() > threshold || !host {
         return None;
     }
-    let (offsets, size) = packed_extents(&layout.lengths());
+    let (_, size) = packed_extents(&layout.lengths());
     let mut bytes = vec![0u8; size as usize];
-    let sizes: Vec<u64> = object.tensors.iter().map(|t| t.meta().nbytes).collect();
-    // Only the bytes the tensors cover: a gap between two allocations merged
-    // into one extent stays zero (it is neither tensor's to read or send).
-    for (e, offset, len) in layout.covered(&sizes) {
-        // SAFETY: a host extent of a stored object, which `object` keeps alive.
-        let src = unsafe { layout.host_bytes(e as usize) };
-        let (from, to) = (offset as usize, (offsets[e as usize] + offset) as usize);
-        bytes[to..to + len as usize].copy_from_slice(&src[from..from + len as usize]);
-    }
+    // SAFETY: the pieces' destinations lie in `bytes` (laid out as the
+    // extents' lengths say); their sources are host extents of a stored
+    // object, which `object` keeps alive. Only the tensors' own bytes are
+    // read: a gap merged between two allocations stays zero.
+    unsafe { copy_pieces(&layout.packed_pieces(bytes.as_mut_ptr() as usize)) };
     Some(bytes)
 }
 

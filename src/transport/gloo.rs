@@ -130,13 +130,15 @@ fn local_ip_towards(target: SocketAddr) -> String {
 const CHUNK: u64 = 4 << 20;
 
 /// The messages an object travels as: (extent, first byte, length) of each
-/// piece of at most [`CHUNK`] bytes, extent after extent. Both sides derive
-/// the same split from the record's extents.
-fn chunks(extents: &[u64]) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
-    extents.iter().enumerate().flat_map(|(e, &len)| {
+/// piece of at most [`CHUNK`] bytes of the extents' covered ranges
+/// (`layout::covered`: a gap merged between two allocations never travels),
+/// in order. Both sides derive the same split: the producer from its layout,
+/// the consumer from the record.
+fn chunks(covered: &[(u32, u64, u64)]) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+    covered.iter().flat_map(|&(e, offset, len)| {
         (0..len)
             .step_by(CHUNK as usize)
-            .map(move |first| (e, first, CHUNK.min(len - first)))
+            .map(move |at| (e as usize, offset + at, CHUNK.min(len - at)))
     })
 }
 
@@ -347,9 +349,9 @@ impl Gloo {
         // Every piece is posted at once and they overlap; messages on a slot
         // arrive in the order they were posted.
         let send_err = |e| gloo_error(req.group, e);
-        let lengths = object.layout.lengths();
+        let covered = object.layout.covered();
         let mut pending = Vec::new();
-        for (e, first, len) in chunks(&lengths) {
+        for (e, first, len) in chunks(&covered) {
             // SAFETY: a host extent of the object, which outlives the waits below.
             let bytes = unsafe { object.layout.host_bytes(e) };
             // SAFETY: as above; [first, first + len) lies inside the extent.
@@ -400,7 +402,9 @@ impl Gloo {
             let mut pending = Vec::new();
             let mut staged: Option<(PendingOp<'_>, (usize, u64, u64))> = None;
             let mut staging = Vec::new();
-            for piece in chunks(&meta.extents) {
+            let sizes: Vec<u64> = meta.tensors.iter().map(|t| t.nbytes).collect();
+            let covered = crate::layout::covered(&meta.places, &sizes);
+            for piece in chunks(&covered) {
                 let (e, first, len) = piece;
                 let direct = landing.direct(e, first, len);
                 let ptr = match direct {
