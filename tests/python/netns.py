@@ -24,6 +24,10 @@ What it does (see /work/shared/NOTES.md, "Multi-node on one machine"):
 * ``RDT_NODE_A_IP``, ``RDT_NODE_B_IP`` (both addresses) and ``RDT_VETH`` (this
   namespace's veth, e.g. for its ``/sys/class/net/<veth>/statistics``) for
   every process;
+* ``UCX_TLS=tcp,self`` (:data:`NETWORK_ONLY_ENV`) for every process: the
+  namespaces share one kernel, and UCX would otherwise move NIXL's bytes
+  through shared memory between them, never over the veth (issue 21); a
+  caller's ``extra_env`` may override it;
 * ``RAY_RDT_PLUGIN`` passed through from the caller (or forced by ``plugin=``),
   so the same harness runs stock and plugin clusters; ``RAY_RDT_LIB`` likewise
   (unset: the binding finds the library itself); ``ray_rdt`` is imported as the
@@ -62,6 +66,9 @@ PYTHON = sys.executable
 RAY = os.path.join(os.path.dirname(PYTHON), "ray")
 
 GCS_PORT = 6379
+# Every process of both nodes: NIXL's UCX over the network (the veth), as
+# between two real hosts, not through the shared memory one kernel offers.
+NETWORK_ONLY_ENV = {"UCX_TLS": "tcp,self"}
 RESULT_PREFIX = "RESULT "
 SIGNAL_PREFIX = "@@"  # a driver line "@@name" asks the harness to run handler `name`
 _counter = itertools.count()
@@ -283,6 +290,7 @@ class TwoNodeCluster:
         )
         if self.plugin is not None:
             env["RAY_RDT_PLUGIN"] = "1" if self.plugin else "0"
+        env.update(NETWORK_ONLY_ENV)
         env.update(self.extra_env)
         return env
 

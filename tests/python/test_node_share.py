@@ -3,7 +3,7 @@ two consumers on node B fetch one 32 MiB object; one read crosses the network
 and the other consumer takes the bytes from that read's copy on node B
 (src/engine/node_share.rs). The cluster is tests/python/netns.py's two
 namespaces (see test_two_nodes.py), with NIXL's UCX kept on the network
-(``UCX_TLS=tcp,self``); the driver script is two_node_scripts/node_share.py,
+(``UCX_TLS=tcp,self``, netns's default); the driver script is two_node_scripts/node_share.py,
 which holds the first consumer in its network read (hold point ``fetch``)
 until the second consumer's request waits at its node copy (``share_wait``),
 so both fetch at once by construction.
@@ -21,7 +21,7 @@ NBYTES = 32 << 20
 @pytest.fixture(scope="module")
 def cluster():
     try:
-        c = netns.TwoNodeCluster(extra_env={"UCX_TLS": "tcp,self"}).__enter__()
+        c = netns.TwoNodeCluster().__enter__()
     except netns.NamespacesUnavailable as e:
         pytest.skip(str(e))
     try:
