@@ -105,6 +105,14 @@ class ReceivingActor:
             return sum(torch.sum(t) for t in tensor)
         return torch.sum(tensor)
 
+    def sum64(self, tensor):
+        """The sum accumulated in float64: the same for the same values in
+        any summation order (a float32 sum of a million random values differs
+        in its fourth digit between a driver's threads and an actor's one)."""
+        import torch
+
+        return torch.sum(tensor, dtype=torch.float64)
+
     def ptr_and_sum(self, tensor):
         import torch
 

@@ -63,6 +63,10 @@ class MyActor:
     def sum(self, tensor):
         return torch.sum(tensor)
 
+    def sum64(self, tensor):
+        """As conftest's ``sum64``: the same in any summation order."""
+        return torch.sum(tensor, dtype=torch.float64)
+
     def sum_dict(self, d):
         return torch.sum(d["tensor1"]) + torch.sum(d["tensor2"])
 
@@ -118,8 +122,8 @@ def test_pass_tensor_between_actors(pair):
     sender, receiver, _ = pair
     s0, r0 = actor_stats(sender, "gloo"), actor_stats(receiver, "gloo")
     tensor = sender.random_tensor.remote()
-    result = receiver.sum.remote(tensor)
-    expected = torch.sum(ray.get(tensor, _tensor_transport="object_store"))
+    result = receiver.sum64.remote(tensor)
+    expected = torch.sum(ray.get(tensor, _tensor_transport="object_store"), dtype=torch.float64)
     assert torch.allclose(ray.get(result), expected)
     s1, r1 = actor_stats(sender, "gloo"), actor_stats(receiver, "gloo")
     nbytes = 1000 * 1000 * 4

@@ -134,8 +134,8 @@ def test_pass_between_actors_without_group(actors):
     sender, receiver = actors
     r0, s0 = actor_stats(receiver, "nixl"), actor_stats(sender, "nixl")
     ref = sender.random_tensor.remote()
-    result = receiver.sum.remote(ref)
-    expected = torch.sum(ray.get(ref))
+    result = receiver.sum64.remote(ref)
+    expected = torch.sum(ray.get(ref), dtype=torch.float64)
     assert torch.allclose(ray.get(result), expected)
     r1, s1 = actor_stats(receiver, "nixl"), actor_stats(sender, "nixl")
     assert delta(r1, r0) == TENSOR_BYTES
