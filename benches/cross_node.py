@@ -24,10 +24,13 @@ median of 5 after a warm-up. A configuration that fails is reported as
                                  [--configs object_store,stock_gloo,...] [--env KEY=VALUE ...]
     ci/bench cross-node [same options]
 
-``--env`` sets a variable for every Ray process and driver of both clusters,
-e.g. ``--env UCX_TLS=tcp`` keeps NIXL's UCX on the network path: the two
-namespaces share one kernel, and UCX otherwise moves the bytes through a
-same-host transport (faster than the veth; not what two real hosts do).
+Every Ray process runs with ``UCX_TLS=tcp,self`` (netns's default), which
+keeps NIXL's UCX on the network path: the two namespaces share one kernel,
+and UCX otherwise moves the bytes through a same-host transport (faster than
+the veth; not what two real hosts do). After each size's samples, one more
+transfer per configuration is counted at node A's veth: the table of bytes
+that left node A shows what really crossed the link. ``--env`` sets (or
+overrides) a variable for every Ray process and driver of both clusters.
 """
 
 import argparse
@@ -52,6 +55,7 @@ from raybench import (  # noqa: E402
     fmt_size,
     interleaved_samples,
     markdown_table,
+    one_transfer,
     parse_size,
     producer_method,
     start_cluster,
@@ -83,6 +87,22 @@ def reason(error: str) -> str:
 # ----------------------------------------------------------------- inside namespace A: the Ray driver
 
 
+def veth_tx_bytes():
+    """Bytes sent so far over the veth of the namespace this process runs in
+    (node A's, for the cross-node drivers; tests/python/netns.py names it in
+    ``RDT_VETH``)."""
+    with open(f"/sys/class/net/{os.environ['RDT_VETH']}/statistics/tx_bytes") as fh:
+        return int(fh.read())
+
+
+def bytes_out(method, consumer, nbytes):
+    """Bytes that left node A during one more transfer of ``nbytes`` (the
+    veth's counter: what really crossed the link, whatever the transport did)."""
+    before = veth_tx_bytes()
+    one_transfer(method, consumer, nbytes, SAMPLE_TIMEOUT)
+    return veth_tx_bytes() - before
+
+
 def bench_child(configs, sizes):
     """Runs ``configs`` on the two-node cluster at RAY_ADDRESS (producer on node
     A, consumer on node B); prints one ``RESULT`` line (medians in seconds, or
@@ -97,6 +117,7 @@ def bench_child(configs, sizes):
     methods = {config: producer_method(producer, config) for config in configs}
     rng = random.Random(0)
     results = {config: {} for config in configs}
+    sent = {config: {} for config in configs}
     for n in sizes:
         samples, errors = interleaved_samples(methods, consumer, n, rng, SAMPLE_TIMEOUT, keep_going=True)
         for config, error in errors.items():
@@ -105,12 +126,13 @@ def bench_child(configs, sizes):
             print(f"  {config:<13} {fmt_size(n):>8}: fails: {results[config]['error']}", file=sys.stderr, flush=True)
         for config, seconds in samples.items():
             results[config][n] = statistics.median(seconds)
-            print(f"  {config:<13} {fmt_size(n):>8}: {results[config][n] * 1e3:9.2f} ms", file=sys.stderr,
-                  flush=True)
+            sent[config][n] = bytes_out(methods[config], consumer, n)
+            print(f"  {config:<13} {fmt_size(n):>8}: {results[config][n] * 1e3:9.2f} ms, "
+                  f"{sent[config][n] / n:.2f}x the object left node A", file=sys.stderr, flush=True)
     counters = None
     if os.environ.get("RAY_RDT_PLUGIN", "1") != "0":
         counters = ray.get(consumer.__ray_call__.remote(lambda self: __import__("ray_rdt").stats()))
-    child_result({"medians": results, "consumer_stats": counters})
+    child_result({"medians": results, "bytes_out": sent, "consumer_stats": counters})
 
 
 # ----------------------------------------------------------------- the veth's line rate
@@ -205,14 +227,16 @@ def run_on_two_nodes(plugin, env, script, args, label, line_rate=False, timeout=
 
 
 def run_cluster(plugin, configs, sizes, env, line_rate=False):
-    """This benchmark's ``configs`` on a two-node cluster: ``(medians, the
-    consumer's plugin counters, line rate or None)``."""
+    """This benchmark's ``configs`` on a two-node cluster: ``(medians, bytes
+    out of node A per transfer, the consumer's plugin counters, line rate or
+    None)``."""
     label = "plugin" if plugin else "stock Ray 2.60 (RAY_RDT_PLUGIN=0)"
     result, rate = run_on_two_nodes(plugin, env, __file__, ["--child", "--configs", ",".join(configs),
                                                             "--sizes", ",".join(str(n) for n in sizes)],
                                     label, line_rate)
     medians = {c: (r if "error" in r else {int(k): v for k, v in r.items()}) for c, r in result["medians"].items()}
-    return medians, result["consumer_stats"], rate
+    sent = {c: {int(k): v for k, v in r.items()} for c, r in result["bytes_out"].items()}
+    return medians, sent, result["consumer_stats"], rate
 
 
 def cell(medians, config, n):
@@ -240,6 +264,14 @@ def table(medians, sizes, rate):
                      cell(medians, "plugin_gloo", n), speedup(medians, "stock_gloo", "plugin_gloo", n),
                      cell(medians, "stock_nixl", n), cell(medians, "plugin_nixl", n),
                      speedup(medians, "stock_nixl", "plugin_nixl", n), fmt_ms(n / rate)])
+    return markdown_table(header, rows)
+
+
+def bytes_out_table(sent, sizes, configs):
+    """Bytes that left node A in one transfer, over the object's size."""
+    header = ["bytes"] + [c.replace("_", " ") for c in configs]
+    rows = [[fmt_size(n)] + [f"{sent[c][n] / n:.2f}x" if n in sent.get(c, {}) else "-" for c in configs]
+            for n in sizes]
     return markdown_table(header, rows)
 
 
@@ -272,15 +304,20 @@ def main(argv=None):
     env = dict(kv.split("=", 1) for kv in args.env)
 
     started = time.strftime("%Y-%m-%d %H:%M")
-    medians = {}
+    medians, sent = {}, {}
     stock = [c for c in STOCK if c in configs]
     if stock:
-        medians.update(run_cluster(False, stock, sizes, env)[0])
-    plugin_medians, counters, rate = run_cluster(True, [c for c in PLUGIN if c in configs], sizes, env,
-                                                 line_rate=True)
+        stock_medians, stock_sent, _, _ = run_cluster(False, stock, sizes, env)
+        medians.update(stock_medians)
+        sent.update(stock_sent)
+    plugin_medians, plugin_sent, counters, rate = run_cluster(True, [c for c in PLUGIN if c in configs], sizes,
+                                                              env, line_rate=True)
     medians.update(plugin_medians)
+    sent.update(plugin_sent)
 
     text = table(medians, sizes, rate)
+    text += "\n\nBytes that left node A (its veth's transmit counter) in one more transfer, over the object's size:\n\n"
+    text += bytes_out_table(sent, sizes, [c for c in STOCK + PLUGIN if c in configs])
     moved = {t: c["bytes_received"] for t, c in (counters or {}).items() if c["bytes_received"]}
     notes = [
         f"run {started}; producer on node A, consumer on node B; medians of ray_e2e's sample counts "
@@ -289,8 +326,9 @@ def main(argv=None):
         f"{LINE_RATE_ROUNDS}); its column is the time for the bytes at that rate",
         f"consumer's ray_rdt.stats() bytes_received (plugin cluster): {moved}",
     ]
-    if env:
-        notes.append("environment of both clusters: " + " ".join(f"{k}={v}" for k, v in env.items()))
+    from netns import NETWORK_ONLY_ENV
+
+    notes.append("environment of both clusters: " + " ".join(f"{k}={v}" for k, v in {**NETWORK_ONLY_ENV, **env}.items()))
     notes += [f"{c} fails: {r['error']}" for c, r in medians.items() if "error" in r]
     print(text)
     print("\n".join(notes))
@@ -301,7 +339,8 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump({"line_rate_bytes_per_s": rate, "consumer_stats": counters,
                        "medians": {c: (r if "error" in r else {str(n): v for n, v in r.items()})
-                                   for c, r in medians.items()}}, fh, indent=1)
+                                   for c, r in medians.items()},
+                       "bytes_out": {c: {str(n): v for n, v in r.items()} for c, r in sent.items()}}, fh, indent=1)
     return 0
 
 

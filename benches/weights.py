@@ -169,7 +169,7 @@ def actor_classes():
 def one_step(config, trainer, generators, tx_bytes=None):
     """One step of ``config`` to ``generators``: (step s, slowest get s or
     None, trainer put s or None, bytes that ``tx_bytes()`` (a counter, see
-    :func:`veth_tx_bytes`) grew by during the step, or None without one)."""
+    :func:`cross_node.veth_tx_bytes`) grew by during the step, or None without one)."""
     import ray
 
     expected = ray.get(trainer.advance.remote())
@@ -186,14 +186,6 @@ def one_step(config, trainer, generators, tx_bytes=None):
     return step, get, put_s, (tx_bytes() - sent if tx_bytes else None)
 
 
-def veth_tx_bytes():
-    """Bytes sent so far over the veth of the namespace this process runs in
-    (node A's, for the cross-node driver; tests/python/netns.py names it in
-    ``RDT_VETH``)."""
-    with open(f"/sys/class/net/{os.environ['RDT_VETH']}/statistics/tx_bytes") as fh:
-        return int(fh.read())
-
-
 def placement(cross_node_mode):
     """Connects to the cluster and says where the actors go: ``(trainer
     options, generator options, the bytes-out counter or None)``. Locally a
@@ -203,7 +195,7 @@ def placement(cross_node_mode):
         rb.init_ray()
         return {}, {}, None
     rb.init_ray(address=os.environ["RAY_ADDRESS"])
-    return {"resources": {"node_a": 1}}, {"resources": {"node_b": 1}}, veth_tx_bytes
+    return {"resources": {"node_a": 1}}, {"resources": {"node_b": 1}}, cross_node.veth_tx_bytes
 
 
 def bench_cluster(configs, models, generator_counts, rounds, cross_node_mode=False):

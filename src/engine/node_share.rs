@@ -65,9 +65,13 @@ pub const LINGER_ENV: &str = "RAY_RDT_NODE_SHARE_LINGER_MS";
 /// Environment variable: the most bytes a process holds in node copies.
 pub const BYTES_ENV: &str = "RAY_RDT_NODE_SHARE_BYTES";
 
-/// Default linger: long enough for the generators of one node to fetch one
-/// step's weights, short enough not to hold a model's memory for long.
-const DEFAULT_LINGER: Duration = Duration::from_secs(5);
+/// Default linger: the generators of one node ask for one step's weights
+/// within milliseconds of each other (followers that come while the leader
+/// reads wait for it, whatever the linger), and a copy kept longer holds a
+/// model's memory into the next step, whose reads then need fresh memory: at
+/// 5 s one generator's cross-node gloo step took 1,040 ms, at 200 ms 157 ms
+/// (docs/weights-bench.md).
+const DEFAULT_LINGER: Duration = Duration::from_millis(200);
 /// Default bound on the bytes of a process's node copies.
 const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 /// Times a consumer claims an object's socket when its holder has just gone.
@@ -80,7 +84,7 @@ pub struct Settings {
     /// (`RAY_RDT_NODE_SHARING`, default on).
     pub enabled: bool,
     /// How long a node copy is kept after its last use
-    /// (`RAY_RDT_NODE_SHARE_LINGER_MS`, default 5 s).
+    /// (`RAY_RDT_NODE_SHARE_LINGER_MS`, default 200 ms).
     pub linger: Duration,
     /// The most bytes this process holds in node copies
     /// (`RAY_RDT_NODE_SHARE_BYTES`, default 4 GiB); over it a consumer reads
