@@ -492,16 +492,23 @@ fn sharing_off_reads_once_per_consumer() {
 fn over_the_byte_bound_a_consumer_reads_unshared_or_follows() {
     let small = [(MAX_BYTES, "1000".to_string())];
     let test = "over_the_byte_bound_a_consumer_reads_unshared_or_follows";
-    with_cluster(test, TransportKind::Gloo, &[&small, &[]], |mut c| {
+    let leader = hold_env(test, "fetch,share_wait");
+    with_cluster(test, TransportKind::Gloo, &[&small, &leader], |mut c| {
         let seed = 15;
         let (id, record) = c.put(seed);
         let n = total(seed);
         let fetch = command("FETCH", &id, &record, seed);
         assert_eq!(c.consumers[0].call(&fetch), "OK");
         assert!(!share_socket_bound(&id), "a node copy over the bound");
-        assert_eq!(c.consumers[1].call(&fetch), "OK");
-        assert!(share_socket_bound(&id), "no node copy within the bound");
-        assert_eq!(c.consumers[0].call(&fetch), "OK");
+        // Consumer 1 reads (held in its read) and consumer 0 asks for its copy.
+        c.consumers[1].send(&fetch);
+        c.wait_reached("fetch", 1);
+        c.consumers[0].send(&fetch);
+        c.wait_reached("share_wait", 1);
+        c.release("fetch", 1);
+        c.release("share_wait", 1);
+        assert_eq!(c.consumers[1].reply(), "OK");
+        assert_eq!(c.consumers[0].reply(), "OK");
         let got = c.counted(0);
         assert_eq!((got.network, got.node_copy), (n, n));
     });
@@ -520,29 +527,29 @@ fn warm_up(c: &mut Cluster, consumer: usize, seed: u8) {
     assert!(share_socket_gone(&id));
 }
 
-/// A node copy is dropped (its socket closed, its descriptors with it) once
-/// its linger has passed; a consumer that comes later reads from the producer
-/// again, as a new leader.
+/// A read no follower asked for is not kept: the reader's caller takes it
+/// (no second copy), its socket closes at once, no descriptor stays behind,
+/// and a consumer that comes later reads from the producer again.
 #[test]
-fn node_copy_is_dropped_after_its_linger() {
-    let linger = [(LINGER_MS, "3000".to_string())];
-    let test = "node_copy_is_dropped_after_its_linger";
-    with_cluster(test, TransportKind::Gloo, &[&linger, &linger], |mut c| {
+fn a_read_no_follower_asked_for_is_not_kept() {
+    let test = "a_read_no_follower_asked_for_is_not_kept";
+    with_cluster(test, TransportKind::Gloo, &[&[], &[]], |mut c| {
         warm_up(&mut c, 0, 20);
         let fds = c.fds(0);
 
         let seed = 21;
         let (id, record) = c.put(seed);
-        assert_eq!(
-            c.consumers[0].call(&command("INTO", &id, &record, seed)),
-            "OK"
-        );
-        assert!(share_socket_bound(&id), "no node copy after the read");
-        assert!(
-            share_socket_gone(&id),
-            "the node copy's socket outlived its linger"
-        );
-        assert_eq!(c.fds(0), fds, "descriptors left behind by the node copy");
+        for verb in ["INTO", "FETCH"] {
+            assert_eq!(
+                c.consumers[0].call(&command(verb, &id, &record, seed)),
+                "OK"
+            );
+            assert!(
+                !share_socket_bound(&id),
+                "{verb}: a node copy no one asked for was kept"
+            );
+        }
+        assert_eq!(c.fds(0), fds, "descriptors left behind by the reads");
 
         let before = c.producer_served();
         assert_eq!(
@@ -553,6 +560,40 @@ fn node_copy_is_dropped_after_its_linger() {
         assert_eq!(after.0 - before.0, total(seed), "a new leader reads again");
         let got = c.counted(1);
         assert_eq!((got.network, got.node_copy), (total(seed), 0));
+    });
+}
+
+/// A node copy a follower asked for is dropped (its socket closed, its
+/// descriptors with it) once its linger has passed.
+#[test]
+fn node_copy_is_dropped_after_its_linger() {
+    let test = "node_copy_is_dropped_after_its_linger";
+    let linger = [(LINGER_MS, "2000".to_string())];
+    let leader: Vec<_> = hold_env(test, "fetch,share_wait")
+        .into_iter()
+        .chain(linger.clone())
+        .collect();
+    with_cluster(test, TransportKind::Gloo, &[&leader, &linger], |mut c| {
+        let mut shared_read = |c: &mut Cluster, seed: u8| {
+            let (id, record) = c.put(seed);
+            let fetch = command("FETCH", &id, &record, seed);
+            c.follower_waits_on_leader(&fetch, &fetch);
+            c.release_leader();
+            assert_eq!(c.consumers[0].reply(), "OK");
+            assert_eq!(c.consumers[1].reply(), "OK");
+            assert!(
+                share_socket_bound(&id),
+                "the node copy was not kept for its linger"
+            );
+            assert!(
+                share_socket_gone(&id),
+                "the node copy's socket outlived its linger"
+            );
+        };
+        shared_read(&mut c, 22);
+        let fds = c.fds(0);
+        shared_read(&mut c, 23);
+        assert_eq!(c.fds(0), fds, "descriptors left behind by the node copy");
     });
 }
 

@@ -52,7 +52,7 @@ use crate::transport::{parse_fetch_request, Peer, Transport};
 use parking_lot::{Condvar, Mutex};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,9 @@ enum CopyState {
     Ready(Arc<StoredObject>),
     /// The leader's read failed.
     Failed(Error),
+    /// No follower asked for it during the leader's read: the leader's caller
+    /// took the object itself, and the copy is gone.
+    Retired,
 }
 
 /// One object read from its producer by this process and shared with the
@@ -137,6 +140,9 @@ struct NodeCopy {
     ready: Condvar,
     /// Followers' requests being served now (the copy is not dropped under them).
     serving: AtomicUsize,
+    /// Whether a follower has asked for the copy (set under `state`'s lock,
+    /// so that [`NodeCopy::retire`] and a follower never both win).
+    asked: AtomicBool,
     /// When the copy was last used (read, or served).
     last_use: Mutex<Instant>,
 }
@@ -150,6 +156,34 @@ impl NodeCopy {
         };
         self.touch();
         self.ready.notify_all();
+    }
+
+    /// A follower asks for the copy: refused once it is retired.
+    fn ask(&self) -> Result<()> {
+        let state = self.state.lock();
+        if matches!(*state, CopyState::Retired) {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the node copy of object {} was taken by its reader (no follower had asked)",
+                    self.id
+                ),
+            ));
+        }
+        self.asked.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Retires the read copy when no follower has asked for it (the leader's
+    /// caller then takes the object itself and nothing is kept); whether it
+    /// did.
+    fn retire(&self) -> bool {
+        let mut state = self.state.lock();
+        if self.asked.load(Ordering::SeqCst) || !matches!(*state, CopyState::Ready(_)) {
+            return false;
+        }
+        *state = CopyState::Retired;
+        true
     }
 
     /// Counts the copy as used now (its linger starts again).
@@ -171,6 +205,12 @@ impl NodeCopy {
                     return Err(Error::new(
                         e.kind(),
                         format!("the node copy's read from the producer failed: {e}"),
+                    ))
+                }
+                CopyState::Retired => {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("the node copy of object {} is gone", self.id),
                     ))
                 }
                 CopyState::Reading(deadline) => {
@@ -265,6 +305,7 @@ impl Handler for CopyServer {
         }
         stats::record_fetch_served();
         let _serving = stats::SERVING.enter();
+        self.copy.ask()?;
         let _use = Serving::start(&self.copy);
         let object = self.copy.wait_ready()?;
         shared.serve_object(&req, transport, Path::NodeCopy, &object, channel)
@@ -370,10 +411,21 @@ impl NodeShare {
             let followed = match (&claim, same_host) {
                 (Claim::Leader(copy), _) => {
                     let read = self.lead(shared, &name, copy, meta, declared, peer, deadline);
-                    return (
-                        Path::Network,
-                        read.and_then(|object| receiver.copy_of(&object)),
-                    );
+                    let out = read.and_then(|object| {
+                        // No follower asked while it was read: the caller
+                        // takes the read itself (new tensors need no second
+                        // copy) and nothing is kept; a consumer that comes
+                        // later reads again.
+                        if copy.retire() {
+                            self.drop_copy(&name);
+                            return match Arc::try_unwrap(object) {
+                                Ok(object) => receiver.take(object),
+                                Err(object) => receiver.copy_of(&object),
+                            };
+                        }
+                        receiver.copy_of(&object)
+                    });
+                    return (Path::Network, out);
                 }
                 (Claim::Follower | Claim::FollowerOnly, Some(same_host)) => {
                     self.follow(&name, same_host, receiver, deadline)
@@ -427,6 +479,7 @@ impl NodeShare {
                 state: Mutex::new(CopyState::Reading(deadline)),
                 ready: Condvar::new(),
                 serving: AtomicUsize::new(0),
+                asked: AtomicBool::new(false),
                 last_use: Mutex::new(Instant::now()),
             });
             let server = Arc::new(CopyServer {

@@ -39,6 +39,13 @@ pub(super) trait Receiver {
     /// out in the record's extents (never a view of it: the caller may change
     /// what it gets).
     fn copy_of(&self, object: &StoredObject) -> Result<Self::Output>;
+
+    /// The object given to the caller: `object` is this fetch's own read,
+    /// which nothing else refers to any more (a node copy no follower asked
+    /// for), so it may be handed over as it is.
+    fn take(&self, object: StoredObject) -> Result<Self::Output> {
+        self.copy_of(&object)
+    }
 }
 
 /// The object `meta` describes, as the caller asked for it.
@@ -85,6 +92,11 @@ impl Receiver for NewTensors<'_> {
 
     fn inline(&self, bytes: &[u8]) -> Result<Vec<Tensor>> {
         inline::unpack(self.0.meta, bytes)
+    }
+
+    fn take(&self, object: StoredObject) -> Result<Vec<Tensor>> {
+        self.0.check_layout(&object)?;
+        Ok(object.tensors)
     }
 
     fn copy_of(&self, object: &StoredObject) -> Result<Vec<Tensor>> {

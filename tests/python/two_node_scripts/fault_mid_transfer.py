@@ -27,7 +27,7 @@ import ray
 from ray.experimental.collective import create_collective_group
 
 from holds import Holds
-from rdt_driver import FETCH_TIMEOUT, ask_harness, connect, error_info, now, on, report, stats, where
+from rdt_driver import FETCH_TIMEOUT, ask_harness, connect, error_info, now, on, outcome, report, stats, where
 
 HOLD_DIR = tempfile.mkdtemp(prefix="rdt-two-node-holds-")
 HOLDS = {"env_vars": {"RAY_RDT_TEST_HOLD_DIR": HOLD_DIR, "RAY_RDT_TEST_HOLD_POINTS": "serve,fetch"}}
@@ -66,16 +66,6 @@ def submit_transfer():
     ref = producer.get.options(tensor_transport=transport).remote()
     ray.wait([ref], timeout=FETCH_TIMEOUT)
     return ref, consumer.read.remote(ref), now()
-
-
-def outcome(result, since):
-    try:
-        value = ray.get(result, timeout=FETCH_TIMEOUT)
-        return {"completed": value, "seconds": now() - since}
-    except ray.exceptions.GetTimeoutError as e:
-        return {"hang": error_info(e), "seconds": now() - since}
-    except Exception as e:
-        return {"error": error_info(e), "seconds": now() - since}
 
 
 producer_node, consumer_node = ("a", "b") if kill == "producer" else ("b", "a")

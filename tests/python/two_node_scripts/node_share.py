@@ -37,7 +37,7 @@ import ray
 from ray.experimental.collective import create_collective_group
 
 from holds import Holds, wait_for
-from rdt_driver import FETCH_TIMEOUT, connect, error_info, now, on, report, stats, where
+from rdt_driver import FETCH_TIMEOUT, connect, now, on, outcome, report, stats, where
 
 HOLD_DIR = tempfile.mkdtemp(prefix="rdt-node-share-holds-")
 LINGER = {"RAY_RDT_NODE_SHARE_LINGER_MS": "500"}
@@ -106,16 +106,6 @@ def probe(actor):
         }
 
     return ray.get(actor.__ray_call__.remote(_probe), timeout=FETCH_TIMEOUT)
-
-
-def outcome(result, since):
-    try:
-        value = ray.get(result, timeout=FETCH_TIMEOUT)
-        return {"completed": value, "seconds": now() - since}
-    except ray.exceptions.GetTimeoutError as e:
-        return {"hang": error_info(e), "seconds": now() - since}
-    except Exception as e:
-        return {"error": error_info(e), "seconds": now() - since}
 
 
 def put(seed):

@@ -55,6 +55,18 @@ def error_info(e: BaseException) -> dict:
     return {"type": type(e).__name__, "message": str(e)}
 
 
+def outcome(result, since):
+    """What ``ray.get(result)`` gave (bounded by FETCH_TIMEOUT): its value, a
+    hang, or the error, with the seconds since ``since``."""
+    try:
+        value = ray.get(result, timeout=FETCH_TIMEOUT)
+        return {"completed": value, "seconds": now() - since}
+    except ray.exceptions.GetTimeoutError as e:
+        return {"hang": error_info(e), "seconds": now() - since}
+    except Exception as e:
+        return {"error": error_info(e), "seconds": now() - since}
+
+
 def run_case(fn, *args) -> dict:
     """``fn(*args)`` (a dict) with ``ok: True``, or ``ok: False`` and the error:
     one failing case does not hide the others."""
