@@ -574,7 +574,7 @@ fn node_copy_is_dropped_after_its_linger() {
         .chain(linger.clone())
         .collect();
     with_cluster(test, TransportKind::Gloo, &[&leader, &linger], |mut c| {
-        let mut shared_read = |c: &mut Cluster, seed: u8| {
+        let shared_read = |c: &mut Cluster, seed: u8| {
             let (id, record) = c.put(seed);
             let fetch = command("FETCH", &id, &record, seed);
             c.follower_waits_on_leader(&fetch, &fetch);
