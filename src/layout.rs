@@ -46,8 +46,6 @@ pub struct ObjectLayout {
     pub extents: Vec<SourceExtent>,
     /// One per tensor; `None` for a tensor of no bytes.
     pub places: Vec<Option<Place>>,
-    /// One per tensor: its bytes (0 for a tensor of no bytes).
-    sizes: Vec<u64>,
     /// Packed copies of non-contiguous host tensors (their extents point here).
     _staging: Vec<HostBuffer>,
 }
@@ -109,7 +107,6 @@ impl ObjectLayout {
         Ok(ObjectLayout {
             extents: merged.into_iter().map(|(s, e)| extent(s, e)).collect(),
             places,
-            sizes: tensors.iter().map(|t| t.meta().nbytes).collect(),
             _staging: staging,
         })
     }
@@ -148,21 +145,19 @@ impl ObjectLayout {
         Ok(ObjectLayout {
             extents,
             places: places.to_vec(),
-            sizes: tensors.iter().map(|t| t.meta().nbytes).collect(),
             _staging: Vec::new(),
         })
     }
 
-    /// Copy pieces that lay the extents out one after another in a buffer at
-    /// `base`, as [`packed_extents`] places them: only the bytes the tensors
-    /// cover ([`ObjectLayout::covered`]); a gap merged between two
-    /// allocations is neither tensor's to read, and its bytes in the buffer
-    /// are left as they are.
-    pub fn packed_pieces(&self, base: usize) -> Vec<Piece> {
+    /// Copy pieces that lay the `covered` ranges of the extents (see
+    /// [`covered`]) out in a buffer at `base`, each where [`packed_extents`]
+    /// places its extent: a gap merged between two allocations is neither
+    /// tensor's to read, and its bytes in the buffer are left as they are.
+    pub fn packed_pieces(&self, base: usize, covered: &[(u32, u64, u64)]) -> Vec<Piece> {
         let (offsets, _) = packed_extents(&self.lengths());
-        self.covered()
-            .into_iter()
-            .map(|(e, offset, len)| Piece {
+        covered
+            .iter()
+            .map(|&(e, offset, len)| Piece {
                 dst: base + (offsets[e as usize] + offset) as usize,
                 src: self.extents[e as usize].addr + offset as usize,
                 len: len as usize,
@@ -178,12 +173,6 @@ impl ObjectLayout {
     /// Bytes of all extents.
     pub fn total(&self) -> u64 {
         self.extents.iter().map(|e| e.len).sum()
-    }
-
-    /// The byte ranges of the extents that the tensors cover (see
-    /// [`covered`]).
-    pub fn covered(&self) -> Vec<(u32, u64, u64)> {
-        covered(&self.places, &self.sizes)
     }
 
     /// The bytes of extent `i` (host objects only).
@@ -398,32 +387,11 @@ mod tests {
 
     #[test]
     fn covered_ranges_leave_out_the_gaps_between_allocations() {
-        let layout = ObjectLayout {
-            extents: vec![extent(0, 300), extent(8192, 8200)],
-            places: vec![
-                Some(Place {
-                    extent: 0,
-                    offset: 0,
-                }),
-                Some(Place {
-                    extent: 0,
-                    offset: 50,
-                }), // overlaps the first
-                Some(Place {
-                    extent: 0,
-                    offset: 200,
-                }), // after a gap
-                None,
-                Some(Place {
-                    extent: 1,
-                    offset: 0,
-                }),
-            ],
-            sizes: vec![100, 60, 100, 0, 8],
-            _staging: Vec::new(),
-        };
+        let p = |extent, offset| Some(Place { extent, offset });
+        // The second overlaps the first; the third follows a gap.
+        let places = [p(0, 0), p(0, 50), p(0, 200), None, p(1, 0)];
         assert_eq!(
-            layout.covered(),
+            covered(&places, &[100, 60, 100, 0, 8]),
             vec![(0, 0, 110), (0, 200, 100), (1, 0, 8)]
         );
     }

@@ -11,6 +11,7 @@
 //! Tensors are dropped (their DLPack deleters called, exactly once) when the last
 //! handle goes, and always outside the store's lock.
 
+use crate::copy::Piece;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::ObjectLayout;
 use crate::object_id::ObjectId;
@@ -41,6 +42,19 @@ pub struct StoredObject {
 }
 
 impl StoredObject {
+    /// The byte ranges of its extents that its tensors cover
+    /// ([`crate::layout::covered`]).
+    pub fn covered(&self) -> Vec<(u32, u64, u64)> {
+        let sizes: Vec<u64> = self.tensors.iter().map(|t| t.meta().nbytes).collect();
+        crate::layout::covered(&self.layout.places, &sizes)
+    }
+
+    /// Copy pieces that lay its covered bytes out in a buffer at `base`, as
+    /// `packed_extents` places its extents ([`ObjectLayout::packed_pieces`]).
+    pub fn packed_pieces(&self, base: usize) -> Vec<Piece> {
+        self.layout.packed_pieces(base, &self.covered())
+    }
+
     /// Total bytes of all tensors.
     pub fn nbytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.meta().nbytes).sum()

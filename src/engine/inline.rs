@@ -44,7 +44,7 @@ pub fn pack(object: &StoredObject, threshold: u64) -> Option<Vec<u8>> {
     // extents' lengths say); their sources are host extents of a stored
     // object, which `object` keeps alive. Only the tensors' own bytes are
     // read: a gap merged between two allocations stays zero.
-    unsafe { copy_pieces(&layout.packed_pieces(bytes.as_mut_ptr() as usize)) };
+    unsafe { copy_pieces(&object.packed_pieces(bytes.as_mut_ptr() as usize)) };
     Some(bytes)
 }
 

@@ -107,7 +107,7 @@ impl Receiver for NewTensors<'_> {
         // SAFETY: the destinations lie in `buffer` (packed as the record's
         // extents, which are `object`'s: checked above); the sources are host
         // extents `object` keeps alive.
-        unsafe { copy_pieces(&object.layout.packed_pieces(base)) };
+        unsafe { copy_pieces(&object.packed_pieces(base)) };
         Ok(crate::layout::views(
             self.0.meta,
             base,

@@ -349,7 +349,7 @@ impl Gloo {
         // Every piece is posted at once and they overlap; messages on a slot
         // arrive in the order they were posted.
         let send_err = |e| gloo_error(req.group, e);
-        let covered = object.layout.covered();
+        let covered = object.covered();
         let mut pending = Vec::new();
         for (e, first, len) in chunks(&covered) {
             // SAFETY: a host extent of the object, which outlives the waits below.

@@ -37,7 +37,7 @@ pub fn fill(mapping: &Mapping, object: &StoredObject) -> Result<()> {
             mapping.len()
         )));
     }
-    let pieces = layout.packed_pieces(mapping.as_ptr() as usize);
+    let pieces = object.packed_pieces(mapping.as_ptr() as usize);
     // SAFETY: every destination lies inside the mapping (checked above); the
     // sources are host extents of a stored object, which `object` keeps alive.
     unsafe { copy_pieces(&pieces) };
