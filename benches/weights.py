@@ -72,6 +72,7 @@ import time
 
 import cross_node
 import raybench as rb
+from netns import NETWORK_ONLY_ENV  # importable once cross_node has put tests/python on the path
 
 CONFIGS = ["object_store", "stock_gloo", "stock_nixl", "plugin_gloo", "plugin_shm", "plugin_nixl"]
 ONE_SIDED = {"stock_nixl": "nixl", "plugin_nixl": "nixl", "plugin_shm": "shm"}
@@ -81,9 +82,6 @@ DEFAULTS = {"sizes": "256MiB,1GiB", "counts": "1,1000,10000,100000", "layouts": 
             "generators": "1,2,4", "configs": ",".join(CONFIGS)}
 CROSS_NODE_DEFAULTS = {"sizes": "256MiB", "counts": "1,10000", "layouts": "views", "generators": "1,2",
                        "configs": "object_store,stock_nixl,stock_gloo,plugin_nixl,plugin_gloo"}
-# Every Ray process of both two-node clusters: NIXL's UCX over the veth (TCP),
-# not through the shared memory the two namespaces of one kernel also offer.
-CROSS_NODE_ENV = {"UCX_TLS": "tcp,self"}
 FIELDS = ("step", "get", "put", "tx")
 # The driver of one two-node cluster: every step of every column it runs.
 CROSS_NODE_DRIVER_TIMEOUT_S = 6 * 3600
@@ -433,7 +431,7 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cross-node", action="store_true", help="trainer on node A, generators on node B (needs root)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"--cross-node: for every Ray process of both clusters (repeatable; default {CROSS_NODE_ENV})")
+                   help=f"--cross-node: for every Ray process of both clusters (repeatable; default {NETWORK_ONLY_ENV})")
     p.add_argument("--json")
     p.add_argument("--markdown")
     p.add_argument("--child", nargs=5, metavar=("SIZES", "COUNTS", "LAYOUTS", "GENERATORS", "ROUNDS_CONFIGS"))
@@ -464,7 +462,7 @@ def main():
     print(f"weight sync {where}, {started}: models {args.sizes} x {args.counts} x {args.layouts}, "
           f"generators {args.generators}", file=sys.stderr)
     if args.cross_node:
-        env = dict(CROSS_NODE_ENV, **dict(kv.split("=", 1) for kv in args.env))
+        env = dict(NETWORK_ONLY_ENV, **dict(kv.split("=", 1) for kv in args.env))
         results, errors, rate = measure_cross_node(args, configs, env)
         body = cross_node_report(results, rate, models, generator_counts, configs)
         body += "\n\n" + "\n".join(f"- {n}" for n in cross_node_notes(rate, env, args.rounds))

@@ -16,7 +16,7 @@ from ray.experimental.collective import (
     get_collective_groups,
 )
 
-from conftest import actor_stats, delta, num_rdt_objects, wait_for, TRANSPORT_ONLY
+from conftest import ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for, TRANSPORT_ONLY
 
 # These tests exercise the transport itself (see conftest.TRANSPORT_ONLY).
 RAY_ENV = TRANSPORT_ONLY
@@ -37,7 +37,7 @@ class Holder:
 
 
 @ray.remote
-class MyActor:
+class MyActor(ReceivingActor):
     @ray.method(tensor_transport="gloo")
     def random_tensor(self, n=1000):
         return torch.randn(n, n)
@@ -62,10 +62,6 @@ class MyActor:
 
     def sum(self, tensor):
         return torch.sum(tensor)
-
-    def sum64(self, tensor):
-        """As conftest's ``sum64``: the same in any summation order."""
-        return torch.sum(tensor, dtype=torch.float64)
 
     def sum_dict(self, d):
         return torch.sum(d["tensor1"]) + torch.sum(d["tensor2"])
