@@ -622,10 +622,12 @@ mod tests {
         let handle = thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = [0u8; 64];
-            let _ = s.read(&mut buf);
-            if !close {
-                // Silent until the client gives up and closes its side.
+            if close {
                 let _ = s.read(&mut buf);
+            } else {
+                // Silent until the client gives up and closes its side: read
+                // to the end, as the request may arrive in several pieces.
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
             }
         });
         (addr, handle)
