@@ -1,29 +1,36 @@
-"""Two Ray nodes on one machine, each in its own network namespace: a faithful
-"two hosts" for the plugin (own loopback, own abstract Unix sockets, own IP;
-same files, same /dev/shm, same kernel). Used by tests/python/test_two_nodes.py
-and benches/cross_node.py.
+"""Ray nodes on one machine, each in its own network namespace: faithful
+"hosts" for the plugin (own loopback, own abstract Unix sockets, own IP; same
+files, same /dev/shm, same kernel). Used by tests/python/test_two_nodes.py,
+tests/python/test_node_share.py, benches/cross_node.py and benches/weights.py.
 
-    with TwoNodeCluster(plugin=True) as cluster:     # needs root
+    with NamespaceCluster(plugin=True) as cluster:   # two nodes; needs root
         out = cluster.run_driver("script.py", "arg", timeout=120)
         out.result                                   # the script's `RESULT {json}` line
+    with NamespaceCluster(nodes=3) as cluster:       # a, b, c behind one switch
+        cluster.nodes[2].resource                    # "node_c"
 
 What it does (see /work/shared/NOTES.md, "Multi-node on one machine"):
 
-* two namespaces ``rdt-a-<pid>-<n>`` and ``rdt-b-<pid>-<n>`` joined by a veth pair
-  created directly inside them (nothing is ever added to the root namespace),
-  addresses ``10.231.<x>.1`` (A) and ``.2`` (B), ``lo`` up, and a default route
-  over the veth so that Ray's own "what is my IP" probe finds the veth address;
-* a Ray head in A (``--resources={"node_a": 100}``) and a second node in B
-  (``{"node_b": 100}``) joining it, each ``ray start ... --block`` a child in its
-  own session (process group) with its own ``--temp-dir``;
+* one namespace per node, ``rdt-a-<pid>-<n>``, ``rdt-b-<pid>-<n>``, ...;
+  two nodes are joined by one veth pair, three or more each by a veth to a
+  bridge in a switch namespace ``rdt-sw-<pid>-<n>`` (one link per host, as
+  hosts on one switch: a node's veth counters are all its traffic); every
+  link is created directly inside the namespaces (nothing is ever added to the
+  root namespace); addresses ``10.231.<x>.1`` (A), ``.2`` (B), ``.3`` (C) ...,
+  ``lo`` up, and a default route over the veth so that Ray's own "what is my
+  IP" probe finds the veth address;
+* a Ray head in A (``--resources={"node_a": 100}``) and the other nodes
+  (``{"node_b": 100}``, ``{"node_c": 100}``, ...) joining it, each ``ray start
+  ... --block`` a child in its own session (process group) with its own
+  ``--temp-dir``;
 * ``RAY_AUTH_MODE=token`` for every Ray process and driver (Ray 2.60 turns token
   auth on for ``ray start --head``; the token is ``~/.ray/auth_token``);
 * ``GLOO_SOCKET_IFNAME`` = that namespace's veth for each node: both namespaces
   share one hostname that resolves to loopback, and stock torch.distributed gloo
   binds the hostname's address otherwise (real hosts do not need this);
-* ``RDT_NODE_A_IP``, ``RDT_NODE_B_IP`` (both addresses) and ``RDT_VETH`` (this
-  namespace's veth, e.g. for its ``/sys/class/net/<veth>/statistics``) for
-  every process;
+* ``RDT_NODE_A_IP``, ``RDT_NODE_B_IP``, ... (every node's address) and
+  ``RDT_VETH`` (this namespace's veth, e.g. for its
+  ``/sys/class/net/<veth>/statistics``) for every process;
 * ``UCX_TLS=tcp,self`` (:data:`NETWORK_ONLY_ENV`) for every process: the
   namespaces share one kernel, and UCX would otherwise move NIXL's bytes
   through shared memory between them, never over the veth (issue 21); a
@@ -34,7 +41,7 @@ What it does (see /work/shared/NOTES.md, "Multi-node on one machine"):
   venv does (its ``.pth`` names the checkout's ``python/``);
 * drivers run inside A (``ip netns exec A python script ...``) with a timeout;
 * teardown (context-manager exit, also after any failure): SIGTERM then SIGKILL
-  to each node's process group, SIGKILL to every process left in either
+  to each node's process group, SIGKILL to every process left in any
   namespace (``ip netns pids``) and to any process naming the temp dirs
   (``pgrep -f``), then ``ip netns del``; it raises if anything is left behind.
 
@@ -71,6 +78,7 @@ GCS_PORT = 6379
 NETWORK_ONLY_ENV = {"UCX_TLS": "tcp,self"}
 RESULT_PREFIX = "RESULT "
 SIGNAL_PREFIX = "@@"  # a driver line "@@name" asks the harness to run handler `name`
+NODE_NAMES = "abcdefgh"  # node i is NODE_NAMES[i]: namespace rdt-<x>-..., resource node_<x>
 _counter = itertools.count()
 
 
@@ -83,7 +91,7 @@ class DriverTimeout(AssertionError):
 
 
 class ClusterError(RuntimeError):
-    """The two-node cluster did not come up, or did not tear down cleanly."""
+    """The cluster did not come up, or did not tear down cleanly."""
 
 
 def _run(cmd, check=True, timeout=30):
@@ -121,12 +129,12 @@ def _alive(pid: int) -> bool:
 
 def reap_stale():
     """Removes what an earlier harness left when it was killed before its
-    teardown (SIGKILL, a CI timeout): namespaces ``rdt-[ab]-<pid>-<n>`` and
+    teardown (SIGKILL, a CI timeout): namespaces ``rdt-<node or sw>-<pid>-<n>`` and
     temp dirs ``/tmp/rdt2n-<pid>-<n>-*`` whose creating process no longer
     exists, and every process inside those namespaces. Names of live
     harnesses, and anything not named like this, are left alone."""
     for ns in namespaces():
-        m = re.fullmatch(r"rdt-[ab]-(\d+)-\d+", ns)
+        m = re.fullmatch(rf"rdt-(?:[{NODE_NAMES}]|sw)-(\d+)-\d+", ns)
         if m and not _alive(int(m.group(1))):
             _kill(namespace_pids(ns), signal.SIGKILL)
             _wait_gone(lambda: namespace_pids(ns), 10)
@@ -166,7 +174,7 @@ def _wait_gone(pids_fn, timeout):
 class Node:
     """One Ray node: its namespace, veth, address, resources, temp dir, process."""
 
-    name: str  # "a" or "b"
+    name: str  # "a", "b", ...
     ns: str
     veth: str
     ip: str
@@ -199,19 +207,23 @@ class DriverOutput:
         return f"exit {self.returncode} after {self.elapsed_s:.1f} s\n--- stdout\n{self.stdout[-6000:]}\n--- stderr\n{self.stderr[-6000:]}"
 
 
-class TwoNodeCluster:
-    """A Ray head in namespace A and a second node in namespace B (see the module
-    docstring). ``plugin``: True/False forces ``RAY_RDT_PLUGIN=1``/``0``; None
-    passes the caller's value through (unset means the plugin's default, on)."""
+class NamespaceCluster:
+    """A Ray head in namespace A and ``nodes - 1`` more nodes in namespaces B,
+    C, ... (see the module docstring). ``plugin``: True/False forces
+    ``RAY_RDT_PLUGIN=1``/``0``; None passes the caller's value through (unset
+    means the plugin's default, on)."""
 
     def __init__(
         self,
         plugin: Optional[bool] = None,
+        nodes: int = 2,
         num_cpus: int = 8,
         object_store_memory: int = 2 << 30,
         start_timeout: float = 120.0,
         extra_env: Optional[Dict[str, str]] = None,
     ):
+        if not 2 <= nodes <= len(NODE_NAMES):
+            raise ValueError(f"a namespace cluster has 2 to {len(NODE_NAMES)} nodes, not {nodes}")
         self.plugin = plugin
         self.num_cpus = num_cpus
         self.object_store_memory = object_store_memory
@@ -223,10 +235,15 @@ class TwoNodeCluster:
         subnet = f"10.231.{os.getpid() % 254 + 1}"
         self.root = tempfile.mkdtemp(prefix=f"rdt2n-{tag}-", dir="/tmp")
         short = f"{os.getpid() % 100000}{tag.split('-')[1]}"
-        self.a = Node("a", f"rdt-a-{tag}", f"rdta{short}"[:15], f"{subnet}.1", "node_a",
-                      os.path.join(self.root, "a"), os.path.join(self.root, "node-a.log"))
-        self.b = Node("b", f"rdt-b-{tag}", f"rdtb{short}"[:15], f"{subnet}.2", "node_b",
-                      os.path.join(self.root, "b"), os.path.join(self.root, "node-b.log"))
+        self.nodes = [
+            Node(x, f"rdt-{x}-{tag}", f"rdt{x}{short}"[:15], f"{subnet}.{i + 1}", f"node_{x}",
+                 os.path.join(self.root, x), os.path.join(self.root, f"node-{x}.log"))
+            for i, x in enumerate(NODE_NAMES[:nodes])
+        ]
+        self.a, self.b = self.nodes[:2]
+        # Three or more nodes meet at a bridge in a namespace of its own.
+        self.switch = f"rdt-sw-{tag}" if nodes > 2 else None
+        self._short = short
         self.address = f"{self.a.ip}:{GCS_PORT}"
         self._made_ns: List[str] = []
 
@@ -246,8 +263,8 @@ class TwoNodeCluster:
 
     def start(self):
         self._make_namespaces()
-        self._start_node(self.a, head=True)
-        self._start_node(self.b, head=False)
+        for i, node in enumerate(self.nodes):
+            self._start_node(node, head=i == 0)
         self._wait_for_nodes()
 
     def _make_namespaces(self):
@@ -256,19 +273,39 @@ class TwoNodeCluster:
         if shutil.which("ip") is None:
             raise NamespacesUnavailable("network namespaces need iproute2's `ip`, which is not installed")
         reap_stale()
-        for node in (self.a, self.b):
-            proc = _run(["ip", "netns", "add", node.ns], check=False)
+        for ns in [n.ns for n in self.nodes] + ([self.switch] if self.switch else []):
+            proc = _run(["ip", "netns", "add", ns], check=False)
             if proc.returncode != 0:
-                raise NamespacesUnavailable(f"`ip netns add {node.ns}` failed: {proc.stderr.strip()}")
-            self._made_ns.append(node.ns)
-        _run(["ip", "link", "add", self.a.veth, "netns", self.a.ns, "type", "veth",
-              "peer", "name", self.b.veth, "netns", self.b.ns])
-        for node in (self.a, self.b):
+                raise NamespacesUnavailable(f"`ip netns add {ns}` failed: {proc.stderr.strip()}")
+            self._made_ns.append(ns)
+        if self.switch is None:
+            _run(["ip", "link", "add", self.a.veth, "netns", self.a.ns, "type", "veth",
+                  "peer", "name", self.b.veth, "netns", self.b.ns])
+        else:
+            self._make_switch()
+        for node in self.nodes:
             _run(["ip", "-n", node.ns, "addr", "add", f"{node.ip}/24", "dev", node.veth])
             _run(["ip", "-n", node.ns, "link", "set", "lo", "up"])
             _run(["ip", "-n", node.ns, "link", "set", node.veth, "up"])
             _run(["ip", "-n", node.ns, "route", "add", "default", "dev", node.veth])
             os.makedirs(node.temp_dir, exist_ok=True)
+
+    def _make_switch(self):
+        """A bridge in the switch namespace and, per node, a veth from the
+        node's namespace to a port of it."""
+        sw = ["ip", "-n", self.switch]
+        _run(sw + ["link", "add", "br0", "type", "bridge"])
+        _run(sw + ["link", "set", "br0", "up"])
+        # Bridged frames skip the switch namespace's (empty) netfilter where the
+        # kernel lets a namespace say so.
+        _run(["ip", "netns", "exec", self.switch, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"],
+             check=False)
+        for node in self.nodes:
+            port = f"sw{node.name}{self._short}"[:15]
+            _run(["ip", "link", "add", node.veth, "netns", node.ns, "type", "veth",
+                  "peer", "name", port, "netns", self.switch])
+            _run(sw + ["link", "set", port, "master", "br0"])
+            _run(sw + ["link", "set", port, "up"])
 
     def env(self, node: Node) -> Dict[str, str]:
         """Environment of a Ray node or a driver in ``node``'s namespace."""
@@ -284,10 +321,9 @@ class TwoNodeCluster:
             RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
             GLOO_SOCKET_IFNAME=node.veth,
             RAY_ADDRESS=self.address,
-            RDT_NODE_A_IP=self.a.ip,
-            RDT_NODE_B_IP=self.b.ip,
             RDT_VETH=node.veth,
         )
+        env.update({f"RDT_NODE_{n.name.upper()}_IP": n.ip for n in self.nodes})
         if self.plugin is not None:
             env["RAY_RDT_PLUGIN"] = "1" if self.plugin else "0"
         env.update(NETWORK_ONLY_ENV)
@@ -309,14 +345,14 @@ class TwoNodeCluster:
             node.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 
-    def _wait_for_nodes(self, replaced: Optional[str] = None):
+    def _wait_for_nodes(self, replaced: Optional[Node] = None):
         """Polls the cluster from a driver in A until exactly one alive node
-        runs at each of A's and B's addresses (and, after a restart, B's is not
-        the ``replaced`` node ID: Ray takes a while to mark a killed node dead)."""
+        runs at each node's address (and, after a restart, ``replaced``'s is
+        not its old node ID: Ray takes a while to mark a killed node dead)."""
         deadline = time.monotonic() + self.start_timeout
         last = None
         while time.monotonic() < deadline:
-            for node in (self.a, self.b):
+            for node in self.nodes:
                 if node.proc.poll() is not None:
                     raise ClusterError(
                         f"`ray start` in {node.ns} exited ({node.proc.returncode}):\n{node.log_tail()}")
@@ -329,14 +365,16 @@ class TwoNodeCluster:
                 ids = {}
                 for n in last.result:
                     ids.setdefault(n["ip"], []).append(n["node_id"])
-                if (len(last.result) == 2 and all(len(ids.get(x.ip, [])) == 1 for x in (self.a, self.b))
-                        and ids[self.b.ip][0] != replaced):
+                if (len(last.result) == len(self.nodes)
+                        and all(len(ids.get(x.ip, [])) == 1 for x in self.nodes)
+                        and (replaced is None or ids[replaced.ip][0] != self.node_ids[replaced.ip])):
                     self.node_ids = {ip: v[0] for ip, v in ids.items()}
                     return
             time.sleep(1)
         detail = last.describe() if isinstance(last, DriverOutput) else str(last)
-        raise ClusterError(f"the cluster did not show nodes A and B alive within {self.start_timeout:.0f} s:\n"
-                           f"{detail}\n--- node a\n{self.a.log_tail()}\n--- node b\n{self.b.log_tail()}")
+        logs = "".join(f"\n--- node {n.name}\n{n.log_tail()}" for n in self.nodes)
+        raise ClusterError(f"the cluster did not show its {len(self.nodes)} nodes alive within "
+                           f"{self.start_timeout:.0f} s:\n{detail}{logs}")
 
     # ----------------------------------------------------------------- drivers
 
@@ -421,29 +459,30 @@ class TwoNodeCluster:
             node.proc.wait()
 
     def restart_node(self, node: Node):
-        """Starts node B again after :meth:`kill_node` (a new Ray node, same
-        namespace, address and resources) and waits until Ray has replaced the
-        old node by the new one."""
-        assert node is self.b, "only the second node can be restarted (the head holds the cluster)"
+        """Starts a node other than the head again after :meth:`kill_node` (a
+        new Ray node, same namespace, address and resources) and waits until
+        Ray has replaced the old node by the new one."""
+        assert node is not self.a, "the head cannot be restarted (it holds the cluster)"
         self.kill_node(node)
         self._start_node(node, head=False)
         node.killed = False
-        self._wait_for_nodes(replaced=self.node_ids[node.ip])
+        self._wait_for_nodes(replaced=node)
 
     # ----------------------------------------------------------------- teardown
 
     def leftovers(self) -> List[str]:
         """Namespaces and processes of this cluster that still exist."""
-        left = [f"namespace {ns}" for ns in namespaces() if ns in (self.a.ns, self.b.ns)]
-        left += [f"process {pid} in {ns}" for ns in (self.a.ns, self.b.ns) if ns in namespaces()
-                 for pid in namespace_pids(ns)]
+        mine = [n.ns for n in self.nodes] + ([self.switch] if self.switch else [])
+        live = namespaces()
+        left = [f"namespace {ns}" for ns in live if ns in mine]
+        left += [f"process {pid} in {ns}" for ns in mine if ns in live for pid in namespace_pids(ns)]
         left += [f"process {pid} naming {self.root}" for pid in pids_matching(self.root)]
         return left
 
     def close(self):
-        """Tears everything down (node B first, then the head); raises
+        """Tears everything down (the head last); raises
         :class:`ClusterError` if anything is left."""
-        for node in (self.b, self.a):
+        for node in reversed(self.nodes):
             if node.proc is not None and node.proc.poll() is None:
                 _killpg(node.proc.pid, signal.SIGTERM)
             if node.proc is not None:
@@ -465,4 +504,4 @@ class TwoNodeCluster:
         if not left:
             shutil.rmtree(self.root, ignore_errors=True)
         if left:
-            raise ClusterError(f"two-node teardown left behind: {', '.join(left)} (logs in {self.root})")
+            raise ClusterError(f"teardown left behind: {', '.join(left)} (logs in {self.root})")

@@ -21,7 +21,7 @@ NBYTES = 32 << 20
 @pytest.fixture(scope="module")
 def cluster():
     try:
-        c = netns.TwoNodeCluster().__enter__()
+        c = netns.NamespaceCluster().__enter__()
     except netns.NamespacesUnavailable as e:
         pytest.skip(str(e))
     try:

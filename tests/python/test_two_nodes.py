@@ -37,10 +37,10 @@ PRODUCER_NODE_DOWN = re.compile(
 
 @contextlib.contextmanager
 def two_node_cluster():
-    """A :class:`netns.TwoNodeCluster`; where namespaces cannot be made, a skip
+    """A :class:`netns.NamespaceCluster`; where namespaces cannot be made, a skip
     with the harness's reason (reported at the test, not inside pytest)."""
     try:
-        cluster = netns.TwoNodeCluster().__enter__()
+        cluster = netns.NamespaceCluster().__enter__()
     except netns.NamespacesUnavailable as e:
         pytest.skip(str(e))
     with contextlib.closing(cluster):

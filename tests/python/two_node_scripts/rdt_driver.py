@@ -1,5 +1,5 @@
 """Helpers for the driver scripts that tests/python/netns.py runs inside
-namespace A: connect to the two-node cluster, place actors on a node, read an
+namespace A: connect to the cluster, place actors on a node, read an
 actor's ``ray_rdt.stats()`` in its own process, report one ``RESULT {json}``
 line, and ask the harness for things only it can do (``@@name`` on stdout)."""
 
@@ -11,7 +11,6 @@ import traceback
 
 import ray
 
-NODE_IPS = {"a": os.environ.get("RDT_NODE_A_IP"), "b": os.environ.get("RDT_NODE_B_IP")}
 FETCH_TIMEOUT = 30.0  # every ray.get in a driver is bounded (well under Ray's 60 s fetch timeout)
 
 
@@ -20,7 +19,7 @@ def connect():
 
 
 def on(node: str) -> dict:
-    """Actor options that pin an actor to node ``"a"`` (the head) or ``"b"``."""
+    """Actor options that pin an actor to node ``"a"`` (the head), ``"b"``, ..."""
     return {"resources": {f"node_{node}": 1}}
 
 
