@@ -203,17 +203,18 @@ def measure_line_rate(cluster):
 # ----------------------------------------------------------------- the two clusters and the table
 
 
-def run_on_two_nodes(plugin, env, script, args, label, line_rate=False, timeout=1800):
-    """Starts a two-node cluster (``plugin``: ``RAY_RDT_PLUGIN`` on or off;
-    ``env`` for every Ray process and driver), measures the veth's line rate
-    first when ``line_rate``, then runs ``python script args`` as the driver
-    in namespace A and passes its progress lines (stderr lines that start
-    with two spaces) through. Returns ``(the driver's RESULT, line rate in
-    bytes per second or None)``; the cluster is torn down either way."""
-    from netns import TwoNodeCluster
+def run_on_nodes(plugin, env, script, args, label, nodes=2, line_rate=False, timeout=1800):
+    """Starts a cluster of ``nodes`` namespaces (``plugin``: ``RAY_RDT_PLUGIN``
+    on or off; ``env`` for every Ray process and driver), measures the line
+    rate from A to B first when ``line_rate``, then runs ``python script
+    args`` as the driver in namespace A and passes its progress lines (stderr
+    lines that start with two spaces) through. Returns ``(the driver's
+    RESULT, line rate in bytes per second or None)``; the cluster is torn
+    down either way."""
+    from netns import NamespaceCluster
 
-    print(f"{label}: starting a two-node cluster", file=sys.stderr, flush=True)
-    with TwoNodeCluster(plugin=plugin, extra_env=env) as cluster:
+    print(f"{label}: starting a {nodes}-node cluster", file=sys.stderr, flush=True)
+    with NamespaceCluster(plugin=plugin, nodes=nodes, extra_env=env) as cluster:
         rate = measure_line_rate(cluster) if line_rate else None
         if rate:
             print(f"  veth line rate (1 TCP stream, {fmt_size(LINE_RATE_BYTES)}): {rate / 1e9:.2f} GB/s",
@@ -231,9 +232,9 @@ def run_cluster(plugin, configs, sizes, env, line_rate=False):
     out of node A per transfer, the consumer's plugin counters, line rate or
     None)``."""
     label = "plugin" if plugin else "stock Ray 2.60 (RAY_RDT_PLUGIN=0)"
-    result, rate = run_on_two_nodes(plugin, env, __file__, ["--child", "--configs", ",".join(configs),
-                                                            "--sizes", ",".join(str(n) for n in sizes)],
-                                    label, line_rate)
+    result, rate = run_on_nodes(plugin, env, __file__, ["--child", "--configs", ",".join(configs),
+                                                        "--sizes", ",".join(str(n) for n in sizes)],
+                                label, line_rate=line_rate)
     medians = {c: (r if "error" in r else {int(k): v for k, v in r.items()}) for c, r in result["medians"].items()}
     sent = {c: {int(k): v for k, v in r.items()} for c, r in result["bytes_out"].items()}
     return medians, sent, result["consumer_stats"], rate

@@ -59,6 +59,22 @@ model's size.
                               [--generators ...] [--configs ...] [--rounds 3]
                               [--env KEY=VALUE ...] [--json FILE] [--markdown FILE]
     ci/bench weights --cross-node [same options]
+
+Fan-out mode (``--fanout``; needs root; issue 21): as ``--cross-node``, on
+three nodes (namespaces A, B, C on one bridge, one veth each): the trainer on
+A, generator ``i`` on B for even ``i`` and on C for odd ``i``, so one
+generator is one generator on one remote node and four are two on each of
+two nodes. The columns ``unshared_nixl`` and ``unshared_gloo`` are the plugin
+with node-local sharing off (``RAY_RDT_NODE_SHARING=0`` on a cluster of their
+own: every generator reads from the trainer); ``plugin_*`` share one read per
+node. Printed as in cross-node mode, plus each step over the same column's
+step with one generator (issue 21's target: four generators on two nodes
+within 1.3x). Defaults: ``--sizes 256MiB --counts 1,10000 --layouts views
+--generators 1,4 --configs stock_nixl,stock_gloo,plugin_nixl,unshared_nixl,
+plugin_gloo,unshared_gloo``.
+
+    python benches/weights.py --fanout [same options as --cross-node]
+    ci/bench weights --fanout [same options]
 """
 
 import argparse
@@ -72,16 +88,24 @@ import time
 
 import cross_node
 import raybench as rb
-from netns import NETWORK_ONLY_ENV  # importable once cross_node has put tests/python on the path
+from netns import NETWORK_ONLY_ENV, NODE_NAMES  # importable once cross_node has put tests/python on the path
 
 CONFIGS = ["object_store", "stock_gloo", "stock_nixl", "plugin_gloo", "plugin_shm", "plugin_nixl"]
-ONE_SIDED = {"stock_nixl": "nixl", "plugin_nixl": "nixl", "plugin_shm": "shm"}
+# The plugin with node-local sharing off (across nodes only).
+UNSHARED = {"unshared_nixl", "unshared_gloo"}
+UNSHARED_ENV = {"RAY_RDT_NODE_SHARING": "0"}
+ONE_SIDED = {"stock_nixl": "nixl", "plugin_nixl": "nixl", "plugin_shm": "shm", "unshared_nixl": "nixl"}
 STEP_TIMEOUT_S = 900
 # The options' defaults on one host and across two nodes.
 DEFAULTS = {"sizes": "256MiB,1GiB", "counts": "1,1000,10000,100000", "layouts": "views,separate",
             "generators": "1,2,4", "configs": ",".join(CONFIGS)}
 CROSS_NODE_DEFAULTS = {"sizes": "256MiB", "counts": "1,10000", "layouts": "views", "generators": "1,2",
                        "configs": "object_store,stock_nixl,stock_gloo,plugin_nixl,plugin_gloo"}
+FANOUT_DEFAULTS = dict(CROSS_NODE_DEFAULTS, generators="1,4",
+                       configs="stock_nixl,stock_gloo,plugin_nixl,unshared_nixl,plugin_gloo,unshared_gloo")
+# Ray nodes per mode: one host, --cross-node, --fanout.
+MODES = {1: ("on one host", DEFAULTS), 2: ("across two nodes", CROSS_NODE_DEFAULTS),
+         3: ("from one node to two", FANOUT_DEFAULTS)}
 FIELDS = ("step", "get", "put", "tx")
 # The driver of one two-node cluster: every step of every column it runs.
 CROSS_NODE_DRIVER_TIMEOUT_S = 6 * 3600
@@ -184,19 +208,22 @@ def one_step(config, trainer, generators, tx_bytes=None):
     return step, get, put_s, (tx_bytes() - sent if tx_bytes else None)
 
 
-def placement(cross_node_mode):
+def placement(nodes):
     """Connects to the cluster and says where the actors go: ``(trainer
-    options, generator options, the bytes-out counter or None)``. Locally a
-    fresh cluster, anywhere; across two nodes the one at ``RAY_ADDRESS``, the
-    trainer on node A, the generators on node B, counting A's veth."""
-    if not cross_node_mode:
+    options, generator ``i``'s options as a function of ``i``, the bytes-out
+    counter or None)``. On one host (``nodes`` 1) a fresh cluster, anywhere;
+    else the one at ``RAY_ADDRESS``, the trainer on node A, the generators
+    taking turns over the other nodes, counting A's veth."""
+    if nodes == 1:
         rb.init_ray()
-        return {}, {}, None
+        return {}, lambda i: {}, None
     rb.init_ray(address=os.environ["RAY_ADDRESS"])
-    return {"resources": {"node_a": 1}}, {"resources": {"node_b": 1}}, cross_node.veth_tx_bytes
+    others = NODE_NAMES[1:nodes]
+    return ({"resources": {"node_a": 1}}, lambda i: {"resources": {f"node_{others[i % len(others)]}": 1}},
+            cross_node.veth_tx_bytes)
 
 
-def bench_cluster(configs, models, generator_counts, rounds, cross_node_mode=False):
+def bench_cluster(configs, models, generator_counts, rounds, nodes=1):
     """In a child: every model, every generator count, every config, on one
     cluster (:func:`placement`). Returns ``{model key: {n: {config: {"step",
     "get", "put", "tx"}}}}`` of medians (seconds; bytes for ``tx``), and
@@ -204,14 +231,14 @@ def bench_cluster(configs, models, generator_counts, rounds, cross_node_mode=Fal
     import ray
     from ray.experimental.collective import create_collective_group, destroy_collective_group
 
-    trainer_options, generator_options, tx_bytes = placement(cross_node_mode)
+    trainer_options, generator_options, tx_bytes = placement(nodes)
     Trainer, Generator = actor_classes()
     rng = random.Random(0)
     out, errors = {}, {}
     for size, count, layout in models:
         key = model_key(size, count, layout)
         trainer = Trainer.options(**trainer_options).remote()
-        generators = [Generator.options(**generator_options).remote() for _ in range(max(generator_counts))]
+        generators = [Generator.options(**generator_options(i)).remote() for i in range(max(generator_counts))]
         print(f"  model {rb.fmt_size(size)} as {count} {layout}", file=sys.stderr, flush=True)
         out[key] = {}
         group = None
@@ -321,9 +348,11 @@ def report(results, limits, models, generator_counts, configs):
 def cross_node_report(results, rate, models, generator_counts, configs):
     """The cross-node report: per model a table, a row per generator count
     and column: median step and slowest get, aggregate GB/s, the step over
-    the time the veth's line rate (``rate``, bytes/s) needs for N models, and
-    the bytes that left node A per step over the model's size."""
-    header = ["generators", "config", "step", "get", "GB/s", "step / line time", "out of A / model"]
+    the time the veth's line rate (``rate``, bytes/s) needs for N models, the
+    step over the same column's with one generator, and the bytes that left
+    node A per step over the model's size."""
+    header = ["generators", "config", "step", "get", "GB/s", "step / line time", "step / 1 generator's",
+              "out of A / model"]
     lines = []
     for size, count, layout in models:
         by_n = results.get(model_key(size, count, layout), {})
@@ -335,18 +364,24 @@ def cross_node_report(results, rate, models, generator_counts, configs):
                     rows.append([str(n), c] + ["-"] * (len(header) - 2))
                     continue
                 step, get, tx = cell["step"], cell["get"], cell["tx"]
+                one = by_n.get(1, {}).get(c)
                 rows.append([str(n), c, rb.fmt_ms(step), rb.fmt_ms(get) if get is not None else "-",
                              f"{n * size / step / 1e9:.2f}", rb.fmt_ratio(step / (n * size / rate)),
-                             rb.fmt_ratio(tx / size)])
+                             rb.fmt_ratio(step / one["step"]) if one else "-", rb.fmt_ratio(tx / size)])
         lines += [model_heading(size, count, layout), rb.markdown_table(header, rows)]
     return "\n".join(lines)
 
 
-def cross_node_notes(rate, env, rounds):
-    """What the cross-node table's columns mean, and the run's line rate."""
+def cross_node_notes(rate, env, rounds, nodes):
+    """What the cross-node (``nodes`` 2) or fan-out (3) table's columns mean,
+    and the run's line rate."""
+    where = ("generators on node B (two network namespaces joined by a veth)" if nodes == 2 else
+             "generator i on node B (even i) or C (odd i): three network namespaces, one veth each to one "
+             "bridge; unshared_*: the plugin with RAY_RDT_NODE_SHARING=0 (a cluster of its own); issue 21's "
+             "targets: out of A / model <= 1.05 x the generator nodes, and 4 generators on two nodes within "
+             "1.3x of one generator on one node (step / 1 generator's <= 1.3)")
     return [
-        f"trainer on node A, generators on node B (two network namespaces joined by a veth); "
-        f"medians of {rounds} rounds after a warm-up, the columns interleaved",
+        f"trainer on node A, {where}; medians of {rounds} rounds after a warm-up, the columns interleaved",
         f"veth line rate: {rate / 1e9:.2f} GB/s (one TCP stream, {rb.fmt_size(cross_node.LINE_RATE_BYTES)}, "
         f"median of {cross_node.LINE_RATE_ROUNDS}); line time = N x model / line rate; issue 18's target, "
         "nixl and gloo at 0.8x the line rate or better, is step / line time <= 1.25",
@@ -371,18 +406,22 @@ def model_grid(sizes, counts, layouts):
 
 def clusters(configs):
     """The clusters the columns run on, in order: ``(columns, plugin on,
-    label)``. Each stock column on a cluster of its own: a stock transfer
-    that times out kills its actors (2.60), which must not take another
-    column down; the other columns on one cluster with the plugin."""
-    out = [([c], False, f"stock Ray 2.60, {c} (RAY_RDT_PLUGIN=0)") for c in configs if c.startswith("stock")]
-    rest = [c for c in configs if not c.startswith("stock")]
-    return out + ([(rest, True, "patched Ray with the plugin")] if rest else [])
+    label, environment)``. Each stock column on a cluster of its own: a
+    stock transfer that times out kills its actors (2.60), which must not
+    take another column down; the unshared columns on one with node-local
+    sharing off; the other columns on one cluster with the plugin."""
+    out = [([c], False, f"stock Ray 2.60, {c} (RAY_RDT_PLUGIN=0)", {}) for c in configs if c.startswith("stock")]
+    unshared = [c for c in configs if c in UNSHARED]
+    rest = [c for c in configs if not c.startswith("stock") and c not in UNSHARED]
+    if unshared:
+        out.append((unshared, True, "patched Ray with the plugin, node-local sharing off", UNSHARED_ENV))
+    return out + ([(rest, True, "patched Ray with the plugin", {})] if rest else [])
 
 
 def child_args(args, columns):
     """The ``--child`` arguments of a cluster running ``columns``."""
-    return [args.sizes, args.counts, args.layouts, args.generators, f"{args.rounds}:{','.join(columns)}"] + (
-        ["--cross-node"] if args.cross_node else [])
+    return [args.sizes, args.counts, args.layouts, args.generators, f"{args.rounds}:{','.join(columns)}",
+            "--nodes", str(args.nodes)]
 
 
 def merge(results, errors, out):
@@ -398,7 +437,7 @@ def measure_one_host(args, configs, checkpoint):
     process: ``(results, errors)``. A child that fails is an error of its
     columns; ``checkpoint(results, errors)`` runs after each child."""
     results, errors = {}, {}
-    for columns, plugin, label in clusters(configs):
+    for columns, plugin, label, _ in clusters(configs):
         env = {} if plugin else rb.STOCK_ENV
         try:
             merge(results, errors, rb.run_child(__file__, child_args(args, columns), env, label))
@@ -409,38 +448,52 @@ def measure_one_host(args, configs, checkpoint):
 
 
 def measure_cross_node(args, configs, env):
-    """Every column on two-node clusters (:func:`clusters`), ``env`` for all
-    their processes, the veth's line rate measured on the last one:
-    ``(results, errors, line rate in bytes/s)``."""
+    """Every column on clusters of ``args.nodes`` namespaces
+    (:func:`clusters`), ``env`` for all their processes, the veth's line
+    rate measured on the last one: ``(results, errors, line rate in
+    bytes/s)``."""
     results, errors, rate = {}, {}, None
     plan = clusters(configs)
-    for i, (columns, plugin, label) in enumerate(plan):
-        out, measured = cross_node.run_on_two_nodes(
-            plugin, env, __file__, ["--child", *child_args(args, columns)], label, line_rate=i == len(plan) - 1,
-            timeout=CROSS_NODE_DRIVER_TIMEOUT_S)
+    for i, (columns, plugin, label, cluster_env) in enumerate(plan):
+        out, measured = cross_node.run_on_nodes(
+            plugin, dict(env, **cluster_env), __file__, ["--child", *child_args(args, columns)], label,
+            nodes=args.nodes, line_rate=i == len(plan) - 1, timeout=CROSS_NODE_DRIVER_TIMEOUT_S)
         merge(results, errors, out)
         rate = measured or rate
     return results, errors, rate
 
 
 def parse_args():
-    """The options, with the defaults of the mode (one host or ``--cross-node``)."""
+    """The options, with the defaults of the mode (one host, ``--cross-node``
+    or ``--fanout``); ``args.nodes`` is the mode's number of Ray nodes."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in DEFAULTS:
-        p.add_argument(f"--{name}", help=f"default {DEFAULTS[name]}; --cross-node: {CROSS_NODE_DEFAULTS[name]}")
+        p.add_argument(f"--{name}", help=f"default {DEFAULTS[name]}; --cross-node: {CROSS_NODE_DEFAULTS[name]}; "
+                                         f"--fanout: {FANOUT_DEFAULTS[name]}")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--cross-node", action="store_true", help="trainer on node A, generators on node B (needs root)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--cross-node", dest="nodes", action="store_const", const=2,
+                      help="trainer on node A, generators on node B (needs root)")
+    mode.add_argument("--fanout", dest="nodes", action="store_const", const=3,
+                      help="trainer on node A, generators on nodes B and C (needs root)")
+    mode.add_argument("--nodes", type=int, choices=sorted(MODES), help=argparse.SUPPRESS)  # children
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"--cross-node: for every Ray process of both clusters (repeatable; default {NETWORK_ONLY_ENV})")
+                   help=f"--cross-node, --fanout: for every Ray process of every cluster (repeatable; "
+                        f"default {NETWORK_ONLY_ENV})")
     p.add_argument("--json")
     p.add_argument("--markdown")
     p.add_argument("--child", nargs=5, metavar=("SIZES", "COUNTS", "LAYOUTS", "GENERATORS", "ROUNDS_CONFIGS"))
     args = p.parse_args()
-    for name, default in (CROSS_NODE_DEFAULTS if args.cross_node else DEFAULTS).items():
+    args.nodes = args.nodes or 1
+    for name, default in MODES[args.nodes][1].items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-    if args.cross_node and "plugin_shm" in args.configs.split(","):
-        p.error("plugin_shm cannot cross hosts: leave it out of --configs with --cross-node")
+    configs = set(args.configs.split(","))
+    if args.nodes > 1 and "plugin_shm" in configs:
+        p.error("plugin_shm cannot cross hosts: leave it out of --configs with --cross-node or --fanout")
+    if args.nodes == 1 and configs & UNSHARED:
+        p.error(f"{', '.join(sorted(configs & UNSHARED))}: node-local sharing is between nodes; "
+                "use --cross-node or --fanout")
     return args
 
 
@@ -451,21 +504,21 @@ def main():
         rounds, configs = rounds_configs.split(":", 1)
         models = model_grid(sizes, counts, layouts)
         out, errors = bench_cluster(configs.split(","), models, [int(g) for g in gens.split(",")], int(rounds),
-                                    args.cross_node)
+                                    args.nodes)
         rb.child_result({"results": out, "errors": errors})
     sizes = rb.parse_sizes(args.sizes)
     generator_counts = [int(g) for g in args.generators.split(",")]
     configs = [c for c in args.configs.split(",") if c]
     models = model_grid(args.sizes, args.counts, args.layouts)
     started = time.strftime("%Y-%m-%d %H:%M")
-    where = "across two nodes" if args.cross_node else "on one host"
+    where = MODES[args.nodes][0]
     print(f"weight sync {where}, {started}: models {args.sizes} x {args.counts} x {args.layouts}, "
           f"generators {args.generators}", file=sys.stderr)
-    if args.cross_node:
+    if args.nodes > 1:
         env = dict(NETWORK_ONLY_ENV, **dict(kv.split("=", 1) for kv in args.env))
         results, errors, rate = measure_cross_node(args, configs, env)
         body = cross_node_report(results, rate, models, generator_counts, configs)
-        body += "\n\n" + "\n".join(f"- {n}" for n in cross_node_notes(rate, env, args.rounds))
+        body += "\n\n" + "\n".join(f"- {n}" for n in cross_node_notes(rate, env, args.rounds, args.nodes))
         extra = {"line_rate_bytes_per_s": rate, "env": env}
     else:
         limits = {str(s): {str(n): parallel_copy_medians(s, n) for n in sorted(set([1] + generator_counts))}
