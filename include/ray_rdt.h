@@ -675,7 +675,10 @@ rdt_status rdt_context_new(const uint8_t *node_id,
 
 /**
  * Destroys a context: stops its endpoint and frees every object it holds. NULL
- * is ignored.
+ * is ignored. Returns once the objects' deleters ran (a fetch the endpoint
+ * was still serving is waited for, up to `RAY_RDT_FRAME_TIMEOUT_MS`), except
+ * for objects the caller still holds; call it without holding a lock a
+ * deleter takes (Python's GIL).
  *
  * # Safety
  * `ctx` must come from `rdt_context_new` and not be used afterwards.

@@ -177,12 +177,20 @@ impl Endpoint {
     pub fn connections(&self) -> usize {
         self.table.len()
     }
+
+    /// Stops accepting and closes every connection it serves: a connection
+    /// thread still handling a request finds its socket shut down (its writes
+    /// fail at once) and ends. Dropping the endpoint does this too; closing it
+    /// twice does nothing more.
+    pub fn close(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.listeners.iter().for_each(|l| l.wake());
+        self.table.close_all();
+    }
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.listeners.iter().for_each(|l| l.wake());
-        self.table.close_all();
+        self.close();
     }
 }

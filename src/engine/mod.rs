@@ -123,6 +123,8 @@ struct Shared {
     failures: group_events::FailureQueue,
     /// The endpoint's addresses, known once it is bound.
     addresses: OnceLock<Addresses>,
+    /// Fetches being served now, each holding a stored object.
+    serves: serve::Serves,
 }
 
 impl Shared {
@@ -166,9 +168,21 @@ fn check_key(id: &ObjectId, meta: &Metadata) -> Result<()> {
     Ok(())
 }
 
-/// One process's plugin: store, endpoint, transports. Dropping it closes the
-/// endpoint and frees every object at once (connection threads that are still
-/// finishing a reply hold only what they serve).
+/// One process's plugin: store, endpoint, transports.
+///
+/// Dropping it frees every object it holds, leaves its collective groups and
+/// closes its endpoint (peers' pooled connections to it see it gone). When
+/// `drop` returns, the tensors of every object it held are dropped, their
+/// deleters run (on the dropping thread, or on the connection thread that let
+/// go last): a fetch its endpoint was still serving is waited for, its
+/// connection shut down first so that a reply still being written fails at
+/// once. The wait is bounded by the reply timeout ([`Limits::frame_timeout`]);
+/// a serve still running past it (a transport blocked beyond its own
+/// timeouts) is logged and frees its object when it ends. Objects the caller
+/// still holds itself ([`Fetched::Local`], [`Context::held`]) live until it
+/// lets them go. Drop it without holding a lock a deleter takes (Python's GIL:
+/// the binding calls the C ABI's destroy with the GIL released), or the wait
+/// runs to its bound.
 pub struct Context {
     shared: Arc<Shared>,
     endpoint: Endpoint,
@@ -193,6 +207,15 @@ impl Drop for Context {
         for (kind, name) in groups {
             let _ = self.destroy_group(kind, &name);
         }
+        // A fetch being served may still hold an object the store let go:
+        // shut its connection down (so it stops writing) and wait for it.
+        self.endpoint.close();
+        if !self.shared.serves.wait_idle(self.shared.reply_timeout) {
+            log::warn!(
+                "ray-rdt: a fetch from this process was still being served {:?} after its context was dropped; its object is freed when that serve ends",
+                self.shared.reply_timeout
+            );
+        }
     }
 }
 
@@ -216,6 +239,7 @@ impl Context {
             reply_timeout: limits.frame_timeout,
             failures: Default::default(),
             addresses: OnceLock::new(),
+            serves: Default::default(),
         });
         let token_set = config.token.is_set();
         let endpoint = Endpoint::start(shared.clone(), config.node_ip, config.token, limits)?;
