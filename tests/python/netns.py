@@ -211,12 +211,14 @@ class NamespaceCluster:
     """A Ray head in namespace A and ``nodes - 1`` more nodes in namespaces B,
     C, ... (see the module docstring). ``plugin``: True/False forces
     ``RAY_RDT_PLUGIN=1``/``0``; None passes the caller's value through (unset
-    means the plugin's default, on)."""
+    means the plugin's default, on). ``ray=False``: the namespaces and links
+    only, no Ray (for measurements of the links themselves)."""
 
     def __init__(
         self,
         plugin: Optional[bool] = None,
         nodes: int = 2,
+        ray: bool = True,
         num_cpus: int = 8,
         object_store_memory: int = 2 << 30,
         start_timeout: float = 120.0,
@@ -225,6 +227,7 @@ class NamespaceCluster:
         if not 2 <= nodes <= len(NODE_NAMES):
             raise ValueError(f"a namespace cluster has 2 to {len(NODE_NAMES)} nodes, not {nodes}")
         self.plugin = plugin
+        self.ray = ray
         self.num_cpus = num_cpus
         self.object_store_memory = object_store_memory
         self.start_timeout = start_timeout
@@ -263,6 +266,8 @@ class NamespaceCluster:
 
     def start(self):
         self._make_namespaces()
+        if not self.ray:
+            return
         for i, node in enumerate(self.nodes):
             self._start_node(node, head=i == 0)
         self._wait_for_nodes()
