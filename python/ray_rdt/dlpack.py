@@ -10,7 +10,9 @@ capsule and given to ``torch.from_dlpack``, which takes ownership and calls the
 deleter when the tensor dies.
 """
 
+import collections
 import ctypes
+import itertools
 from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 from ray_rdt import _ffi
@@ -19,19 +21,22 @@ if TYPE_CHECKING:
     import torch
 
 _api = ctypes.pythonapi
-_api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-_api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-_api.PyCapsule_SetName.restype = ctypes.c_int
-_api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _api.PyCapsule_New.restype = ctypes.py_object
 _api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 _api.PyCapsule_IsValid.restype = ctypes.c_int
 _api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 _DLTENSOR = b"dltensor"
+_DLTENSOR_NAME = ctypes.c_char_p(_DLTENSOR)
 # PyCapsule_SetName keeps the pointer: the name must outlive the capsule.
 _USED_DLTENSOR = ctypes.create_string_buffer(b"used_dltensor")
 _USED_NAME = ctypes.cast(_USED_DLTENSOR, ctypes.c_char_p)
+
+# The two capsule calls made once per tensor of a put, as prototypes of their
+# own (the GIL held; an error still raises), called through map(): for
+# 100,000 tensors about 8 ms less than a loop over ``ctypes.pythonapi``'s.
+_GET_POINTER = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", _api))
+_SET_NAME = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_SetName", _api))
 
 
 def _capsules(tensors: Sequence["torch.Tensor"]):
@@ -41,9 +46,7 @@ def _capsules(tensors: Sequence["torch.Tensor"]):
     # detach(): the same memory; DLPack refuses tensors that need grad.
     capsules = [to_dlpack(t.detach() if t.requires_grad else t) for t in tensors]
     array = (ctypes.c_void_p * max(len(capsules), 1))()
-    get = _api.PyCapsule_GetPointer
-    for i, cap in enumerate(capsules):
-        array[i] = get(cap, _DLTENSOR)
+    array[: len(capsules)] = list(map(_GET_POINTER, capsules, itertools.repeat(_DLTENSOR_NAME)))
     return capsules, array
 
 
@@ -69,9 +72,8 @@ class Exported:
         self.count = len(self.capsules)
 
     def commit(self):
-        rename = _api.PyCapsule_SetName
-        for cap in self.capsules:
-            rename(cap, _USED_NAME)
+        # Renames every capsule (a zero-length deque consumes the map in C).
+        collections.deque(map(_SET_NAME, self.capsules, itertools.repeat(_USED_NAME)), maxlen=0)
         self.capsules = []
 
 

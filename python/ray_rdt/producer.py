@@ -89,14 +89,15 @@ def _shape_of(value: Any) -> Optional[Tuple[int, Optional[list], List[Any]]]:
         code, tensors = serializer.TUPLE, list(value)
     elif kind is dict:
         keys = list(value)
-        if any(type(k) is torch.Tensor for k in keys):
+        if torch.Tensor in set(map(type, keys)):
             return None
         code, tensors = serializer.DICT, list(value.values())
     else:
         return None
-    if not tensors or any(type(t) is not torch.Tensor for t in tensors):
+    # map() over builtins: a model's 100,000 tensors are checked in C.
+    if not tensors or set(map(type, tensors)) != {torch.Tensor}:
         return None
-    if len({id(t) for t in tensors}) != len(tensors):
+    if len(set(map(id, tensors))) != len(tensors):
         return None  # pickling meets a tensor given twice only once
     return code, keys, tensors
 
