@@ -75,6 +75,33 @@ class PathActor(ReceivingActor):
         ray.experimental.wait_tensor_freed(self.tensor, timeout=timeout)
         return True
 
+    def put_and_drop(self, transport, count):
+        """``ray.put``s ``count`` views here (this actor owns and produces
+        the object), drops the ref, and says how the object went: whether
+        the plugin held it, how many of its tensors were built for the free
+        (the store's ``_plugin_get``), and whether it is gone within 30 s."""
+        from ray_rdt.store import PluginRDTStore
+
+        built = []
+        original = PluginRDTStore._plugin_get
+
+        def counting(store, obj_id):
+            tensors = original(store, obj_id)
+            built.append(len(tensors))
+            return tensors
+
+        PluginRDTStore._plugin_get = counting
+        try:
+            self.model = torch.ones(count, 4)
+            ref = ray.put(list(self.model), _tensor_transport=transport)
+            held = self.held()
+            del ref
+            gc.collect()
+            gone = wait_for(lambda: self.held() == 0, timeout=30)
+        finally:
+            PluginRDTStore._plugin_get = original
+        return {"held": held, "gone": gone, "tensors_built": sum(built)}
+
 
 @pytest.fixture(scope="module")
 def actors(ray_cluster):
@@ -183,4 +210,18 @@ def test_frees_go_over_the_endpoint_exactly_once(actors):
     requests = s1[1]["free_requests"] - s0[1]["free_requests"]
     assert freed == n + 1, freed
     assert 1 <= requests <= n + 1
+    assert ray.get(sender.ray_free_tasks.remote()) == 0
+
+
+@pytest.mark.parametrize("transport", ["nixl", "shm"])
+def test_an_object_put_by_its_own_producer_is_freed_in_place(actors, transport):
+    """A ``ray.put`` in an actor (the trainer's weight sync): when the actor
+    drops the ref, the plugin frees the object in place, with no
+    ``__ray_free__`` task and without building its tensors (2.60's task
+    builds every tensor twice, get then pop: 20,000 torch tensors here)."""
+    sender = actors[0]
+    ray.get(sender.count_ray_free_tasks.remote())
+    assert wait_for(lambda: ray.get(sender.held.remote()) == 0, timeout=30)
+    out = ray.get(sender.put_and_drop.remote(transport, 10_000))
+    assert out == {"held": 1, "gone": True, "tensors_built": 0}, out
     assert ray.get(sender.ray_free_tasks.remote()) == 0
