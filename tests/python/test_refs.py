@@ -289,7 +289,11 @@ def test_borrowed_refs_are_freed_once_after_the_last_borrower(actors):
     """The producer keeps the object while the driver still holds the ref
     after every borrower let go, frees it once the driver lets go too
     (``wait_tensor_freed`` unblocks then), exactly once."""
-    producer, final, middle, *_ = actors
+    _, final, middle, *_ = actors
+    # A producer of its own: a late free of an earlier test's object (a
+    # borrower may hold a ref until its own garbage collection) must not count
+    # as a second free of this test's object.
+    producer = Producer.remote()
     ref = producer.shm.remote()
     key = ref.hex()
     nested = {"inner": [ref]}
@@ -312,3 +316,4 @@ def test_borrowed_refs_are_freed_once_after_the_last_borrower(actors):
     gc.collect()
     assert wait_for(lambda: ray.get(producer.objects_freed.remote()) >= freed_before + 2, timeout=30)
     assert ray.get(producer.objects_freed.remote()) == freed_before + 2
+    ray.kill(producer)
