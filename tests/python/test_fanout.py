@@ -9,8 +9,8 @@ Without root or network namespaces the module is skipped, with the reason."""
 
 import pytest
 
-import netns
 from test_node_share import NBYTES, completed, path_delta
+from test_two_nodes import namespace_cluster
 
 # Ray's own traffic during the fetch (task submissions, replies, heartbeats)
 # rides the same link: a few hundred KiB against 2 x 32 MiB.
@@ -19,14 +19,8 @@ OVERHEAD = 0.05
 
 @pytest.fixture(scope="module")
 def cluster():
-    try:
-        c = netns.NamespaceCluster(nodes=3).__enter__()
-    except netns.NamespacesUnavailable as e:
-        pytest.skip(str(e))
-    try:
+    with namespace_cluster(nodes=3) as c:
         yield c
-    finally:
-        c.close()
 
 
 def run(cluster, transport, sharing) -> dict:

@@ -12,22 +12,15 @@ Without root or network namespaces the module is skipped, with the reason."""
 
 import pytest
 
-import netns
-from test_two_nodes import ANSI, PRODUCER_GONE, counted, message
+from test_two_nodes import ANSI, PRODUCER_GONE, counted, message, namespace_cluster
 
 NBYTES = 32 << 20
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    try:
-        c = netns.NamespaceCluster().__enter__()
-    except netns.NamespacesUnavailable as e:
-        pytest.skip(str(e))
-    try:
+    with namespace_cluster() as c:
         yield c
-    finally:
-        c.close()
 
 
 def run(cluster, mode, transport) -> dict:

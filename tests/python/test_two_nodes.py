@@ -36,11 +36,12 @@ PRODUCER_NODE_DOWN = re.compile(
 
 
 @contextlib.contextmanager
-def two_node_cluster():
-    """A :class:`netns.NamespaceCluster`; where namespaces cannot be made, a skip
-    with the harness's reason (reported at the test, not inside pytest)."""
+def namespace_cluster(**kwargs):
+    """A :class:`netns.NamespaceCluster` (``kwargs`` for it; two nodes by
+    default); where namespaces cannot be made, a skip with the harness's
+    reason (reported at the test, not inside pytest)."""
     try:
-        cluster = netns.NamespaceCluster().__enter__()
+        cluster = netns.NamespaceCluster(**kwargs).__enter__()
     except netns.NamespacesUnavailable as e:
         pytest.skip(str(e))
     with contextlib.closing(cluster):
@@ -52,7 +53,7 @@ def two_nodes():
     """One two-node cluster for the module (Ray is slow to start on 2 cores);
     ``RAY_RDT_PLUGIN`` comes from the caller. Its exit raises if anything of it
     (namespace, veth, Ray process) is left behind."""
-    with two_node_cluster() as c:
+    with namespace_cluster() as c:
         yield c
 
 
@@ -131,7 +132,7 @@ def test_teardown_after_a_failure_leaves_nothing():
     fails: no namespace, no process in either namespace, none naming its temp
     dirs. (Runs before the module's cluster exists.)"""
     with pytest.raises(RuntimeError, match="the body failed"):
-        with two_node_cluster() as c:
+        with namespace_cluster() as c:
             assert netns.namespace_pids(c.a.ns) and netns.namespace_pids(c.b.ns)
             raise RuntimeError("the body failed")
     assert c.leftovers() == []

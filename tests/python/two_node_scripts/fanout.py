@@ -17,35 +17,16 @@ four fetched."""
 import os
 import sys
 
-import torch
-
 import ray
 from ray.experimental.collective import create_collective_group
 
 from rdt_driver import FETCH_TIMEOUT, connect, now, on, outcome, report, stats, where
+from sharing_actors import Consumer, Producer
 
 transport, nbytes, sharing = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 CONSUMER_ENV = {"env_vars": {"RAY_RDT_NODE_SHARING": sharing, "RAY_RDT_NODE_SHARE_LINGER_MS": "5000"}}
 
 
-@ray.remote(enable_tensor_transport=True)  # .options(tensor_transport=...) per call
-class Producer:
-    def make(self, seed, nbytes):
-        self.tensor = torch.arange(nbytes // 4, dtype=torch.int32) + seed
-        return nbytes
-
-    def get(self):
-        return self.tensor
-
-
-@ray.remote
-class Consumer:
-    def read(self, tensor, seed):
-        """Whether every element is the producer's; then changes its own
-        tensor (which no other consumer may see)."""
-        ok = bool(torch.equal(tensor, torch.arange(tensor.numel(), dtype=torch.int32) + seed))
-        tensor.add_(1)
-        return {"ok": ok, "nbytes": tensor.numel() * tensor.element_size()}
 
 
 def tx_bytes():

@@ -31,13 +31,12 @@ import os
 import sys
 import tempfile
 
-import torch
-
 import ray
 from ray.experimental.collective import create_collective_group
 
 from holds import Holds, wait_for
 from rdt_driver import FETCH_TIMEOUT, connect, now, on, outcome, report, stats, where
+from sharing_actors import Consumer, Producer
 
 HOLD_DIR = tempfile.mkdtemp(prefix="rdt-node-share-holds-")
 LINGER = {"RAY_RDT_NODE_SHARE_LINGER_MS": "500"}
@@ -49,24 +48,6 @@ LEADER_ENV = {"env_vars": dict(LINGER, **SHARING, RAY_RDT_TEST_HOLD_DIR=HOLD_DIR
                                RAY_RDT_TEST_HOLD_POINTS="fetch,share_wait")}
 
 
-@ray.remote(enable_tensor_transport=True)  # .options(tensor_transport=...) per call
-class Producer:
-    def make(self, seed, nbytes):
-        self.tensor = torch.arange(nbytes // 4, dtype=torch.int32) + seed
-        return nbytes
-
-    def get(self):
-        return self.tensor
-
-
-@ray.remote
-class Consumer:
-    def read(self, tensor, seed):
-        """Whether every element is the producer's; then changes its own
-        tensor (which no other consumer may see)."""
-        ok = bool(torch.equal(tensor, torch.arange(tensor.numel(), dtype=torch.int32) + seed))
-        tensor.add_(1)
-        return {"ok": ok, "nbytes": tensor.numel() * tensor.element_size()}
 
 
 def probe(actor):
