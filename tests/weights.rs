@@ -7,6 +7,8 @@
 //! and into separate targets in a shuffled order (the scattered case), every
 //! byte checked and the bytes counted; and the checks on targets (count,
 //! shape, dtype, contiguity, device, overlap) refusing before any byte moves.
+//! Over gloo also objects of many small separate allocations, each its own
+//! extent, which gloo packs into shared messages.
 //!
 //! The producer is the test process; the consumer is a child driven line by
 //! line over its stdin and stdout (replies tagged `>> `), as in tests/gloo.rs.
@@ -50,10 +52,10 @@ const SEPARATE_SEED: u8 = 101;
 const TIED_SEED: u8 = 57;
 const NESTED_SEED: u8 = 77;
 
-/// Tensor `j`'s bytes in the object of `seed`: its index first (so every row
-/// differs), then a pattern.
+/// Tensor `j`'s bytes in the object of `seed` (`out`: at least 5 bytes): its
+/// index first (so every tensor differs), then a pattern.
 fn fill_row(seed: u8, j: usize, out: &mut [u8]) {
-    out.copy_from_slice(&pattern(ROW_BYTES, seed.wrapping_add(j as u8)));
+    out.copy_from_slice(&pattern(out.len(), seed.wrapping_add(j as u8)));
     out[..4].copy_from_slice(&(j as u32).to_le_bytes());
     out[4] = seed;
 }
@@ -78,6 +80,24 @@ const TIED: [(usize, usize); 5] = [
 /// matrix from row 6 and from row 7 on, row 8.
 const NESTED: [(usize, usize); 5] = [(0, ROWS), (5, 1), (6, ROWS - 6), (7, ROWS - 7), (8, 1)];
 
+/// Tensors of the [`Shape::Small`] object and the bytes of each.
+const SMALL: (usize, usize) = (5000, 4096);
+/// Tensors of the [`Shape::Mixed`] object.
+const MIXED: usize = 600;
+
+/// Bytes of tensor `j` of the [`Shape::Mixed`] object: runs of small tensors
+/// (48 B to just under 64 KiB, which gloo packs into shared messages) between
+/// larger ones that travel alone: 64 KiB, 1 MiB, and 4 MiB + 48 (one full
+/// 4 MiB message, then a 48-byte tail that packs with the small ones after it).
+fn mixed_bytes(j: usize) -> usize {
+    match (j % 150, j % 50) {
+        (75, _) => (4 << 20) + 48,
+        (140, _) => 1 << 20,
+        (_, 10) => 64 << 10,
+        _ => [48, 4096, (64 << 10) - 2, 2000][j % 4],
+    }
+}
+
 /// The objects a producer puts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -89,10 +109,21 @@ enum Shape {
     Tied,
     /// Views of one matrix nested in one another: [`NESTED`].
     Nested,
+    /// [`SMALL`] separate allocations of 4 KiB, each its own extent.
+    Small,
+    /// [`MIXED`] separate allocations of [`mixed_bytes`], each its own extent.
+    Mixed,
 }
 
 impl Shape {
-    const ALL: [Shape; 4] = [Shape::Matrix, Shape::Separate, Shape::Tied, Shape::Nested];
+    const ALL: [Shape; 6] = [
+        Shape::Matrix,
+        Shape::Separate,
+        Shape::Tied,
+        Shape::Nested,
+        Shape::Small,
+        Shape::Mixed,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -100,6 +131,8 @@ impl Shape {
             Shape::Separate => "separate",
             Shape::Tied => "tied",
             Shape::Nested => "nested",
+            Shape::Small => "small",
+            Shape::Mixed => "mixed",
         }
     }
 
@@ -110,16 +143,48 @@ impl Shape {
     /// The views of one matrix an object of this shape is.
     fn views(self) -> Option<&'static [(usize, usize)]> {
         match self {
-            Shape::Matrix | Shape::Separate => None,
             Shape::Tied => Some(&TIED),
             Shape::Nested => Some(&NESTED),
+            _ => None,
+        }
+    }
+
+    /// Tensors of an object of separate allocations of this shape.
+    fn count(self) -> usize {
+        match self {
+            Shape::Small => SMALL.0,
+            Shape::Mixed => MIXED,
+            _ => ROWS,
+        }
+    }
+
+    /// Bytes of tensor `j` of an object of separate allocations of this shape.
+    fn tensor_bytes(self, j: usize) -> usize {
+        match self {
+            Shape::Small => SMALL.1,
+            Shape::Mixed => mixed_bytes(j),
+            _ => ROW_BYTES,
+        }
+    }
+
+    /// The allocations of an object of separate allocations of this shape
+    /// come in groups of this many, with a filler of this many bytes before
+    /// each group: more than a page, so that groups cannot share an extent.
+    fn fillers(self) -> (usize, usize) {
+        match self {
+            Shape::Small | Shape::Mixed => (1, 8 << 10),
+            _ => (GROUP, FILLER),
         }
     }
 
     /// Tensor `j`'s bytes in the object of this shape and `seed`.
     fn expected(self, seed: u8, j: usize) -> Vec<u8> {
         match self.views() {
-            None => row(seed, j).to_vec(),
+            None => {
+                let mut bytes = vec![0; self.tensor_bytes(j)];
+                fill_row(seed, j, &mut bytes);
+                bytes
+            }
             Some(views) => {
                 let (first, rows) = views[j];
                 (first..first + rows).flat_map(|r| row(seed, r)).collect()
@@ -131,7 +196,8 @@ impl Shape {
     fn shape(self, j: usize) -> Vec<i64> {
         match self.views().map(|v| v[j].1) {
             Some(rows) if rows > 1 => vec![rows as i64, COLS],
-            _ => vec![COLS],
+            Some(_) => vec![COLS],
+            None => vec![(self.tensor_bytes(j) / 2) as i64],
         }
     }
 }
@@ -194,26 +260,36 @@ fn views_object(seed: u8, views: &[(usize, usize)]) -> Vec<Tensor> {
         .collect()
 }
 
-/// ROWS tensors of their own allocation each, put in an order other than
-/// their addresses', with a filler between every [`GROUP`] of them; returns
-/// the tensors and the fillers (to keep until the object is freed).
-fn separate_object(seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
+/// The tensors of `shape` (one that is not views), each of its own
+/// allocation, put in an order other than their addresses', with fillers
+/// between them ([`Shape::fillers`]); returns the tensors and the fillers (to
+/// keep until the object is freed).
+fn separate_object(shape: Shape, seed: u8) -> (Vec<Tensor>, Vec<Vec<u8>>) {
+    let n = shape.count();
+    let (group, filler) = shape.fillers();
+    // Tensor j lives in allocation order[j].
+    let order = shuffled(n, seed.into());
+    let mut bytes = vec![0; n];
+    order
+        .iter()
+        .enumerate()
+        .for_each(|(j, &k)| bytes[k] = shape.tensor_bytes(j));
     // Every allocation first (nothing else allocated in between), filled after.
-    let mut fillers = Vec::with_capacity(ROWS / GROUP + 1);
-    let mut boxes: Vec<Option<Box<[u8]>>> = Vec::with_capacity(ROWS);
-    for k in 0..ROWS {
-        if k % GROUP == 0 {
-            fillers.push(vec![0u8; FILLER]);
+    let mut fillers = Vec::with_capacity(n / group + 1);
+    let mut boxes: Vec<Option<Box<[u8]>>> = Vec::with_capacity(n);
+    for (k, &len) in bytes.iter().enumerate() {
+        if k % group == 0 {
+            fillers.push(vec![0u8; filler]);
         }
-        boxes.push(Some(vec![0u8; ROW_BYTES].into_boxed_slice()));
+        boxes.push(Some(vec![0u8; len].into_boxed_slice()));
     }
-    let tensors = shuffled(ROWS, seed.into())
+    let tensors = order
         .into_iter()
         .enumerate()
         .map(|(j, k)| {
             let mut b = boxes[k].take().unwrap();
             fill_row(seed, j, &mut b);
-            tensor_from_bytes(F16, vec![COLS], b.into_vec())
+            tensor_from_bytes(F16, shape.shape(j), b.into_vec())
         })
         .collect();
     (tensors, fillers)
@@ -665,6 +741,116 @@ impl Consumer {
     }
 }
 
+/// The producer's context (this process) and the consumer process of test
+/// `test`, joined in gloo group [`GROUP_NAME`] when `kind` is gloo; and the
+/// group to put objects in.
+fn producer_and_consumer(
+    kind: TransportKind,
+    test: &str,
+) -> (Context, Consumer, Option<&'static str>) {
+    let ctx = Context::new(transport_only(b"node-a", b"producer")).unwrap();
+    let mut consumer = Consumer::spawn(test);
+    let group = (kind == TransportKind::Gloo).then_some(GROUP_NAME);
+    if let Some(name) = group {
+        let addr = ctx.serve_rendezvous("127.0.0.1").unwrap();
+        consumer.send(&format!("JOIN {name} {addr}"));
+        ctx.create_group(kind, name, 0, 2, &addr, TIMEOUT, None)
+            .unwrap();
+        assert_eq!(consumer.reply().as_deref(), Some("JOINED"));
+    }
+    (ctx, consumer, group)
+}
+
+/// The gloo group of the producer and the consumer.
+const GROUP_NAME: &str = "weights";
+
+/// An object put as `id`: its record and the seed and shape it was made of.
+struct Put {
+    shape: Shape,
+    id: ObjectId,
+    record: Vec<u8>,
+    seed: u8,
+}
+
+/// Puts the object of separate allocations of `shape` and `seed` as `id` and
+/// checks its extents: allocations a page or more apart never share one.
+/// Returns it, its record's extent count and the fillers (to keep until the
+/// object is freed).
+fn put_separate(
+    ctx: &Context,
+    kind: TransportKind,
+    group: Option<&str>,
+    shape: Shape,
+    seed: u8,
+    id: ObjectId,
+) -> (Put, usize, Vec<Vec<u8>>) {
+    let (tensors, fillers) = separate_object(shape, seed);
+    let spans: Vec<(usize, usize)> = tensors
+        .iter()
+        .map(|t| (t.data_ptr(), t.data_ptr() + t.meta().nbytes as usize))
+        .collect();
+    let record = ctx
+        .put(id, kind, group, tensors)
+        .map_err(|r| r.error)
+        .unwrap();
+    let meta = Metadata::decode(&record).unwrap();
+    let extents = meta.extents.len();
+    assert_eq!(meta.tensors.len(), shape.count());
+    assert_eq!(
+        extents,
+        extents_by_rule(spans),
+        "extents of separate allocations"
+    );
+    assert!(
+        extents > 1,
+        "the fillers must split the allocations into groups"
+    );
+    assert!(meta.extent_bytes() >= meta.total_bytes());
+    println!(
+        "{}: {} separate tensors ({}) in {extents} extents ({} bytes), record of {} bytes",
+        kind.name(),
+        shape.count(),
+        shape.name(),
+        meta.extent_bytes(),
+        record.len()
+    );
+    let put = Put {
+        shape,
+        id,
+        record,
+        seed,
+    };
+    (put, extents, fillers)
+}
+
+/// Has the consumer check every object (fetched three ways), then finish;
+/// returns the failures. An object the consumer dies on ends the checks.
+fn check_all(mut consumer: Consumer, kind: TransportKind, objects: &[Put]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for put in objects {
+        let name = put.shape.name();
+        consumer.send(&format!(
+            "CHECK {} {name} {} {} {}",
+            kind.name(),
+            hex(put.id.as_bytes()),
+            hex(&put.record),
+            put.seed
+        ));
+        let reply = consumer.reply();
+        println!("{} {name}: {reply:?}", kind.name());
+        match reply {
+            Some(r) if r.starts_with("OK ") => {}
+            Some(r) => failures.push(format!("{name} object: {r}")),
+            None => {
+                failures.push(format!("{name} object: {}", consumer.died()));
+                return failures;
+            }
+        }
+    }
+    consumer.finish();
+    failures
+}
+
 /// A producer puts the objects over `kind`, a consumer process fetches each
 /// three ways and checks the refusals.
 fn weights_over(kind: TransportKind, test: &str) {
@@ -675,16 +861,7 @@ fn weights_over(kind: TransportKind, test: &str) {
         return;
     }
     let start = Instant::now();
-    let ctx = Context::new(transport_only(b"node-a", b"producer")).unwrap();
-    let mut consumer = Consumer::spawn(test);
-    let group = (kind == TransportKind::Gloo).then_some("weights");
-    if let Some(name) = group {
-        let addr = ctx.serve_rendezvous("127.0.0.1").unwrap();
-        consumer.send(&format!("JOIN {name} {addr}"));
-        ctx.create_group(kind, name, 0, 2, &addr, TIMEOUT, None)
-            .unwrap();
-        assert_eq!(consumer.reply().as_deref(), Some("JOINED"));
-    }
+    let (ctx, consumer, group) = producer_and_consumer(kind, test);
     let registrations = || (kind == TransportKind::Nixl).then(nixl::registration_stats);
     let (ranges0, refs0) = registrations().unwrap_or_default();
 
@@ -717,45 +894,27 @@ fn weights_over(kind: TransportKind, test: &str) {
     // Separate allocations: neighbours share an extent, groups a page or more
     // apart do not; (nixl) one registered range per extent.
     let separate_id = ObjectId([0x20 + kind.code(); 28]);
-    let (tensors, fillers) = separate_object(SEPARATE_SEED);
-    let spans: Vec<(usize, usize)> = tensors
-        .iter()
-        .map(|t| (t.data_ptr(), t.data_ptr() + t.meta().nbytes as usize))
-        .collect();
-    let separate_record = ctx
-        .put(separate_id, kind, group, tensors)
-        .map_err(|r| r.error)
-        .unwrap();
-    let meta = Metadata::decode(&separate_record).unwrap();
-    let extents = meta.extents.len();
-    assert_eq!(meta.tensors.len(), ROWS);
-    assert_eq!(
-        extents,
-        extents_by_rule(spans),
-        "extents of separate allocations"
+    let (separate, extents, fillers) = put_separate(
+        &ctx,
+        kind,
+        group,
+        Shape::Separate,
+        SEPARATE_SEED,
+        separate_id,
     );
-    assert!(
-        extents > 1,
-        "the fillers must split the allocations into groups"
-    );
-    assert!(meta.extent_bytes() >= meta.total_bytes());
     if let Some(stats) = registrations() {
         assert_eq!(stats, (ranges0 + 1 + extents, refs0 + 1 + extents));
     }
-    println!(
-        "{}: {} separate tensors in {extents} extents ({} bytes), record of {} bytes",
-        kind.name(),
-        ROWS,
-        meta.extent_bytes(),
-        separate_record.len()
-    );
 
     // Views of one matrix that overlap (tied weights, views next to their
     // base): one extent, every tensor at its offset in it; (nixl) one range.
-    let mut objects = vec![
-        (Shape::Matrix, matrix_id, matrix_record, MATRIX_SEED),
-        (Shape::Separate, separate_id, separate_record, SEPARATE_SEED),
-    ];
+    let matrix = Put {
+        shape: Shape::Matrix,
+        id: matrix_id,
+        record: matrix_record,
+        seed: MATRIX_SEED,
+    };
+    let mut objects = vec![matrix, separate];
     for (shape, seed) in [(Shape::Tied, TIED_SEED), (Shape::Nested, NESTED_SEED)] {
         let views = shape.views().unwrap();
         let id = ObjectId([0x30 + seed + kind.code(); 28]);
@@ -768,41 +927,21 @@ fn weights_over(kind: TransportKind, test: &str) {
         let offsets: Vec<u64> = meta.places.iter().map(|p| p.unwrap().offset).collect();
         let expected: Vec<u64> = views.iter().map(|v| (v.0 * ROW_BYTES) as u64).collect();
         assert_eq!(offsets, expected);
-        objects.push((shape, id, record, seed));
+        objects.push(Put {
+            shape,
+            id,
+            record,
+            seed,
+        });
     }
     if let Some(stats) = registrations() {
         assert_eq!(stats, (ranges0 + 3 + extents, refs0 + 3 + extents));
     }
 
     // The nested object last: a consumer that dies on it loses no other check.
-    let mut failures = Vec::new();
-    let mut alive = true;
-    for (shape, id, record, seed) in &objects {
-        consumer.send(&format!(
-            "CHECK {} {} {} {} {seed}",
-            kind.name(),
-            shape.name(),
-            hex(id.as_bytes()),
-            hex(record)
-        ));
-        let reply = consumer.reply();
-        println!("{} {}: {reply:?}", kind.name(), shape.name());
-        match reply {
-            Some(r) if r.starts_with("OK ") => {}
-            Some(r) => failures.push(format!("{} object: {r}", shape.name())),
-            None => {
-                failures.push(format!("{} object: {}", shape.name(), consumer.died()));
-                alive = false;
-                break;
-            }
-        }
-    }
-    if alive {
-        consumer.finish();
-    }
-
-    for (_, id, _, _) in &objects {
-        assert!(ctx.free(id));
+    let failures = check_all(consumer, kind, &objects);
+    for put in &objects {
+        assert!(ctx.free(&put.id));
     }
     drop(fillers);
     if let Some(stats) = registrations() {
@@ -831,4 +970,29 @@ fn nixl_weights() {
 #[test]
 fn gloo_weights() {
     weights_over(TransportKind::Gloo, "gloo_weights");
+}
+
+/// Over gloo, objects of many small separate allocations, each its own
+/// extent: [`SMALL`] of 4 KiB, and a mix of sizes around gloo's packing
+/// threshold and its message limit ([`mixed_bytes`]). Gloo packs runs of
+/// small pieces into shared messages and receives the large ones in place;
+/// every byte lands where it belongs, in new tensors and in targets.
+#[test]
+fn gloo_small_pieces() {
+    if role().as_deref() == Some("consumer") {
+        return consumer();
+    }
+    let kind = TransportKind::Gloo;
+    let (ctx, consumer, group) = producer_and_consumer(kind, "gloo_small_pieces");
+    let (small, _, small_fillers) =
+        put_separate(&ctx, kind, group, Shape::Small, 11, ObjectId([0x41; 28]));
+    let (mixed, _, mixed_fillers) =
+        put_separate(&ctx, kind, group, Shape::Mixed, 23, ObjectId([0x42; 28]));
+    let objects = [small, mixed];
+    let failures = check_all(consumer, kind, &objects);
+    for put in &objects {
+        assert!(ctx.free(&put.id));
+    }
+    drop((small_fillers, mixed_fillers));
+    assert!(failures.is_empty(), "{failures:#?}");
 }

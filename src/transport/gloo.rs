@@ -4,8 +4,10 @@
 //! serves the rendezvous store ([`crate::engine::Context::serve_rendezvous`]) and every rank joins
 //! with its address. A fetch is pulled by the consumer: it asks the producer's
 //! endpoint to send object X on a fresh slot, the producer acknowledges (or
-//! refuses: unknown object, unknown group), sends each tensor over Gloo, and
-//! confirms; the consumer receives straight into the new tensors' memory.
+//! refuses: unknown object, unknown group), sends the object's bytes over Gloo
+//! as the messages of a [`Plan`] both sides derive from the record, and
+//! confirms; the consumer receives large pieces straight into their
+//! destination and runs of small ones packed into shared messages.
 //!
 //! Any Gloo failure (timeout, dead peer) breaks the group: later transfers fail
 //! with a clear error until the group is destroyed and created again.
@@ -26,6 +28,7 @@ use crate::store::StoredObject;
 use crate::tensor::{is_host, HostBuffer, Tensor};
 use crate::transport_kind::TransportKind;
 use gloo_sys::{ContextOptions, PendingOp};
+use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -96,7 +99,7 @@ fn gloo_error(group: &str, e: gloo_sys::GlooError) -> Error {
 struct GlooStore<'a>(&'a dyn RendezvousStore);
 
 impl gloo_sys::Store for GlooStore<'_> {
-    fn set(&self, key: &str, value: &[u8]) -> std::result::Result<(), gloo_sys::GlooError> {
+    fn set(&self, key: &str, value: &[u8]) -> GlooResult<()> {
         self.0.set(key, value).map_err(to_gloo)
     }
 
@@ -126,20 +129,176 @@ fn local_ip_towards(target: SocketAddr) -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-/// Largest message an extent is split into.
+/// Largest message an object travels in.
 const CHUNK: u64 = 4 << 20;
 
-/// The messages an object travels as: (extent, first byte, length) of each
-/// piece of at most [`CHUNK`] bytes of the extents' covered ranges
-/// (`layout::covered`: a gap merged between two allocations never travels),
-/// in order. Both sides derive the same split: the producer from its layout,
-/// the consumer from the record.
-fn chunks(covered: &[(u32, u64, u64)]) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
-    covered.iter().flat_map(|&(e, offset, len)| {
-        (0..len)
-            .step_by(CHUNK as usize)
-            .map(move |at| (e as usize, offset + at, CHUNK.min(len - at)))
-    })
+/// Pieces shorter than this travel packed with their neighbours (see
+/// [`Plan`]): below it, a Gloo message of its own costs more than copying the
+/// piece into and out of a staging buffer. Measured on loopback (256 MiB of
+/// separate allocations, 2 cores): packing moves 4 KiB pieces 5x faster,
+/// 16 KiB 2.3x, 64 KiB 1.3x; 128 KiB and 107 KB pieces no faster or slightly
+/// slower.
+const PACK_BELOW: u64 = 64 << 10;
+
+/// Staged messages of one transfer in flight at once: one buffer is filled or
+/// emptied while the others travel.
+const STAGES: usize = 2;
+
+/// Bytes of an object that travel together: `len` bytes of extent `extent`
+/// from byte `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    /// Index of the extent in the object's extent list.
+    extent: usize,
+    /// Offset of the first byte in the extent.
+    first: u64,
+    /// Length in bytes (never 0).
+    len: u64,
+}
+
+/// A Gloo operation's result.
+type GlooResult<T> = std::result::Result<T, gloo_sys::GlooError>;
+
+/// The messages an object travels as. Both sides derive it from the same
+/// covered ranges (`layout::covered`: the producer from its layout, the
+/// consumer from the record), so they agree on every message's pieces and
+/// length.
+///
+/// The covered ranges, in order, are cut into pieces of at most [`CHUNK`]
+/// bytes (a gap merged between two allocations never travels). A piece of
+/// [`PACK_BELOW`] bytes or more is a message of its own; consecutive shorter
+/// pieces share one, back to back, up to [`CHUNK`] bytes. A message of one
+/// piece travels in place; one of several goes through a staging buffer on
+/// each side (the producer packs it, the consumer unpacks it): two memcpys
+/// instead of a Gloo message per piece, which matters for models made of many
+/// separate allocations.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    pieces: Vec<Piece>,
+    /// Where each message's pieces end in `pieces` (exclusive), in order.
+    ends: Vec<usize>,
+}
+
+impl Plan {
+    /// The plan for an object's covered ranges `(extent, offset, len)`, in
+    /// the order `layout::covered` gives them.
+    fn new(covered: &[(u32, u64, u64)]) -> Plan {
+        let mut plan = Plan::default();
+        // Bytes of the last message while more short pieces may join it.
+        let mut open = 0;
+        for &(extent, offset, len) in covered {
+            for at in (0..len).step_by(CHUNK as usize) {
+                let piece = Piece {
+                    extent: extent as usize,
+                    first: offset + at,
+                    len: CHUNK.min(len - at),
+                };
+                let short = piece.len < PACK_BELOW;
+                if !(short && open > 0 && open + piece.len <= CHUNK) {
+                    plan.close();
+                    open = 0;
+                }
+                plan.pieces.push(piece);
+                if short {
+                    open += piece.len;
+                }
+            }
+        }
+        plan.close();
+        plan
+    }
+
+    /// Ends the message being built, if it holds a piece.
+    fn close(&mut self) {
+        if self.ends.last().copied().unwrap_or(0) < self.pieces.len() {
+            self.ends.push(self.pieces.len());
+        }
+    }
+
+    /// The messages' pieces, in order.
+    fn messages(&self) -> impl Iterator<Item = &[Piece]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(s, &e)| &self.pieces[s..e])
+    }
+
+    /// Bytes of the longest message.
+    fn longest(&self) -> u64 {
+        self.messages().map(bytes).max().unwrap_or(0)
+    }
+}
+
+/// Bytes of a message's pieces.
+fn bytes(pieces: &[Piece]) -> u64 {
+    pieces.iter().map(|p| p.len).sum()
+}
+
+/// The staging buffers of one side of a transfer, used in turn: a buffer is
+/// used again only once the message that last used it completed, so at most
+/// [`STAGES`] messages are staged at once, each in a buffer as long as the
+/// plan's longest message (at most [`CHUNK`] bytes).
+struct Staging<'ctx, 'p> {
+    /// Staged messages in flight, oldest first: the op, the message's pieces
+    /// and the index of its buffer. Declared before `buffers` so that it
+    /// drops first: dropping an op that has not completed returns only once
+    /// Gloo no longer touches its buffer.
+    in_flight: VecDeque<(PendingOp<'ctx>, &'p [Piece], usize)>,
+    buffers: Vec<Vec<u8>>,
+    /// Length of each buffer.
+    len: usize,
+    /// Messages staged so far.
+    staged: usize,
+    timeout: Duration,
+}
+
+impl<'ctx, 'p> Staging<'ctx, 'p> {
+    /// Buffers for the messages of `plan`; none is allocated until used.
+    fn new(plan: &Plan, timeout: Duration) -> Staging<'ctx, 'p> {
+        Staging {
+            in_flight: VecDeque::new(),
+            buffers: Vec::new(),
+            len: plan.longest() as usize,
+            staged: 0,
+            timeout,
+        }
+    }
+
+    /// The buffer for the next staged message. When every buffer is in
+    /// flight, first waits for the oldest message and hands its pieces and
+    /// bytes to `done`.
+    fn buffer(&mut self, done: &mut dyn FnMut(&[Piece], &[u8])) -> GlooResult<&mut [u8]> {
+        if self.in_flight.len() == STAGES {
+            self.complete_oldest(done)?;
+        }
+        let i = self.staged % STAGES;
+        if i == self.buffers.len() {
+            self.buffers.push(vec![0; self.len]);
+        }
+        Ok(&mut self.buffers[i])
+    }
+
+    /// Records the op that sends or receives `pieces` in the buffer
+    /// [`buffer`](Self::buffer) returned last.
+    fn posted(&mut self, op: PendingOp<'ctx>, pieces: &'p [Piece]) {
+        self.in_flight.push_back((op, pieces, self.staged % STAGES));
+        self.staged += 1;
+    }
+
+    /// Waits for the oldest message in flight and hands it to `done`.
+    fn complete_oldest(&mut self, done: &mut dyn FnMut(&[Piece], &[u8])) -> GlooResult<()> {
+        if let Some((op, pieces, i)) = self.in_flight.pop_front() {
+            op.wait(self.timeout)?;
+            done(pieces, &self.buffers[i][..bytes(pieces) as usize]);
+        }
+        Ok(())
+    }
+
+    /// Waits for every message in flight, oldest first, handing each to `done`.
+    fn finish(mut self, done: &mut dyn FnMut(&[Piece], &[u8])) -> GlooResult<()> {
+        while !self.in_flight.is_empty() {
+            self.complete_oldest(done)?;
+        }
+        Ok(())
+    }
 }
 
 impl CollectiveGroups for Gloo {
@@ -335,8 +494,8 @@ impl Transport for Gloo {
 }
 
 impl Gloo {
-    /// Producer side of a fetch: acknowledges, sends every extent (in
-    /// [`chunks`]), confirms.
+    /// Producer side of a fetch: acknowledges, sends the object's messages
+    /// (its [`Plan`]), confirms.
     fn send_object(
         &self,
         group: &Group,
@@ -346,25 +505,54 @@ impl Gloo {
     ) -> Result<()> {
         channel.send(&[wire::REPLY_OK], req.timeout)?;
         crate::hold::point("serve");
-        // Every piece is posted at once and they overlap; messages on a slot
-        // arrive in the order they were posted.
+        // Every message is posted as soon as its bytes are ready and they
+        // overlap; messages on a slot arrive in the order they were posted.
         let send_err = |e| gloo_error(req.group, e);
-        let covered = object.covered();
+        let plan = Plan::new(&object.covered());
+        // SAFETY: a host extent of the object, which outlives the waits below;
+        // a piece lies inside its extent.
+        let source = |p: &Piece| unsafe {
+            object
+                .layout
+                .host_bytes(p.extent)
+                .as_ptr()
+                .add(p.first as usize)
+        };
+        let mut staging = Staging::new(&plan, req.timeout);
         let mut pending = Vec::new();
-        for (e, first, len) in chunks(&covered) {
-            // SAFETY: a host extent of the object, which outlives the waits below.
-            let bytes = unsafe { object.layout.host_bytes(e) };
-            // SAFETY: as above; [first, first + len) lies inside the extent.
-            let op = unsafe {
-                group.ctx.post_send(
-                    req.consumer_rank,
-                    req.slot,
-                    bytes.as_ptr().add(first as usize),
-                    len as usize,
-                )
+        // A staged message that has been sent leaves nothing to do.
+        let sent = &mut |_: &[Piece], _: &[u8]| {};
+        for message in plan.messages() {
+            let (ptr, len) = match message {
+                [piece] => (source(piece), piece.len),
+                pieces => {
+                    let buffer = staging.buffer(sent).map_err(send_err)?;
+                    let mut at = 0;
+                    for p in pieces {
+                        let len = p.len as usize;
+                        // SAFETY: the piece is readable (above) and the
+                        // buffer holds the longest message.
+                        buffer[at..at + len]
+                            .copy_from_slice(unsafe { std::slice::from_raw_parts(source(p), len) });
+                        at += len;
+                    }
+                    (buffer.as_ptr(), at as u64)
+                }
             };
-            pending.push(op.map_err(send_err)?);
+            // SAFETY: `len` bytes at `ptr` (the object's memory or a staging
+            // buffer) stay alive and unchanged until the op completes.
+            let op = unsafe {
+                group
+                    .ctx
+                    .post_send(req.consumer_rank, req.slot, ptr, len as usize)
+            }
+            .map_err(send_err)?;
+            match message {
+                [_] => pending.push(op),
+                pieces => staging.posted(op, pieces),
+            }
         }
+        staging.finish(sent).map_err(send_err)?;
         pending
             .into_iter()
             .try_for_each(|op| op.wait(req.timeout))
@@ -373,7 +561,9 @@ impl Gloo {
     }
 
     /// Consumer side of a fetch: asks the producer to send the object on a
-    /// fresh slot and lands every piece where `landing` says.
+    /// fresh slot and lands every message of its [`Plan`] where `landing`
+    /// says: in place when it is one piece `landing` can take directly, else
+    /// through a staging buffer.
     #[allow(clippy::too_many_arguments)]
     fn receive_object(
         &self,
@@ -399,45 +589,39 @@ impl Gloo {
             )?;
             wire::parse_reply(&channel.recv(timeout)?.payload)?;
             let recv_err = |e| gloo_error(name, e);
-            let mut pending = Vec::new();
-            let mut staged: Option<(PendingOp<'_>, (usize, u64, u64))> = None;
-            let mut staging = Vec::new();
             let sizes: Vec<u64> = meta.tensors.iter().map(|t| t.nbytes).collect();
-            let covered = crate::layout::covered(&meta.places, &sizes);
-            for piece in chunks(&covered) {
-                let (e, first, len) = piece;
-                let direct = landing.direct(e, first, len);
+            let plan = Plan::new(&crate::layout::covered(&meta.places, &sizes));
+            let mut staging = Staging::new(&plan, timeout);
+            let mut pending = Vec::new();
+            for message in plan.messages() {
+                let direct = match message {
+                    [piece] => landing.direct(*piece),
+                    _ => None,
+                };
                 let ptr = match direct {
                     Some(ptr) => ptr,
-                    None => {
-                        // Scattered targets: through a bounded staging buffer,
-                        // one piece at a time.
-                        if let Some((op, done)) = staged.take() {
-                            op.wait(timeout).map_err(recv_err)?;
-                            landing.scatter(done, &staging);
-                        }
-                        staging.resize(len as usize, 0);
-                        staging.as_mut_ptr()
-                    }
+                    None => staging
+                        .buffer(&mut |pieces, bytes| landing.unpack(pieces, bytes))
+                        .map_err(recv_err)?
+                        .as_mut_ptr(),
                 };
-                // SAFETY: the destination (landing memory or the staging
-                // buffer) holds `len` bytes and outlives the waits below.
+                // SAFETY: the destination (landing memory or a staging
+                // buffer) holds the message and outlives the waits below.
                 let op = unsafe {
                     group
                         .ctx
-                        .post_recv(producer_rank, request.slot, ptr, len as usize)
+                        .post_recv(producer_rank, request.slot, ptr, bytes(message) as usize)
                 }
                 .map_err(recv_err)?;
                 match direct {
                     Some(_) => pending.push(op),
-                    None => staged = Some((op, piece)),
+                    None => staging.posted(op, message),
                 }
             }
             crate::hold::point("fetch");
-            if let Some((op, done)) = staged.take() {
-                op.wait(timeout).map_err(recv_err)?;
-                landing.scatter(done, &staging);
-            }
+            staging
+                .finish(&mut |pieces, bytes| landing.unpack(pieces, bytes))
+                .map_err(recv_err)?;
             pending
                 .into_iter()
                 .try_for_each(|op| op.wait(timeout))
@@ -449,11 +633,19 @@ impl Gloo {
 
 /// Where received pieces go.
 trait Landing {
-    /// The address piece `(extent, first, len)` can be received at directly,
-    /// or `None` when it must be staged and scattered.
-    fn direct(&mut self, extent: usize, first: u64, len: u64) -> Option<*mut u8>;
+    /// The address `piece` can be received at directly, or `None` when it
+    /// must be staged and scattered.
+    fn direct(&mut self, piece: Piece) -> Option<*mut u8>;
     /// Places a staged piece.
-    fn scatter(&mut self, piece: (usize, u64, u64), bytes: &[u8]);
+    fn scatter(&mut self, piece: Piece, bytes: &[u8]);
+    /// Places the pieces of a staged message, which holds them back to back.
+    fn unpack(&mut self, pieces: &[Piece], mut bytes: &[u8]) {
+        for &p in pieces {
+            let (this, rest) = bytes.split_at(p.len as usize);
+            self.scatter(p, this);
+            bytes = rest;
+        }
+    }
 }
 
 /// New memory: the extents laid out in one buffer.
@@ -463,13 +655,16 @@ struct Fresh {
 }
 
 impl Landing for Fresh {
-    fn direct(&mut self, extent: usize, first: u64, _len: u64) -> Option<*mut u8> {
+    fn direct(&mut self, p: Piece) -> Option<*mut u8> {
         // SAFETY: the offset lies inside the buffer, sized for every extent.
-        Some(unsafe { self.base.add((self.offsets[extent] + first) as usize) })
+        Some(unsafe { self.base.add((self.offsets[p.extent] + p.first) as usize) })
     }
 
-    fn scatter(&mut self, _piece: (usize, u64, u64), _bytes: &[u8]) {
-        unreachable!("every piece of a fresh buffer is received in place")
+    fn scatter(&mut self, p: Piece, bytes: &[u8]) {
+        let dst = self.direct(p).expect("fresh memory takes every piece");
+        // SAFETY: the piece lies inside the buffer (above), which the staged
+        // bytes are not part of.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
     }
 }
 
@@ -511,7 +706,7 @@ impl<'a> IntoRuns<'a> {
 }
 
 impl Landing for IntoRuns<'_> {
-    fn direct(&mut self, extent: usize, first: u64, len: u64) -> Option<*mut u8> {
+    fn direct(&mut self, Piece { extent, first, len }: Piece) -> Option<*mut u8> {
         let mut overlapping = self.overlapping(extent, first, len);
         match (overlapping.next(), overlapping.next()) {
             (Some(r), None) if r.offset <= first && first + len <= r.offset + r.len => {
@@ -521,7 +716,7 @@ impl Landing for IntoRuns<'_> {
         }
     }
 
-    fn scatter(&mut self, (extent, first, len): (usize, u64, u64), bytes: &[u8]) {
+    fn scatter(&mut self, Piece { extent, first, len }: Piece, bytes: &[u8]) {
         for r in self.overlapping(extent, first, len) {
             let from = r.offset.max(first);
             let to = (r.offset + r.len).min(first + len);
@@ -535,5 +730,137 @@ impl Landing for IntoRuns<'_> {
                 )
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan's messages as the lengths of their pieces; also checks what
+    /// every plan must hold: the pieces, in order, are the covered ranges cut
+    /// at every [`CHUNK`] bytes; no message is longer than [`CHUNK`]; a
+    /// message of several pieces holds only pieces shorter than
+    /// [`PACK_BELOW`].
+    fn lengths(covered: &[(u32, u64, u64)]) -> Vec<Vec<u64>> {
+        let plan = Plan::new(covered);
+        let mut expected = Vec::new();
+        for &(e, offset, len) in covered {
+            let mut at = 0;
+            while at < len {
+                let n = CHUNK.min(len - at);
+                expected.push(Piece {
+                    extent: e as usize,
+                    first: offset + at,
+                    len: n,
+                });
+                at += n;
+            }
+        }
+        assert_eq!(plan.pieces, expected);
+        let messages: Vec<&[Piece]> = plan.messages().collect();
+        assert_eq!(messages.concat(), expected);
+        for m in &messages {
+            assert!(!m.is_empty() && bytes(m) <= CHUNK, "{m:?}");
+            if m.len() > 1 {
+                assert!(m.iter().all(|p| p.len < PACK_BELOW), "{m:?}");
+            }
+        }
+        assert_eq!(
+            plan.longest(),
+            messages.iter().map(|m| bytes(m)).max().unwrap_or(0)
+        );
+        messages
+            .iter()
+            .map(|m| m.iter().map(|p| p.len).collect())
+            .collect()
+    }
+
+    /// `n` ranges of `len` bytes, each its own extent.
+    fn separate(n: u32, len: u64) -> Vec<(u32, u64, u64)> {
+        (0..n).map(|e| (e, 0, len)).collect()
+    }
+
+    #[test]
+    fn an_empty_object_is_no_message() {
+        assert!(lengths(&[]).is_empty());
+        assert_eq!(Plan::new(&[]).longest(), 0);
+    }
+
+    #[test]
+    fn one_large_range_is_one_message() {
+        assert_eq!(lengths(&[(0, 64, 3 << 20)]), vec![vec![3 << 20]]);
+    }
+
+    #[test]
+    fn many_small_pieces_share_messages_of_at_most_a_chunk() {
+        // 5,000 separate 4 KiB allocations: 1,024 per 4 MiB message.
+        let per = (CHUNK / 4096) as usize;
+        let messages = lengths(&separate(5000, 4096));
+        assert_eq!(messages.len(), 5000_usize.div_ceil(per));
+        assert!(messages[..4].iter().all(|m| m.len() == per));
+        assert_eq!(messages[4].len(), 5000 - 4 * per);
+        // Ranges of one extent (allocations merged across small gaps) too.
+        let ranges: Vec<_> = (0..10).map(|i| (0, i * 100, 48)).collect();
+        assert_eq!(lengths(&ranges), vec![vec![48; 10]]);
+    }
+
+    #[test]
+    fn small_pieces_pack_between_large_ones_which_travel_alone() {
+        let big = PACK_BELOW * 2;
+        let covered = [
+            (0, 0, 10),
+            (1, 0, 20),
+            (2, 0, big),
+            (3, 0, 30),
+            (4, 0, big),
+            (5, 0, big),
+            (6, 0, 40),
+            (6, 100, 50),
+        ];
+        assert_eq!(
+            lengths(&covered),
+            vec![
+                vec![10, 20],
+                vec![big],
+                vec![30],
+                vec![big],
+                vec![big],
+                vec![40, 50]
+            ]
+        );
+    }
+
+    #[test]
+    fn a_piece_of_exactly_the_threshold_travels_alone() {
+        let below = PACK_BELOW - 1;
+        let covered = [
+            (0, 0, below),
+            (1, 0, PACK_BELOW),
+            (2, 0, below),
+            (3, 0, below),
+        ];
+        assert_eq!(
+            lengths(&covered),
+            vec![vec![below], vec![PACK_BELOW], vec![below, below]]
+        );
+    }
+
+    #[test]
+    fn a_message_never_outgrows_a_chunk() {
+        // Pieces just short of the threshold: as many as fit, then the rest.
+        let n = PACK_BELOW - 1;
+        let fit = (CHUNK / n) as usize;
+        let messages = lengths(&separate(fit as u32 + 1, n));
+        assert_eq!(messages, vec![vec![n; fit], vec![n]]);
+    }
+
+    #[test]
+    fn a_range_longer_than_a_chunk_is_cut_and_its_short_tail_packs_on() {
+        let covered = [(0, 8, 2 * CHUNK + 100), (1, 0, 200), (2, 0, 300)];
+        assert_eq!(
+            lengths(&covered),
+            vec![vec![CHUNK], vec![CHUNK], vec![100, 200, 300]]
+        );
     }
 }
