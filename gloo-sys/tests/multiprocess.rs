@@ -236,9 +236,20 @@ fn role_kill(rank: usize) -> Result<(), String> {
     Err("the peer never failed".into())
 }
 
+/// Connects, then waits until every rank has returned from connecting:
+/// Debian's Gloo (2022-05-18) aborts a process whose device thread is still
+/// accepting a connection that the peer has already reset (`getpeername` in
+/// `Pair::handleConnected` throws on that thread), and a rank that exits or
+/// aborts right after connecting resets it.
+fn connect_all(rank: usize) -> Result<Context, String> {
+    let ctx = connect(rank, "")?;
+    barrier(rank, 0)?;
+    Ok(ctx)
+}
+
 /// Rank 1 exits without closing its context; rank 0's receive fails promptly.
 fn role_exit(rank: usize) -> Result<(), String> {
-    let ctx = connect(rank, "")?;
+    let ctx = connect_all(rank)?;
     if rank == 1 {
         std::process::exit(0);
     }
@@ -261,7 +272,7 @@ fn role_exit(rank: usize) -> Result<(), String> {
 /// Rank 0 aborts its context from another thread while blocked in a recv;
 /// both its recv and rank 1's recv fail promptly, later ops fail too.
 fn role_abort(rank: usize) -> Result<(), String> {
-    let ctx = connect(rank, "")?;
+    let ctx = connect_all(rank)?;
     let peer = 1 - rank;
     let mut buf = [0u8; 8];
     let start = Instant::now();
