@@ -277,12 +277,12 @@ def test_producer_killed_after_ref_created(actors):
     refs = victim.produce.remote([torch.ones(100)])
     ray.wait([ref, refs], num_returns=2, timeout=60)
     ray.kill(victim)
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(victim.sum.remote(torch.ones(1)), timeout=30)  # Ray knows it is dead
-    # Ray reports the actor dead a moment before its process has exited; a fetch
-    # in that moment fails just as clearly, but the plugin then says "(producer
-    # pid N, still running)". Wait for the exit to pin down the diagnosis.
+    # The kill is asynchronous: a task submitted at once may still run. Once the
+    # process has exited (which also pins down the plugin's diagnosis: a fetch
+    # just before says "(producer pid N, still running)"), Ray knows it is dead.
     assert wait_for(lambda: pid_gone(pid), timeout=20)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(victim.sum.remote(torch.ones(1)), timeout=30)
     r0 = actor_stats(receiver, "nixl")
 
     # A consumer task: its argument cannot be resolved; the task fails at once,
