@@ -102,6 +102,31 @@ def test_nixl_is_the_plugin_by_default(actors):
     assert ray.get(actors[0].__ray_call__.remote(in_actor)) == "PluginNixlTransport"
 
 
+def ucx_environment(self):
+    """The UCX segment sizes in this process's C environment (where UCX reads
+    them), after the plugin's NIXL agents exist."""
+    import ctypes
+
+    getenv = ctypes.CDLL(None).getenv
+    getenv.restype = ctypes.c_char_p
+    return {k: (getenv(k.encode()) or b"").decode() for k in ("UCX_TCP_TX_SEG_SIZE", "UCX_TCP_RX_SEG_SIZE")}
+
+
+def test_ucx_segment_defaults_apply_unless_set(actors):
+    """The plugin's NIXL agents start UCX with 1 MiB TCP segments (its
+    defaults, src/transport/nixl/agent.rs); a value the process already has
+    is kept."""
+    producer, receiver = actors
+    preset = NixlActor.options(runtime_env={"env_vars": {"UCX_TCP_TX_SEG_SIZE": "512K"}}).remote()
+    for consumer in (receiver, preset):
+        assert ray.get(consumer.sum.remote(producer.random_tensor.remote(16))) is not None
+    assert ray.get(producer.__ray_call__.remote(ucx_environment)) == {
+        "UCX_TCP_TX_SEG_SIZE": "1M", "UCX_TCP_RX_SEG_SIZE": "1M"}
+    assert ray.get(preset.__ray_call__.remote(ucx_environment)) == {
+        "UCX_TCP_TX_SEG_SIZE": "512K", "UCX_TCP_RX_SEG_SIZE": "1M"}
+    ray.kill(preset)
+
+
 def test_opt_out_leaves_nixl_stock(monkeypatch):
     from ray_rdt.transport_facts import routed as enabled_transports
 
