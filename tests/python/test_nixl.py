@@ -114,16 +114,17 @@ def ucx_environment(self):
 
 def test_ucx_segment_defaults_apply_unless_set(actors):
     """The plugin's NIXL agents start UCX with 1 MiB TCP segments (its
-    defaults, src/transport/nixl/agent.rs); a value the process already has
-    is kept."""
+    defaults, src/transport/nixl/agent.rs); a process that sets either keeps
+    its own and gets neither (UCX refuses a send segment larger than the
+    receive segment, so the plugin never pairs a user's value with its own)."""
     producer, receiver = actors
-    preset = NixlActor.options(runtime_env={"env_vars": {"UCX_TCP_TX_SEG_SIZE": "512K"}}).remote()
+    preset = NixlActor.options(runtime_env={"env_vars": {"UCX_TCP_TX_SEG_SIZE": "32K"}}).remote()
     for consumer in (receiver, preset):
         assert ray.get(consumer.sum.remote(producer.random_tensor.remote(16))) is not None
     assert ray.get(producer.__ray_call__.remote(ucx_environment)) == {
         "UCX_TCP_TX_SEG_SIZE": "1M", "UCX_TCP_RX_SEG_SIZE": "1M"}
     assert ray.get(preset.__ray_call__.remote(ucx_environment)) == {
-        "UCX_TCP_TX_SEG_SIZE": "512K", "UCX_TCP_RX_SEG_SIZE": "1M"}
+        "UCX_TCP_TX_SEG_SIZE": "32K", "UCX_TCP_RX_SEG_SIZE": ""}
     ray.kill(preset)
 
 

@@ -29,7 +29,9 @@ use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// UCX settings this process's NIXL agents start with unless the environment
-/// already sets them (UCX reads its environment when the backend is created).
+/// already sets any of them (UCX reads its environment when the backend is
+/// created; the two go together: UCX refuses a send segment larger than the
+/// receive segment, so a user's one value is never paired with our other).
 /// Over TCP, which is UCX's transport between hosts without RDMA, UCX's
 /// 8 KiB send and 64 KiB receive segments cut a large read into many small
 /// messages: across two nodes (network namespaces, `UCX_TLS=tcp,self`), one
@@ -40,13 +42,16 @@ use std::time::{Duration, Instant};
 pub const UCX_DEFAULTS: [(&str, &str); 2] =
     [("UCX_TCP_TX_SEG_SIZE", "1M"), ("UCX_TCP_RX_SEG_SIZE", "1M")];
 
-/// Puts [`UCX_DEFAULTS`] into the environment where it has no value, once per
-/// process, before the first agent.
+/// Puts [`UCX_DEFAULTS`] into the environment when it sets none of them, once
+/// per process, before the first agent.
 fn apply_ucx_defaults() {
     static APPLIED: Once = Once::new();
     APPLIED.call_once(|| {
-        for (key, value) in UCX_DEFAULTS {
-            if std::env::var_os(key).is_none() {
+        if UCX_DEFAULTS
+            .iter()
+            .all(|(key, _)| std::env::var_os(key).is_none())
+        {
+            for (key, value) in UCX_DEFAULTS {
                 std::env::set_var(key, value);
             }
         }
