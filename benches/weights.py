@@ -208,6 +208,15 @@ def one_step(config, trainer, generators, tx_bytes=None):
     return step, get, put_s, (tx_bytes() - sent if tx_bytes else None)
 
 
+def logged(config, n, sample):
+    """``sample`` (a step's fields), after printing it as a progress line
+    (the median hides a slow round; the log shows it)."""
+    step, get, put, tx = sample
+    print(f"    {config} x{n}: step {step * 1e3:.1f} ms" + (f", get {get * 1e3:.1f} ms" if get else "")
+          + (f", out {tx / 2**20:.0f} MiB" if tx is not None else ""), file=sys.stderr, flush=True)
+    return sample
+
+
 def placement(nodes):
     """Connects to the cluster and says where the actors go: ``(trainer
     options, generator ``i``'s options as a function of ``i``, the bytes-out
@@ -248,8 +257,8 @@ def bench_cluster(configs, models, generator_counts, rounds, nodes=1):
                 group = create_collective_group([trainer] + generators, backend="torch_gloo")
             for n in generator_counts:
                 values, failed = rb.interleaved(
-                    configs, lambda c: one_step(c, trainer, generators[:n], tx_bytes), rounds, rng, warmups=1,
-                    keep_going=True
+                    configs, lambda c: logged(c, n, one_step(c, trainer, generators[:n], tx_bytes)), rounds, rng,
+                    warmups=1, keep_going=True
                 )
                 out[key][n] = {
                     c: {
