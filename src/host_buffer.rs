@@ -12,8 +12,7 @@ use parking_lot::Mutex;
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
-/// Buffers at least this large are mapped directly, advised to use transparent
-/// huge pages, and cached when released.
+/// Buffers at least this large are mapped directly and cached when released.
 const MMAP_THRESHOLD: usize = 2 << 20;
 /// Most bytes the cache keeps (override: `RAY_RDT_HOST_CACHE_BYTES`).
 const DEFAULT_CACHE_BYTES: usize = 1 << 30;
@@ -111,8 +110,13 @@ impl HostBuffer {
                 std::io::Error::last_os_error(),
             ));
         }
-        // SAFETY: advising our own mapping; failure is harmless.
-        unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
+        // No MADV_HUGEPAGE: with the kernel's common `defrag=madvise`, a fault
+        // in an advised mapping compacts memory synchronously, and where the
+        // page cache has fragmented it a fresh 256 MiB buffer stalled 0.5-1 s
+        // (cross-node node copies, 2026-12-06: every other step 600-1,100 ms
+        // instead of about 110). Faulting 4 KiB pages is slower on a quiet
+        // machine (about 2x, docs/nixl.md), but the cache below makes a
+        // steady stream fault each buffer once.
         // SAFETY: mmap succeeded, so raw is non-null.
         Ok(HostBuffer {
             ptr: unsafe { NonNull::new_unchecked(raw as *mut u8) },
