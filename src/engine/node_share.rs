@@ -70,8 +70,11 @@ pub const BYTES_ENV: &str = "RAY_RDT_NODE_SHARE_BYTES";
 /// reads wait for it, whatever the linger), and a copy kept longer holds a
 /// model's memory into the next step, whose reads then need fresh memory: at
 /// 5 s one generator's cross-node gloo step took 1,040 ms, at 200 ms 157 ms
-/// (docs/weights-bench.md).
-const DEFAULT_LINGER: Duration = Duration::from_millis(200);
+/// (docs/weights-bench.md). At 200 ms a step of about that length still found
+/// the previous copy alive, so its read needed a fresh 256 MiB buffer every
+/// other step (four generators on two nodes: 250-1,450 ms a step); at 50 ms
+/// the released buffer is reused (212-312 ms; docs/fanout-bench.md).
+const DEFAULT_LINGER: Duration = Duration::from_millis(50);
 /// Default bound on the bytes of a process's node copies.
 const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 /// Times a consumer claims an object's socket when its holder has just gone.
@@ -84,7 +87,7 @@ pub struct Settings {
     /// (`RAY_RDT_NODE_SHARING`, default on).
     pub enabled: bool,
     /// How long a node copy is kept after its last use
-    /// (`RAY_RDT_NODE_SHARE_LINGER_MS`, default 200 ms).
+    /// (`RAY_RDT_NODE_SHARE_LINGER_MS`, default 50 ms).
     pub linger: Duration,
     /// The most bytes this process holds in node copies
     /// (`RAY_RDT_NODE_SHARE_BYTES`, default 4 GiB); over it a consumer reads
