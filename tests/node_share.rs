@@ -544,8 +544,11 @@ fn a_read_no_follower_asked_for_is_not_kept() {
                 c.consumers[0].call(&command(verb, &id, &record, seed)),
                 "OK"
             );
+            // Its socket closes as the copy is dropped, on the endpoint's own
+            // thread (a moment after the reply under load); a kept copy would
+            // stay bound for the consumers' 60 s linger.
             assert!(
-                !share_socket_bound(&id),
+                share_socket_gone(&id),
                 "{verb}: a node copy no one asked for was kept"
             );
         }
