@@ -60,6 +60,7 @@ from raybench import (  # noqa: E402
     producer_method,
     start_cluster,
 )
+from netns import NETWORK_ONLY_ENV, NamespaceCluster, veth_tx_bytes  # noqa: E402
 
 STOCK = ["object_store", "stock_gloo", "stock_nixl"]
 PLUGIN = ["plugin_gloo", "plugin_nixl"]
@@ -85,14 +86,6 @@ def reason(error: str) -> str:
 
 
 # ----------------------------------------------------------------- inside namespace A: the Ray driver
-
-
-def veth_tx_bytes():
-    """Bytes sent so far over the veth of the namespace this process runs in
-    (node A's, for the cross-node drivers; tests/python/netns.py names it in
-    ``RDT_VETH``)."""
-    with open(f"/sys/class/net/{os.environ['RDT_VETH']}/statistics/tx_bytes") as fh:
-        return int(fh.read())
 
 
 def bytes_out(method, consumer, nbytes):
@@ -211,8 +204,6 @@ def run_on_nodes(plugin, env, script, args, label, nodes=2, line_rate=False, tim
     lines that start with two spaces) through. Returns ``(the driver's
     RESULT, line rate in bytes per second or None)``; the cluster is torn
     down either way."""
-    from netns import NamespaceCluster
-
     print(f"{label}: starting a {nodes}-node cluster", file=sys.stderr, flush=True)
     with NamespaceCluster(plugin=plugin, nodes=nodes, extra_env=env) as cluster:
         rate = measure_line_rate(cluster) if line_rate else None
@@ -327,8 +318,6 @@ def main(argv=None):
         f"{LINE_RATE_ROUNDS}); its column is the time for the bytes at that rate",
         f"consumer's ray_rdt.stats() bytes_received (plugin cluster): {moved}",
     ]
-    from netns import NETWORK_ONLY_ENV
-
     notes.append("environment of both clusters: " + " ".join(f"{k}={v}" for k, v in {**NETWORK_ONLY_ENV, **env}.items()))
     notes += [f"{c} fails: {r['error']}" for c, r in medians.items() if "error" in r]
     print(text)

@@ -88,7 +88,7 @@ import time
 
 import cross_node
 import raybench as rb
-from netns import NETWORK_ONLY_ENV, NODE_NAMES  # importable once cross_node has put tests/python on the path
+from netns import NETWORK_ONLY_ENV, NODE_NAMES, veth_tx_bytes  # importable once cross_node has put tests/python on the path
 
 CONFIGS = ["object_store", "stock_gloo", "stock_nixl", "plugin_gloo", "plugin_shm", "plugin_nixl"]
 # The plugin with node-local sharing off (across nodes only).
@@ -191,7 +191,7 @@ def actor_classes():
 def one_step(config, trainer, generators, tx_bytes=None):
     """One step of ``config`` to ``generators``: (step s, slowest get s or
     None, trainer put s or None, bytes that ``tx_bytes()`` (a counter, see
-    :func:`cross_node.veth_tx_bytes`) grew by during the step, or None without one)."""
+    :func:`netns.veth_tx_bytes`) grew by during the step, or None without one)."""
     import ray
 
     expected = ray.get(trainer.advance.remote())
@@ -229,7 +229,7 @@ def placement(nodes):
     rb.init_ray(address=os.environ["RAY_ADDRESS"])
     others = NODE_NAMES[1:nodes]
     return ({"resources": {"node_a": 1}}, lambda i: {"resources": {f"node_{others[i % len(others)]}": 1}},
-            cross_node.veth_tx_bytes)
+            veth_tx_bytes)
 
 
 def bench_cluster(configs, models, generator_counts, rounds, nodes=1):

@@ -118,15 +118,14 @@ class PluginRDTStore(RDTStore):
         self.free_plugin_object(obj_id)
         return tensors
 
-    def free_plugin_object(self, obj_id: str) -> bool:
+    def free_plugin_object(self, obj_id: str) -> None:
         """Frees the plugin's copy of ``obj_id`` without handing its tensors
         out (``pop_object`` builds them, which for a model of 100,000 tensors
         is 100,000 torch tensors made to be dropped); wakes
-        ``wait_tensor_freed``. Returns whether the plugin held it."""
-        freed = self._plugin_free(obj_id)
+        ``wait_tensor_freed``."""
+        self._plugin_free(obj_id)
         with self._object_freed_cv:
             self._object_freed_cv.notify_all()
-        return freed
 
     def wait_tensor_freed(self, tensor: Any, timeout: Optional[float] = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -101,6 +101,14 @@ def _run(cmd, check=True, timeout=30):
     return proc
 
 
+def veth_tx_bytes() -> int:
+    """Bytes sent so far over the veth of the namespace this process runs in
+    (``RDT_VETH``, which every process of a cluster gets): what left that
+    node, whatever the transport did."""
+    with open(f"/sys/class/net/{os.environ['RDT_VETH']}/statistics/tx_bytes") as fh:
+        return int(fh.read())
+
+
 def namespace_pids(ns: str) -> List[int]:
     """Processes whose network namespace is ``ns`` (``ip netns pids``)."""
     proc = _run(["ip", "netns", "pids", ns], check=False)
@@ -278,7 +286,7 @@ class NamespaceCluster:
         if shutil.which("ip") is None:
             raise NamespacesUnavailable("network namespaces need iproute2's `ip`, which is not installed")
         reap_stale()
-        for ns in [n.ns for n in self.nodes] + ([self.switch] if self.switch else []):
+        for ns in self._namespace_names():
             proc = _run(["ip", "netns", "add", ns], check=False)
             if proc.returncode != 0:
                 raise NamespacesUnavailable(f"`ip netns add {ns}` failed: {proc.stderr.strip()}")
@@ -294,6 +302,10 @@ class NamespaceCluster:
             _run(["ip", "-n", node.ns, "link", "set", node.veth, "up"])
             _run(["ip", "-n", node.ns, "route", "add", "default", "dev", node.veth])
             os.makedirs(node.temp_dir, exist_ok=True)
+
+    def _namespace_names(self) -> List[str]:
+        """Every namespace of this cluster: the nodes', then the switch's."""
+        return [n.ns for n in self.nodes] + ([self.switch] if self.switch else [])
 
     def _make_switch(self):
         """A bridge in the switch namespace and, per node, a veth from the
@@ -477,7 +489,7 @@ class NamespaceCluster:
 
     def leftovers(self) -> List[str]:
         """Namespaces and processes of this cluster that still exist."""
-        mine = [n.ns for n in self.nodes] + ([self.switch] if self.switch else [])
+        mine = self._namespace_names()
         live = namespaces()
         left = [f"namespace {ns}" for ns in live if ns in mine]
         left += [f"process {pid} in {ns}" for ns in mine if ns in live for pid in namespace_pids(ns)]

@@ -14,24 +14,17 @@ consumer's and the producer's ``ray_rdt.stats()[TRANSPORT]`` before and
 after, and the bytes that left node A (its veth's transmit counter) while the
 four fetched."""
 
-import os
 import sys
 
 import ray
 from ray.experimental.collective import create_collective_group
 
+from netns import veth_tx_bytes
 from rdt_driver import FETCH_TIMEOUT, connect, now, on, outcome, report, stats, where
 from sharing_actors import Consumer, Producer
 
 transport, nbytes, sharing = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 CONSUMER_ENV = {"env_vars": {"RAY_RDT_NODE_SHARING": sharing, "RAY_RDT_NODE_SHARE_LINGER_MS": "5000"}}
-
-
-
-
-def tx_bytes():
-    with open(f"/sys/class/net/{os.environ['RDT_VETH']}/statistics/tx_bytes") as fh:
-        return int(fh.read())
 
 
 connect()
@@ -47,11 +40,11 @@ ref = producer.get.options(tensor_transport=transport).remote()
 ray.wait([ref], timeout=FETCH_TIMEOUT)
 before = {name: stats(c, transport) for name, c in consumers.items()}
 before["producer"] = stats(producer, transport)
-sent = tx_bytes()
+sent = veth_tx_bytes()
 t0 = now()
 reads = {name: c.read.remote(ref, 7) for name, c in consumers.items()}
 out.update({f"{name}_result": outcome(r, t0) for name, r in reads.items()})
-out["bytes_out_of_a"] = tx_bytes() - sent
+out["bytes_out_of_a"] = veth_tx_bytes() - sent
 out["before"] = before
 out["after"] = {name: stats(c, transport) for name, c in consumers.items()}
 out["after"]["producer"] = stats(producer, transport)
