@@ -87,30 +87,41 @@ class Context:
     def close(self):
         """Destroys the context (after stopping its group-failure watcher, which
         must not be inside a call on it then)."""
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher[0].set()
-            watcher[1].join(timeout=5)
+        self.stop_group_watcher()
         if self._handle:
             self._lib.rdt_context_destroy(self._handle)
             self._handle = ctypes.c_void_p()
 
     def watch_group_failures(self, handle_all) -> None:
-        """Starts (once) a thread that calls ``handle_all()`` five times a second
-        to take the failed transfers reported by members of groups this process
-        owns (see :meth:`next_group_failure`: the local queue, no Ray call);
-        :meth:`close` stops it."""
+        """Starts (once) a thread that calls ``handle_all(stopping=event)`` five
+        times a second to take the failed transfers reported by members of
+        groups this process owns (see :meth:`next_group_failure`: the local
+        queue, no Ray call); ``event`` is set when the thread must end, and
+        ``handle_all`` returns soon after. :meth:`stop_group_watcher` and
+        :meth:`close` stop it."""
         if self._watcher is not None:
             return
         stop = threading.Event()
 
         def loop():
             while not stop.wait(0.2):
-                handle_all()
+                handle_all(stopping=stop)
 
         thread = threading.Thread(target=loop, name="ray-rdt-group-failures", daemon=True)
         self._watcher = (stop, thread)
         thread.start()
+
+    def stop_group_watcher(self, timeout_s: float = 5.0) -> None:
+        """Stops the thread :meth:`watch_group_failures` started, waiting up to
+        ``timeout_s`` for it to end. Ray's shutdown calls this before it
+        disconnects: the thread waits on Ray tasks while it handles a failure,
+        and a thread still inside Ray when the core worker is destroyed crashes
+        the process at exit."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher[0].set()
+            if watcher[1] is not threading.current_thread():
+                watcher[1].join(timeout=timeout_s)
 
     # -- objects --------------------------------------------------------------
 

@@ -22,6 +22,7 @@ kills both actors because NCCL cannot abort).
 import logging
 import os
 import threading
+import time
 from typing import Optional
 
 import ray
@@ -139,14 +140,15 @@ class _FailureHandler:
     lock = threading.RLock()
 
     @classmethod
-    def handle(cls, failure: dict):
+    def handle(cls, failure: dict, stopping: Optional[threading.Event] = None):
         """Logs a reported failure as stock Ray does and destroys its group
-        everywhere (once: both ends of a transfer may report it)."""
+        everywhere (once: both ends of a transfer may report it). Stops waiting
+        for the members once ``stopping`` is set (Ray is shutting down)."""
         with cls.lock:
-            cls._handle(failure)
+            cls._handle(failure, stopping)
 
     @classmethod
-    def _handle(cls, failure: dict):
+    def _handle(cls, failure: dict, stopping: Optional[threading.Event]):
         from ray.experimental.collective.collective import RemoteCommunicatorManager
 
         if not ray.is_initialized():
@@ -185,27 +187,44 @@ class _FailureHandler:
             a.__ray_call__.options(concurrency_group="_ray_system").remote(_leave_broken_group, comm.name)
             for a in actors
         ]
-        for task in tasks:
+        for task in _finished(tasks, group_timeout_s(), stopping):
             try:
-                ray.get(task, timeout=group_timeout_s())
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                ray.get(task)
+            except ray.exceptions.RayActorError:
                 pass  # a dead member has nothing left to leave
             except Exception:
                 logger.exception("leaving broken collective group %s", comm.name)
         _rdt_logger.error("Destroyed collective group %s due to a hanging/failed RDT transfer", comm.name)
 
 
-def handle_reported_failures(manager=None):
-    """Owner side, at ``create_collective_group``: handles the failures already
-    reported, so that survivors of a failed transfer can form a new group at once."""
+def _finished(tasks: list, timeout_s: float, stopping: Optional[threading.Event]) -> list:
+    """The ``tasks`` that finish within ``timeout_s``, waited for in short
+    rounds so that a set ``stopping`` ends the wait within one round (a member
+    on a dead node answers only when Ray notices the node gone, seconds later;
+    Ray's shutdown must not find this thread inside Ray)."""
+    deadline = time.monotonic() + timeout_s
+    done, pending = [], list(tasks)
+    while pending and not (stopping is not None and stopping.is_set()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=min(left, 0.2))
+        done += ready
+    return done
+
+
+def handle_reported_failures(manager=None, stopping: Optional[threading.Event] = None):
+    """Owner side, at ``create_collective_group`` and from the failure watcher
+    (which passes ``stopping``): handles the failures already reported, so that
+    survivors of a failed transfer can form a new group at once."""
     ctx = process.peek_context()
     if ctx is None:
         return
     # Taken and handled under one lock: a caller finds every reported failure
     # handled when this returns, also one the watcher thread was handling.
     with _FailureHandler.lock:
-        while True:
+        while stopping is None or not stopping.is_set():
             failure = ctx.next_group_failure(0)
             if failure is None:
                 return
-            _FailureHandler.handle(failure)
+            _FailureHandler.handle(failure, stopping)

@@ -106,3 +106,12 @@ def _addresses():
     """(same-host, TCP) endpoint of this process's context, for the reporter."""
     ctx = peek_context()
     return (ctx.endpoint, ctx.tcp_endpoint) if ctx is not None else (None, None)
+
+
+def on_ray_shutdown() -> None:
+    """Ray's shutdown is starting (``ray.shutdown()``, or its ``atexit`` hook):
+    stops this process's threads that call into Ray, while Ray is still
+    connected. The context itself stays; the next ``ray.init`` replaces it."""
+    ctx = peek_context()
+    if ctx is not None:
+        ctx.stop_group_watcher()

@@ -13,6 +13,7 @@ patches use; each concern lives in its own module:
 - :mod:`ray_rdt.targets`: ``set_target_for_ref`` and ``set_target_device_for_ref``;
 - :mod:`ray_rdt.owner`: ``ray.get`` options, frees over the producer's endpoint;
 - :mod:`ray_rdt.groups`: collective groups and their failures;
+- :mod:`ray_rdt.process`: this process's context, and Ray's shutdown;
 - :mod:`ray_rdt.errors`: the errors and warnings users see.
 """
 
@@ -28,6 +29,7 @@ from ray_rdt.groups import (  # noqa: F401
     serve_rendezvous,
 )
 from ray_rdt.owner import free_primary_copy, get_use_object_store  # noqa: F401
+from ray_rdt.process import on_ray_shutdown  # noqa: F401
 from ray_rdt.producer import (  # noqa: F401
     claim_pending_put,
     serialize_in_one_pass,

@@ -339,6 +339,8 @@ class NamespaceCluster:
             GLOO_SOCKET_IFNAME=node.veth,
             RAY_ADDRESS=self.address,
             RDT_VETH=node.veth,
+            # A driver or worker that crashes prints its Python stack (stderr).
+            PYTHONFAULTHANDLER="1",
         )
         env.update({f"RDT_NODE_{n.name.upper()}_IP": n.ip for n in self.nodes})
         if self.plugin is not None:

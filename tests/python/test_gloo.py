@@ -4,6 +4,9 @@ plugin's counters (``ray_rdt.stats()`` read inside the actors)."""
 import gc
 import os
 import re
+import signal
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -385,6 +388,21 @@ def test_system_error_destroys_group(ray_cluster):
     o0 = actor_stats(other, "gloo")
     assert torch.allclose(ray.get(other.sum.remote(receiver.echo.remote(t))), t.sum())
     assert delta(actor_stats(other, "gloo"), o0) == t.nbytes
+
+
+def test_a_driver_exits_cleanly_while_a_group_failure_is_handled(ray_cluster):
+    """A driver exits while its group-failure watcher waits for a member that
+    cannot answer (exit_while_handling_check.py): Ray's shutdown stops the
+    watcher first, and the driver exits with status 0, not SIGSEGV."""
+    script = os.path.join(os.path.dirname(__file__), "exit_while_handling_check.py")
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.run([sys.executable, script, address], capture_output=True, text=True, timeout=120)
+    stopped = re.search(r"STOPPED_PID (\d+)", proc.stdout)
+    if stopped and _process_exists(int(stopped.group(1))):
+        os.kill(int(stopped.group(1)), signal.SIGCONT)  # Ray reaps it with the driver's job
+    assert "EXITING" in proc.stdout and proc.returncode == 0, (
+        f"exit status {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
 
 
 def _process_exists(pid):
