@@ -609,9 +609,15 @@ mod tests {
         drop(server);
         let err = waiter.join().unwrap().unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(5), "{err}");
-        // The server closed the connection: not a timeout.
+        // The server went away, not a timeout: the waiting get's reply says
+        // it is shutting down, or the connection closes first (a race the
+        // server's drop does not order).
         assert_eq!(err.kind(), ErrorKind::Store, "{err}");
-        assert!(err.to_string().contains("closed the connection"), "{err}");
+        let said = err.to_string();
+        assert!(
+            said.contains("closed the connection") || said.contains("shutting down"),
+            "{err}"
+        );
     }
 
     /// A server that accepts one connection, reads what comes, and then
