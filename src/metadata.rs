@@ -480,7 +480,7 @@ impl<'a> Reader<'a> {
                         i64::try_from(self.varint()?)
                             .map_err(|_| Error::malformed("a dimension does not fit 63 bits"))
                     })
-                    .collect::<Result<Vec<_>>>()?;
+                    .collect::<Result<crate::tensor::Dims>>()?;
                 if previous.is_some_and(|p| p.dtype == dtype && p.shape == shape) {
                     return Err(Error::malformed(
                         "dtype and shape repeat the previous tensor's without saying so",

@@ -9,6 +9,7 @@
 use crate::dlpack::*;
 use crate::error::{Error, Result};
 pub use crate::host_buffer::HostBuffer;
+use smallvec::SmallVec;
 use std::any::Any;
 use std::os::raw::c_void;
 use std::ptr::NonNull;
@@ -18,15 +19,19 @@ pub const MAX_NDIM: usize = 64;
 /// Largest tensor we accept, in bytes (256 TiB): rejects nonsense sizes early.
 pub const MAX_TENSOR_BYTES: u64 = 1 << 48;
 
+/// A tensor's shape or strides: up to four dimensions held inline (a model's
+/// tensors have one or two), so describing a tensor allocates nothing.
+pub type Dims = SmallVec<[i64; 4]>;
+
 /// Validated description of a tensor: what a receiver needs to allocate it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorMeta {
     /// Element type.
     pub dtype: DLDataType,
     /// Shape; empty for a 0-d tensor.
-    pub shape: Vec<i64>,
+    pub shape: Dims,
     /// Strides in elements, one per dimension (compact row-major when produced here).
-    pub strides: Vec<i64>,
+    pub strides: Dims,
     /// Packed size in bytes: number of elements times element size.
     pub nbytes: u64,
 }
@@ -50,8 +55,8 @@ pub fn element_size(dtype: DLDataType) -> Result<u64> {
 }
 
 /// Row-major strides (in elements) for `shape`.
-pub fn compact_strides(shape: &[i64]) -> Vec<i64> {
-    let mut strides = vec![0i64; shape.len()];
+pub fn compact_strides(shape: &[i64]) -> Dims {
+    let mut strides: Dims = smallvec::smallvec![0i64; shape.len()];
     let mut acc = 1i64;
     for (s, &d) in strides.iter_mut().zip(shape).rev() {
         *s = acc;
@@ -62,7 +67,12 @@ pub fn compact_strides(shape: &[i64]) -> Vec<i64> {
 
 impl TensorMeta {
     /// Validates and builds a descriptor; `nbytes` is derived from dtype and shape.
-    pub fn new(dtype: DLDataType, shape: Vec<i64>, strides: Vec<i64>) -> Result<Self> {
+    pub fn new(
+        dtype: DLDataType,
+        shape: impl Into<Dims>,
+        strides: impl Into<Dims>,
+    ) -> Result<Self> {
+        let (shape, strides): (Dims, Dims) = (shape.into(), strides.into());
         if shape.len() > MAX_NDIM {
             return Err(Error::invalid(format!(
                 "tensor has {} dimensions, at most {MAX_NDIM} are supported",
@@ -103,7 +113,8 @@ impl TensorMeta {
     }
 
     /// A compact row-major descriptor for `shape`.
-    pub fn compact(dtype: DLDataType, shape: Vec<i64>) -> Result<Self> {
+    pub fn compact(dtype: DLDataType, shape: impl Into<Dims>) -> Result<Self> {
+        let shape: Dims = shape.into();
         let strides = compact_strides(&shape);
         Self::new(dtype, shape, strides)
     }
@@ -124,14 +135,14 @@ impl TensorMeta {
             ));
         }
         let shape = if ndim == 0 {
-            Vec::new()
+            Dims::new()
         } else {
-            std::slice::from_raw_parts(t.shape, ndim).to_vec()
+            Dims::from_slice(std::slice::from_raw_parts(t.shape, ndim))
         };
         let strides = if t.strides.is_null() || ndim == 0 {
             compact_strides(&shape)
         } else {
-            std::slice::from_raw_parts(t.strides, ndim).to_vec()
+            Dims::from_slice(std::slice::from_raw_parts(t.strides, ndim))
         };
         Self::new(t.dtype, shape, strides)
     }
@@ -444,10 +455,12 @@ pub fn is_host(device: DLDevice) -> bool {
     device.device_type == kDLCPU || device.device_type == kDLCUDAHost
 }
 
-/// Keeps what an exported DLManagedTensor points at alive.
+/// Keeps what an exported DLManagedTensor points at alive. Boxed before its
+/// `shape` and `strides` pointers are taken and never moved after (inline
+/// [`Dims`] live inside the box).
 struct ExportCtx {
-    shape: Vec<i64>,
-    strides: Vec<i64>,
+    shape: Dims,
+    strides: Dims,
     _owner: Box<dyn Any + Send>,
 }
 

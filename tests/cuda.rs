@@ -282,7 +282,7 @@ fn empty_object_round_trip(kind: TransportKind, n: u8) {
     let Fetched::Received(tensors) = consumer.fetch(&oid(n), &record, TIMEOUT).unwrap() else {
         panic!("expected a copy");
     };
-    let shapes: Vec<Vec<i64>> = tensors.iter().map(|t| t.meta().shape.clone()).collect();
+    let shapes: Vec<Vec<i64>> = tensors.iter().map(|t| t.meta().shape.to_vec()).collect();
     assert_eq!(shapes, vec![vec![0, 4], vec![3, 0]]);
     assert!(tensors.iter().all(|t| t.device().device_type == kDLCUDA));
     assert!(producer.free(&oid(n)));

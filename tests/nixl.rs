@@ -72,7 +72,7 @@ fn check(tensors: &[Tensor], seed: u8) -> Result<(), String> {
     if got != expected_bytes(seed) {
         return Err(format!("bytes differ for seed {seed}"));
     }
-    let shapes: Vec<Vec<i64>> = tensors.iter().map(|t| t.meta().shape.clone()).collect();
+    let shapes: Vec<Vec<i64>> = tensors.iter().map(|t| t.meta().shape.to_vec()).collect();
     if shapes != vec![vec![3, 5], vec![], vec![0, 4], vec![1 << 20], vec![3, 2]] {
         return Err(format!("shapes differ: {shapes:?}"));
     }
@@ -523,7 +523,7 @@ fn without_nixl() {
         .fetch(&ObjectId([9; 28]), &record, Duration::from_secs(1))
         .unwrap()
     {
-        Fetched::Received(t) => assert_eq!(t[0].meta().shape, vec![0]),
+        Fetched::Received(t) => assert_eq!(t[0].meta().shape.as_slice(), [0]),
         Fetched::Local(_) => panic!("expected a copy"),
     }
     println!("RESULT ok {}", err.message());

@@ -444,7 +444,8 @@ impl Check<'_> {
         let mut bases: Vec<Option<usize>> = vec![None; self.meta.extents.len()];
         for (j, (t, place)) in tensors.iter().zip(&self.meta.places).enumerate() {
             ensure!(
-                t.meta().shape == self.shape.shape(j) && t.meta().dtype == F16,
+                t.meta().shape.as_slice() == self.shape.shape(j).as_slice()
+                    && t.meta().dtype == F16,
                 "tensor {j} is {:?}",
                 t.meta()
             );
