@@ -84,6 +84,7 @@ def get_context() -> Context:
             reporter.start(_addresses)
         if connection is not None:
             _context._connection = weakref.ref(connection)
+            reporter.resume()
         return _context
 
 
@@ -110,8 +111,11 @@ def _addresses():
 
 def on_ray_shutdown() -> None:
     """Ray's shutdown is starting (``ray.shutdown()``, or its ``atexit`` hook):
-    stops this process's threads that call into Ray, while Ray is still
-    connected. The context itself stays; the next ``ray.init`` replaces it."""
+    stops this process's threads that call into Ray while Ray is still
+    connected (the group-failure watcher ends; the reporter pauses until the
+    process connects again). The context itself stays; the next ``ray.init``
+    replaces it."""
+    reporter.pause()
     ctx = peek_context()
     if ctx is not None:
         ctx.stop_group_watcher()

@@ -6,7 +6,8 @@
 (``process.get_context``): a daemon thread reads ``ray_rdt.stats()`` every
 ``RAY_RDT_REPORT_INTERVAL_S`` seconds (default 5; ``0`` turns the reporter off)
 and once more at interpreter exit. Transfers never wait for it: it only reads
-the plugin's atomic counters.
+the plugin's atomic counters. Ray's shutdown pauses it (:func:`pause`, after
+the report under way) until the process connects again.
 """
 
 import atexit
@@ -24,6 +25,10 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _started_pid: Optional[int] = None
 _stop = threading.Event()
+# Set from Ray's shutdown until this process connects again: reports skip.
+_paused = threading.Event()
+# This process's reporter, once started.
+_current: Optional["Reporter"] = None
 
 
 def interval_s() -> float:
@@ -92,9 +97,11 @@ class Reporter:
             pass
 
     def report(self):
-        """One flush: metrics, then this process's snapshot file."""
+        """One flush: metrics, then this process's snapshot file (nothing
+        while paused: :func:`pause`)."""
         with self._lock:
-            self._report()
+            if not _paused.is_set():
+                self._report()
 
     def _report(self):
         import ray_rdt
@@ -131,10 +138,26 @@ def _loop(reporter: Reporter, period: float):
             return
 
 
+def pause():
+    """Ray is shutting down (``process.on_ray_shutdown``): waits for a report
+    under way (it calls into Ray's core worker, which the shutdown destroys),
+    then skips reports until :func:`resume`."""
+    _paused.set()
+    reporter = _current
+    if reporter is not None:
+        with reporter._lock:
+            pass
+
+
+def resume():
+    """This process is connected to Ray again: reports go on."""
+    _paused.clear()
+
+
 def start(addresses):
     """Starts this process's reporter once (a no-op when it runs or is turned
     off); ``addresses()`` gives the plugin endpoint's addresses when it reports."""
-    global _started_pid
+    global _started_pid, _current
     period = interval_s()
     if period <= 0:
         return
@@ -143,6 +166,7 @@ def start(addresses):
             return
         _started_pid = os.getpid()
         reporter = Reporter(addresses)
+        _current = reporter
         reporter.note_caller()
         threading.Thread(target=_loop, args=(reporter, period), name="ray-rdt-reporter", daemon=True).start()
         atexit.register(_final_report, reporter)

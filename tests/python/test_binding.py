@@ -202,3 +202,45 @@ def test_enabled_switch():
     assert _run("import ray_rdt; assert ray_rdt.enabled()").returncode == 0
     for value in ("0", "false", "off"):
         assert _run("import ray_rdt; assert not ray_rdt.enabled()", RAY_RDT_PLUGIN=value).returncode == 0
+
+
+def test_ray_shutdown_waits_for_a_report_under_way_and_pauses_the_reporter(monkeypatch):
+    """``process.on_ray_shutdown`` (Ray's shutdown calls it first) returns only
+    after a report under way ends (a report calls into Ray's core worker, which
+    the shutdown destroys); later reports do nothing until the process
+    connects again (``reporter.resume``)."""
+    import threading
+
+    from ray_rdt import process, reporter
+
+    r = reporter.Reporter(lambda: (None, None))
+    reports, entered, release = [], threading.Event(), threading.Event()
+
+    def blocking_report():
+        reports.append(1)
+        entered.set()
+        release.wait(10)
+
+    monkeypatch.setattr(r, "_report", blocking_report)
+    monkeypatch.setattr(reporter, "_current", r)
+    monkeypatch.setattr(process, "_context", None)  # no context: the reporter alone
+    under_way = threading.Thread(target=r.report)
+    under_way.start()
+    assert entered.wait(10)
+    shutdown = threading.Thread(target=process.on_ray_shutdown)
+    shutdown.start()
+    try:
+        shutdown.join(0.3)
+        assert shutdown.is_alive(), "on_ray_shutdown returned while a report was under way"
+    finally:
+        release.set()
+        under_way.join(10)
+        shutdown.join(10)
+    assert not shutdown.is_alive()
+    try:
+        r.report()
+        assert len(reports) == 1, "a paused reporter reported"
+    finally:
+        reporter.resume()
+    r.report()
+    assert len(reports) == 2
