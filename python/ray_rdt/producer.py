@@ -185,11 +185,24 @@ def _store_and_serialize(serialization_context, value: Any, tensors: List[Any], 
         tl.use_external_transport = False
         tl.rdt_tensors = []
         tl.rdt_plugin_record = None
-    if len(again) != len(tensors) or any(a is not b for a, b in zip(again, tensors)):
+    if len(again) != len(tensors) or not all(map(_same_tensor, again, tensors)):
         ctx.free(key)
         raise RuntimeError("ray_rdt: the value's tensors changed between two serialization passes")
     _tls.pending = _PendingPut(key, record, tensors, transport)
     return serialized
+
+
+def _same_tensor(a, b) -> bool:
+    """Whether two passes met the same tensor: the same object, or the same
+    memory described alike (an ``nn.Parameter`` pickles ``self.data``, a new
+    tensor object over its memory at every pass)."""
+    return a is b or (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )
 
 
 def _metadata(pending: _PendingPut) -> PluginTransportMetadata:
