@@ -25,6 +25,8 @@ import ray
 from ray.experimental.collective import create_collective_group
 from ray.experimental.collective.collective import RemoteCommunicatorManager
 
+from holds import pid_alive, wait_for
+
 ray.init(address=sys.argv[1])
 
 
@@ -41,21 +43,6 @@ class Member:
         return os.getpid()
 
 
-def process_gone(pid):
-    try:
-        os.kill(pid, 0)
-        return False
-    except ProcessLookupError:
-        return True
-
-
-def wait_until(condition, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-
-
 producer, stopped, consumer = Member.remote(), Member.remote(), Member.remote()
 group = create_collective_group([producer, stopped, consumer], backend="torch_gloo")
 ref = producer.make.remote()
@@ -64,7 +51,7 @@ producer_pid, stopped_pid = ray.get([producer.pid.remote(), stopped.pid.remote()
 print(f"STOPPED_PID {stopped_pid}", flush=True)
 os.kill(stopped_pid, signal.SIGSTOP)
 ray.kill(producer)
-wait_until(lambda: process_gone(producer_pid), "the producer's process exited")
+assert wait_for(lambda: not pid_alive(producer_pid), timeout=30), "the producer's process did not exit"
 try:
     ray.get(consumer.read.remote(ref))
     raise AssertionError("the transfer from a dead producer succeeded")
@@ -73,6 +60,8 @@ except ray.exceptions.RayError:
 # The consumer reported the failure before its task failed; the watcher takes
 # the group out of the registry, then waits for the members' answers.
 manager = RemoteCommunicatorManager.get()
-wait_until(lambda: all(c.name != group.name for c in manager.get_collective_groups()), "the failure was taken")
+assert wait_for(lambda: all(c.name != group.name for c in manager.get_collective_groups()), timeout=30), (
+    "the driver's watcher did not take the failure"
+)
 time.sleep(0.5)
 print("EXITING", flush=True)

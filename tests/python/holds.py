@@ -1,5 +1,6 @@
-"""The driver's side of the plugin's test-only hold points (src/hold.rs), for
-the test modules and the scripts two-node tests run as drivers."""
+"""The driver's side of the plugin's test-only hold points (src/hold.rs), and
+the polling helpers (:func:`wait_for`, :func:`pid_alive`), for the test
+modules, the harness and the scripts tests run as drivers."""
 
 import os
 import threading
@@ -15,6 +16,17 @@ def wait_for(predicate, timeout=20.0, interval=0.05):
             return True
         time.sleep(interval)
     return predicate()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 class Holds:

@@ -66,6 +66,8 @@ import unittest
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+from holds import pid_alive
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SCRIPTS = os.path.join(HERE, "two_node_scripts")
@@ -125,16 +127,6 @@ def namespaces() -> List[str]:
     return [line.split()[0] for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines() if line.strip()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def reap_stale():
     """Removes what an earlier harness left when it was killed before its
     teardown (SIGKILL, a CI timeout): namespaces ``rdt-<node or sw>-<pid>-<n>`` and
@@ -143,13 +135,13 @@ def reap_stale():
     harnesses, and anything not named like this, are left alone."""
     for ns in namespaces():
         m = re.fullmatch(rf"rdt-(?:[{NODE_NAMES}]|sw)-(\d+)-\d+", ns)
-        if m and not _alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             _kill(namespace_pids(ns), signal.SIGKILL)
             _wait_gone(lambda: namespace_pids(ns), 10)
             _run(["ip", "netns", "del", ns], check=False)
     for path in glob.glob("/tmp/rdt2n-*-*-*"):
         m = re.fullmatch(r"/tmp/rdt2n-(\d+)-\d+-\w+", path)
-        if m and not _alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             _kill(pids_matching(path), signal.SIGKILL)
             shutil.rmtree(path, ignore_errors=True)
 

@@ -20,6 +20,7 @@ from ray.experimental.collective import (
 )
 
 from conftest import ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for, TRANSPORT_ONLY
+from holds import pid_alive
 
 # These tests exercise the transport itself (see conftest.TRANSPORT_ONLY).
 RAY_ENV = TRANSPORT_ONLY
@@ -370,7 +371,7 @@ def test_system_error_destroys_group(ray_cluster):
     ray.kill(sender)
     # Ray marks the actor dead before its process has exited, and until then the
     # process's plugin still serves fetches: wait for the process itself.
-    wait_for(lambda: not _alive(sender) and not _process_exists(pid), timeout=10)
+    wait_for(lambda: not _alive(sender) and not pid_alive(pid), timeout=10)
     # The producer died: the dependent task raises ActorDiedError naming the
     # object, both actors and the cause.
     with pytest.raises(ray.exceptions.ActorDiedError) as e:
@@ -398,19 +399,11 @@ def test_a_driver_exits_cleanly_while_a_group_failure_is_handled(ray_cluster):
     address = ray.get_runtime_context().gcs_address
     proc = subprocess.run([sys.executable, script, address], capture_output=True, text=True, timeout=120)
     stopped = re.search(r"STOPPED_PID (\d+)", proc.stdout)
-    if stopped and _process_exists(int(stopped.group(1))):
+    if stopped and pid_alive(int(stopped.group(1))):
         os.kill(int(stopped.group(1)), signal.SIGCONT)  # Ray reaps it with the driver's job
     assert "EXITING" in proc.stdout and proc.returncode == 0, (
         f"exit status {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     )
-
-
-def _process_exists(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def _alive(actor):

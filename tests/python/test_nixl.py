@@ -18,6 +18,7 @@ import ray
 import ray_rdt
 
 from conftest import HERE, REPO, ReceivingActor, actor_stats, delta, num_rdt_objects, wait_for, TRANSPORT_ONLY
+from holds import pid_alive
 
 # These tests exercise the transport itself (see conftest.TRANSPORT_ONLY).
 RAY_ENV = TRANSPORT_ONLY
@@ -287,14 +288,6 @@ def assert_names_failed_transfer(text: str, obj_hex: str, pid: int):
     assert "The source actor may have died during the transfer." in text, text
 
 
-def pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def test_producer_killed_after_ref_created(actors):
     _, receiver = actors
     victim = NixlActor.remote()
@@ -306,7 +299,7 @@ def test_producer_killed_after_ref_created(actors):
     # The kill is asynchronous: a task submitted at once may still run. Once the
     # process has exited (which also pins down the plugin's diagnosis: a fetch
     # just before says "(producer pid N, still running)"), Ray knows it is dead.
-    assert wait_for(lambda: pid_gone(pid), timeout=20)
+    assert wait_for(lambda: not pid_alive(pid), timeout=20)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(victim.sum.remote(torch.ones(1)), timeout=30)
     r0 = actor_stats(receiver, "nixl")
