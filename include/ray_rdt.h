@@ -36,9 +36,9 @@
 
 /**
  * Minor version of the C ABI; grows when functions or codes are added (2.2:
- * `RDT_PATH_NODE_COPY`).
+ * `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding).
  */
-#define RDT_ABI_VERSION_MINOR 2
+#define RDT_ABI_VERSION_MINOR 3
 
 /**
  * Buckets of the fetch-latency histogram (the last one is unbounded).
@@ -889,6 +889,43 @@ rdt_status rdt_context_wait_tensor_freed(const struct rdt_context *ctx,
 rdt_status rdt_context_counts(const struct rdt_context *ctx,
                               uintptr_t *out_objects,
                               uint64_t *out_bytes);
+
+/**
+ * Writes the `DLManagedTensor*` of each capsule of the Python list `capsules`
+ * (`len` of them, each named `"dltensor"`) to `out[0..len]`. The capsules keep
+ * their tensors: hand the pointers to the plugin, then call
+ * `rdt_capsules_consume` once it owns them.
+ *
+ * # Safety
+ * The GIL is held; `capsules` is a live Python list; `out` has room for
+ * `len` pointers.
+ */
+rdt_status rdt_capsules_pointers(void *capsules, struct DLManagedTensor **out, uintptr_t len);
+
+/**
+ * Renames every capsule of the Python list `capsules` (`len` of them) to
+ * `"used_dltensor"`: the plugin owns their tensors now, so the capsules no
+ * longer call the deleters when they die. On an error no capsule after the
+ * one named was renamed.
+ *
+ * # Safety
+ * The GIL is held; `capsules` is a live Python list.
+ */
+rdt_status rdt_capsules_consume(void *capsules, uintptr_t len);
+
+/**
+ * Makes a capsule named `"dltensor"` for each of `tensors[0..len]` (tensors the
+ * plugin handed out) and stores it at the same index of the Python list
+ * `list` (`len` items, replaced). A capsule that dies still named so (nobody
+ * took its tensor: torch's `from_dlpack` renames what it adopts) calls its
+ * tensor's deleter. On an error every tensor is released all the same: those
+ * with a capsule when the list drops it, the rest here.
+ *
+ * # Safety
+ * The GIL is held; `list` is a live Python list; every pointer in `tensors`
+ * is a `DLManagedTensor` the caller owns, whose ownership moves to this call.
+ */
+rdt_status rdt_capsules_new(struct DLManagedTensor *const *tensors, uintptr_t len, void *list);
 
 /**
  * Tells the plugin which CUDA device and stream the calling thread works on

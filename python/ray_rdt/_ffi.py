@@ -18,7 +18,7 @@ from typing import Optional
 ABI_MAJOR = 2
 # The binding needs the functions and codes of this minor version (2.0: one
 # handle family, the context; rdt_context_record_get; 2.2: RDT_PATH_NODE_COPY).
-ABI_MINOR = 2
+ABI_MINOR = 3
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
 TRANSPORT_GLOO = 0
@@ -271,6 +271,10 @@ _SIGNATURES = {
             ctypes.POINTER(Buffer),
         ],
     ),
+    # DLPack capsules in bulk (src/ffi/capsule.rs; called with the GIL held).
+    "rdt_capsules_pointers": (_status, [ctypes.py_object, ctypes.POINTER(_c_void_p), ctypes.c_size_t]),
+    "rdt_capsules_consume": (_status, [ctypes.py_object, ctypes.c_size_t]),
+    "rdt_capsules_new": (_status, [ctypes.POINTER(_c_void_p), ctypes.c_size_t, ctypes.py_object]),
     "rdt_context_fetch": (
         _status,
         [
@@ -378,7 +382,15 @@ _SIGNATURES = {
 # another thread. Releasing and retaking the GIL around them cost more than the
 # call: the owner frees objects on Ray's core-worker thread, which had to
 # wait for the GIL to come back (150 us of wall time per free, measured).
-_KEEP_GIL = ("rdt_context_free_remote", "rdt_context_free", "rdt_context_contains")
+# The capsule helpers call the CPython API, so they need the GIL.
+_KEEP_GIL = (
+    "rdt_context_free_remote",
+    "rdt_context_free",
+    "rdt_context_contains",
+    "rdt_capsules_pointers",
+    "rdt_capsules_consume",
+    "rdt_capsules_new",
+)
 
 _lib = None
 _lib_path: Optional[str] = None

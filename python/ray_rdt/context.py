@@ -214,7 +214,7 @@ class Context:
                 capacity = count.value
                 continue
             _ffi.check(status, name)
-            return dlpack.adopt_all([out[i] for i in range(count.value)])
+            return dlpack.adopt(out, count.value)
 
     def free(self, object_id) -> bool:
         """Frees the primary copy of ``object_id``; returns whether it was held."""

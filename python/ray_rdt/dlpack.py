@@ -8,11 +8,13 @@ destructor no longer calls the deleter (the plugin calls it, exactly once).
 Out of the plugin: a returned ``DLManagedTensor*`` is wrapped in a new "dltensor"
 capsule and given to ``torch.from_dlpack``, which takes ownership and calls the
 deleter when the tensor dies.
+
+The per-capsule CPython calls (read a pointer, rename, make a capsule) are made
+by the plugin for a whole list at once (``rdt_capsules_*``, src/ffi/capsule.rs):
+one ``ctypes`` call per tensor costs more than torch's own export.
 """
 
-import collections
 import ctypes
-import itertools
 from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 from ray_rdt import _ffi
@@ -20,27 +22,10 @@ from ray_rdt import _ffi
 if TYPE_CHECKING:
     import torch
 
-_api = ctypes.pythonapi
-_api.PyCapsule_New.restype = ctypes.py_object
-_api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-_api.PyCapsule_IsValid.restype = ctypes.c_int
-_api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
-
-_DLTENSOR = b"dltensor"
-_DLTENSOR_NAME = ctypes.c_char_p(_DLTENSOR)
-# PyCapsule_SetName keeps the pointer: the name must outlive the capsule.
-_USED_DLTENSOR = ctypes.create_string_buffer(b"used_dltensor")
-_USED_NAME = ctypes.cast(_USED_DLTENSOR, ctypes.c_char_p)
-
-# The two capsule calls made once per tensor of a put, as prototypes of their
-# own (the GIL held; an error still raises), called through map(): for
-# 100,000 tensors about 8 ms less than a loop over ``ctypes.pythonapi``'s.
-_GET_POINTER = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", _api))
-_SET_NAME = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_SetName", _api))
-
 
 def _capsules(tensors: Sequence["torch.Tensor"]):
-    """DLPack capsules of ``tensors`` and a C array of their ``DLManagedTensor`` pointers."""
+    """DLPack capsules of ``tensors`` and a C array of their ``DLManagedTensor``
+    pointers (read by the plugin in one call: ``rdt_capsules_pointers``)."""
     from torch.utils.dlpack import to_dlpack
 
     try:
@@ -52,7 +37,7 @@ def _capsules(tensors: Sequence["torch.Tensor"]):
         # (The capsules made before the refusal free their tensors as they go.)
         capsules = [to_dlpack(t.detach() if t.requires_grad else t) for t in tensors]
     array = (ctypes.c_void_p * max(len(capsules), 1))()
-    array[: len(capsules)] = list(map(_GET_POINTER, capsules, itertools.repeat(_DLTENSOR_NAME)))
+    _ffi.check(_ffi.lib().rdt_capsules_pointers(capsules, array, len(capsules)), "rdt_capsules_pointers")
     return capsules, array
 
 
@@ -78,8 +63,8 @@ class Exported:
         self.count = len(self.capsules)
 
     def commit(self):
-        # Renames every capsule (a zero-length deque consumes the map in C).
-        collections.deque(map(_SET_NAME, self.capsules, itertools.repeat(_USED_NAME)), maxlen=0)
+        """Renames every capsule to "used_dltensor" (one plugin call)."""
+        _ffi.check(_ffi.lib().rdt_capsules_consume(self.capsules, self.count), "rdt_capsules_consume")
         self.capsules = []
 
 
@@ -91,47 +76,17 @@ def _from_capsule():
     return getattr(torch._C, "_from_dlpack", torch.utils.dlpack.from_dlpack)
 
 
-def to_torch(ptr: int) -> "torch.Tensor":
-    """Wraps a ``DLManagedTensor*`` the plugin handed out into a torch tensor.
+def adopt(array, count: int) -> List["torch.Tensor"]:
+    """Wraps the ``count`` ``DLManagedTensor*`` of the C array ``array``, which
+    the plugin handed out, into torch tensors (ownership moves to torch: each
+    deleter runs when its tensor is released).
 
-    Ownership moves to torch (the deleter runs when the tensor is released). If
-    torch refuses the tensor, its deleter is called here and the error re-raised.
-    """
-    return adopt_all([ptr])[0]
-
-
-def release(ptr: int):
-    """Calls a ``DLManagedTensor``'s deleter (for tensors nobody will adopt)."""
-    if not ptr:
-        return
-    managed = _ffi.DLManagedTensor.from_address(ptr)
-    if managed.deleter:
-        managed.deleter(ctypes.cast(ptr, ctypes.POINTER(_ffi.DLManagedTensor)))
-
-
-def adopt_all(ptrs: Sequence[int]) -> List["torch.Tensor"]:
-    """Wraps each ``DLManagedTensor*`` the plugin handed out into a torch
-    tensor (ownership moves to torch: the deleter runs when the tensor is
-    released). If torch refuses one, its deleter and those of the rest are
-    called here and the error re-raised."""
-    importer = _from_capsule()
-    new = _api.PyCapsule_New
-    out = []
-    capsule = None
-    try:
-        for p in ptrs:
-            capsule = None
-            capsule = new(p, _DLTENSOR, None)
-            out.append(importer(capsule))
-    except BaseException:
-        failed = len(out)
-        # The one that failed is still ours unless torch took it.
-        if failed < len(ptrs) and (capsule is None or _api.PyCapsule_IsValid(capsule, _DLTENSOR)):
-            release(ptrs[failed])
-        for p in ptrs[failed + 1 :]:
-            release(p)
-        raise
-    return out
+    The plugin makes the capsules in one call (``rdt_capsules_new``); a capsule
+    torch did not take (torch refused a tensor: the error is re-raised) calls
+    its tensor's deleter when it dies."""
+    capsules = [None] * count
+    _ffi.check(_ffi.lib().rdt_capsules_new(array, count, capsules), "rdt_capsules_new")
+    return list(map(_from_capsule(), capsules))
 
 
 # DLPack (code, bits) of single-lane types -> torch dtype name.

@@ -1,6 +1,7 @@
 """The ctypes binding over the C ABI, without Ray: DLPack in and out, errors,
 counters, library discovery."""
 
+import ctypes
 import gc
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import ray_rdt
-from ray_rdt import _ffi
+from ray_rdt import _ffi, dlpack
 from ray_rdt.context import Context
 
 from conftest import REPO, wait_for
@@ -244,3 +245,55 @@ def test_ray_shutdown_waits_for_a_report_under_way_and_pauses_the_reporter(monke
         reporter.resume()
     r.report()
     assert len(reports) == 2
+
+
+def test_capsule_helpers_refuse_what_is_not_an_unused_dlpack_capsule():
+    from torch.utils.dlpack import to_dlpack
+
+    lib = _ffi.lib()
+    good = to_dlpack(torch.ones(2))
+    array = (ctypes.c_void_p * 2)()
+    assert lib.rdt_capsules_pointers([good], array, 1) == _ffi.OK and array[0]
+    assert lib.rdt_capsules_pointers([good, "x"], array, 2) == _ffi.ERR_INVALID_ARGUMENT
+    assert "item 1 is not a DLPack capsule" in _ffi.last_error()
+    assert lib.rdt_capsules_pointers([good], array, 2) == _ffi.ERR_INVALID_ARGUMENT
+    assert "the list has 1 items, the call says 2" in _ffi.last_error()
+    assert lib.rdt_capsules_pointers((good,), array, 1) == _ffi.ERR_INVALID_ARGUMENT
+    assert "not a list" in _ffi.last_error()
+    # A consumed capsule no longer owns its tensor: refused by both helpers.
+    used = to_dlpack(torch.ones(2))
+    assert lib.rdt_capsules_pointers([used], array, 1) == _ffi.OK
+    taken = ctypes.cast(array[0], ctypes.POINTER(_ffi.DLManagedTensor))
+    assert lib.rdt_capsules_consume([used], 1) == _ffi.OK
+    assert lib.rdt_capsules_pointers([used], array, 1) == _ffi.ERR_INVALID_ARGUMENT
+    assert lib.rdt_capsules_consume([used], 1) == _ffi.ERR_INVALID_ARGUMENT
+    # The Python errors the helpers met were cleared: this runs on.
+    assert torch.from_dlpack(good).tolist() == [1.0, 1.0]
+    taken.contents.deleter(taken)  # the consumed capsule's tensor is ours to release
+
+
+def test_tensors_torch_did_not_take_are_released(producer, monkeypatch):
+    """Received tensors are wrapped in capsules in one plugin call; when torch
+    refuses one, the error reaches the caller and every capsule torch did not
+    take releases its tensor (here: views of an object the producer holds,
+    which keep it until they are released)."""
+    t = torch.arange(64, dtype=torch.float32)
+    key = oid()
+    producer.put(key, _ffi.TRANSPORT_SHM, [t, t[:8], t[8:]])
+    importer = dlpack._from_capsule()
+    calls = []
+
+    def refuse_the_second(capsule):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("torch refused it")
+        return importer(capsule)
+
+    monkeypatch.setattr(dlpack, "_from_capsule", lambda: refuse_the_second)
+    with pytest.raises(RuntimeError, match="torch refused it"):
+        producer.get(key)
+    monkeypatch.undo()
+    gc.collect()
+    assert producer.free(key)
+    # The one adopted view died with the failed call; the two others were released by their capsules.
+    producer.wait_tensor_freed(t, 10)
