@@ -666,3 +666,25 @@ fn a_context_config_is_checked_and_its_endpoints_are_reported() {
         rdt_context_destroy(ctx);
     }
 }
+
+#[test]
+fn capsule_helpers_need_python_and_still_release_the_tensors_they_were_given() {
+    // This test process has no Python: the CPython API is not found.
+    let deletions = Deletions::new();
+    let t = counting_tensor(&deletions, &[2]);
+    // SAFETY: ownership of `t` moves to the call, which releases it when it fails.
+    let status = unsafe { ray_rdt::ffi::capsule::rdt_capsules_new(&t, 1, null_mut()) };
+    assert_fails(
+        status,
+        RDT_ERR_UNAVAILABLE,
+        "CPython C API is not in this process",
+    );
+    assert_eq!(deletions.count(), 1);
+    let mut out = null_mut();
+    // SAFETY: nothing is read through the NULL list when the API is missing.
+    let status = unsafe { ray_rdt::ffi::capsule::rdt_capsules_pointers(null_mut(), &mut out, 0) };
+    assert_fails(status, RDT_ERR_UNAVAILABLE, "CPython");
+    // SAFETY: as above.
+    let status = unsafe { ray_rdt::ffi::capsule::rdt_capsules_consume(null_mut(), 0) };
+    assert_fails(status, RDT_ERR_UNAVAILABLE, "CPython");
+}

@@ -90,7 +90,10 @@ impl Api {
         let len = (self.list_size)(list);
         if len < 0 {
             (self.err_clear)();
-            return Err(Error::new(ErrorKind::InvalidArgument, "capsules is not a list"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "capsules is not a list",
+            ));
         }
         if len as usize != expected {
             return Err(Error::new(
@@ -109,7 +112,9 @@ impl Api {
         (self.err_clear)();
         Error::new(
             ErrorKind::InvalidArgument,
-            format!("item {i} is not a DLPack capsule that still owns its tensor (named \"dltensor\")"),
+            format!(
+                "item {i} is not a DLPack capsule that still owns its tensor (named \"dltensor\")"
+            ),
         )
     }
 }
@@ -135,7 +140,10 @@ pub unsafe extern "C" fn rdt_capsules_pointers(
             return Err(Error::new(ErrorKind::NullArgument, "out is NULL"));
         }
         for i in 0..n {
-            let p = (api.capsule_get_pointer)((api.list_get_item)(capsules, i as isize), DLTENSOR.as_ptr());
+            let p = (api.capsule_get_pointer)(
+                (api.list_get_item)(capsules, i as isize),
+                DLTENSOR.as_ptr(),
+            );
             if p.is_null() {
                 return Err(api.not_a_capsule(i));
             }

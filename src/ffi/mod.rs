@@ -10,8 +10,8 @@
 #![allow(non_camel_case_types)]
 
 pub(crate) mod boundary;
-pub mod context;
 pub mod capsule;
+pub mod context;
 pub mod cuda;
 pub mod group;
 pub mod metadata;
