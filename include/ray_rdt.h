@@ -139,64 +139,6 @@ typedef struct rdt_context rdt_context;
 typedef struct rdt_metadata rdt_metadata;
 
 /**
- * Bytes owned by the plugin; release with `rdt_buffer_free`.
- */
-typedef struct rdt_buffer {
-  /**
-   * Start of the bytes (NULL when empty).
-   */
-  uint8_t *data;
-  /**
-   * Number of bytes.
-   */
-  uintptr_t len;
-} rdt_buffer;
-
-/**
- * What a context is created with (see `rdt_context_create`).
- */
-typedef struct rdt_context_config {
-  /**
-   * Ray's binary node ID of this process's node (NULL when `node_id_len` is 0).
-   */
-  const uint8_t *node_id;
-  /**
-   * Bytes at `node_id`.
-   */
-  uintptr_t node_id_len;
-  /**
-   * Ray's binary actor ID of this process (NULL when `actor_id_len` is 0,
-   * e.g. in a driver).
-   */
-  const uint8_t *actor_id;
-  /**
-   * Bytes at `actor_id`.
-   */
-  uintptr_t actor_id_len;
-  /**
-   * The node's IP as Ray knows it ("10.0.0.7", "::1"), NUL-terminated: the
-   * endpoint for other hosts listens on TCP there. NULL: no TCP endpoint
-   * (only processes on this host can fetch from this one).
-   */
-  const char *node_ip;
-  /**
-   * Ray's cluster token (the bytes of `~/.ray/auth_token` or
-   * `RAY_AUTH_TOKEN`) when Ray's token authentication is on: peers on other
-   * hosts must prove it. NULL or length 0: authentication off.
-   */
-  const uint8_t *auth_token;
-  /**
-   * Bytes at `auth_token`.
-   */
-  uintptr_t auth_token_len;
-} rdt_context_config;
-
-/**
- * A transport identifier (`RDT_TRANSPORT_*`).
- */
-typedef uint32_t rdt_transport;
-
-/**
  * The device type of a tensor (`DLDeviceType` in dlpack.h).
  */
 typedef int32_t DLDeviceType;
@@ -284,6 +226,64 @@ typedef struct DLManagedTensor {
    */
   void (*deleter)(struct DLManagedTensor*);
 } DLManagedTensor;
+
+/**
+ * Bytes owned by the plugin; release with `rdt_buffer_free`.
+ */
+typedef struct rdt_buffer {
+  /**
+   * Start of the bytes (NULL when empty).
+   */
+  uint8_t *data;
+  /**
+   * Number of bytes.
+   */
+  uintptr_t len;
+} rdt_buffer;
+
+/**
+ * What a context is created with (see `rdt_context_create`).
+ */
+typedef struct rdt_context_config {
+  /**
+   * Ray's binary node ID of this process's node (NULL when `node_id_len` is 0).
+   */
+  const uint8_t *node_id;
+  /**
+   * Bytes at `node_id`.
+   */
+  uintptr_t node_id_len;
+  /**
+   * Ray's binary actor ID of this process (NULL when `actor_id_len` is 0,
+   * e.g. in a driver).
+   */
+  const uint8_t *actor_id;
+  /**
+   * Bytes at `actor_id`.
+   */
+  uintptr_t actor_id_len;
+  /**
+   * The node's IP as Ray knows it ("10.0.0.7", "::1"), NUL-terminated: the
+   * endpoint for other hosts listens on TCP there. NULL: no TCP endpoint
+   * (only processes on this host can fetch from this one).
+   */
+  const char *node_ip;
+  /**
+   * Ray's cluster token (the bytes of `~/.ray/auth_token` or
+   * `RAY_AUTH_TOKEN`) when Ray's token authentication is on: peers on other
+   * hosts must prove it. NULL or length 0: authentication off.
+   */
+  const uint8_t *auth_token;
+  /**
+   * Bytes at `auth_token`.
+   */
+  uintptr_t auth_token_len;
+} rdt_context_config;
+
+/**
+ * A transport identifier (`RDT_TRANSPORT_*`).
+ */
+typedef uint32_t rdt_transport;
 
 /**
  * A DLPack ABI version (`DLPackVersion`).
@@ -641,6 +641,43 @@ uint32_t rdt_abi_version(void);
 const char *rdt_last_error(void);
 
 /**
+ * Writes the `DLManagedTensor*` of each capsule of the Python list `capsules`
+ * (`len` of them, each named `"dltensor"`) to `out[0..len]`. The capsules keep
+ * their tensors: hand the pointers to the plugin, then call
+ * `rdt_capsules_consume` once it owns them.
+ *
+ * # Safety
+ * The GIL is held; `capsules` is a live Python list; `out` has room for
+ * `len` pointers.
+ */
+rdt_status rdt_capsules_pointers(void *capsules, struct DLManagedTensor **out, uintptr_t len);
+
+/**
+ * Renames every capsule of the Python list `capsules` (`len` of them) to
+ * `"used_dltensor"`: the plugin owns their tensors now, so the capsules no
+ * longer call the deleters when they die. On an error no capsule after the
+ * one named was renamed.
+ *
+ * # Safety
+ * The GIL is held; `capsules` is a live Python list.
+ */
+rdt_status rdt_capsules_consume(void *capsules, uintptr_t len);
+
+/**
+ * Makes a capsule named `"dltensor"` for each of `tensors[0..len]` (tensors the
+ * plugin handed out) and stores it at the same index of the Python list
+ * `list` (`len` items, replaced). A capsule that dies still named so (nobody
+ * took its tensor: torch's `from_dlpack` renames what it adopts) calls its
+ * tensor's deleter. On an error every tensor is released all the same: those
+ * with a capsule when the list drops it, the rest here.
+ *
+ * # Safety
+ * The GIL is held; `list` is a live Python list; every pointer in `tensors`
+ * is a `DLManagedTensor` the caller owns, whose ownership moves to this call.
+ */
+rdt_status rdt_capsules_new(struct DLManagedTensor *const *tensors, uintptr_t len, void *list);
+
+/**
  * Releases a buffer's bytes and resets it to empty. NULL is ignored.
  *
  * # Safety
@@ -889,43 +926,6 @@ rdt_status rdt_context_wait_tensor_freed(const struct rdt_context *ctx,
 rdt_status rdt_context_counts(const struct rdt_context *ctx,
                               uintptr_t *out_objects,
                               uint64_t *out_bytes);
-
-/**
- * Writes the `DLManagedTensor*` of each capsule of the Python list `capsules`
- * (`len` of them, each named `"dltensor"`) to `out[0..len]`. The capsules keep
- * their tensors: hand the pointers to the plugin, then call
- * `rdt_capsules_consume` once it owns them.
- *
- * # Safety
- * The GIL is held; `capsules` is a live Python list; `out` has room for
- * `len` pointers.
- */
-rdt_status rdt_capsules_pointers(void *capsules, struct DLManagedTensor **out, uintptr_t len);
-
-/**
- * Renames every capsule of the Python list `capsules` (`len` of them) to
- * `"used_dltensor"`: the plugin owns their tensors now, so the capsules no
- * longer call the deleters when they die. On an error no capsule after the
- * one named was renamed.
- *
- * # Safety
- * The GIL is held; `capsules` is a live Python list.
- */
-rdt_status rdt_capsules_consume(void *capsules, uintptr_t len);
-
-/**
- * Makes a capsule named `"dltensor"` for each of `tensors[0..len]` (tensors the
- * plugin handed out) and stores it at the same index of the Python list
- * `list` (`len` items, replaced). A capsule that dies still named so (nobody
- * took its tensor: torch's `from_dlpack` renames what it adopts) calls its
- * tensor's deleter. On an error every tensor is released all the same: those
- * with a capsule when the list drops it, the rest here.
- *
- * # Safety
- * The GIL is held; `list` is a live Python list; every pointer in `tensors`
- * is a `DLManagedTensor` the caller owns, whose ownership moves to this call.
- */
-rdt_status rdt_capsules_new(struct DLManagedTensor *const *tensors, uintptr_t len, void *list);
 
 /**
  * Tells the plugin which CUDA device and stream the calling thread works on

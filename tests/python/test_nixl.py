@@ -5,6 +5,7 @@ actors and from the driver, each checked against the plugin's counters
 
 CUDA variants: test_nixl_gpu.py (skipped without a GPU)."""
 
+import ast
 import gc
 import os
 import subprocess
@@ -103,30 +104,46 @@ def test_nixl_is_the_plugin_by_default(actors):
     assert ray.get(actors[0].__ray_call__.remote(in_actor)) == "PluginNixlTransport"
 
 
-def ucx_environment(self):
-    """The UCX segment sizes in this process's C environment (where UCX reads
-    them), after the plugin's NIXL agents exist."""
-    import ctypes
+# A process that serves one object over NIXL (its agent and UCX backend get
+# created), then prints its C environment's UCX segment sizes.
+UCX_SETTINGS_CHECK = """
+import ctypes, os, torch
+from ray_rdt import _ffi
+from ray_rdt.context import Context
+ctx = Context(b"\\x01" * 28, b"\\x02" * 16)
+ctx.put(os.urandom(28), _ffi.TRANSPORT_NIXL, [torch.ones(1 << 20)])
+getenv = ctypes.CDLL(None).getenv
+getenv.restype = ctypes.c_char_p
+print({k: (getenv(k.encode()) or b"").decode() for k in ("UCX_TCP_TX_SEG_SIZE", "UCX_TCP_RX_SEG_SIZE")})
+"""
 
-    getenv = ctypes.CDLL(None).getenv
-    getenv.restype = ctypes.c_char_p
-    return {k: (getenv(k.encode()) or b"").decode() for k in ("UCX_TCP_TX_SEG_SIZE", "UCX_TCP_RX_SEG_SIZE")}
+
+def ucx_settings(**env):
+    """(C environment printed, UCX settings NIXL applied) of a process that
+    creates the plugin's NIXL agent, with ``env`` added to its environment.
+    NIXL logs each setting it gives UCX at debug level."""
+    env = {**os.environ, "NIXL_LOG_LEVEL": "DEBUG", **env}
+    proc = subprocess.run([sys.executable, "-c", UCX_SETTINGS_CHECK], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    applied = {line.split("Modified UCX config: ", 1)[1].strip() for line in proc.stderr.splitlines()
+               if "Modified UCX config: TCP_" in line}
+    return ast.literal_eval(proc.stdout.strip().splitlines()[-1]), applied
 
 
-def test_ucx_segment_defaults_apply_unless_set(actors):
+def test_ucx_segment_defaults_apply_unless_set():
     """The plugin's NIXL agents start UCX with 1 MiB TCP segments (its
-    defaults, src/transport/nixl/agent.rs); a process that sets either keeps
-    its own and gets neither (UCX refuses a send segment larger than the
-    receive segment, so the plugin never pairs a user's value with its own)."""
-    producer, receiver = actors
-    preset = NixlActor.options(runtime_env={"env_vars": {"UCX_TCP_TX_SEG_SIZE": "32K"}}).remote()
-    for consumer in (receiver, preset):
-        assert ray.get(consumer.sum.remote(producer.random_tensor.remote(16))) is not None
-    assert ray.get(producer.__ray_call__.remote(ucx_environment)) == {
-        "UCX_TCP_TX_SEG_SIZE": "1M", "UCX_TCP_RX_SEG_SIZE": "1M"}
-    assert ray.get(preset.__ray_call__.remote(ucx_environment)) == {
-        "UCX_TCP_TX_SEG_SIZE": "32K", "UCX_TCP_RX_SEG_SIZE": ""}
-    ray.kill(preset)
+    defaults, src/transport/nixl/agent.rs), given to NIXL's UCX backend as its
+    engine_config: the process environment is never written (Ray's threads
+    read it). A process that sets either keeps its own and gets neither (UCX
+    refuses a send segment larger than the receive segment, so the plugin
+    never pairs a user's value with its own)."""
+    environment, applied = ucx_settings()
+    assert environment == {"UCX_TCP_TX_SEG_SIZE": "", "UCX_TCP_RX_SEG_SIZE": ""}
+    assert applied == {"TCP_TX_SEG_SIZE=1M", "TCP_RX_SEG_SIZE=1M"}
+    environment, applied = ucx_settings(UCX_TCP_TX_SEG_SIZE="32K")
+    assert environment == {"UCX_TCP_TX_SEG_SIZE": "32K", "UCX_TCP_RX_SEG_SIZE": ""}
+    assert applied == set()
 
 
 def test_opt_out_leaves_nixl_stock(monkeypatch):

@@ -16,8 +16,8 @@
 //!
 //! A process that only produces or only consumes creates only one of them.
 //! Both use `ThreadSync::Strict` (NIXL serialises calls into each agent), and
-//! `nixl-sys` takes its own lock around most calls as well. Before the first
-//! one, [`UCX_DEFAULTS`] go into the environment where it does not set them.
+//! `nixl-sys` takes its own lock around most calls as well. Their UCX backends
+//! start with [`UCX_DEFAULTS`] where the environment sets none of them.
 
 use super::library;
 use crate::error::{Error, ErrorKind, Result};
@@ -25,37 +25,50 @@ use nixl_sys::{
     Agent, AgentConfig, MemType, MemoryRegion, NixlDescriptor, NixlError, RegDescList,
     RegistrationHandle, ThreadSync, XferDescList, XferOp, XferStatus,
 };
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// UCX settings this process's NIXL agents start with unless the environment
-/// already sets any of them (UCX reads its environment when the backend is
-/// created; the two go together: UCX refuses a send segment larger than the
-/// receive segment, so a user's one value is never paired with our other).
-/// Over TCP, which is UCX's transport between hosts without RDMA, UCX's
-/// 8 KiB send and 64 KiB receive segments cut a large read into many small
-/// messages: across two nodes (network namespaces, `UCX_TLS=tcp,self`), one
-/// 256 MiB model into a generator's weights took 186 ms per step with them,
-/// 131 ms with 256 KiB, 89 ms with 1 MiB (faster than one plain TCP stream)
-/// and 98 ms with 4 MiB (docs/cross-node-bench.md, 2026-12-06). They apply
-/// to every UCX user of the process (stock Ray's NIXL there too).
+/// already sets any of them (the two go together: UCX refuses a send segment
+/// larger than the receive segment, so a user's one value is never paired
+/// with our other). Over TCP, which is UCX's transport between hosts without
+/// RDMA, UCX's 8 KiB send and 64 KiB receive segments cut a large read into
+/// many small messages: across two nodes (network namespaces,
+/// `UCX_TLS=tcp,self`), one 256 MiB model into a generator's weights took
+/// 186 ms per step with them, 131 ms with 256 KiB, 89 ms with 1 MiB (faster
+/// than one plain TCP stream) and 98 ms with 4 MiB
+/// (docs/cross-node-bench.md, 2026-12-06).
+///
+/// They reach UCX through the backend's `engine_config` parameter
+/// ([`ucx_engine_config`]), so they apply to the plugin's agents only (not
+/// to stock Ray's NIXL in the same process), and the process environment is
+/// never written (a `setenv` while Ray's threads run could race their
+/// `getenv`).
 pub const UCX_DEFAULTS: [(&str, &str); 2] =
     [("UCX_TCP_TX_SEG_SIZE", "1M"), ("UCX_TCP_RX_SEG_SIZE", "1M")];
 
-/// Puts [`UCX_DEFAULTS`] into the environment when it sets none of them, once
-/// per process, before the first agent.
-fn apply_ucx_defaults() {
-    static APPLIED: Once = Once::new();
-    APPLIED.call_once(|| {
-        if UCX_DEFAULTS
-            .iter()
-            .all(|(key, _)| std::env::var_os(key).is_none())
-        {
-            for (key, value) in UCX_DEFAULTS {
-                std::env::set_var(key, value);
-            }
-        }
-    });
+/// NIXL's UCX backend parameter that carries UCX settings: `KEY=VALUE` pairs
+/// joined by commas, names without the `UCX_` prefix; a setting the
+/// environment also makes keeps the environment's value.
+const ENGINE_CONFIG: &str = "engine_config";
+
+/// The `engine_config` for the plugin's UCX backends: `existing` (the
+/// plugin's default, usually empty) followed by [`UCX_DEFAULTS`], unless
+/// `is_set` says the environment sets any of them (then `existing` alone).
+fn ucx_engine_config(existing: &str, is_set: impl Fn(&str) -> bool) -> String {
+    let mut pairs: Vec<String> = existing
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !UCX_DEFAULTS.iter().any(|(key, _)| is_set(key)) {
+        pairs.extend(
+            UCX_DEFAULTS
+                .iter()
+                .map(|(key, value)| format!("{}={value}", key.strip_prefix("UCX_").unwrap_or(key))),
+        );
+    }
+    pairs.join(",")
 }
 
 /// Environment variable: `1` runs NIXL's progress thread in the fetching agent
@@ -161,7 +174,6 @@ fn random_u64() -> u64 {
 
 impl Runtime {
     fn create(role: &str, progress_thread: bool) -> Result<Runtime> {
-        apply_ucx_defaults();
         let nonce = *NONCE.get_or_init(random_u64);
         let name = format!("ray-rdt-{}-{nonce:016x}-{role}", std::process::id());
         let config = AgentConfig {
@@ -177,12 +189,20 @@ impl Runtime {
         };
         let agent =
             Agent::new_configured(&name, &config).map_err(|e| nixl_error("agent creation", e))?;
-        let (_mems, params) = agent.get_plugin_params("UCX").map_err(|e| {
+        let (_mems, mut params) = agent.get_plugin_params("UCX").map_err(|e| {
             Error::new(
                 ErrorKind::Unavailable,
                 format!("NIXL's UCX plugin is not available ({e}): the nixl wheels' plugins/libplugin_UCX.so is missing or cannot load"),
             )
         })?;
+        let existing = (&params)
+            .into_iter()
+            .find(|(key, _)| *key == ENGINE_CONFIG)
+            .map_or(String::new(), |(_, value)| value.to_owned());
+        let engine_config = ucx_engine_config(&existing, |key| std::env::var_os(key).is_some());
+        params
+            .set(ENGINE_CONFIG, &engine_config)
+            .map_err(|e| nixl_error("setting the UCX backend's engine_config", e))?;
         agent
             .create_backend("UCX", &params)
             .map_err(|e| nixl_error("UCX backend creation", e))?;
@@ -340,5 +360,28 @@ impl ReadError {
             error,
             in_flight: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_segment_defaults_go_to_engine_config_unless_the_environment_sets_one() {
+        assert_eq!(
+            ucx_engine_config("", |_| false),
+            "TCP_TX_SEG_SIZE=1M,TCP_RX_SEG_SIZE=1M"
+        );
+        assert_eq!(
+            ucx_engine_config("RNDV_THRESH=8K", |_| false),
+            "RNDV_THRESH=8K,TCP_TX_SEG_SIZE=1M,TCP_RX_SEG_SIZE=1M"
+        );
+        // Either one set by the user: neither default (never a pair UCX refuses).
+        assert_eq!(ucx_engine_config("", |k| k == "UCX_TCP_RX_SEG_SIZE"), "");
+        assert_eq!(
+            ucx_engine_config("RNDV_THRESH=8K", |k| k == "UCX_TCP_TX_SEG_SIZE"),
+            "RNDV_THRESH=8K"
+        );
     }
 }
