@@ -293,20 +293,26 @@ def _copy_worker(n, barrier, queue):
         barrier.wait()
         t0 = time.perf_counter()
         np.copyto(dst, src)
-        samples.append(time.perf_counter() - t0)
+        samples.append((t0, time.perf_counter()))
     queue.put(samples)
 
 
 def parallel_copy_medians(size, streams):
     """Median wall seconds for ``streams`` processes to copy ``size`` bytes
-    each at once (every sample: all start together; the slowest ends it)."""
+    each at once: every sample runs from the first process's start (all leave
+    one barrier together) to the last one's end. The clock
+    (``time.perf_counter``, Linux's monotonic clock) is the same in every
+    process; with more processes than cores, a process that gets a core only
+    after another finished starts its copy late, and that wait counts."""
     ctx = multiprocessing.get_context("fork")
     barrier, queue = ctx.Barrier(streams), ctx.Queue()
     procs = [ctx.Process(target=_copy_worker, args=(size, barrier, queue)) for _ in range(streams)]
     [p.start() for p in procs]
     per_proc = [queue.get() for _ in procs]
     [p.join() for p in procs]
-    return statistics.median(max(s[i] for s in per_proc) for i in range(5))
+    return statistics.median(
+        max(s[i][1] for s in per_proc) - min(s[i][0] for s in per_proc) for i in range(5)
+    )
 
 
 def model_heading(size, count, layout):
