@@ -73,17 +73,19 @@ def serialize_with_record(serialization_context, value: Any, tensors: List[Any],
     return _store_and_serialize(serialization_context, value, tensors, transport, for_put)
 
 
-def _shape_of(value: Any) -> Optional[Tuple[int, Optional[list], List[Any]]]:
-    """``(kind, dict keys or None, tensors)`` of a value that is a tensor, or a
-    list, tuple or dict whose items are all distinct tensors (and whose keys
-    are none); None for any other value (or one without tensors)."""
+def _shape_of(value: Any) -> Optional[Tuple[int, Optional[list], List[Any], Optional[bytes]]]:
+    """``(kind, dict keys or None, tensors, parameters)`` of a value that is a
+    tensor, or a list, tuple or dict whose items are all distinct tensors (and
+    whose keys are none); None for any other value (or one without tensors).
+    ``parameters`` (see :func:`_parameters_of`) is None unless some items are
+    ``nn.Parameter``s, which travel as their data."""
     import torch
 
     kind = type(value)
-    if kind is torch.Tensor:
-        return serializer.TENSOR, None, [value]
     keys = None
-    if kind is list:
+    if kind is torch.Tensor or kind is torch.nn.Parameter:
+        code, tensors = serializer.TENSOR, [value]
+    elif kind is list:
         code, tensors = serializer.LIST, list(value)
     elif kind is tuple:
         code, tensors = serializer.TUPLE, list(value)
@@ -94,12 +96,38 @@ def _shape_of(value: Any) -> Optional[Tuple[int, Optional[list], List[Any]]]:
         code, tensors = serializer.DICT, list(value.values())
     else:
         return None
-    # map() over builtins: a model's 100,000 tensors are checked in C.
-    if not tensors or set(map(type, tensors)) != {torch.Tensor}:
+    if not tensors:
         return None
+    # map() over builtins: a model's 100,000 tensors are checked in C.
+    types = set(map(type, tensors))
     if len(set(map(id, tensors))) != len(tensors):
         return None  # pickling meets a tensor given twice only once
-    return code, keys, tensors
+    if types == {torch.Tensor}:
+        return code, keys, tensors, None
+    if types <= {torch.Tensor, torch.nn.Parameter}:
+        found = _parameters_of(tensors)
+        if found is not None:
+            return (code, keys) + found
+    return None
+
+
+def _parameters_of(tensors: List[Any]) -> Optional[Tuple[List[Any], bytes]]:
+    """A list of tensors and ``nn.Parameter``s as ``(the list with each
+    Parameter's data in its place, one byte per item: 0 a tensor, 1 a
+    Parameter, 2 a Parameter that requires grad)``, from which
+    :func:`~ray_rdt.serializer.rebuild_value` makes the Parameters again, as
+    unpickling one does (``torch._utils._rebuild_parameter``). None when a
+    Parameter carries more than its data and ``requires_grad`` (attributes of
+    its own, or backward hooks, which a pickle warns about): Ray's two passes
+    then keep what pickling keeps."""
+    import torch
+
+    parameter = torch.nn.Parameter
+    params = [t for t in tensors if type(t) is parameter]
+    if any(map(vars, params)) or any(p._backward_hooks for p in params):
+        return None
+    flags = bytes(0 if type(t) is not parameter else 2 if t.requires_grad else 1 for t in tensors)
+    return [t.detach() if f else t for t, f in zip(tensors, flags)], flags
 
 
 def serialize_in_one_pass(serialization_context, value: Any, transport: str, for_put: bool):
@@ -113,11 +141,13 @@ def serialize_in_one_pass(serialization_context, value: Any, transport: str, for
     shape = _shape_of(value)
     if shape is None:
         return None
-    kind, keys, tensors = shape
+    kind, keys, tensors, parameters = shape
     key, record = _store(tensors, transport, for_put)
     placeholder = (key, record, "put") if for_put else (key, record)
     try:
-        serialized = serialization_context._serialize_to_msgpack(serializer.PluginValue(kind, keys, placeholder))
+        serialized = serialization_context._serialize_to_msgpack(
+            serializer.PluginValue(kind, keys, placeholder, parameters)
+        )
     except BaseException:
         process.get_context().free(key)
         raise

@@ -8,12 +8,13 @@ understand the plugin's placeholders ``(index, key, record[, "put"])``, which
 carry the metadata record inside the value Ray stores.
 
 A value that is a tensor, or a list, tuple or dict of tensors (a model's
-weights: up to 100,000 of them) is stored as one :class:`PluginValue` instead:
-no per-tensor pickling on either side; unpickling rebuilds the value from the
-object's tensors.
+weights: up to 100,000 of them, ``nn.Parameter``s among them) is stored as one
+:class:`PluginValue` instead: no per-tensor pickling on either side;
+unpickling rebuilds the value from the object's tensors.
 """
 
 import pickle
+from typing import Optional
 
 import ray
 
@@ -76,23 +77,27 @@ TENSOR, LIST, TUPLE, DICT = range(4)
 class PluginValue:
     """Stands for a value made of one plugin object's tensors (a tensor, or a
     list, tuple or dict of them) in what Ray stores; unpickled, it is that
-    value again (:func:`rebuild_value`)."""
+    value again (:func:`rebuild_value`). ``parameters``: None, or one byte per
+    tensor saying which were ``nn.Parameter``s (1; 2: requiring grad)."""
 
-    __slots__ = ("kind", "keys", "where")
+    __slots__ = ("kind", "keys", "where", "parameters")
 
-    def __init__(self, kind: int, keys, where: tuple):
+    def __init__(self, kind: int, keys, where: tuple, parameters: Optional[bytes] = None):
         self.kind = kind
         self.keys = keys
         self.where = where
+        self.parameters = parameters
 
     def __reduce__(self):
-        return rebuild_value, (self.kind, self.keys, self.where)
+        return rebuild_value, (self.kind, self.keys, self.where, self.parameters)
 
 
-def rebuild_value(kind: int, keys, where: tuple):
+def rebuild_value(kind: int, keys, where: tuple, parameters: Optional[bytes] = None):
     """The value a :class:`PluginValue` stands for."""
     ctx = ray._private.worker.global_worker.get_serialization_context()
     tensors = object_tensors(ctx, where)
+    if parameters is not None:
+        tensors = _with_parameters(tensors, parameters)
     if kind == TENSOR:
         return tensors[0]
     if kind == TUPLE:
@@ -100,3 +105,15 @@ def rebuild_value(kind: int, keys, where: tuple):
     if kind == DICT:
         return dict(zip(keys, tensors))
     return list(tensors)
+
+
+def _with_parameters(tensors: list, parameters: bytes) -> list:
+    """``tensors`` with the items ``parameters`` flags made ``nn.Parameter``s
+    again, sharing their memory, as unpickling a Parameter does (a target that
+    is a Parameter already is kept as it is)."""
+    from torch.nn import Parameter
+
+    return [
+        t if not flag or type(t) is Parameter else Parameter(t, requires_grad=flag == 2)
+        for t, flag in zip(tensors, parameters)
+    ]

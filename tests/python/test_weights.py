@@ -420,8 +420,30 @@ class ParameterOwner:
         self.model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 8))
         self.model[1].weight.requires_grad_(False)
 
-    def put(self, transport):
-        return [ray.put(list(self.model.parameters()), _tensor_transport=transport)]
+    def put(self, transport, tag=False):
+        """``[ref]`` and how many times the put took Ray's two serialization
+        passes (``producer._store_and_serialize``); ``tag`` first gives one
+        Parameter an attribute of its own."""
+        from ray_rdt import producer
+
+        if tag:
+            self.model[0].bias.tag = "kept"
+        passes = []
+        two_passes = producer._store_and_serialize
+
+        def counted(*args, **kwargs):
+            passes.append(1)
+            return two_passes(*args, **kwargs)
+
+        producer._store_and_serialize = counted
+        try:
+            return [ray.put(list(self.model.parameters()), _tensor_transport=transport)], len(passes)
+        finally:
+            producer._store_and_serialize = two_passes
+
+    def put_one(self, transport):
+        """``[ref]`` of one Parameter put alone (``requires_grad`` off)."""
+        return [ray.put(self.model[1].weight, _tensor_transport=transport)]
 
     def expected(self):
         return [(p.requires_grad, p.detach().clone()) for p in self.model.parameters()]
@@ -430,19 +452,27 @@ class ParameterOwner:
 @ray.remote
 class ParameterReader:
     def read(self, refs):
-        return [(type(p), p.requires_grad, p.detach().clone()) for p in ray.get(refs[0])]
+        return [(type(p), p.requires_grad, p.detach().clone(), vars(p)) for p in ray.get(refs[0])]
 
 
 @pytest.mark.parametrize("transport", ["nixl", "shm"])
 def test_model_parameters_arrive_as_parameters(ray_cluster, transport):
     """A list of ``nn.Parameter``s put through the plugin arrives as
     Parameters (``requires_grad`` kept), byte-exact, the bytes moved by the
-    plugin, as stock 2.60 delivers them."""
+    plugin, as stock 2.60 delivers them; in one serialization pass, unless a
+    Parameter has attributes of its own, which then arrive too (Ray's two
+    passes, as stock pickles them)."""
     owner, reader = ParameterOwner.remote(), ParameterReader.remote()
     expected = ray.get(owner.expected.remote())
-    before = actor_stats(reader, transport)
-    got = ray.get(reader.read.remote(ray.get(owner.put.remote(transport))))
-    assert [t for t, _, _ in got] == [torch.nn.Parameter] * len(expected)
-    assert [g for _, g, _ in got] == [g for g, _ in expected]
-    assert all(torch.equal(a, b) for (_, _, a), (_, b) in zip(got, expected))
-    assert delta(actor_stats(reader, transport), before) == sum(t.nbytes for _, t in expected)
+    for tag, passes in ((False, 0), (True, 1)):
+        before = actor_stats(reader, transport)
+        refs, two_passes = ray.get(owner.put.remote(transport, tag))
+        assert two_passes == passes
+        got = ray.get(reader.read.remote(refs))
+        assert [t for t, _, _, _ in got] == [torch.nn.Parameter] * len(expected)
+        assert [g for _, g, _, _ in got] == [g for g, _ in expected]
+        assert all(torch.equal(a, b) for (_, _, a, _), (_, b) in zip(got, expected))
+        assert [state for _, _, _, state in got] == [{}, {"tag": "kept"} if tag else {}, {}, {}]
+        assert delta(actor_stats(reader, transport), before) == sum(t.nbytes for _, t in expected)
+    one = ray.get(ray.get(owner.put_one.remote(transport))[0])
+    assert type(one) is torch.nn.Parameter and not one.requires_grad and torch.equal(one, expected[2][1])
