@@ -45,27 +45,32 @@ struct Api {
     err_clear: unsafe extern "C" fn(),
 }
 
+/// The function `name` of the running process (or None), as type `F`.
+///
+/// # Safety
+/// `F` is a function pointer type matching the symbol's signature.
+unsafe fn find<F: Copy>(name: &CStr) -> Option<F> {
+    debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    let p = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+    (!p.is_null()).then(|| std::mem::transmute_copy::<*mut c_void, F>(&p))
+}
+
 /// The CPython API of this process, looked up once.
 fn api() -> Result<&'static Api> {
     static API: OnceLock<Option<Api>> = OnceLock::new();
     API.get_or_init(|| {
-        fn find(name: &CStr) -> Option<*mut c_void> {
-            // SAFETY: dlsym with RTLD_DEFAULT only looks the symbol up.
-            let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-            (!p.is_null()).then_some(p)
-        }
         // SAFETY: each symbol is the CPython function of that name, whose
         // signature (stable ABI) is the field's type.
         unsafe {
             Some(Api {
-                list_size: std::mem::transmute(find(c"PyList_Size")?),
-                list_get_item: std::mem::transmute(find(c"PyList_GetItem")?),
-                list_set_item: std::mem::transmute(find(c"PyList_SetItem")?),
-                capsule_new: std::mem::transmute(find(c"PyCapsule_New")?),
-                capsule_get_pointer: std::mem::transmute(find(c"PyCapsule_GetPointer")?),
-                capsule_set_name: std::mem::transmute(find(c"PyCapsule_SetName")?),
-                capsule_is_valid: std::mem::transmute(find(c"PyCapsule_IsValid")?),
-                err_clear: std::mem::transmute(find(c"PyErr_Clear")?),
+                list_size: find(c"PyList_Size")?,
+                list_get_item: find(c"PyList_GetItem")?,
+                list_set_item: find(c"PyList_SetItem")?,
+                capsule_new: find(c"PyCapsule_New")?,
+                capsule_get_pointer: find(c"PyCapsule_GetPointer")?,
+                capsule_set_name: find(c"PyCapsule_SetName")?,
+                capsule_is_valid: find(c"PyCapsule_IsValid")?,
+                err_clear: find(c"PyErr_Clear")?,
             })
         }
     })
