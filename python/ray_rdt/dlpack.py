@@ -28,14 +28,10 @@ def _capsules(tensors: Sequence["torch.Tensor"]):
     pointers (read by the plugin in one call: ``rdt_capsules_pointers``)."""
     from torch.utils.dlpack import to_dlpack
 
-    try:
-        # map() over torch's C function: no Python frame per tensor (for
-        # 100,000 tensors about 12 ms less than a comprehension).
-        capsules = list(map(to_dlpack, tensors))
-    except RuntimeError:
-        # DLPack refuses tensors that need grad; detach() gives the same memory.
-        # (The capsules made before the refusal free their tensors as they go.)
-        capsules = [to_dlpack(t.detach() if t.requires_grad else t) for t in tensors]
+    # map() over torch's C function: no Python frame per tensor (for 100,000
+    # tensors about 12 ms less than a comprehension). Unlike
+    # ``Tensor.__dlpack__``, ``to_dlpack`` exports tensors that need grad.
+    capsules = list(map(to_dlpack, tensors))
     array = (ctypes.c_void_p * max(len(capsules), 1))()
     _ffi.check(_ffi.lib().rdt_capsules_pointers(capsules, array, len(capsules)), "rdt_capsules_pointers")
     return capsules, array

@@ -211,8 +211,6 @@ def test_ray_shutdown_waits_for_a_report_under_way_and_pauses_the_reporter(monke
     after a report under way ends (a report calls into Ray's core worker, which
     the shutdown destroys); later reports do nothing until the process
     connects again (``reporter.resume``)."""
-    import threading
-
     from ray_rdt import process, reporter
 
     r = reporter.Reporter(lambda: (None, None))
