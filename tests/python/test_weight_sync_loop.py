@@ -8,10 +8,14 @@ Unlike that script, the controller catches the failures: a sync to a killed
 generator raises ``ActorDiedError`` naming it (never a hang), a killed
 trainer's step does too, the controller starts a replacement, and the next
 step reaches it through the plugin. Afterwards the survivors hold nothing
-more than before the faults: no RDT objects, no NIXL registrations.
+more than before the faults: no RDT objects, no NIXL registrations, no
+mapping of the dead trainer's staging segment.
 
-nixl moves its own bytes here (the same-host path is off), so that its
-registrations are what the survivors are checked for."""
+The loop runs twice: with nixl moving its own bytes (the same-host path off),
+so that its registrations are what the survivors are checked for, and on the
+same-host path (the trainer's staging segment, mapped by every generator)."""
+
+import os
 
 import pytest
 import torch
@@ -21,6 +25,7 @@ from ray.exceptions import ActorDiedError
 from ray.experimental import set_target_for_ref
 
 from conftest import TRANSPORT_ONLY, actor_stats, wait_for
+from holds import pid_alive
 
 RAY_ENV = TRANSPORT_ONLY
 N = 10_000  # tensors
@@ -42,6 +47,9 @@ class Trainer:
         self.w.fill_(float(seed))
         return [ray.put([self.w[i] for i in range(N)], _tensor_transport="nixl")]
 
+    def pid(self):
+        return os.getpid()
+
     def held(self):
         import ray_rdt
         from ray_rdt import process
@@ -61,9 +69,12 @@ class Generator:
         return bool(torch.equal(self.w, weights(seed)))
 
     def held(self):
+        """(registrations of targets, staging segments of trainers mapped)."""
         import ray_rdt
 
-        return ray_rdt.nixl_stats()["received"]
+        with open("/proc/self/maps") as maps:
+            staged = {line.split()[4] for line in maps if "memfd:ray-rdt-stage" in line}
+        return ray_rdt.nixl_stats()["received"], len(staged)
 
 
 def sync_all(trainer, generators, seed):
@@ -83,9 +94,18 @@ def sync_all(trainer, generators, seed):
     return outcomes, None
 
 
-def test_the_loop_survives_a_killed_generator_and_a_killed_trainer(ray_cluster):
-    trainer = Trainer.remote()
-    generators = [Generator.remote(), Generator.remote()]
+# The actors' environments: nixl's own path (over loopback here), and the
+# same-host path (the bytes through the trainer's staging segment).
+PATHS = {"network": {}, "same_host": {"RAY_RDT_SAME_HOST_PATH": "1"}}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_loop_survives_a_killed_generator_and_a_killed_trainer(ray_cluster, path):
+    def spawn(cls):
+        return cls.options(runtime_env={"env_vars": PATHS[path]}).remote()
+
+    trainer = spawn(Trainer)
+    generators = [spawn(Generator), spawn(Generator)]
     assert sync_all(trainer, generators, 1) == ([True, True], None)
     baseline = ray.get(trainer.held.remote())
 
@@ -98,24 +118,29 @@ def test_the_loop_survives_a_killed_generator_and_a_killed_trainer(ray_cluster):
     assert victim._actor_id.hex() in str(outcomes[0])
     # The controller replaces it; the next step reaches the new one through
     # the plugin.
-    generators[0] = Generator.remote()
+    generators[0] = spawn(Generator)
     assert sync_all(trainer, generators, 3) == ([True, True], None)
     assert actor_stats(generators[0], "nixl")["bytes_received"] == N * ROW * 4
 
     # The trainer dies: its step says so; a new trainer serves the next step.
-    old = trainer
+    old, old_pid = trainer, ray.get(trainer.pid.remote())
     ray.kill(trainer)
     outcomes, trainer_error = sync_all(trainer, generators, 4)
     assert isinstance(trainer_error, ActorDiedError) and old._actor_id.hex() in str(trainer_error)
-    trainer = Trainer.remote()
+    # (Its process is gone before the next step, as the survivors' check below
+    # needs: they let go of a peer's segments once its process has exited.)
+    assert wait_for(lambda: not pid_alive(old_pid), timeout=30)
+    trainer = spawn(Trainer)
     assert sync_all(trainer, generators, 5) == ([True, True], None)
 
     # Survivors hold no more than one step's worth: once the last step's refs
     # are gone, the trainer holds no object and no registration, and no
-    # generator keeps a registration of its targets.
+    # generator keeps a registration of its targets, nor the dead trainer's
+    # staging segment (only the new trainer's, kept for the next step).
     assert wait_for(lambda: ray.get(trainer.held.remote()) == (0, 0), timeout=30), ray.get(trainer.held.remote())
     assert baseline[1] <= 1
-    assert [ray.get(g.held.remote()) for g in generators] == [0, 0]
+    staged = int(path == "same_host")
+    assert [ray.get(g.held.remote()) for g in generators] == [(0, staged), (0, staged)]
 
 
 @pytest.mark.parametrize("victim", ["generator", "trainer"])

@@ -304,6 +304,44 @@ def test_generators_are_served_at_once(held):
     assert all(ray.get(results))
 
 
+def staging_segments(pid):
+    """Inodes of the plugin's staging segments that process ``pid`` maps."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[4] for line in maps if "memfd:ray-rdt-stage" in line}
+
+
+def test_generators_syncing_at_once_share_one_staged_copy(held):
+    # Into targets on one host, the trainer copies the model once into a
+    # staging segment and every generator reading it at the time copies from
+    # there. All three generators are held after they mapped the segment and
+    # before they said they are done, so they are readers of one object at
+    # once: one segment in the trainer, the same one in every generator.
+    holds, trainer, generators = held
+    pids = ray.get([g.pid.remote() for g in generators])
+    trainer_pid = ray.get(trainer.pid.remote())
+    refs = ray.get(trainer.put.remote("shm"))
+    for pid in pids:
+        holds.arm("fetch", pid)
+    results = [g.sync.remote(refs) for g in generators]
+    try:
+        for pid in pids:
+            holds.wait_reached("fetch", pid)
+        staged = staging_segments(trainer_pid)
+        assert len(staged) == 1, staged
+        assert [staging_segments(pid) for pid in pids] == [staged] * len(pids)
+    finally:
+        for pid in pids:
+            holds.release("fetch", pid)
+    assert ray.get(results) == [(True, True)] * len(generators)
+    # The next step reuses the segment on both sides: nothing new is mapped.
+    ray.get(trainer.step.remote(5))
+    refs = ray.get(trainer.put.remote("shm"))
+    assert ray.get([g.sync.remote(refs, 5) for g in generators]) == [(True, True)] * len(generators)
+    assert staging_segments(trainer_pid) == staged
+    assert [staging_segments(pid) for pid in pids] == [staged] * len(pids)
+    ray.get(trainer.step.remote(0))
+
+
 def test_a_temporary_target_list_is_not_dropped(pairs):
     # 2.60 keeps weak references: a list made on the spot dies before the get.
     trainer, generator = pairs["same_host"]

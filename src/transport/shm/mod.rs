@@ -8,15 +8,20 @@
 //! sends that one along with the request and the producer writes into it, so
 //! repeated transfers skip the kernel's page zeroing and faulting.
 //!
-//! Into the caller's tensors (targets): the producer answers with its extents'
-//! addresses and holds the object until the consumer has read them straight
-//! into the targets ([`cma`]); where the kernel forbids that, the segment path
-//! and one more copy. Across hosts it is a clear error.
+//! Into the caller's tensors (targets), objects from 1 MiB to 4 GiB: the
+//! producer copies the object once into a staging segment, chunk by chunk, and
+//! every consumer reading it at the time copies from there into its targets as
+//! the chunks land ([`staged`]): one memcpy on each side, however many
+//! consumers. Smaller and larger objects: the producer answers with its
+//! extents' addresses and holds the object until the consumer has read them
+//! straight into the targets ([`cma`]); where the kernel forbids that, the
+//! segment path and one more copy. Across hosts it is a clear error.
 
 mod cma;
+mod mappings;
 mod pool;
 mod segment;
-mod written;
+mod staged;
 
 use super::{fetch_request, Local, Peer, Served, Transport};
 use crate::copy::copy_pieces;
@@ -29,13 +34,14 @@ use crate::object_id::ObjectId;
 use crate::store::StoredObject;
 use crate::tensor::{is_host, Tensor};
 use crate::transport_kind::TransportKind;
+use mappings::MappingCache;
 use pool::{Lease, Segment, SegmentPool};
 use segment::Mapping;
+use staged::Stagings;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use written::WrittenMappings;
 
 /// How long the producer waits for a consumer to take its reply (a few bytes
 /// and a descriptor: the socket buffer takes it at once unless the consumer is
@@ -46,6 +52,8 @@ const MODE_SEGMENT: u8 = 0;
 /// Request mode: answer with the extents' addresses, hold the object until the
 /// consumer says it has read them.
 const MODE_READ: u8 = 1;
+/// Request mode: read through the producer's staging segment ([`staged`]).
+const MODE_STAGED: u8 = 2;
 /// Most extent addresses per reply frame (8 bytes each, well under a frame).
 const ADDRESSES_PER_FRAME: usize = 65_536;
 
@@ -53,12 +61,26 @@ const ADDRESSES_PER_FRAME: usize = 65_536;
 /// the first refusal).
 static READ_PERMITTED: AtomicBool = AtomicBool::new(true);
 
-/// The shm transport: the consumer's pool of idle segments and the producer's
-/// mappings of segments it wrote.
-#[derive(Debug, Default)]
+/// The shm transport: the consumer's pool of idle segments and its mappings
+/// of producers' staging segments; the producer's mappings of segments it
+/// wrote and its staging segments.
+#[derive(Debug)]
 pub struct Shm {
     pool: SegmentPool,
-    written: WrittenMappings,
+    staged: MappingCache,
+    written: MappingCache,
+    stagings: Stagings,
+}
+
+impl Default for Shm {
+    fn default() -> Self {
+        Shm {
+            pool: SegmentPool::default(),
+            staged: MappingCache::bounded_by("RAY_RDT_SHM_STAGED_CACHE_BYTES"),
+            written: MappingCache::bounded_by("RAY_RDT_SHM_PRODUCER_CACHE_BYTES"),
+            stagings: Stagings::default(),
+        }
+    }
 }
 
 fn other_host_error() -> Error {
@@ -97,7 +119,7 @@ impl Transport for Shm {
     fn serve(
         &self,
         _local: &Local<'_>,
-        _id: &ObjectId,
+        id: &ObjectId,
         object: &StoredObject,
         request: &[u8],
         channel: &mut Channel,
@@ -117,6 +139,10 @@ impl Transport for Shm {
                 ));
                 serve_read(object, channel, timeout).map(|()| Served::Sent)
             }
+            [MODE_STAGED, rest @ ..] => self
+                .stagings
+                .serve(id, object, rest, channel)
+                .map(|()| Served::Sent),
             [] | [MODE_SEGMENT, ..] => {
                 let fd = channel.take_received_descriptor();
                 self.serve_segment(object, fd, channel)
@@ -168,6 +194,9 @@ impl Transport for Shm {
         if !peer.same_host {
             return Err(other_host_error());
         }
+        if staged::applies(packed_extents(&meta.extents).1) {
+            return staged::read(&self.staged, peer, id, meta, runs, timeout);
+        }
         if READ_PERMITTED.load(Ordering::Relaxed) {
             match read_into(peer, id, meta, runs, timeout) {
                 Err(e) if e.kind() == ErrorKind::Unavailable => {
@@ -202,12 +231,13 @@ impl Shm {
         let (fd, fresh) = match fd {
             Some(fd) => (Some(fd), false),
             None if total == 0 => (None, false),
-            None => (Some(segment::create(total)?), true),
+            None => (Some(segment::create(c"ray-rdt-shm", total)?), true),
         };
         crate::hold::point("serve");
         if let Some(fd) = &fd {
             let (id, size) = segment::identity(fd)?;
-            segment::fill(&*self.written.get(id, fd, size as usize)?, object)?;
+            let peer = channel.peer_pid().unwrap_or(0);
+            segment::fill(&*self.written.get(id, peer, fd, size as usize)?, object)?;
         }
         let reply_fd = if fresh { fd } else { None };
         channel.send_with_fd(&[wire::REPLY_OK], reply_fd.as_ref(), REPLY_TIMEOUT)?;

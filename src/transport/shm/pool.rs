@@ -1,5 +1,7 @@
-//! The consumer's pool of received segments. When every tensor viewing a
-//! segment has been released, the segment (file and mapping, pages already
+//! A pool of idle segments this process made: the consumer's received
+//! segments, and the producer's staging segments ([`super::staged`], back
+//! here when the last reader of their object is done). When every tensor
+//! viewing a received segment has been released, the segment (file and mapping, pages already
 //! faulted in) returns here; the next fetch of a similar size hands it back to
 //! the producer to write into, so a steady stream of transfers costs one memcpy
 //! each, with no page zeroing or faulting. Bounded in bytes and count, the
@@ -118,6 +120,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The segment's memory file.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.segment.as_ref().expect("present until drop").fd
+    }
+
     /// Start of the segment's mapping.
     pub fn as_ptr(&self) -> *mut u8 {
         self.segment
@@ -149,7 +156,7 @@ mod tests {
     }
 
     fn segment(len: usize) -> Segment {
-        let fd = create(len as u64).unwrap();
+        let fd = create(c"test", len as u64).unwrap();
         let mapping = Mapping::new(&fd, len, false).unwrap();
         Segment { fd, mapping }
     }

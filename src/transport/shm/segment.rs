@@ -7,10 +7,11 @@ use crate::layout::packed_extents;
 use crate::store::StoredObject;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// Creates an anonymous memory file of `len` bytes.
-pub fn create(len: u64) -> Result<OwnedFd> {
+/// Creates an anonymous memory file of `len` bytes, named `name` (as
+/// `/proc/<pid>/maps` shows its mappings: `memfd:<name>`).
+pub fn create(name: &std::ffi::CStr, len: u64) -> Result<OwnedFd> {
     // SAFETY: the name is a valid C string; the result is checked.
-    let raw = unsafe { libc::memfd_create(c"ray-rdt-shm".as_ptr(), libc::MFD_CLOEXEC) };
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if raw < 0 {
         return Err(Error::io("memfd_create", std::io::Error::last_os_error()));
     }
