@@ -63,6 +63,13 @@ def ray_cluster(request):
         yield ray
 
 
+def staging_segments(pid):
+    """Inodes of the plugin's shm staging segments that process ``pid`` (on
+    this host) maps."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[4] for line in maps if "memfd:ray-rdt-stage" in line}
+
+
 def actor_stats(actor, transport=None):
     """``ray_rdt.stats()`` read inside an actor's process."""
     import ray

@@ -9,8 +9,9 @@
 //! used last always stays, whatever its size (a model larger than the bound,
 //! moved every step, is mapped once: see the consumer's `pool`). A mapping
 //! keeps its file alive, so an identity cannot be reused by a new file while
-//! it is cached. The mappings a peer sent go once it has died, the next time
-//! a segment is mapped: a survivor keeps no dead peer's memory beyond that.
+//! it is cached. The mappings a peer sent go once it has died, at the next
+//! transfer ([`MappingCache::forget_dead_peers`]): a survivor keeps no dead
+//! peer's memory beyond that.
 
 use super::segment::Mapping;
 use crate::error::Result;
@@ -65,21 +66,32 @@ impl MappingCache {
         }
         drop(entries);
         let mapping = Arc::new(Mapping::new(fd, size, true)?);
+        self.forget_dead_peers();
         let mut entries = self.entries.lock();
-        let (mut kept, mut dropped): (VecDeque<Entry>, VecDeque<Entry>) =
-            entries.drain(..).partition(|e| alive(e.1));
-        kept.push_back((id, peer, mapping.clone()));
-        while kept.len() > 1
-            && (kept.len() > MAX_ENTRIES
-                || kept.iter().map(|(_, _, m)| m.len()).sum::<usize>() > self.limit)
+        entries.push_back((id, peer, mapping.clone()));
+        let mut dropped = Vec::new();
+        while entries.len() > 1
+            && (entries.len() > MAX_ENTRIES
+                || entries.iter().map(|(_, _, m)| m.len()).sum::<usize>() > self.limit)
         {
-            dropped.extend(kept.pop_front());
+            dropped.extend(entries.pop_front());
         }
-        *entries = kept;
         drop(entries);
         // Unmapped outside the lock.
         drop(dropped);
         Ok(mapping)
+    }
+
+    /// Drops the mappings of segments whose sender has died (a check per
+    /// entry, at most [`MAX_ENTRIES`]: cheap enough for every transfer).
+    pub fn forget_dead_peers(&self) {
+        let mut entries = self.entries.lock();
+        let (kept, dropped): (VecDeque<Entry>, VecDeque<Entry>) =
+            entries.drain(..).partition(|e| alive(e.1));
+        *entries = kept;
+        drop(entries);
+        // Unmapped outside the lock.
+        drop(dropped);
     }
 }
 
@@ -121,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_peers_mappings_go_when_the_next_segment_is_mapped() {
+    fn a_dead_peers_mappings_go() {
         let cache = MappingCache::bounded_by("RAY_RDT_TEST_UNSET");
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
@@ -131,8 +143,10 @@ mod tests {
             create(c"test", 4096).unwrap(),
         );
         let (a_id, b_id) = (identity(&a).unwrap().0, identity(&b).unwrap().0);
-        cache.get(a_id, dead, &a, 4096).unwrap();
-        cache.get(b_id, std::process::id(), &b, 4096).unwrap();
-        assert_eq!(ids(&cache), vec![b_id]);
+        cache.get(a_id, std::process::id(), &a, 4096).unwrap();
+        cache.get(b_id, dead, &b, 4096).unwrap();
+        assert_eq!(ids(&cache), vec![a_id, b_id]);
+        cache.forget_dead_peers();
+        assert_eq!(ids(&cache), vec![a_id]);
     }
 }

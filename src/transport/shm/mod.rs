@@ -137,6 +137,7 @@ impl Transport for Shm {
                         .try_into()
                         .map_err(|_| Error::transport("malformed shm read request"))?,
                 ));
+                crate::hold::point("serve");
                 serve_read(object, channel, timeout).map(|()| Served::Sent)
             }
             [MODE_STAGED, rest @ ..] => self
@@ -194,17 +195,24 @@ impl Transport for Shm {
         if !peer.same_host {
             return Err(other_host_error());
         }
-        if staged::applies(packed_extents(&meta.extents).1) {
-            return staged::read(&self.staged, peer, id, meta, runs, timeout);
-        }
+        self.staged.forget_dead_peers();
+        let staged = staged::applies(packed_extents(&meta.extents).1);
         if READ_PERMITTED.load(Ordering::Relaxed) {
-            match read_into(peer, id, meta, runs, timeout) {
+            let read = if staged {
+                staged::read(&self.staged, peer, id, meta, runs, timeout, true)
+            } else {
+                read_into(peer, id, meta, runs, timeout)
+            };
+            match read {
                 Err(e) if e.kind() == ErrorKind::Unavailable => {
                     READ_PERMITTED.store(false, Ordering::Relaxed);
-                    log::warn!("ray-rdt: {e}; same-host transfers into targets go through a shared-memory segment and one more copy");
+                    log::warn!("ray-rdt: {e}; same-host transfers into targets go through shared-memory segments");
                 }
                 done => return done,
             }
+        }
+        if staged {
+            return staged::read(&self.staged, peer, id, meta, runs, timeout, false);
         }
         let (offsets, lease) = self.fetch_segment(peer, id, meta, timeout)?;
         let Some(lease) = lease else { return Ok(()) };
@@ -234,6 +242,7 @@ impl Shm {
             None => (Some(segment::create(c"ray-rdt-shm", total)?), true),
         };
         crate::hold::point("serve");
+        self.written.forget_dead_peers();
         if let Some(fd) = &fd {
             let (id, size) = segment::identity(fd)?;
             let peer = channel.peer_pid().unwrap_or(0);
@@ -293,16 +302,17 @@ impl Shm {
 }
 
 /// Producer: sends the extents' addresses and holds the object until the
-/// consumer has read them (or `timeout` passed).
+/// consumer has read them (or `timeout` passed). The first frame says
+/// [`MODE_READ`], for a consumer that asked for [`MODE_STAGED`] and is told to
+/// read directly.
 fn serve_read(object: &StoredObject, channel: &mut Channel, timeout: Duration) -> Result<()> {
-    crate::hold::point("serve");
     let addrs: Vec<u64> = object
         .layout
         .extents
         .iter()
         .map(|e| e.addr as u64)
         .collect();
-    let mut first = vec![wire::REPLY_OK];
+    let mut first = vec![wire::REPLY_OK, MODE_READ];
     first.extend_from_slice(&(addrs.len() as u64).to_le_bytes());
     let mut chunks = addrs.chunks(ADDRESSES_PER_FRAME);
     let mut frame = first;
@@ -324,6 +334,14 @@ fn serve_read(object: &StoredObject, channel: &mut Channel, timeout: Duration) -
     channel.send(&[wire::REPLY_OK], REPLY_TIMEOUT)
 }
 
+/// A request's body: `mode`, then `extra`, then `timeout` in milliseconds.
+fn request_body(mode: u8, extra: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut body = vec![mode];
+    body.extend_from_slice(extra);
+    body.extend_from_slice(&(timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes());
+    body
+}
+
 /// Consumer: reads the producer's extents straight into the caller's tensors.
 fn read_into(
     peer: &Peer<'_>,
@@ -333,43 +351,62 @@ fn read_into(
     timeout: Duration,
 ) -> Result<()> {
     let deadline = super::deadline_after(timeout);
-    let mut body = vec![MODE_READ];
-    body.extend_from_slice(&(timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes());
-    let request = fetch_request(TransportKind::Shm, meta, id, &body);
+    let request = fetch_request(
+        TransportKind::Shm,
+        meta,
+        id,
+        &request_body(MODE_READ, &[], timeout),
+    );
     peer.exchange(timeout, |channel| {
         channel.send(&request, timeout)?;
         let reply = channel.recv(timeout)?;
-        let body = wire::parse_reply(&reply.payload)?;
-        let (count, mut rest) = body
-            .split_first_chunk::<8>()
-            .map(|(c, rest)| (u64::from_le_bytes(*c), rest.to_vec()))
-            .ok_or_else(|| Error::transport("malformed shm read reply"))?;
-        if count != meta.extents.len() as u64 {
-            return Err(Error::transport(format!(
-                "the producer holds {count} extents, the record describes {}",
-                meta.extents.len()
-            )));
+        match wire::parse_reply(&reply.payload)? {
+            [MODE_READ, rest @ ..] => read_direct(channel, rest, meta, runs, deadline),
+            _ => Err(Error::transport("malformed shm read reply")),
         }
-        while (rest.len() as u64) < 8 * count {
-            rest.extend_from_slice(&channel.recv(timeout)?.payload);
-        }
-        if rest.len() as u64 != 8 * count {
-            return Err(Error::transport("malformed shm read reply"));
-        }
-        let addrs: Vec<usize> = rest
-            .chunks_exact(8)
-            .map(|a| u64::from_le_bytes(a.try_into().expect("8 bytes")) as usize)
-            .collect();
-        let pid = channel
-            .peer_pid()
-            .ok_or_else(|| Error::transport("the same-host channel names no peer process"))?;
-        let pieces = runs.pieces(&addrs);
-        crate::hold::point("fetch");
-        // SAFETY: the destinations are the caller's targets, checked against
-        // the runs; the kernel checks the sources against the producer's memory.
-        let read = unsafe { cma::read(pid, &pieces, deadline) };
-        channel.send(&[u8::from(read.is_err())], timeout)?;
-        wire::parse_reply(&channel.recv(timeout)?.payload)?;
-        read
     })
+}
+
+/// Consumer, told to read directly (`first`: the first reply's body after
+/// the mode): takes the extents' addresses, reads them from the producer's
+/// memory into the caller's tensors, and says it is done.
+fn read_direct(
+    channel: &mut Channel,
+    first: &[u8],
+    meta: &Metadata,
+    runs: &Runs,
+    deadline: std::time::Instant,
+) -> Result<()> {
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    let (count, mut rest) = first
+        .split_first_chunk::<8>()
+        .map(|(c, rest)| (u64::from_le_bytes(*c), rest.to_vec()))
+        .ok_or_else(|| Error::transport("malformed shm read reply"))?;
+    if count != meta.extents.len() as u64 {
+        return Err(Error::transport(format!(
+            "the producer holds {count} extents, the record describes {}",
+            meta.extents.len()
+        )));
+    }
+    while (rest.len() as u64) < 8 * count {
+        rest.extend_from_slice(&channel.recv(left())?.payload);
+    }
+    if rest.len() as u64 != 8 * count {
+        return Err(Error::transport("malformed shm read reply"));
+    }
+    let addrs: Vec<usize> = rest
+        .chunks_exact(8)
+        .map(|a| u64::from_le_bytes(a.try_into().expect("8 bytes")) as usize)
+        .collect();
+    let pid = channel
+        .peer_pid()
+        .ok_or_else(|| Error::transport("the same-host channel names no peer process"))?;
+    let pieces = runs.pieces(&addrs);
+    crate::hold::point("fetch");
+    // SAFETY: the destinations are the caller's targets, checked against
+    // the runs; the kernel checks the sources against the producer's memory.
+    let read = unsafe { cma::read(pid, &pieces, deadline) };
+    channel.send(&[u8::from(read.is_err())], left())?;
+    wire::parse_reply(&channel.recv(left())?.payload)?;
+    read
 }

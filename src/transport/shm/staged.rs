@@ -34,7 +34,7 @@
 use super::mappings::MappingCache;
 use super::pool::{Lease, Segment, SegmentPool};
 use super::segment::{self, Mapping};
-use super::{MODE_STAGED, REPLY_TIMEOUT};
+use super::{read_direct, request_body, serve_read, MODE_READ, MODE_STAGED, REPLY_TIMEOUT};
 use crate::copy::{copy_pieces, Piece};
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, Result};
@@ -45,7 +45,7 @@ use crate::store::StoredObject;
 use crate::transport::{deadline_after, fetch_request, Peer};
 use crate::transport_kind::TransportKind;
 use parking_lot::{Condvar, Mutex};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -181,17 +181,73 @@ fn groups(pieces: &[Piece], chunk: usize) -> Vec<&[Piece]> {
     out
 }
 
-/// The producer's staging segments: those of the objects being read now, each
-/// with its number of readers, and the idle ones kept for the next objects.
+/// The readers of one object now: how many, and the staging segment they
+/// share once there is one.
+#[derive(Debug, Default)]
+struct Readers {
+    count: usize,
+    staging: Option<Arc<Staging>>,
+}
+
+/// What one reader does.
+enum Role {
+    /// Reads the producer's memory directly ([`super::cma`]): a reader
+    /// expected to be alone costs the producer nothing.
+    Direct,
+    /// Copies the object into a new staging segment for itself and the
+    /// readers that follow.
+    Copier(Arc<Staging>),
+    /// Follows the copy into the object's staging segment.
+    Follower(Arc<Staging>),
+}
+
+/// Objects whose readers are remembered (see [`Stagings`]).
+const REMEMBERED: usize = 16;
+
+/// The readers of the objects being read now, and how many readers the last
+/// few objects read here had in all (the most recent last).
+#[derive(Debug, Default)]
+struct State {
+    live: HashMap<ObjectId, Readers>,
+    recent: VecDeque<(ObjectId, usize)>,
+}
+
+impl State {
+    /// Counts one more reader of `id`: (readers of `id` before this one,
+    /// readers of the object first read before it).
+    fn count_reader(&mut self, id: &ObjectId) -> (usize, usize) {
+        if let Some((_, readers)) = self.recent.iter_mut().find(|(k, _)| k == id) {
+            *readers += 1;
+            return (*readers - 1, 0);
+        }
+        let before = self.recent.back().map_or(0, |(_, readers)| *readers);
+        self.recent.push_back((*id, 1));
+        if self.recent.len() > REMEMBERED {
+            self.recent.pop_front();
+        }
+        (0, before)
+    }
+}
+
+/// The producer's staging segments: those of the objects being read now, with
+/// their readers, and the idle ones kept for the next objects.
+///
+/// Who stages an object depends on the object before: a weight sync repeats,
+/// and a reader alone (one generator) is served fastest straight from memory,
+/// while several (fan-out) are served fastest from one staged copy. So an
+/// object's first reader reads directly if the object read before it had one
+/// reader; every other reader stages the object (or follows the copy under
+/// way).
 #[derive(Debug, Default)]
 pub struct Stagings {
-    live: Mutex<HashMap<ObjectId, (Arc<Staging>, usize)>>,
+    state: Mutex<State>,
     idle: SegmentPool,
 }
 
 impl Stagings {
     /// Producer: serves one reader of `object` (the request's rest after the
-    /// mode is the reader's timeout in milliseconds).
+    /// mode: whether the reader may read this process's memory directly, one
+    /// byte, and its timeout in milliseconds).
     pub fn serve(
         &self,
         id: &ObjectId,
@@ -199,17 +255,31 @@ impl Stagings {
         request: &[u8],
         channel: &mut Channel,
     ) -> Result<()> {
-        let timeout = Duration::from_millis(u64::from_le_bytes(
-            request
-                .try_into()
-                .map_err(|_| Error::transport("malformed shm staged request"))?,
-        ));
+        let (may_read, timeout) = match request {
+            [may_read, timeout @ ..] => (
+                *may_read != 0,
+                Duration::from_millis(u64::from_le_bytes(
+                    timeout
+                        .try_into()
+                        .map_err(|_| Error::transport("malformed shm staged request"))?,
+                )),
+            ),
+            [] => return Err(Error::transport("malformed shm staged request")),
+        };
         let deadline = deadline_after(timeout);
         crate::hold::point("serve");
         let (_, total) = packed_extents(&object.layout.lengths());
-        let (staging, copies) = self.join(id, total)?;
-        let _reader = Reader { stagings: self, id };
-        let mut first = vec![wire::REPLY_OK];
+        let role = self.join(id, total, may_read)?;
+        let _reader = Reader {
+            stagings: self,
+            id: *id,
+        };
+        let (staging, copies) = match role {
+            Role::Direct => return serve_read(object, channel, timeout),
+            Role::Copier(staging) => (staging, true),
+            Role::Follower(staging) => (staging, false),
+        };
+        let mut first = vec![wire::REPLY_OK, MODE_STAGED];
         first.extend_from_slice(&total.to_le_bytes());
         let sent = channel.send_with_fd(&first, Some(staging.segment.fd()), REPLY_TIMEOUT);
         if copies {
@@ -232,14 +302,38 @@ impl Stagings {
         channel.send(&[wire::REPLY_OK], REPLY_TIMEOUT)
     }
 
-    /// Joins the readers of object `id` (`total` bytes packed): its staging
-    /// and whether this reader makes the copy (it is the first).
-    fn join(&self, id: &ObjectId, total: u64) -> Result<(Arc<Staging>, bool)> {
-        let mut live = self.live.lock();
-        if let Some((staging, readers)) = live.get_mut(id) {
-            *readers += 1;
-            return Ok((staging.clone(), false));
+    /// Joins the readers of object `id` (`total` bytes packed): the first
+    /// reads directly if it `may_read` and the object before had one reader;
+    /// a reader while no copy is under way makes one into a staging segment;
+    /// the ones that come during a copy follow it.
+    fn join(&self, id: &ObjectId, total: u64, may_read: bool) -> Result<Role> {
+        let mut state = self.state.lock();
+        let (earlier, before) = state.count_reader(id);
+        let readers = state.live.entry(*id).or_default();
+        if let Some(staging) = readers.staging.clone() {
+            readers.count += 1;
+            return Ok(Role::Follower(staging));
         }
+        if earlier == 0 && before <= 1 && may_read {
+            readers.count += 1;
+            return Ok(Role::Direct);
+        }
+        let staging = match self.stage(total) {
+            Ok(staging) => staging,
+            Err(e) => {
+                if readers.count == 0 {
+                    state.live.remove(id);
+                }
+                return Err(e);
+            }
+        };
+        readers.count += 1;
+        readers.staging = Some(staging.clone());
+        Ok(Role::Copier(staging))
+    }
+
+    /// A staging segment for `total` bytes: an idle one, or a new one.
+    fn stage(&self, total: u64) -> Result<Arc<Staging>> {
         let segment = match self.idle.take(total as usize) {
             Some(segment) => segment,
             None => {
@@ -248,37 +342,37 @@ impl Stagings {
                 Segment { fd, mapping }
             }
         };
-        let staging = Arc::new(Staging {
+        Ok(Arc::new(Staging {
             segment: self.idle.lease(segment),
             total,
             landed: Mutex::new(Landed::Upto(0)),
             moved: Condvar::new(),
-        });
-        live.insert(*id, (staging.clone(), 1));
-        Ok((staging, true))
+        }))
     }
 }
 
-/// One reader of a staging, counted until it drops.
+/// One reader of an object, counted until it drops.
 struct Reader<'a> {
     stagings: &'a Stagings,
-    id: &'a ObjectId,
+    id: ObjectId,
 }
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        let mut live = self.stagings.live.lock();
-        if let Some((_, readers)) = live.get_mut(self.id) {
-            *readers -= 1;
-            if *readers == 0 {
-                live.remove(self.id);
+        let live = &mut self.stagings.state.lock().live;
+        if let Some(readers) = live.get_mut(&self.id) {
+            readers.count -= 1;
+            if readers.count == 0 {
+                live.remove(&self.id);
             }
         }
     }
 }
 
-/// Consumer: reads the object into the caller's tensors (`runs`) through the
-/// producer's staging segment, mapped through `mappings`.
+/// Consumer: reads the object into the caller's tensors (`runs`): directly
+/// from the producer's memory if the producer says so (the first reader, and
+/// this process `may_read` it), else through the producer's staging segment,
+/// mapped through `mappings`.
 pub fn read(
     mappings: &MappingCache,
     peer: &Peer<'_>,
@@ -286,17 +380,23 @@ pub fn read(
     meta: &Metadata,
     runs: &Runs,
     timeout: Duration,
+    may_read: bool,
 ) -> Result<()> {
     let deadline = deadline_after(timeout);
     let left = || deadline.saturating_duration_since(Instant::now());
     let (offsets, total) = packed_extents(&meta.extents);
-    let mut body = vec![MODE_STAGED];
-    body.extend_from_slice(&(timeout.as_millis().min(u64::MAX as u128) as u64).to_le_bytes());
+    let body = request_body(MODE_STAGED, &[u8::from(may_read)], timeout);
     let request = fetch_request(TransportKind::Shm, meta, id, &body);
     peer.exchange(timeout, |channel| {
         channel.send(&request, timeout)?;
         let reply = channel.recv(timeout)?;
-        let said = parse_count(wire::parse_reply(&reply.payload)?)?;
+        let said = match wire::parse_reply(&reply.payload)? {
+            [MODE_READ, first @ ..] if may_read => {
+                return read_direct(channel, first, meta, runs, deadline)
+            }
+            [MODE_STAGED, said @ ..] => parse_count(said)?,
+            _ => return Err(Error::transport("malformed shm staged reply")),
+        };
         if said != total {
             return Err(Error::transport(format!(
                 "the producer stages {said} bytes, the record describes {total}"
@@ -477,6 +577,50 @@ mod tests {
                 "extent {e} differs"
             );
         }
+    }
+
+    #[test]
+    fn readers_read_directly_alone_and_share_a_staged_copy_when_several() {
+        use crate::object_id::OBJECT_ID_LEN;
+        let stagings = Stagings::default();
+        let role = |id: &ObjectId, may_read| match stagings.join(id, 4096, may_read).unwrap() {
+            Role::Direct => "direct",
+            Role::Copier(_) => "copier",
+            Role::Follower(_) => "follower",
+        };
+        let leave = |id: ObjectId, n| {
+            for _ in 0..n {
+                drop(Reader {
+                    stagings: &stagings,
+                    id,
+                });
+            }
+        };
+        // A first object: its first reader reads directly, a second one
+        // (while the first still reads) stages it, a third follows; a fourth,
+        // once they are all done, stages it again.
+        let first = ObjectId([1; OBJECT_ID_LEN]);
+        assert_eq!(role(&first, true), "direct");
+        assert_eq!(role(&first, true), "copier");
+        assert_eq!(role(&first, true), "follower");
+        leave(first, 3);
+        assert!(stagings.state.lock().live.is_empty());
+        assert_eq!(role(&first, true), "copier");
+        leave(first, 1);
+        // It had several readers: the next object is staged from its first
+        // reader on.
+        let second = ObjectId([2; OBJECT_ID_LEN]);
+        assert_eq!(role(&second, true), "copier");
+        leave(second, 1);
+        // That one had one reader: the next is read directly again, unless
+        // its reader may not read this process's memory.
+        let third = ObjectId([3; OBJECT_ID_LEN]);
+        assert_eq!(role(&third, false), "copier");
+        leave(third, 1);
+        let fourth = ObjectId([4; OBJECT_ID_LEN]);
+        assert_eq!(role(&fourth, true), "direct");
+        leave(fourth, 1);
+        assert!(stagings.state.lock().live.is_empty());
     }
 
     #[test]
