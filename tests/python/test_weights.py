@@ -2,7 +2,9 @@
 model of 100,000 tensors (the rows of one matrix), every transport and path,
 ``set_target_for_ref`` landing the bytes in the generator's own weights (in
 the owner and in a borrower), 2.60's target checks, several refs of one
-``ray.get`` fetched at once, and several generators served at once.
+``ray.get`` fetched at once, several generators served at once and sharing
+one staged copy (a lone one reading the trainer's memory directly), and a
+death during a staged read.
 
 Every transfer is checked byte for byte and against the plugin's counters;
 concurrency is shown with the plugin's hold points and in-flight gauges,
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 import ray
+from ray.exceptions import ActorDiedError
 from ray.experimental import set_target_for_ref
 from ray.experimental.collective import create_collective_group
 
@@ -340,6 +343,51 @@ def test_generators_syncing_at_once_share_one_staged_copy(held):
     assert staging_segments(trainer_pid) == staged
     assert [staging_segments(pid) for pid in pids] == [staged] * len(pids)
     ray.get(trainer.step.remote(0))
+
+
+@pytest.mark.parametrize("victim", ["generator", "trainer"])
+def test_a_death_during_a_staged_read_fails_only_what_depended_on_it(held, victim):
+    # Three generators read one staged copy; all are held mid-read (the
+    # trainer answered them, no byte copied) when one of them, or the
+    # trainer, is killed. A dead generator costs the others nothing: they
+    # complete byte-exact, and the trainer still maps one staging segment. A
+    # dead trainer fails every sync with an error, never a hang.
+    holds, _, _ = held
+    trainer = make(Trainer, "same_host", HOLDS)
+    generators = [make(Generator, "same_host", HOLDS) for _ in range(3)]
+    # A first step with three readers: the next is staged from its first reader.
+    refs = ray.get(trainer.put.remote("shm"))
+    assert ray.get([g.sync.remote(refs) for g in generators]) == [(True, True)] * 3
+    trainer_pid = ray.get(trainer.pid.remote())
+    pids = ray.get([g.pid.remote() for g in generators])
+    ray.get(trainer.step.remote(6))
+    refs = ray.get(trainer.put.remote("shm"))
+    for pid in pids:
+        holds.arm("fetch", pid)
+    calls = [g.sync.remote(refs, 6) for g in generators]
+    try:
+        for pid in pids:
+            holds.wait_reached("fetch", pid)
+        ray.kill(generators[0] if victim == "generator" else trainer)
+    finally:
+        for pid in pids:
+            holds.release("fetch", pid)
+    if victim == "generator":
+        with pytest.raises(ActorDiedError):
+            ray.get(calls[0], timeout=60)
+        assert ray.get(calls[1:], timeout=60) == [(True, True)] * 2
+        assert len(staging_segments(trainer_pid)) == 1
+        ray.get(trainer.step.remote(7))
+        refs = ray.get(trainer.put.remote("shm"))
+        assert ray.get([g.sync.remote(refs, 7) for g in generators[1:]], timeout=60) == [(True, True)] * 2
+        assert len(staging_segments(trainer_pid)) == 1
+    else:
+        for call in calls:
+            with pytest.raises((ActorDiedError, ray.exceptions.RayTaskError)) as failed:
+                ray.get(call, timeout=60)
+            assert "died" in str(failed.value) or "gone" in str(failed.value), failed.value
+    for actor in [trainer, *generators]:
+        ray.kill(actor)
 
 
 def test_a_lone_generator_reads_the_trainers_memory_directly(ray_cluster):
