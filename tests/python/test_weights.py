@@ -23,6 +23,7 @@ from ray.experimental import set_target_for_ref
 from ray.experimental.collective import create_collective_group
 
 from conftest import Holds, actor_stats, delta, staging_segments, wait_for
+from holds import pid_alive
 
 N = 100_000  # tensors
 ROW = 8  # int32 elements per tensor: 32 bytes, 3.2 MB in all
@@ -369,6 +370,9 @@ def test_a_death_during_a_staged_read_fails_only_what_depended_on_it(held, victi
         for pid in pids:
             holds.wait_reached("fetch", pid)
         ray.kill(generators[0] if victim == "generator" else trainer)
+        # Released only once the victim's process is gone.
+        victim_pid = pids[0] if victim == "generator" else trainer_pid
+        assert wait_for(lambda: not pid_alive(victim_pid), timeout=30)
     finally:
         for pid in pids:
             holds.release("fetch", pid)
