@@ -1,17 +1,17 @@
-//! Reads into targets on one host through one staging segment per object: the
-//! producer copies the object's extents once into a shared-memory segment,
-//! chunk by chunk, and every consumer reading the object at that time copies
-//! each chunk from its own mapping of the segment into its targets as soon as
-//! the chunk has landed.
+//! Reads into targets on one host by several consumers at once (fan-out to
+//! generators): the producer copies the object's extents once into a
+//! shared-memory segment, chunk by chunk, and every consumer reading the
+//! object at that time copies each chunk from its own mapping of the segment
+//! into its targets as soon as the chunk has landed.
 //!
-//! Why not read the producer's memory directly ([`super::cma`])? On the
-//! machines measured, `process_vm_readv` costs about 2.5x a memcpy's CPU per
-//! byte, and each consumer pays it in full: four generators of one trainer
-//! took about 100 ms of two cores for 256 MiB, twice the time of four plain
-//! copies. Here the producer pays one memcpy and each consumer one memcpy
-//! from memory already mapped, pipelined: one generator in about the time of
-//! one copy plus a chunk, four in about the time of four parallel copies
-//! (measured between plain processes, `docs/weights-bench.md`).
+//! Why not let each consumer read the producer's memory directly
+//! ([`super::cma`])? On the machines measured, `process_vm_readv` costs about
+//! 2.5x a memcpy's CPU per byte, and each consumer pays it in full: four
+//! generators of one trainer took about 93 ms for 256 MiB on two cores. Here
+//! the producer pays one memcpy and each consumer one memcpy from memory
+//! already mapped, pipelined: 72 ms (`docs/weights-bench.md`). A consumer
+//! alone is still served directly, which is cheaper than two copies side by
+//! side; who does what is [`Stagings`]'s rule.
 //!
 //! Both sides keep their mappings between objects, as the steps of a weight
 //! sync repeat: the producer's segment goes back to an idle pool when the last
@@ -20,16 +20,18 @@
 //! so a steady loop maps and faults nothing. What that costs is memory: the
 //! producer holds about one object's bytes more, in a segment its consumers
 //! map too (within the pool's bound; the segment used last always stays).
-//! Objects from 1 MiB to 4 GiB take this path; smaller and larger ones are
-//! read straight from the producer's memory ([`applies`]).
+//! Objects from 1 MiB to 4 GiB take this path ([`applies`]); smaller and
+//! larger ones are always read straight from the producer's memory.
 //!
-//! Protocol, after the fetch request (mode [`MODE_STAGED`] and the reader's
-//! timeout): the producer replies `OK, total bytes` with the segment's
-//! descriptor, then sends `OK, bytes landed` frames until every byte has; the
-//! consumer says when it is done copying (one byte: non-zero if it failed),
-//! and the producer acknowledges. A reader that dies or gives up costs the
-//! others nothing: the copy goes on, and the segment is released when the
-//! last reader has left.
+//! Protocol, after the fetch request (mode [`MODE_STAGED`], whether the
+//! consumer may read the producer's memory, its timeout): the producer
+//! either answers as to a direct read (`OK, MODE_READ, addresses...`, see
+//! [`super::read_direct`]), or replies `OK, MODE_STAGED, total bytes` with the
+//! segment's descriptor, then sends `OK, bytes landed` frames, strictly
+//! increasing, until every byte has; the consumer says when it is done
+//! copying, and the producer acknowledges. A reader that dies or gives up
+//! costs the others nothing: the copy goes on, and the segment is released
+//! when the last reader has left.
 
 use super::mappings::MappingCache;
 use super::pool::{Lease, Segment, SegmentPool};
