@@ -59,15 +59,19 @@ pub fn point(point: &str) {
     let pid = std::process::id();
     let reached = h.dir.join(format!("{point}-{pid}.reached"));
     let release = h.dir.join(format!("{point}-{pid}.release"));
-    if let Err(e) = std::fs::write(&reached, b"") {
-        log::warn!(
-            "ray-rdt: hold point {point}: cannot write {}: {e}",
-            reached.display()
-        );
-        return;
-    }
     let waiters = {
+        // The file is written under the lock that the last thread to leave
+        // removes it under: a thread arriving as another leaves never has
+        // its file removed from under it (and so waits for a release that
+        // nobody would give).
         let mut all = WAITERS.lock();
+        if let Err(e) = std::fs::write(&reached, b"") {
+            log::warn!(
+                "ray-rdt: hold point {point}: cannot write {}: {e}",
+                reached.display()
+            );
+            return;
+        }
         let n = all.entry(point.to_owned()).or_insert(0);
         *n += 1;
         *n
