@@ -52,7 +52,8 @@ impl MappingCache {
 
     /// The mapping of the file `fd` (identity `id`, `size` bytes) that
     /// process `peer` sent (0: unknown), reused if cached, else mapped with
-    /// every page populated and cached.
+    /// every page populated and cached. (Callers drop dead peers' mappings
+    /// with [`MappingCache::forget_dead_peers`] at every transfer.)
     pub fn get(&self, id: Identity, peer: u32, fd: &OwnedFd, size: usize) -> Result<Arc<Mapping>> {
         let mut entries = self.entries.lock();
         if let Some(i) = entries
@@ -66,7 +67,6 @@ impl MappingCache {
         }
         drop(entries);
         let mapping = Arc::new(Mapping::new(fd, size, true)?);
-        self.forget_dead_peers();
         let mut entries = self.entries.lock();
         entries.push_back((id, peer, mapping.clone()));
         let mut dropped = Vec::new();

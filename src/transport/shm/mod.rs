@@ -132,11 +132,7 @@ impl Transport for Shm {
         }
         match request {
             [MODE_READ, timeout @ ..] => {
-                let timeout = Duration::from_millis(u64::from_le_bytes(
-                    timeout
-                        .try_into()
-                        .map_err(|_| Error::transport("malformed shm read request"))?,
-                ));
+                let timeout = Duration::from_millis(le_u64(timeout, "shm read request")?);
                 crate::hold::point("serve");
                 serve_read(object, channel, timeout).map(|()| Served::Sent)
             }
@@ -332,6 +328,15 @@ fn serve_read(object: &StoredObject, channel: &mut Channel, timeout: Duration) -
     // says it is done.
     channel.recv(timeout)?;
     channel.send(&[wire::REPLY_OK], REPLY_TIMEOUT)
+}
+
+/// The little-endian number that makes up all of `bytes` (eight of them),
+/// or an error naming `what` as malformed.
+fn le_u64(bytes: &[u8], what: &str) -> Result<u64> {
+    bytes
+        .try_into()
+        .map(u64::from_le_bytes)
+        .map_err(|_| Error::transport(format!("malformed {what}")))
 }
 
 /// A request's body: `mode`, then `extra`, then `timeout` in milliseconds.

@@ -1,10 +1,11 @@
 //! A pool of idle segments this process made: the consumer's received
 //! segments, and the producer's staging segments ([`super::staged`], back
 //! here when the last reader of their object is done). When every tensor
-//! viewing a received segment has been released, the segment (file and mapping, pages already
-//! faulted in) returns here; the next fetch of a similar size hands it back to
-//! the producer to write into, so a steady stream of transfers costs one memcpy
-//! each, with no page zeroing or faulting. Bounded in bytes and count, the
+//! viewing a received segment has been released, the segment (file and
+//! mapping, pages already faulted in) returns here; the next fetch of a
+//! similar size hands it back to the producer to write into, so a steady
+//! stream of transfers costs one memcpy each, with no page zeroing or
+//! faulting. Bounded in bytes and count, the
 //! oldest idle segments going first; the segment returned last always stays,
 //! whatever its size, so that a steady stream of objects larger than the bound
 //! (a model just over 1 GiB sent every step) still reuses one segment instead

@@ -36,7 +36,7 @@
 use super::mappings::MappingCache;
 use super::pool::{Lease, Segment, SegmentPool};
 use super::segment::{self, Mapping};
-use super::{read_direct, request_body, serve_read, MODE_READ, MODE_STAGED, REPLY_TIMEOUT};
+use super::{le_u64, read_direct, request_body, serve_read, MODE_READ, MODE_STAGED, REPLY_TIMEOUT};
 use crate::copy::{copy_pieces, Piece};
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, Result};
@@ -260,11 +260,7 @@ impl Stagings {
         let (may_read, timeout) = match request {
             [may_read, timeout @ ..] => (
                 *may_read != 0,
-                Duration::from_millis(u64::from_le_bytes(
-                    timeout
-                        .try_into()
-                        .map_err(|_| Error::transport("malformed shm staged request"))?,
-                )),
+                Duration::from_millis(le_u64(timeout, "shm staged request")?),
             ),
             [] => return Err(Error::transport("malformed shm staged request")),
         };
@@ -396,7 +392,7 @@ pub fn read(
             [MODE_READ, first @ ..] if may_read => {
                 return read_direct(channel, first, meta, runs, deadline)
             }
-            [MODE_STAGED, said @ ..] => parse_count(said)?,
+            [MODE_STAGED, said @ ..] => le_u64(said, "shm staged reply")?,
             _ => return Err(Error::transport("malformed shm staged reply")),
         };
         if said != total {
@@ -428,7 +424,7 @@ pub fn read(
         let mut landed = 0;
         while landed < total {
             let frame = channel.recv(left())?;
-            landed = parse_count(wire::parse_reply(&frame.payload)?)?.min(total);
+            landed = le_u64(wire::parse_reply(&frame.payload)?, "shm staged report")?.min(total);
             let end = base + landed as usize;
             let ready = pieces[next..].partition_point(|p| p.src + p.len <= end);
             // SAFETY: the sources lie in the mapped segment and have landed
@@ -450,13 +446,6 @@ fn report_landed(channel: &mut Channel, upto: u64) -> Result<()> {
     let mut frame = vec![wire::REPLY_OK];
     frame.extend_from_slice(&upto.to_le_bytes());
     channel.send(&frame, REPLY_TIMEOUT)
-}
-
-/// A little-endian count of 8 bytes.
-fn parse_count(body: &[u8]) -> Result<u64> {
-    Ok(u64::from_le_bytes(body.try_into().map_err(|_| {
-        Error::transport("malformed shm staged reply")
-    })?))
 }
 
 /// `piece` in parts of at most `most` bytes.
