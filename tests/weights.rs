@@ -23,6 +23,7 @@ use ray_rdt::testing::nixl;
 use ray_rdt::testing::{stats, ErrorKind, Metadata, ObjectId, Target, Tensor, TensorMeta};
 use ray_rdt::testing::{Context, Fetched, TransportKind};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -671,7 +672,30 @@ fn handle(ctx: &Context, line: &str) -> String {
                 Err(e) => format!("ERR {e}"),
             }
         }
+        ["PROBE", pid, addr] => probe(pid.parse().unwrap(), addr.parse().unwrap()),
         other => format!("ERR unknown command {:?}", other.first()),
+    }
+}
+
+/// Whether this process may read 8 bytes at `addr` in process `pid`:
+/// `READABLE`, `REFUSED` (the kernel says EPERM) or an error.
+fn probe(pid: i32, addr: usize) -> String {
+    let mut word = 0u64;
+    let local = libc::iovec {
+        iov_base: &mut word as *mut u64 as *mut _,
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut _,
+        iov_len: 8,
+    };
+    // SAFETY: the local iovec is `word`; the kernel checks the remote one.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    let e = std::io::Error::last_os_error();
+    match n {
+        8 => "READABLE".into(),
+        _ if e.raw_os_error() == Some(libc::EPERM) => "REFUSED".into(),
+        _ => format!("ERR process_vm_readv: {n} ({e})"),
     }
 }
 
@@ -853,8 +877,9 @@ fn check_all(mut consumer: Consumer, kind: TransportKind, objects: &[Put]) -> Ve
 }
 
 /// A producer puts the objects over `kind`, a consumer process fetches each
-/// three ways and checks the refusals.
-fn weights_over(kind: TransportKind, test: &str) {
+/// three ways and checks the refusals. With `unreadable`, the consumer first
+/// confirms that the kernel refuses it this process's memory.
+fn weights_over(kind: TransportKind, test: &str, unreadable: bool) {
     if role().as_deref() == Some("consumer") {
         return consumer();
     }
@@ -862,7 +887,20 @@ fn weights_over(kind: TransportKind, test: &str) {
         return;
     }
     let start = Instant::now();
-    let (ctx, consumer, group) = producer_and_consumer(kind, test);
+    let (ctx, mut consumer, group) = producer_and_consumer(kind, test);
+    if unreadable {
+        let word = 0x5eed_u64;
+        consumer.send(&format!(
+            "PROBE {} {}",
+            std::process::id(),
+            &word as *const u64 as usize
+        ));
+        assert_eq!(
+            consumer.reply().as_deref(),
+            Some("REFUSED"),
+            "the consumer must be refused this process's memory"
+        );
+    }
     let registrations = || (kind == TransportKind::Nixl).then(nixl::registration_stats);
     let (ranges0, refs0) = registrations().unwrap_or_default();
 
@@ -956,21 +994,100 @@ fn weights_over(kind: TransportKind, test: &str) {
     assert!(failures.is_empty(), "over {}: {failures:#?}", kind.name());
 }
 
+/// Over shm where the kernel forbids reading another process's memory (as a
+/// container's default seccomp profile does without `CAP_SYS_PTRACE`): the
+/// producer runs as a user without that capability and is not dumpable, so
+/// its consumer (the same user) is refused `process_vm_readv`, which the test
+/// confirms first. Every transfer into targets then goes through segments the
+/// producer writes: its staging segments (objects of the staged sizes, the
+/// default here), and, with `RAY_RDT_SHM_STAGED_FROM` above every object, a
+/// segment per transfer. Every byte is checked as in [`shm_weights`].
+#[test]
+fn shm_weights_where_reading_another_process_is_forbidden() {
+    const TEST: &str = "shm_weights_where_reading_another_process_is_forbidden";
+    match role().as_deref() {
+        Some("consumer") => return consumer(),
+        Some("producer") => {
+            // SAFETY: prctl with these arguments changes only this flag.
+            assert_eq!(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }, 0);
+            return weights_over(TransportKind::Shm, TEST, true);
+        }
+        _ => {}
+    }
+    // Root may read any process: both ends run as nobody instead, from a
+    // copy of this binary that nobody can run (the checkout may lie where
+    // only root can read).
+    // SAFETY: getuid cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    let copy = root.then(UnprivilegedCopy::new);
+    let current = std::env::current_exe().unwrap();
+    let exe = copy.as_ref().map_or(current.as_path(), |c| c.exe.as_path());
+    for staged_from in ["1048576", &u64::MAX.to_string()] {
+        let mut producer = child_command(
+            exe,
+            TEST,
+            "producer",
+            &[("RAY_RDT_SHM_STAGED_FROM", staged_from.to_string())],
+            &[],
+        );
+        if let Some(copy) = &copy {
+            producer.uid(NOBODY).gid(NOBODY).current_dir(&copy.dir);
+        }
+        let out = producer.output().expect("run the producer");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        print!("{stdout}");
+        assert!(
+            out.status.success(),
+            "staged from {staged_from} bytes: the producer failed ({})",
+            out.status
+        );
+    }
+}
+
+/// The unprivileged user the test above runs as when started as root.
+const NOBODY: u32 = 65534;
+
+/// A copy of this test binary in a fresh directory under the system's temp
+/// directory, which [`NOBODY`] can run; removed when dropped.
+struct UnprivilegedCopy {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl UnprivilegedCopy {
+    fn new() -> UnprivilegedCopy {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ray-rdt-unprivileged-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("weights-test");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        UnprivilegedCopy { dir, exe }
+    }
+}
+
+impl Drop for UnprivilegedCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn shm_weights() {
-    weights_over(TransportKind::Shm, "shm_weights");
+    weights_over(TransportKind::Shm, "shm_weights", false);
 }
 
 // The only test of this binary that puts nixl objects: the process-wide
 // registration counts it checks change with no other test's puts.
 #[test]
 fn nixl_weights() {
-    weights_over(TransportKind::Nixl, "nixl_weights");
+    weights_over(TransportKind::Nixl, "nixl_weights", false);
 }
 
 #[test]
 fn gloo_weights() {
-    weights_over(TransportKind::Gloo, "gloo_weights");
+    weights_over(TransportKind::Gloo, "gloo_weights", false);
 }
 
 /// Over gloo, objects of many small separate allocations, each its own

@@ -49,7 +49,22 @@ pub fn spawn_child_with(
     env: &[(&str, String)],
     libtest_args: &[&str],
 ) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    let exe = std::env::current_exe().expect("test binary path");
+    child_command(&exe, test_name, role, env, libtest_args)
+        .spawn()
+        .expect("spawn child test process")
+}
+
+/// The command [`spawn_child_with`] runs, with the test binary `exe` (this
+/// one, or a copy), for a caller that changes more (the user it runs as).
+pub fn child_command(
+    exe: &Path,
+    test_name: &str,
+    role: &str,
+    env: &[(&str, String)],
+    libtest_args: &[&str],
+) -> Command {
+    let mut cmd = Command::new(exe);
     cmd.args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .args(libtest_args)
         .env(ROLE, role)
@@ -58,7 +73,7 @@ pub fn spawn_child_with(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn child test process")
+    cmd
 }
 
 /// Environment variable that lets the NIXL transfer tests skip where NIXL is
