@@ -331,12 +331,17 @@ impl Stagings {
     }
 
     /// A staging segment for `total` bytes: an idle one, or a new one.
+    ///
+    /// Called under the state lock. A new segment is mapped without
+    /// populating it: its pages are made as the copy writes them, chunk by
+    /// chunk, outside the lock (populating 256 MiB here takes as long as
+    /// faulting it in, 60-150 ms, which readers of other objects would wait).
     fn stage(&self, total: u64) -> Result<Arc<Staging>> {
         let segment = match self.idle.take(total as usize) {
             Some(segment) => segment,
             None => {
                 let fd = segment::create(c"ray-rdt-stage", total)?;
-                let mapping = Mapping::new(&fd, total as usize, true)?;
+                let mapping = Mapping::new(&fd, total as usize, false)?;
                 Segment { fd, mapping }
             }
         };
