@@ -12,6 +12,9 @@ last generator is done. Per column:
   trainer ``ray.put``s the list of tensors; each generator gets the ref inside
   a list (a borrower), calls ``set_target_for_ref(ref, its weights)`` and
   ``ray.get(ref)``; its get time is measured inside it;
+* ``shared_shm``: as ``plugin_shm``, from a trainer of its own whose model
+  lives in the plugin's shared memory (``ray_rdt.share_memory_``): each
+  generator copies straight from it, the trainer copies nothing;
 * two-sided transports (``plugin_gloo``, ``stock_gloo``; one group of the
   trainer and all generators) and ``object_store`` (no RDT): the trainer's
   method returns the list, each generator receives it as a task argument and
@@ -90,11 +93,15 @@ import cross_node
 import raybench as rb
 from netns import NETWORK_ONLY_ENV, NODE_NAMES, veth_tx_bytes  # importable once cross_node has put tests/python on the path
 
-CONFIGS = ["object_store", "stock_gloo", "stock_nixl", "plugin_gloo", "plugin_shm", "plugin_nixl"]
+CONFIGS = ["object_store", "stock_gloo", "stock_nixl", "plugin_gloo", "plugin_shm", "plugin_nixl", "shared_shm"]
+# Columns whose trainer keeps its model in the plugin's shared memory
+# (ray_rdt.share_memory_): a trainer of their own.
+SHARED = {"shared_shm"}
 # The plugin with node-local sharing off (across nodes only).
 UNSHARED = {"unshared_nixl", "unshared_gloo"}
 UNSHARED_ENV = {"RAY_RDT_NODE_SHARING": "0"}
-ONE_SIDED = {"stock_nixl": "nixl", "plugin_nixl": "nixl", "plugin_shm": "shm", "unshared_nixl": "nixl"}
+ONE_SIDED = {"stock_nixl": "nixl", "plugin_nixl": "nixl", "plugin_shm": "shm", "unshared_nixl": "nixl",
+             "shared_shm": "shm"}
 STEP_TIMEOUT_S = 900
 # The options' defaults on one host and across two nodes.
 DEFAULTS = {"sizes": "256MiB,1GiB", "counts": "1,1000,10000,100000", "layouts": "views,separate",
@@ -135,9 +142,13 @@ def actor_classes():
 
     @ray.remote(enable_tensor_transport=True)
     class Trainer:
-        def make(self, size, count, layout):
+        def make(self, size, count, layout, shared=False):
             self.tensors, self.allocations = model(size, count, layout)
             self.step_no = 0
+            if shared:
+                import ray_rdt
+
+                ray_rdt.share_memory_(self.allocations + self.tensors)
 
         def advance(self):
             """A training step: new weights (outside the measured step)."""
@@ -247,17 +258,21 @@ def bench_cluster(configs, models, generator_counts, rounds, nodes=1):
     for size, count, layout in models:
         key = model_key(size, count, layout)
         trainer = Trainer.options(**trainer_options).remote()
+        shared = Trainer.options(**trainer_options).remote() if SHARED & set(configs) else None
+        trainer_of = {c: shared if c in SHARED else trainer for c in configs}
         generators = [Generator.options(**generator_options(i)).remote() for i in range(max(generator_counts))]
         print(f"  model {rb.fmt_size(size)} as {count} {layout}", file=sys.stderr, flush=True)
         out[key] = {}
         group = None
         try:
             ray.get([a.make.remote(size, count, layout) for a in [trainer] + generators])
+            if shared is not None:
+                ray.get(shared.make.remote(size, count, layout, True))
             if any(c.endswith("gloo") for c in configs):
                 group = create_collective_group([trainer] + generators, backend="torch_gloo")
             for n in generator_counts:
                 values, failed = rb.interleaved(
-                    configs, lambda c: logged(c, n, one_step(c, trainer, generators[:n], tx_bytes)), rounds, rng,
+                    configs, lambda c: logged(c, n, one_step(c, trainer_of[c], generators[:n], tx_bytes)), rounds, rng,
                     warmups=1, keep_going=True
                 )
                 out[key][n] = {
@@ -277,7 +292,7 @@ def bench_cluster(configs, models, generator_counts, rounds, nodes=1):
                     destroy_collective_group(group)
                 except Exception:  # noqa: BLE001 (destroyed by a failed transfer or a dead member)
                     pass
-            for a in [trainer] + generators:
+            for a in [trainer] + generators + ([shared] if shared is not None else []):
                 ray.kill(a)
     return out, errors
 
@@ -354,7 +369,8 @@ def report(results, limits, models, generator_counts, configs):
                 if cells[c]["put"] is not None:
                     text += f", put {rb.fmt_ms(cells[c]['put'])}"
                 parts.append(text)
-            for plugin, stock in (("plugin_nixl", "stock_nixl"), ("plugin_shm", "stock_nixl"), ("plugin_gloo", "stock_gloo")):
+            for plugin, stock in (("plugin_nixl", "stock_nixl"), ("plugin_shm", "stock_nixl"), ("shared_shm", "stock_nixl"),
+                                  ("plugin_gloo", "stock_gloo")):
                 if plugin in cells and stock in cells:
                     parts.append(f"{plugin} / {stock} step: {rb.fmt_ratio(cells[plugin]['step'] / cells[stock]['step'])}")
             lines.append("- " + "\n  - ".join(parts))
@@ -505,8 +521,8 @@ def parse_args():
         if getattr(args, name) is None:
             setattr(args, name, default)
     configs = set(args.configs.split(","))
-    if args.nodes > 1 and "plugin_shm" in configs:
-        p.error("plugin_shm cannot cross hosts: leave it out of --configs with --cross-node or --fanout")
+    if args.nodes > 1 and configs & {"plugin_shm", "shared_shm"}:
+        p.error("shm cannot cross hosts: leave plugin_shm and shared_shm out of --configs with --cross-node or --fanout")
     if args.nodes == 1 and configs & UNSHARED:
         p.error(f"{', '.join(sorted(configs & UNSHARED))}: node-local sharing is between nodes; "
                 "use --cross-node or --fanout")

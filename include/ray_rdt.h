@@ -36,9 +36,10 @@
 
 /**
  * Minor version of the C ABI; grows when functions or codes are added (2.2:
- * `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding).
+ * `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding;
+ * 2.4: `rdt_shared_memory_new`).
  */
-#define RDT_ABI_VERSION_MINOR 3
+#define RDT_ABI_VERSION_MINOR 4
 
 /**
  * Buckets of the fetch-latency histogram (the last one is unbounded).
@@ -1132,6 +1133,20 @@ rdt_status rdt_metadata_place(const struct rdt_metadata *metadata,
                               uintptr_t index,
                               uint32_t *out_extent,
                               uint64_t *out_offset);
+
+/**
+ * Allocates `len` bytes (zeroed) of host memory that consumers on this host
+ * read in place: an object whose tensors all lie in it is copied by each
+ * consumer straight from it into its targets (shm, and nixl on one host),
+ * with no staging copy by this process. Writes a 1-D uint8 CPU tensor of
+ * `len` elements that owns the memory to `*out_tensor`; the memory is freed
+ * once its deleter has been called and no transfer reads it any more.
+ * `len` 0 is `RDT_ERR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `out_tensor` is valid for writes.
+ */
+rdt_status rdt_shared_memory_new(uintptr_t len, struct DLManagedTensor **out_tensor);
 
 /**
  * Reads the counters of `transport` in this process into `*out`.

@@ -16,6 +16,7 @@ from ray_rdt._ffi import (
 )
 from ray_rdt.counters import concurrency_stats, endpoint_stats, nixl_stats, stats
 from ray_rdt.settings import enabled
+from ray_rdt.shared_memory import share_memory_
 
 __all__ = [
     "enabled",
@@ -24,6 +25,7 @@ __all__ = [
     "nixl_stats",
     "concurrency_stats",
     "library_path",
+    "share_memory_",
     "cuda_libraries",
     "RdtError",
     "RdtTimeoutError",

@@ -17,8 +17,9 @@ from typing import Optional
 
 ABI_MAJOR = 2
 # The binding needs the functions and codes of this minor version (2.0: one
-# handle family, the context; rdt_context_record_get; 2.2: RDT_PATH_NODE_COPY).
-ABI_MINOR = 3
+# handle family, the context; rdt_context_record_get; 2.2: RDT_PATH_NODE_COPY;
+# 2.3: the capsule helpers; 2.4: rdt_shared_memory_new).
+ABI_MINOR = 4
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
 TRANSPORT_GLOO = 0
@@ -275,6 +276,8 @@ _SIGNATURES = {
     "rdt_capsules_pointers": (_status, [ctypes.py_object, ctypes.POINTER(_c_void_p), ctypes.c_size_t]),
     "rdt_capsules_consume": (_status, [ctypes.py_object, ctypes.c_size_t]),
     "rdt_capsules_new": (_status, [ctypes.POINTER(_c_void_p), ctypes.c_size_t, ctypes.py_object]),
+    # Shared host memory read in place (src/ffi/shared_memory.rs).
+    "rdt_shared_memory_new": (_status, [ctypes.c_size_t, ctypes.POINTER(_c_void_p)]),
     "rdt_context_fetch": (
         _status,
         [

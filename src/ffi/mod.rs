@@ -15,6 +15,7 @@ pub mod context;
 pub mod cuda;
 pub mod group;
 pub mod metadata;
+pub mod shared_memory;
 pub mod stats;
 pub mod status;
 
@@ -24,8 +25,9 @@ use std::ffi::c_char;
 /// Major version of the C ABI; a loader refuses a library with another major.
 pub const RDT_ABI_VERSION_MAJOR: u32 = 2;
 /// Minor version of the C ABI; grows when functions or codes are added (2.2:
-/// `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding).
-pub const RDT_ABI_VERSION_MINOR: u32 = 3;
+/// `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding;
+/// 2.4: `rdt_shared_memory_new`).
+pub const RDT_ABI_VERSION_MINOR: u32 = 4;
 
 /// The C ABI version of this library: `(major << 16) | minor`.
 #[no_mangle]

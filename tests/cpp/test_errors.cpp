@@ -47,6 +47,7 @@ TEST(every_pointer_argument_is_null_checked) {
       {"metadata", [&] { return rdt_metadata_tensor(nullptr, 0, &desc); }},
       {"out_desc", [&] { return rdt_metadata_tensor(md, 0, nullptr); }},
       {"out_stats", [&] { return rdt_stats_get(RDT_TRANSPORT_GLOO, nullptr); }},
+      {"out_tensor", [&] { return rdt_shared_memory_new(64, nullptr); }},
       {"out_ctx", [&] { return rdt_context_new(nullptr, 0, nullptr, 0, nullptr); }},
       {"ctx", [&] { return rdt_context_put(nullptr, id, shm, nullptr, nullptr, 0, &rec); }},
       {"object_id", [&] { return rdt_context_put(s, nullptr, shm, nullptr, nullptr, 0, &rec); }},

@@ -70,6 +70,13 @@ def staging_segments(pid):
         return {line.split()[4] for line in maps if "memfd:ray-rdt-stage" in line}
 
 
+def shared_regions(pid):
+    """Inodes of the plugin's shared regions (``ray_rdt.share_memory_``) that
+    process ``pid`` (on this host) maps."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[4] for line in maps if "memfd:ray-rdt-shared" in line}
+
+
 def actor_stats(actor, transport=None):
     """``ray_rdt.stats()`` read inside an actor's process."""
     import ray

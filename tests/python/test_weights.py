@@ -22,7 +22,7 @@ from ray.exceptions import ActorDiedError
 from ray.experimental import set_target_for_ref
 from ray.experimental.collective import create_collective_group
 
-from conftest import Holds, actor_stats, delta, staging_segments, wait_for
+from conftest import Holds, actor_stats, delta, shared_regions, staging_segments, wait_for
 from holds import pid_alive
 
 N = 100_000  # tensors
@@ -105,6 +105,13 @@ class Trainer:
 
     def pid(self):
         return os.getpid()
+
+    def share_memory(self):
+        """Moves the model into the plugin's shared memory (in place)."""
+        import ray_rdt
+
+        ray_rdt.share_memory_([self.w])
+        return self.w.data_ptr()
 
 
 @ray.remote(max_concurrency=4)
@@ -405,6 +412,33 @@ def test_a_lone_generator_reads_the_trainers_memory_directly(ray_cluster):
     pids = ray.get([trainer.pid.remote(), generator.pid.remote()])
     assert [staging_segments(pid) for pid in pids] == [set(), set()]
     for actor in (trainer, generator):
+        ray.kill(actor)
+
+
+@pytest.mark.parametrize("transport", ["shm", "nixl"])
+def test_weights_in_shared_memory_are_read_in_place(ray_cluster, transport):
+    # A trainer whose model lives in the plugin's shared memory
+    # (ray_rdt.share_memory_) copies nothing for its generators: no staging
+    # segment in any process, and every generator maps the trainer's region
+    # and copies from it into its own weights, step after step, while the
+    # trainer updates the model in place.
+    trainer = make(Trainer, "same_host")
+    generators = [make(Generator, "same_host") for _ in range(2)]
+    ray.get(trainer.share_memory.remote())
+    trainer_pid = ray.get(trainer.pid.remote())
+    pids = ray.get([g.pid.remote() for g in generators])
+    region = shared_regions(trainer_pid)
+    assert len(region) == 1, region
+    for seed in (8, 9):
+        ray.get(trainer.step.remote(seed))
+        before = [actor_stats(g, transport)["paths"]["same_host"] for g in generators]
+        refs = ray.get(trainer.put.remote(transport))
+        assert ray.get([g.sync.remote(refs, seed) for g in generators]) == [(True, True)] * 2
+        for g, b in zip(generators, before):
+            assert delta(actor_stats(g, transport)["paths"]["same_host"], b) == N * ROW * 4
+        assert [shared_regions(pid) for pid in pids] == [region] * 2
+        assert [staging_segments(pid) for pid in [trainer_pid, *pids]] == [set()] * 3
+    for actor in [trainer, *generators]:
         ray.kill(actor)
 
 

@@ -21,6 +21,7 @@ mod cma;
 mod mappings;
 mod pool;
 mod segment;
+pub(crate) mod shared;
 mod staged;
 
 use super::{fetch_request, Local, Peer, Served, Transport};
@@ -54,6 +55,10 @@ const MODE_SEGMENT: u8 = 0;
 const MODE_READ: u8 = 1;
 /// Request mode: read through the producer's staging segment ([`staged`]).
 const MODE_STAGED: u8 = 2;
+/// Reply mode (to [`MODE_READ`] and [`MODE_STAGED`]): the object lies in one
+/// of the producer's shared regions ([`shared`]), whose file comes with the
+/// reply; copy from it, then say done.
+const MODE_MAPPED: u8 = 3;
 /// Most extent addresses per reply frame (8 bytes each, well under a frame).
 const ADDRESSES_PER_FRAME: usize = 65_536;
 
@@ -130,6 +135,13 @@ impl Transport for Shm {
                 format!("the shm transport only works between processes on the same host: {} reached this producer from another host; use gloo or nixl", channel.peer()),
             ));
         }
+        if let [mode @ (MODE_READ | MODE_STAGED), rest @ ..] = request {
+            if let Some((region, offsets)) = shared::holding(&object.layout.extents) {
+                let timeout = requested_timeout(*mode, rest)?;
+                crate::hold::point("serve");
+                return serve_mapped(&region, &offsets, channel, timeout).map(|()| Served::Sent);
+            }
+        }
         match request {
             [MODE_READ, timeout @ ..] => {
                 let timeout = Duration::from_millis(le_u64(timeout, "shm read request")?);
@@ -197,7 +209,7 @@ impl Transport for Shm {
             let read = if staged {
                 staged::read(&self.staged, peer, id, meta, runs, timeout, true)
             } else {
-                read_into(peer, id, meta, runs, timeout)
+                read_into(&self.staged, peer, id, meta, runs, timeout)
             };
             match read {
                 Err(e) if e.kind() == ErrorKind::Unavailable => {
@@ -308,26 +320,67 @@ fn serve_read(object: &StoredObject, channel: &mut Channel, timeout: Duration) -
         .iter()
         .map(|e| e.addr as u64)
         .collect();
-    let mut first = vec![wire::REPLY_OK, MODE_READ];
-    first.extend_from_slice(&(addrs.len() as u64).to_le_bytes());
-    let mut chunks = addrs.chunks(ADDRESSES_PER_FRAME);
-    let mut frame = first;
+    serve_in_place(
+        channel,
+        vec![wire::REPLY_OK, MODE_READ],
+        &addrs,
+        None,
+        timeout,
+    )
+}
+
+/// Producer: sends the shared region that holds the object (its file, its
+/// size, each extent's offset in it) and holds the object until the consumer
+/// has copied from it (or `timeout` passed).
+fn serve_mapped(
+    region: &shared::Region,
+    offsets: &[u64],
+    channel: &mut Channel,
+    timeout: Duration,
+) -> Result<()> {
+    let mut first = vec![wire::REPLY_OK, MODE_MAPPED];
+    first.extend_from_slice(&(region.len() as u64).to_le_bytes());
+    serve_in_place(channel, first, offsets, Some(region.fd()), timeout)
+}
+
+/// Producer: sends `first` (the reply's first frame so far, with `fd` if
+/// any), the count of `numbers` and the numbers (8 bytes each, over as many
+/// frames as it takes); then the object (and its memory) stays alive until
+/// the consumer says it is done with them.
+fn serve_in_place(
+    channel: &mut Channel,
+    mut frame: Vec<u8>,
+    numbers: &[u64],
+    fd: Option<&OwnedFd>,
+    timeout: Duration,
+) -> Result<()> {
+    frame.extend_from_slice(&(numbers.len() as u64).to_le_bytes());
+    let mut chunks = numbers.chunks(ADDRESSES_PER_FRAME);
+    let mut fd = fd;
     loop {
         if let Some(chunk) = chunks.next() {
             chunk
                 .iter()
                 .for_each(|a| frame.extend_from_slice(&a.to_le_bytes()));
         }
-        channel.send(&frame, REPLY_TIMEOUT)?;
+        channel.send_with_fd(&frame, fd.take(), REPLY_TIMEOUT)?;
         if chunks.len() == 0 {
             break;
         }
         frame = Vec::with_capacity(8 * ADDRESSES_PER_FRAME);
     }
-    // The consumer reads now; the object (and its memory) stays alive until it
-    // says it is done.
     channel.recv(timeout)?;
     channel.send(&[wire::REPLY_OK], REPLY_TIMEOUT)
+}
+
+/// The timeout a [`MODE_READ`] (`rest`: the timeout) or [`MODE_STAGED`]
+/// (`rest`: may-read byte, then the timeout) request gives.
+fn requested_timeout(mode: u8, rest: &[u8]) -> Result<Duration> {
+    let timeout = match (mode, rest) {
+        (MODE_STAGED, [_, timeout @ ..]) | (MODE_READ, timeout) => timeout,
+        _ => &[],
+    };
+    Ok(Duration::from_millis(le_u64(timeout, "shm read request")?))
 }
 
 /// The little-endian number that makes up all of `bytes` (eight of them),
@@ -347,8 +400,11 @@ fn request_body(mode: u8, extra: &[u8], timeout: Duration) -> Vec<u8> {
     body
 }
 
-/// Consumer: reads the producer's extents straight into the caller's tensors.
+/// Consumer: reads the producer's extents straight into the caller's tensors
+/// (or copies them from the producer's shared region, mapped through
+/// `mappings`).
 fn read_into(
+    mappings: &MappingCache,
     peer: &Peer<'_>,
     id: &ObjectId,
     meta: &Metadata,
@@ -367,6 +423,9 @@ fn read_into(
         let reply = channel.recv(timeout)?;
         match wire::parse_reply(&reply.payload)? {
             [MODE_READ, rest @ ..] => read_direct(channel, rest, meta, runs, deadline),
+            [MODE_MAPPED, rest @ ..] => {
+                read_mapped(mappings, channel, reply.fd, rest, meta, runs, deadline)
+            }
             _ => Err(Error::transport("malformed shm read reply")),
         }
     })
@@ -382,6 +441,61 @@ fn read_direct(
     runs: &Runs,
     deadline: std::time::Instant,
 ) -> Result<()> {
+    let addrs: Vec<usize> = recv_extent_numbers(channel, first, meta, deadline)?
+        .into_iter()
+        .map(|a| a as usize)
+        .collect();
+    let pid = channel
+        .peer_pid()
+        .ok_or_else(|| Error::transport("the same-host channel names no peer process"))?;
+    let pieces = runs.pieces(&addrs);
+    crate::hold::point("fetch");
+    // SAFETY: the destinations are the caller's targets, checked against
+    // the runs; the kernel checks the sources against the producer's memory.
+    let read = unsafe { cma::read(pid, &pieces, deadline) };
+    say_done(channel, read, deadline)
+}
+
+/// Consumer, told the object lies in the producer's shared region (`fd`;
+/// `first`: the first reply's body after the mode): maps the region (kept in
+/// `mappings` for the next step), copies the extents from it into the
+/// caller's tensors, and says it is done.
+fn read_mapped(
+    mappings: &MappingCache,
+    channel: &mut Channel,
+    fd: Option<OwnedFd>,
+    first: &[u8],
+    meta: &Metadata,
+    runs: &Runs,
+    deadline: std::time::Instant,
+) -> Result<()> {
+    let (size, first) = first
+        .split_first_chunk::<8>()
+        .map(|(size, rest)| (u64::from_le_bytes(*size), rest))
+        .ok_or_else(|| Error::transport("malformed shm mapped reply"))?;
+    let fd = fd.ok_or_else(|| Error::transport("the producer sent no shared region"))?;
+    let offsets = recv_extent_numbers(channel, first, meta, deadline)?;
+    let identity = shared::check_sent(&fd, size, &offsets, &meta.extents)?;
+    let producer = channel.peer_pid().unwrap_or(0);
+    let mapping = mappings.get(identity, producer, &fd, size as usize)?;
+    let base = mapping.as_ptr() as usize;
+    let starts: Vec<usize> = offsets.iter().map(|&o| base + o as usize).collect();
+    let pieces = runs.pieces(&starts);
+    crate::hold::point("fetch");
+    // SAFETY: the sources lie in the mapping (every extent was checked to lie
+    // in the region), the destinations in the caller's targets.
+    unsafe { copy_pieces(&pieces) };
+    say_done(channel, Ok(()), deadline)
+}
+
+/// Consumer: the count and the numbers (one per extent of the record) that
+/// follow a reply's mode, from `first` and as many more frames as they take.
+fn recv_extent_numbers(
+    channel: &mut Channel,
+    first: &[u8],
+    meta: &Metadata,
+    deadline: std::time::Instant,
+) -> Result<Vec<u64>> {
     let left = || deadline.saturating_duration_since(std::time::Instant::now());
     let (count, mut rest) = first
         .split_first_chunk::<8>()
@@ -399,18 +513,16 @@ fn read_direct(
     if rest.len() as u64 != 8 * count {
         return Err(Error::transport("malformed shm read reply"));
     }
-    let addrs: Vec<usize> = rest
+    Ok(rest
         .chunks_exact(8)
-        .map(|a| u64::from_le_bytes(a.try_into().expect("8 bytes")) as usize)
-        .collect();
-    let pid = channel
-        .peer_pid()
-        .ok_or_else(|| Error::transport("the same-host channel names no peer process"))?;
-    let pieces = runs.pieces(&addrs);
-    crate::hold::point("fetch");
-    // SAFETY: the destinations are the caller's targets, checked against
-    // the runs; the kernel checks the sources against the producer's memory.
-    let read = unsafe { cma::read(pid, &pieces, deadline) };
+        .map(|a| u64::from_le_bytes(a.try_into().expect("8 bytes")))
+        .collect())
+}
+
+/// Consumer: tells the producer the read is over (`read`: how it went) and
+/// waits for its word; returns `read`'s outcome.
+fn say_done(channel: &mut Channel, read: Result<()>, deadline: std::time::Instant) -> Result<()> {
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
     channel.send(&[u8::from(read.is_err())], left())?;
     wire::parse_reply(&channel.recv(left())?.payload)?;
     read

@@ -26,7 +26,9 @@
 //! Protocol, after the fetch request (mode [`MODE_STAGED`], whether the
 //! consumer may read the producer's memory, its timeout): the producer
 //! either answers as to a direct read (`OK, MODE_READ, addresses...`, see
-//! [`super::read_direct`]), or replies `OK, MODE_STAGED, total bytes` with the
+//! [`super::read_direct`]), or, for an object in one of its shared regions
+//! ([`super::shared`]), `OK, MODE_MAPPED, ...` (see [`super::read_mapped`]),
+//! or replies `OK, MODE_STAGED, total bytes` with the
 //! segment's descriptor, then sends `OK, bytes landed` frames, strictly
 //! increasing, until every byte has; the consumer says when it is done
 //! copying, and the producer acknowledges. A reader that dies or gives up
@@ -36,7 +38,10 @@
 use super::mappings::MappingCache;
 use super::pool::{Lease, Segment, SegmentPool};
 use super::segment::{self, Mapping};
-use super::{le_u64, read_direct, request_body, serve_read, MODE_READ, MODE_STAGED, REPLY_TIMEOUT};
+use super::{
+    le_u64, read_direct, read_mapped, request_body, serve_read, MODE_MAPPED, MODE_READ,
+    MODE_STAGED, REPLY_TIMEOUT,
+};
 use crate::copy::{copy_pieces, Piece};
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, Result};
@@ -396,6 +401,9 @@ pub fn read(
         let said = match wire::parse_reply(&reply.payload)? {
             [MODE_READ, first @ ..] if may_read => {
                 return read_direct(channel, first, meta, runs, deadline)
+            }
+            [MODE_MAPPED, first @ ..] => {
+                return read_mapped(mappings, channel, reply.fd, first, meta, runs, deadline)
             }
             [MODE_STAGED, said @ ..] => le_u64(said, "shm staged reply")?,
             _ => return Err(Error::transport("malformed shm staged reply")),
