@@ -353,16 +353,23 @@ def test_generators_syncing_at_once_share_one_staged_copy(held):
     ray.get(trainer.step.remote(0))
 
 
+@pytest.mark.parametrize("memory", ["private", "shared"])
 @pytest.mark.parametrize("victim", ["generator", "trainer"])
-def test_a_death_during_a_staged_read_fails_only_what_depended_on_it(held, victim):
-    # Three generators read one staged copy; all are held mid-read (the
-    # trainer answered them, no byte copied) when one of them, or the
-    # trainer, is killed. A dead generator costs the others nothing: they
-    # complete byte-exact, and the trainer still maps one staging segment. A
-    # dead trainer fails every sync with an error, never a hang.
+def test_a_death_during_a_staged_read_fails_only_what_depended_on_it(held, victim, memory):
+    # Three generators read one staged copy (or, with the trainer's model in
+    # shared memory, its region in place); all are held mid-read (the trainer
+    # answered them, no byte copied) when one of them, or the trainer, is
+    # killed. A dead generator costs the others nothing: they complete
+    # byte-exact, and the trainer still maps one staging segment (none for
+    # shared memory). A dead trainer fails every sync with an error, never a
+    # hang.
     holds, _, _ = held
     trainer = make(Trainer, "same_host", HOLDS)
     generators = [make(Generator, "same_host", HOLDS) for _ in range(3)]
+    staged = 1
+    if memory == "shared":
+        ray.get(trainer.share_memory.remote())
+        staged = 0
     # A first step with three readers: the next is staged from its first reader.
     refs = ray.get(trainer.put.remote("shm"))
     assert ray.get([g.sync.remote(refs) for g in generators]) == [(True, True)] * 3
@@ -387,11 +394,11 @@ def test_a_death_during_a_staged_read_fails_only_what_depended_on_it(held, victi
         with pytest.raises(ActorDiedError):
             ray.get(calls[0], timeout=60)
         assert ray.get(calls[1:], timeout=60) == [(True, True)] * 2
-        assert len(staging_segments(trainer_pid)) == 1
+        assert len(staging_segments(trainer_pid)) == staged
         ray.get(trainer.step.remote(7))
         refs = ray.get(trainer.put.remote("shm"))
         assert ray.get([g.sync.remote(refs, 7) for g in generators[1:]], timeout=60) == [(True, True)] * 2
-        assert len(staging_segments(trainer_pid)) == 1
+        assert len(staging_segments(trainer_pid)) == staged
     else:
         for call in calls:
             with pytest.raises((ActorDiedError, ray.exceptions.RayTaskError)) as failed:
