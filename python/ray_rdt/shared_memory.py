@@ -56,14 +56,21 @@ def share_memory_(tensors) -> List[Any]:
         if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
             where = t.device if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"share_memory_ moves CPU tensors; item {i} is {where}")
-    # Each storage (by address) and where it goes in the region.
+    # Each storage (by address) and where it goes in the region; each tensor
+    # and where it will view the region, all read before any tensor moves (a
+    # tensor may be given twice).
     placed = {}
+    moves = []
     total = 0
     for t in items:
         storage = t.untyped_storage()
-        if storage.nbytes() and storage.data_ptr() not in placed:
+        if not storage.nbytes():
+            continue
+        if storage.data_ptr() not in placed:
             placed[storage.data_ptr()] = (storage, total)
             total += -(-storage.nbytes() // ALIGN) * ALIGN
+        at = placed[storage.data_ptr()][1] // t.element_size() + t.storage_offset()
+        moves.append((t, at, t.size(), t.stride()))
     if not placed:
         return items
     region = allocate(total)
@@ -71,10 +78,6 @@ def share_memory_(tensors) -> List[Any]:
         for storage, at in placed.values():
             region[at : at + storage.nbytes()].copy_(torch.empty(0, dtype=torch.uint8).set_(storage))
         shared = region.untyped_storage()
-        for t in items:
-            storage = t.untyped_storage()
-            if not storage.nbytes():
-                continue
-            at = placed[storage.data_ptr()][1]
-            t.set_(shared, at // t.element_size() + t.storage_offset(), t.size(), t.stride())
+        for t, at, size, stride in moves:
+            t.set_(shared, at, size, stride)
     return items
