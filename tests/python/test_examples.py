@@ -1,5 +1,6 @@
-"""The guide's gloo walkthrough scripts (examples/, verbatim) and the shm variant
-print what the guide says, and the plugin moved their bytes. (The NIXL
+"""The guide's gloo walkthrough scripts (examples/, verbatim), the shm variant
+and the shm weight-sync example print what they should, and the plugin moved
+their bytes. (The NIXL
 walkthrough, examples/nixl_01_walkthrough.py, is tested in test_nixl.py.)"""
 
 import os
@@ -84,3 +85,13 @@ def test_shm_walkthrough(ray_cluster, capsys):
     # receiver.sum (4 MB) and the two ray.put tensors fetched by consume_with_shm (8 MB).
     assert received == {"receiver": {"shm": 12_000_000}, "sender": {}}
     assert driver == {"shm": 4_000_000}  # print(ray.get(tensor)) in the driver
+
+
+def test_shm_weight_sync(ray_cluster, capsys):
+    out, received, driver = run("shm_02_weight_sync.py", capsys)
+    steps = [line for line in out.splitlines() if line.startswith("step ")]  # Ray may log to stdout too
+    assert steps == [f"step {i}: generators in sync with the trainer: True" for i in range(3)]
+    # Each generator received the model (8 x (256 x 256 + 256) float32) three times.
+    model_bytes = 8 * (256 * 256 + 256) * 4
+    assert received == {"trainer": {}, "generator_a": {"shm": 3 * model_bytes}, "generator_b": {"shm": 3 * model_bytes}}
+    assert driver == {}
