@@ -1,5 +1,5 @@
 """Runs the guide's walkthrough scripts (this directory: gloo verbatim, NIXL in CPU
-form, plus the shm variant) on one local Ray cluster and shows, from each
+form, plus the shm variant and weight sync) on one local Ray cluster and shows, from each
 script's actors and from the driver, that the plugin moved the bytes.
 
     python examples/run_walkthrough.py [--num-gpus N] [SCRIPT ...]
