@@ -45,7 +45,9 @@ def share_memory_(tensors) -> List[Any]:
     Then an object of these tensors (``ray.put(weights,
     _tensor_transport="shm")`` or ``"nixl"``) is copied by each generator on
     this host straight from this memory into its targets, with no copy by this
-    process. Raises ``ValueError`` for a tensor not on the CPU."""
+    process. Raises ``ValueError`` for a tensor not on the CPU, and for one
+    that an RDT object of this process still holds (move the tensors before
+    putting them)."""
     import torch
 
     if isinstance(tensors, torch.nn.Module):
@@ -56,6 +58,7 @@ def share_memory_(tensors) -> List[Any]:
         if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
             where = t.device if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"share_memory_ moves CPU tensors; item {i} is {where}")
+    _refuse_held(items)
     # Each storage (by address) and where it goes in the region; each tensor
     # and where it will view the region, all read before any tensor moves (a
     # tensor may be given twice).
@@ -81,3 +84,23 @@ def share_memory_(tensors) -> List[Any]:
         for t, at, size, stride in moves:
             t.set_(shared, at, size, stride)
     return items
+
+
+def _refuse_held(tensors) -> None:
+    """Raises ``ValueError`` if an RDT object of this process still holds one
+    of ``tensors``: the object keeps reading the memory it was made of, which
+    moving the tensor would free under it."""
+    from ray_rdt import process
+
+    ctx = process.peek_context()
+    if ctx is None:
+        return
+    for i, t in enumerate(tensors):
+        try:
+            ctx.wait_tensor_freed(t, 0)
+        except _ffi.RdtTimeoutError:
+            raise ValueError(
+                f"share_memory_: tensor {i} is held by an RDT object of this process (a ray.put or a task "
+                "return not freed yet); move the tensors before putting them, or wait for the object to be "
+                "freed (ray.experimental.wait_tensor_freed)"
+            ) from None

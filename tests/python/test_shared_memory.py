@@ -85,3 +85,20 @@ def test_only_cpu_tensors_are_moved():
     with pytest.raises(ValueError, match="item 1 is list"):
         ray_rdt.share_memory_([torch.ones(2), [1, 2]])
     assert ray_rdt.share_memory_([]) == []
+
+
+def test_tensors_an_rdt_object_holds_are_refused_until_it_is_freed():
+    import os
+
+    from ray_rdt import _ffi, process
+
+    ctx = process.get_context()
+    t = torch.arange(100.0)
+    key = os.urandom(28)
+    ctx.put(key, _ffi.TRANSPORT_SHM, [t])
+    with pytest.raises(ValueError, match="tensor 1 is held by an RDT object"):
+        ray_rdt.share_memory_([torch.ones(3), t])
+    assert not in_region(t)
+    ctx.free(key)
+    ray_rdt.share_memory_([t])
+    assert in_region(t) and torch.equal(t, torch.arange(100.0))
