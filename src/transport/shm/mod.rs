@@ -15,7 +15,11 @@
 //! consumers. Smaller and larger objects: the producer answers with its
 //! extents' addresses and holds the object until the consumer has read them
 //! straight into the targets ([`cma`]); where the kernel forbids that, the
-//! segment path and one more copy. Across hosts it is a clear error.
+//! segment path and one more copy. An object that lies in one of the
+//! producer's shared regions (memory the plugin allocated, [`shared`]) is
+//! copied by each consumer straight from its mapping of the region, whatever
+//! the size: one memcpy per consumer and none by the producer. Across hosts
+//! it is a clear error.
 
 mod cma;
 mod mappings;
