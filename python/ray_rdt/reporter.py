@@ -104,12 +104,12 @@ class Reporter:
                 self._report()
 
     def _report(self):
-        import ray_rdt
+        from ray_rdt import counters
 
         who = _identity()
         if who is None:
             return
-        snapshot = ray_rdt.stats()
+        snapshot = counters.stats()
         self._exporter.update(snapshot, {"ActorId": who["actor_id"] or ""})
         endpoint, tcp_endpoint = self._addresses()
         self._registry.write(
