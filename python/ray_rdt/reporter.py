@@ -104,7 +104,7 @@ class Reporter:
                 self._report()
 
     def _report(self):
-        from ray_rdt import counters
+        from ray_rdt import _ffi, counters
 
         who = _identity()
         if who is None:
@@ -120,7 +120,7 @@ class Reporter:
                 actor_class=self._actor_class,
                 endpoint=endpoint,
                 tcp_endpoint=tcp_endpoint,
-                library=ray_rdt.library_path(),
+                library=_ffi.library_path(),  # loaded: the process has a context
                 time=time.time(),
                 stats=snapshot,
             )
