@@ -72,37 +72,36 @@ class Pool:
         from ray.experimental.rdt.nixl_memory_pool import MemoryPoolManager
 
         self.manager = MemoryPoolManager(pool_size=size, device=device)
-        # The manager places the tensors (2.60's packing and errors); the
-        # copy is made here, in one torch call for the whole object, where
-        # the manager's own copies each tensor in a Python loop (10,000
-        # views: most of a put's time).
-        self.manager._copy_into_pool = lambda tensors, sizes, starts: None
+        # The manager places the tensors (2.60's packing and errors) and
+        # hands where to its copy step, which here only keeps them: the copy
+        # is made in one torch call for the whole object, where the
+        # manager's own copies each tensor in a Python loop (10,000 views:
+        # most of a put's time).
+        self.manager._copy_into_pool = self._placed
+        self._starts: List[int] = []
         self.device = self.manager.get_pool_tensor().device
         self.keys = set()
         self.lock = threading.Lock()
+
+    def _placed(self, tensors: List[Any], sizes: List[int], starts: List[int]) -> None:
+        """The manager's copy step (``_copy_into_pool``): keeps the pool
+        offset of each tensor of the object being placed (under ``lock``)."""
+        self._starts = starts
 
     def copy(self, key_hex: str, tensors: List[Any]) -> List[Any]:
         """Copies ``tensors`` into pool blocks; returns views of the copies."""
         if self.device.type != "cpu" and any(t.device != self.device for t in tensors):
             return tensors
         import torch
-        from ray.experimental.rdt.nixl_memory_pool import (
-            TensorLayout,
-            group_tensors_by_desc,
-            packed_offsets,
-        )
 
         with self.lock:
             self._reclaim()
-            regions = self.manager.allocate_group(key_hex, tensors)
+            self.manager.allocate_group(key_hex, tensors)
+            starts = self._starts
             self.keys.add(key_hex)
-        layouts = [TensorLayout(t.numel() * t.element_size(), t.element_size()) for t in tensors]
-        views: List[Any] = []
-        for region, group in zip(regions, group_tensors_by_desc(layouts, [r.numel() for r in regions])):
-            offsets, _ = packed_offsets([layouts[i] for i in group])
-            views.extend(_views(region, [tensors[i] for i in group], offsets))
         with torch.no_grad():
-            torch._foreach_copy_(views, tensors)
+            views, dsts, srcs = _placed_copies(self.manager.get_pool_tensor(), tensors, starts)
+            torch._foreach_copy_(dsts, srcs)
         return views
 
     def _reclaim(self) -> None:
@@ -115,15 +114,22 @@ class Pool:
             self.keys.discard(key)
 
 
-def _views(region, tensors: List[Any], offsets: List[int]) -> List[Any]:
-    """Views of ``region`` (bytes) shaped as ``tensors``, each at its offset.
-    A run of tensors of one dtype and shape packed back to back (the rows of
-    a matrix) becomes views in one ``unbind``."""
-    out: List[Any] = []
+def _placed_copies(pool, tensors: List[Any], offsets: List[int]):
+    """Views of ``pool`` (bytes) shaped as ``tensors``, each at its offset,
+    and the copies that fill them: ``(views, destinations, sources)``. A run
+    of tensors of one dtype and shape packed back to back (the rows of a
+    matrix) becomes views in one ``unbind``, and, when the tensors are also
+    back to back in one storage of their own, one copy of the whole run."""
+    import torch
+
+    views: List[Any] = []
+    dsts: List[Any] = []
+    srcs: List[Any] = []
     i = 0
     while i < len(tensors):
         t = tensors[i]
         nbytes = t.numel() * t.element_size()
+        joined = t._base is not None and t.is_contiguous()
         j = i + 1
         while (
             j < len(tensors)
@@ -131,11 +137,18 @@ def _views(region, tensors: List[Any], offsets: List[int]) -> List[Any]:
             and tensors[j].dtype == t.dtype
             and tensors[j].shape == t.shape
         ):
+            u = tensors[j]
+            joined = joined and u._base is t._base and u.is_contiguous() and u.data_ptr() == t.data_ptr() + (j - i) * nbytes
             j += 1
-        block = region[offsets[i] : offsets[i] + (j - i) * nbytes].view(t.dtype)
-        if j - i == 1:
-            out.append(block.view(t.shape))
+        block = pool[offsets[i] : offsets[i] + (j - i) * nbytes].view(t.dtype)
+        run = [block.view(t.shape)] if j - i == 1 else list(block.view(j - i, *t.shape).unbind(0))
+        views.extend(run)
+        if joined and j - i > 1:
+            flat = torch.empty(0, dtype=t.dtype, device=t.device)
+            dsts.append(block)
+            srcs.append(flat.set_(t.untyped_storage(), t.storage_offset(), ((j - i) * t.numel(),), (1,)))
         else:
-            out.extend(block.view(j - i, *t.shape).unbind(0))
+            dsts.extend(run)
+            srcs.extend(tensors[i:j])
         i = j
-    return out
+    return views, dsts, srcs

@@ -1,7 +1,8 @@
 """The plugin's NIXL pool (``register_nixl_memory_pool``) without Ray: an
 object's tensors are copied into the pool blocks Ray 2.60's manager places
-them in, as views shaped like them (runs of rows in one ``unbind``), every
-byte where 2.60's packing puts it. (The pool through Ray: test_weights.py.)"""
+them in, as views shaped like them (runs of rows in one ``unbind``, a run of
+a matrix's consecutive rows copied as one block), every byte where 2.60's
+packing puts it. (The pool through Ray: test_weights.py.)"""
 
 import torch
 
@@ -19,6 +20,9 @@ def test_mixed_tensors_land_packed_in_the_pool():
         torch.zeros(0, 5),  # no bytes
         rows[3],
         rows[4],
+        torch.arange(8.0).view(2, 4)[1],  # packs after rows[4], lives elsewhere
+        rows[5],
+        rows[4],  # back to back in the pool, not in the matrix
         torch.ones(3, dtype=torch.float16),
     ]
     pool = nixl_pool.Pool(1 << 20, torch.device("cpu"))
@@ -37,5 +41,8 @@ def test_mixed_tensors_land_packed_in_the_pool():
         if t.numel():
             assert view.data_ptr() - pool_bytes.data_ptr() == at
         at += t.numel() * size
-    # The rows of one run are views of one block (made by one unbind).
+    # The rows of one run are views of one block (made by one unbind), and a
+    # run of a matrix's consecutive rows is copied as one block.
     assert views[1].data_ptr() - views[0].data_ptr() == 16
+    _, dsts, _ = nixl_pool._placed_copies(pool_bytes, tensors[:3], [0, 16, 32])
+    assert len(dsts) == 1 and dsts[0].numel() == 12
