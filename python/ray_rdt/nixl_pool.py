@@ -138,7 +138,12 @@ def _placed_copies(pool, tensors: List[Any], offsets: List[int]):
             and tensors[j].shape == t.shape
         ):
             u = tensors[j]
-            joined = joined and u._base is t._base and u.is_contiguous() and u.data_ptr() == t.data_ptr() + (j - i) * nbytes
+            joined = (
+                joined
+                and u._base is t._base
+                and u.is_contiguous()
+                and u.data_ptr() == t.data_ptr() + (j - i) * nbytes
+            )
             j += 1
         block = pool[offsets[i] : offsets[i] + (j - i) * nbytes].view(t.dtype)
         run = [block.view(t.shape)] if j - i == 1 else list(block.view(j - i, *t.shape).unbind(0))

@@ -139,23 +139,22 @@ impl Transport for Shm {
                 format!("the shm transport only works between processes on the same host: {} reached this producer from another host; use gloo or nixl", channel.peer()),
             ));
         }
-        if let [mode @ (MODE_READ | MODE_STAGED), rest @ ..] = request {
-            if let Some((region, offsets)) = shared::holding(&object.layout.extents) {
-                let timeout = requested_timeout(*mode, rest)?;
-                crate::hold::point("serve");
-                return serve_mapped(&region, &offsets, channel, timeout).map(|()| Served::Sent);
-            }
-        }
         match request {
-            [MODE_READ, timeout @ ..] => {
-                let timeout = Duration::from_millis(le_u64(timeout, "shm read request")?);
-                crate::hold::point("serve");
-                serve_read(object, channel, timeout).map(|()| Served::Sent)
+            [mode @ (MODE_READ | MODE_STAGED), rest @ ..] => {
+                let (may_read, timeout) = read_request(*mode, rest)?;
+                // An object in one of this process's shared regions is
+                // copied from there by every reader, whatever it asked for.
+                if let Some((region, offsets)) = shared::holding(&object.layout.extents) {
+                    crate::hold::point("serve");
+                    serve_mapped(&region, &offsets, channel, timeout)
+                } else if *mode == MODE_READ {
+                    crate::hold::point("serve");
+                    serve_read(object, channel, timeout)
+                } else {
+                    self.stagings.serve(id, object, may_read, timeout, channel)
+                }
+                .map(|()| Served::Sent)
             }
-            [MODE_STAGED, rest @ ..] => self
-                .stagings
-                .serve(id, object, rest, channel)
-                .map(|()| Served::Sent),
             [] | [MODE_SEGMENT, ..] => {
                 let fd = channel.take_received_descriptor();
                 self.serve_segment(object, fd, channel)
@@ -377,14 +376,18 @@ fn serve_in_place(
     channel.send(&[wire::REPLY_OK], REPLY_TIMEOUT)
 }
 
-/// The timeout a [`MODE_READ`] (`rest`: the timeout) or [`MODE_STAGED`]
-/// (`rest`: may-read byte, then the timeout) request gives.
-fn requested_timeout(mode: u8, rest: &[u8]) -> Result<Duration> {
-    let timeout = match (mode, rest) {
-        (MODE_STAGED, [_, timeout @ ..]) | (MODE_READ, timeout) => timeout,
-        _ => &[],
+/// What a [`MODE_READ`] (`rest`: the timeout) or [`MODE_STAGED`] (`rest`:
+/// may-read byte, then the timeout) request asks: whether the reader may
+/// read this process's memory (always, for a direct read), and its timeout
+/// in milliseconds.
+fn read_request(mode: u8, rest: &[u8]) -> Result<(bool, Duration)> {
+    let (may_read, timeout) = match (mode, rest) {
+        (MODE_STAGED, [may_read, timeout @ ..]) => (*may_read != 0, timeout),
+        (MODE_READ, timeout) => (true, timeout),
+        _ => (false, &[][..]),
     };
-    Ok(Duration::from_millis(le_u64(timeout, "shm read request")?))
+    let timeout = Duration::from_millis(le_u64(timeout, "shm read request")?);
+    Ok((may_read, timeout))
 }
 
 /// The little-endian number that makes up all of `bytes` (eight of them),

@@ -12,7 +12,7 @@
 use super::mappings::Identity;
 use super::segment::{self, Mapping};
 use crate::dlpack::{kDLUInt, DLDataType, DLDevice};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::layout::SourceExtent;
 use crate::tensor::{Tensor, TensorMeta};
 use parking_lot::Mutex;
@@ -48,14 +48,9 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        let mut regions = REGIONS.lock();
-        // A new region may already reuse the address: remove only our entry.
-        if regions
-            .get(&self.start())
-            .is_some_and(|w| w.strong_count() == 0)
-        {
-            regions.remove(&self.start());
-        }
+        // The mapping is unmapped only after this (a field, dropped later),
+        // so no other region can have taken this start address yet.
+        REGIONS.lock().remove(&self.start());
     }
 }
 
@@ -125,10 +120,9 @@ pub fn check_sent(fd: &OwnedFd, size: u64, offsets: &[u64], lengths: &[u64]) -> 
         .zip(lengths)
         .position(|(&o, &len)| o.checked_add(len).is_none_or(|end| end > size));
     if let Some(i) = outside {
-        return Err(Error::new(
-            ErrorKind::Transport,
-            format!("extent {i} lies outside the producer's {size}-byte shared region"),
-        ));
+        return Err(Error::transport(format!(
+            "extent {i} lies outside the producer's {size}-byte shared region"
+        )));
     }
     Ok(identity)
 }

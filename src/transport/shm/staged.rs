@@ -252,23 +252,17 @@ pub struct Stagings {
 }
 
 impl Stagings {
-    /// Producer: serves one reader of `object` (the request's rest after the
-    /// mode: whether the reader may read this process's memory directly, one
-    /// byte, and its timeout in milliseconds).
+    /// Producer: serves one reader of `object` that asked for a staged read
+    /// (whether it `may_read` this process's memory directly, and its
+    /// `timeout`).
     pub fn serve(
         &self,
         id: &ObjectId,
         object: &StoredObject,
-        request: &[u8],
+        may_read: bool,
+        timeout: Duration,
         channel: &mut Channel,
     ) -> Result<()> {
-        let (may_read, timeout) = match request {
-            [may_read, timeout @ ..] => (
-                *may_read != 0,
-                Duration::from_millis(le_u64(timeout, "shm staged request")?),
-            ),
-            [] => return Err(Error::transport("malformed shm staged request")),
-        };
         let deadline = deadline_after(timeout);
         crate::hold::point("serve");
         let (_, total) = packed_extents(&object.layout.lengths());
