@@ -128,9 +128,10 @@ class ReceivingActor:
         return torch.sum(tensor, dtype=torch.float64)
 
     def ptr_and_sum(self, tensor):
+        """The tensor's address and its float64 sum (see `sum64`)."""
         import torch
 
-        return tensor.data_ptr(), torch.sum(tensor)
+        return tensor.data_ptr(), torch.sum(tensor, dtype=torch.float64)
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ class MyActor:
         return sum(ray.get(r).sum().item() for r in refs)
 
     def sum(self, tensor):
-        return torch.sum(tensor)
+        return torch.sum(tensor, dtype=torch.float64)
 
     def plugin_state(self):
         import ray_rdt
@@ -55,7 +55,9 @@ sender, receiver = MyActor.remote(), MyActor.remote()
 create_collective_group([sender, receiver], backend="torch_gloo")
 
 tensor = sender.random_tensor.remote()
-expected = torch.sum(ray.get(tensor, _use_object_store=True))
+# Summed in float64: a float32 sum of a million values differs in its fourth
+# digit between the driver's threads and an actor's one.
+expected = torch.sum(ray.get(tensor, _use_object_store=True), dtype=torch.float64)
 assert torch.allclose(ray.get(receiver.sum.remote(tensor)), expected)
 
 with pytest.raises(ValueError, match="ray.get is not allowed on RDT objects using the two-sided transport GLOO"):

@@ -78,8 +78,8 @@ def test_pass_without_group(actors):
     sender, receiver = actors
     s0, r0 = actor_stats(sender, "shm"), actor_stats(receiver, "shm")
     ref = sender.random_tensor.remote()
-    expected = torch.sum(ray.get(ref))  # one-sided: ray.get works without a group
-    assert torch.allclose(ray.get(receiver.sum.remote(ref)), expected)
+    expected = torch.sum(ray.get(ref), dtype=torch.float64)  # one-sided: ray.get works without a group
+    assert torch.allclose(ray.get(receiver.sum64.remote(ref)), expected)
     r1, s1 = actor_stats(receiver, "shm"), actor_stats(sender, "shm")
     assert delta(r1, r0) == 4_000_000
     assert r1["transfers"] - r0["transfers"] == 1
@@ -137,7 +137,7 @@ def test_driver_get_and_receiver_consistent(actors):
     ref = sender.echo.remote(t)
     assert torch.equal(ray.get(ref), t)
     ptr, s = ray.get(receiver.ptr_and_sum.remote(ref))
-    assert torch.allclose(s, t.sum())
+    assert torch.allclose(s, t.sum(dtype=torch.float64))
 
 
 def test_pass_back_same_memory(actors):
