@@ -37,9 +37,10 @@
 /**
  * Minor version of the C ABI; grows when functions or codes are added (2.2:
  * `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding;
- * 2.4: `rdt_shared_memory_new`).
+ * 2.4: `rdt_shared_memory_new`; 2.5: `rdt_tensors_export` and
+ * `rdt_tensors_release`, DLPack's C exchange API in bulk).
  */
-#define RDT_ABI_VERSION_MINOR 4
+#define RDT_ABI_VERSION_MINOR 5
 
 /**
  * Buckets of the fetch-latency histogram (the last one is unbounded).
@@ -964,6 +965,40 @@ rdt_status rdt_library_search_prefix(const char *prefix);
  * `out_json` must be valid for writes.
  */
 rdt_status rdt_cuda_libraries(struct rdt_buffer *out_json);
+
+/**
+ * Exports each tensor of the Python list `tensors` (`len` of them, each an
+ * instance of `tensor_type`, the type whose `__dlpack_c_exchange_api__` is
+ * the capsule `exchange_api`) as an owning `DLManagedTensorVersioned`,
+ * written to `out[0..len]`; when `out_views` is not NULL, each one's
+ * `dl_tensor` is written to `out_views[0..len]` too (the targets of
+ * `rdt_context_fetch_into`). The caller owns the tensors: hand them to
+ * `rdt_context_put_versioned` or release them with `rdt_tensors_release`.
+ * On an error none is exported (those made before it are released and their
+ * entries of `out` set to NULL).
+ *
+ * # Safety
+ * The GIL is held; `exchange_api`, `tensor_type` and `tensors` are live
+ * Python objects; `out` (and `out_views` when not NULL) has room for `len`
+ * pointers.
+ */
+rdt_status rdt_tensors_export(void *exchange_api,
+                              void *tensor_type,
+                              void *tensors,
+                              struct DLManagedTensorVersioned **out,
+                              const struct DLTensor **out_views,
+                              uintptr_t len);
+
+/**
+ * Calls the deleter of each of `tensors[0..len]` (tensors that
+ * `rdt_tensors_export` made and the plugin did not take; NULL entries are
+ * skipped).
+ *
+ * # Safety
+ * `tensors` has `len` pointers, each NULL or a tensor the caller owns, whose
+ * ownership moves to this call.
+ */
+rdt_status rdt_tensors_release(struct DLManagedTensorVersioned *const *tensors, uintptr_t len);
 
 /**
  * Starts a rendezvous store for a new group in this process (the process of

@@ -137,3 +137,40 @@ pub struct DLManagedTensorVersioned {
     /// The tensor view.
     pub dl_tensor: DLTensor,
 }
+
+/// The fixed head of a framework's exchange API table (`DLPackExchangeAPIHeader`,
+/// DLPack 1.2): its version, and an older table or NULL.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DLPackExchangeAPIHeader {
+    /// The DLPack version of the table; a consumer checks the major.
+    pub version: DLPackVersion,
+    /// A table of an older version, or NULL.
+    pub prev_api: *const DLPackExchangeAPIHeader,
+}
+
+/// A framework's C functions for DLPack exchange without Python calls
+/// (`DLPackExchangeAPI`, DLPack 1.2), published as a PyCapsule named
+/// `"dlpack_exchange_api"` in the tensor type's `__dlpack_c_exchange_api__`.
+/// Each function returns 0, or non-zero with a Python error set; the GIL must
+/// be held.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DLPackExchangeAPI {
+    /// Version and chain.
+    pub header: DLPackExchangeAPIHeader,
+    /// Allocates a tensor in the framework (not used by the plugin).
+    pub managed_tensor_allocator: *const c_void,
+    /// Exports a framework tensor (`PyObject*`) as an owning
+    /// `DLManagedTensorVersioned` (no stream synchronization).
+    pub managed_tensor_from_py_object_no_sync:
+        Option<unsafe extern "C" fn(*mut c_void, *mut *mut DLManagedTensorVersioned) -> i32>,
+    /// Imports an owning `DLManagedTensorVersioned` as a framework tensor
+    /// (`PyObject*`, a new reference); takes the tensor.
+    pub managed_tensor_to_py_object_no_sync:
+        Option<unsafe extern "C" fn(*mut DLManagedTensorVersioned, *mut *mut c_void) -> i32>,
+    /// Fills a non-owning `DLTensor` (not used by the plugin).
+    pub dltensor_from_py_object_no_sync: *const c_void,
+    /// The framework's current stream of a device (not used by the plugin).
+    pub current_work_stream: *const c_void,
+}

@@ -18,8 +18,9 @@ from typing import Optional
 ABI_MAJOR = 2
 # The binding needs the functions and codes of this minor version (2.0: one
 # handle family, the context; rdt_context_record_get; 2.2: RDT_PATH_NODE_COPY;
-# 2.3: the capsule helpers; 2.4: rdt_shared_memory_new).
-ABI_MINOR = 4
+# 2.3: the capsule helpers; 2.4: rdt_shared_memory_new; 2.5: the DLPack
+# exchange API helpers).
+ABI_MINOR = 5
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
 TRANSPORT_GLOO = 0
@@ -237,6 +238,18 @@ _c_void_p = ctypes.c_void_p
 _c_u8p = ctypes.c_char_p  # const uint8_t* taking Python bytes
 _status = ctypes.c_uint32
 
+# The arguments of rdt_context_put and rdt_context_put_versioned (the tensor
+# pointers as void*).
+_PUT_ARGS = [
+    _c_void_p,
+    _c_u8p,
+    ctypes.c_uint32,
+    ctypes.c_char_p,
+    ctypes.POINTER(_c_void_p),
+    ctypes.c_size_t,
+    ctypes.POINTER(Buffer),
+]
+
 # name: (restype, argtypes)
 _SIGNATURES = {
     "rdt_abi_version": (ctypes.c_uint32, []),
@@ -260,18 +273,21 @@ _SIGNATURES = {
     "rdt_context_endpoint": (_status, [_c_void_p, ctypes.POINTER(Buffer)]),
     "rdt_context_tcp_endpoint": (_status, [_c_void_p, ctypes.POINTER(Buffer)]),
     "rdt_context_authenticated": (_status, [_c_void_p, ctypes.POINTER(ctypes.c_bool)]),
-    "rdt_context_put": (
+    "rdt_context_put": (_status, _PUT_ARGS),
+    "rdt_context_put_versioned": (_status, _PUT_ARGS),
+    # DLPack's C exchange API in bulk (src/ffi/exchange.rs; called with the GIL held).
+    "rdt_tensors_export": (
         _status,
         [
-            _c_void_p,
-            _c_u8p,
-            ctypes.c_uint32,
-            ctypes.c_char_p,
+            ctypes.py_object,
+            ctypes.py_object,
+            ctypes.py_object,
+            ctypes.POINTER(_c_void_p),
             ctypes.POINTER(_c_void_p),
             ctypes.c_size_t,
-            ctypes.POINTER(Buffer),
         ],
     ),
+    "rdt_tensors_release": (_status, [ctypes.POINTER(_c_void_p), ctypes.c_size_t]),
     # DLPack capsules in bulk (src/ffi/capsule.rs; called with the GIL held).
     "rdt_capsules_pointers": (_status, [ctypes.py_object, ctypes.POINTER(_c_void_p), ctypes.c_size_t]),
     "rdt_capsules_consume": (_status, [ctypes.py_object, ctypes.c_size_t]),
@@ -385,7 +401,8 @@ _SIGNATURES = {
 # another thread. Releasing and retaking the GIL around them cost more than the
 # call: the owner frees objects on Ray's core-worker thread, which had to
 # wait for the GIL to come back (150 us of wall time per free, measured).
-# The capsule helpers call the CPython API, so they need the GIL.
+# The capsule and exchange helpers call the CPython API, so they need the GIL
+# (releasing exported tensors runs torch's deleters, which take no lock).
 _KEEP_GIL = (
     "rdt_context_free_remote",
     "rdt_context_free",
@@ -393,6 +410,8 @@ _KEEP_GIL = (
     "rdt_capsules_pointers",
     "rdt_capsules_consume",
     "rdt_capsules_new",
+    "rdt_tensors_export",
+    "rdt_tensors_release",
 )
 
 _lib = None

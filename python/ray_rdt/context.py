@@ -136,10 +136,11 @@ class Context:
             device = tensors[0].device.index
             tell_cuda_current(device, _put_streams.get(transport))
         exported = dlpack.Exported(tensors)
+        put = self._lib.rdt_context_put_versioned if exported.versioned else self._lib.rdt_context_put
         buf = _ffi.Buffer()
-        status = self._lib.rdt_context_put(
-            self._handle, oid, transport, _cstr(group), exported.array, exported.count, ctypes.byref(buf)
-        )
+        status = put(self._handle, oid, transport, _cstr(group), exported.array, exported.count, ctypes.byref(buf))
+        if status != _ffi.OK:
+            exported.release()  # on an error the tensors stay with the caller
         _ffi.check(status, "rdt_context_put")
         exported.commit()
         return _ffi.take_buffer(buf)
@@ -163,15 +164,16 @@ class Context:
         ``targets`` (CPU tensors, checked against the record before any byte
         moves: ``RdtError`` with ``ERR_INVALID_ARGUMENT`` naming the index)."""
         oid = _object_id_bytes(object_id)
-        # Borrowed for the call: the capsules keep the tensors alive and, never
-        # consumed, call their deleters when they go.
+        # Borrowed for the call: exported (the exports keep the tensors alive),
+        # and released after it.
         borrowed = dlpack.Borrowed(targets)
-        _ffi.check(
-            self._lib.rdt_context_fetch_into(
-                self._handle, oid, record, len(record), borrowed.array, borrowed.count, _ffi.timeout_ms(timeout_s)
-            ),
-            "rdt_context_fetch_into",
-        )
+        try:
+            status = self._lib.rdt_context_fetch_into(
+                self._handle, oid, record, len(record), borrowed.views, borrowed.count, _ffi.timeout_ms(timeout_s)
+            )
+        finally:
+            borrowed.release()
+        _ffi.check(status, "rdt_context_fetch_into")
 
     def get(self, object_id) -> List["torch.Tensor"]:
         """Views of the tensors of an object this process holds (raises

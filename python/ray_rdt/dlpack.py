@@ -1,17 +1,23 @@
-"""DLPack plumbing between torch tensors and the plugin's ``DLManagedTensor*``.
+"""DLPack plumbing between torch tensors and the plugin's DLPack tensors.
 
-Into the plugin: ``torch.utils.dlpack.to_dlpack`` gives a PyCapsule named
-"dltensor" that owns a ``DLManagedTensor``. Its pointer is handed to the plugin;
-once the plugin has accepted it, the capsule is renamed "used_dltensor" so its
-destructor no longer calls the deleter (the plugin calls it, exactly once).
+Into the plugin, where torch publishes DLPack's C exchange API
+(``torch.Tensor.__dlpack_c_exchange_api__``): the plugin exports a whole list
+of tensors in one call (``rdt_tensors_export``, src/ffi/exchange.rs), each as
+an owning ``DLManagedTensorVersioned`` that the plugin then takes (a put) or
+releases (targets, after the call). Elsewhere, through capsules: torch's
+``to_dlpack`` gives a PyCapsule named "dltensor" that owns a
+``DLManagedTensor``; its pointer is handed to the plugin and, once the plugin
+has accepted it, the capsule is renamed "used_dltensor" so its destructor no
+longer calls the deleter (the plugin calls it, exactly once).
 
 Out of the plugin: a returned ``DLManagedTensor*`` is wrapped in a new "dltensor"
 capsule and given to ``torch.from_dlpack``, which takes ownership and calls the
 deleter when the tensor dies.
 
-The per-capsule CPython calls (read a pointer, rename, make a capsule) are made
-by the plugin for a whole list at once (``rdt_capsules_*``, src/ffi/capsule.rs):
-one ``ctypes`` call per tensor costs more than torch's own export.
+The per-tensor CPython calls (read a pointer, rename, make a capsule, export
+through the exchange API) are made by the plugin for a whole list at once
+(src/ffi/capsule.rs, src/ffi/exchange.rs): one ``ctypes`` call per tensor
+costs more than torch's own export.
 """
 
 import ctypes
@@ -22,46 +28,99 @@ from ray_rdt import _ffi
 if TYPE_CHECKING:
     import torch
 
-
-def _capsules(tensors: Sequence["torch.Tensor"]):
-    """DLPack capsules of ``tensors`` and a C array of their ``DLManagedTensor``
-    pointers (read by the plugin in one call: ``rdt_capsules_pointers``)."""
-    from torch.utils.dlpack import to_dlpack
-
-    # map() over torch's C function: no Python frame per tensor (for 100,000
-    # tensors about 12 ms less than a comprehension). Unlike
-    # ``Tensor.__dlpack__``, ``to_dlpack`` exports tensors that need grad.
-    capsules = list(map(to_dlpack, tensors))
-    array = (ctypes.c_void_p * max(len(capsules), 1))()
-    _ffi.check(_ffi.lib().rdt_capsules_pointers(capsules, array, len(capsules)), "rdt_capsules_pointers")
-    return capsules, array
+# torch's exchange API capsule, looked up once (False: not looked up yet).
+_EXCHANGE_API = False
 
 
-class Borrowed:
+def _exchange_api():
+    """``torch.Tensor.__dlpack_c_exchange_api__`` (a capsule of C functions,
+    DLPack 1.2), or None where this torch has none."""
+    global _EXCHANGE_API
+    if _EXCHANGE_API is False:
+        import torch
+
+        _EXCHANGE_API = getattr(torch.Tensor, "__dlpack_c_exchange_api__", None)
+    return _EXCHANGE_API
+
+
+def _pointer_array(count: int):
+    return (ctypes.c_void_p * max(count, 1))()
+
+
+class _Export:
+    """Tensors exported as DLPack for one plugin call, and the C array of their
+    pointers (``array``; ``views``: their ``DLTensor`` pointers). Exported
+    through torch's exchange API when it has one (``versioned``: the pointers
+    are ``DLManagedTensorVersioned*``), else as capsules (``DLManagedTensor*``,
+    whose ``dl_tensor`` comes first, so ``views`` is ``array``). Until
+    :meth:`release` or the plugin takes them, this object owns them: dropping
+    it releases them."""
+
+    def __init__(self, tensors: Sequence["torch.Tensor"], views: bool):
+        import torch
+
+        self.count = len(tensors)
+        self.array = _pointer_array(self.count)
+        exchange = _exchange_api()
+        self.versioned = exchange is not None
+        self._owned = False
+        self.capsules = None
+        if self.versioned:
+            self.views = _pointer_array(self.count) if views else None
+            items = tensors if type(tensors) is list else list(tensors)
+            status = _ffi.lib().rdt_tensors_export(exchange, torch.Tensor, items, self.array, self.views, self.count)
+            _ffi.check(status, "rdt_tensors_export")  # on an error it exported none
+            self._owned = True
+        else:
+            from torch.utils.dlpack import to_dlpack
+
+            # map() over torch's C function: no Python frame per tensor (for
+            # 100,000 tensors about 12 ms less than a comprehension). Unlike
+            # ``Tensor.__dlpack__``, ``to_dlpack`` exports tensors that need grad.
+            self.capsules = list(map(to_dlpack, tensors))
+            status = _ffi.lib().rdt_capsules_pointers(self.capsules, self.array, self.count)
+            _ffi.check(status, "rdt_capsules_pointers")
+            self.views = self.array
+
+    def release(self):
+        """Releases every tensor the plugin did not take (idempotent)."""
+        if self._owned:
+            self._owned = False
+            _ffi.lib().rdt_tensors_release(self.array, self.count)
+        self.capsules = None
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+class Borrowed(_Export):
     """DLPack views of tensors the plugin only reads and writes during one call
-    (targets of a fetch): it never takes them, so the capsules, dropped with
-    this object, release them."""
+    (targets of a fetch, passed as ``views``): it never takes them; call
+    :meth:`release` after the call."""
 
     def __init__(self, tensors: Sequence["torch.Tensor"]):
-        self.capsules, self.array = _capsules(tensors)
-        self.count = len(self.capsules)
+        super().__init__(tensors, views=True)
 
 
-class Exported:
-    """DLPack capsules for a list of tensors, and the C array of their pointers.
-
-    Call :meth:`commit` once the plugin owns the tensors (the capsules then no
-    longer free them); otherwise dropping this object frees them.
-    """
+class Exported(_Export):
+    """Tensors to hand to the plugin (a put: ``rdt_context_put_versioned``
+    when ``versioned``, else ``rdt_context_put``). Call :meth:`commit` once
+    the plugin owns them; otherwise dropping this object frees them."""
 
     def __init__(self, tensors: Sequence["torch.Tensor"]):
-        self.capsules, self.array = _capsules(tensors)
-        self.count = len(self.capsules)
+        super().__init__(tensors, views=False)
 
     def commit(self):
-        """Renames every capsule to "used_dltensor" (one plugin call)."""
+        """The plugin owns the tensors now (capsules are renamed
+        "used_dltensor" in one plugin call)."""
+        if self.versioned:
+            self._owned = False
+            return
         _ffi.check(_ffi.lib().rdt_capsules_consume(self.capsules, self.count), "rdt_capsules_consume")
-        self.capsules = []
+        self.capsules = None
 
 
 def _from_capsule():

@@ -9,119 +9,36 @@
 //! is most of a put's cost for a model of 100,000 tensors. These functions make
 //! those calls for a whole Python list at once.
 //!
-//! They call the CPython C API (stable-ABI functions only), found in the
-//! running process at the first call (`dlsym`): the library links no Python,
-//! and in a process without Python they fail with `RDT_ERR_UNAVAILABLE`. The
-//! caller must hold the GIL (the Python binding binds them through
-//! `ctypes.PyDLL`). A Python error raised inside (a list item that is not a
-//! capsule) is cleared and reported as the function's status.
+//! They call the CPython C API (`src/ffi/python.rs`); the caller must hold the
+//! GIL (the Python binding binds them through `ctypes.PyDLL`). A Python error
+//! raised inside (a list item that is not a capsule) is cleared and reported
+//! as the function's status.
+//!
+//! With a torch that offers DLPack's C exchange API the binding uses
+//! [`super::exchange`] instead, which needs no capsules.
 
 use super::boundary::{guard, guard_void, slice};
+use super::python::{api, Api, Object};
 use super::status::rdt_status;
 use crate::dlpack::DLManagedTensor;
-use crate::error::{Error, ErrorKind, Result};
-use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::OnceLock;
+use crate::error::{Error, ErrorKind};
+use std::ffi::{c_void, CStr};
 
 /// The name of a capsule that still owns its tensor.
 const DLTENSOR: &CStr = c"dltensor";
 /// The name of a capsule whose tensor someone took (the DLPack convention).
 const USED_DLTENSOR: &CStr = c"used_dltensor";
 
-/// A `PyObject*`.
-type Object = *mut c_void;
-/// A `PyCapsule_Destructor`.
-type Destructor = unsafe extern "C" fn(Object);
-
-/// The CPython functions these helpers call.
-struct Api {
-    list_size: unsafe extern "C" fn(Object) -> isize,
-    list_get_item: unsafe extern "C" fn(Object, isize) -> Object,
-    list_set_item: unsafe extern "C" fn(Object, isize, Object) -> c_int,
-    capsule_new: unsafe extern "C" fn(*mut c_void, *const c_char, Option<Destructor>) -> Object,
-    capsule_get_pointer: unsafe extern "C" fn(Object, *const c_char) -> *mut c_void,
-    capsule_set_name: unsafe extern "C" fn(Object, *const c_char) -> c_int,
-    capsule_is_valid: unsafe extern "C" fn(Object, *const c_char) -> c_int,
-    err_clear: unsafe extern "C" fn(),
-}
-
-/// The function `name` of the running process (or None), as type `F`.
+/// The error for item `i`, after clearing the Python error it raised.
 ///
 /// # Safety
-/// `F` is a function pointer type matching the symbol's signature.
-unsafe fn find<F: Copy>(name: &CStr) -> Option<F> {
-    debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
-    let p = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
-    (!p.is_null()).then(|| std::mem::transmute_copy::<*mut c_void, F>(&p))
-}
-
-/// The CPython API of this process, looked up once.
-fn api() -> Result<&'static Api> {
-    static API: OnceLock<Option<Api>> = OnceLock::new();
-    API.get_or_init(|| {
-        // SAFETY: each symbol is the CPython function of that name, whose
-        // signature (stable ABI) is the field's type.
-        unsafe {
-            Some(Api {
-                list_size: find(c"PyList_Size")?,
-                list_get_item: find(c"PyList_GetItem")?,
-                list_set_item: find(c"PyList_SetItem")?,
-                capsule_new: find(c"PyCapsule_New")?,
-                capsule_get_pointer: find(c"PyCapsule_GetPointer")?,
-                capsule_set_name: find(c"PyCapsule_SetName")?,
-                capsule_is_valid: find(c"PyCapsule_IsValid")?,
-                err_clear: find(c"PyErr_Clear")?,
-            })
-        }
-    })
-    .as_ref()
-    .ok_or_else(|| {
-        Error::new(
-            ErrorKind::Unavailable,
-            "the CPython C API is not in this process (the capsule helpers serve the Python binding)",
-        )
-    })
-}
-
-impl Api {
-    /// The length of `list`, checked to be `expected`.
-    ///
-    /// # Safety
-    /// The GIL is held; `list` is a live object.
-    unsafe fn list_len(&self, list: Object, expected: usize) -> Result<usize> {
-        if list.is_null() {
-            return Err(Error::new(ErrorKind::NullArgument, "capsules is NULL"));
-        }
-        let len = (self.list_size)(list);
-        if len < 0 {
-            (self.err_clear)();
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "capsules is not a list",
-            ));
-        }
-        if len as usize != expected {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("the list has {len} items, the call says {expected}"),
-            ));
-        }
-        Ok(len as usize)
-    }
-
-    /// The error for item `i`, after clearing the Python error it raised.
-    ///
-    /// # Safety
-    /// The GIL is held.
-    unsafe fn not_a_capsule(&self, i: usize) -> Error {
-        (self.err_clear)();
-        Error::new(
-            ErrorKind::InvalidArgument,
-            format!(
-                "item {i} is not a DLPack capsule that still owns its tensor (named \"dltensor\")"
-            ),
-        )
-    }
+/// The GIL is held.
+unsafe fn not_a_capsule(api: &Api, i: usize) -> Error {
+    (api.err_clear)();
+    Error::new(
+        ErrorKind::InvalidArgument,
+        format!("item {i} is not a DLPack capsule that still owns its tensor (named \"dltensor\")"),
+    )
 }
 
 /// Writes the `DLManagedTensor*` of each capsule of the Python list `capsules`
@@ -150,7 +67,7 @@ pub unsafe extern "C" fn rdt_capsules_pointers(
                 DLTENSOR.as_ptr(),
             );
             if p.is_null() {
-                return Err(api.not_a_capsule(i));
+                return Err(not_a_capsule(api, i));
             }
             *out.add(i) = p.cast();
         }
@@ -175,7 +92,7 @@ pub unsafe extern "C" fn rdt_capsules_consume(capsules: *mut c_void, len: usize)
             if (api.capsule_is_valid)(item, DLTENSOR.as_ptr()) != 1
                 || (api.capsule_set_name)(item, USED_DLTENSOR.as_ptr()) != 0
             {
-                return Err(api.not_a_capsule(i));
+                return Err(not_a_capsule(api, i));
             }
         }
         Ok(())

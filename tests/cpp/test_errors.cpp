@@ -48,6 +48,7 @@ TEST(every_pointer_argument_is_null_checked) {
       {"out_desc", [&] { return rdt_metadata_tensor(md, 0, nullptr); }},
       {"out_stats", [&] { return rdt_stats_get(RDT_TRANSPORT_GLOO, nullptr); }},
       {"out_tensor", [&] { return rdt_shared_memory_new(64, nullptr); }},
+      {"tensors", [&] { return rdt_tensors_release(nullptr, 1); }},
       {"out_ctx", [&] { return rdt_context_new(nullptr, 0, nullptr, 0, nullptr); }},
       {"ctx", [&] { return rdt_context_put(nullptr, id, shm, nullptr, nullptr, 0, &rec); }},
       {"object_id", [&] { return rdt_context_put(s, nullptr, shm, nullptr, nullptr, 0, &rec); }},
@@ -88,6 +89,20 @@ TEST(every_pointer_argument_is_null_checked) {
   rdt_metadata_destroy(nullptr);  // ignored
   rdt_context_destroy(nullptr);   // ignored
   rdt_buffer_free(nullptr);       // ignored
+}
+
+TEST(python_helpers_need_python_and_release_releases) {
+  // This process has no CPython: the Python binding's bulk helpers say so.
+  DLManagedTensorVersioned* out[1] = {nullptr};
+  CHECK_STATUS(rdt_tensors_export(nullptr, nullptr, nullptr, out, nullptr, 0), RDT_ERR_UNAVAILABLE);
+  CHECK(last_error().find("CPython C API is not in this process") != std::string::npos);
+  CHECK_STATUS(rdt_capsules_consume(nullptr, 0), RDT_ERR_UNAVAILABLE);
+  // Releasing needs no Python: each deleter runs once, NULL entries are skipped.
+  Deletions deletions;
+  DLManagedTensorVersioned* made[3] = {make_versioned(deletions, {3}), nullptr, make_versioned(deletions, {2})};
+  CHECK_STATUS(rdt_tensors_release(made, 3), RDT_OK);
+  CHECK(deletions.count == 2);
+  CHECK_STATUS(rdt_tensors_release(nullptr, 0), RDT_OK);
 }
 
 TEST(unknown_codes_are_invalid_arguments) {

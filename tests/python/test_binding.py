@@ -37,6 +37,26 @@ def oid():
     return os.urandom(28)
 
 
+@pytest.fixture(params=["exchange", "capsules"])
+def export_path(request, monkeypatch):
+    """Each way the binding exports tensors to the plugin: torch's DLPack C
+    exchange API in one plugin call (where torch has it), and capsules."""
+    if request.param == "exchange" and dlpack._exchange_api() is None:
+        pytest.skip("this torch has no DLPack C exchange API (__dlpack_c_exchange_api__)")
+    if request.param == "capsules":
+        monkeypatch.setattr(dlpack, "_EXCHANGE_API", None)
+    return request.param
+
+
+def numpy_backed(n=4):
+    """A tensor over a numpy array, and a weak reference to that array: it dies
+    once nothing holds the tensor's memory (a DLPack export does)."""
+    import numpy
+
+    array = numpy.zeros(n, dtype=numpy.float32)
+    return torch.from_numpy(array), weakref.ref(array)
+
+
 def test_library_and_version():
     path = ray_rdt.library_path()
     assert path.endswith("libray_rdt.so") and os.path.exists(path)
@@ -57,7 +77,7 @@ def test_library_and_version():
     ],
     ids=["f32", "i64", "bool", "f16", "bf16", "scalar", "empty", "c64"],
 )
-def test_put_fetch_roundtrip(producer, consumer, tensor):
+def test_put_fetch_roundtrip(producer, consumer, tensor, export_path):
     key = oid()
     record = producer.put(key, _ffi.TRANSPORT_SHM, [tensor])
     local = producer.fetch(key, record)
@@ -71,7 +91,7 @@ def test_put_fetch_roundtrip(producer, consumer, tensor):
     assert not producer.free(key)
 
 
-def test_strided_and_grad_tensors(producer, consumer):
+def test_strided_and_grad_tensors(producer, consumer, export_path):
     base = torch.arange(24.0).reshape(4, 6)
     view = base[:, 1::2]  # not contiguous
     grad = torch.randn(5, requires_grad=True)
@@ -104,7 +124,7 @@ def test_received_tensors_outlive_the_producer_copy(producer, consumer):
     assert torch.equal(got[0], t + 1)
 
 
-def test_errors(producer, consumer):
+def test_errors(producer, consumer, export_path):
     key = oid()
     # Large enough to be fetched from the producer (small objects travel in their record).
     record = producer.put(key, _ffi.TRANSPORT_SHM, [torch.ones(1 << 20)])
@@ -115,11 +135,76 @@ def test_errors(producer, consumer):
         consumer.fetch(key, b"garbage")
     with pytest.raises(ValueError, match="28 bytes"):
         consumer.fetch(b"short", record)
-    # A refused put leaves the tensors with the caller.
+    # A refused put leaves the tensors with the caller, and keeps nothing.
     t = torch.ones(3)
     with pytest.raises(ray_rdt.RdtError):
         producer.put(oid(), _ffi.TRANSPORT_GLOO, [t], group="no-such-group")
     assert torch.equal(t, torch.ones(3))
+    kept, alive = numpy_backed()
+    with pytest.raises(ray_rdt.RdtError):
+        producer.put(oid(), _ffi.TRANSPORT_GLOO, [kept], group="no-such-group")
+    del kept
+    gc.collect()
+    assert alive() is None
+
+
+def test_fetch_into_targets(producer, consumer, export_path):
+    """``fetch_into`` lands the bytes in the caller's tensors, refuses a target
+    of another shape before any byte moves, and keeps no target afterwards."""
+    a, b = torch.arange(1 << 16, dtype=torch.float32), torch.arange(12, dtype=torch.int32).reshape(3, 4)
+    key = oid()
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [a, b])
+    target_a, alive = numpy_backed(1 << 16)
+    target_b = torch.zeros(3, 4, dtype=torch.int32)
+    consumer.fetch_into(key, record, [target_a, target_b])
+    assert torch.equal(target_a, a) and torch.equal(target_b, b)
+    wrong = torch.zeros(4, 3, dtype=torch.int32)
+    with pytest.raises(ray_rdt.RdtError, match="RDT_ERR_INVALID_ARGUMENT"):
+        consumer.fetch_into(key, record, [torch.zeros(1 << 16), wrong])
+    assert torch.equal(wrong, torch.zeros(4, 3, dtype=torch.int32))
+    producer.free(key)
+    del target_a
+    gc.collect()
+    assert alive() is None
+
+
+def test_exchange_export_refuses_what_it_cannot_export_and_keeps_nothing():
+    """``rdt_tensors_export``: a list item that is no tensor, a tensor torch
+    cannot export and a capsule that is no exchange API are clear errors; the
+    tensors exported before the bad item are released, and the Python errors
+    met are cleared."""
+    exchange = dlpack._exchange_api()
+    if exchange is None:
+        pytest.skip("this torch has no DLPack C exchange API (__dlpack_c_exchange_api__)")
+    lib = _ffi.lib()
+    out = (ctypes.c_void_p * 2)()
+    t, alive = numpy_backed()
+    assert lib.rdt_tensors_export(exchange, torch.Tensor, [t, "x"], out, None, 2) == _ffi.ERR_INVALID_ARGUMENT
+    assert "item 1 is not a tensor" in _ffi.last_error()
+    assert not out[0] and not out[1]
+    sparse = torch.ones(2, 2).to_sparse()
+    assert lib.rdt_tensors_export(exchange, torch.Tensor, [t, sparse], out, None, 2) == _ffi.ERR_INVALID_ARGUMENT
+    assert "item 1 cannot be exported as DLPack: " in _ffi.last_error() and "storage" in _ffi.last_error()
+    assert not out[0]
+    capsule = torch.utils.dlpack.to_dlpack(torch.ones(1))
+    assert lib.rdt_tensors_export(capsule, torch.Tensor, [t], out, None, 1) == _ffi.ERR_INVALID_ARGUMENT
+    assert 'not a capsule named "dlpack_exchange_api"' in _ffi.last_error()
+    assert lib.rdt_tensors_export(exchange, torch.Tensor, [t], out, None, 2) == _ffi.ERR_INVALID_ARGUMENT
+    assert "the list has 1 items, the call says 2" in _ffi.last_error()
+    del t
+    gc.collect()
+    assert alive() is None
+    # An export holds its tensor until released.
+    t, alive = numpy_backed()
+    views = (ctypes.c_void_p * 1)()
+    assert lib.rdt_tensors_export(exchange, torch.Tensor, [t], out, views, 1) == _ffi.OK
+    assert views[0] and views[0] != out[0]
+    del t
+    gc.collect()
+    assert alive() is not None
+    assert lib.rdt_tensors_release(out, 1) == _ffi.OK
+    gc.collect()
+    assert alive() is None
 
 
 def test_record_lookup_by_object_id(producer, consumer):

@@ -1,0 +1,180 @@
+//! DLPack's C exchange API in bulk, for the Python binding.
+//!
+//! DLPack 1.2 lets a framework publish C functions that export its tensors as
+//! DLPack and import DLPack tensors without a Python call per tensor (a
+//! [`DLPackExchangeAPI`] table in a PyCapsule named `"dlpack_exchange_api"`,
+//! the tensor type's `__dlpack_c_exchange_api__`; torch publishes one). Torch's
+//! `to_dlpack` costs about 170 ns per tensor with its capsule; the table's
+//! export about 55 ns, which for a model of 10,000 tensors is a millisecond
+//! and more on each side of a transfer (the producer's put, the consumer's
+//! targets). The binding uses these functions where torch has the table, and
+//! the capsule helpers ([`super::capsule`]) where it does not.
+//!
+//! The caller holds the GIL (the binding binds them through `ctypes.PyDLL`).
+//! A Python error raised inside is cleared and reported, with its text, as the
+//! function's status.
+
+use super::boundary::{guard, slice};
+use super::python::{api, Api, Object};
+use super::status::rdt_status;
+use crate::dlpack::{DLManagedTensorVersioned, DLPackExchangeAPI, DLTensor, DLPACK_MAJOR_VERSION};
+use crate::error::{Error, ErrorKind, Result};
+use std::ffi::{c_void, CStr};
+
+/// The name of the capsule that holds a framework's exchange API table.
+const EXCHANGE_API: &CStr = c"dlpack_exchange_api";
+
+/// The table of `capsule` (or an older one it chains to) whose major version
+/// is the plugin's.
+///
+/// # Safety
+/// The GIL is held; `capsule` is NULL or a live object.
+unsafe fn table<'a>(py: &Api, capsule: Object) -> Result<&'a DLPackExchangeAPI> {
+    if capsule.is_null() {
+        return Err(Error::new(
+            ErrorKind::NullArgument,
+            "argument `exchange_api` is NULL",
+        ));
+    }
+    let mut head = (py.capsule_get_pointer)(capsule, EXCHANGE_API.as_ptr())
+        .cast::<DLPackExchangeAPI>()
+        .cast_const()
+        .cast::<crate::dlpack::DLPackExchangeAPIHeader>();
+    if head.is_null() {
+        (py.err_clear)();
+        return Err(Error::invalid(
+            "`exchange_api` is not a capsule named \"dlpack_exchange_api\"",
+        ));
+    }
+    while let Some(h) = head.as_ref() {
+        if h.version.major == DLPACK_MAJOR_VERSION {
+            // The header is the table's first field.
+            return Ok(&*head.cast::<DLPackExchangeAPI>());
+        }
+        head = h.prev_api;
+    }
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        format!("the framework's DLPack exchange API has no table of major version {DLPACK_MAJOR_VERSION}"),
+    ))
+}
+
+/// Calls the deleter of each tensor of `tensors` (NULL entries skipped).
+///
+/// # Safety
+/// The caller owns every tensor.
+unsafe fn release_all(tensors: &[*mut DLManagedTensorVersioned]) {
+    for &t in tensors {
+        if let Some(deleter) = t.as_ref().and_then(|m| m.deleter) {
+            deleter(t);
+        }
+    }
+}
+
+/// Releases the first `made` tensors of `out` and sets their entries to NULL
+/// (an export that failed part way).
+///
+/// # Safety
+/// `out` has `made` entries, each NULL or a tensor this call's export made.
+unsafe fn unmake(out: *mut *mut DLManagedTensorVersioned, made: usize) {
+    if made == 0 {
+        return;
+    }
+    let made = std::slice::from_raw_parts_mut(out, made);
+    release_all(made);
+    made.fill(std::ptr::null_mut());
+}
+
+/// Exports each tensor of the Python list `tensors` (`len` of them, each an
+/// instance of `tensor_type`, the type whose `__dlpack_c_exchange_api__` is
+/// the capsule `exchange_api`) as an owning `DLManagedTensorVersioned`,
+/// written to `out[0..len]`; when `out_views` is not NULL, each one's
+/// `dl_tensor` is written to `out_views[0..len]` too (the targets of
+/// `rdt_context_fetch_into`). The caller owns the tensors: hand them to
+/// `rdt_context_put_versioned` or release them with `rdt_tensors_release`.
+/// On an error none is exported (those made before it are released and their
+/// entries of `out` set to NULL).
+///
+/// # Safety
+/// The GIL is held; `exchange_api`, `tensor_type` and `tensors` are live
+/// Python objects; `out` (and `out_views` when not NULL) has room for `len`
+/// pointers.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_tensors_export(
+    exchange_api: *mut c_void,
+    tensor_type: *mut c_void,
+    tensors: *mut c_void,
+    out: *mut *mut DLManagedTensorVersioned,
+    out_views: *mut *const DLTensor,
+    len: usize,
+) -> rdt_status {
+    guard(|| {
+        let py = api()?;
+        let n = py.list_len(tensors, len)?;
+        let export = table(py, exchange_api)?
+            .managed_tensor_from_py_object_no_sync
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    "the framework's DLPack exchange API cannot export",
+                )
+            })?;
+        if tensor_type.is_null() {
+            return Err(Error::new(
+                ErrorKind::NullArgument,
+                "argument `tensor_type` is NULL",
+            ));
+        }
+        if n > 0 && out.is_null() {
+            return Err(Error::new(
+                ErrorKind::NullArgument,
+                "argument `out` is NULL",
+            ));
+        }
+        for i in 0..n {
+            let item = (py.list_get_item)(tensors, i as isize);
+            let is_tensor = (py.is_instance)(item, tensor_type);
+            if is_tensor != 1 {
+                if is_tensor < 0 {
+                    (py.err_clear)();
+                }
+                unmake(out, i);
+                return Err(Error::invalid(format!(
+                    "item {i} is not a tensor of the type the DLPack exchange API belongs to"
+                )));
+            }
+            let mut tensor = std::ptr::null_mut();
+            if export(item, &mut tensor) != 0 || tensor.is_null() {
+                let why = py.take_error_text();
+                unmake(out, i);
+                release_all(&[tensor]);
+                return Err(Error::invalid(format!(
+                    "item {i} cannot be exported as DLPack: {why}"
+                )));
+            }
+            *out.add(i) = tensor;
+            if !out_views.is_null() {
+                *out_views.add(i) = &(*tensor).dl_tensor;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Calls the deleter of each of `tensors[0..len]` (tensors that
+/// `rdt_tensors_export` made and the plugin did not take; NULL entries are
+/// skipped).
+///
+/// # Safety
+/// `tensors` has `len` pointers, each NULL or a tensor the caller owns, whose
+/// ownership moves to this call.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_tensors_release(
+    tensors: *const *mut DLManagedTensorVersioned,
+    len: usize,
+) -> rdt_status {
+    guard(|| {
+        release_all(slice(tensors, len, "tensors")?);
+        Ok(())
+    })
+}
