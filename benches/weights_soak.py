@@ -1,0 +1,224 @@
+"""Weight-sync soak: the RL loop for many steps, and what each process holds
+before and after.
+
+A trainer and ``--generators`` generators (the actors of
+``benches/weights.py``) sync a model of ``--size`` bytes held as ``--count``
+row views of one matrix, step after step, for each column of ``--configs``:
+every step the trainer changes its weights, and each generator lands them in
+its own weights and checks them (one-sided columns: the trainer's
+``ray.put``, each generator's ``set_target_for_ref`` and ``ray.get``; gloo:
+the trainer's method returns the list, each generator copies it in;
+``shared_shm``: the trainer's model in ``ray_rdt.share_memory_``). Each column
+runs on actors of its own, after ``--warmup`` steps.
+
+After the warm-up and after each of ``--checkpoints`` parts of ``--steps``
+steps, once the frees of the last step have arrived, every process reports
+what it holds (``benches/soak.py``'s probe, from ``/proc/self``): resident
+memory, glibc's heap in use and free, descriptors, threads (less gRPC's own
+pools), memfds open and mapped, the plugin's NIXL registrations, and the RDT
+objects its store holds. Each generator's ``ray_rdt.stats()`` shows the
+bytes it received through the plugin, which must be the model's bytes every
+step.
+
+    python benches/weights_soak.py [--size 64MiB] [--count 10000] [--generators 2]
+                                   [--steps 2000] [--checkpoints 4] [--warmup 50]
+                                   [--configs plugin_nixl,plugin_shm,shared_shm,plugin_gloo]
+                                   [--json FILE] [--markdown FILE]
+    ci/bench weights-soak [same options]
+
+Results: docs/soak.md.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Ray's workers import this directory's modules by name (the actors' helpers).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [HERE, os.path.join(HERE, "..", "tests", "python")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+sys.path.insert(0, HERE)
+
+import raybench as rb  # noqa: E402
+import soak  # noqa: E402
+import weights  # noqa: E402
+
+CONFIGS = ["plugin_nixl", "plugin_shm", "shared_shm", "plugin_gloo"]
+# The transport whose counters show each column's bytes in a generator.
+TRANSPORT = {"plugin_nixl": "nixl", "plugin_shm": "shm", "shared_shm": "shm", "plugin_gloo": "gloo"}
+SETTLE_TIMEOUT_S = 30.0
+
+
+def _probe(actor_self):
+    """What this actor's process holds (run through ``__ray_call__``)."""
+    import gc
+
+    gc.collect()
+    return soak.process_probe()
+
+
+def _received(actor_self, transport):
+    """The bytes this actor's plugin received over ``transport`` (all paths)."""
+    import ray_rdt
+
+    return ray_rdt.stats()[transport]["bytes_received"]
+
+
+def settle(actors):
+    """Every actor's probe once no actor holds an RDT object (the frees of the
+    last step arrive asynchronously), or after ``SETTLE_TIMEOUT_S``."""
+    import ray
+
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        probes = ray.get([a.__ray_call__.remote(_probe) for a in actors])
+        if not any(p["rdt_objects"] for p in probes) or time.monotonic() > deadline:
+            return probes
+        time.sleep(0.05)
+
+
+def run_config(config, size, count, n_generators, steps, checkpoints, warmup):
+    """One column on actors of its own: the warm-up, then ``steps`` steps in
+    ``checkpoints`` parts, probing every process after each. Returns a dict
+    for the report."""
+    import ray
+    from ray.experimental.collective import create_collective_group, destroy_collective_group
+
+    Trainer, Generator = weights.actor_classes()
+    trainer = Trainer.remote()
+    generators = [Generator.remote() for _ in range(n_generators)]
+    actors = [trainer] + generators
+    group = None
+    try:
+        ray.get(trainer.make.remote(size, count, "views", config in weights.SHARED))
+        ray.get([g.make.remote(size, count, "views") for g in generators])
+        if config.endswith("gloo"):
+            group = create_collective_group(actors, backend="torch_gloo")
+        for _ in range(warmup):
+            weights.one_step(config, trainer, generators)
+        probes = [settle(actors)]
+        transport = TRANSPORT[config]
+        received = [ray.get([g.__ray_call__.remote(_received, transport) for g in generators])]
+        seconds = 0.0
+        for k in range(checkpoints):
+            part = steps // checkpoints + (1 if k < steps % checkpoints else 0)
+            t0 = time.perf_counter()
+            for _ in range(part):
+                weights.one_step(config, trainer, generators)
+            seconds += time.perf_counter() - t0
+            probes.append(settle(actors))
+            received.append(ray.get([g.__ray_call__.remote(_received, transport) for g in generators]))
+            print(f"  {config}: {part} steps, {seconds:.1f} s so far", file=sys.stderr, flush=True)
+        return {
+            "config": config,
+            "steps": steps,
+            "seconds": seconds,
+            "model_bytes": count * max(1, size // count // 4) * 4,
+            "received": received,
+            "probes": probes,
+        }
+    finally:
+        if group is not None:
+            destroy_collective_group(group)
+        for a in actors:
+            ray.kill(a)
+
+
+def _mib(n):
+    return f"{n / (1 << 20):.0f}"
+
+
+def _nixl(probe):
+    regs = probe["nixl"]
+    if regs is None:
+        return "n/a"
+    return "/".join(str(regs[k]) for k in ("exported_ranges", "received", "loaded_ranges"))
+
+
+def _change(first, last, cell):
+    return f"{cell(first)} -> {cell(last)}"
+
+
+HEADER = [
+    "| config | process | RSS MiB (after warm-up -> checkpoints) | heap MiB in use/free | fds | threads less gRPC's "
+    "| memfds open/mapped | NIXL regs exported/received/loaded | RDT objects |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def format_rows(result):
+    """Table rows (markdown) for one column: one per process."""
+    rows = []
+    names = ["trainer"] + [f"generator {i}" for i in range(len(result["probes"][0]) - 1)]
+    for i, name in enumerate(names):
+        probes = [checkpoint[i] for checkpoint in result["probes"]]
+        first, last = probes[0], probes[-1]
+        rows.append(
+            f"| {result['config']} | {name} | {' -> '.join(_mib(p['rss']) for p in probes)} "
+            f"| {_change(first, last, lambda p: _mib(p['heap_in_use']) + '/' + _mib(p['heap_free']))} "
+            f"| {_change(first, last, lambda p: p['fds'])} | {_change(first, last, lambda p: p['threads_not_grpc'])} "
+            f"| {_change(first, last, lambda p: str(p['memfd_fds']) + '/' + str(p['memfd_maps']))} "
+            f"| {_change(first, last, _nixl)} | {_change(first, last, lambda p: p['rdt_objects'])} |"
+        )
+    return rows
+
+
+def summary(result):
+    """One line: the steps' rate, and whether every generator received the
+    model's bytes through the plugin every step."""
+    first, last = result["received"][0], result["received"][-1]
+    per_step = [(b - a) / result["steps"] for a, b in zip(first, last)]
+    exact = all(p == result["model_bytes"] for p in per_step)
+    ratios = ", ".join(f"{p / result['model_bytes']:.3f}" for p in per_step)
+    return (
+        f"- {result['config']}: {result['steps']} steps in {result['seconds']:.1f} s "
+        f"({result['steps'] / result['seconds']:.1f} steps/s); each generator received "
+        f"{ratios} x the model per step through the plugin" + ("" if exact else " (NOT the model's bytes)")
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="64MiB")
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--generators", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--checkpoints", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}; known: {CONFIGS}")
+    size = rb.parse_size(args.size)
+    rb.init_ray()
+    results = []
+    for config in configs:
+        print(f"{config}: {args.warmup} warm-up steps, then {args.steps}", file=sys.stderr, flush=True)
+        results.append(run_config(config, size, args.count, args.generators, args.steps, args.checkpoints, args.warmup))
+    lines = [
+        f"Weight-sync soak ({time.strftime('%Y-%m-%d %H:%M')}): {rb.fmt_size(size)} as {args.count:,} row views, "
+        f"{args.generators} generators, {args.steps:,} steps after {args.warmup} warm-up steps, probed {args.checkpoints} times",
+        "",
+        *HEADER,
+        *[row for r in results for row in format_rows(r)],
+        "",
+        *[summary(r) for r in results],
+    ]
+    print("\n".join(lines))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
