@@ -1,4 +1,5 @@
-//! DLPack tensor ABI, defined here per the DLPack specification (dlpack.h, v1.1).
+//! DLPack tensor ABI, defined here per the DLPack specification (dlpack.h, v1.1,
+//! and v1.2's C exchange API table).
 //!
 //! These are the exact C layouts; they appear unchanged in `include/ray_rdt.h` so
 //! that C++ callers, torch, numpy, cupy and jax can all hand tensors to the plugin.

@@ -17,7 +17,10 @@
 use super::boundary::{guard, slice};
 use super::python::{api, Api, Object};
 use super::status::rdt_status;
-use crate::dlpack::{DLManagedTensorVersioned, DLPackExchangeAPI, DLTensor, DLPACK_MAJOR_VERSION};
+use crate::dlpack::{
+    DLManagedTensorVersioned, DLPackExchangeAPI, DLPackExchangeAPIHeader, DLTensor,
+    DLPACK_MAJOR_VERSION,
+};
 use crate::error::{Error, ErrorKind, Result};
 use std::ffi::{c_void, CStr};
 
@@ -25,11 +28,11 @@ use std::ffi::{c_void, CStr};
 const EXCHANGE_API: &CStr = c"dlpack_exchange_api";
 
 /// The table of `capsule` (or an older one it chains to) whose major version
-/// is the plugin's.
+/// is the plugin's (DLPack: a table lives as long as the process).
 ///
 /// # Safety
 /// The GIL is held; `capsule` is NULL or a live object.
-unsafe fn table<'a>(py: &Api, capsule: Object) -> Result<&'a DLPackExchangeAPI> {
+unsafe fn table(py: &Api, capsule: Object) -> Result<&'static DLPackExchangeAPI> {
     if capsule.is_null() {
         return Err(Error::new(
             ErrorKind::NullArgument,
@@ -37,9 +40,8 @@ unsafe fn table<'a>(py: &Api, capsule: Object) -> Result<&'a DLPackExchangeAPI> 
         ));
     }
     let mut head = (py.capsule_get_pointer)(capsule, EXCHANGE_API.as_ptr())
-        .cast::<DLPackExchangeAPI>()
         .cast_const()
-        .cast::<crate::dlpack::DLPackExchangeAPIHeader>();
+        .cast::<DLPackExchangeAPIHeader>();
     if head.is_null() {
         (py.err_clear)();
         return Err(Error::invalid(
