@@ -11,6 +11,7 @@ patches use; each concern lives in its own module:
 - :mod:`ray_rdt.producer`: task return and ``ray.put``;
 - :mod:`ray_rdt.consumer`: argument resolution, ``ray.get``, failed transfers;
 - :mod:`ray_rdt.targets`: ``set_target_for_ref`` and ``set_target_device_for_ref``;
+- :mod:`ray_rdt.borrowed`: the metadata of borrowed refs, dropped once they are gone;
 - :mod:`ray_rdt.owner`: ``ray.get`` options, frees over the producer's endpoint;
 - :mod:`ray_rdt.groups`: collective groups and their failures;
 - :mod:`ray_rdt.process`: this process's context, and Ray's shutdown;
@@ -18,6 +19,7 @@ patches use; each concern lives in its own module:
 """
 
 import ray_rdt
+from ray_rdt.borrowed import ref_deserialized  # noqa: F401
 from ray_rdt.consumer import end_prefetch, fetch, prefetch  # noqa: F401
 from ray_rdt.errors import RDTTransferError, is_passthrough, mutable_warning, ray_get_error  # noqa: F401
 from ray_rdt.groups import (  # noqa: F401

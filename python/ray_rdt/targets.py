@@ -68,7 +68,16 @@ def take(ref_hex: str) -> Tuple[Optional[List[Any]], Optional[str]]:
         return entry
 
 
-def drop(ref_hex: str) -> None:
-    """Forgets the targets of an object that was freed."""
+def drop(ref_hex: str) -> Optional[Tuple[Optional[List[Any]], Optional[str]]]:
+    """Forgets the targets or target device of an object that was freed (or
+    a borrowed ref that is gone); returns what was held, if anything."""
     with _lock:
-        _held.pop(ref_hex, None)
+        return _held.pop(ref_hex, None)
+
+
+def restore(ref_hex: str, entry: Optional[Tuple[Optional[List[Any]], Optional[str]]]) -> None:
+    """Holds again what :func:`drop` returned for ``ref_hex``, unless
+    something else was set for it since."""
+    if entry is not None:
+        with _lock:
+            _held.setdefault(ref_hex, entry)

@@ -149,6 +149,22 @@ class Generator:
         rows = [row for chunk in got for row in chunk]
         return bool(torch.equal(torch.stack(rows), expected_rows(seed)))
 
+    def keep(self, refs):
+        """Keeps the first of ``refs`` (borrowed) for later."""
+        self.kept = refs[0]
+
+    def get_kept(self, seed):
+        """ray.get of the kept ref: whether its rows are the first chunk's."""
+        rows = ray.get(self.kept)
+        return bool(torch.equal(torch.stack(rows), expected_rows(seed)[: len(rows)]))
+
+    def rdt_metadata_entries(self):
+        """How many refs Ray's RDT manager keeps metadata for here (a stock internal)."""
+        import gc
+
+        gc.collect()
+        return len(ray._private.worker.global_worker.rdt_manager._managed_rdt_metadata)
+
     def concurrency(self):
         import ray_rdt
 
@@ -447,6 +463,31 @@ def test_weights_in_shared_memory_are_read_in_place(ray_cluster, transport):
         assert [staging_segments(pid) for pid in [trainer_pid, *pids]] == [set()] * 3
     for actor in [trainer, *generators]:
         ray.kill(actor)
+
+
+def test_a_borrower_keeps_no_metadata_of_refs_it_no_longer_holds(pairs):
+    """2.60 keeps a borrower's RDT metadata of every ref it ever borrowed
+    (ray#57962): a generator syncing every step grows by one entry (the
+    object's record) a step. The plugin drops the entries of refs the
+    borrower no longer holds; a ref it still holds keeps its entry and is
+    still read."""
+    trainer, generator = pairs["same_host"]
+    ray.get(trainer.step.remote(7))
+    refs = ray.get(trainer.put.remote("shm", chunks=100))
+    ray.get(generator.keep.remote(refs))
+    borrowed = len(refs)
+    del refs
+    for seed in (8, 9, 10):
+        ray.get(trainer.step.remote(seed))
+        refs = ray.get(trainer.put.remote("shm", chunks=100))
+        assert ray.get(generator.get_chunks.remote(refs, seed))
+        borrowed += len(refs)
+        del refs
+    # Stock 2.60 keeps all 400; the plugin keeps the refs still held (the
+    # kept one, and the last step's until Ray lets go of them) and the ones
+    # borrowed since its last look.
+    assert ray.get(generator.rdt_metadata_entries.remote()) <= 2 * 100 + 1 < borrowed
+    assert ray.get(generator.get_kept.remote(10))
 
 
 def test_a_temporary_target_list_is_not_dropped(pairs):
