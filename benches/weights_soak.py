@@ -20,10 +20,17 @@ objects its store holds. Each generator's ``ray_rdt.stats()`` shows the
 bytes it received through the plugin, which must be the model's bytes every
 step.
 
+Across two nodes (``--cross-node``; needs root): the same loop on a Ray
+cluster of two network namespaces joined by a veth (``benches/cross_node.py``),
+the trainer on node A and the generators on node B, every Ray process with
+``UCX_TLS=tcp,self`` so that NIXL crosses the veth; the generators of node B
+share one read of each step (node-local sharing, the plugin's default).
+Columns ``plugin_nixl`` and ``plugin_gloo``.
+
     python benches/weights_soak.py [--size 64MiB] [--count 10000] [--generators 2]
                                    [--steps 2000] [--checkpoints 4] [--warmup 50]
                                    [--configs plugin_nixl,plugin_shm,shared_shm,plugin_gloo]
-                                   [--json FILE] [--markdown FILE]
+                                   [--cross-node] [--json FILE] [--markdown FILE]
     ci/bench weights-soak [same options]
 
 Results: docs/soak.md.
@@ -42,11 +49,15 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 sys.path.insert(0, HERE)
 
+import cross_node  # noqa: E402
 import raybench as rb  # noqa: E402
 import soak  # noqa: E402
 import weights  # noqa: E402
+from netns import NETWORK_ONLY_ENV  # noqa: E402
 
 CONFIGS = ["plugin_nixl", "plugin_shm", "shared_shm", "plugin_gloo"]
+# The columns that cross nodes (plugin shm has only the same-host path).
+CROSS_NODE_CONFIGS = ["plugin_nixl", "plugin_gloo"]
 # The transport whose counters show each column's bytes in a generator.
 TRANSPORT = {"plugin_nixl": "nixl", "plugin_shm": "shm", "shared_shm": "shm", "plugin_gloo": "gloo"}
 SETTLE_TIMEOUT_S = 30.0
@@ -80,16 +91,19 @@ def settle(actors):
         time.sleep(0.05)
 
 
-def run_config(config, size, count, n_generators, steps, checkpoints, warmup):
-    """One column on actors of its own: the warm-up, then ``steps`` steps in
+def run_config(config, placement, size, count, n_generators, steps, checkpoints, warmup):
+    """One column on actors of its own, placed by ``placement`` (the
+    trainer's options, generator ``i``'s options as a function of ``i``:
+    :func:`weights.placement`): the warm-up, then ``steps`` steps in
     ``checkpoints`` parts, probing every process after each. Returns a dict
     for the report."""
     import ray
     from ray.experimental.collective import create_collective_group, destroy_collective_group
 
+    trainer_options, generator_options = placement
     Trainer, Generator = weights.actor_classes()
-    trainer = Trainer.remote()
-    generators = [Generator.remote() for _ in range(n_generators)]
+    trainer = Trainer.options(**trainer_options).remote()
+    generators = [Generator.options(**generator_options(i)).remote() for i in range(n_generators)]
     actors = [trainer] + generators
     group = None
     try:
@@ -180,7 +194,19 @@ def summary(result):
     )
 
 
-def main(argv=None):
+def run_all(args, nodes):
+    """Every column of ``args`` on the cluster :func:`weights.placement`
+    connects to for ``nodes``: the results, in order."""
+    trainer_options, generator_options, _ = weights.placement(nodes)
+    results = []
+    for config in args.configs:
+        print(f"  {config}: {args.warmup} warm-up steps, then {args.steps}", file=sys.stderr, flush=True)
+        results.append(run_config(config, (trainer_options, generator_options), rb.parse_size(args.size), args.count,
+                                  args.generators, args.steps, args.checkpoints, args.warmup))
+    return results
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="64MiB")
     parser.add_argument("--count", type=int, default=10_000)
@@ -188,23 +214,39 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--checkpoints", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default=None, help=f"default {','.join(CONFIGS)}; --cross-node: "
+                                                        f"{','.join(CROSS_NODE_CONFIGS)}")
+    parser.add_argument("--cross-node", action="store_true", help="trainer on node A, generators on node B (root)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the driver inside node A
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args(argv)
-    configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS)
+    known = CROSS_NODE_CONFIGS if args.cross_node else CONFIGS
+    args.configs = [c for c in (args.configs or ",".join(known)).split(",") if c]
+    unknown = set(args.configs) - set(known)
     if unknown:
-        parser.error(f"unknown configs {sorted(unknown)}; known: {CONFIGS}")
+        parser.error(f"unknown configs {sorted(unknown)}; known here: {known}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        rb.child_result(run_all(args, nodes=2))
+    started = time.strftime("%Y-%m-%d %H:%M")
+    if args.cross_node:
+        forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--cross-node"]
+        results, _ = cross_node.run_on_nodes(True, dict(NETWORK_ONLY_ENV), __file__, ["--child", *forwarded],
+                                             "the plugin", nodes=2, timeout=6 * 3600)
+        where = "across two nodes (trainer on node A, generators on node B; UCX_TLS=tcp,self)"
+    else:
+        results = run_all(args, nodes=1)
+        where = "on one host"
     size = rb.parse_size(args.size)
-    rb.init_ray()
-    results = []
-    for config in configs:
-        print(f"{config}: {args.warmup} warm-up steps, then {args.steps}", file=sys.stderr, flush=True)
-        results.append(run_config(config, size, args.count, args.generators, args.steps, args.checkpoints, args.warmup))
     lines = [
-        f"Weight-sync soak ({time.strftime('%Y-%m-%d %H:%M')}): {rb.fmt_size(size)} as {args.count:,} row views, "
-        f"{args.generators} generators, {args.steps:,} steps after {args.warmup} warm-up steps, probed {args.checkpoints} times",
+        f"Weight-sync soak {where} ({started}): {rb.fmt_size(size)} as {args.count:,} row views, "
+        f"{args.generators} generators, {args.steps:,} steps after {args.warmup} warm-up steps, "
+        f"probed {args.checkpoints} times",
         "",
         *HEADER,
         *[row for r in results for row in format_rows(r)],
