@@ -235,7 +235,7 @@ def main(argv=None):
         rb.child_result(run_all(args, nodes=2))
     started = time.strftime("%Y-%m-%d %H:%M")
     if args.cross_node:
-        forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--cross-node"]
+        forwarded = argv if argv is not None else sys.argv[1:]
         results, _ = cross_node.run_on_nodes(True, dict(NETWORK_ONLY_ENV), __file__, ["--child", *forwarded],
                                              "the plugin", nodes=2, timeout=6 * 3600)
         where = "across two nodes (trainer on node A, generators on node B; UCX_TLS=tcp,self)"
