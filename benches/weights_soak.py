@@ -141,17 +141,6 @@ def run_config(config, placement, size, count, n_generators, steps, checkpoints,
             ray.kill(a)
 
 
-def _mib(n):
-    return f"{n / (1 << 20):.0f}"
-
-
-def _nixl(probe):
-    regs = probe["nixl"]
-    if regs is None:
-        return "n/a"
-    return "/".join(str(regs[k]) for k in ("exported_ranges", "received", "loaded_ranges"))
-
-
 def _change(first, last, cell):
     return f"{cell(first)} -> {cell(last)}"
 
@@ -171,11 +160,11 @@ def format_rows(result):
         probes = [checkpoint[i] for checkpoint in result["probes"]]
         first, last = probes[0], probes[-1]
         rows.append(
-            f"| {result['config']} | {name} | {' -> '.join(_mib(p['rss']) for p in probes)} "
-            f"| {_change(first, last, lambda p: _mib(p['heap_in_use']) + '/' + _mib(p['heap_free']))} "
+            f"| {result['config']} | {name} | {' -> '.join(soak._mib(p['rss']) for p in probes)} "
+            f"| {_change(first, last, lambda p: soak._mib(p['heap_in_use']) + '/' + soak._mib(p['heap_free']))} "
             f"| {_change(first, last, lambda p: p['fds'])} | {_change(first, last, lambda p: p['threads_not_grpc'])} "
             f"| {_change(first, last, lambda p: str(p['memfd_fds']) + '/' + str(p['memfd_maps']))} "
-            f"| {_change(first, last, _nixl)} | {_change(first, last, lambda p: p['rdt_objects'])} |"
+            f"| {_change(first, last, soak._nixl_cell)} | {_change(first, last, lambda p: p['rdt_objects'])} |"
         )
     return rows
 
