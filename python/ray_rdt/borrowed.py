@@ -11,15 +11,15 @@ generator over 2,000 steps of a 64 MiB model of 10,000 tensors.
 
 The plugin notes each RDT ref this process borrows (one another process owns)
 as Ray deserializes it. Once it has noted twice as many as were left at its
-last look (at least :data:`FIRST_LOOK`), it drops the metadata, and any
-target or target device, of the noted refs that Ray's reference counter no
-longer lists: no reference to them is left in this process, so no ``ray.get``
-of them can come. Two listings of the counts per doubling (see
+last look (at least :data:`FIRST_LOOK`, and an eighth of all the refs the
+process held then), it drops the metadata, and any target or target device,
+of the noted refs that Ray's reference counter no longer lists: no reference
+to them is left in this process, so no ``ray.get`` of them can come. Two listings of the counts per doubling (see
 :func:`_forget_unreferenced` for why two): amortized constant work per ref.
 """
 
 import threading
-from typing import Set
+from typing import Set, Tuple
 
 import ray
 
@@ -56,15 +56,18 @@ def ref_deserialized(obj_ref, owner_address: bytes) -> None:
         if len(_noted) < _next_look:
             return
         looked_at = set(_noted)
-    gone = _forget_unreferenced(worker, looked_at)
+    gone, listed = _forget_unreferenced(worker, looked_at)
     with _lock:
         _noted.difference_update(gone)
-        _next_look = max(FIRST_LOOK, 2 * len(_noted))
+        # A listing costs what the process references in all: a process
+        # holding many refs looks less often (at most 8 listed per noted).
+        _next_look = max(FIRST_LOOK, 2 * len(_noted), listed // 8)
 
 
-def _forget_unreferenced(worker, ids: Set[str]) -> Set[str]:
+def _forget_unreferenced(worker, ids: Set[str]) -> Tuple[Set[str], int]:
     """Drops the RDT metadata, targets and target device of each of ``ids``
-    that Ray's reference counter no longer lists; returns those ids.
+    that Ray's reference counter no longer lists; returns those ids, and how
+    many refs the counter listed.
 
     No lock is held while the counts are listed (Ray's reference counter has
     its own). A ref of one of the ids that is deserialized again meanwhile
@@ -86,4 +89,4 @@ def _forget_unreferenced(worker, ids: Set[str]) -> Set[str]:
                 manager._managed_rdt_metadata.setdefault(i, dropped[i])
     for i in back:
         targets.restore(i, held[i])
-    return unlisted - back
+    return unlisted - back, len(listed)
