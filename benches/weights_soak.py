@@ -65,10 +65,16 @@ SETTLE_TIMEOUT_S = 30.0
 
 def _probe(actor_self):
     """What this actor's process holds (run through ``__ray_call__``)."""
+    return soak.process_probe()
+
+
+def _collect(actor_self):
+    """Runs Python's garbage collector; the RDT objects this actor's process
+    still holds (run through ``__ray_call__``)."""
     import gc
 
     gc.collect()
-    return soak.process_probe()
+    return soak._rdt_objects()
 
 
 def _received(actor_self, transport):
@@ -84,11 +90,9 @@ def settle(actors):
     import ray
 
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while True:
-        probes = ray.get([a.__ray_call__.remote(_probe) for a in actors])
-        if not any(p["rdt_objects"] for p in probes) or time.monotonic() > deadline:
-            return probes
+    while sum(ray.get([a.__ray_call__.remote(_collect) for a in actors])) and time.monotonic() < deadline:
         time.sleep(0.05)
+    return ray.get([a.__ray_call__.remote(_probe) for a in actors])
 
 
 def run_config(config, placement, size, count, n_generators, steps, checkpoints, warmup):

@@ -14,8 +14,9 @@ as Ray deserializes it. Once it has noted twice as many as were left at its
 last look (at least :data:`FIRST_LOOK`, and an eighth of all the refs the
 process held then), it drops the metadata, and any target or target device,
 of the noted refs that Ray's reference counter no longer lists: no reference
-to them is left in this process, so no ``ray.get`` of them can come. Two listings of the counts per doubling (see
-:func:`_forget_unreferenced` for why two): amortized constant work per ref.
+to them is left in this process, so no ``ray.get`` of them can come. At most
+two listings of the counts per doubling (see :func:`_forget_unreferenced` for
+why two): amortized constant work per ref.
 """
 
 import threading
@@ -78,6 +79,8 @@ def _forget_unreferenced(worker, ids: Set[str]) -> Tuple[Set[str], int]:
     manager = worker.rdt_manager
     listed = worker.core_worker.get_all_reference_counts()
     unlisted = {i for i in ids if i.encode() not in listed}
+    if not unlisted:
+        return unlisted, len(listed)
     with manager._lock:
         dropped = {i: manager._managed_rdt_metadata.pop(i, None) for i in unlisted}
     held = {i: targets.drop(i) for i in unlisted}
