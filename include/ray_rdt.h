@@ -38,9 +38,10 @@
  * Minor version of the C ABI; grows when functions or codes are added (2.2:
  * `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding;
  * 2.4: `rdt_shared_memory_new`; 2.5: `rdt_tensors_export` and
- * `rdt_tensors_release`, DLPack's C exchange API in bulk).
+ * `rdt_tensors_release`, DLPack's C exchange API in bulk; 2.6:
+ * `rdt_list_distinct`).
  */
-#define RDT_ABI_VERSION_MINOR 5
+#define RDT_ABI_VERSION_MINOR 6
 
 /**
  * Buckets of the fetch-latency histogram (the last one is unbounded).
@@ -1091,6 +1092,16 @@ void rdt_group_failure_free(struct rdt_group_failure *failure);
  * `ctx` valid; `name` a C string.
  */
 rdt_status rdt_group_destroy(const struct rdt_context *ctx, const char *name);
+
+/**
+ * Sets `*out` to whether the `len` items of the Python list `list` are
+ * distinct objects (no object appears twice).
+ *
+ * # Safety
+ * The GIL is held; `list` is NULL or a live Python object; `out` is NULL or
+ * writable.
+ */
+rdt_status rdt_list_distinct(void *list, uintptr_t len, bool *out);
 
 /**
  * Decodes and validates `len` bytes at `data`; on success writes a new handle to

@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+mod block_cache;
 mod copy;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -39,3 +40,8 @@ mod transport;
 mod transport_kind;
 
 pub(crate) use error::{Error, ErrorKind, Result};
+
+/// Every allocation of the plugin: the system allocator, with large blocks
+/// kept for reuse (see `block_cache`).
+#[global_allocator]
+static ALLOCATOR: block_cache::BlockCache = block_cache::BlockCache::new();

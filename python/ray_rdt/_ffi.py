@@ -19,8 +19,8 @@ ABI_MAJOR = 2
 # The binding needs the functions and codes of this minor version (2.0: one
 # handle family, the context; rdt_context_record_get; 2.2: RDT_PATH_NODE_COPY;
 # 2.3: the capsule helpers; 2.4: rdt_shared_memory_new; 2.5: the DLPack
-# exchange API helpers).
-ABI_MINOR = 5
+# exchange API helpers; 2.6: rdt_list_distinct).
+ABI_MINOR = 6
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
 TRANSPORT_GLOO = 0
@@ -288,6 +288,8 @@ _SIGNATURES = {
         ],
     ),
     "rdt_tensors_release": (_status, [ctypes.POINTER(_c_void_p), ctypes.c_size_t]),
+    # A Python list's items distinct (src/ffi/list.rs; called with the GIL held).
+    "rdt_list_distinct": (_status, [ctypes.py_object, ctypes.c_size_t, ctypes.POINTER(ctypes.c_bool)]),
     # DLPack capsules in bulk (src/ffi/capsule.rs; called with the GIL held).
     "rdt_capsules_pointers": (_status, [ctypes.py_object, ctypes.POINTER(_c_void_p), ctypes.c_size_t]),
     "rdt_capsules_consume": (_status, [ctypes.py_object, ctypes.c_size_t]),
@@ -412,6 +414,7 @@ _KEEP_GIL = (
     "rdt_capsules_new",
     "rdt_tensors_export",
     "rdt_tensors_release",
+    "rdt_list_distinct",
 )
 
 _lib = None
@@ -513,6 +516,14 @@ def take_buffer(buf: Buffer) -> bytes:
         return ctypes.string_at(buf.data, buf.len)
     finally:
         lib().rdt_buffer_free(ctypes.byref(buf))
+
+
+def list_distinct(items: list) -> bool:
+    """Whether no object appears twice in the list ``items`` (one plugin
+    call: a sort of the items' addresses)."""
+    out = ctypes.c_bool(False)
+    check(lib().rdt_list_distinct(items, len(items), ctypes.byref(out)), "rdt_list_distinct")
+    return out.value
 
 
 def status_name(status: int) -> str:

@@ -100,7 +100,7 @@ def _shape_of(value: Any) -> Optional[Tuple[int, Optional[list], List[Any], Opti
         return None
     # map() over builtins: a model's 100,000 tensors are checked in C.
     types = set(map(type, tensors))
-    if len(set(map(id, tensors))) != len(tensors):
+    if not _ffi.list_distinct(tensors):
         return None  # pickling meets a tensor given twice only once
     if types == {torch.Tensor}:
         return code, keys, tensors, None

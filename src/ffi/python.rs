@@ -1,5 +1,5 @@
 //! The CPython C API of the running process, for the Python binding's bulk
-//! helpers ([`super::capsule`], [`super::exchange`]).
+//! helpers ([`super::capsule`], [`super::exchange`], [`super::list`]).
 //!
 //! The library links no Python: the functions (stable-ABI ones only) are found
 //! in the process at the first call (`dlsym`), and in a process without Python

@@ -383,3 +383,24 @@ def test_tensors_torch_did_not_take_are_released(producer, monkeypatch):
     assert producer.free(key)
     gc.collect()
     assert alive() is None
+
+
+def test_list_distinct_tells_a_list_that_holds_an_object_twice():
+    """The producer stores a value in one pass only when no tensor appears
+    twice in it (``rdt_list_distinct``, one sort in the plugin)."""
+    a, b = torch.ones(2), torch.ones(2)
+    many = [torch.ones(1) for _ in range(1000)]
+    assert _ffi.list_distinct([]) and _ffi.list_distinct([a]) and _ffi.list_distinct([a, b])
+    assert _ffi.list_distinct(many)
+    assert not _ffi.list_distinct([a, b, a])
+    assert not _ffi.list_distinct(many + [many[500]])
+    # Equal but distinct objects (views of one tensor) are distinct.
+    assert _ffi.list_distinct([a.view(-1), a.view(-1)])
+    lib = _ffi.lib()
+    out = ctypes.c_bool(True)
+    assert lib.rdt_list_distinct((a, a), 2, ctypes.byref(out)) == _ffi.ERR_INVALID_ARGUMENT
+    assert "not a list" in _ffi.last_error()
+    assert lib.rdt_list_distinct([a], 2, ctypes.byref(out)) == _ffi.ERR_INVALID_ARGUMENT
+    assert "the list has 1 items, the call says 2" in _ffi.last_error()
+    assert _ffi.status_name(lib.rdt_list_distinct([a], 1, None)) == "RDT_ERR_NULL_ARGUMENT"
+    assert out.value  # untouched by the refused calls
