@@ -39,7 +39,7 @@
  * `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding;
  * 2.4: `rdt_shared_memory_new`; 2.5: `rdt_tensors_export` and
  * `rdt_tensors_release`, DLPack's C exchange API in bulk; 2.6:
- * `rdt_list_distinct`).
+ * `rdt_tensors_view` and `rdt_list_distinct`).
  */
 #define RDT_ABI_VERSION_MINOR 6
 
@@ -989,6 +989,30 @@ rdt_status rdt_tensors_export(void *exchange_api,
                               struct DLManagedTensorVersioned **out,
                               const struct DLTensor **out_views,
                               uintptr_t len);
+
+/**
+ * Describes each tensor of the Python list `tensors` (`len` of them, each an
+ * instance of `tensor_type`, the type whose `__dlpack_c_exchange_api__` is
+ * the capsule `exchange_api`) as a non-owning `DLTensor` written to
+ * `out[0..len]`, and points `out_views[i]` at `out[i]` (the targets of
+ * `rdt_context_fetch_into`). Nothing is allocated and nothing is to be
+ * released: each `DLTensor` (its data, shape and strides) is valid while its
+ * tensor lives unchanged, so the caller keeps the list for as long as it
+ * uses them. `RDT_ERR_UNSUPPORTED` when the table has no
+ * `dltensor_from_py_object_no_sync` (export with `rdt_tensors_export`
+ * instead).
+ *
+ * # Safety
+ * The GIL is held; `exchange_api`, `tensor_type` and `tensors` are live
+ * Python objects; `out` has room for `len` `DLTensor`s and `out_views` for
+ * `len` pointers.
+ */
+rdt_status rdt_tensors_view(void *exchange_api,
+                            void *tensor_type,
+                            void *tensors,
+                            struct DLTensor *out,
+                            const struct DLTensor **out_views,
+                            uintptr_t len);
 
 /**
  * Calls the deleter of each of `tensors[0..len]` (tensors that

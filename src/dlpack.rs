@@ -170,8 +170,11 @@ pub struct DLPackExchangeAPI {
     /// (`PyObject*`, a new reference); takes the tensor.
     pub managed_tensor_to_py_object_no_sync:
         Option<unsafe extern "C" fn(*mut DLManagedTensorVersioned, *mut *mut c_void) -> i32>,
-    /// Fills a non-owning `DLTensor` (not used by the plugin).
-    pub dltensor_from_py_object_no_sync: *const c_void,
+    /// Fills a non-owning `DLTensor` describing a framework tensor
+    /// (`PyObject*`), valid while the tensor lives unchanged (no allocation,
+    /// nothing to release).
+    pub dltensor_from_py_object_no_sync:
+        Option<unsafe extern "C" fn(*mut c_void, *mut DLTensor) -> i32>,
     /// The framework's current stream of a device (not used by the plugin).
     pub current_work_stream: *const c_void,
 }

@@ -19,7 +19,7 @@ ABI_MAJOR = 2
 # The binding needs the functions and codes of this minor version (2.0: one
 # handle family, the context; rdt_context_record_get; 2.2: RDT_PATH_NODE_COPY;
 # 2.3: the capsule helpers; 2.4: rdt_shared_memory_new; 2.5: the DLPack
-# exchange API helpers; 2.6: rdt_list_distinct).
+# exchange API helpers; 2.6: rdt_tensors_view, rdt_list_distinct).
 ABI_MINOR = 6
 
 # rdt_transport codes (RDT_TRANSPORT_* in ray_rdt.h).
@@ -287,6 +287,17 @@ _SIGNATURES = {
             ctypes.c_size_t,
         ],
     ),
+    "rdt_tensors_view": (
+        _status,
+        [
+            ctypes.py_object,
+            ctypes.py_object,
+            ctypes.py_object,
+            ctypes.POINTER(DLTensor),
+            ctypes.POINTER(_c_void_p),
+            ctypes.c_size_t,
+        ],
+    ),
     "rdt_tensors_release": (_status, [ctypes.POINTER(_c_void_p), ctypes.c_size_t]),
     # A Python list's items distinct (src/ffi/list.rs; called with the GIL held).
     "rdt_list_distinct": (_status, [ctypes.py_object, ctypes.c_size_t, ctypes.POINTER(ctypes.c_bool)]),
@@ -413,6 +424,7 @@ _KEEP_GIL = (
     "rdt_capsules_consume",
     "rdt_capsules_new",
     "rdt_tensors_export",
+    "rdt_tensors_view",
     "rdt_tensors_release",
     "rdt_list_distinct",
 )

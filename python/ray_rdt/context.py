@@ -164,8 +164,7 @@ class Context:
         ``targets`` (CPU tensors, checked against the record before any byte
         moves: ``RdtError`` with ``ERR_INVALID_ARGUMENT`` naming the index)."""
         oid = _object_id_bytes(object_id)
-        # Borrowed for the call: exported (the exports keep the tensors alive),
-        # and released after it.
+        # Borrowed for the call: described in place (or exported), ended after it.
         borrowed = dlpack.Borrowed(targets)
         try:
             status = self._lib.rdt_context_fetch_into(

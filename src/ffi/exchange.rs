@@ -7,8 +7,11 @@
 //! `to_dlpack` costs about 170 ns per tensor with its capsule; the table's
 //! export about 55 ns, which for a model of 10,000 tensors is a millisecond
 //! and more on each side of a transfer (the producer's put, the consumer's
-//! targets). The binding uses these functions where torch has the table, and
-//! the capsule helpers ([`super::capsule`]) where it does not.
+//! targets). The targets, which the plugin only reads and writes during one
+//! call, are described in place instead where the table can
+//! ([`rdt_tensors_view`]: nothing made, nothing to release). The binding uses
+//! these functions where torch has the table, and the capsule helpers
+//! ([`super::capsule`]) where it does not.
 //!
 //! The caller holds the GIL (the binding binds them through `ctypes.PyDLL`).
 //! A Python error raised inside is cleared and reported, with its text, as the
@@ -121,30 +124,15 @@ pub unsafe extern "C" fn rdt_tensors_export(
                     "the framework's DLPack exchange API cannot export",
                 )
             })?;
-        if tensor_type.is_null() {
-            return Err(Error::new(
-                ErrorKind::NullArgument,
-                "argument `tensor_type` is NULL",
-            ));
-        }
-        if n > 0 && out.is_null() {
-            return Err(Error::new(
-                ErrorKind::NullArgument,
-                "argument `out` is NULL",
-            ));
-        }
+        check_arguments(tensor_type, n, &[out.cast()])?;
         for i in 0..n {
-            let item = (py.list_get_item)(tensors, i as isize);
-            let is_tensor = (py.is_instance)(item, tensor_type);
-            if is_tensor != 1 {
-                if is_tensor < 0 {
-                    (py.err_clear)();
+            let item = match tensor_item(py, tensors, tensor_type, i) {
+                Ok(item) => item,
+                Err(e) => {
+                    unmake(out, i);
+                    return Err(e);
                 }
-                unmake(out, i);
-                return Err(Error::invalid(format!(
-                    "item {i} is not a tensor of the type the DLPack exchange API belongs to"
-                )));
-            }
+            };
             let mut tensor = std::ptr::null_mut();
             if export(item, &mut tensor) != 0 || tensor.is_null() {
                 let why = py.take_error_text();
@@ -161,6 +149,94 @@ pub unsafe extern "C" fn rdt_tensors_export(
         }
         Ok(())
     })
+}
+
+/// Describes each tensor of the Python list `tensors` (`len` of them, each an
+/// instance of `tensor_type`, the type whose `__dlpack_c_exchange_api__` is
+/// the capsule `exchange_api`) as a non-owning `DLTensor` written to
+/// `out[0..len]`, and points `out_views[i]` at `out[i]` (the targets of
+/// `rdt_context_fetch_into`). Nothing is allocated and nothing is to be
+/// released: each `DLTensor` (its data, shape and strides) is valid while its
+/// tensor lives unchanged, so the caller keeps the list for as long as it
+/// uses them. `RDT_ERR_UNSUPPORTED` when the table has no
+/// `dltensor_from_py_object_no_sync` (export with `rdt_tensors_export`
+/// instead).
+///
+/// # Safety
+/// The GIL is held; `exchange_api`, `tensor_type` and `tensors` are live
+/// Python objects; `out` has room for `len` `DLTensor`s and `out_views` for
+/// `len` pointers.
+#[no_mangle]
+pub unsafe extern "C" fn rdt_tensors_view(
+    exchange_api: *mut c_void,
+    tensor_type: *mut c_void,
+    tensors: *mut c_void,
+    out: *mut DLTensor,
+    out_views: *mut *const DLTensor,
+    len: usize,
+) -> rdt_status {
+    guard(|| {
+        let py = api()?;
+        let n = py.list_len(tensors, len)?;
+        let view = table(py, exchange_api)?
+            .dltensor_from_py_object_no_sync
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    "the framework's DLPack exchange API cannot describe a tensor without exporting it",
+                )
+            })?;
+        check_arguments(tensor_type, n, &[out.cast(), out_views.cast()])?;
+        for i in 0..n {
+            let item = tensor_item(py, tensors, tensor_type, i)?;
+            let slot = out.add(i);
+            if view(item, slot) != 0 {
+                let why = py.take_error_text();
+                return Err(Error::invalid(format!(
+                    "item {i} cannot be described as DLPack: {why}"
+                )));
+            }
+            *out_views.add(i) = slot;
+        }
+        Ok(())
+    })
+}
+
+/// Refuses a NULL `tensor_type`, and a NULL output array for a non-empty list.
+fn check_arguments(tensor_type: *mut c_void, n: usize, outputs: &[*mut c_void]) -> Result<()> {
+    if tensor_type.is_null() {
+        return Err(Error::new(
+            ErrorKind::NullArgument,
+            "argument `tensor_type` is NULL",
+        ));
+    }
+    if n > 0 && outputs.iter().any(|p| p.is_null()) {
+        return Err(Error::new(
+            ErrorKind::NullArgument,
+            "an output array is NULL",
+        ));
+    }
+    Ok(())
+}
+
+/// Item `i` of the list `tensors`, refused unless it is an instance of
+/// `tensor_type` (a Python error that check raised is cleared).
+///
+/// # Safety
+/// The GIL is held; `tensors` is a list of more than `i` items; `tensor_type`
+/// is a live type.
+unsafe fn tensor_item(py: &Api, tensors: Object, tensor_type: Object, i: usize) -> Result<Object> {
+    let item = (py.list_get_item)(tensors, i as isize);
+    let is_tensor = (py.is_instance)(item, tensor_type);
+    if is_tensor != 1 {
+        if is_tensor < 0 {
+            (py.err_clear)();
+        }
+        return Err(Error::invalid(format!(
+            "item {i} is not a tensor of the type the DLPack exchange API belongs to"
+        )));
+    }
+    Ok(item)
 }
 
 /// Calls the deleter of each of `tensors[0..len]` (tensors that

@@ -1,9 +1,10 @@
 //! A check on a Python list in one call, for the Python binding.
 //!
 //! A value of 10,000 tensors is stored in one pass (no pickling) only when
-//! no tensor appears twice in it; asked in Python (`set(map(id, ...))`) that
-//! costs about 0.7 ms, which a sort of the items' addresses here cuts to a
-//! tenth. The caller holds the GIL (the binding binds it through
+//! no tensor appears twice in it; asked in Python (`set(map(id, ...))`, an
+//! int object per item, hashed) the producer's checks of such a value took
+//! 1.02 ms in a trainer actor, and 0.35 ms with this sort of the items'
+//! addresses. The caller holds the GIL (the binding binds it through
 //! `ctypes.PyDLL`).
 
 use super::boundary::guard;

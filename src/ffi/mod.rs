@@ -31,7 +31,7 @@ pub const RDT_ABI_VERSION_MAJOR: u32 = 2;
 /// `RDT_PATH_NODE_COPY`; 2.3: the `rdt_capsules_*` helpers of the Python binding;
 /// 2.4: `rdt_shared_memory_new`; 2.5: `rdt_tensors_export` and
 /// `rdt_tensors_release`, DLPack's C exchange API in bulk; 2.6:
-/// `rdt_list_distinct`).
+/// `rdt_tensors_view` and `rdt_list_distinct`).
 pub const RDT_ABI_VERSION_MINOR: u32 = 6;
 
 /// The C ABI version of this library: `(major << 16) | minor`.

@@ -99,6 +99,7 @@ TEST(python_helpers_need_python_and_release_releases) {
   CHECK_STATUS(rdt_capsules_consume(nullptr, 0), RDT_ERR_UNAVAILABLE);
   bool distinct = false;
   CHECK_STATUS(rdt_list_distinct(nullptr, 0, &distinct), RDT_ERR_UNAVAILABLE);
+  CHECK_STATUS(rdt_tensors_view(nullptr, nullptr, nullptr, nullptr, nullptr, 0), RDT_ERR_UNAVAILABLE);
   // Releasing needs no Python: each deleter runs once, NULL entries are skipped.
   Deletions deletions;
   DLManagedTensorVersioned* made[3] = {make_versioned(deletions, {3}), nullptr, make_versioned(deletions, {2})};

@@ -207,6 +207,50 @@ def test_exchange_export_refuses_what_it_cannot_export_and_keeps_nothing():
     assert alive() is None
 
 
+def test_tensors_view_describes_targets_in_place_and_refuses_what_it_cannot():
+    """``rdt_tensors_view``: targets are described in place (a strided view,
+    a Parameter that requires grad, an empty and a 0-d tensor), holding
+    nothing; an item that is no tensor, a tensor without storage and bad
+    arguments are clear errors, and the Python errors met are cleared."""
+    exchange = dlpack._exchange_api()
+    if exchange is None:
+        pytest.skip("this torch has no DLPack C exchange API (__dlpack_c_exchange_api__)")
+    lib = _ffi.lib()
+
+    def view(items, n=None):
+        n = len(items) if n is None else n
+        out, views = (_ffi.DLTensor * max(n, 1))(), (ctypes.c_void_p * max(n, 1))()
+        status = lib.rdt_tensors_view(exchange, torch.Tensor, items, out, views, n)
+        return status, out, views
+
+    t, alive = numpy_backed(12)
+    strided = t.view(3, 4)[:, 1:]
+    grad = torch.nn.Parameter(torch.ones(3))
+    items = [strided, grad, torch.ones(0), torch.ones(())]
+    status, out, views = view(items)
+    assert status == _ffi.OK
+    d = out[0]
+    assert d.data + d.byte_offset == strided.data_ptr()
+    assert [d.shape[i] for i in range(d.ndim)] == [3, 3] and [d.strides[i] for i in range(d.ndim)] == [4, 1]
+    assert out[1].data + out[1].byte_offset == grad.data_ptr() and out[3].ndim == 0
+    assert [views[i] for i in range(4)] == [ctypes.addressof(out[i]) for i in range(4)]
+    # Nothing was exported: the view holds no reference to the memory.
+    del t, strided, items
+    gc.collect()
+    assert alive() is None
+    status, _, _ = view([torch.ones(2), "x"])
+    assert status == _ffi.ERR_INVALID_ARGUMENT and "item 1 is not a tensor" in _ffi.last_error()
+    status, _, _ = view([torch.ones(2, 2).to_sparse()])
+    assert status == _ffi.ERR_INVALID_ARGUMENT and "item 0 cannot be described as DLPack: " in _ffi.last_error()
+    status, _, _ = view([torch.ones(2)], n=2)
+    assert status == _ffi.ERR_INVALID_ARGUMENT and "the list has 1 items, the call says 2" in _ffi.last_error()
+    capsule = torch.utils.dlpack.to_dlpack(torch.ones(1))
+    assert lib.rdt_tensors_view(capsule, torch.Tensor, [grad], None, None, 1) == _ffi.ERR_INVALID_ARGUMENT
+    assert 'not a capsule named "dlpack_exchange_api"' in _ffi.last_error()
+    assert _ffi.status_name(lib.rdt_tensors_view(exchange, torch.Tensor, [grad], None, None, 1)) == "RDT_ERR_NULL_ARGUMENT"
+    assert torch.ones(2).sum().item() == 2.0  # no Python error left pending
+
+
 def test_record_lookup_by_object_id(producer, consumer):
     key = oid()
     record = producer.put(key, _ffi.TRANSPORT_SHM, [torch.randn(1 << 16)])
