@@ -114,17 +114,17 @@ pub unsafe extern "C" fn rdt_tensors_export(
     len: usize,
 ) -> rdt_status {
     guard(|| {
-        let py = api()?;
-        let n = py.list_len(tensors, len)?;
-        let export = table(py, exchange_api)?
-            .managed_tensor_from_py_object_no_sync
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    "the framework's DLPack exchange API cannot export",
-                )
-            })?;
-        check_arguments(tensor_type, n, &[out.cast()])?;
+        let (py, n, export) = prepare(
+            Call {
+                exchange_api,
+                tensor_type,
+                tensors,
+                len,
+            },
+            &[out.cast()],
+            |t| t.managed_tensor_from_py_object_no_sync,
+            "cannot export",
+        )?;
         for i in 0..n {
             let item = match tensor_item(py, tensors, tensor_type, i) {
                 Ok(item) => item,
@@ -176,17 +176,17 @@ pub unsafe extern "C" fn rdt_tensors_view(
     len: usize,
 ) -> rdt_status {
     guard(|| {
-        let py = api()?;
-        let n = py.list_len(tensors, len)?;
-        let view = table(py, exchange_api)?
-            .dltensor_from_py_object_no_sync
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    "the framework's DLPack exchange API cannot describe a tensor without exporting it",
-                )
-            })?;
-        check_arguments(tensor_type, n, &[out.cast(), out_views.cast()])?;
+        let (py, n, view) = prepare(
+            Call {
+                exchange_api,
+                tensor_type,
+                tensors,
+                len,
+            },
+            &[out.cast(), out_views.cast()],
+            |t| t.dltensor_from_py_object_no_sync,
+            "cannot describe a tensor without exporting it",
+        )?;
         for i in 0..n {
             let item = tensor_item(py, tensors, tensor_type, i)?;
             let slot = out.add(i);
@@ -200,6 +200,39 @@ pub unsafe extern "C" fn rdt_tensors_view(
         }
         Ok(())
     })
+}
+
+/// The Python arguments every bulk function takes.
+struct Call {
+    exchange_api: Object,
+    tensor_type: Object,
+    tensors: Object,
+    len: usize,
+}
+
+/// What both bulk functions start with: the CPython API, the list's length,
+/// and the table's function that `pick` takes (`RDT_ERR_UNSUPPORTED`, the
+/// framework's table "`missing`", without it), after refusing a NULL
+/// `tensor_type` and NULL `outputs` for a non-empty list.
+///
+/// # Safety
+/// The GIL is held; the objects of `call` are NULL or live.
+unsafe fn prepare<F>(
+    call: Call,
+    outputs: &[*mut c_void],
+    pick: impl FnOnce(&DLPackExchangeAPI) -> Option<F>,
+    missing: &str,
+) -> Result<(&'static Api, usize, F)> {
+    let py = api()?;
+    let n = py.list_len(call.tensors, call.len)?;
+    let f = pick(table(py, call.exchange_api)?).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("the framework's DLPack exchange API {missing}"),
+        )
+    })?;
+    check_arguments(call.tensor_type, n, outputs)?;
+    Ok((py, n, f))
 }
 
 /// Refuses a NULL `tensor_type`, and a NULL output array for a non-empty list.
