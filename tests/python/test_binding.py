@@ -448,3 +448,40 @@ def test_list_distinct_tells_a_list_that_holds_an_object_twice():
     assert "the list has 1 items, the call says 2" in _ffi.last_error()
     assert _ffi.status_name(lib.rdt_list_distinct([a], 1, None)) == "RDT_ERR_NULL_ARGUMENT"
     assert out.value  # untouched by the refused calls
+
+
+def test_targets_are_exported_where_the_exchange_api_cannot_describe_them(producer, consumer, monkeypatch):
+    """A framework's exchange API table without ``dltensor_from_py_object_no_sync``
+    (DLPack 1.2 has it; a table may leave it NULL): ``rdt_tensors_view``
+    says ``RDT_ERR_UNSUPPORTED`` and the binding exports the targets instead,
+    landing the bytes all the same."""
+    exchange = dlpack._exchange_api()
+    if exchange is None:
+        pytest.skip("this torch has no DLPack C exchange API (__dlpack_c_exchange_api__)")
+
+    class Table(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32), ("prev_api", ctypes.c_void_p)] + [
+            (name, ctypes.c_void_p) for name in ("allocator", "export", "to_py", "describe", "stream")
+        ]
+
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype, new_capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    table = Table.from_buffer_copy(Table.from_address(get_pointer(exchange, b"dlpack_exchange_api")))
+    table.describe = None
+    name = ctypes.create_string_buffer(b"dlpack_exchange_api")
+    capsule = new_capsule(ctypes.addressof(table), name, None)
+
+    out, views = (_ffi.DLTensor * 1)(), (ctypes.c_void_p * 1)()
+    assert _ffi.lib().rdt_tensors_view(capsule, torch.Tensor, [torch.ones(1)], out, views, 1) == _ffi.ERR_UNSUPPORTED
+    assert "cannot describe a tensor without exporting it" in _ffi.last_error()
+    monkeypatch.setattr(dlpack, "_EXCHANGE_API", capsule)
+    monkeypatch.setattr(dlpack, "_DESCRIBES", None)
+    a = torch.arange(1000, dtype=torch.float32)
+    key = oid()
+    record = producer.put(key, _ffi.TRANSPORT_SHM, [a])
+    target = torch.zeros(1000)
+    consumer.fetch_into(key, record, [target])
+    assert torch.equal(target, a) and dlpack._DESCRIBES is False
+    producer.free(key)
