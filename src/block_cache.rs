@@ -247,6 +247,34 @@ mod tests {
     }
 
     #[test]
+    fn threads_sharing_the_cache_never_get_one_block_twice() {
+        let cache = BlockCache::new();
+        std::thread::scope(|scope| {
+            for id in 0..8u8 {
+                let cache = &cache;
+                scope.spawn(move || {
+                    for round in 0..200usize {
+                        let size = MIN_BLOCK << (round % 3);
+                        let mine = layout(size);
+                        unsafe {
+                            let block = cache.alloc(mine);
+                            assert!(!block.is_null());
+                            block.write_bytes(id, size);
+                            std::thread::yield_now();
+                            // Nobody else wrote into it meanwhile.
+                            let bytes = std::slice::from_raw_parts(block, size);
+                            assert!(bytes.iter().step_by(4096).all(|&b| b == id));
+                            assert_eq!(bytes[size - 1], id);
+                            cache.dealloc(block, mine);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(cache.kept_bytes() <= MAX_KEPT);
+    }
+
+    #[test]
     fn realloc_keeps_the_bytes_across_classes_and_stays_put_within_one() {
         let cache = BlockCache::new();
         unsafe {
