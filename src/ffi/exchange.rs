@@ -115,12 +115,8 @@ pub unsafe extern "C" fn rdt_tensors_export(
 ) -> rdt_status {
     guard(|| {
         let (py, n, export) = prepare(
-            Call {
-                exchange_api,
-                tensor_type,
-                tensors,
-                len,
-            },
+            [exchange_api, tensor_type, tensors],
+            len,
             &[out.cast()],
             |t| t.managed_tensor_from_py_object_no_sync,
             "cannot export",
@@ -177,12 +173,8 @@ pub unsafe extern "C" fn rdt_tensors_view(
 ) -> rdt_status {
     guard(|| {
         let (py, n, view) = prepare(
-            Call {
-                exchange_api,
-                tensor_type,
-                tensors,
-                len,
-            },
+            [exchange_api, tensor_type, tensors],
+            len,
             &[out.cast(), out_views.cast()],
             |t| t.dltensor_from_py_object_no_sync,
             "cannot describe a tensor without exporting it",
@@ -202,36 +194,31 @@ pub unsafe extern "C" fn rdt_tensors_view(
     })
 }
 
-/// The Python arguments every bulk function takes.
-struct Call {
-    exchange_api: Object,
-    tensor_type: Object,
-    tensors: Object,
-    len: usize,
-}
-
-/// What both bulk functions start with: the CPython API, the list's length,
-/// and the table's function that `pick` takes (`RDT_ERR_UNSUPPORTED`, the
-/// framework's table "`missing`", without it), after refusing a NULL
-/// `tensor_type` and NULL `outputs` for a non-empty list.
+/// What both bulk functions start with, from their Python arguments
+/// `[exchange_api, tensor_type, tensors]` and `len`: the CPython API, the
+/// list's length, and the table's function that `pick` takes
+/// (`RDT_ERR_UNSUPPORTED`, the framework's table "`missing`", without it),
+/// after refusing a NULL `tensor_type` and NULL `outputs` for a non-empty
+/// list.
 ///
 /// # Safety
-/// The GIL is held; the objects of `call` are NULL or live.
+/// The GIL is held; the Python arguments are NULL or live objects.
 unsafe fn prepare<F>(
-    call: Call,
+    [exchange_api, tensor_type, tensors]: [Object; 3],
+    len: usize,
     outputs: &[*mut c_void],
     pick: impl FnOnce(&DLPackExchangeAPI) -> Option<F>,
     missing: &str,
 ) -> Result<(&'static Api, usize, F)> {
     let py = api()?;
-    let n = py.list_len(call.tensors, call.len)?;
-    let f = pick(table(py, call.exchange_api)?).ok_or_else(|| {
+    let n = py.list_len(tensors, len)?;
+    let f = pick(table(py, exchange_api)?).ok_or_else(|| {
         Error::new(
             ErrorKind::Unsupported,
             format!("the framework's DLPack exchange API {missing}"),
         )
     })?;
-    check_arguments(call.tensor_type, n, outputs)?;
+    check_arguments(tensor_type, n, outputs)?;
     Ok((py, n, f))
 }
 
