@@ -138,7 +138,8 @@ pub(crate) fn timeout(ms: u64) -> Duration {
     }
 }
 
-fn null(name: &str) -> Error {
+/// The error for a NULL argument named `name`.
+pub(crate) fn null(name: &str) -> Error {
     Error::new(
         ErrorKind::NullArgument,
         format!("argument `{name}` is NULL"),

@@ -17,7 +17,7 @@
 //! A Python error raised inside is cleared and reported, with its text, as the
 //! function's status.
 
-use super::boundary::{guard, slice};
+use super::boundary::{guard, null, slice};
 use super::python::{api, Api, Object};
 use super::status::rdt_status;
 use crate::dlpack::{
@@ -37,10 +37,7 @@ const EXCHANGE_API: &CStr = c"dlpack_exchange_api";
 /// The GIL is held; `capsule` is NULL or a live object.
 unsafe fn table(py: &Api, capsule: Object) -> Result<&'static DLPackExchangeAPI> {
     if capsule.is_null() {
-        return Err(Error::new(
-            ErrorKind::NullArgument,
-            "argument `exchange_api` is NULL",
-        ));
+        return Err(null("exchange_api"));
     }
     let mut head = (py.capsule_get_pointer)(capsule, EXCHANGE_API.as_ptr())
         .cast_const()
@@ -117,7 +114,7 @@ pub unsafe extern "C" fn rdt_tensors_export(
         let (py, n, export) = prepare(
             [exchange_api, tensor_type, tensors],
             len,
-            &[out.cast()],
+            &[(out.cast(), "out")],
             |t| t.managed_tensor_from_py_object_no_sync,
             "cannot export",
         )?;
@@ -175,7 +172,7 @@ pub unsafe extern "C" fn rdt_tensors_view(
         let (py, n, view) = prepare(
             [exchange_api, tensor_type, tensors],
             len,
-            &[out.cast(), out_views.cast()],
+            &[(out.cast(), "out"), (out_views.cast(), "out_views")],
             |t| t.dltensor_from_py_object_no_sync,
             "cannot describe a tensor without exporting it",
         )?;
@@ -206,7 +203,7 @@ pub unsafe extern "C" fn rdt_tensors_view(
 unsafe fn prepare<F>(
     [exchange_api, tensor_type, tensors]: [Object; 3],
     len: usize,
-    outputs: &[*mut c_void],
+    outputs: &[(*mut c_void, &str)],
     pick: impl FnOnce(&DLPackExchangeAPI) -> Option<F>,
     missing: &str,
 ) -> Result<(&'static Api, usize, F)> {
@@ -222,21 +219,20 @@ unsafe fn prepare<F>(
     Ok((py, n, f))
 }
 
-/// Refuses a NULL `tensor_type`, and a NULL output array for a non-empty list.
-fn check_arguments(tensor_type: *mut c_void, n: usize, outputs: &[*mut c_void]) -> Result<()> {
+/// Refuses a NULL `tensor_type`, and a NULL output array (each named) for a
+/// non-empty list.
+fn check_arguments(
+    tensor_type: *mut c_void,
+    n: usize,
+    outputs: &[(*mut c_void, &str)],
+) -> Result<()> {
     if tensor_type.is_null() {
-        return Err(Error::new(
-            ErrorKind::NullArgument,
-            "argument `tensor_type` is NULL",
-        ));
+        return Err(null("tensor_type"));
     }
-    if n > 0 && outputs.iter().any(|p| p.is_null()) {
-        return Err(Error::new(
-            ErrorKind::NullArgument,
-            "an output array is NULL",
-        ));
+    match outputs.iter().find(|(p, _)| n > 0 && p.is_null()) {
+        Some((_, name)) => Err(null(name)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Item `i` of the list `tensors`, refused unless it is an instance of

@@ -7,10 +7,9 @@
 //! addresses. The caller holds the GIL (the binding binds it through
 //! `ctypes.PyDLL`).
 
-use super::boundary::guard;
+use super::boundary::{self, guard};
 use super::python::api;
 use super::status::rdt_status;
-use crate::error::{Error, ErrorKind};
 use std::ffi::c_void;
 
 /// Sets `*out` to whether the `len` items of the Python list `list` are
@@ -27,18 +26,13 @@ pub unsafe extern "C" fn rdt_list_distinct(
 ) -> rdt_status {
     guard(|| {
         let py = api()?;
-        if out.is_null() {
-            return Err(Error::new(
-                ErrorKind::NullArgument,
-                "argument `out` is NULL",
-            ));
-        }
+        let distinct = boundary::out(out, "out")?;
         let n = py.list_len(list, len)?;
         let mut items: Vec<usize> = (0..n)
             .map(|i| (py.list_get_item)(list, i as isize) as usize)
             .collect();
         items.sort_unstable();
-        *out = items.windows(2).all(|pair| pair[0] != pair[1]);
+        *distinct = items.windows(2).all(|pair| pair[0] != pair[1]);
         Ok(())
     })
 }
