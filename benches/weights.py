@@ -20,7 +20,14 @@ last generator is done. Per column:
   method returns the list, each generator receives it as a task argument and
   copies it into its weights (``torch._foreach_copy_``); only the step time is
   measured. For the object store the trainer returns copies of its tensors:
-  pickling a view pickles the whole storage it views.
+  pickling a view pickles the whole storage it views;
+* ``targets_gloo``: plugin gloo straight into the generators' weights. Each
+  generator first gets the ref inside a list (a borrower) and calls
+  ``set_target_for_ref(ref, its weights)``; then the ref, as a task
+  argument, lands in those targets and the argument is the targets
+  themselves (nothing to copy). ``ray.get`` of a gloo object stays refused
+  (the guide), so targets reach a collective object this way only
+  (docs/design.md, "Targets of a collective object").
 
 Stock columns run in a child process with ``RAY_RDT_PLUGIN=0`` and its own
 cluster, the others in a second child with the plugin on; within a child, per
@@ -93,7 +100,8 @@ import cross_node
 import raybench as rb
 from netns import NETWORK_ONLY_ENV, NODE_NAMES, veth_tx_bytes  # importable once cross_node has put tests/python on the path
 
-CONFIGS = ["object_store", "stock_gloo", "stock_nixl", "plugin_gloo", "plugin_shm", "plugin_nixl", "shared_shm"]
+CONFIGS = ["object_store", "stock_gloo", "stock_nixl", "plugin_gloo", "targets_gloo", "plugin_shm", "plugin_nixl",
+           "shared_shm"]
 # Columns whose trainer keeps its model in the plugin's shared memory
 # (ray_rdt.share_memory_): a trainer of their own.
 SHARED = {"shared_shm"}
@@ -196,6 +204,18 @@ def actor_classes():
             self._check(expected)
             return None
 
+        def expect(self, refs):
+            """Names this generator's weights as the targets of the collective
+            object in ``refs`` (borrowed), which a later task receives."""
+            from ray.experimental import set_target_for_ref
+
+            set_target_for_ref(refs[0], self.tensors)
+
+        def landed(self, tensors, expected):
+            """The argument, received straight into this generator's weights."""
+            assert all(a is b for a, b in zip(tensors, self.tensors)), "the argument is not the targets"
+            self._check(expected)
+
     return Trainer, Generator
 
 
@@ -212,6 +232,12 @@ def one_step(config, trainer, generators, tx_bytes=None):
         refs, put_s = ray.get(trainer.put.remote(ONE_SIDED[config]), timeout=STEP_TIMEOUT_S)
         gets = ray.get([g.sync.remote(refs, expected) for g in generators], timeout=STEP_TIMEOUT_S)
         step, get = time.perf_counter() - t0, max(gets)
+    elif config == "targets_gloo":
+        ref = trainer.rows_gloo.remote()
+        for g in generators:
+            g.expect.remote([ref])  # runs before landed: one caller's tasks run in order
+        ray.get([g.landed.remote(ref, expected) for g in generators], timeout=STEP_TIMEOUT_S)
+        step, get, put_s = time.perf_counter() - t0, None, None
     else:
         ref = trainer.rows_gloo.remote() if config.endswith("gloo") else trainer.rows.remote()
         ray.get([g.take.remote(ref, expected) for g in generators], timeout=STEP_TIMEOUT_S)
@@ -370,7 +396,8 @@ def report(results, limits, models, generator_counts, configs):
                     text += f", put {rb.fmt_ms(cells[c]['put'])}"
                 parts.append(text)
             for plugin, stock in (("plugin_nixl", "stock_nixl"), ("plugin_shm", "stock_nixl"), ("shared_shm", "stock_nixl"),
-                                  ("plugin_gloo", "stock_gloo")):
+                                  ("plugin_gloo", "stock_gloo"), ("targets_gloo", "stock_gloo"),
+                                  ("targets_gloo", "stock_nixl")):
                 if plugin in cells and stock in cells:
                     parts.append(f"{plugin} / {stock} step: {rb.fmt_ratio(cells[plugin]['step'] / cells[stock]['step'])}")
             lines.append("- " + "\n  - ".join(parts))

@@ -330,6 +330,22 @@ impl Runs {
             .collect()
     }
 
+    /// Whether two runs read the same source bytes (tied weights: a tensor
+    /// and a view inside it, both in the object).
+    pub fn sources_overlap(&self) -> bool {
+        let mut reach: Option<(u32, u64)> = None;
+        for r in &self.runs {
+            match reach {
+                Some((extent, end)) if extent == r.extent && r.offset < end => return true,
+                Some((extent, end)) if extent == r.extent => {
+                    reach = Some((extent, end.max(r.offset + r.len)))
+                }
+                _ => reach = Some((r.extent, r.offset + r.len)),
+            }
+        }
+        false
+    }
+
     /// Total bytes the runs move.
     #[cfg_attr(not(feature = "nixl"), allow(dead_code))]
     pub fn total(&self) -> u64 {
@@ -428,5 +444,21 @@ mod tests {
             ]
         );
         assert_eq!(runs.total(), 28);
+        assert!(!runs.sources_overlap());
+    }
+
+    #[test]
+    fn runs_that_read_the_same_source_bytes_overlap() {
+        let p = |extent, offset| Some(Place { extent, offset });
+        // A tensor and a view inside it (tied weights), then the next extent.
+        let runs = Runs::new(
+            &[p(0, 0), p(0, 4), p(1, 0)],
+            &[16, 4, 8],
+            &[1000, 2000, 3000],
+        );
+        assert!(runs.sources_overlap());
+        // The same offsets in different extents do not overlap.
+        let runs = Runs::new(&[p(0, 0), p(1, 0)], &[16, 16], &[1000, 2000]);
+        assert!(!runs.sources_overlap());
     }
 }

@@ -155,7 +155,8 @@ impl Consumer {
     }
 
     /// Into targets (one buffer each, filled with a sentinel first), every
-    /// byte checked.
+    /// byte checked; then the consumer changes its targets (which must not
+    /// change what other consumers get).
     fn fetch_into(&self, id: &ObjectId, record: &[u8], seed: u8) -> String {
         let meta = Metadata::decode(record).unwrap();
         let mut buffers: Vec<Vec<u8>> = meta
@@ -173,11 +174,13 @@ impl Consumer {
                 addr: b.as_mut_ptr() as usize,
             })
             .collect();
-        match self.ctx.fetch_into(id, &meta, &targets, TIMEOUT) {
+        let outcome = match self.ctx.fetch_into(id, &meta, &targets, TIMEOUT) {
             Ok(()) if buffers == sample(seed).1 => "OK".into(),
             Ok(()) => "ERR mismatch".into(),
             Err(e) => Self::outcome(e),
-        }
+        };
+        buffers.iter_mut().for_each(|b| b.fill(0xee));
+        outcome
     }
 
     /// This process's counters of `kind`: network bytes received and errors,
@@ -416,15 +419,30 @@ fn with_cluster(
 /// byte; the counters say who read what.
 #[test]
 fn consumers_of_one_node_share_one_read() {
-    let test = "consumers_of_one_node_share_one_read";
+    one_read_shared("consumers_of_one_node_share_one_read", 11, "FETCH");
+}
+
+/// As [`consumers_of_one_node_share_one_read`], the first consumer reading
+/// into its targets: it reads straight into them, and the node copy the
+/// others get is made out of them before it has them back (it then changes
+/// them).
+#[test]
+fn a_leader_reading_into_its_targets_shares_a_copy_of_them() {
+    one_read_shared(
+        "a_leader_reading_into_its_targets_shares_a_copy_of_them",
+        13,
+        "INTO",
+    );
+}
+
+fn one_read_shared(test: &str, seed: u8, leader_verb: &str) {
     let leader = hold_env(test, "fetch,share_wait");
     with_cluster(test, TransportKind::Gloo, &[&leader, &[], &[]], |mut c| {
-        let seed = 11;
         let (id, record) = c.put(seed);
         let before = c.producer_served();
 
         c.follower_waits_on_leader(
-            &command("FETCH", &id, &record, seed),
+            &command(leader_verb, &id, &record, seed),
             &command("INTO", &id, &record, seed),
         );
         c.release_leader();

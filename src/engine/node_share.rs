@@ -177,12 +177,13 @@ impl NodeCopy {
         Ok(())
     }
 
-    /// Retires the read copy when no follower has asked for it (the leader's
-    /// caller then takes the object itself and nothing is kept); whether it
-    /// did.
+    /// Retires the copy, read or being read, when no follower has asked for
+    /// it (the leader's caller then takes the object itself and nothing is
+    /// kept); whether it did.
     fn retire(&self) -> bool {
         let mut state = self.state.lock();
-        if self.asked.load(Ordering::SeqCst) || !matches!(*state, CopyState::Ready(_)) {
+        let unread_or_ready = matches!(*state, CopyState::Reading(_) | CopyState::Ready(_));
+        if self.asked.load(Ordering::SeqCst) || !unread_or_ready {
             return false;
         }
         *state = CopyState::Retired;
@@ -412,6 +413,10 @@ impl NodeShare {
         for _ in 0..CLAIMS {
             let claim = self.claim(shared, &name, meta, deadline);
             let followed = match (&claim, same_host) {
+                (Claim::Leader(copy), _) if receiver.lands_in_caller_memory() => {
+                    let out = self.lead_in_place(&name, copy, receiver, declared, peer, deadline);
+                    return (Path::Network, out);
+                }
                 (Claim::Leader(copy), _) => {
                     let read = self.lead(shared, &name, copy, meta, declared, peer, deadline);
                     let out = read.and_then(|object| {
@@ -549,6 +554,37 @@ impl NodeShare {
         }
         self.held.1.notify_all();
         read
+    }
+
+    /// The leader's read when the bytes land in its caller's own memory (its
+    /// targets): straight into them, from the producer over the declared
+    /// transport. The node copy is made out of them, before the caller has
+    /// them back, only when a follower asked during the read; a lone consumer
+    /// copies nothing more.
+    fn lead_in_place<R: Receiver>(
+        &self,
+        name: &str,
+        copy: &NodeCopy,
+        receiver: &R,
+        declared: &dyn Transport,
+        peer: &Peer<'_>,
+        deadline: Deadline,
+    ) -> Result<R::Output> {
+        let out = receiver.receive(declared, peer, deadline.left());
+        if out.is_ok() && copy.retire() {
+            self.drop_copy(name);
+            return out;
+        }
+        let node_copy = match &out {
+            Ok(_) => receiver.copy_back().map(Arc::new),
+            Err(e) => Err(e.clone()),
+        };
+        copy.finish(node_copy.clone());
+        if node_copy.is_err() {
+            self.drop_copy(name);
+        }
+        self.held.1.notify_all();
+        out
     }
 
     /// A follower's fetch from the node copy's holder over the same-host path,

@@ -6,13 +6,13 @@
 //! node copy: [`super::node_share`]).
 
 use super::inline;
-use crate::copy::copy_pieces;
+use crate::copy::{copy_pieces, Piece};
 use crate::dlpack::DLDevice;
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{packed_extents, Runs};
+use crate::layout::{packed_extents, ObjectLayout, Runs};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
-use crate::store::StoredObject;
+use crate::store::{CopyKind, StoredObject};
 use crate::tensor::{HostBuffer, Tensor};
 use crate::transport::{Local, Peer, Transport};
 use std::sync::Arc;
@@ -45,6 +45,23 @@ pub(super) trait Receiver {
     /// for), so it may be handed over as it is.
     fn take(&self, object: StoredObject) -> Result<Self::Output> {
         self.copy_of(&object)
+    }
+
+    /// Whether the bytes land in the caller's own memory, which a node copy
+    /// can then be made out of ([`Receiver::copy_back`]): a node-copy leader
+    /// reads straight into it.
+    fn lands_in_caller_memory(&self) -> bool {
+        false
+    }
+
+    /// A node copy of what this fetch received in the caller's memory: the
+    /// record's extents, packed, in a buffer of this process. Only where
+    /// [`Receiver::lands_in_caller_memory`], before the caller has its memory
+    /// back.
+    fn copy_back(&self) -> Result<StoredObject> {
+        Err(Error::invalid(
+            "this fetch landed nothing in the caller's memory",
+        ))
     }
 }
 
@@ -146,5 +163,41 @@ impl Receiver for IntoTargets<'_> {
         // checked targets.
         unsafe { copy_pieces(&self.runs.pieces(&starts)) };
         Ok(())
+    }
+
+    /// Targets that tied weights share a source range with (a view inside
+    /// its base) would write that range twice: those take the staged path.
+    fn lands_in_caller_memory(&self) -> bool {
+        !self.runs.sources_overlap()
+    }
+
+    fn copy_back(&self) -> Result<StoredObject> {
+        let meta = self.request.meta;
+        let (offsets, total) = packed_extents(&meta.extents);
+        let buffer = HostBuffer::new(total as usize)?;
+        let base = buffer.as_ptr() as usize;
+        let starts: Vec<usize> = offsets.iter().map(|&o| base + o as usize).collect();
+        let pieces: Vec<Piece> = self
+            .runs
+            .pieces(&starts)
+            .into_iter()
+            .map(|p| Piece {
+                dst: p.src,
+                src: p.dst,
+                len: p.len,
+            })
+            .collect();
+        // SAFETY: the sources are the caller's checked targets, which this
+        // fetch filled and the caller has not got back; the destinations lie
+        // in `buffer` (packed as the record's extents) and, the runs' sources
+        // being disjoint, do not overlap.
+        unsafe { copy_pieces(&pieces) };
+        let tensors = crate::layout::views(meta, base, &offsets, DLDevice::cpu(), Arc::new(buffer));
+        let layout = ObjectLayout::received(&tensors, &meta.places, &meta.extents)?;
+        Ok(StoredObject {
+            tensors,
+            kind: CopyKind::Secondary,
+            layout,
+        })
     }
 }

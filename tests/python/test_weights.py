@@ -143,6 +143,20 @@ class Generator:
     def weights(self):
         return self.w
 
+    def expect(self, refs):
+        """Names temporary views of ``self.w``'s rows as the targets of the
+        collective object in ``refs`` (borrowed), which a later task of this
+        actor receives as its argument."""
+        set_target_for_ref(refs[0], [self.w[i] for i in range(N)])
+
+    def landed(self, rows, seed=0):
+        """A task argument received into the targets :meth:`expect` set:
+        whether the rows are ``self.w``'s own rows, and whether every weight
+        arrived."""
+        base, size = self.w.data_ptr(), ROW * self.w.element_size()
+        own = len(rows) == N and all(r.data_ptr() == base + i * size for i, r in enumerate(rows))
+        return own, bool(torch.equal(self.w, expected_rows(seed)))
+
     def get_chunks(self, refs, seed=0):
         """ray.get of several refs at once (a model in chunks)."""
         got = ray.get(refs)
@@ -273,6 +287,39 @@ def test_targets_that_do_not_match_are_refused_before_any_byte_moves(pairs, bad,
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ray.get(ref)
     assert bool((weights == -7).all())
+
+
+@pytest.mark.parametrize("path", ["same_host", "network", "inline"])
+def test_a_gloo_argument_lands_in_the_targets_its_receiver_set(pairs, path):
+    """2.60 refuses ``ray.get`` of a collective object, so a generator names
+    its targets on the ref it borrowed (inside a list); the ref's next arrival
+    as its task argument lands in them, and the argument is its own weights
+    (docs/design.md, "Targets of a collective object")."""
+    trainer, generator = pairs[path]
+    ray.get(trainer.step.remote(5))
+    before = actor_stats(generator, "gloo")["paths"][path]
+    ref = trainer.rows_gloo.remote()
+    # A threaded actor runs one caller's tasks in any order: wait for it.
+    ray.get(generator.expect.remote([ref]))
+    assert ray.get(generator.landed.remote(ref, 5)) == (True, True)
+    assert delta(actor_stats(generator, "gloo")["paths"][path], before) == N * ROW * 4
+
+
+def test_gloo_targets_that_do_not_match_fail_the_task_before_any_byte_moves(pairs):
+    trainer, generator = pairs["network"]
+    ray.get(trainer.step.remote(6))
+    before = ray.get(generator.weights.remote())
+    ref = trainer.rows_gloo.remote()
+
+    def fewer(self, refs):
+        set_target_for_ref(refs[0], [self.w[i] for i in range(N - 1)])
+
+    ray.get(generator.__ray_call__.remote(fewer, [ref]))
+    with pytest.raises(ValueError, match=r"Length of tensor_buffers \(99999\) does not match"):
+        ray.get(generator.landed.remote(ref, 6))
+    assert torch.equal(ray.get(generator.weights.remote()), before)
+    # The targets went with the failed task: the ref's next arrival is new tensors.
+    assert ray.get(generator.check.remote(ref, 6))
 
 
 def test_gloo_objects_are_still_refused_by_ray_get(pairs):
