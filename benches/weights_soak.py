@@ -8,6 +8,8 @@ every step the trainer changes its weights, and each generator lands them in
 its own weights and checks them (one-sided columns: the trainer's
 ``ray.put``, each generator's ``set_target_for_ref`` and ``ray.get``; gloo:
 the trainer's method returns the list, each generator copies it in;
+``targets_gloo``: each generator names its weights as the targets of the
+borrowed ref, then receives it as a task argument straight into them;
 ``shared_shm``: the trainer's model in ``ray_rdt.share_memory_``). Each column
 runs on actors of its own, after ``--warmup`` steps.
 
@@ -25,11 +27,11 @@ cluster of two network namespaces joined by a veth (``benches/cross_node.py``),
 the trainer on node A and the generators on node B, every Ray process with
 ``UCX_TLS=tcp,self`` so that NIXL crosses the veth; the generators of node B
 share one read of each step (node-local sharing, the plugin's default).
-Columns ``plugin_nixl`` and ``plugin_gloo``.
+Columns ``plugin_nixl``, ``plugin_gloo`` and ``targets_gloo``.
 
     python benches/weights_soak.py [--size 64MiB] [--count 10000] [--generators 2]
                                    [--steps 2000] [--checkpoints 4] [--warmup 50]
-                                   [--configs plugin_nixl,plugin_shm,shared_shm,plugin_gloo]
+                                   [--configs plugin_nixl,plugin_shm,shared_shm,plugin_gloo,targets_gloo]
                                    [--cross-node] [--json FILE] [--markdown FILE]
     ci/bench weights-soak [same options]
 
@@ -55,11 +57,11 @@ import soak  # noqa: E402
 import weights  # noqa: E402
 from netns import NETWORK_ONLY_ENV  # noqa: E402
 
-CONFIGS = ["plugin_nixl", "plugin_shm", "shared_shm", "plugin_gloo"]
+CONFIGS = ["plugin_nixl", "plugin_shm", "shared_shm", "plugin_gloo", "targets_gloo"]
 # The columns that cross nodes (plugin shm has only the same-host path).
-CROSS_NODE_CONFIGS = ["plugin_nixl", "plugin_gloo"]
+CROSS_NODE_CONFIGS = ["plugin_nixl", "plugin_gloo", "targets_gloo"]
 # The transport whose counters show each column's bytes in a generator.
-TRANSPORT = {"plugin_nixl": "nixl", "plugin_shm": "shm", "shared_shm": "shm", "plugin_gloo": "gloo"}
+TRANSPORT = {"plugin_nixl": "nixl", "plugin_shm": "shm", "shared_shm": "shm", "plugin_gloo": "gloo", "targets_gloo": "gloo"}
 SETTLE_TIMEOUT_S = 30.0
 
 

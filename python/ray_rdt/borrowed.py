@@ -45,15 +45,25 @@ def _owned_here(worker, owner_address: bytes) -> bool:
 
 def ref_deserialized(obj_ref, owner_address: bytes) -> None:
     """Ray deserialized the RDT ref ``obj_ref``, owned by ``owner_address``,
-    in this process (and set its metadata): a borrowed one is noted, and every
-    doubling of the noted refs drops what the gone ones kept (see the module
-    docs)."""
-    global _next_look
+    in this process (and set its metadata): a borrowed one is noted (see
+    :func:`note`)."""
     worker = ray._private.worker.global_worker
     if _owned_here(worker, owner_address):
         return  # the owner's free drops it
+    note(obj_ref.hex())
+
+
+def note(ref_hex: str) -> None:
+    """Notes a ref this process keeps something of (RDT metadata, targets or
+    a target device); every doubling of the noted refs drops what the gone
+    ones kept (see the module docs). Targets are noted too: a borrowed ref of
+    a collective object carries no metadata (Ray serializes it before its
+    producer reported any), and targets named on it whose fetch never comes
+    would otherwise stay for good."""
+    global _next_look
+    worker = ray._private.worker.global_worker
     with _lock:
-        _noted.add(obj_ref.hex())
+        _noted.add(ref_hex)
         if len(_noted) < _next_look:
             return
         looked_at = set(_noted)

@@ -6,14 +6,18 @@ metadata, so targets handed over as temporaries (``set_target_for_ref(ref,
 model.get_views())``) are silently dropped, and a borrower (a generator that
 got the ref inside a list) cannot set targets at all. For plugin objects this
 module holds the targets itself, in any process, by the ref's ID, from
-``set_target_for_ref`` until the next ``ray.get`` of the ref lands in them
-(or the owner frees the object). That get consumes them: a later ``ray.get``
-of the same ref returns new tensors unless targets are set again (2.60 lands
-every get in still-living targets; holding 100,000 weak references per step
-to do the same would cost more than the transfer).
+``set_target_for_ref`` until the ref's next fetch in that process lands in
+them (or the object is freed, or a borrower lets go of the ref): a ``ray.get``,
+or the ref arriving as an argument of a task there, which then gets the
+targets themselves. The argument is the only way targets reach an object of
+a collective transport (gloo), whose ``ray.get`` 2.60 refuses
+(docs/design.md, "Targets of a collective object"). That fetch consumes
+them: a later one returns new tensors unless targets are set again (2.60
+lands every get in still-living targets; holding 100,000 weak references
+per step to do the same would cost more than the transfer).
 
 A target device (``set_target_device_for_ref``) is kept until the object is
-freed and moves every fetch's tensors there. Setting one replaces the other,
+freed (or a borrower lets go of the ref) and moves every fetch's tensors there. Setting one replaces the other,
 as in 2.60.
 """
 
@@ -35,11 +39,13 @@ def _plugin_ref(ref) -> bool:
 
 def set_targets(ref, targets: List[Any]) -> bool:
     """``set_target_for_ref`` for a plugin object: holds ``targets`` for the
-    ref's next ``ray.get``. False for other objects (stock 2.60 handles them)."""
+    ref's next fetch here (``ray.get``, or a task argument). False for other
+    objects (stock 2.60 handles them)."""
     if not _plugin_ref(ref):
         return False
     with _lock:
         _held[ref.hex()] = (list(targets), None)
+    _note(ref)
     return True
 
 
@@ -53,12 +59,21 @@ def set_target_device(ref, device: str) -> bool:
     torch.device(device)  # a malformed device string raises as in 2.60
     with _lock:
         _held[ref.hex()] = (None, device)
+    _note(ref)
     return True
 
 
+def _note(ref) -> None:
+    """Has :mod:`ray_rdt.borrowed` drop what is held for ``ref`` once this
+    process no longer holds the ref."""
+    from ray_rdt import borrowed
+
+    borrowed.note(ref.hex())
+
+
 def take(ref_hex: str) -> Tuple[Optional[List[Any]], Optional[str]]:
-    """``(targets, device)`` for a ``ray.get`` of ``ref_hex`` now (targets are
-    consumed by it)."""
+    """``(targets, device)`` for a fetch of ``ref_hex`` now (``ray.get`` or a
+    task argument; targets are consumed by it)."""
     with _lock:
         entry = _held.get(ref_hex)
         if entry is None:

@@ -1,6 +1,6 @@
-"""The guide's gloo walkthrough scripts (examples/, verbatim), the shm variant
-and the shm weight-sync example print what they should, and the plugin moved
-their bytes. (The NIXL
+"""The guide's gloo walkthrough scripts (examples/gloo_0*.py, verbatim), the
+shm variant and the weight-sync examples (shm, and gloo into the generators'
+weights) print what they should, and the plugin moved their bytes. (The NIXL
 walkthrough, examples/nixl_01_walkthrough.py, is tested in test_nixl.py.)"""
 
 import os
@@ -95,3 +95,11 @@ def test_shm_weight_sync(ray_cluster, capsys):
     model_bytes = 8 * (256 * 256 + 256) * 4
     assert received == {"trainer": {}, "generator_a": {"shm": 3 * model_bytes}, "generator_b": {"shm": 3 * model_bytes}}
     assert driver == {}
+
+
+def test_gloo_weight_sync(ray_cluster, capsys):
+    out, received, driver = run("gloo_weight_sync.py", capsys)
+    steps = [line for line in out.splitlines() if line.startswith("step ")]  # Ray may log to stdout too
+    assert steps == [f"step {i}: generators in sync with the trainer: True" for i in range(3)]
+    model_bytes = 8 * (256 * 256 + 256) * 4
+    assert received == {"trainer": {}, "generator_a": {"gloo": 3 * model_bytes}, "generator_b": {"gloo": 3 * model_bytes}}

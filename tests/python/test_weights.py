@@ -79,6 +79,10 @@ class Trainer:
     def rows_gloo(self):
         return self._rows()
 
+    @ray.method(tensor_transport="gloo")
+    def first_row_gloo(self):
+        return [self.w[0]]
+
     @ray.method(tensor_transport="shm")
     def separate_shm(self):
         # Separate allocations, not views of one.
@@ -535,6 +539,34 @@ def test_a_borrower_keeps_no_metadata_of_refs_it_no_longer_holds(pairs):
     # borrowed since its last look.
     assert ray.get(generator.rdt_metadata_entries.remote()) <= 2 * 100 + 1 < borrowed
     assert ray.get(generator.get_kept.remote(10))
+
+
+def test_a_borrower_drops_the_targets_of_refs_it_let_go(pairs):
+    """Targets named on a borrowed ref whose fetch never comes (a step given
+    up) go once the borrower no longer holds the ref, as its RDT metadata
+    does (borrowed.py): a ref of a collective object carries no metadata to
+    drop, so only its targets would be left, for good."""
+    trainer, generator = pairs["same_host"]
+
+    def name_targets(self, refs):
+        from ray.experimental import set_target_for_ref
+
+        for ref in refs:
+            set_target_for_ref(ref, [self.w[0]])
+
+    def held(self):
+        from ray_rdt import targets
+
+        return len(targets._held)
+
+    before = ray.get(generator.__ray_call__.remote(held))
+    batch = 150
+    for _ in range(3):
+        refs = [trainer.first_row_gloo.remote() for _ in range(batch)]
+        ray.get(generator.__ray_call__.remote(name_targets, refs))
+        del refs
+    # Kept: the refs noted since the last look (at most two batches), not all.
+    assert ray.get(generator.__ray_call__.remote(held)) - before <= 2 * batch
 
 
 def test_a_temporary_target_list_is_not_dropped(pairs):
