@@ -324,3 +324,33 @@ fn producer_killed_mid_transfer(node: &Node) {
         "{again}"
     );
 }
+
+/// A group's lanes are rank 0's: children started with other settings
+/// (one lane, five) join its group, which they could not if each opened its
+/// own number of connections, and objects of several messages cross it both
+/// ways.
+#[test]
+fn gloo_lanes_are_rank_zeros() {
+    let test = "gloo_lanes_are_rank_zeros";
+    if let Some(rank) = role() {
+        return child_main(rank.parse().unwrap());
+    }
+    let node = Node::new(0);
+    let lanes = |n: &str| [(ray_rdt::testing::GLOO_LANES_ENV, n.to_string())];
+    let mut children = vec![
+        spawn_rank(test, 1, &lanes("1")),
+        spawn_rank(test, 2, &lanes("5")),
+    ];
+    join_all(&node, &mut children, "l");
+    let record = node.put(40, "l");
+    let parts: Vec<&str> = record.split_whitespace().collect();
+    for c in children.iter_mut() {
+        assert_eq!(c.call(&format!("FETCH {} {} 40", parts[1], parts[2])), "OK");
+    }
+    for (i, c) in children.iter_mut().enumerate() {
+        let seed = 41 + i as u8;
+        let rec = c.call(&format!("PUT {seed} l"));
+        let parts: Vec<&str> = rec.split_whitespace().collect();
+        assert_eq!(node.fetch(parts[1], parts[2], seed), "OK");
+    }
+}

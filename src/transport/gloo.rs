@@ -9,6 +9,14 @@
 //! confirms; the consumer receives large pieces straight into their
 //! destination and runs of small ones packed into shared messages.
 //!
+//! A group is joined as [`lanes`] Gloo contexts of the same ranks, each with
+//! its own TCP connection to every peer and its own network thread; an
+//! object's messages take turns over them. One TCP stream is bound by the one
+//! core that does its kernel work: between two network namespaces of this
+//! project's machine one stream moves about 2 GB/s and two move 4 GB/s
+//! (docs/weights-bench.md, 2026-12-07 09:00), where UCX (nixl) already
+//! spreads its bytes.
+//!
 //! Any Gloo failure (timeout, dead peer) breaks the group: later transfers fail
 //! with a clear error until the group is destroyed and created again.
 
@@ -34,33 +42,51 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One joined collective group.
+/// One joined collective group: its lanes, contexts of the same ranks (at
+/// least one).
 struct Group {
-    ctx: gloo_sys::Context,
+    lanes: Vec<gloo_sys::Context>,
     /// Failed transfers go to the group's owner.
     report: OwnerReport,
 }
 
+impl Group {
+    /// The first lane (ranks and size are every lane's).
+    fn first(&self) -> &gloo_sys::Context {
+        &self.lanes[0]
+    }
+
+    /// The lane of an object's message `index`: both sides number an
+    /// object's messages alike ([`Plan`]), so they agree on every lane.
+    fn lane(&self, index: usize) -> &gloo_sys::Context {
+        &self.lanes[index % self.lanes.len()]
+    }
+
+    /// Aborts every lane: the connections close, so the peers' lanes break too.
+    fn abort(&self) {
+        self.lanes.iter().for_each(gloo_sys::Context::abort);
+    }
+}
+
 impl Member for Group {
     fn rank(&self) -> usize {
-        self.ctx.rank()
+        self.first().rank()
     }
 
     fn size(&self) -> usize {
-        self.ctx.size()
+        self.first().size()
     }
 
     fn broken_reason(&self) -> Option<String> {
-        self.ctx.broken_reason()
+        self.lanes.iter().find_map(gloo_sys::Context::broken_reason)
     }
 
     fn break_with(&self, _cause: &Error) {
-        // Aborting closes the connections, so the peers' contexts break too.
-        self.ctx.abort();
+        self.abort();
     }
 
     fn leave(&self) {
-        self.ctx.abort();
+        self.abort();
     }
 
     fn owner_report(&self) -> &OwnerReport {
@@ -86,6 +112,55 @@ impl Default for Gloo {
 /// Environment variable naming the network interface Gloo binds, as
 /// torch.distributed reads it.
 pub const SOCKET_IFNAME_ENV: &str = "GLOO_SOCKET_IFNAME";
+
+/// Environment variable: how many lanes (Gloo contexts, so TCP connections to
+/// each peer) a group is joined with. Rank 0's setting is the group's: it
+/// publishes it in the rendezvous store ([`agreed_lanes`]).
+pub const LANES_ENV: &str = "RAY_RDT_GLOO_LANES";
+
+/// Default lanes: two streams double what one moves between two hosts here,
+/// four moved no more (docs/weights-bench.md, 2026-12-07 09:00).
+const DEFAULT_LANES: u64 = 2;
+
+/// Most lanes a group is joined with.
+const MAX_LANES: u64 = 8;
+
+/// Lanes of the groups this process joins ([`LANES_ENV`], 1 to [`MAX_LANES`]).
+fn lanes() -> usize {
+    crate::settings::u64_or(LANES_ENV, DEFAULT_LANES).clamp(1, MAX_LANES) as usize
+}
+
+/// The lanes of the group `spec` joins: rank 0 publishes its own
+/// ([`lanes`]) in the rendezvous store, the others read them there, so that a
+/// member started with another setting still joins every lane.
+fn agreed_lanes(spec: &GroupSpec<'_>) -> Result<usize> {
+    let key = format!("{}/lanes", spec.name);
+    if spec.rank == 0 {
+        let lanes = lanes();
+        spec.store.set(&key, lanes.to_string().as_bytes())?;
+        return Ok(lanes);
+    }
+    let value = spec.store.get(&key, spec.timeout)?;
+    std::str::from_utf8(&value)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=MAX_LANES as usize).contains(n))
+        .ok_or_else(|| {
+            Error::malformed(format!(
+                "gloo group {:?}: rank 0 published {:?} lanes, not a number from 1 to {MAX_LANES}",
+                spec.name,
+                String::from_utf8_lossy(&value)
+            ))
+        })
+}
+
+/// The rendezvous prefix of lane `lane` of group `name` (lane 0: the name).
+fn lane_prefix(name: &str, lane: usize) -> String {
+    match lane {
+        0 => name.to_owned(),
+        n => format!("{name}/lane{n}"),
+    }
+}
 
 fn gloo_error(group: &str, e: gloo_sys::GlooError) -> Error {
     let kind = match e.kind() {
@@ -319,12 +394,17 @@ impl CollectiveGroups for Gloo {
             timeout: spec.timeout,
         };
         let store = GlooStore(spec.store);
-        let ctx = gloo_sys::Context::connect(spec.rank, spec.world_size, &store, spec.name, &opts)
-            .map_err(|e| gloo_error(spec.name, e))?;
+        let lanes = (0..agreed_lanes(spec)?)
+            .map(|lane| {
+                let prefix = lane_prefix(spec.name, lane);
+                gloo_sys::Context::connect(spec.rank, spec.world_size, &store, &prefix, &opts)
+                    .map_err(|e| gloo_error(spec.name, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.groups.insert(
             spec.name,
             Group {
-                ctx,
+                lanes,
                 report: OwnerReport::new(spec.owner),
             },
         )
@@ -344,7 +424,7 @@ impl CollectiveGroups for Gloo {
             .all()
             .into_iter()
             .filter(|(_, g)| !g.report.done())
-            .filter_map(|(name, g)| g.ctx.broken_reason().map(|r| (name, r)))
+            .filter_map(|(name, g)| g.broken_reason().map(|r| (name, r)))
             .collect();
         for (name, reason) in broken {
             let cause = Error::new(
@@ -399,7 +479,7 @@ impl Gloo {
                 landing,
             )
         });
-        let ranks = (producer_rank, group.ctx.rank());
+        let ranks = (producer_rank, group.rank());
         break_on_system_error(self, local, name, id, ranks, received)
     }
 }
@@ -425,7 +505,7 @@ impl Transport for Gloo {
     ) -> Result<Vec<u8>> {
         let name = group
             .ok_or_else(|| Error::invalid("the gloo transport needs a collective group name"))?;
-        Ok(encode_location(self.groups.usable(name)?.ctx.rank(), name))
+        Ok(encode_location(self.groups.usable(name)?.rank(), name))
     }
 
     fn serve(
@@ -441,7 +521,7 @@ impl Transport for Gloo {
         check_peer_rank(&*group, req.consumer_rank, req.group)?;
         let sent = usable(&*group, req.group)
             .and_then(|()| self.send_object(&group, &req, object, channel));
-        let ranks = (group.ctx.rank(), req.consumer_rank);
+        let ranks = (group.rank(), req.consumer_rank);
         break_on_system_error(self, local, req.group, id, ranks, sent).map(|()| Served::Sent)
     }
 
@@ -522,7 +602,7 @@ impl Gloo {
         let mut pending = Vec::new();
         // A staged message that has been sent leaves nothing to do.
         let sent = &mut |_: &[Piece], _: &[u8]| {};
-        for message in plan.messages() {
+        for (index, message) in plan.messages().enumerate() {
             let (ptr, len) = match message {
                 [piece] => (source(piece), piece.len),
                 pieces => {
@@ -543,7 +623,7 @@ impl Gloo {
             // buffer) stay alive and unchanged until the op completes.
             let op = unsafe {
                 group
-                    .ctx
+                    .lane(index)
                     .post_send(req.consumer_rank, req.slot, ptr, len as usize)
             }
             .map_err(send_err)?;
@@ -578,7 +658,7 @@ impl Gloo {
     ) -> Result<()> {
         let request = PullRequest {
             slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
-            consumer_rank: group.ctx.rank(),
+            consumer_rank: group.rank(),
             timeout,
             group: name,
         };
@@ -593,7 +673,7 @@ impl Gloo {
             let plan = Plan::new(&crate::layout::covered(&meta.places, &sizes));
             let mut staging = Staging::new(&plan, timeout);
             let mut pending = Vec::new();
-            for message in plan.messages() {
+            for (index, message) in plan.messages().enumerate() {
                 let direct = match message {
                     [piece] => landing.direct(*piece),
                     _ => None,
@@ -608,9 +688,12 @@ impl Gloo {
                 // SAFETY: the destination (landing memory or a staging
                 // buffer) holds the message and outlives the waits below.
                 let op = unsafe {
-                    group
-                        .ctx
-                        .post_recv(producer_rank, request.slot, ptr, bytes(message) as usize)
+                    group.lane(index).post_recv(
+                        producer_rank,
+                        request.slot,
+                        ptr,
+                        bytes(message) as usize,
+                    )
                 }
                 .map_err(recv_err)?;
                 match direct {
