@@ -14,6 +14,7 @@ pub use crate::metadata::{Metadata, Producer};
 pub use crate::object_id::ObjectId;
 pub use crate::store::{CopyKind, ObjectStore};
 pub use crate::tensor::{Tensor, TensorMeta, MAX_NDIM};
+#[cfg(feature = "gloo")]
 pub use crate::transport::gloo::LANES_ENV as GLOO_LANES_ENV;
 pub use crate::transport_kind::TransportKind;
 

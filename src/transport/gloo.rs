@@ -115,7 +115,7 @@ pub const SOCKET_IFNAME_ENV: &str = "GLOO_SOCKET_IFNAME";
 
 /// Environment variable: how many lanes (Gloo contexts, so TCP connections to
 /// each peer) a group is joined with. Rank 0's setting is the group's: it
-/// publishes it in the rendezvous store ([`agreed_lanes`]).
+/// publishes it in the rendezvous store (key `<group>/lanes`).
 pub const LANES_ENV: &str = "RAY_RDT_GLOO_LANES";
 
 /// Default lanes: two streams double what one moves between two hosts here,
