@@ -87,19 +87,12 @@ def test_shm_walkthrough(ray_cluster, capsys):
     assert driver == {"shm": 4_000_000}  # print(ray.get(tensor)) in the driver
 
 
-def test_shm_weight_sync(ray_cluster, capsys):
-    out, received, driver = run("shm_02_weight_sync.py", capsys)
+@pytest.mark.parametrize("script,transport", [("shm_02_weight_sync.py", "shm"), ("gloo_weight_sync.py", "gloo")])
+def test_weight_sync(ray_cluster, capsys, script, transport):
+    out, received, driver = run(script, capsys)
     steps = [line for line in out.splitlines() if line.startswith("step ")]  # Ray may log to stdout too
     assert steps == [f"step {i}: generators in sync with the trainer: True" for i in range(3)]
     # Each generator received the model (8 x (256 x 256 + 256) float32) three times.
-    model_bytes = 8 * (256 * 256 + 256) * 4
-    assert received == {"trainer": {}, "generator_a": {"shm": 3 * model_bytes}, "generator_b": {"shm": 3 * model_bytes}}
+    model = 3 * 8 * (256 * 256 + 256) * 4
+    assert received == {"trainer": {}, "generator_a": {transport: model}, "generator_b": {transport: model}}
     assert driver == {}
-
-
-def test_gloo_weight_sync(ray_cluster, capsys):
-    out, received, driver = run("gloo_weight_sync.py", capsys)
-    steps = [line for line in out.splitlines() if line.startswith("step ")]  # Ray may log to stdout too
-    assert steps == [f"step {i}: generators in sync with the trainer: True" for i in range(3)]
-    model_bytes = 8 * (256 * 256 + 256) * 4
-    assert received == {"trainer": {}, "generator_a": {"gloo": 3 * model_bytes}, "generator_b": {"gloo": 3 * model_bytes}}
