@@ -53,6 +53,24 @@ def ref_deserialized(obj_ref, owner_address: bytes) -> None:
     note(obj_ref.hex())
 
 
+def set_targets(ref, tensors) -> bool:
+    """``set_target_for_ref`` (:func:`ray_rdt.targets.set_targets`), the ref
+    noted (see :func:`note`)."""
+    return _note_if_held(ref, targets.set_targets(ref, tensors))
+
+
+def set_target_device(ref, device: str) -> bool:
+    """``set_target_device_for_ref`` (:func:`ray_rdt.targets.set_target_device`),
+    the ref noted (see :func:`note`)."""
+    return _note_if_held(ref, targets.set_target_device(ref, device))
+
+
+def _note_if_held(ref, held: bool) -> bool:
+    if held:
+        note(ref.hex())
+    return held
+
+
 def note(ref_hex: str) -> None:
     """Notes a ref this process keeps something of (RDT metadata, targets or
     a target device); every doubling of the noted refs drops what the gone

@@ -11,7 +11,7 @@ patches use; each concern lives in its own module:
 - :mod:`ray_rdt.producer`: task return and ``ray.put``;
 - :mod:`ray_rdt.consumer`: argument resolution, ``ray.get``, failed transfers;
 - :mod:`ray_rdt.targets`: ``set_target_for_ref`` and ``set_target_device_for_ref``;
-- :mod:`ray_rdt.borrowed`: the metadata of borrowed refs, dropped once they are gone;
+- :mod:`ray_rdt.borrowed`: the metadata and targets of borrowed refs, dropped once they are gone;
 - :mod:`ray_rdt.owner`: ``ray.get`` options, frees over the producer's endpoint;
 - :mod:`ray_rdt.groups`: collective groups and their failures;
 - :mod:`ray_rdt.process`: this process's context, and Ray's shutdown;
@@ -19,7 +19,7 @@ patches use; each concern lives in its own module:
 """
 
 import ray_rdt
-from ray_rdt.borrowed import ref_deserialized  # noqa: F401
+from ray_rdt.borrowed import ref_deserialized, set_target_device, set_targets  # noqa: F401
 from ray_rdt.consumer import end_prefetch, fetch, prefetch  # noqa: F401
 from ray_rdt.errors import RDTTransferError, is_passthrough, mutable_warning, ray_get_error  # noqa: F401
 from ray_rdt.groups import (  # noqa: F401
@@ -39,7 +39,6 @@ from ray_rdt.producer import (  # noqa: F401
     store_rdt_objects,
 )
 from ray_rdt.serializer import tensor_deserializer, tensor_serializer  # noqa: F401
-from ray_rdt.targets import set_target_device, set_targets  # noqa: F401
 from ray_rdt.transport_facts import is_one_sided_plugin_transport, is_plugin_transport  # noqa: F401
 from ray_rdt.transports import register_transports  # noqa: F401
 

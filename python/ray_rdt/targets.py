@@ -7,7 +7,8 @@ model.get_views())``) are silently dropped, and a borrower (a generator that
 got the ref inside a list) cannot set targets at all. For plugin objects this
 module holds the targets itself, in any process, by the ref's ID, from
 ``set_target_for_ref`` until the ref's next fetch in that process lands in
-them (or the object is freed, or a borrower lets go of the ref): a ``ray.get``,
+them (or the object is freed, or a borrower lets go of the ref:
+:mod:`ray_rdt.borrowed`): a ``ray.get``,
 or the ref arriving as an argument of a task there, which then gets the
 targets themselves. The argument is the only way targets reach an object of
 a collective transport (gloo), whose ``ray.get`` 2.60 refuses
@@ -45,7 +46,6 @@ def set_targets(ref, targets: List[Any]) -> bool:
         return False
     with _lock:
         _held[ref.hex()] = (list(targets), None)
-    _note(ref)
     return True
 
 
@@ -59,16 +59,7 @@ def set_target_device(ref, device: str) -> bool:
     torch.device(device)  # a malformed device string raises as in 2.60
     with _lock:
         _held[ref.hex()] = (None, device)
-    _note(ref)
     return True
-
-
-def _note(ref) -> None:
-    """Has :mod:`ray_rdt.borrowed` drop what is held for ``ref`` once this
-    process no longer holds the ref."""
-    from ray_rdt import borrowed
-
-    borrowed.note(ref.hex())
 
 
 def take(ref_hex: str) -> Tuple[Optional[List[Any]], Optional[str]]:
