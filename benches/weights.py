@@ -232,15 +232,14 @@ def one_step(config, trainer, generators, tx_bytes=None):
         refs, put_s = ray.get(trainer.put.remote(ONE_SIDED[config]), timeout=STEP_TIMEOUT_S)
         gets = ray.get([g.sync.remote(refs, expected) for g in generators], timeout=STEP_TIMEOUT_S)
         step, get = time.perf_counter() - t0, max(gets)
-    elif config == "targets_gloo":
-        ref = trainer.rows_gloo.remote()
-        for g in generators:
-            g.expect.remote([ref])  # runs before landed: one caller's tasks run in order
-        ray.get([g.landed.remote(ref, expected) for g in generators], timeout=STEP_TIMEOUT_S)
-        step, get, put_s = time.perf_counter() - t0, None, None
     else:
         ref = trainer.rows_gloo.remote() if config.endswith("gloo") else trainer.rows.remote()
-        ray.get([g.take.remote(ref, expected) for g in generators], timeout=STEP_TIMEOUT_S)
+        into_weights = config == "targets_gloo"
+        if into_weights:
+            for g in generators:
+                g.expect.remote([ref])  # runs before landed: one caller's tasks run in order
+        receive = [(g.landed if into_weights else g.take).remote(ref, expected) for g in generators]
+        ray.get(receive, timeout=STEP_TIMEOUT_S)
         step, get, put_s = time.perf_counter() - t0, None, None
     return step, get, put_s, (tx_bytes() - sent if tx_bytes else None)
 

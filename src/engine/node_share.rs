@@ -47,7 +47,7 @@ use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
 use crate::stats::{self, Path};
 use crate::store::{CopyKind, StoredObject};
-use crate::tensor::is_host;
+use crate::tensor::{is_host, Tensor};
 use crate::transport::{parse_fetch_request, Peer, Transport};
 use parking_lot::{Condvar, Mutex};
 use sha2::{Digest, Sha256};
@@ -414,7 +414,8 @@ impl NodeShare {
             let claim = self.claim(shared, &name, meta, deadline);
             let followed = match (&claim, same_host) {
                 (Claim::Leader(copy), _) if receiver.lands_in_caller_memory() => {
-                    let out = self.lead_in_place(&name, copy, receiver, declared, peer, deadline);
+                    let out =
+                        self.lead_in_place(&name, copy, meta, receiver, declared, peer, deadline);
                     return (Path::Network, out);
                 }
                 (Claim::Leader(copy), _) => {
@@ -540,20 +541,20 @@ impl NodeShare {
     ) -> Result<Arc<StoredObject>> {
         let read = declared
             .fetch(&shared.local(), peer, &meta.object, meta, deadline.left())
-            .and_then(|tensors| {
-                let layout = ObjectLayout::received(&tensors, &meta.places, &meta.extents)?;
-                Ok(Arc::new(StoredObject {
-                    tensors,
-                    kind: CopyKind::Secondary,
-                    layout,
-                }))
-            });
-        copy.finish(read.clone());
-        if read.is_err() {
+            .and_then(|tensors| node_copy(meta, tensors));
+        self.publish(name, copy, read.clone());
+        read
+    }
+
+    /// Ends the leader's read with `outcome`, the node copy or why there is
+    /// none (then dropped at once), and wakes every follower waiting for it.
+    fn publish(&self, name: &str, copy: &NodeCopy, outcome: Result<Arc<StoredObject>>) {
+        let failed = outcome.is_err();
+        copy.finish(outcome);
+        if failed {
             self.drop_copy(name);
         }
         self.held.1.notify_all();
-        read
     }
 
     /// The leader's read when the bytes land in its caller's own memory (its
@@ -561,10 +562,12 @@ impl NodeShare {
     /// transport. The node copy is made out of them, before the caller has
     /// them back, only when a follower asked during the read; a lone consumer
     /// copies nothing more.
+    #[allow(clippy::too_many_arguments)]
     fn lead_in_place<R: Receiver>(
         &self,
         name: &str,
         copy: &NodeCopy,
+        meta: &Metadata,
         receiver: &R,
         declared: &dyn Transport,
         peer: &Peer<'_>,
@@ -575,15 +578,11 @@ impl NodeShare {
             self.drop_copy(name);
             return out;
         }
-        let node_copy = match &out {
-            Ok(_) => receiver.copy_back().map(Arc::new),
+        let outcome = match &out {
+            Ok(_) => receiver.copy_back().and_then(|t| node_copy(meta, t)),
             Err(e) => Err(e.clone()),
         };
-        copy.finish(node_copy.clone());
-        if node_copy.is_err() {
-            self.drop_copy(name);
-        }
-        self.held.1.notify_all();
+        self.publish(name, copy, outcome);
         out
     }
 
@@ -665,6 +664,17 @@ impl Drop for NodeShare {
         let entries = std::mem::take(&mut lock.lock().entries);
         drop(entries);
     }
+}
+
+/// The node copy of `meta`'s object made of `tensors` (host memory of this
+/// process holding the record's extents).
+fn node_copy(meta: &Metadata, tensors: Vec<Tensor>) -> Result<Arc<StoredObject>> {
+    let layout = ObjectLayout::received(&tensors, &meta.places, &meta.extents)?;
+    Ok(Arc::new(StoredObject {
+        tensors,
+        kind: CopyKind::Secondary,
+        layout,
+    }))
 }
 
 /// The reaper: drops each node copy `linger` after its last use, until the

@@ -9,10 +9,10 @@ use super::inline;
 use crate::copy::{copy_pieces, Piece};
 use crate::dlpack::DLDevice;
 use crate::error::{Error, ErrorKind, Result};
-use crate::layout::{packed_extents, ObjectLayout, Runs};
+use crate::layout::{packed_extents, Runs};
 use crate::metadata::Metadata;
 use crate::object_id::ObjectId;
-use crate::store::{CopyKind, StoredObject};
+use crate::store::StoredObject;
 use crate::tensor::{HostBuffer, Tensor};
 use crate::transport::{Local, Peer, Transport};
 use std::sync::Arc;
@@ -54,11 +54,11 @@ pub(super) trait Receiver {
         false
     }
 
-    /// A node copy of what this fetch received in the caller's memory: the
-    /// record's extents, packed, in a buffer of this process. Only where
-    /// [`Receiver::lands_in_caller_memory`], before the caller has its memory
-    /// back.
-    fn copy_back(&self) -> Result<StoredObject> {
+    /// New tensors holding a copy of what this fetch received in the
+    /// caller's memory (the record's extents, packed, in a buffer of this
+    /// process): a node copy. Only where [`Receiver::lands_in_caller_memory`],
+    /// before the caller has its memory back.
+    fn copy_back(&self) -> Result<Vec<Tensor>> {
         Err(Error::invalid(
             "this fetch landed nothing in the caller's memory",
         ))
@@ -118,20 +118,12 @@ impl Receiver for NewTensors<'_> {
 
     fn copy_of(&self, object: &StoredObject) -> Result<Vec<Tensor>> {
         self.0.check_layout(object)?;
-        let (offsets, total) = packed_extents(&self.0.meta.extents);
-        let buffer = HostBuffer::new(total as usize)?;
-        let base = buffer.as_ptr() as usize;
-        // SAFETY: the destinations lie in `buffer` (packed as the record's
-        // extents, which are `object`'s: checked above); the sources are host
-        // extents `object` keeps alive.
-        unsafe { copy_pieces(&object.packed_pieces(base)) };
-        Ok(crate::layout::views(
-            self.0.meta,
-            base,
-            &offsets,
-            DLDevice::cpu(),
-            Arc::new(buffer),
-        ))
+        packed_tensors(self.0.meta, |base, _| {
+            // SAFETY: the destinations lie in the new buffer (packed as the
+            // record's extents, which are `object`'s: checked above); the
+            // sources are host extents `object` keeps alive.
+            unsafe { copy_pieces(&object.packed_pieces(base)) }
+        })
     }
 }
 
@@ -171,33 +163,41 @@ impl Receiver for IntoTargets<'_> {
         !self.runs.sources_overlap()
     }
 
-    fn copy_back(&self) -> Result<StoredObject> {
-        let meta = self.request.meta;
-        let (offsets, total) = packed_extents(&meta.extents);
-        let buffer = HostBuffer::new(total as usize)?;
-        let base = buffer.as_ptr() as usize;
-        let starts: Vec<usize> = offsets.iter().map(|&o| base + o as usize).collect();
-        let pieces: Vec<Piece> = self
-            .runs
-            .pieces(&starts)
-            .into_iter()
-            .map(|p| Piece {
-                dst: p.src,
-                src: p.dst,
-                len: p.len,
-            })
-            .collect();
-        // SAFETY: the sources are the caller's checked targets, which this
-        // fetch filled and the caller has not got back; the destinations lie
-        // in `buffer` (packed as the record's extents) and, the runs' sources
-        // being disjoint, do not overlap.
-        unsafe { copy_pieces(&pieces) };
-        let tensors = crate::layout::views(meta, base, &offsets, DLDevice::cpu(), Arc::new(buffer));
-        let layout = ObjectLayout::received(&tensors, &meta.places, &meta.extents)?;
-        Ok(StoredObject {
-            tensors,
-            kind: CopyKind::Secondary,
-            layout,
+    fn copy_back(&self) -> Result<Vec<Tensor>> {
+        packed_tensors(self.request.meta, |base, offsets| {
+            let starts: Vec<usize> = offsets.iter().map(|&o| base + o as usize).collect();
+            let pieces: Vec<Piece> = self
+                .runs
+                .pieces(&starts)
+                .into_iter()
+                .map(|p| Piece {
+                    dst: p.src,
+                    src: p.dst,
+                    len: p.len,
+                })
+                .collect();
+            // SAFETY: the sources are the caller's checked targets, which
+            // this fetch filled and the caller has not got back; the
+            // destinations lie in the new buffer (packed as the record's
+            // extents) and, the runs' sources being disjoint, do not overlap.
+            unsafe { copy_pieces(&pieces) }
         })
     }
+}
+
+/// New tensors of `meta`'s object: views of one buffer of this process that
+/// holds the record's extents packed, which `fill` writes first (given the
+/// buffer's address and each extent's offset in it).
+fn packed_tensors(meta: &Metadata, fill: impl FnOnce(usize, &[u64])) -> Result<Vec<Tensor>> {
+    let (offsets, total) = packed_extents(&meta.extents);
+    let buffer = HostBuffer::new(total as usize)?;
+    let base = buffer.as_ptr() as usize;
+    fill(base, &offsets);
+    Ok(crate::layout::views(
+        meta,
+        base,
+        &offsets,
+        DLDevice::cpu(),
+        Arc::new(buffer),
+    ))
 }
