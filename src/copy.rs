@@ -1,5 +1,6 @@
-//! Host memory copies of many pieces, split over two threads when large: one
-//! core rarely saturates memory bandwidth.
+//! Host memory copies of many pieces, split over two threads when large (one
+//! core rarely saturates memory bandwidth), large pieces with streaming stores
+//! ([`crate::stream_copy`]: the destination is not read into the cache first).
 
 /// One piece of a copy: `len` bytes from `src` to `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +15,11 @@ pub struct Piece {
 
 /// Copies of at least this many bytes in all use two threads.
 const PARALLEL_FROM: usize = 8 << 20;
+/// Pieces of at least this many bytes are copied with streaming stores;
+/// smaller ones stay in the cache for whoever reads them next (measured here:
+/// 256 MiB in 64 KiB pieces, 26.8 ms streamed against glibc's 38.5 ms; in
+/// 1 MiB pieces, 24.6 ms).
+const STREAM_FROM: usize = 256 << 10;
 
 /// Splits `pieces` into two parts of half the bytes each (give or take one),
 /// one for each of two threads; a piece across the middle is cut in two.
@@ -87,7 +93,13 @@ pub unsafe fn copy_pieces(pieces: &[Piece]) {
 /// As [`copy_pieces`].
 unsafe fn copy_serial(pieces: &[Piece]) {
     for p in pieces {
-        std::ptr::copy(p.src as *const u8, p.dst as *mut u8, p.len);
+        let apart = p.dst >= p.src + p.len || p.src >= p.dst + p.len;
+        if p.len >= STREAM_FROM && apart {
+            // SAFETY: as the caller promised; the two ranges are apart.
+            crate::stream_copy::copy_nonoverlapping(p.dst as *mut u8, p.src as *const u8, p.len);
+        } else {
+            std::ptr::copy(p.src as *const u8, p.dst as *mut u8, p.len);
+        }
     }
 }
 
@@ -113,5 +125,25 @@ mod tests {
         // SAFETY: every piece lies inside the two vectors.
         unsafe { copy_pieces(&pieces) };
         assert!(dst == src);
+    }
+
+    #[test]
+    fn a_large_piece_onto_itself_moves_as_memmove_does() {
+        // One piece larger than the streaming threshold whose destination
+        // overlaps its source, a page further on: a forward streaming copy
+        // would overwrite source bytes before reading them.
+        let n = 2 * STREAM_FROM;
+        let mut buf: Vec<u8> = (0..n + 4096).map(|i| (i % 253) as u8).collect();
+        let want: Vec<u8> = buf[..n].to_vec();
+        let base = buf.as_mut_ptr() as usize;
+        let piece = Piece {
+            dst: base + 4096,
+            src: base,
+            len: n,
+        };
+        // SAFETY: both ranges lie inside the buffer; memmove semantics allow
+        // the overlap.
+        unsafe { copy_pieces(&[piece]) };
+        assert!(buf[4096..] == want[..]);
     }
 }

@@ -33,6 +33,7 @@ mod rendezvous;
 mod settings;
 mod stats;
 mod store;
+mod stream_copy;
 mod tensor;
 #[doc(hidden)]
 pub mod testing;
