@@ -42,7 +42,7 @@ use super::{
     le_u64, read_direct, read_mapped, request_body, serve_read, MODE_MAPPED, MODE_READ,
     MODE_STAGED, REPLY_TIMEOUT,
 };
-use crate::copy::{copy_pieces, Piece};
+use crate::copy::{copy_chunk, Piece};
 use crate::endpoint::{wire, Channel};
 use crate::error::{Error, Result};
 use crate::layout::{packed_extents, Runs};
@@ -115,7 +115,7 @@ impl Staging {
             // SAFETY: the destinations lie in the segment, which holds the
             // packed extents (checked when it was taken); the sources are the
             // host extents of a stored object that the serve keeps alive.
-            unsafe { copy_pieces(group) };
+            unsafe { copy_chunk(group) };
             if groups.peek().is_some() {
                 let end = group.last().map_or(0, |p| (p.dst + p.len - base) as u64);
                 self.set(Landed::Upto(end));
@@ -437,7 +437,7 @@ pub fn read(
             // SAFETY: the sources lie in the mapped segment and have landed
             // (the runs were checked against the record's extents, which fit
             // the segment); the destinations are the caller's targets.
-            unsafe { copy_pieces(&pieces[next..next + ready]) };
+            unsafe { copy_chunk(&pieces[next..next + ready]) };
             next += ready;
         }
         channel.send(&[0], left())?;
