@@ -170,27 +170,21 @@ mod tests {
         // a page further on: a forward streaming copy, or two threads each
         // copying a half, would overwrite source bytes before reading them.
         let n = LARGE_COPY;
-        let mut buf: Vec<u8> = (0..n + 4096).map(|i| (i % 253) as u8).collect();
-        let want: Vec<u8> = buf[..n].to_vec();
-        let base = buf.as_mut_ptr() as usize;
-        let piece = Piece {
-            dst: base + 4096,
-            src: base,
-            len: n,
-        };
-        // SAFETY: both ranges lie inside the buffer; memmove semantics allow
-        // the overlap.
-        unsafe { copy_chunk(&[piece]) };
-        assert!(buf[4096..] == want[..]);
-        let mut buf: Vec<u8> = (0..n + 4096).map(|i| (i % 253) as u8).collect();
-        let base = buf.as_mut_ptr() as usize;
-        let piece = Piece {
-            dst: base + 4096,
-            src: base,
-            len: n,
-        };
-        // SAFETY: as above.
-        unsafe { copy_pieces(&[piece]) };
-        assert!(buf[4096..] == want[..]);
+        type Copy = unsafe fn(&[Piece]);
+        let copies: [(&str, Copy); 2] = [("copy_pieces", copy_pieces), ("copy_chunk", copy_chunk)];
+        for (name, copy) in copies {
+            let mut buf: Vec<u8> = (0..n + 4096).map(|i| (i % 253) as u8).collect();
+            let want: Vec<u8> = buf[..n].to_vec();
+            let base = buf.as_mut_ptr() as usize;
+            let piece = Piece {
+                dst: base + 4096,
+                src: base,
+                len: n,
+            };
+            // SAFETY: both ranges lie inside the buffer; memmove semantics
+            // allow the overlap.
+            unsafe { copy(&[piece]) };
+            assert!(buf[4096..] == want[..], "{name}");
+        }
     }
 }
